@@ -1,0 +1,366 @@
+package batuta
+
+import (
+	"context"
+	"time"
+)
+
+// RunState is the state of a run.
+type RunState string
+
+// The states of a run. A run is pending until its first task is claimed,
+// running until every task reached a terminal state, then succeeded (no task
+// failed), failed (some task failed) or canceled.
+const (
+	RunPending   RunState = "pending"
+	RunRunning   RunState = "running"
+	RunSucceeded RunState = "succeeded"
+	RunFailed    RunState = "failed"
+	RunCanceled  RunState = "canceled"
+)
+
+// Finished reports whether s is a terminal state.
+func (s RunState) Finished() bool {
+	return s == RunSucceeded || s == RunFailed || s == RunCanceled
+}
+
+// TaskState is the state of one task of a run.
+type TaskState string
+
+// The states of a task. Pending tasks wait for their dependencies or for
+// their next attempt; running tasks are leased to a worker.
+const (
+	TaskPending   TaskState = "pending"
+	TaskRunning   TaskState = "running"
+	TaskSucceeded TaskState = "succeeded"
+	TaskFailed    TaskState = "failed"
+	TaskSkipped   TaskState = "skipped"
+	TaskCanceled  TaskState = "canceled"
+)
+
+// Finished reports whether s is a terminal state.
+func (s TaskState) Finished() bool {
+	return s == TaskSucceeded || s == TaskFailed || s == TaskSkipped || s == TaskCanceled
+}
+
+// A Run is a snapshot of one execution of a workflow for one event.
+type Run struct {
+	ID         string    `json:"id"` // a UUIDv7
+	Workflow   string    `json:"workflow"`
+	Event      Event     `json:"event"`
+	State      RunState  `json:"state"`
+	CreatedAt  time.Time `json:"created_at"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	// Deadline is when the workflow-level timeout expires (zero: none).
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Error summarises why the run failed or was canceled.
+	Error string `json:"error,omitempty"`
+	// Tasks lists every task of the run in the workflow's declaration order.
+	Tasks []TaskRun `json:"tasks"`
+}
+
+// Finished reports whether the run reached a terminal state.
+func (r *Run) Finished() bool { return r.State.Finished() }
+
+// Task returns the task named name, or nil.
+func (r *Run) Task(name string) *TaskRun {
+	for i := range r.Tasks {
+		if r.Tasks[i].Name == name {
+			return &r.Tasks[i]
+		}
+	}
+	return nil
+}
+
+// A TaskRun is the state of one task within a Run snapshot.
+type TaskRun struct {
+	Name  string    `json:"name"`
+	State TaskState `json:"state"`
+	// Deps are the names of the task's direct dependencies.
+	Deps []string `json:"deps,omitempty"`
+	// Output is the task's result once it succeeded: the Go value itself
+	// with the in-memory store, a json.RawMessage with durable stores.
+	Output any `json:"output,omitempty"`
+	// Error is the last attempt's error for a failed task, or why it was
+	// skipped or canceled.
+	Error string `json:"error,omitempty"`
+	// Attempts lists the attempts, oldest first.
+	Attempts []Attempt `json:"attempts,omitempty"`
+	// Rescues counts how often the task's lease expired while it ran (its
+	// worker died or stalled). Counted apart from attempts.
+	Rescues int `json:"rescues,omitempty"`
+}
+
+// Duration returns the time spent in attempts.
+func (t *TaskRun) Duration() time.Duration {
+	var d time.Duration
+	for _, a := range t.Attempts {
+		d += a.FinishedAt.Sub(a.StartedAt)
+	}
+	return d
+}
+
+// An Attempt is one execution of a task.
+type Attempt struct {
+	// Number counts attempts that spent the retry budget, from 1. A snooze
+	// repeats the number.
+	Number     int       `json:"number"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	// Outcome is how the attempt ended.
+	Outcome Outcome `json:"outcome"`
+	// Error is the error the attempt returned ("" on success).
+	Error string `json:"error,omitempty"`
+}
+
+// Outcome is how an attempt or a claim ended, as reported to the Store.
+type Outcome string
+
+// The outcomes a worker reports to Store.CompleteTasks.
+const (
+	// OutcomeSucceeded: the task is done; Output is recorded.
+	OutcomeSucceeded Outcome = "succeeded"
+	// OutcomeFailed: the task failed for good; its dependents are evaluated.
+	OutcomeFailed Outcome = "failed"
+	// OutcomeRetry: the attempt failed, another attempt starts at RetryAt.
+	OutcomeRetry Outcome = "retry"
+	// OutcomeSnooze: try again at RetryAt without spending an attempt.
+	OutcomeSnooze Outcome = "snooze"
+	// OutcomeRelease: the worker hands the task back unrun (shutdown); it
+	// is ready again at once, no attempt is spent or recorded.
+	OutcomeRelease Outcome = "release"
+	// OutcomeSkipped: the task's join condition was not met; it never ran.
+	OutcomeSkipped Outcome = "skipped"
+	// OutcomeCanceled: the run was canceled while the task was claimed.
+	OutcomeCanceled Outcome = "canceled"
+	// OutcomeTimedOut: the attempt exceeded its timeout. Reported as
+	// OutcomeRetry or OutcomeFailed; used in Attempt records only.
+	OutcomeTimedOut Outcome = "timed_out"
+)
+
+// A TaskSpec describes one task of a new run to the Store.
+type TaskSpec struct {
+	Name string
+	// Deps are indexes into NewRun.Tasks of the direct dependencies.
+	Deps []int
+}
+
+// NewRun is what Store.CreateRun records.
+type NewRun struct {
+	ID       string // UUIDv7 chosen by the orchestrator
+	Workflow string
+	Event    Event // Event.ID is the dedupe key together with Workflow
+	Tasks    []TaskSpec
+	// CreatedAt is the orchestrator's clock at submit time.
+	CreatedAt time.Time
+	// Deadline is the workflow-level timeout (zero: none).
+	Deadline time.Time
+	// MaxActive, if > 0, makes CreateRun fail with ErrBusy when the store
+	// holds MaxActive or more unfinished runs. Distributed stores may
+	// enforce it approximately.
+	MaxActive int
+}
+
+// ClaimParams selects the tasks ClaimTasks leases.
+type ClaimParams struct {
+	// Owner identifies the claiming worker process.
+	Owner string
+	// Workflows limits claims to tasks of these workflows (those the
+	// claiming orchestrator has registered).
+	Workflows []string
+	// Limit is the most tasks to claim (> 0).
+	Limit int
+	// Now is the claimer's clock: tasks whose next attempt is due at or
+	// before Now are ready.
+	Now time.Time
+	// LeaseUntil is when the lease expires unless extended.
+	LeaseUntil time.Time
+}
+
+// A Claim is a task leased to one worker. The Token fences every later write
+// about this claim: once the lease expired and the task was rescued, writes
+// with the old token fail with ErrLeaseLost.
+type Claim struct {
+	RunID    string
+	Workflow string
+	Task     string
+	// Attempt is the number of the attempt about to run (spent attempts + 1).
+	Attempt int
+	// Rescues is how often the task's lease expired before.
+	Rescues int
+	Token   string
+	// Event is the run's triggering event.
+	Event Event
+	// RunDeadline is the workflow-level deadline (zero: none).
+	RunDeadline time.Time
+	// Upstream holds the state of each direct dependency, in the order of
+	// TaskSpec.Deps.
+	Upstream []UpstreamResult
+}
+
+// Ref returns the claim's identity for CompleteTasks and ExtendLeases.
+func (c *Claim) Ref() ClaimRef { return ClaimRef{RunID: c.RunID, Task: c.Task, Token: c.Token} }
+
+// UpstreamResult is the outcome of one dependency of a claimed task.
+type UpstreamResult struct {
+	Name   string
+	State  TaskState
+	Output any // as in TaskRun.Output
+	Error  string
+}
+
+// ClaimRef names a claimed task and the lease token that fences it.
+type ClaimRef struct {
+	RunID string
+	Task  string
+	Token string
+}
+
+// A Completion reports how a claimed task ended.
+type Completion struct {
+	ClaimRef
+	Outcome Outcome
+	// Attempt is the attempt number from the Claim.
+	Attempt int
+	// Output is recorded on OutcomeSucceeded. The orchestrator passes the
+	// Go value to a non-durable store and a json.RawMessage to a durable one.
+	Output any
+	// Error is the attempt's error (failed, retry, snooze), or the reason
+	// for skipped and canceled.
+	Error string
+	// TimedOut marks an attempt that exceeded its timeout.
+	TimedOut bool
+	// StartedAt and FinishedAt bound the attempt (both zero for skipped,
+	// canceled and released claims, which record no attempt).
+	StartedAt, FinishedAt time.Time
+	// RetryAt is when the next attempt is due (OutcomeRetry, OutcomeSnooze).
+	RetryAt time.Time
+}
+
+// CompleteResult is the Store's answer to one Completion.
+type CompleteResult struct {
+	// Err is nil, or ErrLeaseLost when the token no longer owns the task
+	// (nothing was written), or another per-item error.
+	Err error
+	// RunFinished is set when this completion finished the run: the run's
+	// final state.
+	RunFinished RunState
+	// Ready is how many tasks became ready through this completion.
+	Ready int
+}
+
+// LeaseStatus is the Store's answer to one lease extension.
+type LeaseStatus string
+
+// Lease statuses returned by ExtendLeases.
+const (
+	LeaseHeld     LeaseStatus = "held"     // extended
+	LeaseLost     LeaseStatus = "lost"     // token no longer owns the task
+	LeaseCanceled LeaseStatus = "canceled" // extended, but the run was canceled: stop the task
+)
+
+// RunFilter selects runs for ListRuns. Zero fields do not filter.
+type RunFilter struct {
+	Workflow string
+	State    RunState
+	// Limit caps the result (0: a store-defined default of 100).
+	Limit int
+}
+
+// PrunePolicy says which finished runs Prune deletes: those finished before
+// Before, and beyond the newest KeepLast finished runs. A zero field does not
+// prune by that criterion.
+type PrunePolicy struct {
+	Before   time.Time
+	KeepLast int
+	// BatchSize bounds one delete statement (0: 1000).
+	BatchSize int
+}
+
+// A Store keeps runs, task states, attempts, outputs, dedupe keys, leases and
+// schedule state. The in-memory store (NewMemoryStore) is the default; the
+// batutasqlite and batutapg modules provide durable ones. Every Store passes
+// the conformance suite in package batutatest, which is the full contract;
+// the comments here summarise it.
+//
+// The Store holds the DAG bookkeeping that must be atomic across workers: a
+// task becomes ready when every dependency reached a terminal state (the
+// store counts them down inside CompleteTasks). Whether a ready task runs or
+// is skipped (its join condition) is decided by the orchestrator at claim
+// time, so join rules live in one place.
+//
+// All methods are safe for concurrent use, by many orchestrators in the case
+// of distributed stores.
+type Store interface {
+	// Durable reports whether accepted runs survive a process crash.
+	Durable() bool
+
+	// CreateRun records a run with all its tasks, atomically. If a run of
+	// the same workflow with the same Event.ID exists, it returns that run's
+	// ID and created=false, writing nothing; this is enforced by a unique
+	// constraint, not check-then-insert. It returns ErrBusy if MaxActive is
+	// exceeded.
+	CreateRun(ctx context.Context, run NewRun) (id string, created bool, err error)
+
+	// ClaimTasks leases up to p.Limit ready tasks (pending, every dependency
+	// finished, next attempt due) of unfinished runs to p.Owner, marks them
+	// running and the run running. No task is held by two claims at once.
+	ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, error)
+
+	// ExtendLeases moves the lease expiry of the given claims to until and
+	// reports, for each, whether it is still held.
+	ExtendLeases(ctx context.Context, refs []ClaimRef, until time.Time) ([]LeaseStatus, error)
+
+	// CompleteTasks records the outcomes of claimed tasks. Each write is
+	// fenced by its token: a stale token gets ErrLeaseLost in its result and
+	// changes nothing. A terminal outcome counts the task's dependents down;
+	// when every task is finished the run finishes (failed if any task
+	// failed, canceled if it was canceled, else succeeded).
+	CompleteTasks(ctx context.Context, cs []Completion) ([]CompleteResult, error)
+
+	// RescueExpired returns running tasks whose lease expired before now to
+	// the ready set, counting a rescue; a task rescued more than maxRescues
+	// times fails instead, with the reason recorded. It returns how many
+	// tasks were rescued and how many failed that way.
+	RescueExpired(ctx context.Context, now time.Time, maxRescues int) (rescued, failed int, err error)
+
+	// CancelRun cancels an unfinished run: pending tasks become canceled at
+	// once, running tasks when their worker reports (ExtendLeases returns
+	// LeaseCanceled meanwhile). It reports whether the run was unfinished.
+	// ErrRunNotFound if there is no such run.
+	CancelRun(ctx context.Context, runID, reason string, now time.Time) (bool, error)
+
+	// GetRun returns a snapshot of a run. ErrRunNotFound if there is none.
+	GetRun(ctx context.Context, runID string) (*Run, error)
+
+	// FindRun returns the run of workflow started by eventID.
+	// ErrRunNotFound if there is none.
+	FindRun(ctx context.Context, workflow, eventID string) (*Run, error)
+
+	// ListRuns returns runs, newest first.
+	ListRuns(ctx context.Context, f RunFilter) ([]*Run, error)
+
+	// Prune deletes finished runs by p and returns how many it deleted.
+	// Unfinished runs are never pruned. A pruned run's dedupe key is gone
+	// with it: the dedupe retention is the run retention.
+	Prune(ctx context.Context, p PrunePolicy) (int, error)
+
+	// LastTick returns the last tick recorded for a schedule (zero if none).
+	LastTick(ctx context.Context, schedule string) (time.Time, error)
+
+	// RecordTick stores tick as the schedule's last tick if it is later
+	// than the stored one, and reports whether it did.
+	RecordTick(ctx context.Context, schedule string, tick time.Time) (bool, error)
+}
+
+// A WorkNotifier is a Store that can tell idle workers that work may have
+// appeared (a run created or a task made ready, possibly by another
+// process; PostgreSQL does it with LISTEN/NOTIFY). The orchestrator then
+// polls less. A lost signal may only cost latency: workers still poll.
+type WorkNotifier interface {
+	Store
+	// WorkAvailable returns a channel that receives a value (non-blocking,
+	// buffered 1) whenever new work may be ready.
+	WorkAvailable() <-chan struct{}
+}
