@@ -189,7 +189,8 @@ type Claim struct {
 	Attempt int
 	// Rescues is how often the task's lease expired before.
 	Rescues int
-	Token   string
+	// Token is the lease token (unique per claim within the store).
+	Token int64
 	// Event is the run's triggering event.
 	Event Event
 	// RunDeadline is the workflow-level deadline (zero: none).
@@ -214,7 +215,7 @@ type UpstreamResult struct {
 type ClaimRef struct {
 	RunID string
 	Task  string
-	Token string
+	Token int64
 }
 
 // A Completion reports how a claimed task ended.
