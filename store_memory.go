@@ -1,0 +1,704 @@
+package batuta
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// MemoryStoreConfig configures a MemoryStore. The zero value is valid.
+type MemoryStoreConfig struct {
+	// KeepFinished is how many finished runs are kept for inspection and
+	// deduplication; older ones are dropped. Default 10,000. Negative keeps
+	// none beyond what Prune leaves.
+	KeepFinished int
+	// FinishedTTL drops finished runs older than this (by finish time),
+	// checked whenever a run is created. Default 24h.
+	FinishedTTL time.Duration
+}
+
+// MemoryStore is the in-memory Store, the default. It keeps everything in
+// this process: "durable" means "while the process lives", so a crash loses
+// every unfinished run (use batutasqlite or batutapg to survive crashes).
+// Memory is bounded by MemoryStoreConfig's retention and by the
+// orchestrator's in-flight cap.
+//
+// A MemoryStore is safe for concurrent use.
+type MemoryStore struct {
+	cfg MemoryStoreConfig
+
+	mu       sync.Mutex
+	runs     map[string]*memRun
+	byKey    map[memKey]*memRun
+	ready    map[string]*memQueue // per workflow
+	wfOrder  []string             // workflows with a ready queue, for fair claiming
+	rr       int
+	delayed  memDelayHeap
+	active   int
+	finished []*memRun // in finish order (FIFO)
+	finHead  int
+	ticks    map[string]time.Time
+	token    int64
+	notify   chan struct{}
+}
+
+type memKey struct{ workflow, eventID string }
+
+type memRun struct {
+	Run                 // snapshot fields kept up to date (Tasks unused)
+	tasks     []memTask // live task state
+	remaining int       // tasks not yet finished
+	canceled  bool
+	dropped   bool
+}
+
+type memTask struct {
+	run         *memRun
+	idx         int
+	spec        TaskSpec
+	dependents  []int
+	pendingDeps int
+	state       TaskState
+	spent       int // attempts that spent the budget
+	rescues     int
+	token       int64
+	leaseUntil  time.Time
+	dueAt       time.Time
+	heapIdx     int // index in delayed heap, -1 if absent
+	output      any
+	err         string
+	attempts    []Attempt
+	upstream    []UpstreamResult
+}
+
+// NewMemoryStore returns an empty in-memory store.
+func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
+	if cfg.KeepFinished == 0 {
+		cfg.KeepFinished = 10000
+	}
+	if cfg.FinishedTTL == 0 {
+		cfg.FinishedTTL = 24 * time.Hour
+	}
+	return &MemoryStore{
+		cfg:    cfg,
+		runs:   make(map[string]*memRun),
+		byKey:  make(map[memKey]*memRun),
+		ready:  make(map[string]*memQueue),
+		ticks:  make(map[string]time.Time),
+		notify: make(chan struct{}, 1),
+	}
+}
+
+var _ WorkNotifier = (*MemoryStore)(nil)
+
+// Durable returns false: a MemoryStore dies with its process.
+func (s *MemoryStore) Durable() bool { return false }
+
+// WorkAvailable returns a channel that receives when a task becomes ready.
+func (s *MemoryStore) WorkAvailable() <-chan struct{} { return s.notify }
+
+func (s *MemoryStore) signal() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// CreateRun implements Store.
+func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return "", false, err
+	}
+	if len(nr.Tasks) == 0 {
+		return "", false, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := memKey{nr.Workflow, nr.Event.ID}
+	if r, ok := s.byKey[key]; ok {
+		return r.ID, false, nil
+	}
+	s.expireLocked(nr.CreatedAt)
+	if nr.MaxActive > 0 && s.active >= nr.MaxActive {
+		return "", false, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
+	}
+	r := &memRun{Run: Run{
+		ID: nr.ID, Workflow: nr.Workflow, Event: nr.Event, State: RunPending,
+		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline,
+	}}
+	n := len(nr.Tasks)
+	r.tasks = make([]memTask, n)
+	r.remaining = n
+	// One slab each for first attempts and upstream views, so a task's
+	// first attempt and its claim allocate nothing.
+	attemptSlab := make([]Attempt, n)
+	ndeps := 0
+	for i := range nr.Tasks {
+		ndeps += len(nr.Tasks[i].Deps)
+	}
+	upSlab := make([]UpstreamResult, ndeps)
+	for i, ts := range nr.Tasks {
+		t := &r.tasks[i]
+		t.run, t.idx, t.spec, t.state, t.heapIdx = r, i, ts, TaskPending, -1
+		t.pendingDeps = len(ts.Deps)
+		t.attempts = attemptSlab[i : i : i+1]
+		t.upstream, upSlab = upSlab[:len(ts.Deps):len(ts.Deps)], upSlab[len(ts.Deps):]
+		for k, d := range ts.Deps {
+			if d < 0 || d >= n || d == i {
+				return "", false, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
+			}
+			t.upstream[k].Name = nr.Tasks[d].Name
+		}
+	}
+	for i, ts := range nr.Tasks {
+		for _, d := range ts.Deps {
+			r.tasks[d].dependents = append(r.tasks[d].dependents, i)
+		}
+	}
+	s.runs[r.ID] = r
+	s.byKey[key] = r
+	s.active++
+	for i := range r.tasks {
+		if r.tasks[i].pendingDeps == 0 {
+			s.pushReadyLocked(&r.tasks[i])
+		}
+	}
+	s.signal()
+	return r.ID, true, nil
+}
+
+func (s *MemoryStore) pushReadyLocked(t *memTask) {
+	q := s.ready[t.run.Workflow]
+	if q == nil {
+		q = &memQueue{}
+		s.ready[t.run.Workflow] = q
+		s.wfOrder = append(s.wfOrder, t.run.Workflow)
+	}
+	q.push(t)
+}
+
+// ClaimTasks implements Store.
+func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if p.Limit <= 0 {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.delayed) > 0 && !s.delayed[0].dueAt.After(p.Now) {
+		t := heap.Pop(&s.delayed).(*memTask)
+		s.pushReadyLocked(t)
+	}
+	var out []Claim
+	take := func(q *memQueue) {
+		for len(out) < p.Limit {
+			t := q.pop()
+			if t == nil {
+				return
+			}
+			if t.state != TaskPending || t.run.canceled || t.run.dropped {
+				continue // stale entry
+			}
+			s.token++
+			t.token = s.token
+			t.state = TaskRunning
+			t.leaseUntil = p.LeaseUntil
+			r := t.run
+			if r.State == RunPending {
+				r.State = RunRunning
+				r.StartedAt = p.Now
+			}
+			for k, d := range t.spec.Deps {
+				dt := &r.tasks[d]
+				u := &t.upstream[k]
+				u.State, u.Output, u.Error = dt.state, dt.output, dt.err
+			}
+			if out == nil {
+				out = make([]Claim, 0, min(p.Limit, 16))
+			}
+			out = append(out, Claim{
+				RunID: r.ID, Workflow: r.Workflow, Task: t.spec.Name,
+				Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
+				Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
+			})
+		}
+	}
+	if len(p.Workflows) == 0 {
+		for i := 0; i < len(s.wfOrder) && len(out) < p.Limit; i++ {
+			s.rr = (s.rr + 1) % len(s.wfOrder)
+			take(s.ready[s.wfOrder[s.rr]])
+		}
+	} else {
+		n := len(p.Workflows)
+		start := s.rr
+		s.rr++
+		for i := 0; i < n && len(out) < p.Limit; i++ {
+			if q := s.ready[p.Workflows[(start+i)%n]]; q != nil {
+				take(q)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
+	r := s.runs[ref.RunID]
+	if r == nil {
+		return nil, fmt.Errorf("%w: run %s", ErrLeaseLost, ref.RunID)
+	}
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		if t.spec.Name == ref.Task {
+			if t.state != TaskRunning || t.token != ref.Token {
+				return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
+			}
+			return t, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: run %s has no task %s", ErrLeaseLost, ref.RunID, ref.Task)
+}
+
+// ExtendLeases implements Store.
+func (s *MemoryStore) ExtendLeases(ctx context.Context, refs []ClaimRef, until time.Time) ([]LeaseStatus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]LeaseStatus, len(refs))
+	for i, ref := range refs {
+		t, err := s.task(ref)
+		if err != nil {
+			out[i] = LeaseLost
+			continue
+		}
+		t.leaseUntil = until
+		out[i] = LeaseHeld
+		if t.run.canceled {
+			out[i] = LeaseCanceled
+		}
+	}
+	return out, nil
+}
+
+// CompleteTasks implements Store.
+func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]CompleteResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]CompleteResult, len(cs))
+	signal := false
+	for i := range cs {
+		c := &cs[i]
+		t, err := s.task(c.ClaimRef)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		r := t.run
+		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease {
+			oc := c.Outcome
+			if c.TimedOut {
+				oc = OutcomeTimedOut
+			}
+			t.attempts = append(t.attempts, Attempt{
+				Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
+				Outcome: oc, Error: c.Error,
+			})
+		}
+		switch c.Outcome {
+		case OutcomeRetry, OutcomeSnooze, OutcomeRelease:
+			if c.Outcome == OutcomeRetry {
+				t.spent++
+			}
+			t.state = TaskPending
+			t.err = c.Error
+			if r.canceled {
+				s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, &out[i])
+				continue
+			}
+			if c.Outcome == OutcomeRelease || c.RetryAt.IsZero() {
+				s.pushReadyLocked(t)
+				signal = true
+			} else {
+				t.dueAt = c.RetryAt
+				heap.Push(&s.delayed, t)
+			}
+		case OutcomeSucceeded:
+			t.spent++
+			t.output = c.Output
+			t.err = ""
+			s.finishTaskLocked(t, TaskSucceeded, "", c.FinishedAt, &out[i])
+		case OutcomeFailed:
+			t.spent++
+			s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, &out[i])
+		case OutcomeSkipped:
+			s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, &out[i])
+		case OutcomeCanceled:
+			s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, &out[i])
+		default:
+			out[i].Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
+			continue
+		}
+		if out[i].Ready > 0 {
+			signal = true
+		}
+	}
+	if signal {
+		s.signal()
+	}
+	return out, nil
+}
+
+// finishTaskLocked moves t to a terminal state, counts its dependents down
+// and finishes the run when it was the last task.
+func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, now time.Time, res *CompleteResult) {
+	t.state = st
+	t.err = errMsg
+	t.token = 0
+	r := t.run
+	r.remaining--
+	if st == TaskFailed && r.Error == "" {
+		r.Error = fmt.Sprintf("task %s failed: %s", t.spec.Name, errMsg)
+	}
+	for _, d := range t.dependents {
+		dt := &r.tasks[d]
+		dt.pendingDeps--
+		if dt.pendingDeps == 0 && dt.state == TaskPending {
+			if r.canceled {
+				// Cancel cascades: the dependents finish too.
+				var sub CompleteResult
+				s.finishTaskLocked(dt, TaskCanceled, "run canceled", now, &sub)
+				if sub.RunFinished != "" {
+					res.RunFinished = sub.RunFinished
+				}
+				continue
+			}
+			s.pushReadyLocked(dt)
+			res.Ready++
+		}
+	}
+	if r.remaining == 0 {
+		s.finishRunLocked(r, now)
+		res.RunFinished = r.State
+	}
+}
+
+func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
+	switch {
+	case r.canceled:
+		r.State = RunCanceled
+	default:
+		r.State = RunSucceeded
+		for i := range r.tasks {
+			if r.tasks[i].state == TaskFailed {
+				r.State = RunFailed
+				break
+			}
+		}
+	}
+	if r.State == RunSucceeded {
+		r.Error = ""
+	}
+	r.FinishedAt = now
+	s.active--
+	s.finished = append(s.finished, r)
+	if s.cfg.KeepFinished >= 0 {
+		for len(s.finished)-s.finHead > s.cfg.KeepFinished {
+			s.dropLocked(s.finished[s.finHead])
+			s.finished[s.finHead] = nil
+			s.finHead++
+		}
+	}
+	s.compactFinishedLocked()
+}
+
+func (s *MemoryStore) compactFinishedLocked() {
+	if s.finHead > 1024 && s.finHead*2 > len(s.finished) {
+		s.finished = append(s.finished[:0:0], s.finished[s.finHead:]...)
+		s.finHead = 0
+	}
+}
+
+func (s *MemoryStore) dropLocked(r *memRun) {
+	if r.dropped {
+		return
+	}
+	r.dropped = true
+	delete(s.runs, r.ID)
+	if cur := s.byKey[memKey{r.Workflow, r.Event.ID}]; cur == r {
+		delete(s.byKey, memKey{r.Workflow, r.Event.ID})
+	}
+}
+
+// expireLocked drops finished runs older than the TTL.
+func (s *MemoryStore) expireLocked(now time.Time) {
+	if now.IsZero() || s.cfg.FinishedTTL <= 0 {
+		return
+	}
+	cut := now.Add(-s.cfg.FinishedTTL)
+	for s.finHead < len(s.finished) {
+		r := s.finished[s.finHead]
+		if !r.dropped && !r.FinishedAt.Before(cut) {
+			break
+		}
+		s.dropLocked(r)
+		s.finished[s.finHead] = nil
+		s.finHead++
+	}
+	s.compactFinishedLocked()
+}
+
+// RescueExpired implements Store.
+func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescues int) (int, int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rescued, failed int
+	for _, r := range s.runs {
+		if r.State.Finished() {
+			continue
+		}
+		for i := range r.tasks {
+			t := &r.tasks[i]
+			if t.state != TaskRunning || !t.leaseUntil.Before(now) {
+				continue
+			}
+			t.rescues++
+			if t.rescues > maxRescues {
+				var res CompleteResult
+				s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
+				failed++
+				continue
+			}
+			t.state = TaskPending
+			t.token = 0
+			if r.canceled {
+				var res CompleteResult
+				s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
+				continue
+			}
+			s.pushReadyLocked(t)
+			rescued++
+		}
+	}
+	if rescued > 0 || failed > 0 {
+		s.signal()
+	}
+	return rescued, failed, nil
+}
+
+// CancelRun implements Store.
+func (s *MemoryStore) CancelRun(ctx context.Context, runID, reason string, now time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.runs[runID]
+	if r == nil {
+		return false, fmt.Errorf("%w: %s", ErrRunNotFound, runID)
+	}
+	if r.State.Finished() || r.canceled {
+		return false, nil
+	}
+	r.canceled = true
+	if reason == "" {
+		reason = "canceled"
+	}
+	r.Error = reason
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		if t.state == TaskPending {
+			if t.heapIdx >= 0 {
+				heap.Remove(&s.delayed, t.heapIdx)
+			}
+			var res CompleteResult
+			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
+		}
+	}
+	return true, nil
+}
+
+func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
+	out := r.Run
+	out.Tasks = make([]TaskRun, len(r.tasks))
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		deps := make([]string, len(t.spec.Deps))
+		for k, d := range t.spec.Deps {
+			deps[k] = r.tasks[d].spec.Name
+		}
+		out.Tasks[i] = TaskRun{
+			Name: t.spec.Name, State: t.state, Deps: deps, Output: t.output,
+			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: t.rescues,
+		}
+	}
+	return &out
+}
+
+// GetRun implements Store.
+func (s *MemoryStore) GetRun(ctx context.Context, runID string) (*Run, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.runs[runID]
+	if r == nil {
+		return nil, fmt.Errorf("%w: %s", ErrRunNotFound, runID)
+	}
+	return s.snapshotLocked(r), nil
+}
+
+// FindRun implements Store.
+func (s *MemoryStore) FindRun(ctx context.Context, workflow, eventID string) (*Run, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.byKey[memKey{workflow, eventID}]
+	if r == nil {
+		return nil, fmt.Errorf("%w: workflow %s event %s", ErrRunNotFound, workflow, eventID)
+	}
+	return s.snapshotLocked(r), nil
+}
+
+// ListRuns implements Store.
+func (s *MemoryStore) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var sel []*memRun
+	for _, r := range s.runs {
+		if (f.Workflow == "" || r.Workflow == f.Workflow) && (f.State == "" || r.State == f.State) {
+			sel = append(sel, r)
+		}
+	}
+	sort.Slice(sel, func(i, j int) bool { return sel[i].ID > sel[j].ID }) // UUIDv7: newest first
+	if len(sel) > limit {
+		sel = sel[:limit]
+	}
+	out := make([]*Run, len(sel))
+	for i, r := range sel {
+		out[i] = s.snapshotLocked(r)
+	}
+	return out, nil
+}
+
+// Prune implements Store.
+func (s *MemoryStore) Prune(ctx context.Context, p PrunePolicy) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	live := s.finished[s.finHead:]
+	var keep []*memRun
+	n := 0
+	for i, r := range live {
+		if r.dropped {
+			continue
+		}
+		newerKept := len(live) - i - 1 // finished after r (upper bound)
+		byAge := !p.Before.IsZero() && r.FinishedAt.Before(p.Before)
+		byCount := p.KeepLast > 0 && newerKept >= p.KeepLast
+		if byAge || byCount {
+			s.dropLocked(r)
+			n++
+			continue
+		}
+		keep = append(keep, r)
+	}
+	s.finished = keep
+	s.finHead = 0
+	return n, nil
+}
+
+// LastTick implements Store.
+func (s *MemoryStore) LastTick(ctx context.Context, schedule string) (time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ticks[schedule], nil
+}
+
+// RecordTick implements Store.
+func (s *MemoryStore) RecordTick(ctx context.Context, schedule string, tick time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !tick.After(s.ticks[schedule]) {
+		return false, nil
+	}
+	s.ticks[schedule] = tick
+	return true, nil
+}
+
+// memQueue is a FIFO of ready tasks.
+type memQueue struct {
+	items []*memTask
+	head  int
+}
+
+func (q *memQueue) push(t *memTask) { q.items = append(q.items, t) }
+
+func (q *memQueue) pop() *memTask {
+	if q.head == len(q.items) {
+		if q.head > 0 {
+			q.items, q.head = q.items[:0], 0
+		}
+		return nil
+	}
+	t := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head > 4096 && q.head*2 > len(q.items) {
+		q.items = append(q.items[:0:0], q.items[q.head:]...)
+		q.head = 0
+	}
+	return t
+}
+
+// memDelayHeap orders tasks by due time.
+type memDelayHeap []*memTask
+
+func (h memDelayHeap) Len() int           { return len(h) }
+func (h memDelayHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
+func (h memDelayHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *memDelayHeap) Push(x any) {
+	t := x.(*memTask)
+	t.heapIdx = len(*h)
+	*h = append(*h, t)
+}
+func (h *memDelayHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	t.heapIdx = -1
+	return t
+}

@@ -1,0 +1,397 @@
+package batuta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"time"
+)
+
+// A Workflow is a named DAG of tasks. Build it as a struct literal and hand
+// it to Orchestrator.Register, which validates it (cycles, unknown or
+// duplicate names, empty workflows, nil funcs, negative durations) and
+// registers nothing if it is invalid.
+//
+// A Workflow is read once at Register; changing it afterwards has no effect.
+type Workflow struct {
+	// Name identifies the workflow: 1-128 bytes of letters, digits and
+	// . _ - : (it appears in run records, HTTP paths and event IDs).
+	Name string
+	// Tasks are the steps. Their order is the order of Run.Tasks.
+	Tasks []Task
+	// Timeout bounds a whole run, from its creation. 0 means no limit.
+	// When it passes, running tasks see their ctx canceled and tasks not
+	// yet started fail with ErrTimeout.
+	Timeout time.Duration
+	// Concurrency caps how many tasks of this workflow run at once in one
+	// orchestrator (a function's reserved concurrency). 0 means only the
+	// worker pool bounds it.
+	Concurrency int
+}
+
+// A TaskFunc is the body of a task. It reads the triggering event and the
+// outputs of its dependencies through in (see EventData and Output) and
+// returns an output, which must be JSON-encodable so that durable stores can
+// keep it, and an error. Returning Permanent(err) stops retries; Snooze(d)
+// runs the task again after d without spending an attempt.
+//
+// ctx is canceled when the task's timeout passes, when its run is canceled
+// or times out, and when the orchestrator shuts down past its grace period.
+type TaskFunc func(ctx context.Context, in *Input) (any, error)
+
+// A Task is one step of a Workflow.
+type Task struct {
+	// Name identifies the task within its workflow (same alphabet as
+	// Workflow.Name).
+	Name string
+	// Deps names the tasks that must finish before this one starts.
+	Deps []string
+	// Run is the body. Required.
+	Run TaskFunc
+	// Retry says how failed attempts are retried. The zero value means the
+	// defaults of RetryPolicy.
+	Retry RetryPolicy
+	// Timeout bounds each attempt. 0 means no limit (the workflow timeout
+	// still applies).
+	Timeout time.Duration
+	// When is the join rule deciding, once every dependency finished,
+	// whether the task runs or is skipped. The zero value is AllSucceeded.
+	When JoinRule
+}
+
+// JoinRule decides whether a task whose dependencies have all finished runs
+// or is skipped. The rules follow Airflow's trigger rules; a task without
+// dependencies always runs. A skipped task counts as finished for its own
+// dependents.
+type JoinRule int
+
+// The join rules.
+const (
+	// AllSucceeded runs the task when every dependency succeeded (default).
+	AllSucceeded JoinRule = iota
+	// AllDone runs the task whatever its dependencies' outcome: cleanup.
+	AllDone
+	// OneSucceeded runs the task when at least one dependency succeeded.
+	OneSucceeded
+	// OneFailed runs the task when at least one dependency failed: alerts
+	// and compensation.
+	OneFailed
+	// AllFailed runs the task when every dependency failed.
+	AllFailed
+	// NoneFailed runs the task when no dependency failed (succeeded or
+	// skipped).
+	NoneFailed
+)
+
+var joinRuleNames = [...]string{"all_succeeded", "all_done", "one_succeeded", "one_failed", "all_failed", "none_failed"}
+
+func (r JoinRule) String() string {
+	if r >= 0 && int(r) < len(joinRuleNames) {
+		return joinRuleNames[r]
+	}
+	return fmt.Sprintf("JoinRule(%d)", int(r))
+}
+
+// allows reports whether the rule lets a task run given its dependencies.
+func (r JoinRule) allows(ups []UpstreamResult) bool {
+	if len(ups) == 0 {
+		return true
+	}
+	var ok, failed int
+	for i := range ups {
+		switch ups[i].State {
+		case TaskSucceeded:
+			ok++
+		case TaskFailed, TaskCanceled:
+			failed++
+		}
+	}
+	switch r {
+	case AllSucceeded:
+		return ok == len(ups)
+	case AllDone:
+		return true
+	case OneSucceeded:
+		return ok > 0
+	case OneFailed:
+		return failed > 0
+	case AllFailed:
+		return failed == len(ups)
+	case NoneFailed:
+		return failed == 0
+	}
+	return false
+}
+
+// RetryPolicy says how a task's failed attempts are retried: exponential
+// backoff with full jitter (the delay before attempt n+1 is uniform in
+// [0, min(MaxDelay, InitialDelay*Multiplier^(n-1))]), as AWS recommends.
+// Zero fields take the defaults below.
+type RetryPolicy struct {
+	// MaxAttempts is the total number of attempts, the first included.
+	// Default 3. Set 1 for no retries.
+	MaxAttempts int
+	// InitialDelay is the backoff cap before the second attempt. Default 1s.
+	InitialDelay time.Duration
+	// Multiplier is the backoff rate. Default 2. Must be >= 1 if set.
+	Multiplier float64
+	// MaxDelay caps a single backoff. Default 5m.
+	MaxDelay time.Duration
+	// NoJitter waits the full backoff instead of a random part of it.
+	NoJitter bool
+}
+
+// Retry policy defaults.
+const (
+	DefaultMaxAttempts  = 3
+	DefaultInitialDelay = time.Second
+	DefaultMultiplier   = 2.0
+	DefaultMaxDelay     = 5 * time.Minute
+)
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	if p.InitialDelay == 0 {
+		p.InitialDelay = DefaultInitialDelay
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = DefaultMultiplier
+	}
+	if p.MaxDelay == 0 {
+		p.MaxDelay = DefaultMaxDelay
+	}
+	return p
+}
+
+func (p RetryPolicy) validate(prefix string) error {
+	switch {
+	case p.MaxAttempts < 0:
+		return &ConfigError{Field: prefix + "Retry.MaxAttempts", Reason: "must not be negative"}
+	case p.InitialDelay < 0:
+		return &ConfigError{Field: prefix + "Retry.InitialDelay", Reason: "must not be negative"}
+	case p.Multiplier < 0 || (p.Multiplier > 0 && p.Multiplier < 1) || math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0):
+		return &ConfigError{Field: prefix + "Retry.Multiplier", Reason: "must be >= 1"}
+	case p.MaxDelay < 0:
+		return &ConfigError{Field: prefix + "Retry.MaxDelay", Reason: "must not be negative"}
+	}
+	return nil
+}
+
+// Backoff returns the delay before the attempt after attempt number n
+// (n >= 1), jittered unless NoJitter. The policy must have its defaults
+// applied (a zero policy uses the package defaults).
+func (p RetryPolicy) Backoff(n int) time.Duration {
+	p = p.withDefaults()
+	if n < 1 {
+		n = 1
+	}
+	d := float64(p.InitialDelay) * math.Pow(p.Multiplier, float64(n-1))
+	if d > float64(p.MaxDelay) || math.IsInf(d, 0) || math.IsNaN(d) {
+		d = float64(p.MaxDelay)
+	}
+	if p.NoJitter || d <= 0 {
+		return time.Duration(d)
+	}
+	return time.Duration(rand.Int64N(int64(d) + 1))
+}
+
+// compiled forms, built by Register.
+
+type compiledWorkflow struct {
+	name        string
+	timeout     time.Duration
+	concurrency int
+	tasks       []compiledTask
+	specs       []TaskSpec
+	index       map[string]int
+}
+
+type compiledTask struct {
+	name    string
+	fn      TaskFunc
+	retry   RetryPolicy
+	timeout time.Duration
+	when    JoinRule
+	deps    []string // names, in declaration order
+}
+
+// validName reports whether s is a valid workflow or task name.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// WorkflowError reports why a workflow failed validation. It matches
+// ErrInvalidWorkflow with errors.Is.
+type WorkflowError struct {
+	Workflow string
+	Task     string // the culprit task, if any
+	Reason   string
+	// Cycle lists the task names of a dependency cycle, first repeated last.
+	Cycle []string
+}
+
+func (e *WorkflowError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "batuta: invalid workflow %q", e.Workflow)
+	if e.Task != "" {
+		fmt.Fprintf(&b, ": task %q", e.Task)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Reason)
+	if len(e.Cycle) > 0 {
+		b.WriteString(": ")
+		b.WriteString(strings.Join(e.Cycle, " -> "))
+	}
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrInvalidWorkflow) true.
+func (e *WorkflowError) Is(target error) bool { return target == ErrInvalidWorkflow }
+
+func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
+	if wf == nil {
+		return nil, &WorkflowError{Reason: "nil workflow"}
+	}
+	bad := func(task, reason string) error {
+		return &WorkflowError{Workflow: wf.Name, Task: task, Reason: reason}
+	}
+	if !validName(wf.Name) {
+		return nil, bad("", "name must be 1-128 bytes of letters, digits, '.', '_', '-', ':'")
+	}
+	if len(wf.Tasks) == 0 {
+		return nil, bad("", "no tasks")
+	}
+	if wf.Timeout < 0 {
+		return nil, bad("", "negative Timeout")
+	}
+	if wf.Concurrency < 0 {
+		return nil, bad("", "negative Concurrency")
+	}
+	cw := &compiledWorkflow{
+		name:        wf.Name,
+		timeout:     wf.Timeout,
+		concurrency: wf.Concurrency,
+		tasks:       make([]compiledTask, len(wf.Tasks)),
+		specs:       make([]TaskSpec, len(wf.Tasks)),
+		index:       make(map[string]int, len(wf.Tasks)),
+	}
+	for i, t := range wf.Tasks {
+		if !validName(t.Name) {
+			return nil, bad(t.Name, "name must be 1-128 bytes of letters, digits, '.', '_', '-', ':'")
+		}
+		if _, dup := cw.index[t.Name]; dup {
+			return nil, bad(t.Name, "duplicate task name")
+		}
+		cw.index[t.Name] = i
+		if t.Run == nil {
+			return nil, bad(t.Name, "nil Run func")
+		}
+		if t.Timeout < 0 {
+			return nil, bad(t.Name, "negative Timeout")
+		}
+		if t.When < AllSucceeded || t.When > NoneFailed {
+			return nil, bad(t.Name, fmt.Sprintf("unknown join rule %d", int(t.When)))
+		}
+		if err := t.Retry.validate(""); err != nil {
+			var ce *ConfigError
+			errors.As(err, &ce)
+			return nil, bad(t.Name, ce.Field+" "+ce.Reason)
+		}
+		cw.tasks[i] = compiledTask{
+			name:    t.Name,
+			fn:      t.Run,
+			retry:   t.Retry.withDefaults(),
+			timeout: t.Timeout,
+			when:    t.When,
+			deps:    append([]string(nil), t.Deps...),
+		}
+	}
+	for i, t := range wf.Tasks {
+		seen := make(map[string]bool, len(t.Deps))
+		deps := make([]int, 0, len(t.Deps))
+		for _, d := range t.Deps {
+			j, ok := cw.index[d]
+			switch {
+			case !ok:
+				return nil, bad(t.Name, fmt.Sprintf("unknown dependency %q", d))
+			case j == i:
+				return nil, &WorkflowError{Workflow: wf.Name, Task: t.Name, Reason: "depends on itself", Cycle: []string{t.Name, t.Name}}
+			case seen[d]:
+				return nil, bad(t.Name, fmt.Sprintf("dependency %q listed twice", d))
+			}
+			seen[d] = true
+			deps = append(deps, j)
+		}
+		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps}
+	}
+	if cyc := findCycle(cw.specs); cyc != nil {
+		return nil, &WorkflowError{Workflow: wf.Name, Task: cyc[0], Reason: "dependency cycle", Cycle: cyc}
+	}
+	return cw, nil
+}
+
+// findCycle returns the names along a dependency cycle, or nil. It walks
+// iteratively, so deep chains do not grow the goroutine stack.
+func findCycle(specs []TaskSpec) []string {
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := make([]uint8, len(specs))
+	parent := make([]int, len(specs))
+	type frame struct{ node, next int }
+	for start := range specs {
+		if color[start] != white {
+			continue
+		}
+		stack := []frame{{start, 0}}
+		color[start] = grey
+		parent[start] = -1
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			deps := specs[top.node].Deps
+			if top.next == len(deps) {
+				color[top.node] = black
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			d := deps[top.next]
+			top.next++
+			switch color[d] {
+			case white:
+				color[d] = grey
+				parent[d] = top.node
+				stack = append(stack, frame{d, 0})
+			case grey:
+				// top.node depends on d, which is on the stack: the cycle
+				// runs d -> ... -> top.node -> d in dependency direction.
+				cyc := []string{specs[d].Name}
+				for n := top.node; n != d; n = parent[n] {
+					cyc = append(cyc, specs[n].Name)
+				}
+				cyc = append(cyc, specs[d].Name)
+				// Report it in "needs" order reversed: a -> b means b depends on a.
+				for i, j := 0, len(cyc)-1; i < j; i, j = i+1, j-1 {
+					cyc[i], cyc[j] = cyc[j], cyc[i]
+				}
+				return cyc
+			}
+		}
+	}
+	return nil
+}
