@@ -240,7 +240,8 @@ type WorkflowError struct {
 	Workflow string
 	Task     string // the culprit task, if any
 	Reason   string
-	// Cycle lists the task names of a dependency cycle, first repeated last.
+	// Cycle lists the task names of a dependency cycle in flow order (each
+	// runs after the one before it), the first repeated last.
 	Cycle []string
 }
 
@@ -384,12 +385,8 @@ func findCycle(specs []TaskSpec) []string {
 				for n := top.node; n != d; n = parent[n] {
 					cyc = append(cyc, specs[n].Name)
 				}
-				cyc = append(cyc, specs[d].Name)
-				// Report it in "needs" order reversed: a -> b means b depends on a.
-				for i, j := 0, len(cyc)-1; i < j; i, j = i+1, j-1 {
-					cyc[i], cyc[j] = cyc[j], cyc[i]
-				}
-				return cyc
+				// In flow order: "a -> b" means b depends on a.
+				return append(cyc, specs[d].Name)
 			}
 		}
 	}

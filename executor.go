@@ -1,0 +1,661 @@
+package batuta
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Causes of a task's ctx being canceled, told apart with context.Cause.
+var (
+	errShutdown    = errors.New("batuta: orchestrator shutting down")
+	errRunCanceled = fmt.Errorf("%w: run canceled", ErrCanceled)
+	errLeaseLost   = fmt.Errorf("%w: lease lost to another worker", ErrLeaseLost)
+)
+
+// PanicError is the error of an attempt whose task panicked. It carries the
+// panic value and the stack.
+type PanicError struct {
+	Value any
+	Stack string
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("batuta: task panicked: %v\n%s", e.Value, e.Stack)
+}
+
+func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: string(debug.Stack())} }
+
+// executor runs claimed tasks on a bounded pool of workers. One exists per
+// call of Orchestrator.Run.
+type executor struct {
+	o     *Orchestrator
+	store Store
+	work  chan *Claim
+	wake  chan struct{}
+	busy  atomic.Int64 // claims handed to workers and not yet done
+	nwork int64
+
+	draining   atomic.Bool
+	hardCtx    context.Context
+	hardCancel context.CancelCauseFunc
+	bgCtx      context.Context // for store calls: outlives Run's ctx until shutdown ends
+
+	stopDispatch chan struct{}
+	dispatchDone chan struct{}
+	workersWG    sync.WaitGroup
+	bgStop       chan struct{}
+	bgWG         sync.WaitGroup
+
+	mu       sync.Mutex
+	inflight map[int64]*slot
+	limited  map[string]int // running tasks of workflows with a Concurrency cap
+	due      dueHeap
+	stuck    map[*slot]string // abandoned attempts still running, for the log
+}
+
+// slot is one worker's state, reused for each task it runs.
+type slot struct {
+	claim  *Claim
+	cancel context.CancelCauseFunc
+	in     Input
+	comp   [1]Completion
+}
+
+func newExecutor(o *Orchestrator) *executor {
+	hardCtx, hardCancel := context.WithCancelCause(context.Background())
+	return &executor{
+		o:            o,
+		store:        o.store,
+		work:         make(chan *Claim, o.cfg.Workers),
+		wake:         make(chan struct{}, 1),
+		nwork:        int64(o.cfg.Workers),
+		hardCtx:      hardCtx,
+		hardCancel:   hardCancel,
+		bgCtx:        context.Background(),
+		stopDispatch: make(chan struct{}),
+		dispatchDone: make(chan struct{}),
+		bgStop:       make(chan struct{}),
+		inflight:     make(map[int64]*slot),
+		limited:      make(map[string]int),
+		stuck:        make(map[*slot]string),
+	}
+}
+
+func (ex *executor) poke() {
+	select {
+	case ex.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (ex *executor) start() {
+	for i := 0; i < ex.o.cfg.Workers; i++ {
+		ex.workersWG.Add(1)
+		go ex.worker()
+	}
+	go ex.dispatch()
+	ex.bgWG.Add(2)
+	go ex.heartbeat()
+	go ex.rescuer()
+}
+
+// shutdown stops claiming, drains, cancels, and abandons, in that order.
+func (ex *executor) shutdown() {
+	o := ex.o
+	ex.draining.Store(true)
+	close(ex.stopDispatch)
+	<-ex.dispatchDone
+	close(ex.work)
+	done := make(chan struct{})
+	go func() {
+		ex.workersWG.Wait()
+		close(done)
+	}()
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-done:
+			return true
+		case <-t.C:
+			return false
+		}
+	}
+	if !wait(o.cfg.ShutdownGrace) {
+		o.log.Warn("batuta: shutdown grace period over; canceling running tasks", "running", ex.runningNames())
+		ex.hardCancel(errShutdown)
+		if !wait(o.cfg.ShutdownKill) {
+			o.log.Error("batuta: tasks ignore their canceled context; abandoning them", "tasks", ex.runningNames())
+		}
+	}
+	ex.hardCancel(errShutdown)
+	close(ex.bgStop)
+	ex.bgWG.Wait()
+	ex.mu.Lock()
+	if len(ex.stuck) > 0 {
+		var names []string
+		for _, n := range ex.stuck {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		o.log.Error("batuta: timed-out tasks still running after shutdown (they ignore ctx)", "tasks", names)
+	}
+	ex.mu.Unlock()
+}
+
+func (ex *executor) runningNames() []string {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	var names []string
+	for _, sl := range ex.inflight {
+		if c := sl.claim; c != nil {
+			names = append(names, c.Workflow+"/"+c.Task+" (run "+c.RunID+")")
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// claim claims up to max tasks of the registered workflows, honoring each
+// workflow's Concurrency cap.
+func (ex *executor) claim(max int) ([]Claim, error) {
+	o := ex.o
+	o.mu.RLock()
+	names := o.wfNames
+	var free []string
+	var capped []*compiledWorkflow
+	for _, n := range names {
+		cw := o.workflows[n]
+		if cw.concurrency > 0 {
+			capped = append(capped, cw)
+		} else {
+			free = append(free, n)
+		}
+	}
+	o.mu.RUnlock()
+	if len(names) == 0 || max <= 0 {
+		return nil, nil
+	}
+	now := o.clock.Now()
+	p := ClaimParams{Owner: o.cfg.NodeID, Limit: max, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration)}
+	var out []Claim
+	if len(free) > 0 {
+		p.Workflows = free
+		cs, err := ex.store.ClaimTasks(ex.bgCtx, p)
+		if err != nil {
+			return nil, err
+		}
+		out = cs
+	}
+	for _, cw := range capped {
+		left := max - len(out)
+		if left <= 0 {
+			break
+		}
+		ex.mu.Lock()
+		rem := min(cw.concurrency-ex.limited[cw.name], left)
+		if rem > 0 {
+			ex.limited[cw.name] += rem // reserve, give back what we do not get
+		}
+		ex.mu.Unlock()
+		if rem <= 0 {
+			continue
+		}
+		p.Workflows, p.Limit = []string{cw.name}, rem
+		cs, err := ex.store.ClaimTasks(ex.bgCtx, p)
+		ex.mu.Lock()
+		ex.limited[cw.name] -= rem - len(cs)
+		ex.mu.Unlock()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
+}
+
+func (ex *executor) dispatch() {
+	defer close(ex.dispatchDone)
+	o := ex.o
+	var notify <-chan struct{}
+	if wn, ok := ex.store.(WorkNotifier); ok {
+		notify = wn.WorkAvailable()
+	}
+	errBackoff := time.Duration(0)
+	for {
+		if ex.draining.Load() {
+			return
+		}
+		free := ex.nwork - ex.busy.Load()
+		want := min(free, int64(o.cfg.ClaimBatch))
+		got := 0
+		if want > 0 {
+			cs, err := ex.claim(int(want))
+			if err != nil {
+				errBackoff = min(max(errBackoff*2, 50*time.Millisecond), 5*time.Second)
+				o.log.Error("batuta: claiming tasks failed", "error", err, "retry_in", errBackoff)
+			} else {
+				errBackoff = 0
+			}
+			got = len(cs)
+			for i := range cs {
+				ex.busy.Add(1)
+				ex.work <- &cs[i]
+			}
+			if got > 0 && int64(got) == want && errBackoff == 0 {
+				continue // there may be more
+			}
+		}
+		wait := o.cfg.PollInterval
+		if errBackoff > 0 {
+			wait = errBackoff
+		}
+		var dueC <-chan time.Time
+		var dueT Timer
+		if d, ok := ex.nextDue(); ok && errBackoff == 0 {
+			dueT = o.clock.NewTimer(d.Sub(o.clock.Now()))
+			dueC = dueT.C()
+		}
+		pt := time.NewTimer(wait)
+		select {
+		case <-ex.stopDispatch:
+		case <-ex.wake:
+		case <-notify:
+		case <-pt.C:
+		case <-dueC:
+		}
+		pt.Stop()
+		if dueT != nil {
+			dueT.Stop()
+		}
+	}
+}
+
+// nextDue pops due times that passed and returns the earliest future one.
+func (ex *executor) nextDue() (time.Time, bool) {
+	now := ex.o.clock.Now()
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	for len(ex.due) > 0 && !ex.due[0].After(now) {
+		heap.Pop(&ex.due)
+	}
+	if len(ex.due) == 0 {
+		return time.Time{}, false
+	}
+	return ex.due[0], true
+}
+
+func (ex *executor) worker() {
+	defer ex.workersWG.Done()
+	sl := &slot{}
+	for c := range ex.work {
+		for c != nil {
+			ready := ex.execute(sl, c)
+			c = nil
+			if ready && !ex.draining.Load() {
+				if cs, err := ex.claim(1); err == nil && len(cs) == 1 {
+					c = &cs[0]
+				}
+			}
+		}
+		if ex.busy.Add(-1) == ex.nwork-1 {
+			ex.poke() // the dispatcher may be waiting for a free worker
+		}
+	}
+}
+
+// execute runs one claimed task (or skips, fails or releases it) and
+// records the outcome. It reports whether the completion made tasks ready.
+func (ex *executor) execute(sl *slot, c *Claim) bool {
+	o := ex.o
+	cw, _ := o.workflow(c.Workflow)
+	var ct *compiledTask
+	if cw != nil {
+		if i, ok := cw.index[c.Task]; ok {
+			ct = &cw.tasks[i]
+		}
+	}
+	defer func() {
+		if cw != nil && cw.concurrency > 0 {
+			ex.mu.Lock()
+			ex.limited[cw.name]--
+			ex.mu.Unlock()
+		}
+	}()
+	comp := &sl.comp[0]
+	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt}
+	now := o.clock.Now()
+	ranAttempt := false
+	var info AttemptInfo
+	var hookCtx context.Context
+	switch {
+	case ct == nil:
+		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("task %s/%s is not registered in this process", c.Workflow, c.Task)
+	case ex.draining.Load():
+		comp.Outcome = OutcomeRelease
+	case !ct.when.allows(c.Upstream):
+		comp.Outcome, comp.Error = OutcomeSkipped, "join rule "+ct.when.String()+" not met"
+	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
+		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
+		comp.StartedAt, comp.FinishedAt = now, now
+	default:
+		ranAttempt = true
+		info = AttemptInfo{RunID: c.RunID, Workflow: c.Workflow, Task: c.Task, Attempt: c.Attempt, Started: now}
+		hookCtx = ex.attempt(sl, c, ct, comp, &info)
+	}
+	ok := ex.complete(sl.comp[:], c)
+	if ranAttempt {
+		info.Outcome, info.TimedOut = comp.Outcome, comp.TimedOut
+		info.Finished = comp.FinishedAt
+		for _, h := range o.hooks {
+			h.AttemptFinished(hookCtx, info)
+		}
+	}
+	return ok
+}
+
+// attempt runs the task body and fills comp with the outcome.
+func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completion, info *AttemptInfo) context.Context {
+	o := ex.o
+	start := info.Started
+	deadline := time.Time{}
+	if ct.timeout > 0 {
+		deadline = start.Add(ct.timeout)
+	}
+	runDeadline := !c.RunDeadline.IsZero() && (deadline.IsZero() || c.RunDeadline.Before(deadline))
+	if runDeadline {
+		deadline = c.RunDeadline
+	}
+	ctx, cancel := context.WithCancelCause(ex.hardCtx)
+	defer cancel(nil)
+	var taskCtx context.Context = ctx
+	if !deadline.IsZero() {
+		var cancelD context.CancelFunc
+		// Deadlines are wall-clock durations measured from the attempt's
+		// start: the same on a fake clock.
+		taskCtx, cancelD = context.WithTimeout(ctx, deadline.Sub(start))
+		defer cancelD()
+	}
+	ex.mu.Lock()
+	sl.claim, sl.cancel = c, cancel
+	ex.inflight[c.Token] = sl
+	ex.mu.Unlock()
+	defer func() {
+		ex.mu.Lock()
+		delete(ex.inflight, c.Token)
+		sl.claim, sl.cancel = nil, nil
+		ex.mu.Unlock()
+	}()
+	for _, h := range o.hooks {
+		taskCtx = h.AttemptStarted(taskCtx, *info)
+	}
+
+	var out any
+	var err error
+	abandoned := false
+	if deadline.IsZero() {
+		sl.in = Input{claim: c, task: ct}
+		out, err = callTask(taskCtx, ct.fn, &sl.in)
+	} else {
+		// Run the body apart, so a task that ignores its ctx cannot hold
+		// the worker past its deadline.
+		type result struct {
+			out any
+			err error
+		}
+		done := make(chan result, 1)
+		in := &Input{claim: c, task: ct}
+		stuck := &slot{}
+		go func() {
+			o, e := callTask(taskCtx, ct.fn, in)
+			done <- result{o, e}
+			ex.mu.Lock()
+			delete(ex.stuck, stuck)
+			ex.mu.Unlock()
+		}()
+		select {
+		case r := <-done:
+			out, err = r.out, r.err
+		case <-taskCtx.Done():
+			select {
+			case r := <-done: // it did return
+				out, err = r.out, r.err
+			default:
+				abandoned = true
+				err = context.Cause(taskCtx)
+				if errors.Is(err, context.DeadlineExceeded) {
+					err = fmt.Errorf("%w: task %s exceeded its deadline and ignores ctx", ErrTimeout, c.Task)
+				}
+				ex.mu.Lock()
+				ex.stuck[stuck] = c.Workflow + "/" + c.Task + " (run " + c.RunID + ")"
+				ex.mu.Unlock()
+				o.log.Warn("batuta: task ignores its canceled context; abandoning the attempt",
+					"run", c.RunID, "workflow", c.Workflow, "task", c.Task, "attempt", c.Attempt)
+			}
+		}
+	}
+	end := o.clock.Now()
+	comp.StartedAt, comp.FinishedAt = start, end
+	cause := context.Cause(ctx)
+	timedOut := taskCtx.Err() != nil && errors.Is(context.Cause(taskCtx), context.DeadlineExceeded) && cause == nil
+	info.Err = err
+
+	switch {
+	case err == nil && !abandoned:
+		comp.Outcome = OutcomeSucceeded
+		if ex.store.Durable() {
+			b, jerr := json.Marshal(out)
+			switch {
+			case jerr != nil:
+				comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("batuta: output of task %s is not JSON-encodable: %v", c.Task, jerr)
+			case len(b) > o.cfg.MaxPayloadBytes:
+				comp.Outcome, comp.Error = OutcomeFailed, (&PayloadTooLargeError{What: "output of task " + c.Task, Size: len(b), Limit: o.cfg.MaxPayloadBytes}).Error()
+			default:
+				comp.Output = json.RawMessage(b)
+			}
+			if comp.Outcome == OutcomeFailed {
+				info.Err = errors.New(comp.Error)
+			}
+		} else {
+			comp.Output = out
+		}
+		return taskCtx
+	case errors.Is(cause, errShutdown):
+		comp.Outcome, comp.Error = OutcomeRelease, "orchestrator shut down"
+		return taskCtx
+	case errors.Is(cause, errRunCanceled) || errors.Is(cause, errLeaseLost):
+		comp.Outcome, comp.Error = OutcomeCanceled, cause.Error()
+		return taskCtx
+	}
+	comp.Error = err.Error()
+	comp.TimedOut = timedOut
+	var snooze *SnoozeError
+	switch {
+	case timedOut && runDeadline:
+		comp.Outcome = OutcomeFailed
+		comp.Error = fmt.Sprintf("%v: workflow timeout reached: %s", ErrTimeout, comp.Error)
+	case errors.As(err, &snooze):
+		comp.Outcome, comp.RetryAt = OutcomeSnooze, end.Add(snooze.Delay)
+	case IsPermanent(err) || c.Attempt >= ct.retry.MaxAttempts:
+		comp.Outcome = OutcomeFailed
+	default:
+		comp.Outcome, comp.RetryAt = OutcomeRetry, end.Add(ct.retry.Backoff(c.Attempt))
+	}
+	if timedOut && !strings.Contains(comp.Error, "timeout") && !strings.Contains(comp.Error, "deadline") {
+		comp.Error = fmt.Sprintf("%v: %s", ErrTimeout, comp.Error)
+	}
+	if !comp.RetryAt.IsZero() {
+		ex.mu.Lock()
+		heap.Push(&ex.due, comp.RetryAt)
+		ex.mu.Unlock()
+		ex.poke()
+	}
+	return taskCtx
+}
+
+func callTask(ctx context.Context, fn TaskFunc, in *Input) (out any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			out, err = nil, newPanicError(p)
+		}
+	}()
+	return fn(ctx, in)
+}
+
+// complete records comp, retrying store errors with backoff for up to a
+// lease duration (after that the lease expires and the task is rescued:
+// at-least-once). It reports whether tasks became ready.
+func (ex *executor) complete(comps []Completion, c *Claim) bool {
+	o := ex.o
+	backoff := 20 * time.Millisecond
+	deadline := time.Now().Add(o.cfg.LeaseDuration)
+	for {
+		res, err := ex.store.CompleteTasks(ex.bgCtx, comps)
+		if err == nil && len(res) == 1 {
+			r := res[0]
+			if r.Err != nil {
+				if errors.Is(r.Err, ErrLeaseLost) {
+					o.log.Warn("batuta: result discarded: the task's lease was lost to another worker",
+						"run", c.RunID, "task", c.Task, "attempt", c.Attempt)
+				} else {
+					o.log.Error("batuta: recording task result failed", "run", c.RunID, "task", c.Task, "error", r.Err)
+				}
+				return false
+			}
+			if r.RunFinished != "" {
+				o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
+			}
+			return r.Ready > 0
+		}
+		if err == nil {
+			err = fmt.Errorf("store returned %d results for 1 completion", len(res))
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			o.log.Error("batuta: giving up recording a task result; the task will be rescued when its lease expires",
+				"run", c.RunID, "task", c.Task, "error", err)
+			return false
+		}
+		o.log.Warn("batuta: recording task result failed; retrying", "run", c.RunID, "task", c.Task, "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ex.hardCtx.Done():
+			t.Stop()
+			if time.Now().After(deadline) {
+				return false
+			}
+			<-time.After(backoff)
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+
+// cancelRun cancels this process's running attempts of a run.
+func (ex *executor) cancelRun(runID string) {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	for _, sl := range ex.inflight {
+		if sl.claim != nil && sl.claim.RunID == runID && sl.cancel != nil {
+			sl.cancel(errRunCanceled)
+		}
+	}
+}
+
+// heartbeat renews the leases of running attempts and stops those whose
+// lease was lost or whose run was canceled elsewhere.
+func (ex *executor) heartbeat() {
+	defer ex.bgWG.Done()
+	o := ex.o
+	every := max(o.cfg.LeaseDuration/3, time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ex.bgStop:
+			return
+		case <-t.C:
+		}
+		ex.mu.Lock()
+		refs := make([]ClaimRef, 0, len(ex.inflight))
+		for _, sl := range ex.inflight {
+			if sl.claim != nil {
+				refs = append(refs, sl.claim.Ref())
+			}
+		}
+		ex.mu.Unlock()
+		if len(refs) == 0 {
+			continue
+		}
+		sts, err := ex.store.ExtendLeases(ex.bgCtx, refs, o.clock.Now().Add(o.cfg.LeaseDuration))
+		if err != nil {
+			o.log.Warn("batuta: renewing leases failed", "error", err)
+			continue
+		}
+		ex.mu.Lock()
+		for i, st := range sts {
+			if i >= len(refs) {
+				break
+			}
+			sl := ex.inflight[refs[i].Token]
+			if sl == nil || sl.cancel == nil {
+				continue
+			}
+			switch st {
+			case LeaseLost:
+				sl.cancel(errLeaseLost)
+			case LeaseCanceled:
+				sl.cancel(errRunCanceled)
+			}
+		}
+		ex.mu.Unlock()
+	}
+}
+
+// rescuer returns tasks whose lease expired (their worker died) to the
+// ready set.
+func (ex *executor) rescuer() {
+	defer ex.bgWG.Done()
+	o := ex.o
+	every := max(o.cfg.LeaseDuration/2, time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ex.bgStop:
+			return
+		case <-t.C:
+		}
+		n, failed, err := ex.store.RescueExpired(ex.bgCtx, o.clock.Now(), o.cfg.MaxRescues)
+		if err != nil {
+			o.log.Warn("batuta: rescuing expired leases failed", "error", err)
+			continue
+		}
+		if n > 0 || failed > 0 {
+			o.log.Warn("batuta: rescued tasks whose worker was lost", "rescued", n, "failed_after_max_rescues", failed)
+			ex.poke()
+		}
+	}
+}
+
+type dueHeap []time.Time
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}

@@ -1,0 +1,118 @@
+package batuta
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Hooks observe the life of runs and attempts: logging, metrics and tracing
+// plug in here (batutaotel implements it with OpenTelemetry). Methods are
+// called synchronously on the orchestrator's goroutines, so they must be
+// fast and must not block; they must be safe for concurrent use. Embed
+// NopHooks to implement only some methods.
+type Hooks interface {
+	// RunStarted is called when a run is accepted (recorded in the Store).
+	RunStarted(ctx context.Context, r RunInfo)
+	// RunFinished is called when a run reaches a terminal state, by the
+	// orchestrator whose worker finished its last task (or canceled it).
+	RunFinished(ctx context.Context, r RunInfo)
+	// AttemptStarted is called before a task attempt runs. The returned
+	// context is the one the task receives (return ctx unchanged, or a
+	// context carrying a span).
+	AttemptStarted(ctx context.Context, a AttemptInfo) context.Context
+	// AttemptFinished is called after an attempt, with ctx as returned by
+	// AttemptStarted.
+	AttemptFinished(ctx context.Context, a AttemptInfo)
+}
+
+// RunInfo describes a run to Hooks.
+type RunInfo struct {
+	RunID    string
+	Workflow string
+	EventID  string
+	// State is RunPending in RunStarted and the final state in RunFinished.
+	State RunState
+	Time  time.Time
+}
+
+// AttemptInfo describes a task attempt to Hooks.
+type AttemptInfo struct {
+	RunID    string
+	Workflow string
+	Task     string
+	Attempt  int
+	// Outcome and Err are set in AttemptFinished.
+	Outcome  Outcome
+	TimedOut bool
+	Err      error
+	Started  time.Time
+	Finished time.Time
+}
+
+// NopHooks implements Hooks doing nothing; embed it to override some methods.
+type NopHooks struct{}
+
+// RunStarted does nothing.
+func (NopHooks) RunStarted(context.Context, RunInfo) {}
+
+// RunFinished does nothing.
+func (NopHooks) RunFinished(context.Context, RunInfo) {}
+
+// AttemptStarted returns ctx.
+func (NopHooks) AttemptStarted(ctx context.Context, _ AttemptInfo) context.Context { return ctx }
+
+// AttemptFinished does nothing.
+func (NopHooks) AttemptFinished(context.Context, AttemptInfo) {}
+
+// logHooks logs through slog: run outcomes at Info (failures at Warn),
+// attempts at Debug (failed attempts at Warn).
+type logHooks struct{ log *slog.Logger }
+
+// LogHooks returns Hooks that log through l: runs finishing at Info
+// (failed or canceled at Warn), failed attempts at Warn, other attempts at
+// Debug. The orchestrator installs it on Config.Logger unless
+// Config.NoLogHooks is set.
+func LogHooks(l *slog.Logger) Hooks { return logHooks{l} }
+
+func (h logHooks) RunStarted(ctx context.Context, r RunInfo) {
+	if h.log.Enabled(ctx, slog.LevelDebug) {
+		h.log.LogAttrs(ctx, slog.LevelDebug, "batuta: run accepted",
+			slog.String("run", r.RunID), slog.String("workflow", r.Workflow), slog.String("event", r.EventID))
+	}
+}
+
+func (h logHooks) RunFinished(ctx context.Context, r RunInfo) {
+	lvl := slog.LevelInfo
+	if r.State != RunSucceeded {
+		lvl = slog.LevelWarn
+	}
+	if h.log.Enabled(ctx, lvl) {
+		h.log.LogAttrs(ctx, lvl, "batuta: run finished",
+			slog.String("run", r.RunID), slog.String("workflow", r.Workflow), slog.String("state", string(r.State)))
+	}
+}
+
+func (h logHooks) AttemptStarted(ctx context.Context, _ AttemptInfo) context.Context { return ctx }
+
+func (h logHooks) AttemptFinished(ctx context.Context, a AttemptInfo) {
+	lvl := slog.LevelDebug
+	if a.Err != nil && a.Outcome != OutcomeSnooze && a.Outcome != OutcomeRelease {
+		lvl = slog.LevelWarn
+	}
+	if !h.log.Enabled(ctx, lvl) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("run", a.RunID), slog.String("workflow", a.Workflow), slog.String("task", a.Task),
+		slog.Int("attempt", a.Attempt), slog.String("outcome", string(a.Outcome)),
+		slog.Duration("took", a.Finished.Sub(a.Started)),
+	}
+	if a.TimedOut {
+		attrs = append(attrs, slog.Bool("timed_out", true))
+	}
+	if a.Err != nil {
+		attrs = append(attrs, slog.String("error", a.Err.Error()))
+	}
+	h.log.LogAttrs(ctx, lvl, "batuta: attempt finished", attrs...)
+}

@@ -1,0 +1,576 @@
+package batuta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Config configures an Orchestrator. The zero value is valid: an in-memory
+// store, slog.Default(), and the defaults documented on each field.
+type Config struct {
+	// Store keeps runs. Default: NewMemoryStore(MemoryStoreConfig{}), which
+	// does not survive the process.
+	Store Store
+	// Logger receives the orchestrator's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Hooks observe runs and attempts, in order, after the built-in log
+	// hooks.
+	Hooks []Hooks
+	// NoLogHooks turns off the built-in hooks that log runs and attempts.
+	NoLogHooks bool
+	// Clock tells time. Default SystemClock{}. Tests pass a fake.
+	Clock Clock
+	// Workers is the number of tasks run at once. Default
+	// max(16, 4*GOMAXPROCS).
+	Workers int
+	// ClaimBatch is the most tasks claimed from the store at once.
+	// Default Workers.
+	ClaimBatch int
+	// MaxInFlightRuns caps unfinished runs: past it, Submit and trigger
+	// fires return ErrBusy (SubmitBlocking waits). Default 10,000;
+	// negative means no cap.
+	MaxInFlightRuns int
+	// MaxPayloadBytes caps event data (plus metadata) and, with a durable
+	// store, each task's JSON-encoded output. Default 256 KiB.
+	MaxPayloadBytes int
+	// ShutdownGrace is how long running tasks may keep running after Run's
+	// ctx ends before their ctx is canceled. Default 10s.
+	ShutdownGrace time.Duration
+	// ShutdownKill is how long Run waits after canceling tasks for them to
+	// return; tasks still running then (ignoring their ctx) are abandoned
+	// and named in the log, and Run returns. Default 2s.
+	ShutdownKill time.Duration
+	// LeaseDuration is how long a claimed task is leased before another
+	// worker may rescue it; leases are renewed every LeaseDuration/3 while
+	// the task runs. Default 30s.
+	LeaseDuration time.Duration
+	// MaxRescues is how often a task may lose its worker (lease expired)
+	// before it fails for good. Default 3.
+	MaxRescues int
+	// PollInterval is how often idle workers look for work they were not
+	// told about (retries due, runs created by other processes). Default
+	// 1s; stores that notify (WorkNotifier) make most polls unnecessary.
+	PollInterval time.Duration
+	// NodeID names this orchestrator in leases and logs. Default a random
+	// UUID.
+	NodeID string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Store == nil {
+		c.Store = NewMemoryStore(MemoryStoreConfig{})
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	if c.Workers == 0 {
+		c.Workers = max(16, 4*runtime.GOMAXPROCS(0))
+	}
+	if c.ClaimBatch == 0 {
+		c.ClaimBatch = c.Workers
+	}
+	if c.MaxInFlightRuns == 0 {
+		c.MaxInFlightRuns = 10000
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = 256 << 10
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.ShutdownKill == 0 {
+		c.ShutdownKill = 2 * time.Second
+	}
+	if c.LeaseDuration == 0 {
+		c.LeaseDuration = 30 * time.Second
+	}
+	if c.MaxRescues == 0 {
+		c.MaxRescues = 3
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = time.Second
+	}
+	if c.NodeID == "" {
+		c.NodeID = uuid.NewString()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Workers < 0:
+		return &ConfigError{"Workers", "must not be negative"}
+	case c.ClaimBatch < 0:
+		return &ConfigError{"ClaimBatch", "must not be negative"}
+	case c.MaxPayloadBytes < 0:
+		return &ConfigError{"MaxPayloadBytes", "must not be negative"}
+	case c.ShutdownGrace < 0:
+		return &ConfigError{"ShutdownGrace", "must not be negative"}
+	case c.ShutdownKill < 0:
+		return &ConfigError{"ShutdownKill", "must not be negative"}
+	case c.LeaseDuration < 0:
+		return &ConfigError{"LeaseDuration", "must not be negative"}
+	case c.MaxRescues < 0:
+		return &ConfigError{"MaxRescues", "must not be negative"}
+	case c.PollInterval < 0:
+		return &ConfigError{"PollInterval", "must not be negative"}
+	}
+	for i, h := range c.Hooks {
+		if h == nil {
+			return &ConfigError{fmt.Sprintf("Hooks[%d]", i), "is nil"}
+		}
+	}
+	return nil
+}
+
+// An Orchestrator owns the workflow registry, the triggers, the scheduler,
+// the worker pool and the Store. Create it with New, Register workflows,
+// Bind triggers, then call Run, which blocks until its ctx ends and shuts
+// down gracefully. Submit, Wait, Cancel and GetRun may be called from any
+// goroutine, before or during Run (runs submitted before Run start when it
+// starts).
+type Orchestrator struct {
+	cfg   Config
+	store Store
+	log   *slog.Logger
+	hooks []Hooks
+	clock Clock
+
+	mu        sync.RWMutex
+	workflows map[string]*compiledWorkflow
+	wfNames   []string
+	bindings  []*binding
+	running   bool
+	trigCtx   context.Context // set while Run runs
+	trigWG    *sync.WaitGroup
+
+	waitMu  sync.Mutex
+	waiters map[string]chan struct{}
+	freed   chan struct{} // closed and replaced whenever a run finishes (SubmitBlocking)
+
+	ex atomic.Pointer[executor]
+}
+
+type binding struct {
+	workflow string
+	trigger  Trigger
+	started  bool
+}
+
+// New returns an Orchestrator configured by cfg, or a *ConfigError.
+func New(cfg Config) (*Orchestrator, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	o := &Orchestrator{
+		cfg:       cfg,
+		store:     cfg.Store,
+		log:       cfg.Logger,
+		clock:     cfg.Clock,
+		workflows: make(map[string]*compiledWorkflow),
+		waiters:   make(map[string]chan struct{}),
+		freed:     make(chan struct{}),
+	}
+	if !cfg.NoLogHooks {
+		o.hooks = append(o.hooks, LogHooks(cfg.Logger))
+	}
+	o.hooks = append(o.hooks, cfg.Hooks...)
+	return o, nil
+}
+
+// Store returns the orchestrator's Store.
+func (o *Orchestrator) Store() Store { return o.store }
+
+// Register validates wf and adds it to the registry. An invalid workflow is
+// a *WorkflowError (matching ErrInvalidWorkflow) naming the culprit, and
+// nothing is registered. Registering a name twice is an error.
+func (o *Orchestrator) Register(wf *Workflow) error {
+	cw, err := compileWorkflow(wf)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, dup := o.workflows[cw.name]; dup {
+		return &WorkflowError{Workflow: cw.name, Reason: "already registered"}
+	}
+	o.workflows[cw.name] = cw
+	o.wfNames = append(o.wfNames, cw.name)
+	sort.Strings(o.wfNames)
+	return nil
+}
+
+func (o *Orchestrator) workflow(name string) (*compiledWorkflow, error) {
+	o.mu.RLock()
+	cw := o.workflows[name]
+	o.mu.RUnlock()
+	if cw == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownWorkflow, name)
+	}
+	return cw, nil
+}
+
+// Bind makes t start runs of the named workflow: each event t fires is
+// submitted as a run. t runs while the orchestrator runs (from Run, or at
+// once if Run is already running); if t returns early it is restarted with
+// backoff and the error is logged.
+func (o *Orchestrator) Bind(workflow string, t Trigger) error {
+	if t == nil {
+		return fmt.Errorf("batuta: Bind(%q): nil trigger", workflow)
+	}
+	if _, err := o.workflow(workflow); err != nil {
+		return fmt.Errorf("batuta: Bind: %w", err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	b := &binding{workflow: workflow, trigger: t}
+	o.bindings = append(o.bindings, b)
+	if o.running {
+		o.startBindingLocked(b)
+	}
+	return nil
+}
+
+// Submit starts a run of workflow for ev and returns the run's ID once the
+// run is recorded in the Store. If a run of workflow already exists for
+// ev.ID, Submit returns its ID and starts nothing. An empty ev.ID gets a
+// random one; a zero ev.Time gets the clock's now.
+//
+// Errors: ErrUnknownWorkflow, *PayloadTooLargeError (ErrPayloadTooLarge),
+// ErrInvalidPayload for event fields a store could not keep, ErrBusy when
+// MaxInFlightRuns runs are unfinished, or the Store's error. Nothing is
+// stored when Submit fails.
+func (o *Orchestrator) Submit(ctx context.Context, workflow string, ev Event) (string, error) {
+	id, _, err := o.submit(ctx, workflow, ev)
+	return id, err
+}
+
+// SubmitBlocking is Submit, but when the orchestrator is busy it waits for
+// runs to finish (or ctx to end) instead of returning ErrBusy.
+func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev Event) (string, error) {
+	for {
+		o.waitMu.Lock()
+		freed := o.freed
+		o.waitMu.Unlock()
+		id, _, err := o.submit(ctx, workflow, ev)
+		if !errors.Is(err, ErrBusy) {
+			return id, err
+		}
+		t := time.NewTimer(o.cfg.PollInterval)
+		select {
+		case <-freed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event) (string, bool, error) {
+	cw, err := o.workflow(workflow)
+	if err != nil {
+		return "", false, err
+	}
+	if err := o.checkEvent(&ev); err != nil {
+		return "", false, err
+	}
+	now := o.clock.Now()
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	rid, err := uuid.NewV7()
+	if err != nil {
+		return "", false, fmt.Errorf("batuta: run id: %w", err)
+	}
+	if ev.ID == "" {
+		ev.ID = rid.String()
+	}
+	nr := NewRun{
+		ID: rid.String(), Workflow: workflow, Event: ev, Tasks: cw.specs, CreatedAt: now,
+		MaxActive: max(o.cfg.MaxInFlightRuns, 0),
+	}
+	if cw.timeout > 0 {
+		nr.Deadline = now.Add(cw.timeout)
+	}
+	id, created, err := o.store.CreateRun(ctx, nr)
+	if err != nil {
+		return "", false, fmt.Errorf("batuta: submit %s: %w", workflow, err)
+	}
+	if created {
+		if ex := o.ex.Load(); ex != nil {
+			ex.poke()
+		}
+		for _, h := range o.hooks {
+			h.RunStarted(ctx, RunInfo{RunID: id, Workflow: workflow, EventID: ev.ID, State: RunPending, Time: now})
+		}
+	}
+	return id, created, nil
+}
+
+// checkEvent enforces the payload cap and refuses strings a database text
+// column would choke on (NUL bytes, invalid UTF-8).
+func (o *Orchestrator) checkEvent(ev *Event) error {
+	size := len(ev.Data)
+	for k, v := range ev.Metadata {
+		size += len(k) + len(v)
+		if err := checkText("metadata key", k); err != nil {
+			return err
+		}
+		if err := checkText("metadata "+k, v); err != nil {
+			return err
+		}
+	}
+	if size > o.cfg.MaxPayloadBytes {
+		return &PayloadTooLargeError{What: "event data", Size: size, Limit: o.cfg.MaxPayloadBytes}
+	}
+	for _, f := range []struct{ name, v string }{{"ID", ev.ID}, {"Source", ev.Source}, {"Type", ev.Type}, {"Subject", ev.Subject}} {
+		if len(f.v) > 1024 {
+			return fmt.Errorf("%w: event %s is %d bytes, over 1024", ErrInvalidPayload, f.name, len(f.v))
+		}
+		if err := checkText("event "+f.name, f.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkText(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidPayload, what)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidPayload, what)
+		}
+	}
+	return nil
+}
+
+// GetRun returns a snapshot of the run. ErrRunNotFound if there is none.
+func (o *Orchestrator) GetRun(ctx context.Context, runID string) (*Run, error) {
+	return o.store.GetRun(ctx, runID)
+}
+
+// ListRuns returns runs matching f, newest first.
+func (o *Orchestrator) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
+	return o.store.ListRuns(ctx, f)
+}
+
+// Wait blocks until the run finished or ctx ends, and returns its final
+// snapshot. Runs finished by this orchestrator wake Wait at once; runs
+// finished elsewhere (another instance on the same database) are seen by
+// polling.
+func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
+	o.waitMu.Lock()
+	ch := o.waiters[runID]
+	if ch == nil {
+		ch = make(chan struct{})
+		o.waiters[runID] = ch
+	}
+	o.waitMu.Unlock()
+	poll := 20 * time.Millisecond
+	for {
+		r, err := o.store.GetRun(ctx, runID)
+		if err != nil {
+			return nil, err
+		}
+		if r.Finished() {
+			return r, nil
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ch:
+		case <-t.C:
+			poll = min(poll*2, time.Second)
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// runFinished wakes Wait callers and SubmitBlocking.
+func (o *Orchestrator) runFinished(ctx context.Context, runID, workflow string, st RunState) {
+	o.waitMu.Lock()
+	if ch := o.waiters[runID]; ch != nil {
+		close(ch)
+		delete(o.waiters, runID)
+	}
+	close(o.freed)
+	o.freed = make(chan struct{})
+	o.waitMu.Unlock()
+	for _, h := range o.hooks {
+		h.RunFinished(ctx, RunInfo{RunID: runID, Workflow: workflow, State: st, Time: o.clock.Now()})
+	}
+}
+
+// Cancel cancels a run: tasks not started are canceled, running tasks see
+// their ctx canceled (on other instances, at their next lease renewal). It
+// returns ErrRunNotFound for an unknown run and nil for a finished one.
+func (o *Orchestrator) Cancel(ctx context.Context, runID string) error {
+	changed, err := o.store.CancelRun(ctx, runID, "canceled", o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("batuta: cancel %s: %w", runID, err)
+	}
+	if !changed {
+		return nil
+	}
+	if ex := o.ex.Load(); ex != nil {
+		ex.cancelRun(runID)
+	}
+	if r, err := o.store.GetRun(ctx, runID); err == nil && r.Finished() {
+		o.runFinished(ctx, runID, r.Workflow, r.State)
+	}
+	return nil
+}
+
+// Run runs the orchestrator until ctx ends: it starts the bound triggers and
+// the workers, resumes unfinished runs found in the Store, and executes
+// tasks. When ctx ends it stops the triggers first, lets running tasks
+// finish for ShutdownGrace, then cancels them (their claims go back to the
+// store without spending an attempt), waits ShutdownKill more, and returns
+// nil. No goroutine started by Run outlives it, except tasks that ignore
+// their ctx, which are named in the log.
+//
+// Run may be called again after it returned; calling it while it runs is
+// an error.
+func (o *Orchestrator) Run(ctx context.Context) error {
+	o.mu.Lock()
+	if o.running {
+		o.mu.Unlock()
+		return errors.New("batuta: Run called while running")
+	}
+	o.running = true
+	ex := newExecutor(o)
+	o.ex.Store(ex)
+	trigCtx, stopTriggers := context.WithCancel(context.WithoutCancel(ctx))
+	o.trigCtx = trigCtx
+	o.trigWG = &sync.WaitGroup{}
+	for _, b := range o.bindings {
+		b.started = false
+		o.startBindingLocked(b)
+	}
+	trigWG := o.trigWG
+	o.mu.Unlock()
+
+	ex.start()
+	<-ctx.Done()
+
+	// 1. Intake stops.
+	o.mu.Lock()
+	stopTriggers()
+	o.mu.Unlock()
+	trigWG.Wait()
+	// 2. Workers drain, then are canceled, then abandoned.
+	ex.shutdown()
+
+	o.mu.Lock()
+	o.running = false
+	o.trigCtx = nil
+	o.mu.Unlock()
+	o.ex.Store(nil)
+	return nil
+}
+
+func (o *Orchestrator) startBindingLocked(b *binding) {
+	if b.started {
+		return
+	}
+	b.started = true
+	ctx, wg := o.trigCtx, o.trigWG
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		o.superviseTrigger(ctx, b)
+	}()
+}
+
+// superviseTrigger runs a trigger, restarting it with backoff when it
+// returns early.
+func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
+	fire := func(ctx context.Context, ev Event) error {
+		_, err := o.Submit(ctx, b.workflow, ev)
+		return err
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		var err error
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					err = newPanicError(p)
+				}
+			}()
+			if tt, ok := b.trigger.(TrackingTrigger); ok {
+				err = tt.RunTracking(ctx, &runsView{o: o, workflow: b.workflow})
+			} else {
+				err = b.trigger.Run(ctx, fire)
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		o.log.Error("batuta: trigger stopped; restarting", "workflow", b.workflow,
+			"trigger", fmt.Sprintf("%T", b.trigger), "error", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// runsView is the Runs a TrackingTrigger gets.
+type runsView struct {
+	o        *Orchestrator
+	workflow string
+}
+
+func (r *runsView) Workflow() string { return r.workflow }
+func (r *runsView) Fire(ctx context.Context, ev Event) (string, error) {
+	return r.o.Submit(ctx, r.workflow, ev)
+}
+func (r *runsView) Get(ctx context.Context, id string) (*Run, error)  { return r.o.GetRun(ctx, id) }
+func (r *runsView) Wait(ctx context.Context, id string) (*Run, error) { return r.o.Wait(ctx, id) }
+func (r *runsView) Cancel(ctx context.Context, id string) error       { return r.o.Cancel(ctx, id) }
+func (r *runsView) Durable() bool                                     { return r.o.store.Durable() }
+func (r *runsView) Clock() Clock                                      { return r.o.clock }
+func (r *runsView) LastTick(ctx context.Context, s string) (time.Time, error) {
+	return r.o.store.LastTick(ctx, s)
+}
+func (r *runsView) RecordTick(ctx context.Context, s string, t time.Time) (bool, error) {
+	return r.o.store.RecordTick(ctx, s, t)
+}
+
+// Runs returns the Runs view of a workflow, as a TrackingTrigger gets it;
+// useful to drive a trigger by hand in tests.
+func (o *Orchestrator) Runs(workflow string) (Runs, error) {
+	if _, err := o.workflow(workflow); err != nil {
+		return nil, err
+	}
+	return &runsView{o: o, workflow: workflow}, nil
+}
