@@ -329,6 +329,7 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 			ex.mu.Lock()
 			ex.limited[cw.name]--
 			ex.mu.Unlock()
+			ex.poke() // room under the workflow's cap
 		}
 	}()
 	comp := &sl.comp[0]

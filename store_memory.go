@@ -42,6 +42,7 @@ type MemoryStore struct {
 	finHead  int
 	ticks    map[string]time.Time
 	token    int64
+	byToken  map[int64]*memTask // running tasks by lease token
 	notify   chan struct{}
 }
 
@@ -83,12 +84,13 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		cfg.FinishedTTL = 24 * time.Hour
 	}
 	return &MemoryStore{
-		cfg:    cfg,
-		runs:   make(map[string]*memRun),
-		byKey:  make(map[memKey]*memRun),
-		ready:  make(map[string]*memQueue),
-		ticks:  make(map[string]time.Time),
-		notify: make(chan struct{}, 1),
+		cfg:     cfg,
+		runs:    make(map[string]*memRun),
+		byKey:   make(map[memKey]*memRun),
+		ready:   make(map[string]*memQueue),
+		ticks:   make(map[string]time.Time),
+		byToken: make(map[int64]*memTask),
+		notify:  make(chan struct{}, 1),
 	}
 }
 
@@ -206,6 +208,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 			}
 			s.token++
 			t.token = s.token
+			s.byToken[t.token] = t
 			t.state = TaskRunning
 			t.leaseUntil = p.LeaseUntil
 			r := t.run
@@ -247,20 +250,19 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 }
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
-	r := s.runs[ref.RunID]
-	if r == nil {
-		return nil, fmt.Errorf("%w: run %s", ErrLeaseLost, ref.RunID)
+	t := s.byToken[ref.Token]
+	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec.Name != ref.Task {
+		return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
 	}
-	for i := range r.tasks {
-		t := &r.tasks[i]
-		if t.spec.Name == ref.Task {
-			if t.state != TaskRunning || t.token != ref.Token {
-				return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
-			}
-			return t, nil
-		}
+	return t, nil
+}
+
+// dropToken forgets t's lease token.
+func (s *MemoryStore) dropToken(t *memTask) {
+	if t.token != 0 {
+		delete(s.byToken, t.token)
+		t.token = 0
 	}
-	return nil, fmt.Errorf("%w: run %s has no task %s", ErrLeaseLost, ref.RunID, ref.Task)
 }
 
 // ExtendLeases implements Store.
@@ -303,6 +305,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 			continue
 		}
 		r := t.run
+		s.dropToken(t)
 		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease {
 			oc := c.Outcome
 			if c.TimedOut {
@@ -362,7 +365,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, now time.Time, res *CompleteResult) {
 	t.state = st
 	t.err = errMsg
-	t.token = 0
+	s.dropToken(t)
 	r := t.run
 	r.remaining--
 	if st == TaskFailed && r.Error == "" {
@@ -481,7 +484,7 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 				continue
 			}
 			t.state = TaskPending
-			t.token = 0
+			s.dropToken(t)
 			if r.canceled {
 				var res CompleteResult
 				s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
