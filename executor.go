@@ -19,6 +19,7 @@ var (
 	errShutdown    = errors.New("batuta: orchestrator shutting down")
 	errRunCanceled = fmt.Errorf("%w: run canceled", ErrCanceled)
 	errLeaseLost   = fmt.Errorf("%w: lease lost to another worker", ErrLeaseLost)
+	errAttemptDone = errors.New("batuta: attempt returned")
 )
 
 // PanicError is the error of an attempt whose task panicked. It carries the
@@ -56,6 +57,7 @@ type executor struct {
 	bgWG         sync.WaitGroup
 
 	mu       sync.Mutex
+	stopped  bool // hard stop: every task ctx is canceled
 	inflight map[int64]*slot
 	limited  map[string]int // running tasks of workflows with a Concurrency cap
 	due      dueHeap
@@ -64,10 +66,11 @@ type executor struct {
 
 // slot is one worker's state, reused for each task it runs.
 type slot struct {
-	claim  *Claim
-	cancel context.CancelCauseFunc
-	in     Input
-	comp   [1]Completion
+	claim *Claim
+	tctx  *taskCtx
+	in    Input
+	comp  [1]Completion
+	buf   [1]Claim // inline claims
 }
 
 func newExecutor(o *Orchestrator) *executor {
@@ -132,12 +135,12 @@ func (ex *executor) shutdown() {
 	}
 	if !wait(o.cfg.ShutdownGrace) {
 		o.log.Warn("batuta: shutdown grace period over; canceling running tasks", "running", ex.runningNames())
-		ex.hardCancel(errShutdown)
+		ex.stopAll()
 		if !wait(o.cfg.ShutdownKill) {
 			o.log.Error("batuta: tasks ignore their canceled context; abandoning them", "tasks", ex.runningNames())
 		}
 	}
-	ex.hardCancel(errShutdown)
+	ex.stopAll()
 	close(ex.bgStop)
 	ex.bgWG.Wait()
 	ex.mu.Lock()
@@ -150,6 +153,19 @@ func (ex *executor) shutdown() {
 		o.log.Error("batuta: timed-out tasks still running after shutdown (they ignore ctx)", "tasks", names)
 	}
 	ex.mu.Unlock()
+}
+
+// stopAll cancels every running attempt's ctx (and those started later).
+func (ex *executor) stopAll() {
+	ex.hardCancel(errShutdown)
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	ex.stopped = true
+	for _, sl := range ex.inflight {
+		if sl.tctx != nil {
+			sl.tctx.cancel(errShutdown)
+		}
+	}
 }
 
 func (ex *executor) runningNames() []string {
@@ -167,7 +183,10 @@ func (ex *executor) runningNames() []string {
 
 // claim claims up to max tasks of the registered workflows, honoring each
 // workflow's Concurrency cap.
-func (ex *executor) claim(max int) ([]Claim, error) {
+func (ex *executor) claim(max int) ([]Claim, error) { return ex.claimInto(nil, max) }
+
+// claimInto is claim, letting the store reuse buf's storage.
+func (ex *executor) claimInto(buf []Claim, max int) ([]Claim, error) {
 	o := ex.o
 	o.mu.RLock()
 	names := o.wfNames
@@ -186,7 +205,7 @@ func (ex *executor) claim(max int) ([]Claim, error) {
 		return nil, nil
 	}
 	now := o.clock.Now()
-	p := ClaimParams{Owner: o.cfg.NodeID, Limit: max, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration)}
+	p := ClaimParams{Owner: o.cfg.NodeID, Limit: max, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: buf}
 	var out []Claim
 	if len(free) > 0 {
 		p.Workflows = free
@@ -210,7 +229,7 @@ func (ex *executor) claim(max int) ([]Claim, error) {
 		if rem <= 0 {
 			continue
 		}
-		p.Workflows, p.Limit = []string{cw.name}, rem
+		p.Workflows, p.Limit, p.Buf = []string{cw.name}, rem, nil
 		cs, err := ex.store.ClaimTasks(ex.bgCtx, p)
 		ex.mu.Lock()
 		ex.limited[cw.name] -= rem - len(cs)
@@ -302,7 +321,7 @@ func (ex *executor) worker() {
 			ready := ex.execute(sl, c)
 			c = nil
 			if ready && !ex.draining.Load() {
-				if cs, err := ex.claim(1); err == nil && len(cs) == 1 {
+				if cs, err := ex.claimInto(sl.buf[:0], 1); err == nil && len(cs) == 1 {
 					c = &cs[0]
 				}
 			}
@@ -333,8 +352,8 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 		}
 	}()
 	comp := &sl.comp[0]
-	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt}
 	now := o.clock.Now()
+	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, FinishedAt: now}
 	ranAttempt := false
 	var info AttemptInfo
 	var hookCtx context.Context
@@ -376,24 +395,27 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	if runDeadline {
 		deadline = c.RunDeadline
 	}
-	ctx, cancel := context.WithCancelCause(ex.hardCtx)
-	defer cancel(nil)
-	var taskCtx context.Context = ctx
+	tc := &taskCtx{parent: ex.bgCtx}
+	defer tc.cancel(errAttemptDone)
+	var taskCtx context.Context = tc
 	if !deadline.IsZero() {
 		var cancelD context.CancelFunc
 		// Deadlines are wall-clock durations measured from the attempt's
 		// start: the same on a fake clock.
-		taskCtx, cancelD = context.WithTimeout(ctx, deadline.Sub(start))
+		taskCtx, cancelD = context.WithTimeout(tc, deadline.Sub(start))
 		defer cancelD()
 	}
 	ex.mu.Lock()
-	sl.claim, sl.cancel = c, cancel
+	sl.claim, sl.tctx = c, tc
 	ex.inflight[c.Token] = sl
+	if ex.stopped {
+		tc.cancel(errShutdown)
+	}
 	ex.mu.Unlock()
 	defer func() {
 		ex.mu.Lock()
 		delete(ex.inflight, c.Token)
-		sl.claim, sl.cancel = nil, nil
+		sl.claim, sl.tctx = nil, nil
 		ex.mu.Unlock()
 	}()
 	for _, h := range o.hooks {
@@ -414,7 +436,8 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 			err error
 		}
 		done := make(chan result, 1)
-		in := &Input{claim: c, task: ct}
+		cc := *c // the worker reuses c's storage; an abandoned body keeps its own copy
+		in := &Input{claim: &cc, task: ct}
 		stuck := &slot{}
 		go func() {
 			o, e := callTask(taskCtx, ct.fn, in)
@@ -432,7 +455,10 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 				out, err = r.out, r.err
 			default:
 				abandoned = true
-				err = context.Cause(taskCtx)
+				err = tc.causeOf()
+				if err == nil {
+					err = context.Cause(taskCtx)
+				}
 				if errors.Is(err, context.DeadlineExceeded) {
 					err = fmt.Errorf("%w: task %s exceeded its deadline and ignores ctx", ErrTimeout, c.Task)
 				}
@@ -446,8 +472,8 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	}
 	end := o.clock.Now()
 	comp.StartedAt, comp.FinishedAt = start, end
-	cause := context.Cause(ctx)
-	timedOut := taskCtx.Err() != nil && errors.Is(context.Cause(taskCtx), context.DeadlineExceeded) && cause == nil
+	cause := tc.causeOf()
+	timedOut := cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
 	info.Err = err
 
 	switch {
@@ -566,8 +592,8 @@ func (ex *executor) cancelRun(runID string) {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	for _, sl := range ex.inflight {
-		if sl.claim != nil && sl.claim.RunID == runID && sl.cancel != nil {
-			sl.cancel(errRunCanceled)
+		if sl.claim != nil && sl.claim.RunID == runID && sl.tctx != nil {
+			sl.tctx.cancel(errRunCanceled)
 		}
 	}
 }
@@ -608,14 +634,14 @@ func (ex *executor) heartbeat() {
 				break
 			}
 			sl := ex.inflight[refs[i].Token]
-			if sl == nil || sl.cancel == nil {
+			if sl == nil || sl.tctx == nil {
 				continue
 			}
 			switch st {
 			case LeaseLost:
-				sl.cancel(errLeaseLost)
+				sl.tctx.cancel(errLeaseLost)
 			case LeaseCanceled:
-				sl.cancel(errRunCanceled)
+				sl.tctx.cancel(errRunCanceled)
 			}
 		}
 		ex.mu.Unlock()

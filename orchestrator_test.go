@@ -630,3 +630,41 @@ func TestHooksAndConcurrencyCap(t *testing.T) {
 	require.Eventually(t, func() bool { return h.finished.Load() == 60 && h.attemptsDone.Load() == 60 }, 5*time.Second, time.Millisecond)
 	require.EqualValues(t, 60, h.attempts.Load())
 }
+
+// TestEachTaskRunsOnce: under load, with inline continuation and the
+// dispatcher racing for the same ready tasks, no task body runs twice.
+func TestEachTaskRunsOnce(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	count := map[string]int{}
+	body := func(ctx context.Context, in *batuta.Input) (any, error) {
+		mu.Lock()
+		count[in.IdempotencyKey()]++
+		mu.Unlock()
+		return nil, nil
+	}
+	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{
+		{Name: "a", Run: body}, {Name: "b", Deps: []string{"a"}, Run: body}, {Name: "c", Deps: []string{"a"}, Run: body},
+		{Name: "d", Deps: []string{"b", "c"}, Run: body}, {Name: "e", Deps: []string{"d"}, When: batuta.OneFailed, Run: body},
+	}}
+	o := setup(t, batuta.Config{Workers: 8}, wf)
+	ctx := waitCtx(t)
+	var ids []string
+	for i := 0; i < 2000; i++ {
+		id, err := o.SubmitBlocking(ctx, "w", batuta.Event{})
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, r.State)
+		require.Equal(t, batuta.TaskSkipped, r.Task("e").State)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, count, 2000*4)
+	for k, n := range count {
+		require.Equal(t, 1, n, k)
+	}
+}

@@ -176,6 +176,9 @@ type ClaimParams struct {
 	Now time.Time
 	// LeaseUntil is when the lease expires unless extended.
 	LeaseUntil time.Time
+	// Buf, if not nil, is storage the store may reuse for the result
+	// (appending to Buf[:0]) to save an allocation. Optional for stores.
+	Buf []Claim
 }
 
 // A Claim is a task leased to one worker. The Token fences every later write
@@ -232,8 +235,10 @@ type Completion struct {
 	Error string
 	// TimedOut marks an attempt that exceeded its timeout.
 	TimedOut bool
-	// StartedAt and FinishedAt bound the attempt (both zero for skipped,
-	// canceled and released claims, which record no attempt).
+	// StartedAt and FinishedAt bound the attempt. FinishedAt is always set
+	// (it is the run's finish time if this completion finishes the run);
+	// StartedAt is zero for skipped, canceled and released claims, which
+	// record no attempt.
 	StartedAt, FinishedAt time.Time
 	// RetryAt is when the next attempt is due (OutcomeRetry, OutcomeSnooze).
 	RetryAt time.Time

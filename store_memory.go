@@ -155,6 +155,18 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 			t.upstream[k].Name = nr.Tasks[d].Name
 		}
 	}
+	// Dependents in one slab too: count, carve, fill.
+	ndependents := make([]int, n)
+	for _, ts := range nr.Tasks {
+		for _, d := range ts.Deps {
+			ndependents[d]++
+		}
+	}
+	depSlab := make([]int, ndeps)
+	for i := range r.tasks {
+		k := ndependents[i]
+		r.tasks[i].dependents, depSlab = depSlab[:0:k], depSlab[k:]
+	}
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
 			r.tasks[d].dependents = append(r.tasks[d].dependents, i)
@@ -196,7 +208,10 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 		t := heap.Pop(&s.delayed).(*memTask)
 		s.pushReadyLocked(t)
 	}
-	var out []Claim
+	out := p.Buf[:0:cap(p.Buf)]
+	if cap(out) == 0 {
+		out = nil
+	}
 	take := func(q *memQueue) {
 		for len(out) < p.Limit {
 			t := q.pop()

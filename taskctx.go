@@ -1,0 +1,71 @@
+package batuta
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// taskCtx is the context a task attempt receives when it has no deadline.
+// It costs one small allocation where context.WithCancelCause costs more:
+// its Done channel is made only if the task asks for it, which most short
+// tasks never do. It is canceled with a cause (shutdown, run canceled, lease
+// lost) by the executor, and always when the attempt returns, like a
+// context whose cancel func was deferred. Values come from parent.
+type taskCtx struct {
+	parent context.Context
+	mu     sync.Mutex
+	done   chan struct{}
+	err    error
+	cause  error
+}
+
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+func (c *taskCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+func (c *taskCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.err != nil {
+			return closedChan
+		}
+		c.done = make(chan struct{})
+	}
+	return c.done
+}
+
+func (c *taskCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
+
+// cancel cancels the context with cause (first cause wins).
+func (c *taskCtx) cancel(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return
+	}
+	c.err, c.cause = context.Canceled, cause
+	if c.done != nil {
+		close(c.done)
+	}
+}
+
+// causeOf returns why the context was canceled (nil if it was not).
+func (c *taskCtx) causeOf() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
+}
+
+func (c *taskCtx) String() string { return "batuta.taskCtx" }
