@@ -40,7 +40,7 @@ func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: stri
 type executor struct {
 	o     *Orchestrator
 	store Store
-	work  chan *Claim
+	work  chan Claim
 	wake  chan struct{}
 	busy  atomic.Int64 // claims handed to workers and not yet done
 	nwork int64
@@ -70,6 +70,7 @@ type slot struct {
 	tctx  *taskCtx
 	in    Input
 	comp  [1]Completion
+	cur   Claim    // the claim handed over by the dispatcher
 	buf   [1]Claim // inline claims
 }
 
@@ -78,7 +79,7 @@ func newExecutor(o *Orchestrator) *executor {
 	return &executor{
 		o:            o,
 		store:        o.store,
-		work:         make(chan *Claim, o.cfg.Workers),
+		work:         make(chan Claim, o.cfg.Workers),
 		wake:         make(chan struct{}, 1),
 		nwork:        int64(o.cfg.Workers),
 		hardCtx:      hardCtx,
@@ -189,17 +190,7 @@ func (ex *executor) claim(max int) ([]Claim, error) { return ex.claimInto(nil, m
 func (ex *executor) claimInto(buf []Claim, max int) ([]Claim, error) {
 	o := ex.o
 	o.mu.RLock()
-	names := o.wfNames
-	var free []string
-	var capped []*compiledWorkflow
-	for _, n := range names {
-		cw := o.workflows[n]
-		if cw.concurrency > 0 {
-			capped = append(capped, cw)
-		} else {
-			free = append(free, n)
-		}
-	}
+	names, free, capped := o.wfNames, o.uncapped, o.capped
 	o.mu.RUnlock()
 	if len(names) == 0 || max <= 0 {
 		return nil, nil
@@ -250,6 +241,9 @@ func (ex *executor) dispatch() {
 		notify = wn.WorkAvailable()
 	}
 	errBackoff := time.Duration(0)
+	var buf []Claim
+	poll := time.NewTimer(o.cfg.PollInterval)
+	defer poll.Stop()
 	for {
 		if ex.draining.Load() {
 			return
@@ -258,7 +252,10 @@ func (ex *executor) dispatch() {
 		want := min(free, int64(o.cfg.ClaimBatch))
 		got := 0
 		if want > 0 {
-			cs, err := ex.claim(int(want))
+			if cap(buf) < int(want) {
+				buf = make([]Claim, 0, want)
+			}
+			cs, err := ex.claimInto(buf[:0], int(want))
 			if err != nil {
 				errBackoff = min(max(errBackoff*2, 50*time.Millisecond), 5*time.Second)
 				o.log.Error("batuta: claiming tasks failed", "error", err, "retry_in", errBackoff)
@@ -268,7 +265,8 @@ func (ex *executor) dispatch() {
 			got = len(cs)
 			for i := range cs {
 				ex.busy.Add(1)
-				ex.work <- &cs[i]
+				ex.work <- cs[i]
+				cs[i] = Claim{} // drop references for the GC
 			}
 			if got > 0 && int64(got) == want && errBackoff == 0 {
 				continue // there may be more
@@ -284,15 +282,20 @@ func (ex *executor) dispatch() {
 			dueT = o.clock.NewTimer(d.Sub(o.clock.Now()))
 			dueC = dueT.C()
 		}
-		pt := time.NewTimer(wait)
+		poll.Reset(wait)
 		select {
 		case <-ex.stopDispatch:
 		case <-ex.wake:
 		case <-notify:
-		case <-pt.C:
+		case <-poll.C:
 		case <-dueC:
 		}
-		pt.Stop()
+		if !poll.Stop() {
+			select {
+			case <-poll.C:
+			default:
+			}
+		}
 		if dueT != nil {
 			dueT.Stop()
 		}
@@ -316,7 +319,8 @@ func (ex *executor) nextDue() (time.Time, bool) {
 func (ex *executor) worker() {
 	defer ex.workersWG.Done()
 	sl := &slot{}
-	for c := range ex.work {
+	for sl.cur = range ex.work {
+		c := &sl.cur
 		for c != nil {
 			ready := ex.execute(sl, c)
 			c = nil
@@ -561,6 +565,9 @@ func (ex *executor) complete(comps []Completion, c *Claim) bool {
 			if r.RunFinished != "" {
 				o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
 			}
+			if r.Ready > 1 || comps[0].Outcome == OutcomeRelease {
+				ex.poke() // more than the completing worker takes inline
+			}
 			return r.Ready > 0
 		}
 		if err == nil {
@@ -585,7 +592,6 @@ func (ex *executor) complete(comps []Completion, c *Claim) bool {
 		backoff = min(backoff*2, 2*time.Second)
 	}
 }
-
 
 // cancelRun cancels this process's running attempts of a run.
 func (ex *executor) cancelRun(runID string) {

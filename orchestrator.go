@@ -151,7 +151,9 @@ type Orchestrator struct {
 
 	mu        sync.RWMutex
 	workflows map[string]*compiledWorkflow
-	wfNames   []string
+	wfNames   []string            // sorted; replaced, never mutated, on Register
+	uncapped  []string            // workflows without a Concurrency cap
+	capped    []*compiledWorkflow // workflows with one
 	bindings  []*binding
 	running   bool
 	trigCtx   context.Context // set while Run runs
@@ -209,8 +211,18 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 		return &WorkflowError{Workflow: cw.name, Reason: "already registered"}
 	}
 	o.workflows[cw.name] = cw
-	o.wfNames = append(o.wfNames, cw.name)
-	sort.Strings(o.wfNames)
+	names := append(append([]string(nil), o.wfNames...), cw.name)
+	sort.Strings(names)
+	var uncapped []string
+	var capped []*compiledWorkflow
+	for _, n := range names {
+		if w := o.workflows[n]; w.concurrency > 0 {
+			capped = append(capped, w)
+		} else {
+			uncapped = append(uncapped, n)
+		}
+	}
+	o.wfNames, o.uncapped, o.capped = names, uncapped, capped
 	return nil
 }
 

@@ -367,6 +367,10 @@ type Store interface {
 type WorkNotifier interface {
 	Store
 	// WorkAvailable returns a channel that receives a value (non-blocking,
-	// buffered 1) whenever new work may be ready.
+	// buffered 1) whenever new work may be ready: a run was created, a task
+	// was rescued, or (for stores shared by several processes) another
+	// process made tasks ready. Tasks made ready by CompleteTasks need no
+	// signal to the process that completed: it learns of them from
+	// CompleteResult.Ready.
 	WorkAvailable() <-chan struct{}
 }

@@ -365,13 +365,10 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 			out[i].Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
 			continue
 		}
-		if out[i].Ready > 0 {
-			signal = true
-		}
 	}
-	if signal {
-		s.signal()
-	}
+	// Tasks made ready by a completion are reported in its result; the
+	// completing orchestrator picks them up without a signal.
+	_ = signal
 	return out, nil
 }
 
