@@ -107,9 +107,10 @@ func (ex *executor) start() {
 		go ex.worker()
 	}
 	go ex.dispatch()
-	ex.bgWG.Add(2)
+	ex.bgWG.Add(3)
 	go ex.heartbeat()
 	go ex.rescuer()
+	go ex.pruner()
 }
 
 // shutdown stops claiming, drains, cancels, and abandons, in that order.
@@ -676,6 +677,34 @@ func (ex *executor) rescuer() {
 		if n > 0 || failed > 0 {
 			o.log.Warn("batuta: rescued tasks whose worker was lost", "rescued", n, "failed_after_max_rescues", failed)
 			ex.poke()
+		}
+	}
+}
+
+// pruner deletes finished runs past the retention, in small batches.
+func (ex *executor) pruner() {
+	defer ex.bgWG.Done()
+	o := ex.o
+	if o.cfg.Retention < 0 && o.cfg.RetentionCount == 0 {
+		return
+	}
+	t := time.NewTicker(o.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ex.bgStop:
+			return
+		case <-t.C:
+		}
+		p := PrunePolicy{KeepLast: o.cfg.RetentionCount, BatchSize: 500}
+		if o.cfg.Retention > 0 {
+			p.Before = o.clock.Now().Add(-o.cfg.Retention)
+		}
+		n, err := ex.store.Prune(ex.bgCtx, p)
+		if err != nil {
+			o.log.Warn("batuta: pruning finished runs failed", "error", err)
+		} else if n > 0 {
+			o.log.Debug("batuta: pruned finished runs", "deleted", n)
 		}
 	}
 }

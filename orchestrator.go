@@ -64,6 +64,15 @@ type Config struct {
 	// NodeID names this orchestrator in leases and logs. Default a random
 	// UUID.
 	NodeID string
+	// Retention is how long finished runs (and with them their dedupe
+	// keys) are kept; a pruner deletes older ones in small batches every
+	// RetentionInterval. Default 7 days; negative keeps them forever. The
+	// in-memory store also applies its own MemoryStoreConfig bounds.
+	Retention time.Duration
+	// RetentionCount, if > 0, also keeps at most this many finished runs.
+	RetentionCount int
+	// RetentionInterval is how often the pruner runs. Default 1 minute.
+	RetentionInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -106,6 +115,12 @@ func (c Config) withDefaults() Config {
 	if c.NodeID == "" {
 		c.NodeID = uuid.NewString()
 	}
+	if c.Retention == 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.RetentionInterval == 0 {
+		c.RetentionInterval = time.Minute
+	}
 	return c
 }
 
@@ -127,6 +142,10 @@ func (c Config) validate() error {
 		return &ConfigError{"MaxRescues", "must not be negative"}
 	case c.PollInterval < 0:
 		return &ConfigError{"PollInterval", "must not be negative"}
+	case c.RetentionCount < 0:
+		return &ConfigError{"RetentionCount", "must not be negative"}
+	case c.RetentionInterval < 0:
+		return &ConfigError{"RetentionInterval", "must not be negative"}
 	}
 	for i, h := range c.Hooks {
 		if h == nil {

@@ -668,3 +668,20 @@ func TestEachTaskRunsOnce(t *testing.T) {
 		require.Equal(t, 1, n, k)
 	}
 }
+
+func TestRetentionPrunesFinishedRuns(t *testing.T) {
+	t.Parallel()
+	clock := batutatest.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop}}}
+	o := setup(t, batuta.Config{Clock: clock, Retention: time.Hour, RetentionInterval: 5 * time.Millisecond}, wf)
+	ctx := waitCtx(t)
+	id, err := o.Submit(ctx, "w", batuta.Event{ID: "old"})
+	require.NoError(t, err)
+	_, err = o.Wait(ctx, id)
+	require.NoError(t, err)
+	clock.Advance(2 * time.Hour)
+	require.Eventually(t, func() bool {
+		_, err := o.GetRun(ctx, id)
+		return errors.Is(err, batuta.ErrRunNotFound)
+	}, 10*time.Second, 5*time.Millisecond)
+}
