@@ -504,7 +504,12 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	case errors.Is(cause, errShutdown):
 		comp.Outcome, comp.Error = OutcomeRelease, "orchestrator shut down"
 		return taskCtx
-	case errors.Is(cause, errRunCanceled) || errors.Is(cause, errLeaseLost):
+	case errors.Is(cause, errLeaseLost):
+		// The store will most likely refuse this write (fenced); if it does
+		// not, the task simply runs again: at-least-once.
+		comp.Outcome, comp.Error = OutcomeRelease, cause.Error()
+		return taskCtx
+	case errors.Is(cause, errRunCanceled):
 		comp.Outcome, comp.Error = OutcomeCanceled, cause.Error()
 		return taskCtx
 	}
