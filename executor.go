@@ -185,10 +185,12 @@ func (ex *executor) runningNames() []string {
 
 // claim claims up to max tasks of the registered workflows, honoring each
 // workflow's Concurrency cap.
-func (ex *executor) claim(max int) ([]Claim, error) { return ex.claimInto(nil, max) }
+func (ex *executor) claim(max int) ([]Claim, error) {
+	return ex.claimInto(nil, max, ex.o.clock.Now())
+}
 
 // claimInto is claim, letting the store reuse buf's storage.
-func (ex *executor) claimInto(buf []Claim, max int) ([]Claim, error) {
+func (ex *executor) claimInto(buf []Claim, max int, now time.Time) ([]Claim, error) {
 	o := ex.o
 	o.mu.RLock()
 	names, free, capped := o.wfNames, o.uncapped, o.capped
@@ -196,7 +198,6 @@ func (ex *executor) claimInto(buf []Claim, max int) ([]Claim, error) {
 	if len(names) == 0 || max <= 0 {
 		return nil, nil
 	}
-	now := o.clock.Now()
 	p := ClaimParams{Owner: o.cfg.NodeID, Limit: max, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: buf}
 	var out []Claim
 	if len(free) > 0 {
@@ -256,7 +257,7 @@ func (ex *executor) dispatch() {
 			if cap(buf) < int(want) {
 				buf = make([]Claim, 0, want)
 			}
-			cs, err := ex.claimInto(buf[:0], int(want))
+			cs, err := ex.claimInto(buf[:0], int(want), o.clock.Now())
 			if err != nil {
 				errBackoff = min(max(errBackoff*2, 50*time.Millisecond), 5*time.Second)
 				o.log.Error("batuta: claiming tasks failed", "error", err, "retry_in", errBackoff)
@@ -326,7 +327,8 @@ func (ex *executor) worker() {
 			ready := ex.execute(sl, c)
 			c = nil
 			if ready && !ex.draining.Load() {
-				if cs, err := ex.claimInto(sl.buf[:0], 1); err == nil && len(cs) == 1 {
+				// The clock read at the end of the task serves as now.
+				if cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt); err == nil && len(cs) == 1 {
 					c = &cs[0]
 				}
 			}

@@ -151,7 +151,9 @@ type NewRun struct {
 	ID       string // UUIDv7 chosen by the orchestrator
 	Workflow string
 	Event    Event // Event.ID is the dedupe key together with Workflow
-	Tasks    []TaskSpec
+	// Tasks are the run's tasks in declaration order. The store may keep
+	// the slice; the caller never modifies it after CreateRun.
+	Tasks []TaskSpec
 	// CreatedAt is the orchestrator's clock at submit time.
 	CreatedAt time.Time
 	// Deadline is the workflow-level timeout (zero: none).

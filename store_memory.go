@@ -51,6 +51,7 @@ type memKey struct{ workflow, eventID string }
 type memRun struct {
 	Run                 // snapshot fields kept up to date (Tasks unused)
 	tasks     []memTask // live task state
+	specs     []TaskSpec // shared with the caller, never written
 	remaining int       // tasks not yet finished
 	canceled  bool
 	dropped   bool
@@ -59,7 +60,6 @@ type memRun struct {
 type memTask struct {
 	run         *memRun
 	idx         int
-	spec        TaskSpec
 	dependents  []int
 	pendingDeps int
 	state       TaskState
@@ -133,6 +133,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	}}
 	n := len(nr.Tasks)
 	r.tasks = make([]memTask, n)
+	r.specs = nr.Tasks
 	r.remaining = n
 	// One slab each for first attempts and upstream views, so a task's
 	// first attempt and its claim allocate nothing.
@@ -144,7 +145,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	upSlab := make([]UpstreamResult, ndeps)
 	for i, ts := range nr.Tasks {
 		t := &r.tasks[i]
-		t.run, t.idx, t.spec, t.state, t.heapIdx = r, i, ts, TaskPending, -1
+		t.run, t.idx, t.state, t.heapIdx = r, i, TaskPending, -1
 		t.pendingDeps = len(ts.Deps)
 		t.attempts = attemptSlab[i : i : i+1]
 		t.upstream, upSlab = upSlab[:len(ts.Deps):len(ts.Deps)], upSlab[len(ts.Deps):]
@@ -231,7 +232,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 				r.State = RunRunning
 				r.StartedAt = p.Now
 			}
-			for k, d := range t.spec.Deps {
+			for k, d := range t.spec().Deps {
 				dt := &r.tasks[d]
 				u := &t.upstream[k]
 				u.State, u.Output, u.Error = dt.state, dt.output, dt.err
@@ -240,7 +241,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 				out = make([]Claim, 0, min(p.Limit, 16))
 			}
 			out = append(out, Claim{
-				RunID: r.ID, Workflow: r.Workflow, Task: t.spec.Name,
+				RunID: r.ID, Workflow: r.Workflow, Task: t.spec().Name,
 				Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
 				Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
 			})
@@ -266,7 +267,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
 	t := s.byToken[ref.Token]
-	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec.Name != ref.Task {
+	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
 		return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
 	}
 	return t, nil
@@ -381,7 +382,7 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	r := t.run
 	r.remaining--
 	if st == TaskFailed && r.Error == "" {
-		r.Error = fmt.Sprintf("task %s failed: %s", t.spec.Name, errMsg)
+		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
 	for _, d := range t.dependents {
 		dt := &r.tasks[d]
@@ -549,12 +550,12 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 	out.Tasks = make([]TaskRun, len(r.tasks))
 	for i := range r.tasks {
 		t := &r.tasks[i]
-		deps := make([]string, len(t.spec.Deps))
-		for k, d := range t.spec.Deps {
-			deps[k] = r.tasks[d].spec.Name
+		deps := make([]string, len(t.spec().Deps))
+		for k, d := range t.spec().Deps {
+			deps[k] = r.tasks[d].spec().Name
 		}
 		out.Tasks[i] = TaskRun{
-			Name: t.spec.Name, State: t.state, Deps: deps, Output: t.output,
+			Name: t.spec().Name, State: t.state, Deps: deps, Output: t.output,
 			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: t.rescues,
 		}
 	}
@@ -669,6 +670,8 @@ func (s *MemoryStore) RecordTick(ctx context.Context, schedule string, tick time
 	s.ticks[schedule] = tick
 	return true, nil
 }
+
+func (t *memTask) spec() *TaskSpec { return &t.run.specs[t.idx] }
 
 // memQueue is a FIFO of ready tasks.
 type memQueue struct {
