@@ -49,10 +49,10 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                 // snapshot fields kept up to date (Tasks unused)
-	tasks     []memTask // live task state
+	Run                  // snapshot fields kept up to date (Tasks unused)
+	tasks     []memTask  // live task state
 	specs     []TaskSpec // shared with the caller, never written
-	remaining int       // tasks not yet finished
+	remaining int        // tasks not yet finished
 	canceled  bool
 	dropped   bool
 }
