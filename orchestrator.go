@@ -179,10 +179,19 @@ type Orchestrator struct {
 	trigWG    *sync.WaitGroup
 
 	waitMu  sync.Mutex
-	waiters map[string]chan struct{}
+	waiters map[string]*waiter
 	freed   chan struct{} // closed and replaced whenever a run finishes (SubmitBlocking)
 
 	ex atomic.Pointer[executor]
+
+	functions functionSet // workflows registered by RegisterFunc
+}
+
+// waiter wakes the Wait calls of one run; n counts them, so the entry goes
+// when the last one returns, finished or not.
+type waiter struct {
+	ch chan struct{}
+	n  int
 }
 
 type binding struct {
@@ -203,8 +212,9 @@ func New(cfg Config) (*Orchestrator, error) {
 		log:       cfg.Logger,
 		clock:     cfg.Clock,
 		workflows: make(map[string]*compiledWorkflow),
-		waiters:   make(map[string]chan struct{}),
+		waiters:   make(map[string]*waiter),
 		freed:     make(chan struct{}),
+		functions: functionSet{names: map[string]bool{}},
 	}
 	if !cfg.NoLogHooks {
 		o.hooks = append(o.hooks, LogHooks(cfg.Logger))
@@ -409,12 +419,21 @@ func (o *Orchestrator) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error
 // polling.
 func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
 	o.waitMu.Lock()
-	ch := o.waiters[runID]
-	if ch == nil {
-		ch = make(chan struct{})
-		o.waiters[runID] = ch
+	w := o.waiters[runID]
+	if w == nil {
+		w = &waiter{ch: make(chan struct{})}
+		o.waiters[runID] = w
 	}
+	w.n++
+	ch := w.ch
 	o.waitMu.Unlock()
+	defer func() {
+		o.waitMu.Lock()
+		if w.n--; w.n == 0 && o.waiters[runID] == w {
+			delete(o.waiters, runID)
+		}
+		o.waitMu.Unlock()
+	}()
 	poll := 20 * time.Millisecond
 	for {
 		r, err := o.store.GetRun(ctx, runID)
@@ -440,8 +459,8 @@ func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
 // runFinished wakes Wait callers and SubmitBlocking.
 func (o *Orchestrator) runFinished(ctx context.Context, runID, workflow string, st RunState) {
 	o.waitMu.Lock()
-	if ch := o.waiters[runID]; ch != nil {
-		close(ch)
+	if w := o.waiters[runID]; w != nil {
+		close(w.ch)
 		delete(o.waiters, runID)
 	}
 	close(o.freed)

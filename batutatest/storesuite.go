@@ -573,6 +573,16 @@ func testRunStates(t *testing.T, st *storeT) {
 	} else if x := r.Task("x"); x.State != batuta.TaskFailed || len(x.Attempts) != 1 || x.Attempts[0].Outcome != batuta.OutcomeFailed {
 		t.Fatalf("failed task: %+v", x)
 	}
+	// A run finished by a skip (no attempt) takes the completion's time.
+	only := st.create("wf", "skip-only", []batuta.TaskSpec{{Name: "x"}})
+	c := st.claim(base, 1)[0]
+	if c.RunID != only {
+		t.Fatalf("claimed %s, want the skip-only run", c.RunID)
+	}
+	res := st.completeOK(c, batuta.OutcomeSkipped, nil, base.Add(time.Minute))
+	if r := st.get(only); res.RunFinished != batuta.RunSucceeded || !r.FinishedAt.Equal(base.Add(time.Minute)) {
+		t.Fatalf("run finished by a skip: %q at %v, want succeeded at %v", res.RunFinished, r.FinishedAt, base.Add(time.Minute))
+	}
 	if r := st.get(skip); r.State != batuta.RunSucceeded {
 		t.Fatalf("run with a skipped task: %s", r.State)
 	} else if x := r.Task("x"); x.State != batuta.TaskSkipped || len(x.Attempts) != 0 {

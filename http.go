@@ -1,0 +1,428 @@
+package batuta
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HTTPConfig configures NewHTTPHandler.
+type HTTPConfig struct {
+	// Orchestrator receives the work. Required.
+	Orchestrator *Orchestrator
+	// Authorize decides whether a request may proceed; it runs before
+	// anything else (so an unauthorised caller learns nothing, not even
+	// which names exist). Return nil to allow. Any error answers 401,
+	// unless it is (or wraps) an *HTTPError, whose status and message are
+	// used (e.g. 403). Required, unless UnsafeAllowUnauthenticated is set.
+	Authorize func(r *http.Request) error
+	// UnsafeAllowUnauthenticated lets NewHTTPHandler run without
+	// Authorize: anyone who can reach the handler can start any workflow
+	// and read any run. Set it only behind a gateway that authenticates,
+	// or in tests. The handler logs a warning when it is built this way.
+	UnsafeAllowUnauthenticated bool
+	// MaxBodyBytes caps request bodies; larger ones get 413. Default 1 MiB.
+	// The orchestrator's MaxPayloadBytes applies too (also 413).
+	MaxBodyBytes int64
+	// InvokeTimeout bounds how long a synchronous invocation is waited
+	// for; past it the answer is 504 with the run ID (the run goes on;
+	// poll GET /runs/{id}). Default 30 s.
+	InvokeTimeout time.Duration
+	// RetryAfter is the Retry-After sent with 429 (busy). Default 1 s;
+	// rounded up to whole seconds.
+	RetryAfter time.Duration
+	// Logger logs unexpected errors (5xx). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults of HTTPConfig.
+const (
+	DefaultHTTPMaxBodyBytes  = 1 << 20
+	DefaultHTTPInvokeTimeout = 30 * time.Second
+	DefaultHTTPRetryAfter    = time.Second
+)
+
+func (c HTTPConfig) withDefaults() HTTPConfig {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultHTTPMaxBodyBytes
+	}
+	if c.InvokeTimeout == 0 {
+		c.InvokeTimeout = DefaultHTTPInvokeTimeout
+	}
+	if c.RetryAfter == 0 {
+		c.RetryAfter = DefaultHTTPRetryAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c HTTPConfig) validate() error {
+	switch {
+	case c.Orchestrator == nil:
+		return &ConfigError{Field: "Orchestrator", Reason: "required"}
+	case c.Authorize == nil && !c.UnsafeAllowUnauthenticated:
+		return &ConfigError{Field: "Authorize", Reason: "required (set UnsafeAllowUnauthenticated to run without authorisation)"}
+	case c.Authorize != nil && c.UnsafeAllowUnauthenticated:
+		return &ConfigError{Field: "UnsafeAllowUnauthenticated", Reason: "set together with Authorize; choose one"}
+	case c.MaxBodyBytes < 0:
+		return &ConfigError{Field: "MaxBodyBytes", Reason: "must not be negative"}
+	case c.InvokeTimeout < 0:
+		return &ConfigError{Field: "InvokeTimeout", Reason: "must not be negative"}
+	case c.RetryAfter < 0:
+		return &ConfigError{Field: "RetryAfter", Reason: "must not be negative"}
+	}
+	return nil
+}
+
+// HTTPError is an error with an HTTP status. An Authorize func returns one
+// to choose the status (403 rather than 401, say).
+type HTTPError struct {
+	Status  int
+	Message string
+}
+
+func (e *HTTPError) Error() string { return fmt.Sprintf("batuta: http %d: %s", e.Status, e.Message) }
+
+// Request headers the HTTP handler reads. Idempotency-Key (or, failing it,
+// Ce-Id) becomes the event ID, so a retried request starts no second run;
+// the Ce-* headers follow CloudEvents' HTTP binding.
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderCEID           = "Ce-Id"
+	HeaderCEType         = "Ce-Type"
+	HeaderCESource       = "Ce-Source"
+	HeaderCESubject      = "Ce-Subject"
+	// HeaderRunID is set on responses that concern a run.
+	HeaderRunID = "Batuta-Run-Id"
+)
+
+// NewHTTPHandler returns the HTTP front door to cfg.Orchestrator, built on
+// net/http alone. Mount it under a prefix with http.StripPrefix. Routes:
+//
+//	POST /functions/{name}          invoke a function synchronously; the
+//	                                 body is the payload (JSON, may be
+//	                                 empty); 200 with the output as the body
+//	POST /functions/{name}/async    start a function; 202 {"run_id", "status_url"}
+//	                                 and a Location header (GET it for the status)
+//	POST /workflows/{name}/runs     start a workflow run; 202 as above
+//	GET  /runs/{id}                 200 with the run and its task states
+//
+// Every POST takes an Idempotency-Key header (the event ID): the same key
+// returns the same run. Errors are JSON {"error": "...", "run_id": ...}
+// with status 400 (malformed JSON or bad event fields), 401/403 (Authorize),
+// 404 (unknown function, workflow, run or route), 405 (wrong method, with
+// Allow), 413 (body over MaxBodyBytes or the payload cap), 429 (busy, with
+// Retry-After), 502 (the function failed; the body carries its error and
+// run ID) and 504 (the function timed out, or InvokeTimeout passed; the run
+// goes on).
+//
+// Like Invoke, a synchronous invocation that arrives before the
+// orchestrator's Run starts (or while it restarts) is accepted and waits,
+// up to InvokeTimeout, for Run to execute it.
+//
+// The handler is safe for concurrent use.
+func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if cfg.UnsafeAllowUnauthenticated {
+		cfg.Logger.Warn("batuta: HTTP handler built WITHOUT authorisation (UnsafeAllowUnauthenticated): anyone who reaches it can start work and read runs")
+	}
+	h := &httpHandler{cfg: cfg, o: cfg.Orchestrator}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/functions/{name}", h.method(http.MethodPost, h.invoke))
+	mux.HandleFunc("/functions/{name}/async", h.method(http.MethodPost, h.invokeAsync))
+	mux.HandleFunc("/workflows/{name}/runs", h.method(http.MethodPost, h.submit))
+	mux.HandleFunc("/runs/{id}", h.method(http.MethodGet, h.getRun))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		h.error(w, r, http.StatusNotFound, "no such route: "+r.URL.Path, nil)
+	})
+	h.mux = mux
+	return h, nil
+}
+
+type httpHandler struct {
+	cfg HTTPConfig
+	o   *Orchestrator
+	mux *http.ServeMux
+}
+
+func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Authorize != nil {
+		if err := h.cfg.Authorize(r); err != nil {
+			var he *HTTPError
+			if errors.As(err, &he) {
+				h.error(w, r, he.Status, he.Message, nil)
+				return
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="batuta"`)
+			h.error(w, r, http.StatusUnauthorized, "unauthorized", nil)
+			return
+		}
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// method answers 405 with Allow for any other method than m.
+func (h *httpHandler) method(m string, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != m {
+			w.Header().Set("Allow", m)
+			h.error(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; use "+m, nil)
+			return
+		}
+		next(w, r)
+	}
+}
+
+// event reads the request into an event: body as data (valid JSON or
+// empty), headers as ID, type, source and subject. It writes the error
+// response itself and reports false on failure.
+func (h *httpHandler) event(w http.ResponseWriter, r *http.Request) (Event, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.error(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over the limit of %d bytes", h.cfg.MaxBodyBytes), nil)
+			return Event{}, false
+		}
+		h.error(w, r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
+		return Event{}, false
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = nil
+	} else if !json.Valid(body) {
+		h.error(w, r, http.StatusBadRequest, "request body is not valid JSON", nil)
+		return Event{}, false
+	}
+	ev := Event{
+		ID:      r.Header.Get(HeaderIdempotencyKey),
+		Type:    r.Header.Get(HeaderCEType),
+		Source:  r.Header.Get(HeaderCESource),
+		Subject: r.Header.Get(HeaderCESubject),
+		Data:    body,
+	}
+	if ev.ID == "" {
+		ev.ID = r.Header.Get(HeaderCEID)
+	}
+	if ev.Source == "" {
+		ev.Source = "http"
+	}
+	return ev, true
+}
+
+func (h *httpHandler) invoke(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !h.o.IsFunction(name) {
+		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no function named %q", name), nil)
+		return
+	}
+	ev, ok := h.event(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.InvokeTimeout)
+	defer cancel()
+	runID, err := h.o.Submit(ctx, name, ev)
+	if err != nil {
+		h.submitError(w, r, err)
+		return
+	}
+	w.Header().Set(HeaderRunID, runID)
+	run, err := h.o.Wait(ctx, runID)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client left; the run goes on
+		}
+		h.error(w, r, http.StatusGatewayTimeout, fmt.Sprintf("function %s did not finish within %v; the run goes on", name, h.cfg.InvokeTimeout), map[string]any{"run_id": runID, "status_url": statusURL(r, runID)})
+		return
+	}
+	if err := runError(name, run); err != nil {
+		fe := err.(*FunctionError)
+		extra := map[string]any{"run_id": runID, "state": fe.State, "attempts": fe.Attempts}
+		status := http.StatusBadGateway
+		if fe.TimedOut {
+			status = http.StatusGatewayTimeout
+		}
+		h.error(w, r, status, fe.Err, extra)
+		return
+	}
+	out := run.Tasks[0].Output
+	var b []byte
+	if raw, ok := out.(json.RawMessage); ok {
+		b = raw
+	} else if b, err = json.Marshal(out); err != nil {
+		h.error(w, r, http.StatusInternalServerError, "output is not JSON-encodable: "+err.Error(), map[string]any{"run_id": runID})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+}
+
+func (h *httpHandler) invokeAsync(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !h.o.IsFunction(name) {
+		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no function named %q", name), nil)
+		return
+	}
+	h.start(w, r, name)
+}
+
+func (h *httpHandler) submit(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := h.o.workflow(name); err != nil {
+		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no workflow named %q", name), nil)
+		return
+	}
+	h.start(w, r, name)
+}
+
+// start submits a run and answers 202 with its ID.
+func (h *httpHandler) start(w http.ResponseWriter, r *http.Request, name string) {
+	ev, ok := h.event(w, r)
+	if !ok {
+		return
+	}
+	runID, err := h.o.Submit(r.Context(), name, ev)
+	if err != nil {
+		h.submitError(w, r, err)
+		return
+	}
+	status := statusURL(r, runID)
+	w.Header().Set(HeaderRunID, runID)
+	w.Header().Set("Location", status)
+	h.json(w, http.StatusAccepted, map[string]string{"run_id": runID, "status_url": status})
+}
+
+// statusURL is the absolute path of GET /runs/{id}, under whatever prefix
+// the handler is mounted (http.StripPrefix leaves the original path in
+// RequestURI).
+func statusURL(r *http.Request, runID string) string {
+	prefix := ""
+	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
+		prefix = strings.TrimSuffix(u.Path, r.URL.Path)
+	}
+	return prefix + "/runs/" + url.PathEscape(runID)
+}
+
+// submitError maps a Submit error to its status.
+func (h *httpHandler) submitError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrBusy):
+		h.retryAfter(w)
+		h.error(w, r, http.StatusTooManyRequests, "busy: too many runs in flight; retry later", nil)
+	case errors.Is(err, ErrPayloadTooLarge):
+		h.error(w, r, http.StatusRequestEntityTooLarge, err.Error(), nil)
+	case errors.Is(err, ErrInvalidPayload):
+		h.error(w, r, http.StatusBadRequest, err.Error(), nil)
+	case errors.Is(err, ErrUnknownWorkflow):
+		h.error(w, r, http.StatusNotFound, err.Error(), nil)
+	case r.Context().Err() != nil:
+		// The client left.
+	default:
+		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: submit failed", "path", r.URL.Path, "error", err)
+		h.error(w, r, http.StatusInternalServerError, "could not start the run", nil)
+	}
+}
+
+func (h *httpHandler) getRun(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	run, err := h.o.GetRun(r.Context(), id)
+	if err != nil {
+		if errors.Is(err, ErrRunNotFound) {
+			h.error(w, r, http.StatusNotFound, fmt.Sprintf("no run %q", id), nil)
+			return
+		}
+		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: get run failed", "run", id, "error", err)
+		h.error(w, r, http.StatusInternalServerError, "could not read the run", nil)
+		return
+	}
+	w.Header().Set(HeaderRunID, run.ID)
+	h.json(w, http.StatusOK, newHTTPRun(run))
+}
+
+// httpRun is a run as the HTTP handler shows it: the event's envelope
+// without its data, each task's state, attempts and (when JSON-encodable)
+// output.
+type httpRun struct {
+	ID         string     `json:"id"`
+	Workflow   string     `json:"workflow"`
+	State      RunState   `json:"state"`
+	EventID    string     `json:"event_id"`
+	EventType  string     `json:"event_type,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  time.Time  `json:"started_at,omitzero"`
+	FinishedAt time.Time  `json:"finished_at,omitzero"`
+	Error      string     `json:"error,omitempty"`
+	Tasks      []httpTask `json:"tasks"`
+}
+
+type httpTask struct {
+	Name     string          `json:"name"`
+	State    TaskState       `json:"state"`
+	Error    string          `json:"error,omitempty"`
+	Attempts []Attempt       `json:"attempts,omitempty"`
+	Output   json.RawMessage `json:"output,omitempty"`
+}
+
+func newHTTPRun(r *Run) httpRun {
+	out := httpRun{
+		ID: r.ID, Workflow: r.Workflow, State: r.State, EventID: r.Event.ID, EventType: r.Event.Type,
+		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, Error: r.Error,
+		Tasks: make([]httpTask, len(r.Tasks)),
+	}
+	for i, t := range r.Tasks {
+		ht := httpTask{Name: t.Name, State: t.State, Error: t.Error, Attempts: t.Attempts}
+		switch v := t.Output.(type) {
+		case nil:
+		case json.RawMessage:
+			ht.Output = v
+		default:
+			if b, err := json.Marshal(v); err == nil {
+				ht.Output = b
+			}
+		}
+		out.Tasks[i] = ht
+	}
+	return out
+}
+
+func (h *httpHandler) retryAfter(w http.ResponseWriter) {
+	secs := int((h.cfg.RetryAfter + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+}
+
+func (h *httpHandler) json(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encoding the response failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// error writes a JSON error {"error": msg, ...extra}.
+func (h *httpHandler) error(w http.ResponseWriter, r *http.Request, status int, msg string, extra map[string]any) {
+	body := make(map[string]any, len(extra)+1)
+	for k, v := range extra {
+		body[k] = v
+	}
+	body["error"] = msg
+	if status == http.StatusInternalServerError {
+		h.cfg.Logger.WarnContext(r.Context(), "batuta: http: request failed", "path", r.URL.Path, "status", status, "error", msg)
+	}
+	h.json(w, status, body)
+}

@@ -1,0 +1,624 @@
+package batuta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// AckMode says when the queue trigger acknowledges a message.
+type AckMode int
+
+// The ack modes.
+const (
+	// AckAuto acks after the run is accepted when the orchestrator's Store
+	// is durable, and after the run finished when it is not (so a crash of
+	// a process with the in-memory store redelivers the message instead of
+	// losing its run). Without an orchestrator (Run with a bare FireFunc)
+	// it acks after acceptance. The default.
+	AckAuto AckMode = iota
+	// AckOnAccept acks as soon as fire accepted the run.
+	AckOnAccept
+	// AckOnFinish acks once the run finished, whatever its state: the
+	// run's failure is the workflow's business (its retries, a function's
+	// dead-letter destination), not a reason to redeliver. It needs the
+	// trigger bound to an orchestrator (RunTracking).
+	AckOnFinish
+)
+
+func (m AckMode) String() string {
+	switch m {
+	case AckAuto:
+		return "auto"
+	case AckOnAccept:
+		return "on_accept"
+	case AckOnFinish:
+		return "on_finish"
+	}
+	return "AckMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// QueueTriggerConfig configures NewQueueTrigger.
+type QueueTriggerConfig struct {
+	// Queue is consumed. Required. The trigger never closes it.
+	Queue Queue
+	// DeadLetter receives the messages that will not be retried: those
+	// that failed their MaxDeliveries-th delivery, those older than MaxAge,
+	// those fire refused with a permanent error, and those the Event func
+	// rejected. A message is acked only after DeadLetter returned nil; if
+	// it fails, the message is nacked and dead-lettered again on its next
+	// delivery, so nothing is dropped. Required.
+	DeadLetter DeadLetterHandler
+	// Receivers is the number of concurrent receive loops. Each receives
+	// up to ReceiveMax messages (or one batch) and handles them before it
+	// receives again, so at most Receivers*ReceiveMax deliveries are held
+	// at once. Default 1.
+	Receivers int
+	// ReceiveMax is the most messages one Receive call asks for. Default 10.
+	// Ignored in batch mode (Batch.Size is used).
+	ReceiveMax int
+	// Ack says when a message is acked. Default AckAuto.
+	Ack AckMode
+	// MaxDeliveries is how many deliveries of a message may fail before
+	// it goes to DeadLetter (Delivery.Attempt counts them). A nack for
+	// backpressure (ErrBusy) or shutdown counts at the broker but never
+	// dead-letters a message by itself. Default 5.
+	MaxDeliveries int
+	// MaxAge, if > 0, sends a message whose Message.Time is older than
+	// MaxAge to DeadLetter instead of firing or retrying it. Default 0: no
+	// limit.
+	MaxAge time.Duration
+	// RetryDelay is the nack delay after the first failed delivery; it
+	// doubles with each further delivery, up to MaxRetryDelay, and is
+	// jittered to between half and all of that. Default 1 s.
+	RetryDelay time.Duration
+	// MaxRetryDelay caps RetryDelay's growth. Default 1 min.
+	MaxRetryDelay time.Duration
+	// BusyDelay is the nack delay (and the receiver's pause) when fire
+	// returns ErrBusy; it doubles while the orchestrator stays busy, up to
+	// MaxRetryDelay. Default 100 ms.
+	BusyDelay time.Duration
+	// Batch, if Batch.Size > 1, hands messages to the workflow in batches.
+	// See BatchConfig.
+	Batch BatchConfig
+	// Event turns a delivery into the Event to fire. An error sends the
+	// message to DeadLetter at once (it is malformed; retrying cannot
+	// help). Default: DefaultQueueEvent with Source.
+	Event func(d Delivery) (Event, error)
+	// Source is the Event.Source of the default Event func. Default "queue".
+	Source string
+	// SettleTimeout bounds each Ack, Nack and DeadLetter call, which run
+	// even while the trigger shuts down. Default 10 s.
+	SettleTimeout time.Duration
+	// Logger logs settle failures and dead letters. Default slog.Default().
+	Logger *slog.Logger
+	// Clock tells the time for MaxAge, pauses and batch windows. Default
+	// SystemClock.
+	Clock Clock
+}
+
+// Defaults of QueueTriggerConfig.
+const (
+	DefaultQueueReceivers     = 1
+	DefaultQueueReceiveMax    = 10
+	DefaultQueueMaxDeliveries = 5
+	DefaultQueueRetryDelay    = time.Second
+	DefaultQueueMaxRetryDelay = time.Minute
+	DefaultQueueBusyDelay     = 100 * time.Millisecond
+	DefaultQueueSettleTimeout = 10 * time.Second
+)
+
+func (c QueueTriggerConfig) withDefaults() QueueTriggerConfig {
+	if c.Receivers == 0 {
+		c.Receivers = DefaultQueueReceivers
+	}
+	if c.ReceiveMax == 0 {
+		c.ReceiveMax = DefaultQueueReceiveMax
+	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = DefaultQueueMaxDeliveries
+	}
+	if c.RetryDelay == 0 {
+		c.RetryDelay = DefaultQueueRetryDelay
+	}
+	if c.MaxRetryDelay == 0 {
+		c.MaxRetryDelay = DefaultQueueMaxRetryDelay
+	}
+	if c.BusyDelay == 0 {
+		c.BusyDelay = DefaultQueueBusyDelay
+	}
+	if c.SettleTimeout == 0 {
+		c.SettleTimeout = DefaultQueueSettleTimeout
+	}
+	if c.Source == "" {
+		c.Source = "queue"
+	}
+	if c.Event == nil {
+		src := c.Source
+		c.Event = func(d Delivery) (Event, error) { return DefaultQueueEvent(d, src), nil }
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	c.Batch = c.Batch.withDefaults()
+	return c
+}
+
+func (c QueueTriggerConfig) validate() error {
+	switch {
+	case c.Queue == nil:
+		return &ConfigError{Field: "Queue", Reason: "required"}
+	case c.DeadLetter == nil:
+		return &ConfigError{Field: "DeadLetter", Reason: "required: messages that exhaust MaxDeliveries must go somewhere"}
+	case c.Receivers < 0:
+		return &ConfigError{Field: "Receivers", Reason: "must not be negative"}
+	case c.ReceiveMax < 0:
+		return &ConfigError{Field: "ReceiveMax", Reason: "must not be negative"}
+	case c.Ack < AckAuto || c.Ack > AckOnFinish:
+		return &ConfigError{Field: "Ack", Reason: "unknown ack mode " + c.Ack.String()}
+	case c.MaxDeliveries < 0:
+		return &ConfigError{Field: "MaxDeliveries", Reason: "must not be negative"}
+	case c.MaxAge < 0:
+		return &ConfigError{Field: "MaxAge", Reason: "must not be negative"}
+	case c.RetryDelay < 0:
+		return &ConfigError{Field: "RetryDelay", Reason: "must not be negative"}
+	case c.MaxRetryDelay < 0:
+		return &ConfigError{Field: "MaxRetryDelay", Reason: "must not be negative"}
+	case c.BusyDelay < 0:
+		return &ConfigError{Field: "BusyDelay", Reason: "must not be negative"}
+	case c.SettleTimeout < 0:
+		return &ConfigError{Field: "SettleTimeout", Reason: "must not be negative"}
+	}
+	return c.Batch.validate()
+}
+
+// DefaultQueueEvent is the Event the queue trigger fires for a delivery by
+// default: ID is the message ID (so a redelivered message is deduplicated by
+// the orchestrator), Type is the "type" header if present, Time the publish
+// time, Data the body and Metadata the headers.
+func DefaultQueueEvent(d Delivery, source string) Event {
+	return Event{
+		ID:       d.ID,
+		Source:   source,
+		Type:     d.Headers["type"],
+		Time:     d.Time,
+		Data:     d.Body,
+		Metadata: d.Headers,
+	}
+}
+
+// A QueueTrigger consumes a Queue and fires one Event per message (or per
+// batch, see BatchConfig). It is a TrackingTrigger: bind it to a workflow
+// or function with Orchestrator.Bind.
+//
+// Delivery guarantees: a message is acked only after its run was accepted
+// (or finished, per Ack); a delivery whose fire failed is nacked with
+// backoff and redelivered, until its MaxDeliveries-th delivery fails or it
+// outlives MaxAge, when it goes to DeadLetter and only then is acked. Every
+// delivery is settled exactly once by the trigger. On shutdown (ctx done)
+// the receivers stop receiving, deliveries not yet fired are nacked at once,
+// deliveries already accepted are acked, and Run returns after every
+// delivery it received is settled.
+//
+// A QueueTrigger holds no state between runs; Run may be called again
+// after it returned. It is safe for concurrent use.
+type QueueTrigger struct {
+	cfg QueueTriggerConfig
+}
+
+// NewQueueTrigger validates cfg and returns a trigger.
+func NewQueueTrigger(cfg QueueTriggerConfig) (*QueueTrigger, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &QueueTrigger{cfg: cfg.withDefaults()}, nil
+}
+
+// Run consumes the queue until ctx ends, handing each message to fire and
+// acking it once fire returned nil. It returns nil when ctx ends, or an
+// error if the queue was closed. Ack mode AckOnFinish and batch mode need the
+// run's outcome, so they work only through RunTracking (that is, bound to
+// an orchestrator); Run refuses them with ErrInvalidConfig.
+func (t *QueueTrigger) Run(ctx context.Context, fire FireFunc) error {
+	if t.cfg.Ack == AckOnFinish {
+		return &ConfigError{Field: "Ack", Reason: "AckOnFinish needs the trigger bound to an orchestrator (RunTracking)"}
+	}
+	if t.cfg.Batch.Size > 1 {
+		return &ConfigError{Field: "Batch.Size", Reason: "batch mode needs the trigger bound to an orchestrator (RunTracking)"}
+	}
+	f := func(ctx context.Context, ev Event) (string, error) { return "", fire(ctx, ev) }
+	return t.run(ctx, &queueConsumer{t: t, cfg: &t.cfg, fire: f})
+}
+
+// RunTracking is Run for a trigger bound to an orchestrator: it fires
+// through runs and, in AckOnFinish mode (or AckAuto with a non-durable
+// store) and in batch mode, waits for each run to finish before acking.
+func (t *QueueTrigger) RunTracking(ctx context.Context, runs Runs) error {
+	c := &queueConsumer{t: t, cfg: &t.cfg, fire: runs.Fire, runs: runs, workflow: runs.Workflow()}
+	c.waitFinish = t.cfg.Ack == AckOnFinish || (t.cfg.Ack == AckAuto && !runs.Durable())
+	return t.run(ctx, c)
+}
+
+func (t *QueueTrigger) run(ctx context.Context, c *queueConsumer) error {
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		runErr  error
+	)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range t.cfg.Receivers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.receive(rctx); err != nil {
+				errOnce.Do(func() { runErr = err })
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if runErr != nil {
+		return runErr
+	}
+	return nil
+}
+
+// queueConsumer is one Run of a QueueTrigger.
+type queueConsumer struct {
+	t          *QueueTrigger
+	cfg        *QueueTriggerConfig
+	fire       func(ctx context.Context, ev Event) (string, error)
+	runs       Runs // nil without an orchestrator
+	workflow   string
+	waitFinish bool
+}
+
+// receive is one receiver loop. It returns nil when ctx ends and an error
+// when the queue is closed.
+func (c *queueConsumer) receive(ctx context.Context) error {
+	r := &receiver{c: c}
+	var recvFailures int
+	for ctx.Err() == nil {
+		var (
+			ds  []Delivery
+			err error
+		)
+		if c.cfg.Batch.Size > 1 {
+			ds, err = c.receiveBatch(ctx)
+		} else {
+			ds, err = c.cfg.Queue.Receive(ctx, c.cfg.ReceiveMax)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				// Deliveries received with the batch window may still be
+				// held: receiveBatch returns them with a nil error, so
+				// nothing is held here.
+				return nil
+			}
+			if errors.Is(err, ErrClosed) {
+				return fmt.Errorf("batuta: queue trigger: %w", err)
+			}
+			recvFailures++
+			d := backoffDelay(c.cfg.BusyDelay, c.cfg.MaxRetryDelay, recvFailures)
+			c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: receive failed", "error", err, "retry_in", d)
+			c.pause(ctx, d)
+			continue
+		}
+		recvFailures = 0
+		if len(ds) == 0 {
+			continue
+		}
+		if c.cfg.Batch.Size > 1 {
+			r.handleBatch(ctx, ds)
+		} else {
+			r.handle(ctx, ds)
+		}
+	}
+	return nil
+}
+
+// receiver holds one receive loop's backpressure state.
+type receiver struct {
+	c    *queueConsumer
+	busy int // consecutive ErrBusy answers
+}
+
+// accepted is a delivery whose run was accepted, waiting to be acked.
+type acceptedDelivery struct {
+	d     Delivery
+	runID string
+}
+
+// handle fires each delivery and settles it.
+func (r *receiver) handle(ctx context.Context, ds []Delivery) {
+	c := r.c
+	var waiting []acceptedDelivery
+	var busyPause time.Duration
+	for i, d := range ds {
+		if ctx.Err() != nil {
+			c.nackAll(ctx, ds[i:], 0)
+			break
+		}
+		ev, ok := c.prepare(ctx, d)
+		if !ok {
+			continue // dead-lettered
+		}
+		runID, err := c.fire(ctx, ev)
+		if err == nil {
+			r.busy = 0
+			if c.waitFinish {
+				waiting = append(waiting, acceptedDelivery{d, runID})
+			} else {
+				c.ack(ctx, d)
+			}
+			continue
+		}
+		if errors.Is(err, ErrBusy) && ctx.Err() == nil {
+			r.busy++
+			delay := backoffDelay(c.cfg.BusyDelay, c.cfg.MaxRetryDelay, r.busy)
+			c.nackAll(ctx, ds[i:], delay)
+			busyPause = delay
+			break
+		}
+		c.failed(ctx, d, ev, err)
+	}
+	for _, a := range waiting {
+		c.settleFinished(ctx, a)
+	}
+	// Back off before receiving more (after settling what was accepted).
+	c.pause(ctx, busyPause)
+}
+
+// prepare builds the event for d, or dead-letters d (malformed, too old).
+func (c *queueConsumer) prepare(ctx context.Context, d Delivery) (Event, bool) {
+	ev, err := c.cfg.Event(d)
+	if err != nil {
+		c.deadLetter(ctx, d, DefaultQueueEvent(d, c.cfg.Source), DeadLetterMalformed, err.Error())
+		return Event{}, false
+	}
+	if c.tooOld(d) {
+		c.deadLetter(ctx, d, ev, DeadLetterMaxAge, fmt.Sprintf("message older than %v", c.cfg.MaxAge))
+		return Event{}, false
+	}
+	return ev, true
+}
+
+func (c *queueConsumer) tooOld(d Delivery) bool {
+	return c.cfg.MaxAge > 0 && !d.Time.IsZero() && c.cfg.Clock.Now().Sub(d.Time) > c.cfg.MaxAge
+}
+
+// failed settles a delivery whose processing failed with err: nack at once
+// on shutdown, dead letter when retrying cannot help or the budget is
+// spent, else nack with backoff.
+func (c *queueConsumer) failed(ctx context.Context, d Delivery, ev Event, err error) {
+	switch {
+	case ctx.Err() != nil:
+		// Shutting down: whatever failed, it is not the message's fault.
+		c.nack(ctx, d, 0)
+	case IsPermanent(err) || errors.Is(err, ErrPayloadTooLarge) || errors.Is(err, ErrInvalidPayload) || errors.Is(err, ErrUnknownWorkflow):
+		c.deadLetter(ctx, d, ev, DeadLetterPermanent, err.Error())
+	case d.Attempt >= c.cfg.MaxDeliveries:
+		c.deadLetter(ctx, d, ev, DeadLetterMaxDeliveries, err.Error())
+	case c.tooOld(d):
+		c.deadLetter(ctx, d, ev, DeadLetterMaxAge, err.Error())
+	default:
+		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, d.Attempt)
+		c.cfg.Logger.DebugContext(ctx, "batuta: queue trigger: delivery failed, will retry",
+			"message", d.ID, "attempt", d.Attempt, "retry_in", delay, "error", err)
+		c.nack(ctx, d, delay)
+	}
+}
+
+// settleFinished waits for an accepted run to finish and acks its message;
+// if the trigger stops first, the message is nacked for redelivery (the
+// event ID dedupes it against the existing run).
+func (c *queueConsumer) settleFinished(ctx context.Context, a acceptedDelivery) {
+	if _, err := c.runs.Wait(ctx, a.runID); err != nil && !errors.Is(err, ErrRunNotFound) {
+		c.nack(ctx, a.d, 0)
+		return
+	}
+	// Finished (or finished and already pruned: it existed when fire
+	// returned its ID).
+	c.ack(ctx, a.d)
+}
+
+// settleCtx is the context for settling: it outlives ctx's cancellation, so
+// shutdown still acks and nacks, but is bounded by SettleTimeout.
+func (c *queueConsumer) settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.SettleTimeout)
+}
+
+func (c *queueConsumer) ack(ctx context.Context, d Delivery) {
+	sctx, cancel := c.settleCtx(ctx)
+	defer cancel()
+	if err := c.cfg.Queue.Ack(sctx, d); err != nil {
+		// The message will be redelivered; the event ID dedupes its run.
+		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: ack failed; the message will be redelivered",
+			"message", d.ID, "attempt", d.Attempt, "error", err)
+	}
+}
+
+func (c *queueConsumer) nack(ctx context.Context, d Delivery, delay time.Duration) {
+	sctx, cancel := c.settleCtx(ctx)
+	defer cancel()
+	if err := c.cfg.Queue.Nack(sctx, d, delay); err != nil {
+		// The visibility timeout redelivers it.
+		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: nack failed; the message returns after its visibility timeout",
+			"message", d.ID, "attempt", d.Attempt, "error", err)
+	}
+}
+
+func (c *queueConsumer) nackAll(ctx context.Context, ds []Delivery, delay time.Duration) {
+	for _, d := range ds {
+		c.nack(ctx, d, delay)
+	}
+}
+
+// deadLetter hands d to the dead-letter destination and acks it; if the
+// destination fails, d is nacked with backoff and tried again on its next
+// delivery.
+func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, reason DeadLetterReason, msg string) {
+	sctx, cancel := c.settleCtx(ctx)
+	defer cancel()
+	dl := DeadLetter{
+		Event:    ev,
+		Reason:   reason,
+		Error:    msg,
+		Attempts: d.Attempt,
+		Workflow: c.workflow,
+		Time:     c.cfg.Clock.Now(),
+	}
+	if err := c.cfg.DeadLetter.HandleDeadLetter(sctx, dl); err != nil {
+		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, d.Attempt)
+		c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: dead-letter destination failed; the message stays in the queue",
+			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", err, "retry_in", delay)
+		c.nack(ctx, d, delay)
+		return
+	}
+	c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: message dead-lettered",
+		"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", msg)
+	c.ack(ctx, d)
+}
+
+// pause waits d or until ctx ends.
+func (c *queueConsumer) pause(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	tm := c.cfg.Clock.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+	case <-tm.C():
+	}
+}
+
+// backoffDelay is base*2^(n-1), capped, jittered to [d/2, d].
+func backoffDelay(base, limit time.Duration, n int) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	d := base
+	for i := 1; i < n && d < limit; i++ {
+		d *= 2
+	}
+	if limit > 0 && d > limit {
+		d = limit
+	}
+	half := int64(d / 2)
+	return time.Duration(half + rand.Int64N(int64(d)-half+1))
+}
+
+// DeadLetterReason says why an event was dead-lettered.
+type DeadLetterReason string
+
+// The dead-letter reasons.
+const (
+	// DeadLetterMaxDeliveries: the message failed its last allowed delivery.
+	DeadLetterMaxDeliveries DeadLetterReason = "max_deliveries"
+	// DeadLetterMaxAge: the message outlived the trigger's MaxAge.
+	DeadLetterMaxAge DeadLetterReason = "max_age"
+	// DeadLetterPermanent: it was refused with an error retrying cannot fix
+	// (Permanent, payload too large or invalid, unknown workflow).
+	DeadLetterPermanent DeadLetterReason = "permanent"
+	// DeadLetterMalformed: the trigger could not turn the message into an
+	// event.
+	DeadLetterMalformed DeadLetterReason = "malformed"
+	// DeadLetterFailed: a function's last attempt failed.
+	DeadLetterFailed DeadLetterReason = "failed"
+)
+
+// A DeadLetter is an event that will not be retried any more, with the
+// reason. Its Event.ID is stable across redeliveries, so a destination can
+// drop the rare duplicate (delivery of dead letters is at least once: a
+// crash between the hand-off and the ack repeats it).
+type DeadLetter struct {
+	// Event is the failed event (for a queue message, as the trigger built
+	// it: the message ID, body and headers).
+	Event Event `json:"event"`
+	// Reason says why.
+	Reason DeadLetterReason `json:"reason"`
+	// Error is the last error.
+	Error string `json:"error,omitempty"`
+	// Attempts counts the deliveries (queue trigger) or attempts
+	// (function) spent.
+	Attempts int `json:"attempts"`
+	// Workflow names the workflow or function the event was for, when
+	// known.
+	Workflow string `json:"workflow,omitempty"`
+	// RunID is the failed run, for a function's failure.
+	RunID string `json:"run_id,omitempty"`
+	// Time is when the event was dead-lettered.
+	Time time.Time `json:"time"`
+}
+
+// A DeadLetterHandler is an on-failure destination: it takes events that
+// will not be retried. It returns nil once the dead letter is safely kept;
+// an error makes the caller keep the event and try again later.
+// Implementations must be safe for concurrent use.
+type DeadLetterHandler interface {
+	HandleDeadLetter(ctx context.Context, dl DeadLetter) error
+}
+
+// DeadLetterFunc adapts a function to DeadLetterHandler.
+type DeadLetterFunc func(ctx context.Context, dl DeadLetter) error
+
+// HandleDeadLetter calls f(ctx, dl).
+func (f DeadLetterFunc) HandleDeadLetter(ctx context.Context, dl DeadLetter) error { return f(ctx, dl) }
+
+// Header names DeadLetterQueue sets on the messages it publishes.
+const (
+	HeaderDeadLetterReason   = "batuta-dead-letter-reason"
+	HeaderDeadLetterError    = "batuta-dead-letter-error"
+	HeaderDeadLetterAttempts = "batuta-dead-letter-attempts"
+	HeaderDeadLetterWorkflow = "batuta-dead-letter-workflow"
+	HeaderDeadLetterRun      = "batuta-dead-letter-run"
+	HeaderDeadLetterSource   = "batuta-dead-letter-source"
+	HeaderDeadLetterType     = "batuta-dead-letter-type"
+	HeaderDeadLetterSubject  = "batuta-dead-letter-subject"
+)
+
+// DeadLetterQueue returns a DeadLetterHandler that publishes each dead
+// letter to q: the message ID is the event ID, the body the event data, the
+// headers the event metadata plus the batuta-dead-letter-* headers (reason,
+// error, attempts, workflow, run, source, type, subject).
+func DeadLetterQueue(q Queue) DeadLetterHandler {
+	return DeadLetterFunc(func(ctx context.Context, dl DeadLetter) error {
+		h := maps.Clone(dl.Event.Metadata)
+		if h == nil {
+			h = make(map[string]string, 8)
+		}
+		set := func(k, v string) {
+			if v != "" {
+				h[k] = v
+			}
+		}
+		set(HeaderDeadLetterReason, string(dl.Reason))
+		set(HeaderDeadLetterError, dl.Error)
+		set(HeaderDeadLetterAttempts, strconv.Itoa(dl.Attempts))
+		set(HeaderDeadLetterWorkflow, dl.Workflow)
+		set(HeaderDeadLetterRun, dl.RunID)
+		set(HeaderDeadLetterSource, dl.Event.Source)
+		set(HeaderDeadLetterType, dl.Event.Type)
+		set(HeaderDeadLetterSubject, dl.Event.Subject)
+		err := q.Publish(ctx, Message{ID: dl.Event.ID, Body: dl.Event.Data, Headers: h, Time: dl.Event.Time})
+		if err != nil {
+			return fmt.Errorf("batuta: dead-letter queue: %w", err)
+		}
+		return nil
+	})
+}
+
+var (
+	_ TrackingTrigger = (*QueueTrigger)(nil)
+)
