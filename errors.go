@@ -30,9 +30,6 @@ var (
 	ErrInvalidPayload = errors.New("batuta: invalid payload")
 	// ErrClosed: the component was closed or its Run has returned.
 	ErrClosed = errors.New("batuta: closed")
-	// ErrNotRunning: the orchestrator's Run is not executing, so the call
-	// cannot make progress (e.g. Invoke before Run).
-	ErrNotRunning = errors.New("batuta: orchestrator not running")
 	// ErrTimeout: a task attempt or a run exceeded its timeout.
 	ErrTimeout = errors.New("batuta: timeout")
 	// ErrCanceled: the run was canceled.

@@ -2,23 +2,36 @@ module github.com/batuta-dev/batuta/bench
 
 go 1.26.0
 
-require github.com/batuta-dev/batuta v0.0.0
+require (
+	github.com/batuta-dev/batuta v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutapg v0.0.0
+)
 
 require (
+	github.com/klauspost/compress v1.20.0 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
+)
+
+require (
+	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
-	github.com/hibiken/asynq v0.26.0 // indirect
+	github.com/hibiken/asynq v0.26.0
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
-	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	github.com/jackc/pgx/v5 v5.12.0
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
-	github.com/redis/go-redis/v9 v9.23.0 // indirect
-	github.com/riverqueue/river v0.51.2 // indirect
+	github.com/nats-io/nats.go v1.55.0
+	github.com/redis/go-redis/v9 v9.23.0
+	github.com/riverqueue/river v0.51.2
 	github.com/riverqueue/river/riverdriver v0.51.2 // indirect
-	github.com/riverqueue/river/riverdriver/riverpgxv5 v0.51.2 // indirect
+	github.com/riverqueue/river/riverdriver/riverpgxv5 v0.51.2
 	github.com/riverqueue/river/rivershared v0.51.2 // indirect
 	github.com/riverqueue/river/rivertype v0.51.2 // indirect
-	github.com/robfig/cron/v3 v3.0.1 // indirect
+	github.com/robfig/cron/v3 v3.0.1
 	github.com/spf13/cast v1.10.0 // indirect
 	github.com/tidwall/gjson v1.20.0 // indirect
 	github.com/tidwall/match v1.2.0 // indirect
@@ -33,3 +46,9 @@ require (
 )
 
 replace github.com/batuta-dev/batuta => ..
+
+replace github.com/batuta-dev/batuta/adapters/batutapg => ../adapters/batutapg
+
+replace github.com/batuta-dev/batuta/adapters/batutaredis => ../adapters/batutaredis
+
+replace github.com/batuta-dev/batuta/adapters/batutanats => ../adapters/batutanats
