@@ -323,8 +323,9 @@ type Store interface {
 	// CompleteTasks records the outcomes of claimed tasks. Each write is
 	// fenced by its token: a stale token gets ErrLeaseLost in its result and
 	// changes nothing. A terminal outcome counts the task's dependents down;
-	// when every task is finished the run finishes (failed if any task
-	// failed, canceled if it was canceled, else succeeded).
+	// when every task is finished the run finishes: canceled if it was
+	// canceled (whatever its tasks did), else failed if any task failed,
+	// else succeeded.
 	CompleteTasks(ctx context.Context, cs []Completion) ([]CompleteResult, error)
 
 	// RescueExpired returns running tasks whose lease expired before now to
