@@ -42,6 +42,7 @@ type executor struct {
 	store Store
 	work  chan Claim
 	wake  chan struct{}
+	batch chan batchReq // to the completers; nil for non-durable stores
 	busy  atomic.Int64 // claims handed to workers and not yet done
 	nwork int64
 
@@ -70,13 +71,14 @@ type slot struct {
 	tctx  *taskCtx
 	in    Input
 	comp  [1]Completion
+	reply chan batchResp
 	cur   Claim    // the claim handed over by the dispatcher
 	buf   [1]Claim // inline claims
 }
 
 func newExecutor(o *Orchestrator) *executor {
 	hardCtx, hardCancel := context.WithCancelCause(context.Background())
-	return &executor{
+	ex := &executor{
 		o:            o,
 		store:        o.store,
 		work:         make(chan Claim, o.cfg.Workers),
@@ -92,7 +94,15 @@ func newExecutor(o *Orchestrator) *executor {
 		limited:      make(map[string]int),
 		stuck:        make(map[*slot]string),
 	}
+	if o.store.Durable() {
+		// Durable stores pay a round trip or a commit per call: batch.
+		ex.batch = make(chan batchReq, o.cfg.Workers)
+	}
+	return ex
 }
+
+// completers is how many goroutines batch completions for a durable store.
+const completers = 2
 
 func (ex *executor) poke() {
 	select {
@@ -111,6 +121,12 @@ func (ex *executor) start() {
 	go ex.heartbeat()
 	go ex.rescuer()
 	go ex.pruner()
+	if ex.batch != nil {
+		ex.bgWG.Add(completers)
+		for i := 0; i < completers; i++ {
+			go ex.completer()
+		}
+	}
 }
 
 // shutdown stops claiming, drains, cancels, and abandons, in that order.
@@ -379,7 +395,7 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 		info = AttemptInfo{RunID: c.RunID, Workflow: c.Workflow, Task: c.Task, Attempt: c.Attempt, Started: now}
 		hookCtx = ex.attempt(sl, c, ct, comp, &info)
 	}
-	ok := ex.complete(sl.comp[:], c)
+	ok := ex.complete(sl, c)
 	if ranAttempt {
 		info.Outcome, info.TimedOut = comp.Outcome, comp.TimedOut
 		info.Finished = comp.FinishedAt
@@ -550,54 +566,139 @@ func callTask(ctx context.Context, fn TaskFunc, in *Input) (out any, err error) 
 	return fn(ctx, in)
 }
 
-// complete records comp, retrying store errors with backoff for up to a
-// lease duration (after that the lease expires and the task is rescued:
-// at-least-once). It reports whether tasks became ready.
-func (ex *executor) complete(comps []Completion, c *Claim) bool {
+// complete records the outcome in sl.comp, retrying store errors with
+// backoff for up to a lease duration (after that the lease expires and the
+// task is rescued: at-least-once). With a durable store the write goes
+// through the completers, which batch concurrent completions into one
+// store call. It reports whether tasks became ready.
+func (ex *executor) complete(sl *slot, c *Claim) bool {
+	o := ex.o
+	var r CompleteResult
+	var err error
+	if ex.batch != nil {
+		if sl.reply == nil {
+			sl.reply = make(chan batchResp, 1)
+		}
+		select {
+		case ex.batch <- batchReq{comp: &sl.comp[0], reply: sl.reply}:
+			resp := <-sl.reply
+			r, err = resp.res, resp.err
+		case <-ex.bgStop:
+			err = ErrClosed
+		}
+	} else {
+		var res []CompleteResult
+		if res, err = ex.storeComplete(sl.comp[:]); err == nil {
+			r = res[0]
+		}
+	}
+	if err != nil {
+		o.log.Error("batuta: giving up recording a task result; the task will be rescued when its lease expires",
+			"run", c.RunID, "task", c.Task, "error", err)
+		return false
+	}
+	if r.Err != nil {
+		if errors.Is(r.Err, ErrLeaseLost) {
+			o.log.Warn("batuta: result discarded: the task's lease was lost to another worker",
+				"run", c.RunID, "task", c.Task, "attempt", c.Attempt)
+		} else {
+			o.log.Error("batuta: recording task result failed", "run", c.RunID, "task", c.Task, "error", r.Err)
+		}
+		return false
+	}
+	if r.RunFinished != "" {
+		o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
+	}
+	if r.Ready > 1 || sl.comp[0].Outcome == OutcomeRelease {
+		ex.poke() // more than the completing worker takes inline
+	}
+	return r.Ready > 0
+}
+
+// storeComplete calls CompleteTasks, retrying failed calls with backoff for
+// up to a lease duration.
+func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) {
 	o := ex.o
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(o.cfg.LeaseDuration)
 	for {
 		res, err := ex.store.CompleteTasks(ex.bgCtx, comps)
-		if err == nil && len(res) == 1 {
-			r := res[0]
-			if r.Err != nil {
-				if errors.Is(r.Err, ErrLeaseLost) {
-					o.log.Warn("batuta: result discarded: the task's lease was lost to another worker",
-						"run", c.RunID, "task", c.Task, "attempt", c.Attempt)
-				} else {
-					o.log.Error("batuta: recording task result failed", "run", c.RunID, "task", c.Task, "error", r.Err)
-				}
-				return false
-			}
-			if r.RunFinished != "" {
-				o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
-			}
-			if r.Ready > 1 || comps[0].Outcome == OutcomeRelease {
-				ex.poke() // more than the completing worker takes inline
-			}
-			return r.Ready > 0
+		if err == nil && len(res) == len(comps) {
+			return res, nil
 		}
 		if err == nil {
-			err = fmt.Errorf("store returned %d results for 1 completion", len(res))
+			err = fmt.Errorf("store returned %d results for %d completions", len(res), len(comps))
 		}
 		if time.Now().Add(backoff).After(deadline) {
-			o.log.Error("batuta: giving up recording a task result; the task will be rescued when its lease expires",
-				"run", c.RunID, "task", c.Task, "error", err)
-			return false
+			return nil, err
 		}
-		o.log.Warn("batuta: recording task result failed; retrying", "run", c.RunID, "task", c.Task, "error", err, "retry_in", backoff)
+		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", backoff)
 		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ex.hardCtx.Done():
-			t.Stop()
-			if time.Now().After(deadline) {
-				return false
-			}
-			<-time.After(backoff)
-		}
+		<-t.C
 		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+type batchReq struct {
+	comp  *Completion
+	reply chan batchResp
+}
+
+type batchResp struct {
+	res CompleteResult
+	err error
+}
+
+// maxCompletionBatch bounds one CompleteTasks call made by a completer.
+const maxCompletionBatch = 256
+
+// completer turns concurrent completions into batched store calls: it
+// takes one request, then whatever else is already waiting.
+func (ex *executor) completer() {
+	defer ex.bgWG.Done()
+	reqs := make([]batchReq, 0, maxCompletionBatch)
+	comps := make([]Completion, 0, maxCompletionBatch)
+	flush := func() {
+		comps = comps[:0]
+		for _, rq := range reqs {
+			comps = append(comps, *rq.comp)
+		}
+		res, err := ex.storeComplete(comps)
+		for i, rq := range reqs {
+			if err != nil {
+				rq.reply <- batchResp{err: err}
+			} else {
+				rq.reply <- batchResp{res: res[i]}
+			}
+		}
+		clear(comps)
+		reqs = reqs[:0]
+	}
+	for {
+		select {
+		case rq := <-ex.batch:
+			reqs = append(reqs, rq)
+		more:
+			for len(reqs) < maxCompletionBatch {
+				select {
+				case rq := <-ex.batch:
+					reqs = append(reqs, rq)
+				default:
+					break more
+				}
+			}
+			flush()
+		case <-ex.bgStop:
+			for {
+				select {
+				case rq := <-ex.batch:
+					reqs = append(reqs, rq)
+					flush()
+				default:
+					return
+				}
+			}
+		}
 	}
 }
 

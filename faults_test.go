@@ -123,3 +123,59 @@ func TestLeaseLostStopsTheTask(t *testing.T) {
 	require.Len(t, r.Task("a").Attempts, 1, "the attempt that lost its lease is handed back, not recorded")
 	require.EqualValues(t, 2, attempts.Load())
 }
+
+// durableStore makes the memory store look durable, so the orchestrator
+// takes the durable path: outputs encoded as JSON, completions batched.
+type durableStore struct {
+	batuta.Store
+	calls, completions, maxBatch atomic.Int32
+}
+
+func (d *durableStore) Durable() bool { return true }
+
+func (d *durableStore) CompleteTasks(ctx context.Context, cs []batuta.Completion) ([]batuta.CompleteResult, error) {
+	d.calls.Add(1)
+	d.completions.Add(int32(len(cs)))
+	for {
+		m := d.maxBatch.Load()
+		if int32(len(cs)) <= m || d.maxBatch.CompareAndSwap(m, int32(len(cs))) {
+			break
+		}
+	}
+	return d.Store.CompleteTasks(ctx, cs)
+}
+
+func TestDurablePathEncodesOutputsAndBatchesCompletions(t *testing.T) {
+	t.Parallel()
+	ds := &durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}
+	type out struct{ N int }
+	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{
+		{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) { return out{N: 7}, nil }},
+		{Name: "b", Deps: []string{"a"}, Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+			o, err := batuta.Output[out](in, "a") // decoded from JSON on this path
+			return o.N + 1, err
+		}},
+		{Name: "c", Deps: []string{"a"}, Retry: batuta.RetryPolicy{MaxAttempts: 1}, Run: func(context.Context, *batuta.Input) (any, error) {
+			return make(chan int), nil // not JSON-encodable: fails the task, not the process
+		}},
+	}}
+	o := setup(t, batuta.Config{Store: ds, Workers: 16}, wf)
+	ctx := waitCtx(t)
+	var ids []string
+	for i := 0; i < 300; i++ {
+		id, err := o.Submit(ctx, "w", batuta.Event{})
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunFailed, r.State)
+		n, err := batuta.OutputAs[int](r.Task("b").Output)
+		require.NoError(t, err)
+		require.Equal(t, 8, n)
+		require.Contains(t, r.Task("c").Error, "not JSON-encodable")
+	}
+	require.EqualValues(t, 900, ds.completions.Load(), "every completion recorded once")
+	t.Logf("%d completions in %d store calls (largest batch %d)", ds.completions.Load(), ds.calls.Load(), ds.maxBatch.Load())
+}
