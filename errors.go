@@ -38,6 +38,9 @@ var (
 	ErrTypeMismatch = errors.New("batuta: type mismatch")
 	// ErrInvalidConfig: a Config field has an invalid value.
 	ErrInvalidConfig = errors.New("batuta: invalid config")
+	// ErrQueueNotFound: a queue, stream or topic the adapter was told to
+	// use does not exist (and the adapter was told not to create it).
+	ErrQueueNotFound = errors.New("batuta: queue not found")
 	// ErrInvalidIdentifier: a table, schema, column, channel, queue or stream
 	// name was refused as unsafe.
 	ErrInvalidIdentifier = errors.New("batuta: invalid identifier")
