@@ -38,7 +38,7 @@ func benchOrchestrator(b *testing.B, wf *batuta.Workflow) (*batuta.Orchestrator,
 	o, err := batuta.New(batuta.Config{
 		Logger: slog.New(slog.DiscardHandler), NoLogHooks: true, Hooks: []batuta.Hooks{h},
 		Workers: runtime.GOMAXPROCS(0), MaxInFlightRuns: -1,
-		Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{KeepFinished: 64}),
+		Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{KeepFinished: 1}), // retained 10k-task runs would dominate GC
 	})
 	if err != nil {
 		b.Fatal(err)

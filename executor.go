@@ -38,13 +38,14 @@ func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: stri
 // executor runs claimed tasks on a bounded pool of workers. One exists per
 // call of Orchestrator.Run.
 type executor struct {
-	o     *Orchestrator
-	store Store
-	work  chan Claim
-	wake  chan struct{}
-	batch chan batchReq // to the completers; nil for non-durable stores
-	busy  atomic.Int64 // claims handed to workers and not yet done
-	nwork int64
+	o       *Orchestrator
+	store   Store
+	work    chan Claim
+	wake    chan struct{}
+	batch   chan batchReq // to the completers; nil for non-durable stores
+	durable bool
+	busy    atomic.Int64 // claims handed to workers and not yet done
+	nwork   int64
 
 	draining   atomic.Bool
 	hardCtx    context.Context
@@ -94,7 +95,8 @@ func newExecutor(o *Orchestrator) *executor {
 		limited:      make(map[string]int),
 		stuck:        make(map[*slot]string),
 	}
-	if o.store.Durable() {
+	ex.durable = o.store.Durable()
+	if ex.durable {
 		// Durable stores pay a round trip or a commit per call: batch.
 		ex.batch = make(chan batchReq, o.cfg.Workers)
 	}
@@ -342,7 +344,10 @@ func (ex *executor) worker() {
 		for c != nil {
 			ready := ex.execute(sl, c)
 			c = nil
-			if ready && !ex.draining.Load() {
+			// Take the next task here rather than through the dispatcher:
+			// always a task this completion made ready, and with a store
+			// where an empty claim is cheap (not durable), any ready task.
+			if (ready || !ex.durable) && !ex.draining.Load() {
 				// The clock read at the end of the task serves as now.
 				if cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt); err == nil && len(cs) == 1 {
 					c = &cs[0]
