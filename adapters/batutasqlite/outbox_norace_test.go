@@ -1,0 +1,6 @@
+//go:build !race
+
+package batutasqlite
+
+// outboxRaceEnabled: see outbox_race_test.go.
+const outboxRaceEnabled = false
