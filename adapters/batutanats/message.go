@@ -1,0 +1,92 @@
+package batutanats
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Header names the adapter writes. Headers whose names start with "Nats-"
+// belong to the server and are not passed to Message.Headers.
+const (
+	// HeaderID carries Message.ID on dead letters, whose Nats-Msg-Id must
+	// differ from the original's (the stream deduplicates by it).
+	HeaderID = "Batuta-Id"
+	// HeaderTime carries Message.Time (RFC 3339, nanoseconds).
+	HeaderTime = "Batuta-Time"
+	// HeaderDeadReason and HeaderDeadAttempts are set on dead letters.
+	HeaderDeadReason   = "Batuta-Dead-Reason"
+	HeaderDeadAttempts = "Batuta-Dead-Attempts"
+)
+
+// encodeMessage builds the NATS message for msg on subject.
+func encodeMessage(subject string, msg batuta.Message, msgID string) (*nats.Msg, error) {
+	nm := nats.NewMsg(subject)
+	nm.Data = msg.Body
+	for k, v := range msg.Headers {
+		if err := validHeader(k, v); err != nil {
+			return nil, err
+		}
+		nm.Header.Set(k, v)
+	}
+	nm.Header.Set(HeaderTime, msg.Time.UTC().Format(time.RFC3339Nano))
+	nm.Header.Set(nats.MsgIdHdr, msgID)
+	return nm, nil
+}
+
+// validHeader refuses header names and values NATS cannot carry.
+func validHeader(k, v string) error {
+	if k == "" {
+		return fmt.Errorf("empty header name: %w", batuta.ErrInvalidPayload)
+	}
+	if strings.HasPrefix(k, "Nats-") || k == HeaderID || k == HeaderTime {
+		return fmt.Errorf("header %q is reserved: %w", k, batuta.ErrInvalidPayload)
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return fmt.Errorf("header name %q has the character %q: %w", k, c, batuta.ErrInvalidPayload)
+		}
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return fmt.Errorf("header %q: value has a line break: %w", k, batuta.ErrInvalidPayload)
+	}
+	return nil
+}
+
+// decodeMessage turns a JetStream message into a Message. A message
+// published by another producer gets "<stream>-<sequence>" as ID when it
+// has no Nats-Msg-Id, and the stream's timestamp as Time.
+func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message {
+	var msg batuta.Message
+	h := m.Headers()
+	msg.ID = h.Get(HeaderID)
+	if msg.ID == "" {
+		msg.ID = h.Get(nats.MsgIdHdr)
+	}
+	if msg.ID == "" {
+		msg.ID = meta.Stream + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	}
+	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderTime)); err == nil {
+		msg.Time = t
+	} else {
+		msg.Time = meta.Timestamp
+	}
+	if data := m.Data(); len(data) > 0 {
+		msg.Body = data
+	}
+	for k, vs := range h {
+		if len(vs) == 0 || strings.HasPrefix(k, "Nats-") || k == HeaderID || k == HeaderTime {
+			continue
+		}
+		if msg.Headers == nil {
+			msg.Headers = make(map[string]string, len(h))
+		}
+		msg.Headers[k] = vs[0]
+	}
+	return msg
+}

@@ -1,0 +1,69 @@
+package batutanats
+
+import (
+	"net/url"
+	"strings"
+)
+
+// redactURL returns rawURL with its password replaced by "xxxxx". A URL
+// that does not parse has everything between "://" and the last "@" before
+// the host masked, so no secret reaches an error or a log either way.
+func redactURL(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+		return u.String()
+	} else if err == nil {
+		return rawURL
+	}
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		rest, scheme = rawURL, ""
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		rest = "xxxxx" + rest[at:]
+	}
+	if scheme == "" {
+		return rest
+	}
+	return scheme + "://" + rest
+}
+
+// redactedError carries an error whose text may contain a secret: Error
+// shows the text with every occurrence of the secret masked, Unwrap the
+// original, so errors.Is and errors.As still work.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactErr masks the password of rawURL (and rawURL itself) in err's text.
+func redactErr(err error, rawURL string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if red := redactURL(rawURL); red != rawURL {
+		msg = strings.ReplaceAll(msg, rawURL, red)
+	}
+	if u, perr := url.Parse(rawURL); perr == nil && u.User != nil {
+		if pw, has := u.User.Password(); has && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+			if esc := url.PathEscape(pw); esc != pw {
+				msg = strings.ReplaceAll(msg, esc, "xxxxx")
+			}
+		}
+	} else if perr != nil {
+		// Unparsable: mask the userinfo part wherever it appears.
+		if _, rest, ok := strings.Cut(rawURL, "://"); ok {
+			if at := strings.LastIndex(rest, "@"); at > 0 {
+				msg = strings.ReplaceAll(msg, rest[:at], "xxxxx")
+			}
+		}
+	}
+	return &redactedError{msg: msg, err: err}
+}

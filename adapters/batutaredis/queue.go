@@ -1,0 +1,883 @@
+package batutaredis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrStreamNotFound reports that the stream or its consumer group does not
+// exist (Config.NoCreate, or it was deleted while in use).
+//
+// It is the core's batuta.ErrQueueNotFound, so callers can match it
+// whatever the broker.
+var ErrStreamNotFound = batuta.ErrQueueNotFound
+
+// Fence results of the settling scripts (see fence in scripts.go).
+const (
+	fencedHeld    = -1 // pending, but held by another consumer or delivered again
+	fencedSettled = -2 // not pending any more
+)
+
+// releaseTimeout bounds the Redis calls Close makes to hand back the
+// deliveries it still holds.
+const releaseTimeout = 10 * time.Second
+
+// A Queue is a batuta.Queue on one Redis stream and consumer group. Each
+// Queue is one consumer of the group (Config.Consumer); open several, in one
+// process or many, to share the work. All methods are safe for concurrent
+// use.
+type Queue struct {
+	rdb    redis.UniversalClient
+	owned  bool // Close closes rdb (made by Open)
+	cfg    Config
+	keys   []string // stream, delayed set
+	log    *slog.Logger
+	delDel string // "1" when Ack deletes the entry
+
+	closing chan struct{} // closed by Close
+
+	mu      sync.Mutex
+	closed  bool
+	held    map[string]held // entry ID -> delivery held by this handle
+	stash   []stashed       // deliveries read for a Receive that had returned
+	stashed chan struct{}   // closed (and replaced) when stash gets entries
+	reads   sync.WaitGroup  // outstanding XREADGROUP goroutines
+	wakeAt  time.Time       // when the wake loop should promote delayed entries
+	wakeCh  chan struct{}   // nudges the wake loop after wakeAt moved earlier
+	waking  bool            // the wake loop is running
+	bg      sync.WaitGroup  // the wake loop
+
+	acks     []*ackReq     // acks waiting to be sent, guarded by ackMu
+	ackMu    sync.Mutex    // guards acks
+	ackToken chan struct{} // held by the caller sending a batch of acks
+
+	hk          sync.Mutex // one housekeeping pass at a time
+	nextClaim   time.Time
+	nextPromote time.Time
+}
+
+// held is what the handle remembers of a delivery it holds.
+type held struct {
+	count   int64 // the PEL's delivery count when delivered
+	attempt int
+}
+
+// stashed is a delivery read by an abandoned read, kept for the next Receive.
+type stashed struct {
+	d  batuta.Delivery
+	at time.Time
+}
+
+// receipt is the batuta.Delivery.Receipt of this adapter.
+type receipt struct {
+	entryID string
+	count   int64
+}
+
+// New returns a Queue that uses client, an existing go-redis client
+// (*redis.Client, *redis.ClusterClient, a failover client...), which Close
+// leaves open. Unless cfg.NoCreate, it creates the stream and the group if
+// they are missing; with NoCreate it fails with ErrStreamNotFound unless
+// both exist. ctx bounds the calls made here.
+func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue, error) {
+	if client == nil {
+		return nil, fmt.Errorf("batutaredis: New: nil client: %w", batuta.ErrInvalidConfig)
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("batutaredis: %w", err)
+	}
+	q := &Queue{
+		rdb:      client,
+		cfg:      cfg,
+		keys:     []string{cfg.Stream, "{" + cfg.Stream + "}:delayed"},
+		log:      cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
+		delDel:   "1",
+		closing:  make(chan struct{}),
+		held:     make(map[string]held),
+		stashed:  make(chan struct{}),
+		wakeCh:   make(chan struct{}, 1),
+		ackToken: make(chan struct{}, 1),
+	}
+	if cfg.RetainAcked {
+		q.delDel = "0"
+	}
+	if err := q.ensureGroup(ctx); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Open connects to the Redis server at url ("redis://[user:password@]host:port/db",
+// "rediss://..." for TLS, "unix:///path"; the query parameters of
+// redis.ParseURL such as dial_timeout, read_timeout, pool_size and
+// protocol tune the client) and returns a Queue over it, as New does. The
+// connection is checked with PING. Close closes the client. Errors never
+// show the password.
+func Open(ctx context.Context, url string, cfg Config) (*Queue, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		msg := fmt.Sprintf("batutaredis: invalid URL %q: %v", redactURL(url), err)
+		return nil, redactErr(&redactedError{msg: msg, err: batuta.ErrInvalidConfig}, url)
+	}
+	client := redis.NewClient(opts)
+	if err := client.Ping(ctx).Err(); err != nil {
+		_ = client.Close()
+		return nil, redactErr(fmt.Errorf("batutaredis: connect to %s: %w", redactURL(url), err), url)
+	}
+	q, err := New(ctx, client, cfg)
+	if err != nil {
+		_ = client.Close()
+		return nil, redactErr(err, url)
+	}
+	q.owned = true
+	return q, nil
+}
+
+// Config returns the configuration in use, defaults applied.
+func (q *Queue) Config() Config { return q.cfg }
+
+// Client returns the go-redis client the queue uses.
+func (q *Queue) Client() redis.UniversalClient { return q.rdb }
+
+func (q *Queue) ensureGroup(ctx context.Context) error {
+	if q.cfg.NoCreate {
+		groups, err := q.rdb.XInfoGroups(ctx, q.cfg.Stream).Result()
+		if err != nil {
+			if isNoSuchKey(err) {
+				return fmt.Errorf("batutaredis: stream %q does not exist (Config.NoCreate is set): %w", q.cfg.Stream, ErrStreamNotFound)
+			}
+			return fmt.Errorf("batutaredis: check stream %q: %w", q.cfg.Stream, err)
+		}
+		for _, g := range groups {
+			if g.Name == q.cfg.Group {
+				return nil
+			}
+		}
+		return fmt.Errorf("batutaredis: stream %q has no consumer group %q (Config.NoCreate is set): %w", q.cfg.Stream, q.cfg.Group, ErrStreamNotFound)
+	}
+	err := q.rdb.XGroupCreateMkStream(ctx, q.cfg.Stream, q.cfg.Group, "0").Err()
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+		return fmt.Errorf("batutaredis: create group %q on stream %q: %w", q.cfg.Group, q.cfg.Stream, q.wrapErr(err))
+	}
+	return nil
+}
+
+// Publish appends msg to the stream and returns once Redis has it (as
+// durable as the server's persistence settings make it). It assigns a
+// UUIDv7 ID if msg.ID is empty and the current time if msg.Time is zero. It
+// fails with a *batuta.PayloadTooLargeError for a body over MaxBodyBytes,
+// with ErrStreamNotFound if the stream is missing and Config.NoCreate is
+// set, and with batuta.ErrClosed after Close.
+func (q *Queue) Publish(ctx context.Context, msg batuta.Message) error {
+	if q.isClosed() {
+		return fmt.Errorf("batutaredis: publish: %w", batuta.ErrClosed)
+	}
+	if len(msg.Body) > q.cfg.MaxBodyBytes {
+		return fmt.Errorf("batutaredis: publish: %w", &batuta.PayloadTooLargeError{What: "message body", Size: len(msg.Body), Limit: q.cfg.MaxBodyBytes})
+	}
+	if msg.ID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("batutaredis: publish: assign ID: %w", err)
+		}
+		msg.ID = id.String()
+	}
+	if msg.Time.IsZero() {
+		msg.Time = time.Now()
+	}
+	vals, err := encodeMessage(msg, 0)
+	if err != nil {
+		return fmt.Errorf("batutaredis: publish %q: %w", msg.ID, err)
+	}
+	err = q.rdb.XAdd(ctx, q.xaddArgs(q.cfg.Stream, vals)).Err()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("batutaredis: publish %q: stream %q does not exist: %w", msg.ID, q.cfg.Stream, ErrStreamNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("batutaredis: publish %q: %w", msg.ID, q.wrapErr(err))
+	}
+	return nil
+}
+
+func (q *Queue) xaddArgs(stream string, vals []any) *redis.XAddArgs {
+	return &redis.XAddArgs{
+		Stream:     stream,
+		NoMkStream: q.cfg.NoCreate,
+		MaxLen:     q.cfg.MaxLen,
+		Approx:     q.cfg.MaxLen > 0,
+		Values:     vals,
+	}
+}
+
+// Receive blocks until at least one message is available, ctx ends or the
+// queue is closed, and returns up to n (>= 1) deliveries: deliveries taken over
+// from consumers that let them idle past the visibility timeout first, then
+// new entries. It returns ctx's error when ctx ends (at once, even while a
+// read is blocked in Redis: what that read still brings is kept for the
+// next Receive, or handed back by Close), batuta.ErrClosed after Close, and
+// ErrStreamNotFound if the stream or group was deleted. Other errors
+// (connection lost...) are returned as they come; call again to retry.
+func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("batutaredis: receive: max must be at least 1, got %d", n)
+	}
+	for {
+		if q.isClosed() {
+			return nil, fmt.Errorf("batutaredis: receive: %w", batuta.ErrClosed)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if ds := q.takeStash(ctx, n); len(ds) > 0 {
+			return ds, nil
+		}
+		ds, next, err := q.housekeep(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		if len(ds) > 0 {
+			return ds, nil
+		}
+		block := min(max(next, time.Millisecond), q.cfg.BlockTimeout)
+		op, wake, ok := q.startRead(n, block)
+		if !ok {
+			return nil, fmt.Errorf("batutaredis: receive: %w", batuta.ErrClosed)
+		}
+		select {
+		case <-op.done:
+			if op.err != nil {
+				return nil, op.err
+			}
+			if len(op.ds) > 0 {
+				return op.ds, nil
+			}
+		case <-ctx.Done():
+			q.abandon(op)
+			return nil, ctx.Err()
+		case <-q.closing:
+			q.abandon(op)
+			return nil, fmt.Errorf("batutaredis: receive: %w", batuta.ErrClosed)
+		case <-wake:
+			// Another read left deliveries in the stash: take them.
+			q.abandon(op)
+		}
+	}
+}
+
+// readOp is one XREADGROUP running in its own goroutine, so that Receive
+// can return when ctx ends without waiting for Redis to answer.
+type readOp struct {
+	mu        sync.Mutex
+	done      chan struct{}
+	abandoned bool
+	ds        []batuta.Delivery
+	err       error
+}
+
+// startRead starts a read unless the queue is closed. It also returns the
+// stash's wake-up channel as of now.
+func (q *Queue) startRead(n int, block time.Duration) (*readOp, <-chan struct{}, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil, nil, false
+	}
+	op := &readOp{done: make(chan struct{})}
+	q.reads.Add(1)
+	go func() {
+		defer q.reads.Done()
+		ds, err := q.read(n, block)
+		op.mu.Lock()
+		if op.abandoned {
+			op.mu.Unlock()
+			q.deposit(ds)
+			return
+		}
+		op.ds, op.err = ds, err
+		close(op.done)
+		op.mu.Unlock()
+	}()
+	return op, q.stashed, true
+}
+
+// abandon gives up waiting for op: whatever it read goes to the stash.
+func (q *Queue) abandon(op *readOp) {
+	op.mu.Lock()
+	op.abandoned = true
+	var ds []batuta.Delivery
+	select {
+	case <-op.done:
+		ds, op.ds = op.ds, nil
+	default:
+	}
+	op.mu.Unlock()
+	q.deposit(ds)
+}
+
+// deposit adds deliveries to the stash and wakes waiting Receive calls.
+func (q *Queue) deposit(ds []batuta.Delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	now := time.Now()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, d := range ds {
+		q.stash = append(q.stash, stashed{d: d, at: now})
+	}
+	close(q.stashed)
+	q.stashed = make(chan struct{})
+}
+
+// takeStash returns up to n stashed deliveries. One that waited in the
+// stash for more than half the visibility timeout is extended first, and
+// dropped if it was taken over meanwhile.
+func (q *Queue) takeStash(ctx context.Context, n int) []batuta.Delivery {
+	q.mu.Lock()
+	k := min(n, len(q.stash))
+	if k == 0 {
+		q.mu.Unlock()
+		return nil
+	}
+	taken := make([]stashed, k)
+	copy(taken, q.stash)
+	q.stash = append(q.stash[:0], q.stash[k:]...)
+	q.mu.Unlock()
+	out := make([]batuta.Delivery, 0, k)
+	for _, s := range taken {
+		if time.Since(s.at) > q.cfg.VisibilityTimeout/2 {
+			if err := q.Extend(ctx, s.d); errors.Is(err, batuta.ErrLeaseLost) {
+				continue
+			}
+		}
+		out = append(out, s.d)
+	}
+	return out
+}
+
+// read runs one XREADGROUP for new entries.
+func (q *Queue) read(n int, block time.Duration) ([]batuta.Delivery, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), block+releaseTimeout)
+	defer cancel()
+	res, err := q.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group:    q.cfg.Group,
+		Consumer: q.cfg.Consumer,
+		Streams:  []string{q.cfg.Stream, ">"},
+		Count:    int64(n),
+		Block:    block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("batutaredis: receive: %w", q.wrapErr(err))
+	}
+	var out []batuta.Delivery
+	for _, s := range res {
+		for _, m := range s.Messages {
+			if d, ok := q.deliver(ctx, m.ID, m.Values, 1); ok {
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// deliver records an entry now held with the given delivery count and
+// returns its Delivery. An entry over Config.MaxDeliveries is dead-lettered
+// instead (ok false).
+func (q *Queue) deliver(ctx context.Context, entryID string, values map[string]any, count int64) (batuta.Delivery, bool) {
+	msg, attempts := decodeEntry(entryID, values)
+	d := batuta.Delivery{
+		Message: msg,
+		Attempt: attempts + int(count),
+		Receipt: receipt{entryID: entryID, count: count},
+	}
+	q.mu.Lock()
+	q.held[entryID] = held{count: count, attempt: d.Attempt}
+	q.mu.Unlock()
+	if q.cfg.MaxDeliveries > 0 && d.Attempt > q.cfg.MaxDeliveries {
+		reason := fmt.Sprintf("delivered %d times, over MaxDeliveries %d", d.Attempt, q.cfg.MaxDeliveries)
+		if err := q.DeadLetter(ctx, d, reason); err != nil && !errors.Is(err, batuta.ErrLeaseLost) {
+			q.log.Warn("batutaredis: dead-letter failed; the entry stays pending and is retried after the visibility timeout",
+				"id", d.ID, "entry", entryID, "err", err)
+		}
+		return d, false
+	}
+	return d, true
+}
+
+// housekeep runs the periodic work that is due: moving due delayed entries
+// into the stream and taking over idle deliveries, which it returns (up to
+// n). It also returns how long until the next pass is due.
+func (q *Queue) housekeep(ctx context.Context, n int) ([]batuta.Delivery, time.Duration, error) {
+	if !q.hk.TryLock() {
+		return nil, q.cfg.ClaimInterval, nil
+	}
+	defer q.hk.Unlock()
+	now := time.Now()
+	if !now.Before(q.nextPromote) {
+		wait, err := q.promote(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		q.nextPromote = now.Add(q.cfg.ClaimInterval)
+		if wait >= 0 && now.Add(wait).Before(q.nextPromote) {
+			q.nextPromote = now.Add(wait)
+		}
+	}
+	var ds []batuta.Delivery
+	if !now.Before(q.nextClaim) {
+		var err error
+		ds, err = q.claim(ctx, n)
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	next := min(q.nextClaim.Sub(now), q.nextPromote.Sub(now))
+	return ds, next, nil
+}
+
+// claim takes over up to n deliveries idle past the visibility timeout.
+// The next pass is due after ClaimInterval, or at once if this one was
+// full (more may be waiting).
+func (q *Queue) claim(ctx context.Context, n int) ([]batuta.Delivery, error) {
+	res, err := claimScript.Run(ctx, q.rdb, q.keys[:1],
+		q.cfg.Group, q.cfg.Consumer, q.cfg.VisibilityTimeout.Milliseconds(), n).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("batutaredis: claim idle deliveries: %w", q.wrapErr(err))
+	}
+	if len(res) != 2 {
+		return nil, fmt.Errorf("batutaredis: claim idle deliveries: unexpected reply %v", res)
+	}
+	entries, _ := res[0].([]any)
+	counts, _ := res[1].([]any)
+	if len(entries) >= n {
+		q.nextClaim = time.Now()
+	} else {
+		q.nextClaim = time.Now().Add(q.cfg.ClaimInterval)
+	}
+	var out []batuta.Delivery
+	for i, e := range entries {
+		pair, _ := e.([]any)
+		if len(pair) != 2 || i >= len(counts) {
+			continue
+		}
+		id, _ := pair[0].(string)
+		flat, _ := pair[1].([]any)
+		count, _ := counts[i].(int64)
+		values := make(map[string]any, len(flat)/2)
+		for j := 0; j+1 < len(flat); j += 2 {
+			k, _ := flat[j].(string)
+			values[k] = flat[j+1]
+		}
+		if d, ok := q.deliver(ctx, id, values, max(count, 1)); ok {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// promote moves due delayed entries into the stream and returns how long
+// until the next one is due (-1: none).
+func (q *Queue) promote(ctx context.Context) (time.Duration, error) {
+	const batch = 100
+	for {
+		res, err := promoteScript.Run(ctx, q.rdb, q.keys, batch, q.cfg.MaxLen).Int64Slice()
+		if err != nil {
+			return 0, fmt.Errorf("batutaredis: move due delayed entries: %w", q.wrapErr(err))
+		}
+		if len(res) != 2 {
+			return 0, fmt.Errorf("batutaredis: move due delayed entries: unexpected reply %v", res)
+		}
+		if res[0] < batch {
+			if res[1] < 0 {
+				return -1, nil
+			}
+			return time.Duration(res[1]) * time.Millisecond, nil
+		}
+	}
+}
+
+// scheduleWake makes the wake loop promote delayed entries at due, so a
+// delayed nack comes back on time even while every consumer is blocked in
+// a read.
+func (q *Queue) scheduleWake(due time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return
+	}
+	if !q.waking {
+		q.waking = true
+		q.bg.Add(1)
+		go q.wakeLoop()
+	}
+	if q.wakeAt.IsZero() || due.Before(q.wakeAt) {
+		q.wakeAt = due
+		select {
+		case q.wakeCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (q *Queue) wakeLoop() {
+	defer q.bg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		q.mu.Lock()
+		at := q.wakeAt
+		q.mu.Unlock()
+		var fire <-chan time.Time
+		if !at.IsZero() {
+			timer.Reset(time.Until(at))
+			fire = timer.C
+		}
+		select {
+		case <-q.closing:
+			return
+		case <-q.wakeCh:
+			continue
+		case <-fire:
+		}
+		q.mu.Lock()
+		if q.wakeAt.Equal(at) {
+			q.wakeAt = time.Time{}
+		}
+		q.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		wait, err := q.promote(ctx)
+		cancel()
+		switch {
+		case err != nil:
+			q.log.Warn("batutaredis: moving due delayed entries failed; retrying", "err", err)
+			q.scheduleWake(time.Now().Add(q.cfg.ClaimInterval))
+		case wait >= 0:
+			q.scheduleWake(time.Now().Add(wait))
+		}
+	}
+}
+
+// Ack settles d: the entry is acknowledged (XACK) and, unless
+// Config.RetainAcked, deleted. It fails with batuta.ErrLeaseLost if another
+// consumer took d over after the visibility timeout and still holds it (or
+// this handle took it over again: a newer delivery), and with
+// batuta.ErrClosed after Close. Acking an entry that is not pending any
+// more (settled already) succeeds: Ack is idempotent, so a call retried
+// after a lost reply does no harm.
+func (q *Queue) Ack(ctx context.Context, d batuta.Delivery) error {
+	r, err := q.settling(d, "ack")
+	if err != nil {
+		return err
+	}
+	res, err := q.ackCombined(ctx, r)
+	if err != nil {
+		return fmt.Errorf("batutaredis: ack %q: %w", d.ID, q.wrapErr(err))
+	}
+	q.forget(r)
+	if res == fencedHeld {
+		return fmt.Errorf("batutaredis: ack %q (attempt %d): delivery no longer held: %w", d.ID, d.Attempt, batuta.ErrLeaseLost)
+	}
+	return nil // settled now, or already (fencedSettled)
+}
+
+// Nack settles d for redelivery after delay (0: at once), counted as a
+// delivery: the next one has Attempt d.Attempt+1. A copy of the entry is
+// re-added to the stream, or to the delayed set when delay > 0, and the
+// original is acked, in one atomic step. With Config.MaxDeliveries set, a
+// delivery on its last allowed attempt is dead-lettered instead. Errors as
+// for Ack; like Ack, a Nack of an entry settled already is a no-op.
+func (q *Queue) Nack(ctx context.Context, d batuta.Delivery, delay time.Duration) error {
+	r, err := q.settling(d, "nack")
+	if err != nil {
+		return err
+	}
+	if q.cfg.MaxDeliveries > 0 && d.Attempt >= q.cfg.MaxDeliveries {
+		return q.DeadLetter(ctx, d, fmt.Sprintf("nacked on delivery %d of MaxDeliveries %d", d.Attempt, q.cfg.MaxDeliveries))
+	}
+	if err := q.requeue(ctx, r, d.Attempt, delay); err != nil {
+		return fmt.Errorf("batutaredis: nack %q (attempt %d): %w", d.ID, d.Attempt, err)
+	}
+	return nil
+}
+
+// ackReq is one Ack waiting to be sent.
+type ackReq struct {
+	r    receipt
+	done chan struct{}
+	res  int64
+	err  error
+}
+
+// maxAckBatch bounds the acks sent in one script call.
+const maxAckBatch = 256
+
+// ackCombined acks r, combined with the Ack calls running concurrently on
+// this handle: whichever caller finds no batch in flight sends every ack
+// waiting at that moment in one script call (one round trip) and hands the
+// results out. A lone Ack is sent at once; under load, acks that queued up
+// during a round trip share the next one. It returns ackScript's result
+// for r. If ctx ends first it returns ctx's error, and the ack may still be
+// sent.
+func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	req := &ackReq{r: r, done: make(chan struct{})}
+	q.ackMu.Lock()
+	q.acks = append(q.acks, req)
+	q.ackMu.Unlock()
+	for {
+		select {
+		case <-req.done:
+			return req.res, req.err
+		case q.ackToken <- struct{}{}:
+			q.flushAcks(ctx)
+			<-q.ackToken
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// flushAcks sends one batch of waiting acks. The caller holds ackToken.
+func (q *Queue) flushAcks(ctx context.Context) {
+	q.ackMu.Lock()
+	n := min(len(q.acks), maxAckBatch)
+	batch := make([]*ackReq, n)
+	copy(batch, q.acks)
+	q.acks = append(q.acks[:0], q.acks[n:]...)
+	q.ackMu.Unlock()
+	if n == 0 {
+		return
+	}
+	// Other callers' acks ride on this call: do not let this caller's
+	// cancellation fail them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	args := make([]any, 0, 3+2*n)
+	args = append(args, q.cfg.Group, q.cfg.Consumer, q.delDel)
+	for _, a := range batch {
+		args = append(args, a.r.entryID, a.r.count)
+	}
+	res, err := ackManyScript.Run(ctx, q.rdb, q.keys[:1], args...).Int64Slice()
+	if err == nil && len(res) != n {
+		err = fmt.Errorf("unexpected reply of %d results for %d acks", len(res), n)
+	}
+	for i, a := range batch {
+		if err != nil {
+			a.err = err
+		} else {
+			a.res = res[i]
+		}
+		close(a.done)
+	}
+}
+
+// requeue runs requeueScript for a held delivery.
+func (q *Queue) requeue(ctx context.Context, r receipt, attempts int, delay time.Duration) error {
+	ms := int64(0)
+	if delay > 0 {
+		ms = max(delay.Milliseconds(), 1)
+	}
+	res, err := requeueScript.Run(ctx, q.rdb, q.keys,
+		q.cfg.Group, q.cfg.Consumer, r.entryID, r.count, attempts, ms, q.cfg.MaxLen, q.delDel).Int64()
+	if err != nil {
+		return q.wrapErr(err)
+	}
+	q.forget(r)
+	switch res {
+	case fencedHeld:
+		return fmt.Errorf("delivery no longer held: %w", batuta.ErrLeaseLost)
+	case 1:
+		q.scheduleWake(time.Now().Add(time.Duration(ms) * time.Millisecond))
+	case 2:
+		q.log.Warn("batutaredis: a nacked entry had been trimmed from the stream (Config.MaxLen); it is gone", "entry", r.entryID)
+	}
+	return nil
+}
+
+// Extend resets the visibility timeout of d, which this handle still
+// holds, without counting a delivery (XCLAIM ... JUSTID). Handlers that run
+// longer than the visibility timeout call it periodically (say every third
+// of it). It fails with batuta.ErrLeaseLost if d was taken over or settled.
+// Extend is this adapter's implementation of the optional "extender"
+// interface the queue trigger may look for:
+//
+//	interface{ Extend(ctx context.Context, d batuta.Delivery) error }
+func (q *Queue) Extend(ctx context.Context, d batuta.Delivery) error {
+	r, err := q.settling(d, "extend")
+	if err != nil {
+		return err
+	}
+	res, err := extendScript.Run(ctx, q.rdb, q.keys[:1],
+		q.cfg.Group, q.cfg.Consumer, r.entryID, r.count).Int64()
+	if err != nil {
+		return fmt.Errorf("batutaredis: extend %q: %w", d.ID, q.wrapErr(err))
+	}
+	if res < 0 {
+		q.forget(r)
+		return fmt.Errorf("batutaredis: extend %q (attempt %d): delivery no longer held: %w", d.ID, d.Attempt, batuta.ErrLeaseLost)
+	}
+	return nil
+}
+
+// DeadLetter settles d by moving its message to Config.DeadLetterStream,
+// with the fields "dead_reason" (reason) and "attempts" (d.Attempt) added,
+// and acking it. The dead-letter entry is written first, so a failure in
+// between leaves the message in both places rather than in neither. Errors
+// as for Ack.
+func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string) error {
+	r, err := q.settling(d, "dead-letter")
+	if err != nil {
+		return err
+	}
+	// Refresh the claim first: it checks we still hold d, and keeps
+	// another consumer from taking it over while we move it.
+	if err := q.Extend(ctx, d); err != nil {
+		return err
+	}
+	vals, err := encodeMessage(d.Message, d.Attempt)
+	if err != nil {
+		return fmt.Errorf("batutaredis: dead-letter %q: %w", d.ID, err)
+	}
+	vals = append(vals, fieldReason, reason)
+	args := q.xaddArgs(q.cfg.DeadLetterStream, vals)
+	args.NoMkStream = false
+	if err := q.rdb.XAdd(ctx, args).Err(); err != nil {
+		return fmt.Errorf("batutaredis: dead-letter %q to %q: %w", d.ID, q.cfg.DeadLetterStream, q.wrapErr(err))
+	}
+	q.log.Warn("batutaredis: message dead-lettered", "id", d.ID, "attempt", d.Attempt,
+		"reason", reason, "dead_letter_stream", q.cfg.DeadLetterStream)
+	res, err := ackScript.Run(ctx, q.rdb, q.keys[:1],
+		q.cfg.Group, q.cfg.Consumer, r.entryID, r.count, q.delDel).Int64()
+	if err != nil {
+		return fmt.Errorf("batutaredis: dead-letter %q: ack the original: %w", d.ID, q.wrapErr(err))
+	}
+	q.forget(r)
+	if res == fencedHeld {
+		return fmt.Errorf("batutaredis: dead-letter %q: delivery no longer held: %w", d.ID, batuta.ErrLeaseLost)
+	}
+	return nil
+}
+
+// settling checks d's receipt and that the queue is open.
+func (q *Queue) settling(d batuta.Delivery, op string) (receipt, error) {
+	r, ok := d.Receipt.(receipt)
+	if !ok || r.entryID == "" {
+		return receipt{}, fmt.Errorf("batutaredis: %s %q: not a delivery of a batutaredis queue (receipt %T)", op, d.ID, d.Receipt)
+	}
+	if q.isClosed() {
+		return receipt{}, fmt.Errorf("batutaredis: %s %q: %w", op, d.ID, batuta.ErrClosed)
+	}
+	return r, nil
+}
+
+// forget drops r from the held set if it is the delivery recorded there.
+func (q *Queue) forget(r receipt) {
+	q.mu.Lock()
+	if h, ok := q.held[r.entryID]; ok && h.count == r.count {
+		delete(q.held, r.entryID)
+	}
+	q.mu.Unlock()
+}
+
+// Close closes the handle: pending Receive calls return batuta.ErrClosed
+// at once, then Close waits for an outstanding read to finish (at most
+// Config.BlockTimeout) and hands every delivery this handle still holds back
+// to the stream, counted as a delivery (re-added at once, as a Nack with no
+// delay would), so other consumers get them without waiting for the
+// visibility timeout. Later Ack, Nack and Extend calls fail with
+// batuta.ErrClosed. The consumer is removed from the group if it holds
+// nothing any more. A client passed to New stays open; one made by Open is
+// closed. The stream and group stay. A second Close returns nil.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	close(q.closing)
+	q.mu.Unlock()
+	q.reads.Wait()
+	q.bg.Wait()
+
+	q.mu.Lock()
+	holding := q.held
+	q.held = map[string]held{}
+	q.stash = nil
+	q.mu.Unlock()
+	q.ackMu.Lock()
+	q.acks = nil // only acks whose callers gave up (ctx) can be left
+	q.ackMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	var errs []error
+	for id, h := range holding {
+		err := q.requeue(ctx, receipt{entryID: id, count: h.count}, h.attempt, 0)
+		if err != nil && !errors.Is(err, batuta.ErrLeaseLost) {
+			errs = append(errs, fmt.Errorf("batutaredis: close: hand back entry %s: %w", id, err))
+		}
+	}
+	if len(errs) == 0 {
+		// Remove this consumer from the group if nothing is pending for it
+		// (a crashed handle's consumer, by contrast, stays until its
+		// entries are claimed).
+		pending, err := q.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
+			Stream: q.cfg.Stream, Group: q.cfg.Group, Start: "-", End: "+", Count: 1, Consumer: q.cfg.Consumer,
+		}).Result()
+		if err == nil && len(pending) == 0 {
+			_ = q.rdb.XGroupDelConsumer(ctx, q.cfg.Stream, q.cfg.Group, q.cfg.Consumer).Err()
+		}
+	} else {
+		q.log.Warn("batutaredis: close could not hand back every delivery; they come back after the visibility timeout",
+			"err", errors.Join(errs...))
+	}
+	if q.owned {
+		if err := q.rdb.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("batutaredis: close client: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (q *Queue) isClosed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed
+}
+
+// wrapErr maps Redis errors onto the adapter's sentinels.
+func (q *Queue) wrapErr(err error) error {
+	if redis.HasErrorPrefix(err, "NOGROUP") {
+		return fmt.Errorf("stream %q or its group %q is missing (deleted?): %w: %w", q.cfg.Stream, q.cfg.Group, ErrStreamNotFound, err)
+	}
+	if errors.Is(err, redis.ErrClosed) {
+		return fmt.Errorf("%w: %w", batuta.ErrClosed, err)
+	}
+	return err
+}
+
+func isNoSuchKey(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such key")
+}
+
+// String describes the queue for logs.
+func (q *Queue) String() string {
+	return "batutaredis.Queue(" + strconv.Quote(q.cfg.Stream) + ", group " + strconv.Quote(q.cfg.Group) + ")"
+}
