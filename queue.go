@@ -59,3 +59,13 @@ type Queue interface {
 	// It does not delete the queue or its messages.
 	Close() error
 }
+
+// An Extender is a Queue that can keep a delivery invisible longer: Extend
+// restarts the visibility timeout of a delivery its consumer still holds
+// (Redis: XCLAIM of the entry to itself; JetStream: an in-progress ack).
+// It returns an error matching ErrLeaseLost when the delivery is no longer
+// held. The queue trigger calls it while a delivery waits for its run to
+// finish, so a run longer than the visibility timeout is not redelivered.
+type Extender interface {
+	Extend(ctx context.Context, d Delivery) error
+}

@@ -268,6 +268,33 @@ func (q *MemoryQueue) Nack(ctx context.Context, d Delivery, delay time.Duration)
 	return nil
 }
 
+var _ Extender = (*MemoryQueue)(nil)
+
+// Extend restarts the visibility timeout of a delivery this handle still
+// holds. ErrLeaseLost if it is no longer held, ErrClosed after Close.
+func (q *MemoryQueue) Extend(ctx context.Context, d Delivery) error {
+	r, ok := d.Receipt.(memReceipt)
+	if !ok || r.e == nil {
+		return fmt.Errorf("batuta: memory queue: extend: delivery %q has no memory queue receipt", d.ID)
+	}
+	b := q.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if q.isClosed() {
+		return fmt.Errorf("batuta: memory queue: extend: %w", ErrClosed)
+	}
+	now := b.cfg.Clock.Now()
+	b.promote(now)
+	e := r.e
+	if e.state != memInFlight || e.token != r.token {
+		return fmt.Errorf("batuta: memory queue: extend message %q: delivery no longer held: %w", d.ID, ErrLeaseLost)
+	}
+	e.at = now.Add(b.cfg.VisibilityTimeout)
+	heap.Fix(&b.expiries, e.idx)
+	b.signal()
+	return nil
+}
+
 // settle checks that d is held and takes it out of flight. On success it
 // returns with b.mu held.
 func (q *MemoryQueue) settle(d Delivery, op string) (*memEntry, error) {

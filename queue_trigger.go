@@ -93,6 +93,10 @@ type QueueTriggerConfig struct {
 	Event func(d Delivery) (Event, error)
 	// Source is the Event.Source of the default Event func. Default "queue".
 	Source string
+	// ExtendEvery is how often a delivery waiting for its run to finish
+	// has its visibility extended, when the Queue is an Extender. Default
+	// 10s (a third of the usual 30 s visibility timeout); negative never.
+	ExtendEvery time.Duration
 	// SettleTimeout bounds each Ack, Nack and DeadLetter call, which run
 	// even while the trigger shuts down. Default 10 s.
 	SettleTimeout time.Duration
@@ -132,6 +136,9 @@ func (c QueueTriggerConfig) withDefaults() QueueTriggerConfig {
 	}
 	if c.BusyDelay == 0 {
 		c.BusyDelay = DefaultQueueBusyDelay
+	}
+	if c.ExtendEvery == 0 {
+		c.ExtendEvery = 10 * time.Second
 	}
 	if c.SettleTimeout == 0 {
 		c.SettleTimeout = DefaultQueueSettleTimeout
@@ -423,6 +430,10 @@ func (c *queueConsumer) failed(ctx context.Context, d Delivery, ev Event, err er
 // if the trigger stops first, the message is nacked for redelivery (the
 // event ID dedupes it against the existing run).
 func (c *queueConsumer) settleFinished(ctx context.Context, a acceptedDelivery) {
+	if ext, ok := c.cfg.Queue.(Extender); ok && c.cfg.ExtendEvery > 0 {
+		stop := c.keepExtending(ctx, ext, a.d)
+		defer stop()
+	}
 	if _, err := c.runs.Wait(ctx, a.runID); err != nil && !errors.Is(err, ErrRunNotFound) {
 		c.nack(ctx, a.d, 0)
 		return
@@ -430,6 +441,35 @@ func (c *queueConsumer) settleFinished(ctx context.Context, a acceptedDelivery) 
 	// Finished (or finished and already pruned: it existed when fire
 	// returned its ID).
 	c.ack(ctx, a.d)
+}
+
+// keepExtending extends d's visibility every ExtendEvery until the returned
+// func is called, so a long run does not get its message redelivered.
+func (c *queueConsumer) keepExtending(ctx context.Context, ext Extender, d Delivery) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			t := c.cfg.Clock.NewTimer(c.cfg.ExtendEvery)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C():
+			}
+			if err := ext.Extend(ctx, d); err != nil {
+				if ctx.Err() == nil {
+					c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: extending a delivery failed; it may be redelivered",
+						"message", d.ID, "error", err)
+				}
+				if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) {
+					return
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // settleCtx is the context for settling: it outlives ctx's cancellation, so

@@ -587,3 +587,57 @@ func TestQueueTriggerAckModes(t *testing.T) {
 		})
 	}
 }
+
+// TestQueueTriggerExtendsLongRuns: with ack-on-finish, a run that outlasts
+// the queue's visibility timeout keeps its delivery (the trigger extends
+// it), so the message is neither redelivered nor handled twice.
+func TestQueueTriggerExtendsLongRuns(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{VisibilityTimeout: 100 * time.Millisecond})
+	o := lambdaOrch(t, batuta.Config{})
+	var calls atomic.Int32
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "slow", Tasks: []batuta.Task{{Name: "a", Run: func(ctx context.Context, _ *batuta.Input) (any, error) {
+		calls.Add(1)
+		select { // the run's length, four visibility timeouts
+		case <-time.After(400 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return nil, nil
+	}}}}))
+	cq := &countingQueue{MemoryQueue: q}
+	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{Queue: cq, Ack: batuta.AckOnFinish, ExtendEvery: 30 * time.Millisecond,
+		DeadLetter: batuta.DeadLetterFunc(func(context.Context, batuta.DeadLetter) error { return nil })})
+	require.NoError(t, err)
+	require.NoError(t, o.Bind("slow", trig))
+	runOrch(t, o)
+	ctx := testCtx(t)
+	require.NoError(t, q.Publish(ctx, batuta.Message{ID: "long"}))
+	require.Eventually(t, func() bool { return q.Len() == 0 }, 10*time.Second, 5*time.Millisecond)
+	require.EqualValues(t, 1, calls.Load())
+	require.EqualValues(t, 1, cq.delivered.Load(), "the message was redelivered while its run ran")
+}
+
+// countingQueue counts deliveries; Extend and the rest come from the
+// embedded queue.
+type countingQueue struct {
+	*batuta.MemoryQueue
+	delivered atomic.Int32
+}
+
+func (c *countingQueue) Receive(ctx context.Context, max int) ([]batuta.Delivery, error) {
+	ds, err := c.MemoryQueue.Receive(ctx, max)
+	c.delivered.Add(int32(len(ds)))
+	return ds, err
+}
+
+func TestMemoryQueueExtend(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{VisibilityTimeout: time.Hour})
+	ctx := testCtx(t)
+	require.NoError(t, q.Publish(ctx, batuta.Message{ID: "m"}))
+	ds, err := q.Receive(ctx, 1)
+	require.NoError(t, err)
+	require.NoError(t, q.Extend(ctx, ds[0]))
+	require.NoError(t, q.Ack(ctx, ds[0]))
+	require.ErrorIs(t, q.Extend(ctx, ds[0]), batuta.ErrLeaseLost)
+}
