@@ -687,3 +687,5 @@ func (q *Queue) streamGone() bool {
 func (q *Queue) String() string {
 	return "batutanats.Queue(" + strconv.Quote(q.cfg.Stream) + ", consumer " + strconv.Quote(q.cfg.Consumer) + ")"
 }
+
+var _ batuta.Extender = (*Queue)(nil)

@@ -881,3 +881,5 @@ func isNoSuchKey(err error) bool {
 func (q *Queue) String() string {
 	return "batutaredis.Queue(" + strconv.Quote(q.cfg.Stream) + ", group " + strconv.Quote(q.cfg.Group) + ")"
 }
+
+var _ batuta.Extender = (*Queue)(nil)
