@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/redact"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -66,7 +67,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Queue, error) {
 		if err != nil {
 			// Dial errors (network, TLS, login) do not quote the URL, but
 			// redact the text anyway; wrap so errors.Is still works.
-			return nil, &redactedError{msg: "batutaamqp: dial " + where + ": " + redactText(err.Error(), url), err: err}
+			return nil, redact.NewError("batutaamqp: dial "+where+": "+redactText(err.Error(), url), err)
 		}
 		return conn, nil
 	}

@@ -44,13 +44,3 @@ func redactText(text, rawURL string) string {
 	}
 	return userinfoPassword.ReplaceAllString(text, "${1}xxxxx@")
 }
-
-// redactedError carries a redacted message for an error whose own text
-// might quote a secret.
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }

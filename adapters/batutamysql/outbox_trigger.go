@@ -2,17 +2,14 @@ package batutamysql
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxloop"
 )
 
 // Defaults of TriggerConfig.
@@ -25,13 +22,6 @@ const (
 	DefaultMaxBackoff         = 5 * time.Second
 	DefaultStaleCheckInterval = time.Minute
 )
-
-// minBackoff is the first pause after an error; it doubles up to MaxBackoff.
-const minBackoff = 10 * time.Millisecond
-
-// cleanupTimeout bounds the statements a consumer runs after its ctx ended
-// (deleting delivered rows, releasing the others).
-const cleanupTimeout = 5 * time.Second
 
 // TriggerConfig configures a Trigger. Only DB is required.
 type TriggerConfig struct {
@@ -195,7 +185,7 @@ func NewTrigger(cfg TriggerConfig) (*Trigger, error) {
 // Wake makes a polling consumer of t claim now instead of waiting out its
 // poll interval, e.g. right after committing a captured write. It never
 // blocks; with several consumers running, one of them wakes.
-func (t *Trigger) Wake() { signal(t.wake) }
+func (t *Trigger) Wake() { outboxloop.Signal(t.wake) }
 
 // Run consumes the outbox until ctx ends, calling fire once per row, and
 // deleting each row as soon as fire accepted it (as for a durable Store).
@@ -203,21 +193,16 @@ func (t *Trigger) Wake() { signal(t.wake) }
 // non-durable Stores. Run returns ctx.Err() when ctx ends, or an error at
 // once if the outbox is not installed.
 func (t *Trigger) Run(ctx context.Context, fire batuta.FireFunc) error {
-	return t.run(ctx, func(ctx context.Context, ev batuta.Event) (string, error) {
-		return "", fire(ctx, ev)
-	}, nil)
+	return t.run(ctx, outboxloop.Fire(fire))
 }
 
 // RunTracking is Run for the orchestrator: with a non-durable Store
 // (runs.Durable() false) a row is deleted only after its run finished.
 func (t *Trigger) RunTracking(ctx context.Context, runs batuta.Runs) error {
-	if runs.Durable() {
-		return t.run(ctx, runs.Fire, nil)
-	}
-	return t.run(ctx, runs.Fire, runs)
+	return t.run(ctx, outboxloop.Tracking(runs))
 }
 
-func (t *Trigger) run(ctx context.Context, fire func(context.Context, batuta.Event) (string, error), waitRuns batuta.Runs) error {
+func (t *Trigger) run(ctx context.Context, sink outboxloop.Sink) error {
 	ob := t.cfg.Outbox
 	schema, err := resolveSchema(ctx, t.cfg.DB, ob.Schema)
 	if err != nil {
@@ -232,174 +217,55 @@ func (t *Trigger) run(ctx context.Context, fire func(context.Context, batuta.Eve
 		return fmt.Errorf("batutamysql: outbox %s is not installed (call InstallOutbox or InstallCapture): %v", ob, st.Problems)
 	}
 	c := &consumer{
-		t:        t,
-		ob:       ob,
-		table:    ob.quoted(),
-		token:    newToken(),
-		fire:     fire,
-		waitRuns: waitRuns,
-		log:      t.cfg.Logger.With("outbox", ob.String()),
-		changed:  make(chan struct{}, 1),
-		claimed:  map[uint64]struct{}{},
+		t:     t,
+		ob:    ob,
+		table: ob.quoted(),
+		token: outboxloop.NewToken(),
+		log:   t.cfg.Logger.With("outbox", ob.String()),
 	}
-	return c.run(ctx)
-}
-
-func newToken() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
+	var wg sync.WaitGroup
+	checkCtx, stop := context.WithCancel(ctx)
+	if t.cfg.StaleCheckInterval > 0 {
+		wg.Go(func() { c.checkStaleEvery(checkCtx, t.cfg.StaleCheckInterval) })
 	}
-}
-
-// consumer is one Run call.
-type consumer struct {
-	t        *Trigger
-	ob       Outbox // Schema resolved
-	table    string // quoted outbox name
-	token    string // claimed_by of this consumer's claims
-	fire     func(context.Context, batuta.Event) (string, error)
-	waitRuns batuta.Runs // non-nil: delete rows only after their run finished
-	log      *slog.Logger
-	changed  chan struct{} // a waited-for run finished
-
-	wg sync.WaitGroup // maintenance and run waiters
-
-	mu       sync.Mutex
-	claimed  map[uint64]struct{} // rows claimed and neither deleted nor released
-	waiting  int                 // rows whose run is being waited for
-	finished []uint64            // rows to delete
-	released []uint64            // rows to hand back
-}
-
-func (c *consumer) run(ctx context.Context) error {
-	loopCtx, stop := context.WithCancel(ctx)
-	c.wg.Go(func() { c.maintain(loopCtx) })
-	c.loop(loopCtx)
+	err = outboxloop.Run(ctx, outboxloop.Config[uint64]{
+		Driver:          c,
+		Sink:            sink,
+		Wake:            t.wake,
+		Package:         "batutamysql",
+		Outbox:          ob.String(),
+		BatchSize:       t.cfg.BatchSize,
+		MaxWaiting:      t.cfg.MaxWaiting,
+		MinPollInterval: t.cfg.MinPollInterval,
+		MaxPollInterval: t.cfg.MaxPollInterval,
+		Lease:           t.cfg.Lease,
+		MaxBackoff:      t.cfg.MaxBackoff,
+		Logger:          c.log,
+	})
 	stop()
-	c.wg.Wait()
-	c.cleanup(context.WithoutCancel(ctx))
-	return ctx.Err()
+	wg.Wait()
+	return err
 }
 
-// loop claims and fires until ctx ends.
-func (c *consumer) loop(ctx context.Context) {
-	cfg := &c.t.cfg
-	idle := cfg.MinPollInterval // pause after an empty claim; doubles while empty
-	backoff := time.Duration(0)
-	for ctx.Err() == nil {
-		failed := false
-		if err := c.flush(ctx); err != nil && ctx.Err() == nil { // at shutdown, cleanup flushes
-			c.log.WarnContext(ctx, "batutamysql: outbox delete failed; retrying", "err", err)
-			failed = true
-		}
-		room := cfg.BatchSize
-		if c.waitRuns != nil {
-			c.mu.Lock()
-			room = min(room, cfg.MaxWaiting-c.waiting)
-			c.mu.Unlock()
-		}
-		pause := idle
-		if room > 0 && !failed {
-			n, err := c.claimAndFire(ctx, room)
-			switch {
-			case err != nil && ctx.Err() == nil:
-				c.log.WarnContext(ctx, "batutamysql: outbox consumer backing off", "err", err)
-				failed = true
-			case n == room:
-				pause = 0 // there may be more
-				idle = cfg.MinPollInterval
-			case n > 0:
-				pause = cfg.MinPollInterval
-				idle = cfg.MinPollInterval
-			default:
-				idle = min(max(2*idle, cfg.MinPollInterval), cfg.MaxPollInterval)
-			}
-		}
-		if failed {
-			backoff = min(max(2*backoff, minBackoff), cfg.MaxBackoff)
-			sleep(ctx, backoff)
-			continue
-		}
-		backoff = 0
-		if pause == 0 {
-			continue
-		}
-		timer := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-		case <-c.t.wake:
-			idle = cfg.MinPollInterval
-		case <-c.changed:
-		case <-timer.C:
-		}
-		timer.Stop()
-	}
+// consumer is the outboxloop.Driver of one Run call.
+type consumer struct {
+	t     *Trigger
+	ob    Outbox // Schema resolved
+	table string // quoted outbox name
+	token string // claimed_by of this consumer's claims
+	log   *slog.Logger
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
+var _ outboxloop.Driver[uint64] = (*consumer)(nil)
 
-// claimAndFire claims up to n rows and fires them. It returns how many it
-// claimed, and an error if it should back off.
-func (c *consumer) claimAndFire(ctx context.Context, n int) (int, error) {
-	rows, err := c.claim(ctx, n)
-	if err != nil {
-		return 0, err
-	}
-	for i := range rows {
-		r := &rows[i]
-		ev, err := r.event(c.ob.Schema, c.ob.Table)
-		if err == nil {
-			var runID string
-			runID, err = c.fire(ctx, ev)
-			if err == nil {
-				c.accepted(ctx, r.id, runID)
-				continue
-			}
-		}
-		if errors.Is(err, batuta.ErrPayloadTooLarge) || errors.Is(err, batuta.ErrInvalidPayload) {
-			c.markDead(ctx, r.id, err)
-			continue
-		}
-		// Not accepted: hand this row and the rest back, and back off.
-		c.mu.Lock()
-		for _, r := range rows[i:] {
-			c.released = append(c.released, r.id)
-		}
-		c.mu.Unlock()
-		if ctx.Err() != nil {
-			return len(rows), nil
-		}
-		if rerr := c.release(ctx); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-		return len(rows), fmt.Errorf("batutamysql: fire event %s: %w", ev.ID, err)
-	}
-	return len(rows), c.flush(ctx)
-}
-
-// claim leases up to n free rows (not dead, never leased or lease expired)
+// Claim leases up to n free rows (not dead, never leased or lease expired)
 // in a short READ COMMITTED transaction: READ COMMITTED takes no gap locks,
 // so claims never block the writers inserting into the outbox, and with
 // SKIP LOCKED concurrent claimers never wait for each other.
-func (c *consumer) claim(ctx context.Context, n int) (rows []outboxRow, err error) {
-	wrap := func(err error) error { return fmt.Errorf("batutamysql: claim from outbox %s: %w", c.ob, err) }
+func (c *consumer) Claim(ctx context.Context, n int) (_ []outboxloop.Row[uint64], err error) {
 	tx, err := c.t.cfg.DB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
-		return nil, wrap(err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -410,195 +276,90 @@ func (c *consumer) claim(ctx context.Context, n int) (rows []outboxRow, err erro
 		" WHERE dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < UTC_TIMESTAMP(6))"+
 		" ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", n)
 	if err != nil {
-		return nil, wrap(err)
+		return nil, err
 	}
+	var rows []outboxRow
 	for rs.Next() {
 		var r outboxRow
 		if err := r.scan(rs); err != nil {
 			rs.Close()
-			return nil, wrap(err)
+			return nil, err
 		}
 		r.deliveries++ // counted by the UPDATE below
 		rows = append(rows, r)
 	}
 	rs.Close()
 	if err := rs.Err(); err != nil {
-		return nil, wrap(err)
+		return nil, err
+	}
+	out := make([]outboxloop.Row[uint64], len(rows))
+	for i := range rows {
+		ev, err := rows[i].event(c.ob.Schema, c.ob.Table)
+		out[i] = outboxloop.Row[uint64]{ID: rows[i].id, Event: ev, Err: err}
 	}
 	if len(rows) > 0 {
-		in, args := inList(rowIDs(rows))
+		in, args := outboxloop.InList(rowIDs(out))
 		args = append([]any{c.t.cfg.Lease.Microseconds(), c.token}, args...)
 		if _, err := tx.ExecContext(ctx, "UPDATE "+c.table+
 			" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, claimed_by = ?, deliveries = deliveries + 1"+
 			" WHERE id IN ("+in+")", args...); err != nil {
-			return nil, wrap(err)
+			return nil, err
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, wrap(err)
+		return nil, err
 	}
-	// The claim committed: these rows are ours until deleted or released.
-	c.mu.Lock()
-	for _, r := range rows {
-		c.claimed[r.id] = struct{}{}
-	}
-	c.mu.Unlock()
-	return rows, nil
+	return out, nil
 }
 
-func rowIDs(rows []outboxRow) []uint64 {
+func rowIDs(rows []outboxloop.Row[uint64]) []uint64 {
 	out := make([]uint64, len(rows))
 	for i := range rows {
-		out[i] = rows[i].id
+		out[i] = rows[i].ID
 	}
 	return out
 }
 
-// inList returns "?, ?, ..." and the arguments for ids.
-func inList(ids []uint64) (string, []any) {
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
-	}
-	return strings.TrimSuffix(strings.Repeat("?, ", len(ids)), ", "), args
+// exec runs stmt (which ends in "IN (") for ids with pre before them,
+// limited to this consumer's claims.
+func (c *consumer) exec(ctx context.Context, stmt string, pre []any, ids []uint64) error {
+	return outboxloop.ExecIn(ctx, c.t.cfg.DB, stmt, pre, ids, c.token)
 }
 
-// inChunks runs stmt (which ends in "IN (") for ids, 500 at a time, with
-// pre before the ids and claimed_by as the last condition.
-func (c *consumer) inChunks(ctx context.Context, stmt string, pre []any, ids []uint64) error {
-	for len(ids) > 0 {
-		part := ids[:min(len(ids), 500)]
-		ids = ids[len(part):]
-		in, args := inList(part)
-		args = append(append(append([]any{}, pre...), args...), c.token)
-		if _, err := c.t.cfg.DB.ExecContext(ctx, stmt+in+") AND claimed_by = ?", args...); err != nil {
-			return err
-		}
-	}
-	return nil
+// Renew implements outboxloop.Driver.
+func (c *consumer) Renew(ctx context.Context, ids []uint64) error {
+	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE id IN (",
+		[]any{c.t.cfg.Lease.Microseconds()}, ids)
 }
 
-// accepted records that row id's event was accepted as run runID: the row
-// is deleted at once, or, in front of a non-durable store, once the run
-// finished.
-func (c *consumer) accepted(ctx context.Context, id uint64, runID string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.waitRuns == nil {
-		c.finished = append(c.finished, id)
-		return
-	}
-	c.waiting++
-	c.wg.Go(func() {
-		_, err := c.waitRuns.Wait(ctx, runID)
-		if err != nil && ctx.Err() != nil {
-			return // shutting down: cleanup releases the row
-		}
-		c.mu.Lock()
-		c.waiting--
-		if err == nil || errors.Is(err, batuta.ErrRunNotFound) {
-			c.finished = append(c.finished, id)
-		} else {
-			// Fire it again: the duplicate finds the run, and we wait again.
-			c.log.WarnContext(ctx, "batutamysql: waiting for run failed; row released", "row", id, "run", runID, "err", err)
-			c.released = append(c.released, id)
-		}
-		c.mu.Unlock()
-		signal(c.changed)
-	})
+// Delete implements outboxloop.Driver.
+func (c *consumer) Delete(ctx context.Context, ids []uint64) error {
+	return c.exec(ctx, "DELETE FROM "+c.table+" WHERE id IN (", nil, ids)
 }
 
-// flush deletes finished rows and releases handed-back ones.
-func (c *consumer) flush(ctx context.Context) error {
-	c.mu.Lock()
-	ids := c.finished
-	c.finished = nil
-	c.mu.Unlock()
-	if len(ids) > 0 {
-		if err := c.inChunks(ctx, "DELETE FROM "+c.table+" WHERE id IN (", nil, ids); err != nil {
-			c.mu.Lock()
-			c.finished = append(c.finished, ids...)
-			c.mu.Unlock()
-			return fmt.Errorf("batutamysql: delete from outbox %s: %w", c.ob, err)
-		}
-		c.forget(ids)
-	}
-	return c.release(ctx)
+// Release implements outboxloop.Driver.
+func (c *consumer) Release(ctx context.Context, ids []uint64) error {
+	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = NULL, claimed_by = NULL WHERE id IN (", nil, ids)
 }
 
-func (c *consumer) forget(ids []uint64) {
-	c.mu.Lock()
-	for _, id := range ids {
-		delete(c.claimed, id)
-	}
-	c.mu.Unlock()
-}
-
-func (c *consumer) release(ctx context.Context) error {
-	c.mu.Lock()
-	ids := c.released
-	c.released = nil
-	c.mu.Unlock()
-	if len(ids) == 0 {
-		return nil
-	}
-	if err := c.inChunks(ctx, "UPDATE "+c.table+" SET claimed_until = NULL, claimed_by = NULL WHERE id IN (", nil, ids); err != nil {
-		c.mu.Lock()
-		c.released = append(c.released, ids...)
-		c.mu.Unlock()
-		return fmt.Errorf("batutamysql: release outbox %s rows: %w", c.ob, err)
-	}
-	c.forget(ids)
-	return nil
-}
-
-func (c *consumer) markDead(ctx context.Context, id uint64, cause error) {
-	c.log.ErrorContext(ctx, "batutamysql: outbox row can never be delivered; marked dead", "row", id, "err", cause)
+// MarkDead implements outboxloop.Driver.
+func (c *consumer) MarkDead(ctx context.Context, id uint64, cause error) error {
 	msg := cause.Error()
 	if len(msg) > 4000 {
 		msg = msg[:4000]
 	}
-	if _, err := c.t.cfg.DB.ExecContext(ctx, "UPDATE "+c.table+
+	_, err := c.t.cfg.DB.ExecContext(ctx, "UPDATE "+c.table+
 		" SET dead_at = UTC_TIMESTAMP(6), last_error = ?, claimed_until = NULL, claimed_by = NULL WHERE id = ? AND claimed_by = ?",
-		msg, id, c.token); err != nil {
-		c.log.WarnContext(ctx, "batutamysql: marking outbox row dead failed; it will be retried", "row", id, "err", err)
-		c.mu.Lock()
-		c.released = append(c.released, id)
-		c.mu.Unlock()
-		return
-	}
-	c.forget([]uint64{id})
+		msg, id, c.token)
+	return err
 }
 
-// maintain extends the leases of the rows this consumer holds every
-// Lease/3, and checks for stale captures every StaleCheckInterval.
-func (c *consumer) maintain(ctx context.Context) {
-	cfg := &c.t.cfg
-	check := cfg.StaleCheckInterval > 0
-	var lastCheck time.Time
-	tick := time.NewTicker(cfg.Lease / 3)
-	defer tick.Stop()
-	for {
-		if check && time.Since(lastCheck) >= cfg.StaleCheckInterval {
-			c.checkStale(ctx)
-			lastCheck = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		c.mu.Lock()
-		ids := make([]uint64, 0, len(c.claimed))
-		for id := range c.claimed {
-			ids = append(ids, id)
-		}
-		c.mu.Unlock()
-		err := c.inChunks(ctx, "UPDATE "+c.table+" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE id IN (",
-			[]any{cfg.Lease.Microseconds()}, ids)
-		if err != nil && ctx.Err() == nil {
-			c.log.WarnContext(ctx, "batutamysql: extending outbox leases failed", "rows", len(ids), "err", err)
-		}
+// checkStaleEvery runs checkStale at once and then every interval until
+// ctx ends.
+func (c *consumer) checkStaleEvery(ctx context.Context, interval time.Duration) {
+	for ctx.Err() == nil {
+		c.checkStale(ctx)
+		outboxloop.Sleep(ctx, interval)
 	}
 }
 
@@ -631,30 +392,5 @@ func (c *consumer) checkStale(ctx context.Context) {
 			c.log.WarnContext(ctx, "batutamysql: capture trigger is stale; run InstallCapture again, or the change is left out of row images",
 				"table", k.schema+"."+k.table, "op", k.op, "trigger", k.trigger, "change", d)
 		}
-	}
-}
-
-// cleanup runs after the consumer stopped: delete what was delivered,
-// release everything else still claimed so another consumer (or the next
-// start) takes it at once.
-func (c *consumer) cleanup(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
-	defer cancel()
-	c.mu.Lock()
-	known := map[uint64]bool{}
-	for _, id := range c.finished {
-		known[id] = true
-	}
-	for _, id := range c.released {
-		known[id] = true
-	}
-	for id := range c.claimed {
-		if !known[id] {
-			c.released = append(c.released, id)
-		}
-	}
-	c.mu.Unlock()
-	if err := c.flush(ctx); err != nil && ctx.Err() == nil { // at shutdown, cleanup flushes
-		c.log.WarnContext(ctx, "batutamysql: outbox cleanup at shutdown failed; rows are taken again when their lease expires", "err", err)
 	}
 }

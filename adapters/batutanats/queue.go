@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/redact"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -132,17 +133,17 @@ func Open(ctx context.Context, url string, cfg Config) (*Queue, error) {
 	}, cfg.ConnectOptions...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, redactErr(fmt.Errorf("batutanats: connect to %s: %w", redactURL(url), err), url)
+		return nil, redact.Err(fmt.Errorf("batutanats: connect to %s: %w", redact.URL(url), err), url)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, redactErr(fmt.Errorf("batutanats: JetStream on %s: %w", redactURL(url), err), url)
+		return nil, redact.Err(fmt.Errorf("batutanats: JetStream on %s: %w", redact.URL(url), err), url)
 	}
 	q, err := New(ctx, js, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, redactErr(err, url)
+		return nil, redact.Err(err, url)
 	}
 	q.owned = true
 	return q, nil

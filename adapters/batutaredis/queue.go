@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/redact"
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 )
@@ -127,18 +128,18 @@ func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue,
 func Open(ctx context.Context, url string, cfg Config) (*Queue, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
-		msg := fmt.Sprintf("batutaredis: invalid URL %q: %v", redactURL(url), err)
-		return nil, redactErr(&redactedError{msg: msg, err: batuta.ErrInvalidConfig}, url)
+		msg := fmt.Sprintf("batutaredis: invalid URL %q: %v", redact.URL(url), err)
+		return nil, redact.Err(redact.NewError(msg, batuta.ErrInvalidConfig), url)
 	}
 	client := redis.NewClient(opts)
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, redactErr(fmt.Errorf("batutaredis: connect to %s: %w", redactURL(url), err), url)
+		return nil, redact.Err(fmt.Errorf("batutaredis: connect to %s: %w", redact.URL(url), err), url)
 	}
 	q, err := New(ctx, client, cfg)
 	if err != nil {
 		_ = client.Close()
-		return nil, redactErr(err, url)
+		return nil, redact.Err(err, url)
 	}
 	q.owned = true
 	return q, nil

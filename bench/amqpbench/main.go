@@ -35,7 +35,6 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +43,7 @@ import (
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/adapters/batutaamqp"
+	"github.com/batuta-dev/batuta/bench/internal/stats"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -121,7 +121,7 @@ func run(ctx context.Context, o options) error {
 				res = append(res, mps)
 				fmt.Printf("round %d  %9.0f msg/s\n", r, mps)
 			}
-			fmt.Printf("-- median of %d rounds, concurrency %d: %.0f msg/s\n", o.rounds, c, median(res))
+			fmt.Printf("-- median of %d rounds, concurrency %d: %.0f msg/s\n", o.rounds, c, stats.Median(res))
 		}
 	}
 	if slices.Contains(o.scenarios, "latency") {
@@ -132,11 +132,11 @@ func run(ctx context.Context, o options) error {
 			if err != nil {
 				return fmt.Errorf("latency: %w", err)
 			}
-			p50, p99 := percentile(ds, 50), percentile(ds, 99)
-			p50s, p99s = append(p50s, msf(p50)), append(p99s, msf(p99))
-			fmt.Printf("round %d  p50 %8.3f ms   p99 %8.3f ms   (%d messages)\n", r, msf(p50), msf(p99), len(ds))
+			p50, p99 := stats.Percentile(ds, 50), stats.Percentile(ds, 99)
+			p50s, p99s = append(p50s, stats.Millis(p50)), append(p99s, stats.Millis(p99))
+			fmt.Printf("round %d  p50 %8.3f ms   p99 %8.3f ms   (%d messages)\n", r, stats.Millis(p50), stats.Millis(p99), len(ds))
 		}
-		fmt.Printf("-- median of %d rounds: p50 %.3f ms, p99 %.3f ms\n", o.rounds, median(p50s), median(p99s))
+		fmt.Printf("-- median of %d rounds: p50 %.3f ms, p99 %.3f ms\n", o.rounds, stats.Median(p50s), stats.Median(p99s))
 	}
 	return nil
 }
@@ -370,30 +370,3 @@ func openLoop(ctx context.Context, rate, total int, publish func(i int) error) e
 	}
 	return nil
 }
-
-// median returns the median of xs (0 for none).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// percentile returns the p-th percentile (0..100) of ds, nearest rank.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	k := int(p/100*float64(len(s))+0.5) - 1
-	k = max(0, min(k, len(s)-1))
-	return s[k]
-}
-
-func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

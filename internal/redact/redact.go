@@ -1,14 +1,18 @@
-package batutaredis
+// Package redact masks passwords of connection URLs in strings and
+// errors, for the broker adapters (batutaredis, batutanats, batutaamqp):
+// no secret may reach an error or a log.
+package redact
 
 import (
 	"net/url"
 	"strings"
 )
 
-// redactURL returns rawURL with its password replaced by "xxxxx". A URL
-// that does not parse has everything between "://" and the last "@" before
-// the host masked, so no secret reaches an error or a log either way.
-func redactURL(rawURL string) string {
+// URL returns rawURL with its password replaced by "xxxxx". A URL that
+// does not parse has everything between "://" and the last "@" before the
+// host masked (everything before the last "@" if it has no scheme), so no
+// secret reaches an error or a log either way.
+func URL(rawURL string) string {
 	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
 		if _, has := u.User.Password(); has {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
@@ -41,13 +45,21 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
-// redactErr masks the password of rawURL (and rawURL itself) in err's text.
-func redactErr(err error, rawURL string) error {
+// NewError returns an error whose text is msg (already redacted by the
+// caller) and which unwraps to err, so errors.Is and errors.As see err
+// while its own, possibly secret-bearing, text is never shown.
+func NewError(msg string, err error) error {
+	return &redactedError{msg: msg, err: err}
+}
+
+// Err masks the password of rawURL (and rawURL itself) in err's text; the
+// result unwraps to err. Err(nil, ...) is nil.
+func Err(err error, rawURL string) error {
 	if err == nil {
 		return nil
 	}
 	msg := err.Error()
-	if red := redactURL(rawURL); red != rawURL {
+	if red := URL(rawURL); red != rawURL {
 		msg = strings.ReplaceAll(msg, rawURL, red)
 	}
 	if u, perr := url.Parse(rawURL); perr == nil && u.User != nil {
