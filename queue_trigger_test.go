@@ -593,19 +593,21 @@ func TestQueueTriggerAckModes(t *testing.T) {
 // it), so the message is neither redelivered nor handled twice.
 func TestQueueTriggerExtendsLongRuns(t *testing.T) {
 	t.Parallel()
-	q := newQueue(t, batuta.MemoryQueueConfig{VisibilityTimeout: 100 * time.Millisecond})
+	// Margins are wide (a 1 s visibility timeout extended every 100 ms) so
+	// that a loaded machine delaying the extender does not fail the test.
+	q := newQueue(t, batuta.MemoryQueueConfig{VisibilityTimeout: time.Second})
 	o := lambdaOrch(t, batuta.Config{})
 	var calls atomic.Int32
 	require.NoError(t, o.Register(&batuta.Workflow{Name: "slow", Tasks: []batuta.Task{{Name: "a", Run: func(ctx context.Context, _ *batuta.Input) (any, error) {
 		calls.Add(1)
-		select { // the run's length, four visibility timeouts
-		case <-time.After(400 * time.Millisecond):
+		select { // the run's length, 2.5 visibility timeouts
+		case <-time.After(2500 * time.Millisecond):
 		case <-ctx.Done():
 		}
 		return nil, nil
 	}}}}))
 	cq := &countingQueue{MemoryQueue: q}
-	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{Queue: cq, Ack: batuta.AckOnFinish, ExtendEvery: 30 * time.Millisecond,
+	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{Queue: cq, Ack: batuta.AckOnFinish, ExtendEvery: 100 * time.Millisecond,
 		DeadLetter: batuta.DeadLetterFunc(func(context.Context, batuta.DeadLetter) error { return nil })})
 	require.NoError(t, err)
 	require.NoError(t, o.Bind("slow", trig))

@@ -219,14 +219,31 @@ func newStore(ctx context.Context, db *sql.DB, cfg Config, owns bool) (*Store, e
 		wconn:  wconn,
 		work:   make(chan struct{}, 1),
 	}
-	if err := s.setup(ctx); err != nil {
+	// Several processes opening a new file at once can meet SQLITE_BUSY
+	// while one switches it to WAL (not every step waits on busy_timeout):
+	// retry the setup within the busy timeout.
+	deadline := time.Now().Add(cfg.BusyTimeout)
+	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 200*time.Millisecond) {
+		err := s.setup(ctx)
+		if err == nil {
+			return s, nil
+		}
 		if s.st != nil {
 			s.st.close()
+			s.st = nil
 		}
-		_ = wconn.Close()
-		return nil, err
+		if !isBusy(err) || time.Now().Add(pause).After(deadline) || ctx.Err() != nil {
+			_ = wconn.Close()
+			return nil, err
+		}
+		time.Sleep(pause) // backoff between setup attempts
 	}
-	return s, nil
+}
+
+// isBusy reports whether err is SQLite's "database is locked" (SQLITE_BUSY).
+func isBusy(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "database is locked") || strings.Contains(msg, "SQLITE_BUSY")
 }
 
 // setup configures the write connection, migrates and prepares statements.
