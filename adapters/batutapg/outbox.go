@@ -1,0 +1,335 @@
+package batutapg
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+)
+
+// Defaults of Outbox.
+const (
+	// DefaultOutboxSchema is the schema of the outbox table when
+	// Outbox.Schema is empty.
+	DefaultOutboxSchema = "public"
+	// DefaultOutboxTable is the outbox table name when Outbox.Table is empty.
+	DefaultOutboxTable = "batuta_outbox"
+	// DefaultMaxEmitBytes caps an event written by Emit (Data plus
+	// metadata) when Outbox.MaxEmitBytes is zero. It matches the default
+	// of batuta.Config.MaxPayloadBytes, past which fire would refuse it.
+	DefaultMaxEmitBytes = 256 << 10
+)
+
+// Outbox names an outbox table: where database triggers (see InstallCapture)
+// and Emit write changes, and what a Trigger consumes. Its zero value names
+// public.batuta_outbox with channel "public.batuta_outbox". The same value must be
+// used by the installer, by Emit and by the Trigger.
+//
+// Schema, Table and Channel are identifiers: each is validated (non-empty
+// after defaults, at most 63 bytes, no NUL or control characters) and always
+// quoted, never spliced raw into SQL.
+type Outbox struct {
+	// Schema of the outbox table. Default "public". InstallOutbox does not
+	// create the schema.
+	Schema string
+	// Table is the outbox table's name. Default "batuta_outbox".
+	Table string
+	// Channel is the LISTEN/NOTIFY channel the capture triggers and Emit
+	// notify, once per writing transaction, with the id of its first
+	// outbox row (never the row: NOTIFY payloads are capped at 8000
+	// bytes). Default "<Schema>.<Table>" (or, if that is over 63 bytes,
+	// "batuta_outbox_" and 8 hex digits of a hash of it). Changing it
+	// needs the outbox to be installed again.
+	Channel string
+	// NoNotify turns notifications off: writers do not call pg_notify and
+	// consumers find rows by polling alone (lower
+	// TriggerConfig.PollInterval to taste). Use it for tables written by
+	// many concurrent transactions: every notifying commit takes a
+	// cluster-wide lock held until its commit record is flushed, which
+	// serialises those commits (see docs/dbtrigger-postgres.md). Changing
+	// it needs the outbox to be installed again.
+	NoNotify bool
+	// MaxEmitBytes caps the size of an event accepted by Emit (Data plus
+	// metadata keys and values); larger events are refused with a
+	// *batuta.PayloadTooLargeError before any write. Default 256 KiB, the
+	// orchestrator's default cap; keep it at most the orchestrator's
+	// MaxPayloadBytes. It does not apply to rows written by capture
+	// triggers (the row image is whatever the row holds; the orchestrator's
+	// cap applies when the row is fired, see Trigger).
+	MaxEmitBytes int
+}
+
+func (o Outbox) withDefaults() Outbox {
+	if o.Schema == "" {
+		o.Schema = DefaultOutboxSchema
+	}
+	if o.Table == "" {
+		o.Table = DefaultOutboxTable
+	}
+	if o.Channel == "" {
+		o.Channel = o.Schema + "." + o.Table
+		if len(o.Channel) > maxIdentLen {
+			o.Channel = "batuta_outbox_" + o.hash()
+		}
+	}
+	if o.MaxEmitBytes == 0 {
+		o.MaxEmitBytes = DefaultMaxEmitBytes
+	}
+	return o
+}
+
+// validate checks an Outbox after withDefaults. field prefixes the field
+// names in errors ("Outbox." inside a larger config).
+func (o Outbox) validate(field string) error {
+	for _, f := range []struct{ name, kind, val string }{
+		{"Schema", "schema", o.Schema},
+		{"Table", "table", o.Table},
+		{"Channel", "channel", o.Channel},
+	} {
+		if err := validIdent(f.kind, f.val); err != nil {
+			return fmt.Errorf("batutapg: %s%s: %w", field, f.name, err)
+		}
+	}
+	if o.MaxEmitBytes < 0 {
+		return &batuta.ConfigError{Field: field + "MaxEmitBytes", Reason: "must not be negative"}
+	}
+	return nil
+}
+
+// String returns schema.table, unquoted.
+func (o Outbox) String() string {
+	o = o.withDefaults()
+	return displayName(o.Schema, o.Table)
+}
+
+// quoted returns the quoted, schema-qualified table name.
+func (o Outbox) quoted() string { return quoteQualified(o.Schema, o.Table) }
+
+// hash returns 8 hex digits identifying the outbox, used to derive the
+// names of its capture function and triggers so they fit in 63 bytes
+// whatever the outbox is called.
+func (o Outbox) hash() string {
+	sum := sha256.Sum256([]byte(o.Schema + "\x00" + o.Table))
+	return hex.EncodeToString(sum[:4])
+}
+
+// lockKey is the advisory lock that serialises installers of this outbox.
+func (o Outbox) lockKey() int64 {
+	sum := sha256.Sum256([]byte("batuta outbox install\x00" + o.Schema + "\x00" + o.Table))
+	return int64(binary.BigEndian.Uint64(sum[:8]))
+}
+
+// notifiedFlag names the transaction-local setting that records that the
+// transaction already notified the outbox's channel.
+func (o Outbox) notifiedFlag() string { return "batuta.notified_" + o.hash() }
+
+// functionName is the name of the capture trigger function (in o.Schema).
+func (o Outbox) functionName() string { return "batuta_capture_" + o.hash() }
+
+// Emit writes ev into the outbox inside the caller's transaction tx, so the
+// event is delivered if and only if tx commits: the transactional outbox
+// pattern, for a service that emits "order placed" atomically with its
+// business write, no database trigger needed. A Trigger on the same outbox
+// delivers it after commit (notified through the outbox's channel).
+//
+// If ev.ID is empty the delivered event's ID is derived from the outbox
+// row ("pg/<schema>.<table>/<row id>"); set it to make the event
+// idempotent across retries of the caller's own transaction. Source
+// defaults to "postgres/<schema>.<table>" of the outbox and Time to the
+// moment of the write. Data is stored as bytes and delivered verbatim.
+//
+// Emit refuses, before any write, an invalid outbox name
+// (batuta.ErrInvalidIdentifier), an event over Outbox.MaxEmitBytes
+// (batuta.ErrPayloadTooLarge) and text fields or metadata holding NUL bytes
+// or invalid UTF-8 (batuta.ErrInvalidPayload). The outbox must have been
+// installed with InstallOutbox. Emit is safe for concurrent use on distinct
+// transactions; on cancel of ctx the statement is canceled and tx is
+// unusable, as for any pgx call.
+func Emit(ctx context.Context, tx pgx.Tx, ob Outbox, ev batuta.Event) error {
+	ob = ob.withDefaults()
+	if err := ob.validate("Outbox."); err != nil {
+		return err
+	}
+	size := len(ev.Data)
+	for k, v := range ev.Metadata {
+		size += len(k) + len(v)
+	}
+	if size > ob.MaxEmitBytes {
+		return fmt.Errorf("batutapg: emit: %w",
+			&batuta.PayloadTooLargeError{What: "event data", Size: size, Limit: ob.MaxEmitBytes})
+	}
+	for name, s := range map[string]string{"ID": ev.ID, "Source": ev.Source, "Type": ev.Type, "Subject": ev.Subject} {
+		if err := validText(s); err != nil {
+			return fmt.Errorf("batutapg: emit: event %s: %s: %w", name, err, batuta.ErrInvalidPayload)
+		}
+	}
+	var meta []byte
+	if len(ev.Metadata) > 0 {
+		for k, v := range ev.Metadata {
+			if validText(k) != nil || validText(v) != nil {
+				return fmt.Errorf("batutapg: emit: event metadata %q: NUL byte or invalid UTF-8: %w", k, batuta.ErrInvalidPayload)
+			}
+		}
+		var err error
+		if meta, err = json.Marshal(ev.Metadata); err != nil {
+			return fmt.Errorf("batutapg: emit: event metadata: %w", err)
+		}
+	}
+	var evTime *time.Time
+	if !ev.Time.IsZero() {
+		evTime = &ev.Time
+	}
+	data := ev.Data
+	if data == nil {
+		data = []byte{}
+	}
+	// One statement: insert, then notify with the row id through
+	// pg_notify (the channel is a parameter, never spliced into SQL), once
+	// per transaction as the capture triggers do. The notification is
+	// delivered only if tx commits.
+	insert := `INSERT INTO ` + ob.quoted() + ` (op, event_id, source, type, subject, data, metadata, event_time)
+	VALUES ('emit', NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), NULLIF($4, ''), $5, $6::jsonb, $7)`
+	args := []any{ev.ID, ev.Source, ev.Type, ev.Subject, data, meta, evTime}
+	if !ob.NoNotify {
+		insert = `WITH ins AS (` + insert + ` RETURNING id)
+SELECT pg_notify($8, id::text), set_config($9, '1', true) FROM ins
+WHERE current_setting($9, true) IS DISTINCT FROM '1'`
+		args = append(args, ob.Channel, ob.notifiedFlag())
+	}
+	if _, err := tx.Exec(ctx, insert, args...); err != nil {
+		return fmt.Errorf("batutapg: emit into %s: %w", ob, err)
+	}
+	return nil
+}
+
+// validText reports why s cannot be stored in a PostgreSQL text column.
+func validText(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("invalid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("NUL byte")
+	}
+	return nil
+}
+
+// outboxRow is one claimed outbox row.
+type outboxRow struct {
+	id         int64
+	op         string // insert, update, delete or emit
+	schema     *string
+	table      *string
+	newRow     []byte // jsonb text, nil for SQL NULL
+	oldRow     []byte
+	eventID    *string
+	source     *string
+	typ        *string
+	subject    *string
+	data       []byte
+	metadata   []byte
+	eventTime  *time.Time
+	createdAt  time.Time
+	deliveries int
+}
+
+// outboxColumns lists the columns scanned into an outboxRow, in scan order.
+const outboxColumns = `id, op, schema_name, table_name, new_row, old_row, event_id, source, type, subject, data, metadata, event_time, created_at, deliveries`
+
+func (r *outboxRow) scanTargets() []any {
+	return []any{&r.id, &r.op, &r.schema, &r.table, &r.newRow, &r.oldRow, &r.eventID, &r.source,
+		&r.typ, &r.subject, &r.data, &r.metadata, &r.eventTime, &r.createdAt, &r.deliveries}
+}
+
+// ChangeData is the JSON shape of Event.Data for a row captured by a
+// database trigger (see InstallCapture):
+//
+//	{"op":"update","schema":"public","table":"orders",
+//	 "new":{"id":7,"status":"paid"},"old":{"id":7,"status":"new"},
+//	 "at":"2026-01-02T15:04:05.123456Z"}
+//
+// New is the row after the change (null for delete), Old the row before it
+// (null for insert); both are the row as to_jsonb renders it, every column
+// included. Decode it with batuta.EventData[batutapg.ChangeData] or into a
+// struct of your own with typed New/Old fields.
+type ChangeData struct {
+	// Op is "insert", "update" or "delete".
+	Op     string          `json:"op"`
+	Schema string          `json:"schema"`
+	Table  string          `json:"table"`
+	New    json.RawMessage `json:"new"`
+	Old    json.RawMessage `json:"old"`
+	// At is when the row changed (clock_timestamp() in the trigger).
+	At time.Time `json:"at"`
+}
+
+// event turns a claimed row into the Event fired for it. The ID depends
+// only on the outbox and the row id, so a redelivered row is deduplicated.
+func (r *outboxRow) event(ob Outbox) (batuta.Event, error) {
+	rowID := strconv.FormatInt(r.id, 10)
+	ev := batuta.Event{
+		ID:       "pg/" + displayName(ob.Schema, ob.Table) + "/" + rowID,
+		Time:     r.createdAt,
+		Metadata: map[string]string{"pgoutboxid": rowID, "pgdeliveries": strconv.Itoa(r.deliveries)},
+	}
+	if r.op == "emit" {
+		if r.eventID != nil {
+			ev.ID = *r.eventID
+		}
+		ev.Source = "postgres/" + displayName(ob.Schema, ob.Table)
+		if r.source != nil {
+			ev.Source = *r.source
+		}
+		ev.Type, ev.Subject = deref(r.typ), deref(r.subject)
+		if r.eventTime != nil {
+			ev.Time = *r.eventTime
+		}
+		ev.Data = r.data
+		if len(r.metadata) > 0 {
+			var md map[string]string
+			if err := json.Unmarshal(r.metadata, &md); err != nil {
+				return ev, fmt.Errorf("batutapg: outbox row %d: metadata: %w: %w", r.id, err, batuta.ErrInvalidPayload)
+			}
+			for k, v := range md {
+				if _, reserved := ev.Metadata[k]; !reserved {
+					ev.Metadata[k] = v
+				}
+			}
+		}
+		return ev, nil
+	}
+	schema, table := deref(r.schema), deref(r.table)
+	ev.Source = "postgres/" + displayName(schema, table)
+	ev.Type = table + "." + r.op
+	data, err := json.Marshal(ChangeData{
+		Op: r.op, Schema: schema, Table: table,
+		New: rawOrNull(r.newRow), Old: rawOrNull(r.oldRow), At: r.createdAt.UTC(),
+	})
+	if err != nil {
+		return ev, fmt.Errorf("batutapg: outbox row %d: %w: %w", r.id, err, batuta.ErrInvalidPayload)
+	}
+	ev.Data = data
+	return ev, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func rawOrNull(b []byte) json.RawMessage {
+	if b == nil {
+		return json.RawMessage("null")
+	}
+	return json.RawMessage(b)
+}

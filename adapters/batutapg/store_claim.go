@@ -1,0 +1,285 @@
+package batutapg
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// ClaimTasks implements batuta.Store: one statement picks up to p.Limit
+// ready tasks (oldest due first) with FOR UPDATE SKIP LOCKED, leases them
+// to p.Owner under a fresh token, and returns them with their run's event
+// and their dependencies' results. Concurrent claimers never wait on each
+// other's rows and never get the same task.
+//
+// Concurrent calls are combined: calls with the same Owner and Workflows
+// whose Now lie within a few milliseconds share one statement that claims
+// the sum of their limits, under the earliest of their Now and LeaseUntil
+// (so no call gets a task that is not due by its own Now, nor a longer
+// lease than it asked for); earlier calls are served first.
+func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.Claim, error) {
+	if p.Limit <= 0 {
+		return nil, nil
+	}
+	res, err := s.claims.do(ctx, []batuta.ClaimParams{p})
+	if err != nil {
+		return nil, err
+	}
+	return res[0], nil
+}
+
+// claimMergeWindow is how far apart the Now of two claims may be for them
+// to share a statement.
+const claimMergeWindow = 5 * time.Millisecond
+
+// claimGroup is one claim statement serving several ClaimTasks calls.
+type claimGroup struct {
+	p     batuta.ClaimParams // merged: earliest Now and LeaseUntil, summed Limit
+	calls []int              // indexes into the batch, in arrival order
+}
+
+func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]batuta.Claim, error) {
+	var groups []*claimGroup
+	for i := range ps {
+		p := &ps[i]
+		var g *claimGroup
+		for _, c := range groups {
+			q := &ps[c.calls[0]]
+			if q.Owner == p.Owner && sameStrings(q.Workflows, p.Workflows) &&
+				p.Now.Sub(c.p.Now).Abs() <= claimMergeWindow {
+				g = c
+				break
+			}
+		}
+		if g == nil {
+			g = &claimGroup{p: *p}
+			g.p.Limit = 0
+			groups = append(groups, g)
+		}
+		g.calls = append(g.calls, i)
+		g.p.Limit += p.Limit
+		if p.Now.Before(g.p.Now) {
+			g.p.Now = p.Now
+		}
+		if p.LeaseUntil.Before(g.p.LeaseUntil) {
+			g.p.LeaseUntil = p.LeaseUntil
+		}
+	}
+	out := make([][]batuta.Claim, len(ps))
+	err := withRetry(ctx, func() error {
+		clear(out)
+		return s.sendHot(ctx, true, func(b *pgx.Batch) {
+			for _, g := range groups {
+				var wfs []string
+				if len(g.p.Workflows) > 0 {
+					wfs = g.p.Workflows
+				}
+				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, g.p.LeaseUntil)
+			}
+		}, func(br pgx.BatchResults) error {
+			for _, g := range groups {
+				cs, err := readClaims(br, g.p.Limit)
+				if err != nil {
+					return err
+				}
+				for _, i := range g.calls {
+					n := min(ps[i].Limit, len(cs))
+					if n > 0 {
+						out[i], cs = cs[:n:n], cs[n:]
+					}
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
+	}
+	return out, nil
+}
+
+func sameStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// readClaims reads the rows of one claim statement.
+func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]batuta.Claim, 0, min(limit, 64))
+	for rows.Next() {
+		var (
+			runID          [16]byte
+			c              batuta.Claim
+			attempt, resc  int32
+			eventID        string
+			event, upsteam []byte
+			deadline       pgtype.Timestamptz
+		)
+		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &upsteam); err != nil {
+			return nil, err
+		}
+		c.RunID = formatUUID(runID)
+		c.Attempt, c.Rescues = int(attempt)+1, int(resc)
+		if deadline.Valid {
+			c.RunDeadline = deadline.Time
+		}
+		if c.Event, err = decodeEvent(eventID, event); err != nil {
+			return nil, err
+		}
+		if len(upsteam) > 0 {
+			if c.Upstream, err = decodeUpstream(upsteam); err != nil {
+				return nil, fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, err)
+			}
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// decodeUpstream reads the [[name, state, output, error], ...] array the
+// claim query builds.
+func decodeUpstream(b []byte) ([]batuta.UpstreamResult, error) {
+	var rows [][4]json.RawMessage
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return nil, fmt.Errorf("decode upstream: %w", err)
+	}
+	out := make([]batuta.UpstreamResult, len(rows))
+	for i, r := range rows {
+		u := &out[i]
+		var state string
+		if err := json.Unmarshal(r[0], &u.Name); err != nil {
+			return nil, fmt.Errorf("decode upstream: %w", err)
+		}
+		if err := json.Unmarshal(r[1], &state); err != nil {
+			return nil, fmt.Errorf("decode upstream: %w", err)
+		}
+		u.State = batuta.TaskState(state)
+		u.Output = rawOutput(r[2])
+		if err := json.Unmarshal(r[3], &u.Error); err != nil && string(r[3]) != "null" {
+			return nil, fmt.Errorf("decode upstream: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// rawOutput returns a stored output as the json.RawMessage the Store
+// contract promises, or nil for none (SQL NULL or JSON null).
+func rawOutput(b []byte) any {
+	if len(b) == 0 || string(b) == "null" {
+		return nil
+	}
+	return json.RawMessage(append([]byte(nil), b...))
+}
+
+// ExtendLeases implements batuta.Store. It never waits for a row lock: a
+// claim whose task is being written by someone else at that moment is
+// reported as it stands and its lease is left as is (the next heartbeat
+// tells the truth).
+func (s *Store) ExtendLeases(ctx context.Context, refs []batuta.ClaimRef, until time.Time) ([]batuta.LeaseStatus, error) {
+	out := make([]batuta.LeaseStatus, len(refs))
+	if len(refs) == 0 {
+		return out, nil
+	}
+	ids, names, tokens, valid := refArrays(refs)
+	for i := range out {
+		out[i] = batuta.LeaseLost
+	}
+	err := withRetry(ctx, func() error {
+		return s.sendHot(ctx, true, func(b *pgx.Batch) {
+			b.Queue(s.q.extend, ids, names, tokens, until)
+		}, func(br pgx.BatchResults) error {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var ord int64
+				var extended, canceled, held bool
+				if err := rows.Scan(&ord, &extended, &canceled, &held); err != nil {
+					return err
+				}
+				i := int(ord) - 1
+				switch {
+				case !valid[i] || (!extended && !held):
+					out[i] = batuta.LeaseLost
+				case canceled:
+					out[i] = batuta.LeaseCanceled
+				default:
+					out[i] = batuta.LeaseHeld
+				}
+			}
+			return rows.Err()
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: extend leases: %w", err)
+	}
+	return out, nil
+}
+
+// refArrays turns claim refs into statement arrays. Refs whose run ID is not
+// a UUID cannot name a claim: they get a zero ID (which matches nothing)
+// and valid[i] = false.
+func refArrays(refs []batuta.ClaimRef) (ids [][16]byte, names []string, tokens []int64, valid []bool) {
+	ids = make([][16]byte, len(refs))
+	names = make([]string, len(refs))
+	tokens = make([]int64, len(refs))
+	valid = make([]bool, len(refs))
+	for i, r := range refs {
+		ids[i], valid[i] = parseUUID(r.RunID)
+		names[i], tokens[i] = cleanText(r.Task), r.Token
+	}
+	return ids, names, tokens, valid
+}
+
+// parseUUID parses the canonical 36-character form (any case).
+func parseUUID(s string) ([16]byte, bool) {
+	var u [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, false
+	}
+	var h [32]byte
+	copy(h[0:8], s[0:8])
+	copy(h[8:12], s[9:13])
+	copy(h[12:16], s[14:18])
+	copy(h[16:20], s[19:23])
+	copy(h[20:32], s[24:36])
+	if _, err := hex.Decode(u[:], h[:]); err != nil {
+		return u, false
+	}
+	return u, true
+}
+
+// formatUUID renders u in the canonical lower-case form.
+func formatUUID(u [16]byte) string {
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return string(b[:])
+}

@@ -1,0 +1,345 @@
+package batutapg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// createItem is one run waiting in the create combiner.
+type createItem struct {
+	run   *batuta.NewRun
+	id    [16]byte
+	event []byte
+}
+
+type createResult struct {
+	id      string
+	created bool
+}
+
+// maxTasks is the most tasks a run may have (a task index fits the low
+// bits of a lease token, and a smallint).
+const maxTasks = tokenIndexMax
+
+// CreateRun implements batuta.Store. Concurrent calls are combined into one
+// INSERT per batch. Dedupe on (workflow, event ID) is a unique constraint.
+// MaxActive is enforced against an estimate of the unfinished runs (see
+// Config.ActiveRecount): several instances together may overshoot it a
+// little.
+func (s *Store) CreateRun(ctx context.Context, nr batuta.NewRun) (string, bool, error) {
+	it, err := s.prepareRun(&nr)
+	if err != nil {
+		return "", false, err
+	}
+	if nr.MaxActive > 0 {
+		busy, err := s.overCap(ctx, nr.MaxActive)
+		if err != nil {
+			return "", false, err
+		}
+		if busy {
+			// A duplicate of an existing run is not refused as busy.
+			if id, ok, err := s.existing(ctx, nr.Workflow, nr.Event.ID); err != nil {
+				return "", false, err
+			} else if ok {
+				return id, false, nil
+			}
+			return "", false, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, nr.MaxActive)
+		}
+	}
+	res, err := s.creates.do(ctx, []createItem{it})
+	if err != nil {
+		return "", false, err
+	}
+	return res[0].id, res[0].created, nil
+}
+
+func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
+	id, ok := parseUUID(nr.ID)
+	if !ok {
+		return createItem{}, fmt.Errorf("batutapg: run ID %q is not a UUID", nr.ID)
+	}
+	switch {
+	case len(nr.Tasks) == 0:
+		return createItem{}, fmt.Errorf("batutapg: run %s has no tasks", nr.ID)
+	case len(nr.Tasks) > maxTasks:
+		return createItem{}, fmt.Errorf("batutapg: run %s has %d tasks, over %d", nr.ID, len(nr.Tasks), maxTasks)
+	}
+	for _, f := range []struct{ what, v string }{{"workflow name", nr.Workflow}, {"event ID", nr.Event.ID}} {
+		if err := checkText(f.what, f.v); err != nil {
+			return createItem{}, err
+		}
+	}
+	for i, ts := range nr.Tasks {
+		if err := checkText("task name", ts.Name); err != nil {
+			return createItem{}, err
+		}
+		for _, d := range ts.Deps {
+			if d < 0 || d >= len(nr.Tasks) || d == i {
+				return createItem{}, fmt.Errorf("batutapg: task %q has invalid dependency index %d", ts.Name, d)
+			}
+		}
+	}
+	ev, err := encodeEvent(&nr.Event)
+	if err != nil {
+		return createItem{}, err
+	}
+	return createItem{run: nr, id: id, event: ev}, nil
+}
+
+// checkText refuses strings a text column cannot hold.
+func checkText(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("batutapg: %w: %s is not valid UTF-8", batuta.ErrInvalidPayload, what)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("batutapg: %w: %s contains a NUL byte", batuta.ErrInvalidPayload, what)
+	}
+	return nil
+}
+
+// existing returns the ID of the run of workflow for eventID, if any.
+func (s *Store) existing(ctx context.Context, workflow, eventID string) (string, bool, error) {
+	var id string
+	found := false
+	err := s.query(ctx, s.q.findExisting, []any{[]string{workflow}, []string{eventID}}, func(rows pgx.Rows) error {
+		var ord int64
+		var u [16]byte
+		if err := rows.Scan(&ord, &u); err != nil {
+			return err
+		}
+		id, found = formatUUID(u), true
+		return nil
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("batutapg: find run: %w", err)
+	}
+	return id, found, nil
+}
+
+// flushCreates inserts a batch of runs and tells each item whether its run
+// was created or which existing run has its key.
+func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createResult, error) {
+	out := make([]createResult, len(items))
+	pending := make([]int, len(items)) // indexes of items not answered yet
+	for i := range pending {
+		pending[i] = i
+	}
+	for try := 0; len(pending) > 0; try++ {
+		if try == 5 {
+			return nil, fmt.Errorf("batutapg: create runs: duplicate keys kept vanishing (concurrent prune?)")
+		}
+		created, err := s.insertRuns(ctx, items, pending)
+		if err != nil {
+			return nil, err
+		}
+		var dups []int
+		for _, i := range pending {
+			if created[items[i].id] {
+				out[i] = createResult{id: items[i].run.ID, created: true}
+			} else {
+				dups = append(dups, i)
+			}
+		}
+		if len(created) > 0 {
+			s.active.add(len(created))
+			s.workAppeared()
+		}
+		if len(dups) == 0 {
+			break
+		}
+		// Existing keys: read them in a new statement, which sees rows
+		// committed by concurrent inserters the insert waited for.
+		wfs := make([]string, len(dups))
+		eids := make([]string, len(dups))
+		for k, i := range dups {
+			wfs[k], eids[k] = items[i].run.Workflow, items[i].run.Event.ID
+		}
+		found := make(map[int]string, len(dups))
+		err = s.query(ctx, s.q.findExisting, []any{wfs, eids}, func(rows pgx.Rows) error {
+			var ord int64
+			var u [16]byte
+			if err := rows.Scan(&ord, &u); err != nil {
+				return err
+			}
+			found[int(ord)-1] = formatUUID(u)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("batutapg: create runs: find duplicates: %w", err)
+		}
+		pending = pending[:0]
+		for k, i := range dups {
+			if id, ok := found[k]; ok {
+				out[i] = createResult{id: id, created: false}
+			} else {
+				pending = append(pending, i) // the key vanished: insert again
+			}
+		}
+	}
+	return out, nil
+}
+
+// insertRuns inserts items[idx...] and returns the IDs of the runs created.
+func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (map[[16]byte]bool, error) {
+	n := len(idx)
+	ids := make([][16]byte, n)
+	wfs := make([]string, n)
+	eids := make([]string, n)
+	evs := make([][]byte, n)
+	cas := make([]time.Time, n)
+	dls := make([]pgtype.Timestamptz, n)
+	counts := make([]int32, n)
+	ntasks := 0
+	for _, i := range idx {
+		ntasks += len(items[i].run.Tasks)
+	}
+	tRun := make([][16]byte, 0, ntasks)
+	tIdx := make([]int16, 0, ntasks)
+	tName := make([]string, 0, ntasks)
+	tWf := make([]string, 0, ntasks)
+	tDeps := make([]string, 0, ntasks)
+	tDependents := make([]string, 0, ntasks)
+	tNDeps := make([]int32, 0, ntasks)
+	tSolo := make([]bool, 0, ntasks)
+	tDue := make([]time.Time, 0, ntasks)
+	var dependents [][]int
+	for k, i := range idx {
+		it := &items[i]
+		nr := it.run
+		ids[k], wfs[k], eids[k], evs[k] = it.id, nr.Workflow, nr.Event.ID, it.event
+		cas[k] = nr.CreatedAt
+		if !nr.Deadline.IsZero() {
+			dls[k] = pgtype.Timestamptz{Time: nr.Deadline, Valid: true}
+		}
+		counts[k] = int32(len(nr.Tasks))
+		dependents = dependents[:0]
+		for range nr.Tasks {
+			dependents = append(dependents, nil)
+		}
+		for t, ts := range nr.Tasks {
+			for _, d := range ts.Deps {
+				dependents[d] = append(dependents[d], t)
+			}
+		}
+		due := nr.CreatedAt.Add(-s.cfg.ClockSkew)
+		for t, ts := range nr.Tasks {
+			tRun = append(tRun, it.id)
+			tIdx = append(tIdx, int16(t))
+			tName = append(tName, ts.Name)
+			tWf = append(tWf, nr.Workflow)
+			tDeps = append(tDeps, intArrayLiteral(ts.Deps))
+			tDependents = append(tDependents, intArrayLiteral(dependents[t]))
+			tNDeps = append(tNDeps, int32(len(ts.Deps)))
+			tSolo = append(tSolo, len(nr.Tasks) == 1)
+			tDue = append(tDue, due)
+		}
+	}
+	created := make(map[[16]byte]bool, n)
+	err := withRetry(ctx, func() error {
+		clear(created)
+		return s.sendHot(ctx, false, func(b *pgx.Batch) {
+			b.Queue(s.q.createRuns, ids, wfs, eids, evs, cas, dls, counts,
+				tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue)
+		}, func(br pgx.BatchResults) error {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var u [16]byte
+				if err := rows.Scan(&u); err != nil {
+					return err
+				}
+				created[u] = true
+			}
+			return rows.Err()
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: create runs: %w", err)
+	}
+	return created, nil
+}
+
+// intArrayLiteral renders ints as a PostgreSQL array literal ("{1,2}").
+func intArrayLiteral(xs []int) string {
+	if len(xs) == 0 {
+		return "{}"
+	}
+	b := make([]byte, 0, 2+4*len(xs))
+	b = append(b, '{')
+	for i, x := range xs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(x), 10)
+	}
+	return string(append(b, '}'))
+}
+
+// activeEstimate tracks the number of unfinished runs for MaxActive without
+// counting them on every CreateRun: a count (over the ready and running
+// tasks, see queries.countActive) at most every Config.ActiveRecount, and
+// when a call would be refused on a count older than a few milliseconds,
+// adjusted in between by the runs this Store created and finished. Other
+// instances' runs are seen at the next count, so the cap is approximate
+// across instances, as NewRun.MaxActive allows.
+type activeEstimate struct {
+	every time.Duration
+
+	mu       sync.Mutex
+	counting bool
+	at       time.Time // when base was counted (zero: never)
+	base     int64
+	delta    int64 // created - finished here since the count
+}
+
+func (a *activeEstimate) add(n int) {
+	a.mu.Lock()
+	a.delta += int64(n)
+	a.mu.Unlock()
+}
+
+// overCap reports whether at least max runs are unfinished, by the estimate.
+func (s *Store) overCap(ctx context.Context, max int) (bool, error) {
+	a := &s.active
+	a.mu.Lock()
+	now := time.Now()
+	est := a.base + a.delta
+	stale := a.at.IsZero() || now.Sub(a.at) >= a.every
+	// Near the cap, do not refuse on an old count: recount (but at most
+	// every few milliseconds, so a saturated store does not count on
+	// every call).
+	nearStale := est >= int64(max) && now.Sub(a.at) >= 5*time.Millisecond
+	if (!stale && !nearStale) || a.counting {
+		a.mu.Unlock()
+		return est >= int64(max), nil
+	}
+	a.counting = true
+	a.mu.Unlock()
+
+	var n int64
+	err := s.queryRow(ctx, s.q.countActive, nil, &n)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.counting = false
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return false, err
+		}
+		return false, fmt.Errorf("batutapg: count unfinished runs: %w", err)
+	}
+	a.at, a.base, a.delta = now, n, 0
+	return n >= int64(max), nil
+}

@@ -1,0 +1,276 @@
+package batutapg
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// CancelRun implements batuta.Store.
+func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Time) (bool, error) {
+	id, ok := parseUUID(runID)
+	if !ok {
+		return false, fmt.Errorf("batutapg: cancel run %s: %w", runID, batuta.ErrRunNotFound)
+	}
+	if reason == "" {
+		reason = "canceled"
+	}
+	reason = cleanText(reason)
+	var changed bool
+	var state string
+	err := withRetry(ctx, func() error {
+		b := &pgx.Batch{}
+		b.Queue(s.q.cancelLock, id)
+		b.Queue(s.q.cancel, id, reason, now)
+		return s.conns.with(ctx, func(c *pgx.Conn) error {
+			br := c.SendBatch(ctx, b)
+			defer br.Close()
+			var st string
+			var canceled bool
+			if err := br.QueryRow().Scan(&st, &canceled); err != nil {
+				return err
+			}
+			var n int64
+			if err := br.QueryRow().Scan(&n, &state); err != nil {
+				return err
+			}
+			changed = n > 0
+			return br.Close()
+		})
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, fmt.Errorf("batutapg: cancel run %s: %w", runID, batuta.ErrRunNotFound)
+	}
+	if err != nil {
+		return false, fmt.Errorf("batutapg: cancel run %s: %w", runID, err)
+	}
+	if state == string(batuta.RunCanceled) {
+		s.active.add(-1)
+	}
+	return changed, nil
+}
+
+// GetRun implements batuta.Store.
+func (s *Store) GetRun(ctx context.Context, runID string) (*batuta.Run, error) {
+	id, ok := parseUUID(runID)
+	if !ok {
+		return nil, fmt.Errorf("batutapg: run %s: %w", runID, batuta.ErrRunNotFound)
+	}
+	runs, err := s.selectRuns(ctx, s.q.getRun, id)
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: get run %s: %w", runID, err)
+	}
+	if len(runs) == 0 {
+		return nil, fmt.Errorf("batutapg: run %s: %w", runID, batuta.ErrRunNotFound)
+	}
+	return runs[0], nil
+}
+
+// FindRun implements batuta.Store.
+func (s *Store) FindRun(ctx context.Context, workflow, eventID string) (*batuta.Run, error) {
+	runs, err := s.selectRuns(ctx, s.q.findRun, cleanText(workflow), cleanText(eventID))
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: find run of %s for event %s: %w", workflow, eventID, err)
+	}
+	if len(runs) == 0 {
+		return nil, fmt.Errorf("batutapg: run of %s for event %s: %w", workflow, eventID, batuta.ErrRunNotFound)
+	}
+	return runs[0], nil
+}
+
+// ListRuns implements batuta.Store: newest first (by run ID, a UUIDv7).
+func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	var where []string
+	var args []any
+	if f.Workflow != "" {
+		args = append(args, cleanText(f.Workflow))
+		where = append(where, "r.workflow = $"+strconv.Itoa(len(args)))
+	}
+	switch f.State {
+	case "":
+	case batuta.RunPending:
+		where = append(where, "r.state = 'active' AND x.started IS NULL")
+	case batuta.RunRunning:
+		where = append(where, "r.state = 'active' AND x.started IS NOT NULL")
+	default:
+		args = append(args, string(f.State))
+		where = append(where, "r.state = $"+strconv.Itoa(len(args)))
+	}
+	sql := s.q.runSelect
+	if len(where) > 0 {
+		sql += "\nWHERE " + strings.Join(where, " AND ")
+	}
+	args = append(args, limit)
+	sql += "\nORDER BY r.id DESC LIMIT $" + strconv.Itoa(len(args))
+	runs, err := s.selectRuns(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: list runs: %w", err)
+	}
+	return runs, nil
+}
+
+// selectRuns runs a runSelect query and decodes the snapshots.
+func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*batuta.Run, error) {
+	var out []*batuta.Run
+	err := s.query(ctx, sql, args, func(rows pgx.Rows) error {
+		var (
+			id                          [16]byte
+			r                           batuta.Run
+			eventID, state              string
+			event, tasks                []byte
+			deadline, finished, started pgtype.Timestamptz
+		)
+		err := rows.Scan(&id, &r.Workflow, &eventID, &event, &r.CreatedAt, &deadline, &state, &r.Error, &finished, &started, &tasks)
+		if err != nil {
+			return err
+		}
+		r.ID = formatUUID(id)
+		if r.Event, err = decodeEvent(eventID, event); err != nil {
+			return err
+		}
+		r.Deadline, r.FinishedAt, r.StartedAt = deadline.Time, finished.Time, started.Time
+		switch {
+		case state != "active":
+			r.State = batuta.RunState(state)
+		case started.Valid:
+			r.State = batuta.RunRunning
+		default:
+			r.State = batuta.RunPending
+		}
+		if r.Tasks, err = decodeTasks(tasks); err != nil {
+			return fmt.Errorf("run %s: %w", r.ID, err)
+		}
+		out = append(out, &r)
+		return nil
+	})
+	return out, err
+}
+
+// decodeTasks reads the [[name, state, deps, output, error, attempts,
+// rescues], ...] array of runSelect.
+func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
+	var rows [][7]json.RawMessage
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return nil, fmt.Errorf("decode tasks: %w", err)
+	}
+	out := make([]batuta.TaskRun, len(rows))
+	names := make([]string, len(rows))
+	deps := make([][]int, len(rows))
+	for i, r := range rows {
+		t := &out[i]
+		var state string
+		var errMsg *string
+		if err := errors.Join(
+			json.Unmarshal(r[0], &t.Name),
+			json.Unmarshal(r[1], &state),
+			json.Unmarshal(r[2], &deps[i]),
+			json.Unmarshal(r[4], &errMsg),
+			json.Unmarshal(r[5], &t.Attempts),
+			json.Unmarshal(r[6], &t.Rescues),
+		); err != nil {
+			return nil, fmt.Errorf("decode tasks: %w", err)
+		}
+		names[i] = t.Name
+		t.State = batuta.TaskState(state)
+		t.Output = rawOutput(r[3])
+		if errMsg != nil {
+			t.Error = *errMsg
+		}
+	}
+	for i := range out {
+		if len(deps[i]) == 0 {
+			continue
+		}
+		out[i].Deps = make([]string, len(deps[i]))
+		for k, d := range deps[i] {
+			if d >= 0 && d < len(names) {
+				out[i].Deps[k] = names[d]
+			}
+		}
+	}
+	return out, nil
+}
+
+// Prune implements batuta.Store: runs that finished before p.Before, and
+// finished runs beyond the p.KeepLast newest (newest by creation time), are
+// deleted with their tasks, p.BatchSize runs per statement (each its own
+// short transaction), until none is left. Runs locked by a concurrent
+// writer at that moment are left for the next call.
+func (s *Store) Prune(ctx context.Context, p batuta.PrunePolicy) (int, error) {
+	batch := p.BatchSize
+	if batch <= 0 {
+		batch = 1000
+	}
+	total := 0
+	loop := func(sql string, args ...any) error {
+		for {
+			var n int64
+			if err := s.queryRow(ctx, sql, append(args, batch), &n); err != nil {
+				return fmt.Errorf("batutapg: prune: %w", err)
+			}
+			total += int(n)
+			if n < int64(batch) {
+				return nil
+			}
+		}
+	}
+	if !p.Before.IsZero() {
+		if err := loop(s.q.pruneBefore, p.Before); err != nil {
+			return total, err
+		}
+	}
+	if p.KeepLast > 0 {
+		var at time.Time
+		var id [16]byte
+		err := s.queryRow(ctx, s.q.pruneCutoff, []any{p.KeepLast}, &at, &id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("batutapg: prune: %w", err)
+		}
+		if err := loop(s.q.pruneUpTo, at, id); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// LastTick implements batuta.Store.
+func (s *Store) LastTick(ctx context.Context, schedule string) (time.Time, error) {
+	var t time.Time
+	err := s.queryRow(ctx, s.q.lastTick, []any{cleanText(schedule)}, &t)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("batutapg: last tick of %s: %w", schedule, err)
+	}
+	return t, nil
+}
+
+// RecordTick implements batuta.Store. Ticks are kept to the microsecond
+// (PostgreSQL's resolution).
+func (s *Store) RecordTick(ctx context.Context, schedule string, tick time.Time) (bool, error) {
+	var one int
+	err := s.queryRow(ctx, s.q.recordTick, []any{cleanText(schedule), tick}, &one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("batutapg: record tick of %s: %w", schedule, err)
+	}
+	return true, nil
+}

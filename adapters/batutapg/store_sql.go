@@ -1,0 +1,343 @@
+package batutapg
+
+import "strings"
+
+// queries holds the store's statements with the quoted schema filled in.
+// They are built once per Store and run as cached prepared statements.
+type queries struct {
+	createRuns, findExisting, countActive                string
+	claim, extend                                        string
+	lockRuns, lockRunsSkip, complete, expired, taskForTx string
+	cancelLock, cancel                                   string
+	runSelect, getRun, findRun                           string
+	pruneBefore, pruneCutoff, pruneUpTo                  string
+	lastTick, recordTick, notify                         string
+}
+
+func buildQueries(schema string) queries {
+	r := strings.NewReplacer("{s}", schema)
+	q := queries{
+		// Runs and their tasks, many at once. A duplicate (workflow,
+		// event_id) or run ID is skipped by the unique constraints, which
+		// is what makes dedupe safe under concurrency; rows are inserted in
+		// key order so that two batches waiting on each other's
+		// uncommitted keys cannot deadlock.
+		createRuns: `
+WITH r AS (
+    INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left)
+    SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, u.n
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[])
+        AS u(id, wf, eid, ev, ca, dl, n)
+    ORDER BY u.wf, u.eid
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), t AS (
+    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at)
+    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo, 'pending', v.due
+    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due)
+    WHERE v.run_id IN (SELECT id FROM r)
+)
+SELECT r.id FROM r`,
+
+		findExisting: `
+SELECT u.ord, r.id
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(wf, eid, ord)
+JOIN {s}.runs r ON r.workflow = u.wf AND r.event_id = u.eid`,
+
+		// Unfinished runs, counted without an index on runs' state (which
+		// would make every finishing update a non-HOT one): an unfinished
+		// run always has a task that is running, or pending with every
+		// dependency finished (the first unfinished task in DAG order), and
+		// those are exactly the two partial indexes of tasks.
+		countActive: `
+SELECT count(DISTINCT run_id) FROM (
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'running'
+) a`,
+
+		// The claim: pick ready tasks through a CTE with LIMIT and SKIP
+		// LOCKED (an IN (subquery) could claim more than the limit), lease
+		// them, and return each with its run's event and its direct
+		// dependencies' results.
+		claim: `
+WITH picked AS (
+    SELECT run_id, idx FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {s}.tasks t
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1)
+    FROM picked p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps
+)
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id`,
+
+		// Lease extension never waits: a task row locked by someone else is
+		// being completed, rescued or canceled right now; it is reported
+		// from the snapshot and the next heartbeat tells the truth.
+		extend: `
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS i(run_id, task, token, ord)
+), l AS (
+    SELECT t.run_id, t.idx, i.ord FROM i
+    JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
+    WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
+    FOR UPDATE OF t SKIP LOCKED
+), u AS (
+    UPDATE {s}.tasks t SET lease_until = $4 FROM l
+    WHERE t.run_id = l.run_id AND t.idx = l.idx
+    RETURNING l.ord
+)
+SELECT i.ord, EXISTS (SELECT 1 FROM u WHERE u.ord = i.ord), coalesce(r.canceled, false),
+    EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
+        AND t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL)
+FROM i LEFT JOIN {s}.runs r ON r.id = i.run_id`,
+
+		// Every change to a run's DAG bookkeeping locks the run row first,
+		// in id order: that serialises the completions of one run and
+		// keeps lock order global (runs, then their tasks), so batches
+		// never deadlock.
+		//
+		// Runs of a single task are not locked: one task has no siblings
+		// to race with, its task row serialises writers, and its run row is
+		// only updated after it. (The cost: a retry reported while a
+		// CancelRun of the same run commits may read the run as not yet
+		// canceled and go back to the ready set; it then runs once more and
+		// the run still ends canceled.)
+		lockRuns: `SELECT id FROM {s}.runs WHERE id = ANY($1::uuid[]) AND tasks_total > 1 ORDER BY id FOR NO KEY UPDATE`,
+
+		// A note on "lease_until IS NOT NULL": it holds exactly while a
+		// task is running (claims set it, every other transition clears
+		// it). The statements below test it rather than state = 'running'
+		// when they look a task up by primary key, because that condition
+		// would let the planner scan the tasks_leased partial index (every
+		// running task, times the batch) whenever statistics caught the
+		// table with few running tasks.
+		//
+		// Completions, many at once, each fenced by its token. Runs are
+		// locked by the statement before (lockRuns), so this one reads
+		// their latest state. A terminal outcome counts the dependents
+		// down; the run finishes when its last task does. The internal
+		// outcome 'rescue' returns an expired lease to the ready set (or
+		// fails the task past $11 rescues).
+		complete: `
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::json[], $6::text[],
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, ord)
+), m AS MATERIALIZED (
+    SELECT i.*, t.idx,
+        CASE
+            WHEN i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled') THEN i.outcome
+            WHEN i.outcome = 'rescue' AND t.rescues + 1 > $11 THEN 'failed'
+            WHEN (SELECT r.canceled FROM {s}.runs r WHERE r.id = i.run_id) THEN 'canceled'
+            ELSE 'pending'
+        END AS new_state
+    FROM i
+    JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
+    WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
+      AND (i.lease_before IS NULL OR t.lease_until < i.lease_before)
+      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled', 'retry', 'snooze', 'release', 'rescue')
+), done AS (
+    UPDATE {s}.tasks t SET
+        state = m.new_state,
+        output = CASE WHEN m.new_state = 'succeeded' THEN m.output ELSE t.output END,
+        error = CASE
+            WHEN m.new_state = 'succeeded' THEN NULL
+            WHEN m.outcome = 'rescue' AND m.new_state = 'failed'
+                THEN format('lease expired %s times (worker lost each time); giving up', t.rescues + 1)
+            WHEN m.outcome = 'rescue' THEN t.error
+            WHEN m.new_state = 'canceled' AND m.outcome <> 'canceled' THEN 'run canceled'
+            ELSE nullif(m.err, '')
+        END,
+        attempt = t.attempt + CASE WHEN m.outcome IN ('succeeded', 'failed', 'retry') THEN 1 ELSE 0 END,
+        rescues = t.rescues + CASE WHEN m.outcome = 'rescue' THEN 1 ELSE 0 END,
+        -- appended as text: the record is JSON encoded by the store
+        attempts = CASE
+            WHEN m.rec IS NULL THEN t.attempts
+            WHEN t.attempts IS NULL THEN ('[' || m.rec || ']')::json
+            ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
+        END,
+        due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
+        -- kept on terminal states, so a repeated completion is recognised
+        token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'canceled') THEN t.token END,
+        owner = NULL,
+        lease_until = NULL
+    FROM m
+    WHERE t.run_id = m.run_id AND t.idx = m.idx AND t.lease_until IS NOT NULL AND t.token = m.token
+      AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
+    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at
+), cnt AS (
+    SELECT d.run_id, dep.idx, count(*) AS n, max(d.ord) AS ord
+    FROM done d CROSS JOIN LATERAL unnest(d.dependents) AS dep(idx)
+    WHERE d.new_state <> 'pending'
+    GROUP BY d.run_id, dep.idx
+), dec AS (
+    UPDATE {s}.tasks t SET pending_deps = t.pending_deps - cnt.n
+    FROM cnt
+    WHERE t.run_id = cnt.run_id AND t.idx = cnt.idx
+    RETURNING cnt.ord, t.pending_deps = 0 AND t.state = 'pending' AS ready
+), rc AS (
+    SELECT run_id, count(*) AS n, count(*) FILTER (WHERE new_state = 'failed') AS f, max(ord) AS ord,
+        (array_agg(format('task %s failed: %s', name, coalesce(err, '')) ORDER BY ord)
+            FILTER (WHERE new_state = 'failed'))[1] AS ferr,
+        max(at) AS at, (array_agg(token ORDER BY ord DESC))[1] AS token
+    FROM done WHERE new_state <> 'pending'
+    GROUP BY run_id
+), ru AS (
+    UPDATE {s}.runs r SET
+        tasks_left = r.tasks_left - rc.n,
+        failed_tasks = r.failed_tasks + rc.f,
+        error = CASE WHEN r.error = '' AND rc.ferr IS NOT NULL THEN rc.ferr ELSE r.error END,
+        state = CASE
+            WHEN r.tasks_left > rc.n THEN r.state
+            WHEN r.canceled THEN 'canceled'
+            WHEN r.failed_tasks + rc.f > 0 THEN 'failed'
+            ELSE 'succeeded'
+        END,
+        finished_at = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE coalesce(rc.at, $12) END,
+        finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END
+    FROM rc
+    WHERE r.id = rc.run_id
+    RETURNING rc.ord, r.state
+)
+-- One row per fact, no joins between the parts (they would be quadratic
+-- in the batch size): d = applied (new state), r = tasks made ready,
+-- f = run finished (final state), i = idempotent success, n = a task
+-- went back to the ready set.
+SELECT 'd', ord, new_state, 0::bigint FROM done
+UNION ALL
+SELECT 'r', ord, '', count(*) FROM dec WHERE ready GROUP BY ord
+UNION ALL
+SELECT 'f', ord, state, 0 FROM ru WHERE state <> 'active'
+UNION ALL
+-- A repeated terminal completion (the task already ended this way under
+-- this token: CompleteInTx, or a retry after a lost reply) changes nothing
+-- and reports what the first one did: the run it finished, and the
+-- dependents that are ready now.
+SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token THEN r0.state ELSE '' END,
+    (SELECT count(*) FROM unnest(t0.dependents) AS dep(idx)
+        JOIN {s}.tasks x ON x.run_id = t0.run_id AND x.idx = dep.idx
+        WHERE x.state = 'pending' AND x.pending_deps = 0)
+FROM i
+JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
+JOIN {s}.runs r0 ON r0.id = i.run_id
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled') AND i.ord NOT IN (SELECT ord FROM done)
+  AND t0.token = i.token AND t0.name = i.task AND t0.state = i.outcome
+UNION ALL
+SELECT 'n', 0, '', count(*) FROM (
+    SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12)
+    LIMIT 1) x`,
+
+		// Running tasks whose lease expired before $1.
+		expired: `
+SELECT run_id, name, token FROM {s}.tasks
+WHERE state = 'running' AND lease_until < $1
+ORDER BY lease_until
+LIMIT $2`,
+
+		// The claim a transactional completion is about (inside the
+		// caller's transaction, after the run lock).
+		taskForTx: `
+SELECT attempt + 1, claimed_at FROM {s}.tasks
+WHERE run_id = $1 AND idx = ($3::bigint & 32767)::smallint AND name = $2 AND token = $3 AND lease_until IS NOT NULL`,
+
+		cancelLock: `SELECT state, canceled FROM {s}.runs WHERE id = $1 FOR NO KEY UPDATE`,
+		// Cancel: every pending task is canceled at once (every task not
+		// running is pending or finished); running tasks are canceled when
+		// their workers report.
+		cancel: `
+WITH r AS (
+    SELECT id FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
+), c AS (
+    UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
+    FROM r WHERE t.run_id = r.id AND t.state = 'pending'
+    RETURNING t.idx
+), n AS (
+    SELECT count(*) AS n FROM c
+), ru AS (
+    UPDATE {s}.runs x SET
+        canceled = true,
+        error = $2,
+        tasks_left = x.tasks_left - n.n,
+        state = CASE WHEN x.tasks_left = n.n THEN 'canceled' ELSE x.state END,
+        finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END
+    FROM r, n WHERE x.id = r.id
+    RETURNING x.state
+)
+SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
+
+		// A run snapshot: the run row and its tasks (as JSON, outputs and
+		// attempts verbatim) in one statement, so the two agree.
+		runSelect: `
+SELECT r.id, r.workflow, r.event_id, r.event, r.created_at, r.deadline, r.state, r.error, r.finished_at,
+    x.started, x.tasks
+FROM {s}.runs r
+CROSS JOIN LATERAL (
+    SELECT min(t.first_claimed_at) AS started,
+        json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues) ORDER BY t.idx) AS tasks
+    FROM {s}.tasks t WHERE t.run_id = r.id
+) x`,
+
+		// Retention, one batch per statement, walking runs by age (a run
+		// cannot finish before it was created).
+		pruneBefore: `
+WITH v AS (
+    SELECT id FROM {s}.runs
+    WHERE created_at < $1 AND finished_at < $1
+    ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+), dt AS (
+    DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
+), dr AS (
+    DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
+)
+SELECT count(*) FROM dr`,
+		// The newest finished run beyond the KeepLast newest (by creation).
+		pruneCutoff: `
+SELECT created_at, id FROM {s}.runs WHERE state <> 'active'
+ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT 1`,
+		pruneUpTo: `
+WITH v AS (
+    SELECT id FROM {s}.runs
+    WHERE (created_at, id) <= ($1, $2::uuid) AND state <> 'active'
+    ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+), dt AS (
+    DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
+), dr AS (
+    DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
+)
+SELECT count(*) FROM dr`,
+
+		lastTick: `SELECT last_tick FROM {s}.schedules WHERE name = $1`,
+		recordTick: `
+INSERT INTO {s}.schedules AS s (name, last_tick) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET last_tick = EXCLUDED.last_tick, updated_at = now()
+WHERE s.last_tick < EXCLUDED.last_tick
+RETURNING 1`,
+
+		notify: `SELECT pg_notify($1, $2)`,
+	}
+	for _, p := range []*string{
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.lockRuns,
+		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
+		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTick, &q.notify,
+	} {
+		*p = r.Replace(*p)
+	}
+	q.getRun = q.runSelect + "\nWHERE r.id = $1"
+	q.findRun = q.runSelect + "\nWHERE r.workflow = $1 AND r.event_id = $2"
+	return q
+}
