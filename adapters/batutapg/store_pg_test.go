@@ -325,3 +325,33 @@ func TestNewFromDBListens(t *testing.T) {
 		t.Fatal("no wake-up through LISTEN/NOTIFY on a NewFromDB store")
 	}
 }
+
+// TestRepeatedCompletion: a terminal completion sent again (its reply was
+// lost) is recognised, changes nothing and reports what the first did; a
+// different outcome under the same token is fenced off.
+func TestRepeatedCompletion(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	s := newTestStore(t, pool, Config{DisableListen: true})
+	ctx := testCtx(t)
+	now := time.Now()
+	id, _, err := s.CreateRun(ctx, newRunFor("wf", "e", now))
+	require.NoError(t, err)
+	cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "w", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	failed := batuta.Completion{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeFailed, Attempt: 1, Error: "boom", StartedAt: now, FinishedAt: now}
+	for i := 0; i < 2; i++ {
+		res, err := s.CompleteTasks(ctx, []batuta.Completion{failed})
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err, "completion %d", i)
+		require.Equal(t, batuta.RunFailed, res[0].RunFinished, "completion %d", i)
+	}
+	res, err := s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: 1}})
+	require.NoError(t, err)
+	require.ErrorIs(t, res[0].Err, batuta.ErrLeaseLost)
+	r, err := s.GetRun(ctx, id)
+	require.NoError(t, err)
+	require.Len(t, r.Tasks[0].Attempts, 1, "the repeat recorded no attempt")
+	require.Equal(t, "task t failed: boom", r.Error)
+}

@@ -191,10 +191,13 @@ WITH i AS (
     WHERE t.run_id = cnt.run_id AND t.idx = cnt.idx
     RETURNING cnt.ord, t.pending_deps = 0 AND t.state = 'pending' AS ready
 ), rc AS (
+    -- plain aggregates only (an ORDER BY inside an aggregate sorts per
+    -- group): the item reported as finishing a run, the token recorded as
+    -- having finished it and the error summarising a failure are each
+    -- one of the batch's items of that run
     SELECT run_id, count(*) AS n, count(*) FILTER (WHERE new_state = 'failed') AS f, max(ord) AS ord,
-        (array_agg(format('task %s failed: %s', name, coalesce(err, '')) ORDER BY ord)
-            FILTER (WHERE new_state = 'failed'))[1] AS ferr,
-        max(at) AS at, (array_agg(token ORDER BY ord DESC))[1] AS token
+        min(CASE WHEN new_state = 'failed' THEN format('task %s failed: %s', name, coalesce(err, '')) END) AS ferr,
+        max(at) AS at, max(token) AS token
     FROM done WHERE new_state <> 'pending'
     GROUP BY run_id
 ), ru AS (
