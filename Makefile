@@ -6,9 +6,9 @@
 MODULES := $(shell go list -m -f '{{.Dir}}')
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 
-.PHONY: test vet fmt-check bench example
+.PHONY: test vet fmt-check mod-check bench example
 
-test: fmt-check vet
+test: fmt-check mod-check vet
 	@set -e; for m in $(MODULES); do \
 		echo "== go test $$m"; \
 		(cd $$m && go test $(GOTEST_FLAGS) ./...); \
@@ -18,6 +18,14 @@ vet:
 	@set -e; for m in $(MODULES); do \
 		echo "== go vet $$m"; \
 		(cd $$m && go vet ./...); \
+	done
+
+# Every module must be consumable on its own: tidy, and building and vetting
+# without the workspace (GOWORK=off), as a user's build sees it.
+mod-check:
+	@set -e; for m in $(MODULES); do \
+		echo "== mod-check $$m"; \
+		(cd $$m && GOWORK=off go mod tidy -diff && GOWORK=off go build ./... && GOWORK=off go vet ./...); \
 	done
 
 fmt-check:

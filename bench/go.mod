@@ -4,7 +4,9 @@ go 1.26.0
 
 require (
 	github.com/batuta-dev/batuta v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutaamqp v0.0.0
 	github.com/batuta-dev/batuta/adapters/batutapg v0.0.0
+	github.com/rabbitmq/amqp091-go v1.16.0
 )
 
 require (
@@ -52,3 +54,5 @@ replace github.com/batuta-dev/batuta/adapters/batutapg => ../adapters/batutapg
 replace github.com/batuta-dev/batuta/adapters/batutaredis => ../adapters/batutaredis
 
 replace github.com/batuta-dev/batuta/adapters/batutanats => ../adapters/batutanats
+
+replace github.com/batuta-dev/batuta/adapters/batutaamqp => ../adapters/batutaamqp
