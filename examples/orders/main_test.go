@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/adapters/batutapg"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -313,4 +316,109 @@ func parseOutputLoose(out string) ([]int64, map[int64][]string) {
 		printed[id] = append(printed[id], m[2])
 	}
 	return nil, printed
+}
+
+// TestGetRunRidesOutOutage: reading a finished run — the call whose error
+// used to end -serve — waits out a PostgreSQL outage: the program's
+// backends are terminated and its role may not log in, so every attempt
+// fails until the outage ends; getRun logs, backs off and returns the run
+// once the database is back. (The kill scenario above rarely makes that
+// read fail: it follows the run's completion on a connection just used.)
+func TestGetRunRidesOutOutage(t *testing.T) {
+	admin := pgOrSkip(t)
+	ctx := testCtx(t)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := "orders_role_" + hex.EncodeToString(b[:])
+	schema := role + "_runs"
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`GRANT CREATE ON DATABASE test TO ` + role,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		bg := context.Background()
+		for _, q := range []string{
+			`ALTER ROLE ` + role + ` LOGIN`,
+			`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '` + role + `'`,
+			`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`,
+			`REVOKE CREATE ON DATABASE test FROM ` + role,
+			`DROP OWNED BY ` + role,
+			`DROP ROLE ` + role,
+		} {
+			if _, err := admin.Exec(bg, q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	pool, err := pgxpool.New(ctx, "postgres://"+role+"@127.0.0.1:5432/test?application_name="+role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store, err := batutapg.New(ctx, pool, batutapg.Config{Schema: schema, DisableListen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	o, err := batuta.New(batuta.Config{Store: store, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retries atomic.Int64
+	if err := o.Register(orderWorkflow(nil, &retries)); err != nil {
+		t.Fatal(err)
+	}
+	runID, err := o.Submit(ctx, "order-placed", batuta.Event{ID: "outage-1", Data: []byte(`{"op":"insert","new":{"id":7}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The outage: no new logins for the role, its backends killed.
+	for _, q := range []string{
+		`ALTER ROLE ` + role + ` NOLOGIN`,
+		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '` + role + `'`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := o.GetRun(ctx, runID); err == nil {
+		t.Fatal("GetRun succeeded during the outage: the test does not exercise it")
+	}
+	logs := &syncBuffer{}
+	type result struct {
+		r   *batuta.Run
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		r, err := getRun(ctx, o, runID, slog.New(slog.NewTextHandler(logs, nil)))
+		got <- result{r, err}
+	}()
+	// It keeps trying (and says so) while the outage lasts...
+	for strings.Count(logs.String(), "retrying") < 3 {
+		select {
+		case res := <-got:
+			t.Fatalf("getRun returned during the outage: %v", res.err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// ...and returns the run once the database is back.
+	if _, err := admin.Exec(ctx, `ALTER ROLE `+role+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	res := <-got
+	if res.err != nil {
+		t.Fatalf("getRun after the outage: %v", res.err)
+	}
+	if res.r.ID != runID {
+		t.Fatalf("getRun returned run %s, want %s", res.r.ID, runID)
+	}
+	if id, err := orderOf(res.r); err != nil || id != 7 {
+		t.Fatalf("order of the run: %d, %v", id, err)
+	}
 }
