@@ -2,6 +2,8 @@ package batuta
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // HTTPConfig configures NewHTTPHandler.
@@ -106,6 +109,19 @@ const (
 	HeaderRunID = "Batuta-Run-Id"
 )
 
+// MetadataBodySHA256 is the event metadata key under which the HTTP handler
+// keeps the hex SHA-256 of a request body that came with an
+// Idempotency-Key (or Ce-Id). It is stored with the run's event, in any
+// Store, so a key reused with another body is refused (422) even after a
+// restart. It counts toward the orchestrator's MaxPayloadBytes like any
+// metadata (80 bytes).
+const MetadataBodySHA256 = "batutabodysha256"
+
+// maxEcho is the most bytes of a caller's input (a name, a path, a key, a
+// value in a decode error) that an error response repeats; longer input is
+// cut and ends in "...".
+const maxEcho = 64
+
 // NewHTTPHandler returns the HTTP front door to cfg.Orchestrator, built on
 // net/http alone. Mount it under a prefix with http.StripPrefix. Routes:
 //
@@ -117,14 +133,26 @@ const (
 //	POST /workflows/{name}/runs     start a workflow run; 202 as above
 //	GET  /runs/{id}                 200 with the run and its task states
 //
+// HEAD is answered wherever GET is, with the same status and no body.
+//
 // Every POST takes an Idempotency-Key header (the event ID): the same key
-// returns the same run. Errors are JSON {"error": "...", "run_id": ...}
-// with status 400 (malformed JSON or bad event fields), 401/403 (Authorize),
-// 404 (unknown function, workflow, run or route), 405 (wrong method, with
-// Allow), 413 (body over MaxBodyBytes or the payload cap), 429 (busy, with
-// Retry-After), 502 (the function failed; the body carries its error and
-// run ID) and 504 (the function timed out, or InvokeTimeout passed; the run
-// goes on).
+// with the same body returns the same run; the same key with another body
+// is refused with 422, as Stripe and the IETF Idempotency-Key draft do (the
+// body's SHA-256 is kept in the event's metadata, MetadataBodySHA256).
+// A function's body is decoded into the handler's input type before any run
+// is created: JSON of the wrong shape is a 400 with the decode error, and
+// no run is recorded (so the key may be reused with a corrected body).
+//
+// Errors are JSON {"error": "...", "run_id": ...} with status 400
+// (malformed JSON, JSON that does not decode into the function's input, or
+// bad event fields), 401/403 (Authorize), 404 (unknown function, workflow,
+// run or route), 405 (wrong method, with Allow), 413 (body over
+// MaxBodyBytes or the payload cap), 422 (Idempotency-Key reused with a
+// different body), 429 (busy, with Retry-After), 502 (the function failed;
+// the body carries its error and run ID) and 504 (the function timed out,
+// or InvokeTimeout passed; the run goes on). An error never repeats more
+// than the first 64 bytes of anything the caller sent (names, paths, keys),
+// quoted with control characters escaped.
 //
 // Like Invoke, a synchronous invocation that arrives before the
 // orchestrator's Run starts (or while it restarts) is accepted and waits,
@@ -146,7 +174,7 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 	mux.HandleFunc("/workflows/{name}/runs", h.method(http.MethodPost, h.submit))
 	mux.HandleFunc("/runs/{id}", h.method(http.MethodGet, h.getRun))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		h.error(w, r, http.StatusNotFound, "no such route: "+r.URL.Path, nil)
+		h.error(w, r, http.StatusNotFound, "no such route "+quote(r.URL.Path), nil)
 	})
 	h.mux = mux
 	return h, nil
@@ -174,12 +202,17 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// method answers 405 with Allow for any other method than m.
+// method answers 405 with Allow for any other method than m (and HEAD,
+// when m is GET: net/http sends no body for it).
 func (h *httpHandler) method(m string, next http.HandlerFunc) http.HandlerFunc {
+	allow := m
+	if m == http.MethodGet {
+		allow = "GET, HEAD"
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != m {
-			w.Header().Set("Allow", m)
-			h.error(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; use "+m, nil)
+		if r.Method != m && (m != http.MethodGet || r.Method != http.MethodHead) {
+			w.Header().Set("Allow", allow)
+			h.error(w, r, http.StatusMethodNotAllowed, "method "+quote(r.Method)+" not allowed; use "+allow, nil)
 			return
 		}
 		next(w, r)
@@ -219,24 +252,71 @@ func (h *httpHandler) event(w http.ResponseWriter, r *http.Request) (Event, bool
 	if ev.Source == "" {
 		ev.Source = "http"
 	}
+	if ev.ID != "" {
+		sum := sha256.Sum256(body)
+		ev.Metadata = map[string]string{MetadataBodySHA256: hex.EncodeToString(sum[:])}
+	}
 	return ev, true
+}
+
+// functionEvent is event for a function: the body must also decode into
+// the handler's input type, or the answer is 400 and no run is created.
+func (h *httpHandler) functionEvent(w http.ResponseWriter, r *http.Request, name string) (Event, bool) {
+	ev, ok := h.event(w, r)
+	if !ok {
+		return ev, false
+	}
+	if err := h.o.checkFunctionInput(name, ev.Data); err != nil {
+		h.error(w, r, http.StatusBadRequest, fmt.Sprintf("request body does not fit the input of function %s: %s", quote(name), decodeErrorText(err)), nil)
+		return ev, false
+	}
+	return ev, true
+}
+
+// submitEvent starts a run of name for ev and returns its ID. When the
+// event ID names an existing run whose request had another body, it answers
+// 422 and reports false; it writes every other error response too.
+func (h *httpHandler) submitEvent(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, ev Event) (string, bool) {
+	runID, created, err := h.o.submit(ctx, name, ev)
+	if err != nil {
+		h.submitError(w, r, err)
+		return "", false
+	}
+	sum := ev.Metadata[MetadataBodySHA256]
+	if created || sum == "" {
+		return runID, true
+	}
+	run, err := h.o.GetRun(ctx, runID)
+	if err != nil {
+		if r.Context().Err() == nil {
+			h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: reading the run of a reused idempotency key failed", "run", runID, "error", err)
+			h.error(w, r, http.StatusInternalServerError, "could not read the run of this idempotency key", nil)
+		}
+		return "", false
+	}
+	// A run without a fingerprint was not started over HTTP (or by an older
+	// version): there is nothing to compare, so it is the key's run.
+	if prev := run.Event.Metadata[MetadataBodySHA256]; prev != "" && prev != sum {
+		h.error(w, r, http.StatusUnprocessableEntity, fmt.Sprintf("idempotency key %s was already used with a different request body; resend the original body to get its result, or use a new key", quote(ev.ID)), nil)
+		return "", false
+	}
+	return runID, true
 }
 
 func (h *httpHandler) invoke(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !h.o.IsFunction(name) {
-		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no function named %q", name), nil)
+		h.error(w, r, http.StatusNotFound, "no function named "+quote(name), nil)
 		return
 	}
-	ev, ok := h.event(w, r)
+	ev, ok := h.functionEvent(w, r, name)
 	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.InvokeTimeout)
 	defer cancel()
-	runID, err := h.o.Submit(ctx, name, ev)
-	if err != nil {
-		h.submitError(w, r, err)
+	runID, ok := h.submitEvent(ctx, w, r, name, ev)
+	if !ok {
 		return
 	}
 	w.Header().Set(HeaderRunID, runID)
@@ -274,30 +354,33 @@ func (h *httpHandler) invoke(w http.ResponseWriter, r *http.Request) {
 func (h *httpHandler) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !h.o.IsFunction(name) {
-		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no function named %q", name), nil)
+		h.error(w, r, http.StatusNotFound, "no function named "+quote(name), nil)
 		return
 	}
-	h.start(w, r, name)
+	ev, ok := h.functionEvent(w, r, name)
+	if !ok {
+		return
+	}
+	h.start(w, r, name, ev)
 }
 
 func (h *httpHandler) submit(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if _, err := h.o.workflow(name); err != nil {
-		h.error(w, r, http.StatusNotFound, fmt.Sprintf("no workflow named %q", name), nil)
+		h.error(w, r, http.StatusNotFound, "no workflow named "+quote(name), nil)
 		return
 	}
-	h.start(w, r, name)
-}
-
-// start submits a run and answers 202 with its ID.
-func (h *httpHandler) start(w http.ResponseWriter, r *http.Request, name string) {
 	ev, ok := h.event(w, r)
 	if !ok {
 		return
 	}
-	runID, err := h.o.Submit(r.Context(), name, ev)
-	if err != nil {
-		h.submitError(w, r, err)
+	h.start(w, r, name, ev)
+}
+
+// start submits a run and answers 202 with its ID.
+func (h *httpHandler) start(w http.ResponseWriter, r *http.Request, name string, ev Event) {
+	runID, ok := h.submitEvent(r.Context(), w, r, name, ev)
+	if !ok {
 		return
 	}
 	status := statusURL(r, runID)
@@ -332,7 +415,7 @@ func (h *httpHandler) submitError(w http.ResponseWriter, r *http.Request, err er
 	case r.Context().Err() != nil:
 		// The client left.
 	default:
-		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: submit failed", "path", r.URL.Path, "error", err)
+		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: submit failed", "path", clip(r.URL.Path), "error", err)
 		h.error(w, r, http.StatusInternalServerError, "could not start the run", nil)
 	}
 }
@@ -342,10 +425,10 @@ func (h *httpHandler) getRun(w http.ResponseWriter, r *http.Request) {
 	run, err := h.o.GetRun(r.Context(), id)
 	if err != nil {
 		if errors.Is(err, ErrRunNotFound) {
-			h.error(w, r, http.StatusNotFound, fmt.Sprintf("no run %q", id), nil)
+			h.error(w, r, http.StatusNotFound, "no run "+quote(id), nil)
 			return
 		}
-		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: get run failed", "run", id, "error", err)
+		h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: get run failed", "run", clip(id), "error", err)
 		h.error(w, r, http.StatusInternalServerError, "could not read the run", nil)
 		return
 	}
@@ -422,7 +505,49 @@ func (h *httpHandler) error(w http.ResponseWriter, r *http.Request, status int, 
 	}
 	body["error"] = msg
 	if status == http.StatusInternalServerError {
-		h.cfg.Logger.WarnContext(r.Context(), "batuta: http: request failed", "path", r.URL.Path, "status", status, "error", msg)
+		h.cfg.Logger.WarnContext(r.Context(), "batuta: http: request failed", "path", clip(r.URL.Path), "status", status, "error", msg)
 	}
 	h.json(w, status, body)
+}
+
+// clip cuts s to its first maxEcho bytes (on a UTF-8 boundary) and marks
+// the cut with "...".
+func clip(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	n := maxEcho
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// quote is clip, quoted as a Go string: control characters and invalid
+// UTF-8 are escaped.
+func quote(s string) string { return strconv.Quote(clip(s)) }
+
+// decodeErrorText describes why a body did not decode into a function's
+// input, repeating at most maxEcho bytes of the body.
+func decodeErrorText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		where := "the body"
+		if te.Field != "" {
+			where = "field " + quote(te.Field)
+		}
+		// Value is "number", "string", ... or, for a number out of range,
+		// the number itself.
+		return fmt.Sprintf("%s: cannot decode a JSON %s into %v", where, clip(te.Value), te.Type)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("invalid JSON at byte %d", se.Offset)
+	}
+	// A type's own UnmarshalJSON may repeat the input: keep the start.
+	msg := err.Error()
+	if errors.Is(err, ErrInvalidPayload) {
+		msg = strings.TrimPrefix(msg, ErrInvalidPayload.Error()+": ")
+	}
+	return quote(msg)
 }

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -48,6 +50,18 @@ func newHTTPFixture(t *testing.T, ocfg batuta.Config, hcfg batuta.HTTPConfig, ru
 	require.NoError(t, batuta.RegisterFunc(f.o, batuta.FunctionConfig{Name: "greet"},
 		func(_ context.Context, in struct{ Name string }) (map[string]string, error) {
 			return map[string]string{"greeting": "hello " + in.Name}, nil
+		}))
+	require.NoError(t, batuta.RegisterFunc(f.o, batuta.FunctionConfig{Name: "sum"},
+		func(_ context.Context, in struct {
+			Items []struct {
+				N int8 `json:"n"`
+			} `json:"items"`
+		}) (int, error) {
+			total := 0
+			for _, it := range in.Items {
+				total += int(it.N)
+			}
+			return total, nil
 		}))
 	require.NoError(t, batuta.RegisterFunc(f.o, batuta.FunctionConfig{Name: "fail", Retry: batuta.RetryPolicy{MaxAttempts: 1}},
 		func(context.Context, batuta.Event) (int, error) { return 0, errors.New("out of stock") }))
@@ -192,11 +206,11 @@ func TestHTTPInvokeAndRuns(t *testing.T) {
 	require.Equal(t, http.StatusOK, res.status, res.raw)
 	require.Equal(t, "hello ", res.body["greeting"])
 
-	// Same idempotency key, same run.
+	// Same idempotency key and body, same run.
 	res = f.do(t, http.MethodPost, "/functions/greet", `{"name":"bo"}`, batuta.HeaderIdempotencyKey, "greet-1")
 	require.Equal(t, http.StatusOK, res.status)
 	first := res.header.Get(batuta.HeaderRunID)
-	res = f.do(t, http.MethodPost, "/functions/greet", `{"name":"someone else"}`, batuta.HeaderIdempotencyKey, "greet-1")
+	res = f.do(t, http.MethodPost, "/functions/greet", `{"name":"bo"}`, batuta.HeaderIdempotencyKey, "greet-1")
 	require.Equal(t, first, res.header.Get(batuta.HeaderRunID))
 	require.Equal(t, "hello bo", res.body["greeting"])
 
@@ -279,7 +293,7 @@ func TestHTTPBadInput(t *testing.T) {
 			require.Equal(t, "POST", res.header.Get("Allow"))
 		}},
 		{name: "wrong method on run", method: "DELETE", path: "/runs/x", status: 405, check: func(t *testing.T, res httpResult) {
-			require.Equal(t, "GET", res.header.Get("Allow"))
+			require.Equal(t, "GET, HEAD", res.header.Get("Allow"))
 		}},
 		{name: "wrong method on workflow", method: "PUT", path: "/workflows/report/runs", body: `{}`, status: 405},
 	}
@@ -394,3 +408,197 @@ func TestHTTPMountedUnderPrefix(t *testing.T) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// runCount is how many runs the store holds.
+func runCount(t *testing.T, o *batuta.Orchestrator) int {
+	t.Helper()
+	runs, err := o.ListRuns(testCtx(t), batuta.RunFilter{})
+	require.NoError(t, err)
+	return len(runs)
+}
+
+// TestHTTPWrongShapeInput: valid JSON that does not decode into the
+// function's input type is the caller's error: 400 with the decode error,
+// and no run is created (so the key can be reused with a corrected body).
+func TestHTTPWrongShapeInput(t *testing.T) {
+	t.Parallel()
+	f := newHTTPFixture(t, batuta.Config{}, batuta.HTTPConfig{}, true)
+	for _, tc := range []struct {
+		name, path, body, want string
+	}{
+		{"number for a string", "/functions/greet", `{"name":5}`, `field "Name": cannot decode a JSON number into string`},
+		{"array for an object", "/functions/greet", `[1,2]`, `the body: cannot decode a JSON array into struct`},
+		{"string for an object, async", "/functions/greet/async", `"ana"`, `the body: cannot decode a JSON string into struct`},
+		{"number out of range", "/functions/sum", `{"items":[{"n":1},{"n":300}]}`, `field "items.n": cannot decode a JSON number 300 into int8`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := runCount(t, f.o)
+			res := f.do(t, http.MethodPost, tc.path, tc.body, batuta.HeaderIdempotencyKey, "shape-"+tc.name)
+			require.Equal(t, http.StatusBadRequest, res.status, res.raw)
+			msg := res.body["error"].(string)
+			require.Contains(t, msg, "does not fit the input of function")
+			require.Contains(t, msg, tc.want)
+			require.Empty(t, res.header.Get(batuta.HeaderRunID))
+			require.Equal(t, before, runCount(t, f.o), "no run for a rejected body")
+		})
+	}
+	// The key of a refused request is still free.
+	res := f.do(t, http.MethodPost, "/functions/greet", `{"name":"ana"}`, batuta.HeaderIdempotencyKey, "shape-number for a string")
+	require.Equal(t, http.StatusOK, res.status, res.raw)
+	require.Equal(t, "hello ana", res.body["greeting"])
+	// Handlers that take the Event or raw bytes accept any JSON; so do
+	// workflows, whose input has no declared type.
+	res = f.do(t, http.MethodPost, "/functions/fail/async", `[1,"x",{"y":null}]`)
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	res = f.do(t, http.MethodPost, "/workflows/report/runs", `"anything"`)
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+}
+
+// TestHTTPIdempotencyKeyReused: a key reused with another body is refused
+// with 422 (Stripe, IETF draft-ietf-httpapi-idempotency-key-header), the
+// same key with the same body still returns the first run, and the
+// fingerprint lives in the Store (a new orchestrator and handler on it, as
+// after a restart, refuse it too).
+func TestHTTPIdempotencyKeyReused(t *testing.T) {
+	t.Parallel()
+	store := batuta.NewMemoryStore(batuta.MemoryStoreConfig{})
+	f := newHTTPFixture(t, batuta.Config{Store: store}, batuta.HTTPConfig{}, true)
+
+	res := f.do(t, http.MethodPost, "/functions/greet", `{"name":"bo"}`, batuta.HeaderIdempotencyKey, "k-1")
+	require.Equal(t, http.StatusOK, res.status, res.raw)
+	first := res.header.Get(batuta.HeaderRunID)
+	run, err := f.o.GetRun(testCtx(t), first)
+	require.NoError(t, err)
+	require.Len(t, run.Event.Metadata[batuta.MetadataBodySHA256], 64)
+
+	for _, tc := range []struct{ name, path, key string }{
+		{"sync", "/functions/greet", batuta.HeaderIdempotencyKey},
+		{"async", "/functions/greet/async", batuta.HeaderIdempotencyKey},
+		{"ce-id", "/functions/greet/async", batuta.HeaderCEID},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := f.do(t, http.MethodPost, tc.path, `{"name":"someone else"}`, tc.key, "k-1")
+			require.Equal(t, http.StatusUnprocessableEntity, res.status, res.raw)
+			require.Contains(t, res.body["error"], `idempotency key "k-1" was already used with a different request body`)
+			require.Empty(t, res.header.Get(batuta.HeaderRunID))
+		})
+	}
+	// The same body (whitespace-only counts as empty) gets the same run.
+	res = f.do(t, http.MethodPost, "/functions/greet", `{"name":"bo"}`, batuta.HeaderIdempotencyKey, "k-1")
+	require.Equal(t, http.StatusOK, res.status, res.raw)
+	require.Equal(t, first, res.header.Get(batuta.HeaderRunID))
+	require.Equal(t, "hello bo", res.body["greeting"])
+	res = f.do(t, http.MethodPost, "/workflows/report/runs", ``, batuta.HeaderIdempotencyKey, "k-empty")
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	res = f.do(t, http.MethodPost, "/workflows/report/runs", " \n", batuta.HeaderIdempotencyKey, "k-empty")
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	res = f.do(t, http.MethodPost, "/workflows/report/runs", `{}`, batuta.HeaderIdempotencyKey, "k-empty")
+	require.Equal(t, http.StatusUnprocessableEntity, res.status, res.raw)
+
+	// A restart: another orchestrator and handler over the same store.
+	o2 := lambdaOrch(t, batuta.Config{Store: store})
+	require.NoError(t, batuta.RegisterFunc(o2, batuta.FunctionConfig{Name: "greet"},
+		func(_ context.Context, in struct{ Name string }) (string, error) { return in.Name, nil }))
+	h2, err := batuta.NewHTTPHandler(batuta.HTTPConfig{Orchestrator: o2, Authorize: bearerAuth, Logger: lambdaQuiet})
+	require.NoError(t, err)
+	srv2 := httptest.NewServer(h2)
+	defer srv2.Close()
+	f2 := &httpFixture{o: o2, srv: srv2}
+	res = f2.do(t, http.MethodPost, "/functions/greet/async", `{"name":"eve"}`, batuta.HeaderIdempotencyKey, "k-1")
+	require.Equal(t, http.StatusUnprocessableEntity, res.status, res.raw)
+	res = f2.do(t, http.MethodPost, "/functions/greet/async", `{"name":"bo"}`, batuta.HeaderIdempotencyKey, "k-1")
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	require.Equal(t, first, res.body["run_id"])
+
+	// A run with the same event ID started another way (no fingerprint)
+	// is the key's run: nothing to compare.
+	id, err := f.o.Submit(testCtx(t), "greet", batuta.Event{ID: "k-go", Data: []byte(`{"name":"go"}`)})
+	require.NoError(t, err)
+	res = f.do(t, http.MethodPost, "/functions/greet/async", `{"name":"http"}`, batuta.HeaderIdempotencyKey, "k-go")
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	require.Equal(t, id, res.body["run_id"])
+}
+
+// TestHTTPHead: HEAD is answered wherever GET is, with no body.
+func TestHTTPHead(t *testing.T) {
+	t.Parallel()
+	f := newHTTPFixture(t, batuta.Config{}, batuta.HTTPConfig{}, true)
+	res := f.do(t, http.MethodPost, "/functions/greet/async", `{"name":"ana"}`)
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+	runID := res.body["run_id"].(string)
+
+	head := func(path string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(testCtx(t), http.MethodHead, f.srv.URL+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", testToken)
+		resp, err := f.srv.Client().Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp, b
+	}
+	resp, b := head("/runs/" + runID)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Empty(t, b)
+	require.Equal(t, runID, resp.Header.Get(batuta.HeaderRunID))
+	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+
+	resp, b = head("/runs/0190d3a0-0000-7000-8000-000000000000")
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.Empty(t, b)
+
+	// POST routes still refuse it.
+	resp, b = head("/functions/greet")
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	require.Equal(t, "POST", resp.Header.Get("Allow"))
+	require.Empty(t, b)
+}
+
+// TestHTTPHostileInput: error bodies repeat at most 64 bytes of what the
+// caller sent, with control characters escaped, and stay valid JSON.
+func TestHTTPHostileInput(t *testing.T) {
+	t.Parallel()
+	f := newHTTPFixture(t, batuta.Config{}, batuta.HTTPConfig{MaxBodyBytes: 64 << 10}, true)
+	huge := strings.Repeat("A", 8000)
+	digits := strings.Repeat("9", 8000)
+	ctl := "\x01\x1b[31mred\x7f"
+	longKey := strings.Repeat("K", 1000)
+	// the first request with longKey, so the second is a reuse
+	res := f.do(t, http.MethodPost, "/workflows/report/runs", `{"v":1}`, batuta.HeaderIdempotencyKey, longKey)
+	require.Equal(t, http.StatusAccepted, res.status, res.raw)
+
+	for _, tc := range []struct {
+		name, method, path, body string
+		headers                  []string
+		status                   int
+		input                    string // what must not come back whole
+	}{
+		{"huge function name", "POST", "/functions/" + huge, `{}`, nil, 404, huge},
+		{"huge async name", "POST", "/functions/" + huge + "/async", `{}`, nil, 404, huge},
+		{"huge workflow name", "POST", "/workflows/" + huge + "/runs", `{}`, nil, 404, huge},
+		{"huge run id", "GET", "/runs/" + huge, ``, nil, 404, huge},
+		{"huge route", "GET", "/" + huge + "/x/y/z", ``, nil, 404, huge},
+		{"huge method", strings.Repeat("M", 5000), "/runs/x", ``, nil, 405, strings.Repeat("M", 5000)},
+		{"huge number", "POST", "/functions/sum", `{"items":[{"n":` + digits + `}]}`, nil, 400, digits},
+		{"reused huge key", "POST", "/workflows/report/runs", `{"v":2}`, []string{batuta.HeaderIdempotencyKey, longKey}, 422, longKey},
+		{"control characters in name", "POST", "/functions/" + url.PathEscape(ctl+huge), `{}`, nil, 404, ctl},
+		{"invalid UTF-8 in name", "POST", "/functions/%ff%fe" + huge, `{}`, nil, 404, "\xff\xfe"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := f.do(t, tc.method, tc.path, tc.body, tc.headers...)
+			require.Equal(t, tc.status, res.status, "%.200s", res.raw)
+			msg, ok := res.body["error"].(string)
+			require.True(t, ok)
+			require.False(t, strings.Contains(msg, tc.input[:min(len(tc.input), 65)]), "error repeats more than 64 bytes of input: %.200q", msg)
+			require.LessOrEqual(t, len(res.raw), 400, "error body: %.200q", res.raw)
+			for _, c := range msg {
+				require.False(t, c < 0x20 || c == 0x7f || c == utf8.RuneError, "control or invalid character %q in %q", c, msg)
+			}
+			if len(tc.input) > 64 {
+				require.Contains(t, msg, "...")
+			}
+		})
+	}
+}

@@ -137,7 +137,7 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 	if err := o.Register(wf); err != nil {
 		return err
 	}
-	functionsOf(o).add(cfg.Name)
+	functionsOf(o).add(cfg.Name, inputCheckFor[In]())
 	return nil
 }
 
@@ -342,16 +342,61 @@ func eventFor(payload any) (Event, error) {
 // IsFunction reports whether name was registered with RegisterFunc on o.
 func (o *Orchestrator) IsFunction(name string) bool { return functionsOf(o).has(name) }
 
-// functionSet records which workflows of an orchestrator are functions.
-type functionSet struct {
-	mu    sync.RWMutex
-	names map[string]bool
+// checkFunctionInput decodes data as the handler of the function name
+// would, without running it, so that a front door can refuse input of the
+// wrong shape before a run exists. It returns nil for data the handler
+// accepts, for handlers taking Event, []byte or json.RawMessage, and for
+// names that are not functions; otherwise the decode error (from
+// encoding/json, matching ErrInvalidPayload).
+func (o *Orchestrator) checkFunctionInput(name string, data []byte) error {
+	check := functionsOf(o).check(name)
+	if check == nil || len(data) == 0 {
+		return nil
+	}
+	if err := check(data); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidPayload, err)
+	}
+	return nil
 }
 
-func (s *functionSet) add(name string) {
+// inputCheckFor returns how to check event data against a handler's In
+// the way decoderFor decodes it, or nil when any data is accepted.
+func inputCheckFor[In any]() func(data []byte) error {
+	var zero In
+	switch any(zero).(type) {
+	case Event, []byte, json.RawMessage:
+		return nil
+	}
+	return func(data []byte) error {
+		var v In
+		return json.Unmarshal(data, &v)
+	}
+}
+
+// functionSet records which workflows of an orchestrator are functions,
+// and how each checks its input.
+type functionSet struct {
+	mu     sync.RWMutex
+	names  map[string]bool
+	checks map[string]func([]byte) error
+}
+
+func (s *functionSet) add(name string, check func([]byte) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.names[name] = true
+	if check != nil {
+		if s.checks == nil {
+			s.checks = map[string]func([]byte) error{}
+		}
+		s.checks[name] = check
+	}
+}
+
+func (s *functionSet) check(name string) func([]byte) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.checks[name]
 }
 
 func (s *functionSet) has(name string) bool {

@@ -4,14 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/adapters/batutamysql"
 	"github.com/batuta-dev/batuta/adapters/batutapg"
 	"github.com/batuta-dev/batuta/adapters/batutasqlite"
 	_ "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -38,10 +37,15 @@ func defaultDSN(kind string) string {
 	case "mysql":
 		return "root@tcp(127.0.0.1:3306)/test?parseTime=true"
 	}
-	return filepath.Join(os.TempDir(), "batuta-orders.db")
+	return ""
 }
 
-func openDB(ctx context.Context, kind, dsn string) (orderDB, error) {
+// openDB opens the application database; schema (PostgreSQL only) holds
+// its tables and outbox, default public.
+func openDB(ctx context.Context, kind, dsn, schema string) (orderDB, error) {
+	if schema != "" && kind != "postgres" {
+		return nil, fmt.Errorf("-schema is for -db postgres")
+	}
 	switch kind {
 	case "sqlite":
 		return openSQLite(ctx, dsn)
@@ -54,7 +58,10 @@ func openDB(ctx context.Context, kind, dsn string) (orderDB, error) {
 			pool.Close()
 			return nil, fmt.Errorf("postgres: %w", err)
 		}
-		return &pgDB{pool: pool}, nil
+		if schema == "" {
+			schema = "public"
+		}
+		return &pgDB{pool: pool, schema: schema}, nil
 	case "mysql":
 		db, err := sql.Open("mysql", dsn)
 		if err != nil {
@@ -126,37 +133,45 @@ func (s *sqliteDB) close() { s.db.Close() }
 
 // --- PostgreSQL ---
 
-type pgDB struct{ pool *pgxpool.Pool }
+type pgDB struct {
+	pool   *pgxpool.Pool
+	schema string
+}
+
+func (p *pgDB) table(name string) string { return pgx.Identifier{p.schema, name}.Sanitize() }
 
 func (p *pgDB) setup(ctx context.Context) error {
 	for _, q := range []string{
-		`CREATE TABLE IF NOT EXISTS orders (
+		`CREATE SCHEMA IF NOT EXISTS ` + pgx.Identifier{p.schema}.Sanitize(),
+		`CREATE TABLE IF NOT EXISTS ` + p.table("orders") + ` (
 			id bigserial PRIMARY KEY,
 			customer text NOT NULL,
 			total_cents bigint NOT NULL,
 			created_at timestamptz NOT NULL DEFAULT now())`,
-		`CREATE TABLE IF NOT EXISTS order_emails (order_id bigint PRIMARY KEY, sent_at timestamptz NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS ` + p.table("order_emails") + ` (order_id bigint PRIMARY KEY, sent_at timestamptz NOT NULL)`,
 	} {
 		if _, err := p.pool.Exec(ctx, q); err != nil {
 			return err
 		}
 	}
-	return batutapg.InstallCapture(ctx, p.pool, batutapg.Capture{Table: "orders", Ops: []batutapg.Op{batutapg.OpInsert}})
+	return batutapg.InstallCapture(ctx, p.pool, batutapg.Capture{Schema: p.schema, Outbox: p.outbox(), Table: "orders", Ops: []batutapg.Op{batutapg.OpInsert}})
 }
+
+func (p *pgDB) outbox() batutapg.Outbox { return batutapg.Outbox{Schema: p.schema} }
 
 func (p *pgDB) insertOrder(ctx context.Context, customer string, total int64) (int64, error) {
 	var id int64
-	err := p.pool.QueryRow(ctx, `INSERT INTO orders (customer, total_cents) VALUES ($1, $2) RETURNING id`, customer, total).Scan(&id)
+	err := p.pool.QueryRow(ctx, `INSERT INTO `+p.table("orders")+` (customer, total_cents) VALUES ($1, $2) RETURNING id`, customer, total).Scan(&id)
 	return id, err
 }
 
 func (p *pgDB) recordEmail(ctx context.Context, id int64) (bool, error) {
-	tag, err := p.pool.Exec(ctx, `INSERT INTO order_emails (order_id, sent_at) VALUES ($1, now()) ON CONFLICT DO NOTHING`, id)
+	tag, err := p.pool.Exec(ctx, `INSERT INTO `+p.table("order_emails")+` (order_id, sent_at) VALUES ($1, now()) ON CONFLICT DO NOTHING`, id)
 	return tag.RowsAffected() == 1, err
 }
 
 func (p *pgDB) trigger() (batuta.Trigger, error) {
-	return batutapg.NewTrigger(batutapg.TriggerConfig{Pool: p.pool})
+	return batutapg.NewTrigger(batutapg.TriggerConfig{Pool: p.pool, Outbox: p.outbox()})
 }
 
 func (p *pgDB) close() { p.pool.Close() }

@@ -6,12 +6,21 @@
 // The email step records the order in order_emails as the stand-in for an
 // SMTP call, idempotently, so a re-run never sends twice.
 //
-// By default it uses a SQLite file and the in-memory store, inserts a
-// handful of orders, waits for their runs, prints them and exits 0:
+// By default it uses a fresh SQLite file (in a temp directory of its own,
+// removed at exit) and the in-memory store, inserts a handful of orders,
+// waits for their runs, prints exactly those orders and exits 0; so every
+// start is clean and two programs running at once do not share anything:
 //
 //	go run ./examples/orders
 //	go run ./examples/orders -db postgres -store postgres -serve   # keep consuming
 //	go run ./examples/orders -db mysql -dsn 'root@tcp(127.0.0.1:3306)/test?parseTime=true'
+//	go run ./examples/orders -dsn app.db -store sqlite -store-dsn runs.db  # files kept between starts
+//
+// Without -serve the program prints only the orders it inserted (an order
+// left in a database given with -dsn by an earlier start, or inserted by
+// another client, is still processed, but not printed). With -serve it
+// prints every order it processes and rides out database outages: a
+// failed read is logged and retried with backoff, never fatal.
 package main
 
 import (
@@ -20,6 +29,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -56,25 +66,41 @@ type Charge struct {
 
 type options struct {
 	db, dsn, store, storeDSN string
-	n                        int
-	serve                    bool
-	timeout                  time.Duration
+	// schema is the PostgreSQL schema of the orders tables and the outbox
+	// (default public); the PostgreSQL store then uses schema_runs.
+	schema  string
+	n       int
+	serve   bool
+	timeout time.Duration
 }
 
 func main() {
-	var opt options
-	flag.StringVar(&opt.db, "db", "sqlite", "application database: sqlite, postgres or mysql")
-	flag.StringVar(&opt.dsn, "dsn", "", "application database DSN (default: a SQLite file in the temp dir, or the local test database)")
-	flag.StringVar(&opt.store, "store", "memory", "where runs are kept: memory, sqlite or postgres")
-	flag.StringVar(&opt.storeDSN, "store-dsn", "", "store DSN (default: -dsn when -store matches -db, else the local default)")
-	flag.IntVar(&opt.n, "n", 5, "orders to insert")
-	flag.BoolVar(&opt.serve, "serve", false, "keep consuming orders until interrupted")
-	flag.DurationVar(&opt.timeout, "timeout", time.Minute, "how long to wait for the runs (without -serve)")
-	flag.Parse()
-	if err := run(opt); err != nil {
+	opt, err := parseFlags(os.Args[1:])
+	if err != nil {
+		os.Exit(2) // the flag package printed why
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, opt, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "orders:", err)
+		stop()
 		os.Exit(1)
 	}
+}
+
+func parseFlags(args []string) (options, error) {
+	var opt options
+	fs := flag.NewFlagSet("orders", flag.ContinueOnError)
+	fs.StringVar(&opt.db, "db", "sqlite", "application database: sqlite, postgres or mysql")
+	fs.StringVar(&opt.dsn, "dsn", "", "application database DSN (default: a fresh SQLite file in a temp dir removed at exit, or the local test database)")
+	fs.StringVar(&opt.store, "store", "memory", "where runs are kept: memory, sqlite or postgres")
+	fs.StringVar(&opt.storeDSN, "store-dsn", "", "store DSN (default: -dsn when -store matches -db, a fresh SQLite file for sqlite, else the local default)")
+	fs.StringVar(&opt.schema, "schema", "", "PostgreSQL schema for the orders tables and the outbox (default public; the store then uses SCHEMA_runs, else batuta)")
+	fs.IntVar(&opt.n, "n", 5, "orders to insert")
+	fs.BoolVar(&opt.serve, "serve", false, "keep consuming orders until interrupted")
+	fs.DurationVar(&opt.timeout, "timeout", time.Minute, "how long to wait for the runs (without -serve)")
+	err := fs.Parse(args)
+	return opt, err
 }
 
 // orderWorkflow builds the order-placed workflow. The payment provider
@@ -113,21 +139,25 @@ func orderWorkflow(db orderDB, retries *atomic.Int64) *batuta.Workflow {
 					return Charge{PaymentID: "pay_" + strings.ReplaceAll(in.IdempotencyKey(), "/", "_"), Amount: o.TotalCents}, nil
 				}},
 			// Output reads direct dependencies only, so send-email names
-			// validate too (it runs after charge either way).
-			{Name: "send-email", Deps: []string{"validate", "charge"}, Run: func(ctx context.Context, in *batuta.Input) (any, error) {
-				o, err := batuta.Output[Order](in, "validate")
-				if err != nil {
-					return nil, err
-				}
-				sent, err := db.recordEmail(ctx, o.ID)
-				if err != nil {
-					return nil, err
-				}
-				if !sent {
-					return "already sent", nil
-				}
-				return "sent", nil
-			}},
+			// validate too (it runs after charge either way). It writes to
+			// the database, so it retries long enough to ride out a lost
+			// connection.
+			{Name: "send-email", Deps: []string{"validate", "charge"},
+				Retry: batuta.RetryPolicy{MaxAttempts: 10, InitialDelay: 50 * time.Millisecond, MaxDelay: 2 * time.Second},
+				Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+					o, err := batuta.Output[Order](in, "validate")
+					if err != nil {
+						return nil, err
+					}
+					sent, err := db.recordEmail(ctx, o.ID)
+					if err != nil {
+						return nil, err
+					}
+					if !sent {
+						return "already sent", nil
+					}
+					return "sent", nil
+				}},
 			{Name: "reserve-stock", Deps: []string{"charge"}, Run: func(ctx context.Context, in *batuta.Input) (any, error) {
 				return "reserved", nil
 			}},
@@ -141,23 +171,50 @@ func orderWorkflow(db orderDB, retries *atomic.Int64) *batuta.Workflow {
 // finished collects finished runs for the main goroutine.
 type finished struct {
 	batuta.NopHooks
-	ch chan string
+	ch   chan string
+	stop chan struct{} // closed when nobody reads ch any more
 }
 
 func (f *finished) RunFinished(_ context.Context, r batuta.RunInfo) {
 	if r.Workflow == "order-placed" {
-		f.ch <- r.RunID
+		select {
+		case f.ch <- r.RunID:
+		case <-f.stop:
+		}
 	}
 }
 
-func openStore(ctx context.Context, opt options) (batuta.Store, func(), error) {
+// tempDir makes (once) the directory of this start's SQLite files.
+type tempDir struct{ path string }
+
+func (d *tempDir) file(name string) (string, error) {
+	if d.path == "" {
+		p, err := os.MkdirTemp("", "batuta-orders-")
+		if err != nil {
+			return "", err
+		}
+		d.path = p
+	}
+	return filepath.Join(d.path, name), nil
+}
+
+func (d *tempDir) remove() {
+	if d.path != "" {
+		os.RemoveAll(d.path)
+	}
+}
+
+func openStore(ctx context.Context, opt options, tmp *tempDir) (batuta.Store, func(), error) {
 	dsn := opt.storeDSN
 	switch opt.store {
 	case "memory":
 		return batuta.NewMemoryStore(batuta.MemoryStoreConfig{}), func() {}, nil
 	case "sqlite":
 		if dsn == "" {
-			dsn = filepath.Join(os.TempDir(), "batuta-orders-runs.db")
+			var err error
+			if dsn, err = tmp.file("runs.db"); err != nil {
+				return nil, nil, err
+			}
 		}
 		s, err := batutasqlite.Open(ctx, dsn, batutasqlite.Config{})
 		if err != nil {
@@ -175,7 +232,11 @@ func openStore(ctx context.Context, opt options) (batuta.Store, func(), error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("store: %w", err)
 		}
-		s, err := batutapg.New(ctx, pool, batutapg.Config{})
+		cfg := batutapg.Config{}
+		if opt.schema != "" {
+			cfg.Schema = opt.schema + "_runs"
+		}
+		s, err := batutapg.New(ctx, pool, cfg)
 		if err != nil {
 			pool.Close()
 			return nil, nil, err
@@ -185,15 +246,24 @@ func openStore(ctx context.Context, opt options) (batuta.Store, func(), error) {
 	return nil, nil, fmt.Errorf("unknown -store %q (want memory, sqlite or postgres)", opt.store)
 }
 
-func run(opt options) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+// run inserts opt.n orders and prints their runs to out; with opt.serve it
+// goes on printing every finished order until ctx ends.
+func run(ctx context.Context, opt options, out io.Writer) error {
+	var tmp tempDir
+	defer tmp.remove() // deferred first: runs after the databases are closed
 	if opt.dsn == "" {
-		opt.dsn = defaultDSN(opt.db)
+		if opt.db == "sqlite" {
+			var err error
+			if opt.dsn, err = tmp.file("app.db"); err != nil {
+				return err
+			}
+		} else {
+			opt.dsn = defaultDSN(opt.db)
+		}
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	db, err := openDB(ctx, opt.db, opt.dsn)
+	db, err := openDB(ctx, opt.db, opt.dsn, opt.schema)
 	if err != nil {
 		return err
 	}
@@ -201,14 +271,15 @@ func run(opt options) error {
 	if err := db.setup(ctx); err != nil {
 		return fmt.Errorf("setting up tables and the capture trigger: %w", err)
 	}
-	store, closeStore, err := openStore(ctx, opt)
+	store, closeStore, err := openStore(ctx, opt, &tmp)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 
 	var retries atomic.Int64
-	done := &finished{ch: make(chan string, 1024)}
+	done := &finished{ch: make(chan string, 1024), stop: make(chan struct{})}
+	defer close(done.stop)
 	o, err := batuta.New(batuta.Config{Store: store, Logger: logger, Hooks: []batuta.Hooks{done}})
 	if err != nil {
 		return err
@@ -224,58 +295,107 @@ func run(opt options) error {
 		return err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := o.Run(runCtx); err != nil {
-			logger.Error("orchestrator", "error", err)
-		}
+		runErr <- o.Run(runCtx)
 	}()
 	defer func() { cancel(); wg.Wait() }()
 
-	fmt.Printf("orders: db=%s store=%s\n", opt.db, opt.store)
+	fmt.Fprintf(out, "orders: db=%s store=%s\n", opt.db, opt.store)
 	want := map[int64]bool{}
+	var ids []int64
 	for i := 0; i < opt.n; i++ {
 		id, err := db.insertOrder(ctx, fmt.Sprintf("customer-%d", i+1), int64(1000*(i+1)))
 		if err != nil {
 			return fmt.Errorf("inserting an order: %w", err)
 		}
 		want[id] = true
+		ids = append(ids, id)
 	}
-	fmt.Printf("inserted %d orders; waiting for their runs\n", len(want))
+	fmt.Fprintf(out, "inserted orders %v; waiting for their runs\n", ids)
 
-	var deadline <-chan time.Time
+	waitCtx := ctx
 	if !opt.serve {
-		deadline = time.After(opt.timeout)
+		var cancelWait context.CancelFunc
+		waitCtx, cancelWait = context.WithTimeout(ctx, opt.timeout)
+		defer cancelWait()
 	}
 	failed := 0
 	for opt.serve || len(want) > 0 {
 		select {
 		case id := <-done.ch:
-			r, err := o.GetRun(ctx, id)
-			if err != nil {
-				return err
+			r, err := getRun(waitCtx, o, id, logger)
+			if errors.Is(err, batuta.ErrRunNotFound) {
+				logger.Warn("a finished run is gone from the store", "run", id)
+				continue
 			}
-			printRun(r)
+			if err != nil {
+				continue // waitCtx ended: the cases below say why
+			}
+			order, _ := orderOf(r)
+			if !opt.serve && !want[order] {
+				continue // not ours: from an earlier start or another client
+			}
+			delete(want, order)
+			printRun(out, order, r)
 			if r.State != batuta.RunSucceeded {
 				failed++
 			}
-			if ch, err := batuta.OutputAs[Order](r.Task("validate").Output); err == nil {
-				delete(want, ch.ID)
+		case err := <-runErr:
+			if ctx.Err() != nil {
+				fmt.Fprintln(out, "interrupted")
+				return nil
 			}
-		case <-deadline:
+			return fmt.Errorf("orchestrator stopped: %w", err)
+		case <-waitCtx.Done():
+			if ctx.Err() != nil {
+				fmt.Fprintln(out, "interrupted")
+				return nil
+			}
 			return fmt.Errorf("timed out waiting for the runs of orders %v", keys(want))
-		case <-ctx.Done():
-			fmt.Println("interrupted")
-			return nil
 		}
 	}
-	fmt.Printf("all runs finished: %d failed, %d payment retries\n", failed, retries.Load())
+	fmt.Fprintf(out, "all runs finished: %d failed, %d payment retries\n", failed, retries.Load())
 	if failed > 0 {
 		return fmt.Errorf("%d runs failed", failed)
 	}
 	return nil
+}
+
+// getRun reads a finished run, riding out a lost database connection: an
+// error other than ErrRunNotFound is logged and retried with backoff until
+// it succeeds or ctx ends.
+func getRun(ctx context.Context, o *batuta.Orchestrator, id string, logger *slog.Logger) (*batuta.Run, error) {
+	backoff := 50 * time.Millisecond
+	for {
+		r, err := o.GetRun(ctx, id)
+		if err == nil || errors.Is(err, batuta.ErrRunNotFound) || ctx.Err() != nil {
+			return r, err
+		}
+		logger.Warn("reading a finished run failed; retrying", "run", id, "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// orderOf is the ID of the order that started r, read from its event.
+func orderOf(r *batuta.Run) (int64, error) {
+	var ch change
+	if err := json.Unmarshal(r.Event.Data, &ch); err != nil {
+		return 0, err
+	}
+	var o Order
+	err := json.Unmarshal(ch.New, &o)
+	return o.ID, err
 }
 
 func keys(m map[int64]bool) []int64 {
@@ -286,8 +406,8 @@ func keys(m map[int64]bool) []int64 {
 	return out
 }
 
-func printRun(r *batuta.Run) {
-	fmt.Printf("run %s (event %s) %s in %s\n", r.ID, r.Event.ID, r.State, r.FinishedAt.Sub(r.CreatedAt).Round(time.Microsecond))
+func printRun(out io.Writer, order int64, r *batuta.Run) {
+	fmt.Fprintf(out, "order %d: run %s (event %s) %s in %s\n", order, r.ID, r.Event.ID, r.State, r.FinishedAt.Sub(r.CreatedAt).Round(time.Microsecond))
 	for _, t := range r.Tasks {
 		extra := ""
 		if len(t.Attempts) > 1 {
@@ -299,6 +419,6 @@ func printRun(r *batuta.Run) {
 		if t.Error != "" {
 			extra += " error: " + strings.SplitN(t.Error, "\n", 2)[0]
 		}
-		fmt.Printf("  %-14s %-9s%s\n", t.Name, t.State, extra)
+		fmt.Fprintf(out, "  %-14s %-9s%s\n", t.Name, t.State, extra)
 	}
 }
