@@ -102,7 +102,7 @@ type TaskRun struct {
 	// with the in-memory store, a json.RawMessage with durable stores.
 	Output any `json:"output,omitempty"`
 	// Error is the last attempt's error for a failed task, or why it was
-	// skipped or canceled.
+	// skipped, upstream_failed (naming the dependency) or canceled.
 	Error string `json:"error,omitempty"`
 	// Attempts lists the attempts, oldest first.
 	Attempts []Attempt `json:"attempts,omitempty"`
