@@ -71,7 +71,7 @@ func ExampleJoinRule() {
 	<-done
 	// Output:
 	// charge failed
-	// ship skipped
+	// ship upstream_failed
 	// alert succeeded
 }
 

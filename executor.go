@@ -385,13 +385,19 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 	ranAttempt := false
 	var info AttemptInfo
 	var hookCtx context.Context
+	join, joinWhy := joinRun, ""
+	if ct != nil {
+		join, joinWhy = ct.when.decide(c.Upstream)
+	}
 	switch {
 	case ct == nil:
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("task %s/%s is not registered in this process", c.Workflow, c.Task)
 	case ex.draining.Load():
 		comp.Outcome = OutcomeRelease
-	case !ct.when.allows(c.Upstream):
-		comp.Outcome, comp.Error = OutcomeSkipped, "join rule "+ct.when.String()+" not met"
+	case join == joinSkip:
+		comp.Outcome, comp.Error = OutcomeSkipped, joinWhy
+	case join == joinUpstreamFailed:
+		comp.Outcome, comp.Error = OutcomeUpstreamFailed, joinWhy
 	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
 		comp.StartedAt, comp.FinishedAt = now, now

@@ -237,8 +237,8 @@ func TestPermanentErrorSkipsDependentsAndRunsFailureHandlers(t *testing.T) {
 	require.Equal(t, batuta.RunFailed, r.State)
 	require.Contains(t, r.Error, "card declined")
 	want := map[string]batuta.TaskState{
-		"validate": batuta.TaskSucceeded, "charge": batuta.TaskFailed, "ship": batuta.TaskSkipped,
-		"after-ship": batuta.TaskSkipped, "refund-alert": batuta.TaskSucceeded, "cleanup": batuta.TaskSucceeded,
+		"validate": batuta.TaskSucceeded, "charge": batuta.TaskFailed, "ship": batuta.TaskUpstreamFailed,
+		"after-ship": batuta.TaskUpstreamFailed, "refund-alert": batuta.TaskSucceeded, "cleanup": batuta.TaskSucceeded,
 		"none-failed": batuta.TaskSucceeded, "all-failed": batuta.TaskSucceeded, "one-ok": batuta.TaskSucceeded,
 	}
 	for name, st := range want {
@@ -347,7 +347,7 @@ func TestWorkflowTimeout(t *testing.T) {
 	require.Equal(t, batuta.RunFailed, r.State)
 	require.Len(t, r.Task("slow").Attempts, 1, "a workflow timeout is not retried")
 	require.Contains(t, r.Task("slow").Error, "workflow timeout")
-	require.Equal(t, batuta.TaskSkipped, r.Task("next").State)
+	require.Equal(t, batuta.TaskUpstreamFailed, r.Task("next").State)
 }
 
 func TestCancelWideDAG(t *testing.T) {

@@ -10,7 +10,12 @@ type RunState string
 
 // The states of a run. A run is pending until its first task is claimed,
 // running until every task reached a terminal state, then succeeded (no task
-// failed), failed (some task failed) or canceled.
+// failed), failed (some task failed or is upstream_failed) or canceled.
+//
+// An upstream_failed task always has a failed task (or a canceled run)
+// upstream of it, so counting it toward RunFailed changes no outcome; the
+// stores do it anyway so that a run never reports success while one of its
+// tasks was stopped by a failure.
 const (
 	RunPending   RunState = "pending"
 	RunRunning   RunState = "running"
@@ -28,19 +33,33 @@ func (s RunState) Finished() bool {
 type TaskState string
 
 // The states of a task. Pending tasks wait for their dependencies or for
-// their next attempt; running tasks are leased to a worker.
+// their next attempt; running tasks are leased to a worker. The others are
+// terminal.
 const (
 	TaskPending   TaskState = "pending"
 	TaskRunning   TaskState = "running"
 	TaskSucceeded TaskState = "succeeded"
 	TaskFailed    TaskState = "failed"
-	TaskSkipped   TaskState = "skipped"
-	TaskCanceled  TaskState = "canceled"
+	// TaskSkipped: the task never ran because its join rule was not met
+	// for a reason other than a failure (e.g. a OneFailed task whose
+	// dependencies all succeeded, or an AllSucceeded task after a skip).
+	TaskSkipped TaskState = "skipped"
+	// TaskUpstreamFailed: the task never ran because a dependency failed
+	// (Airflow's upstream_failed): e.g. an AllSucceeded or NoneFailed task
+	// after a failure. Join rules further down count it as a failure.
+	TaskUpstreamFailed TaskState = "upstream_failed"
+	TaskCanceled       TaskState = "canceled"
 )
 
 // Finished reports whether s is a terminal state.
 func (s TaskState) Finished() bool {
-	return s == TaskSucceeded || s == TaskFailed || s == TaskSkipped || s == TaskCanceled
+	return s == TaskSucceeded || s == TaskFailed || s == TaskSkipped || s == TaskCanceled || s == TaskUpstreamFailed
+}
+
+// CountsAsFailure reports whether join rules count a dependency in state s
+// as failed: failed, upstream_failed or canceled.
+func (s TaskState) CountsAsFailure() bool {
+	return s == TaskFailed || s == TaskUpstreamFailed || s == TaskCanceled
 }
 
 // A Run is a snapshot of one execution of a workflow for one event.
@@ -83,7 +102,7 @@ type TaskRun struct {
 	// with the in-memory store, a json.RawMessage with durable stores.
 	Output any `json:"output,omitempty"`
 	// Error is the last attempt's error for a failed task, or why it was
-	// skipped or canceled.
+	// skipped, upstream_failed (naming the dependency) or canceled.
 	Error string `json:"error,omitempty"`
 	// Attempts lists the attempts, oldest first.
 	Attempts []Attempt `json:"attempts,omitempty"`
@@ -132,6 +151,11 @@ const (
 	OutcomeRelease Outcome = "release"
 	// OutcomeSkipped: the task's join condition was not met; it never ran.
 	OutcomeSkipped Outcome = "skipped"
+	// OutcomeUpstreamFailed: the task's join condition was not met because
+	// a dependency failed; it never ran. The task becomes
+	// TaskUpstreamFailed, which counts as a failure for its dependents and
+	// for the run, and records no attempt.
+	OutcomeUpstreamFailed Outcome = "upstream_failed"
 	// OutcomeCanceled: the run was canceled while the task was claimed.
 	OutcomeCanceled Outcome = "canceled"
 	// OutcomeTimedOut: the attempt exceeded its timeout. Reported as
@@ -144,6 +168,25 @@ type TaskSpec struct {
 	Name string
 	// Deps are indexes into NewRun.Tasks of the direct dependencies.
 	Deps []int
+	// FireOn, if not empty, makes the task ready as soon as one dependency
+	// finishes in that class, before the others finished (Task.FireEarly):
+	// TaskSucceeded for a succeeded dependency, TaskFailed for one whose
+	// state CountsAsFailure. Empty (the default): the task is ready once
+	// every dependency finished. A task is made ready at most once: a
+	// dependency finishing after it was made ready changes nothing.
+	FireOn TaskState
+}
+
+// FiresOn reports whether a dependency finishing in state st makes the task
+// ready early (see FireOn).
+func (t *TaskSpec) FiresOn(st TaskState) bool {
+	switch t.FireOn {
+	case TaskSucceeded:
+		return st == TaskSucceeded
+	case TaskFailed:
+		return st.CountsAsFailure()
+	}
+	return false
 }
 
 // NewRun is what Store.CreateRun records.
@@ -233,13 +276,14 @@ type Completion struct {
 	// Go value to a non-durable store and a json.RawMessage to a durable one.
 	Output any
 	// Error is the attempt's error (failed, retry, snooze), or the reason
-	// for skipped and canceled.
+	// for skipped, upstream_failed and canceled.
 	Error string
 	// TimedOut marks an attempt that exceeded its timeout.
 	TimedOut bool
 	// StartedAt and FinishedAt bound the attempt. FinishedAt is always set
 	// (it is the run's finish time if this completion finishes the run);
-	// StartedAt is zero for skipped, canceled and released claims, which
+	// StartedAt is zero for skipped, upstream_failed, canceled and
+	// released claims, which
 	// record no attempt.
 	StartedAt, FinishedAt time.Time
 	// RetryAt is when the next attempt is due (OutcomeRetry, OutcomeSnooze).
@@ -294,7 +338,8 @@ type PrunePolicy struct {
 //
 // The Store holds the DAG bookkeeping that must be atomic across workers: a
 // task becomes ready when every dependency reached a terminal state (the
-// store counts them down inside CompleteTasks). Whether a ready task runs or
+// store counts them down inside CompleteTasks), or, if its TaskSpec.FireOn
+// is set, when the first dependency finished in that class. Whether a ready task runs or
 // is skipped (its join condition) is decided by the orchestrator at claim
 // time, so join rules live in one place.
 //
@@ -324,8 +369,8 @@ type Store interface {
 	// fenced by its token: a stale token gets ErrLeaseLost in its result and
 	// changes nothing. A terminal outcome counts the task's dependents down;
 	// when every task is finished the run finishes: canceled if it was
-	// canceled (whatever its tasks did), else failed if any task failed,
-	// else succeeded.
+	// canceled (whatever its tasks did), else failed if any task failed or
+	// is upstream_failed, else succeeded.
 	CompleteTasks(ctx context.Context, cs []Completion) ([]CompleteResult, error)
 
 	// RescueExpired returns running tasks whose lease expired before now to

@@ -62,6 +62,7 @@ type memTask struct {
 	idx         int
 	dependents  []int
 	pendingDeps int
+	readied     bool // made ready by its dependencies (at most once: FireOn)
 	state       TaskState
 	spent       int // attempts that spent the budget
 	rescues     int
@@ -178,6 +179,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	s.active++
 	for i := range r.tasks {
 		if r.tasks[i].pendingDeps == 0 {
+			r.tasks[i].readied = true
 			s.pushReadyLocked(&r.tasks[i])
 		}
 	}
@@ -322,7 +324,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 		}
 		r := t.run
 		s.dropToken(t)
-		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease {
+		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease {
 			oc := c.Outcome
 			if c.TimedOut {
 				oc = OutcomeTimedOut
@@ -360,6 +362,8 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 			s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, &out[i])
 		case OutcomeSkipped:
 			s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, &out[i])
+		case OutcomeUpstreamFailed:
+			s.finishTaskLocked(t, TaskUpstreamFailed, c.Error, c.FinishedAt, &out[i])
 		case OutcomeCanceled:
 			s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, &out[i])
 		default:
@@ -374,7 +378,8 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 }
 
 // finishTaskLocked moves t to a terminal state, counts its dependents down
-// and finishes the run when it was the last task.
+// (making ready those whose last dependency this was, and those that fire
+// early on st) and finishes the run when it was the last task.
 func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, now time.Time, res *CompleteResult) {
 	t.state = st
 	t.err = errMsg
@@ -387,7 +392,8 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	for _, d := range t.dependents {
 		dt := &r.tasks[d]
 		dt.pendingDeps--
-		if dt.pendingDeps == 0 && dt.state == TaskPending {
+		if dt.state == TaskPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
+			dt.readied = true
 			if r.canceled {
 				// Cancel cascades: the dependents finish too.
 				var sub CompleteResult
@@ -414,7 +420,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
 	default:
 		r.State = RunSucceeded
 		for i := range r.tasks {
-			if r.tasks[i].state == TaskFailed {
+			if st := r.tasks[i].state; st == TaskFailed || st == TaskUpstreamFailed {
 				r.State = RunFailed
 				break
 			}

@@ -58,31 +58,64 @@ type Task struct {
 	// still applies).
 	Timeout time.Duration
 	// When is the join rule deciding, once every dependency finished,
-	// whether the task runs or is skipped. The zero value is AllSucceeded.
+	// whether the task runs, is skipped, or is marked upstream_failed. The
+	// zero value is AllSucceeded. See docs/workflows.md for the full table.
 	When JoinRule
+	// FireEarly, with When = OneSucceeded or OneFailed, makes the task
+	// ready as soon as one dependency reaches the outcome the rule looks
+	// for (succeeded; failed, upstream_failed or canceled), while the other
+	// dependencies may still run: Airflow's behaviour, useful for hedged
+	// requests (the first answer wins) and for alerting at the first
+	// failure. Its Input then shows the unfinished dependencies as pending
+	// or running, with no output. If no dependency reaches that outcome the
+	// task is decided once all finished, as without FireEarly. The run still
+	// finishes only when every task finished.
+	//
+	// It is off by default: waiting for every dependency gives the task a
+	// complete, deterministic view of its inputs and never races the
+	// siblings that still run (their effects may not have happened yet
+	// when the early task starts). Register rejects FireEarly with any
+	// other rule.
+	FireEarly bool
 }
 
-// JoinRule decides whether a task whose dependencies have all finished runs
-// or is skipped. The rules follow Airflow's trigger rules; a task without
-// dependencies always runs. A skipped task counts as finished for its own
-// dependents.
+// JoinRule decides what becomes of a task whose dependencies have all
+// finished (or, with Task.FireEarly, one of them reached the outcome the
+// rule waits for): it runs, it is skipped (TaskSkipped), or it is marked
+// upstream_failed (TaskUpstreamFailed), never running. The rules and their
+// outcomes follow Airflow's trigger rules exactly (trigger_rule_dep):
+//
+//   - a dependency that failed, was canceled, or is itself upstream_failed
+//     counts as a failure, so a failure two levels up still fires a
+//     OneFailed or AllFailed task and still stops a NoneFailed one;
+//   - a dependency skipped because its own rule was not met counts as a
+//     skip, not as a failure.
+//
+// A task without dependencies always runs. A skipped or upstream_failed
+// task counts as finished for its own dependents. docs/workflows.md has the
+// full table.
 type JoinRule int
 
-// The join rules.
+// The join rules. "Failed" below means failed, canceled or upstream_failed.
 const (
 	// AllSucceeded runs the task when every dependency succeeded (default).
+	// Any failed dependency makes it upstream_failed; otherwise any
+	// skipped dependency makes it skipped.
 	AllSucceeded JoinRule = iota
 	// AllDone runs the task whatever its dependencies' outcome: cleanup.
 	AllDone
 	// OneSucceeded runs the task when at least one dependency succeeded.
+	// If none did, it is skipped when every dependency was skipped, else
+	// upstream_failed.
 	OneSucceeded
 	// OneFailed runs the task when at least one dependency failed: alerts
-	// and compensation.
+	// and compensation. Otherwise it is skipped.
 	OneFailed
-	// AllFailed runs the task when every dependency failed.
+	// AllFailed runs the task when every dependency failed. Any succeeded
+	// or skipped dependency makes it skipped.
 	AllFailed
 	// NoneFailed runs the task when no dependency failed (succeeded or
-	// skipped).
+	// skipped). Any failed dependency makes it upstream_failed.
 	NoneFailed
 )
 
@@ -95,35 +128,100 @@ func (r JoinRule) String() string {
 	return fmt.Sprintf("JoinRule(%d)", int(r))
 }
 
-// allows reports whether the rule lets a task run given its dependencies.
-func (r JoinRule) allows(ups []UpstreamResult) bool {
-	if len(ups) == 0 {
-		return true
+// joinDecision is what a join rule makes of a claimed task.
+type joinDecision uint8
+
+const (
+	joinRun            joinDecision = iota // run the task
+	joinSkip                               // finish it as TaskSkipped
+	joinUpstreamFailed                     // finish it as TaskUpstreamFailed
+)
+
+// decide applies the rule to the dependencies' states as seen at claim time
+// and returns the decision with, unless the task runs, the reason recorded
+// on it. It follows Airflow's trigger_rule_dep (flag_upstream_failed):
+// failures are checked before skips. Unfinished dependencies (pending,
+// running) are only seen by a FireEarly task, which the store made ready
+// because one dependency already matched; they count as nothing.
+func (r JoinRule) decide(ups []UpstreamResult) (joinDecision, string) {
+	if len(ups) == 0 || r == AllDone {
+		return joinRun, ""
 	}
-	var ok, failed int
+	var ok, failed, skipped, done int
+	firstFailed := -1
 	for i := range ups {
-		switch ups[i].State {
-		case TaskSucceeded:
+		st := ups[i].State
+		switch {
+		case st == TaskSucceeded:
 			ok++
-		case TaskFailed, TaskCanceled:
+		case st.CountsAsFailure():
 			failed++
+			if firstFailed < 0 {
+				firstFailed = i
+			}
+		case st == TaskSkipped:
+			skipped++
+		}
+		if st.Finished() {
+			done++
 		}
 	}
+	upstreamFailed := func() (joinDecision, string) {
+		u := &ups[firstFailed]
+		return joinUpstreamFailed, fmt.Sprintf("join rule %s: dependency %s is %s", r, u.Name, u.State)
+	}
+	notMet := func() (joinDecision, string) { return joinSkip, "join rule " + r.String() + " not met" }
 	switch r {
 	case AllSucceeded:
-		return ok == len(ups)
-	case AllDone:
-		return true
+		switch {
+		case failed > 0:
+			return upstreamFailed()
+		case ok < len(ups):
+			return notMet()
+		}
+		return joinRun, ""
 	case OneSucceeded:
-		return ok > 0
+		switch {
+		case ok > 0:
+			return joinRun, ""
+		case skipped == len(ups):
+			return notMet()
+		case failed > 0 && done == len(ups):
+			return upstreamFailed()
+		}
+		return notMet()
 	case OneFailed:
-		return failed > 0
+		if failed > 0 {
+			return joinRun, ""
+		}
+		return notMet()
 	case AllFailed:
-		return failed == len(ups)
+		if failed == len(ups) {
+			return joinRun, ""
+		}
+		return notMet()
 	case NoneFailed:
-		return failed == 0
+		switch {
+		case failed > 0:
+			return upstreamFailed()
+		case done < len(ups):
+			return notMet()
+		}
+		return joinRun, ""
 	}
-	return false
+	return notMet()
+}
+
+// fireOn returns the TaskSpec.FireOn of a task: the dependency outcome that
+// makes it ready early, or "" to wait for every dependency.
+func fireOn(t *Task) TaskState {
+	if !t.FireEarly {
+		return ""
+	}
+	if t.When == OneFailed {
+		return TaskFailed
+	}
+	return TaskSucceeded
 }
 
 // RetryPolicy says how a task's failed attempts are retried: exponential
@@ -307,6 +405,9 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		if t.When < AllSucceeded || t.When > NoneFailed {
 			return nil, bad(t.Name, fmt.Sprintf("unknown join rule %d", int(t.When)))
 		}
+		if t.FireEarly && t.When != OneSucceeded && t.When != OneFailed {
+			return nil, bad(t.Name, "FireEarly needs join rule one_succeeded or one_failed, not "+t.When.String())
+		}
 		if err := t.Retry.validate(""); err != nil {
 			var ce *ConfigError
 			errors.As(err, &ce)
@@ -337,7 +438,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			seen[d] = true
 			deps = append(deps, j)
 		}
-		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps}
+		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps, FireOn: fireOn(&wf.Tasks[i])}
 	}
 	if cyc := findCycle(cw.specs); cyc != nil {
 		return nil, &WorkflowError{Workflow: wf.Name, Task: cyc[0], Reason: "dependency cycle", Cycle: cyc}

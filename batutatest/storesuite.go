@@ -55,6 +55,11 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		{"Release", testRelease},
 		{"RunStates", testRunStates},
 		{"FailedUpstreamStillReady", testFailedUpstream},
+		{"UpstreamFailedState", testUpstreamFailed},
+		{"UpstreamFailedFailsRun", testUpstreamFailedFailsRun},
+		{"FireEarly", testFireEarly},
+		{"FireEarlyOnceInBatch", testFireEarlyBatch},
+		{"FireEarlyCancel", testFireEarlyCancel},
 		{"OutputsRoundTrip", testOutputs},
 		{"LeasesAndRescue", testRescue},
 		{"RescueLimit", testRescueLimit},
@@ -988,5 +993,250 @@ func testReopen(t *testing.T, st *storeT) {
 	}
 	if r := st.get(id); r.State != batuta.RunSucceeded {
 		t.Fatalf("run after resume: %s", r.State)
+	}
+}
+
+// byTask returns the claims by task name, failing on a task claimed twice.
+func (st *storeT) byTask(cs []batuta.Claim) map[string]batuta.Claim {
+	st.t.Helper()
+	m := make(map[string]batuta.Claim, len(cs))
+	for _, c := range cs {
+		if _, dup := m[c.Task]; dup {
+			st.fatalf("task %s claimed twice in one batch", c.Task)
+		}
+		m[c.Task] = c
+	}
+	return m
+}
+
+func upstreamStates(c batuta.Claim) []batuta.TaskState {
+	out := make([]batuta.TaskState, len(c.Upstream))
+	for i, u := range c.Upstream {
+		out[i] = u.State
+	}
+	return out
+}
+
+// testUpstreamFailed: a task the orchestrator marks upstream_failed is a
+// terminal state of its own, with its reason and no attempt, shown as such
+// in snapshots and to its dependents' claims; the run fails.
+func testUpstreamFailed(t *testing.T, st *storeT) {
+	// x -> y -> z
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "x"}, {Name: "y", Deps: []int{0}}, {Name: "z", Deps: []int{1}}})
+	st.complete(st.claim(base, 1)[0], batuta.OutcomeFailed, nil, "boom", base)
+	y := st.claim(base, 10)
+	if len(y) != 1 || y[0].Task != "y" || y[0].Upstream[0].State != batuta.TaskFailed {
+		t.Fatalf("after x failed: %+v, want y ready seeing x failed", y)
+	}
+	res := st.complete(y[0], batuta.OutcomeUpstreamFailed, nil, "dependency x is failed", base.Add(time.Second))
+	if res.Err != nil || res.Ready != 1 || res.RunFinished != "" {
+		t.Fatalf("completing y upstream_failed: %+v, want ready 1, run unfinished", res)
+	}
+	r := st.get(id)
+	if yt := r.Task("y"); yt.State != batuta.TaskUpstreamFailed || yt.Error != "dependency x is failed" || len(yt.Attempts) != 0 {
+		t.Fatalf("upstream_failed task in snapshot: %+v", yt)
+	}
+	if !r.Task("y").State.Finished() || r.Finished() {
+		t.Fatalf("y %s finished=%v, run %s", r.Task("y").State, r.Task("y").State.Finished(), r.State)
+	}
+	z := st.claim(base, 10)
+	if len(z) != 1 || z[0].Task != "z" || z[0].Upstream[0].State != batuta.TaskUpstreamFailed || z[0].Upstream[0].Error != "dependency x is failed" {
+		t.Fatalf("z claim: %+v, want z seeing y upstream_failed", z)
+	}
+	// z is, say, a OneFailed compensation: it runs and succeeds.
+	res = st.completeOK(z[0], batuta.OutcomeSucceeded, nil, base.Add(2*time.Second))
+	if res.RunFinished != batuta.RunFailed {
+		t.Fatalf("run finished %q, want failed", res.RunFinished)
+	}
+	r = st.get(id)
+	if r.State != batuta.RunFailed || !strings.Contains(r.Error, "boom") {
+		t.Fatalf("run: %s error %q, want failed naming x's error", r.State, r.Error)
+	}
+	if got := []batuta.TaskState{taskState(r, "x"), taskState(r, "y"), taskState(r, "z")}; !reflect.DeepEqual(got,
+		[]batuta.TaskState{batuta.TaskFailed, batuta.TaskUpstreamFailed, batuta.TaskSucceeded}) {
+		t.Fatalf("task states %v", got)
+	}
+	rs, err := st.s.ListRuns(ctxT(t), batuta.RunFilter{State: batuta.RunFailed})
+	st.must(err)
+	if len(rs) != 1 || rs[0].ID != id || rs[0].Task("y").State != batuta.TaskUpstreamFailed {
+		t.Fatalf("ListRuns(failed) = %d runs", len(rs))
+	}
+}
+
+// testUpstreamFailedFailsRun: a run never succeeds while one of its tasks is
+// upstream_failed, even if (as a store cannot know) no task failed.
+func testUpstreamFailedFailsRun(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "x"}, {Name: "y"}})
+	cs := st.byTask(st.claim(base, 10))
+	st.completeOK(cs["x"], batuta.OutcomeSucceeded, nil, base)
+	res := st.complete(cs["y"], batuta.OutcomeUpstreamFailed, nil, "why", base)
+	if res.Err != nil || res.RunFinished != batuta.RunFailed {
+		t.Fatalf("last completion upstream_failed: %+v, want run failed", res)
+	}
+	if r := st.get(id); r.State != batuta.RunFailed {
+		t.Fatalf("run %s, want failed", r.State)
+	}
+}
+
+// testFireEarly: a task with TaskSpec.FireOn is ready as soon as the first
+// dependency finishes in that class, sees its unfinished siblings as
+// running, is not made ready again, and the run waits for every task.
+func testFireEarly(t *testing.T, st *storeT) {
+	roots := []int{0, 1, 2}
+	id := st.create("wf", "e1", []batuta.TaskSpec{
+		{Name: "a"}, {Name: "b"}, {Name: "c"},
+		{Name: "hedge", Deps: roots, FireOn: batuta.TaskSucceeded},
+		{Name: "alert", Deps: roots, FireOn: batuta.TaskFailed},
+		{Name: "join", Deps: roots},
+	})
+	cs := st.byTask(st.claim(base, 10))
+	if len(cs) != 3 {
+		t.Fatalf("first claim %v, want a b c", claimNames(st.claim(base, 10)))
+	}
+	res := st.completeOK(cs["b"], batuta.OutcomeSucceeded, json.RawMessage(`"B"`), base)
+	if res.Ready != 1 {
+		t.Fatalf("b succeeded: ready %d, want 1 (hedge)", res.Ready)
+	}
+	h := st.claim(base, 10)
+	if len(h) != 1 || h[0].Task != "hedge" {
+		t.Fatalf("after b succeeded: %v, want [hedge]", claimNames(h))
+	}
+	if got := upstreamStates(h[0]); !reflect.DeepEqual(got, []batuta.TaskState{batuta.TaskRunning, batuta.TaskSucceeded, batuta.TaskRunning}) {
+		t.Fatalf("hedge sees %v, want [running succeeded running]", got)
+	}
+	if s, err := batuta.OutputAs[string](h[0].Upstream[1].Output); err != nil || s != "B" || h[0].Upstream[0].Output != nil {
+		t.Fatalf("hedge sees outputs %v, %v", h[0].Upstream[1].Output, h[0].Upstream[0].Output)
+	}
+	if r := st.completeOK(h[0], batuta.OutcomeSucceeded, nil, base); r.RunFinished != "" || r.Ready != 0 {
+		t.Fatalf("hedge done: %+v, want run unfinished", r)
+	}
+	res = st.complete(cs["a"], batuta.OutcomeFailed, nil, "a broke", base)
+	if res.Err != nil || res.Ready != 1 {
+		t.Fatalf("a failed: %+v, want ready 1 (alert, not hedge again)", res)
+	}
+	al := st.claim(base, 10)
+	if len(al) != 1 || al[0].Task != "alert" {
+		t.Fatalf("after a failed: %v, want [alert]", claimNames(al))
+	}
+	if got := upstreamStates(al[0]); !reflect.DeepEqual(got, []batuta.TaskState{batuta.TaskFailed, batuta.TaskSucceeded, batuta.TaskRunning}) {
+		t.Fatalf("alert sees %v", got)
+	}
+	// alert's attempt fails and is retried: it goes back to pending with
+	// its count at zero, and c finishing must not ready it a second time.
+	if r := st.complete(al[0], batuta.OutcomeRetry, nil, "flaky", base); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := st.get(id); r.Finished() || taskState(r, "c") != batuta.TaskRunning || taskState(r, "hedge") != batuta.TaskSucceeded {
+		t.Fatalf("run %s c %s hedge %s", r.State, taskState(r, "c"), taskState(r, "hedge"))
+	}
+	res = st.completeOK(cs["c"], batuta.OutcomeSucceeded, nil, base)
+	if res.Ready != 1 || res.RunFinished != "" {
+		t.Fatalf("c succeeded: %+v, want ready 1 (join only)", res)
+	}
+	last := st.byTask(st.claim(base.Add(time.Hour), 10))
+	if got := claimNames(st.claim(base.Add(time.Hour), 10)); len(got) != 0 {
+		t.Fatalf("claimed again: %v", got)
+	}
+	if _, ok := last["join"]; !ok || len(last) != 2 || last["alert"].Attempt != 2 {
+		t.Fatalf("last claim %v (alert attempt %d), want alert (attempt 2) and join", claimNames(st.claim(base, 0)), last["alert"].Attempt)
+	}
+	if got := upstreamStates(last["join"]); !reflect.DeepEqual(got, []batuta.TaskState{batuta.TaskFailed, batuta.TaskSucceeded, batuta.TaskSucceeded}) {
+		t.Fatalf("join sees %v", got)
+	}
+	st.completeOK(last["alert"], batuta.OutcomeSucceeded, nil, base.Add(time.Hour))
+	res = st.completeOK(last["join"], batuta.OutcomeUpstreamFailed, nil, base.Add(time.Hour))
+	if res.RunFinished != batuta.RunFailed {
+		t.Fatalf("last task: run finished %q, want failed", res.RunFinished)
+	}
+	if r := st.get(id); r.State != batuta.RunFailed || len(r.Task("hedge").Attempts) != 1 || len(r.Task("alert").Attempts) != 2 {
+		t.Fatalf("run %s hedge attempts %d alert attempts %d", r.State, len(r.Task("hedge").Attempts), len(r.Task("alert").Attempts))
+	}
+}
+
+// testFireEarlyBatch: two matching dependencies finishing in one batch make
+// the task ready once; a FireOn failed task fires on upstream_failed too;
+// a task that fires on nothing that happened waits for all.
+func testFireEarlyBatch(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{
+		{Name: "a"}, {Name: "b"}, {Name: "c"},
+		{Name: "h", Deps: []int{0, 1, 2}, FireOn: batuta.TaskSucceeded},
+		{Name: "f", Deps: []int{0, 1, 2}, FireOn: batuta.TaskFailed},
+	})
+	cs := st.byTask(st.claim(base, 10))
+	comp := func(c batuta.Claim, oc batuta.Outcome) batuta.Completion {
+		return batuta.Completion{ClaimRef: c.Ref(), Outcome: oc, Attempt: c.Attempt, StartedAt: base, FinishedAt: base}
+	}
+	res, err := st.s.CompleteTasks(ctxT(t), []batuta.Completion{comp(cs["a"], batuta.OutcomeSucceeded), comp(cs["b"], batuta.OutcomeSucceeded)})
+	st.must(err)
+	if res[0].Err != nil || res[1].Err != nil || res[0].Ready+res[1].Ready != 1 {
+		t.Fatalf("a and b succeeded in one batch: %+v, want h ready once", res)
+	}
+	h := st.claim(base, 10)
+	if got := claimNames(h); !reflect.DeepEqual(got, []string{"h"}) {
+		t.Fatalf("claim %v, want [h]", got)
+	}
+	st.completeOK(h[0], batuta.OutcomeSucceeded, nil, base)
+	r := st.complete(cs["c"], batuta.OutcomeUpstreamFailed, nil, "up", base)
+	if r.Err != nil || r.Ready != 1 || r.RunFinished != "" {
+		t.Fatalf("c upstream_failed: %+v, want f ready", r)
+	}
+	f := st.claim(base, 10)
+	if got := claimNames(f); !reflect.DeepEqual(got, []string{"f"}) {
+		t.Fatalf("claim %v, want [f]", got)
+	}
+	if r := st.completeOK(f[0], batuta.OutcomeSucceeded, nil, base); r.RunFinished != batuta.RunFailed {
+		t.Fatalf("run finished %q, want failed", r.RunFinished)
+	}
+	// No match: all succeed, the FireOn failed task waits for all three.
+	id2 := st.create("wf", "e2", []batuta.TaskSpec{
+		{Name: "a"}, {Name: "b"}, {Name: "f", Deps: []int{0, 1}, FireOn: batuta.TaskFailed},
+	})
+	cs = st.byTask(st.claim(base, 10))
+	if r := st.completeOK(cs["a"], batuta.OutcomeSucceeded, nil, base); r.Ready != 0 {
+		t.Fatalf("a succeeded: ready %d, want 0", r.Ready)
+	}
+	if got := st.claim(base, 10); len(got) != 0 {
+		t.Fatalf("claimed %v with b running", claimNames(got))
+	}
+	if r := st.completeOK(cs["b"], batuta.OutcomeSucceeded, nil, base); r.Ready != 1 {
+		t.Fatalf("b succeeded: ready %d, want 1", r.Ready)
+	}
+	f = st.claim(base, 10)
+	if len(f) != 1 || f[0].Task != "f" || f[0].RunID != id2 {
+		t.Fatalf("claim %+v, want f of the second run", f)
+	}
+	if r := st.completeOK(f[0], batuta.OutcomeSkipped, nil, base); r.RunFinished != batuta.RunSucceeded {
+		t.Fatalf("second run finished %q, want succeeded", r.RunFinished)
+	}
+	_ = id
+}
+
+// testFireEarlyCancel: canceling a run whose early task already finished
+// or is ready cancels what is pending, and the run ends canceled once the
+// running dependencies report.
+func testFireEarlyCancel(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{
+		{Name: "a"}, {Name: "b"},
+		{Name: "h", Deps: []int{0, 1}, FireOn: batuta.TaskSucceeded},
+		{Name: "after", Deps: []int{2}},
+	})
+	cs := st.byTask(st.claim(base, 10))
+	if r := st.completeOK(cs["a"], batuta.OutcomeSucceeded, nil, base); r.Ready != 1 {
+		t.Fatalf("a succeeded: ready %d, want 1", r.Ready)
+	}
+	ok, err := st.s.CancelRun(ctxT(t), id, "stop", base)
+	st.must(err)
+	if !ok {
+		t.Fatal("CancelRun returned false")
+	}
+	if got := st.claim(base, 10); len(got) != 0 {
+		t.Fatalf("claimed %v after cancel", claimNames(got))
+	}
+	r := st.get(id)
+	if taskState(r, "h") != batuta.TaskCanceled || taskState(r, "after") != batuta.TaskCanceled || r.Finished() {
+		t.Fatalf("after cancel: h %s after %s run %s", taskState(r, "h"), taskState(r, "after"), r.State)
+	}
+	if res := st.completeOK(cs["b"], batuta.OutcomeCanceled, nil, base); res.RunFinished != batuta.RunCanceled {
+		t.Fatalf("last running task reported: run finished %q, want canceled", res.RunFinished)
 	}
 }

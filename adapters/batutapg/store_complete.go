@@ -140,7 +140,7 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 		if err != nil {
 			return fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, err)
 		}
-	case batuta.OutcomeSkipped, batuta.OutcomeCanceled, batuta.OutcomeRelease, outcomeRescue:
+	case batuta.OutcomeSkipped, batuta.OutcomeUpstreamFailed, batuta.OutcomeCanceled, batuta.OutcomeRelease, outcomeRescue:
 	default:
 		return fmt.Errorf("batutapg: complete run %s task %s: unknown outcome %q", c.RunID, c.Task, c.Outcome)
 	}

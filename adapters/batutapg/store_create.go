@@ -212,6 +212,7 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 	tNDeps := make([]int32, 0, ntasks)
 	tSolo := make([]bool, 0, ntasks)
 	tDue := make([]time.Time, 0, ntasks)
+	tFire := make([]string, 0, ntasks)
 	var dependents [][]int
 	for k, i := range idx {
 		it := &items[i]
@@ -242,6 +243,7 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 			tNDeps = append(tNDeps, int32(len(ts.Deps)))
 			tSolo = append(tSolo, len(nr.Tasks) == 1)
 			tDue = append(tDue, due)
+			tFire = append(tFire, string(ts.FireOn))
 		}
 	}
 	created := make(map[[16]byte]bool, n)
@@ -249,7 +251,7 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 		clear(created)
 		return s.sendHot(ctx, false, func(b *pgx.Batch) {
 			b.Queue(s.q.createRuns, ids, wfs, eids, evs, cas, dls, counts,
-				tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue)
+				tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue, tFire)
 		}, func(br pgx.BatchResults) error {
 			rows, err := br.Query()
 			if err != nil {

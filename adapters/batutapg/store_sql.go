@@ -32,10 +32,10 @@ WITH r AS (
     ON CONFLICT DO NOTHING
     RETURNING id
 ), t AS (
-    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at)
-    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo, 'pending', v.due
-    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[])
-        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due)
+    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on)
+    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo, 'pending', v.due, v.fire_on
+    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on)
     WHERE v.run_id IN (SELECT id FROM r)
 )
 SELECT r.id FROM r`,
@@ -141,7 +141,7 @@ WITH i AS (
 ), m AS MATERIALIZED (
     SELECT i.*, t.idx,
         CASE
-            WHEN i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled') THEN i.outcome
+            WHEN i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN i.outcome
             WHEN i.outcome = 'rescue' AND t.rescues + 1 > $11 THEN 'failed'
             WHEN (SELECT r.canceled FROM {s}.runs r WHERE r.id = i.run_id) THEN 'canceled'
             ELSE 'pending'
@@ -150,7 +150,7 @@ WITH i AS (
     JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
     WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
       AND (i.lease_before IS NULL OR t.lease_until < i.lease_before)
-      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled', 'retry', 'snooze', 'release', 'rescue')
+      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'rescue')
 ), done AS (
     UPDATE {s}.tasks t SET
         state = m.new_state,
@@ -173,7 +173,7 @@ WITH i AS (
         END,
         due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
         -- kept on terminal states, so a repeated completion is recognised
-        token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'canceled') THEN t.token END,
+        token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
         owner = NULL,
         lease_until = NULL
     FROM m
@@ -181,21 +181,29 @@ WITH i AS (
       AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
     RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at
 ), cnt AS (
-    SELECT d.run_id, dep.idx, count(*) AS n, max(d.ord) AS ord
+    -- ok/bad: a dependency finished as succeeded / as a failure, for
+    -- the dependents that fire early on it (fire_on)
+    SELECT d.run_id, dep.idx, count(*) AS n, max(d.ord) AS ord,
+        bool_or(d.new_state = 'succeeded') AS ok,
+        bool_or(d.new_state IN ('failed', 'upstream_failed', 'canceled')) AS bad
     FROM done d CROSS JOIN LATERAL unnest(d.dependents) AS dep(idx)
     WHERE d.new_state <> 'pending'
     GROUP BY d.run_id, dep.idx
 ), dec AS (
-    UPDATE {s}.tasks t SET pending_deps = t.pending_deps - cnt.n
+    -- a task at 0 is ready already (or was made ready early): left
+    -- alone, so it is made ready once
+    UPDATE {s}.tasks t SET pending_deps = CASE
+            WHEN (t.fire_on = 'succeeded' AND cnt.ok) OR (t.fire_on = 'failed' AND cnt.bad) THEN 0
+            ELSE t.pending_deps - cnt.n END
     FROM cnt
-    WHERE t.run_id = cnt.run_id AND t.idx = cnt.idx
+    WHERE t.run_id = cnt.run_id AND t.idx = cnt.idx AND t.pending_deps > 0
     RETURNING cnt.ord, t.pending_deps = 0 AND t.state = 'pending' AS ready
 ), rc AS (
     -- plain aggregates only (an ORDER BY inside an aggregate sorts per
     -- group): the item reported as finishing a run, the token recorded as
     -- having finished it and the error summarising a failure are each
     -- one of the batch's items of that run
-    SELECT run_id, count(*) AS n, count(*) FILTER (WHERE new_state = 'failed') AS f, max(ord) AS ord,
+    SELECT run_id, count(*) AS n, count(*) FILTER (WHERE new_state IN ('failed', 'upstream_failed')) AS f, max(ord) AS ord,
         min(CASE WHEN new_state = 'failed' THEN format('task %s failed: %s', name, coalesce(err, '')) END) AS ferr,
         max(at) AS at, max(token) AS token
     FROM done WHERE new_state <> 'pending'
@@ -238,7 +246,7 @@ SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token T
 FROM i
 JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
 JOIN {s}.runs r0 ON r0.id = i.run_id
-WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'canceled') AND i.ord NOT IN (SELECT ord FROM done)
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') AND i.ord NOT IN (SELECT ord FROM done)
   AND t0.token = i.token AND t0.name = i.task AND t0.state = i.outcome
 UNION ALL
 SELECT 'n', 0, '', count(*) FROM (

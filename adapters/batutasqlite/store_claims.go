@@ -283,6 +283,8 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		next = batuta.TaskPending
 	case batuta.OutcomeSkipped:
 		next = batuta.TaskSkipped
+	case batuta.OutcomeUpstreamFailed:
+		next = batuta.TaskUpstreamFailed
 	case batuta.OutcomeCanceled:
 		next = batuta.TaskCanceled
 	default:
@@ -321,12 +323,15 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		return batuta.CompleteResult{}, nil
 	}
 	var res batuta.CompleteResult
-	if res.Ready, err = s.countDown(ctx, c.RunID, dependents); err != nil {
+	if res.Ready, err = s.countDown(ctx, c.RunID, dependents, next); err != nil {
 		return batuta.CompleteResult{}, err
 	}
 	failed, failErr := 0, ""
-	if next == batuta.TaskFailed {
+	switch next {
+	case batuta.TaskFailed:
 		failed, failErr = 1, fmt.Sprintf("task %s failed: %s", c.Task, c.Error)
+	case batuta.TaskUpstreamFailed:
+		failed = 1 // the failure upstream wrote the run's error
 	}
 	finishedAt := c.FinishedAt
 	if res.RunFinished, err = s.tasksDone(ctx, c.RunID, 1, failed, failErr, finishedAt); err != nil {
@@ -336,13 +341,15 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 }
 
 // countDown decrements the count of unfinished dependencies of the tasks
-// listed in dependents (a JSON array of indexes) and returns how many became
-// ready.
-func (s *Store) countDown(ctx context.Context, runID, dependents string) (int, error) {
+// listed in dependents (a JSON array of indexes), whose dependency just
+// finished in state done, and returns how many became ready: those whose
+// last dependency this was, and those that fire early on done
+// (TaskSpec.FireOn).
+func (s *Store) countDown(ctx context.Context, runID, dependents string, done batuta.TaskState) (int, error) {
 	if dependents == "[]" || dependents == "" {
 		return 0, nil
 	}
-	rows, err := s.st.countDown.QueryContext(ctx, runID, dependents)
+	rows, err := s.st.countDown.QueryContext(ctx, runID, dependents, fireClass(done))
 	if err != nil {
 		return 0, fmt.Errorf("batutasqlite: run %s: count down dependents: %w", runID, err)
 	}
@@ -361,6 +368,19 @@ func (s *Store) countDown(ctx context.Context, runID, dependents string) (int, e
 		return 0, fmt.Errorf("batutasqlite: run %s: count down dependents: %w", runID, err)
 	}
 	return ready, nil
+}
+
+// fireClass is the fire_on value a dependency finishing in state st
+// matches: "succeeded", "failed" (for every state that counts as a failure)
+// or "-" (matches none).
+func fireClass(st batuta.TaskState) string {
+	switch {
+	case st == batuta.TaskSucceeded:
+		return string(batuta.TaskSucceeded)
+	case st.CountsAsFailure():
+		return string(batuta.TaskFailed)
+	}
+	return "-"
 }
 
 // encodeOutput returns a task output as JSON text, or nil for no output.
@@ -456,7 +476,7 @@ func (s *Store) rescueBatch(ctx context.Context, now time.Time, maxRescues int) 
     token = NULL, owner = NULL, lease_until = NULL WHERE run_id = ? AND idx = ?`, string(state), reason, t.runID, t.idx); err != nil {
 				return fmt.Errorf("batutasqlite: fail %s/%s: %w", t.runID, t.name, err)
 			}
-			if _, err := s.countDown(ctx, t.runID, t.dependents); err != nil {
+			if _, err := s.countDown(ctx, t.runID, t.dependents, state); err != nil {
 				return err
 			}
 			if _, err := s.tasksDone(ctx, t.runID, 1, nfailed, failErr, now); err != nil {

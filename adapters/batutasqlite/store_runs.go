@@ -80,7 +80,7 @@ func (s *Store) CreateRun(ctx context.Context, run batuta.NewRun) (string, bool,
 		due := run.CreatedAt.Add(-newTaskLead).UnixNano()
 		for i, t := range run.Tasks {
 			if _, err := s.st.insertTask.ExecContext(ctx, run.ID, i, t.Name, run.Workflow,
-				deps[i], dependents[i], pending[i], due); err != nil {
+				deps[i], dependents[i], pending[i], due, string(t.FireOn)); err != nil {
 				return fmt.Errorf("batutasqlite: insert task %q: %w", t.Name, err)
 			}
 		}
@@ -158,7 +158,7 @@ func intsJSON(xs []int) string {
 
 // tasksDone counts finished tasks (failed of them failed) off the run and
 // finishes the run when none is left: canceled if it was canceled, failed if
-// any task failed, else succeeded (the order the in-memory store and
+// any task failed or is upstream_failed, else succeeded (the order the in-memory store and
 // batutapg use). It returns the final state, or "" if
 // the run is still unfinished. It runs inside a write transaction.
 func (s *Store) tasksDone(ctx context.Context, runID string, finished, failed int, failErr string, now time.Time) (batuta.RunState, error) {

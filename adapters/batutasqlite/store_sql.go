@@ -66,8 +66,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)
     ON CONFLICT (workflow, event_id) DO NOTHING`},
 		{&st.insertTask, `INSERT INTO batuta_tasks
-    (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at)
-    VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)`},
+    (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at, fire_on)
+    VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)`},
 		{&st.runByKey, `SELECT id FROM batuta_runs WHERE workflow = ? AND event_id = ?`},
 		{&st.activeRuns, `SELECT value FROM batuta_counters WHERE name = 'active_runs'`},
 		{&st.addActiveRuns, `UPDATE batuta_counters SET value = value + ? WHERE name = 'active_runs'`},
@@ -103,8 +103,12 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     attempts = CASE WHEN ?6 IS NULL THEN attempts ELSE json_insert(attempts, '$[#]', json(?6)) END,
     token = NULL, owner = NULL, lease_until = NULL
     WHERE run_id = ?7 AND idx = ?8`},
-		{&st.countDown, `UPDATE batuta_tasks SET pending_deps = pending_deps - 1
-    WHERE run_id = ? AND idx IN (SELECT value FROM json_each(?))
+		// ?3 is the finished dependency's class (fireClass). A task at 0
+		// is ready already (or was made ready early): it is left alone,
+		// so it is made ready once.
+		{&st.countDown, `UPDATE batuta_tasks SET pending_deps =
+        CASE WHEN fire_on <> '' AND fire_on = ?3 THEN 0 ELSE pending_deps - 1 END
+    WHERE run_id = ?1 AND idx IN (SELECT value FROM json_each(?2)) AND pending_deps > 0
     RETURNING pending_deps = 0 AND state = 'pending'`},
 		// ?1 tasks finished, ?2 of them failed, ?3 error of the first
 		// failure, ?4 run ID.

@@ -1,0 +1,14 @@
+-- batuta Store schema, version 2: upstream_failed and join rules that fire
+-- early.
+--
+-- tasks.state gains 'upstream_failed' (a task that never ran because a
+-- dependency failed; free text, so no change is needed for it), which
+-- runs.failed_tasks counts too.
+--
+-- fire_on is TaskSpec.FireOn: '' (ready once every dependency finished),
+-- 'succeeded' or 'failed' (ready as soon as one dependency finished in that
+-- class; 'failed' stands for failed, upstream_failed and canceled). A task
+-- made ready early has pending_deps set to 0, and pending_deps is only
+-- counted down while it is above 0, so it is made ready once. The default
+-- fills existing rows without rewriting the table.
+ALTER TABLE tasks ADD COLUMN fire_on text NOT NULL DEFAULT '';

@@ -1,0 +1,12 @@
+-- batutasqlite schema, version 2: join rules that fire early.
+--
+-- fire_on is TaskSpec.FireOn: '' (ready once every dependency finished),
+-- 'succeeded' or 'failed' (ready as soon as one dependency finished in that
+-- class: 'failed' stands for failed, upstream_failed and canceled). A task
+-- made ready early has pending_deps set to 0, and pending_deps is only
+-- counted down while it is above 0, so it is made ready once.
+--
+-- Task states gain 'upstream_failed' (a task that never ran because a
+-- dependency failed); the state column is free text, so nothing changes
+-- for it. batuta_runs.failed_tasks counts upstream_failed tasks too.
+ALTER TABLE batuta_tasks ADD COLUMN fire_on TEXT NOT NULL DEFAULT '';
