@@ -2,6 +2,7 @@ package batutaamqp
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -89,6 +90,8 @@ func TestRedeliveryKeepsDerivedID(t *testing.T) {
 			if tc.cfg != nil {
 				tc.cfg(&cfg)
 			}
+			logs := &lockedBuffer{}
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 			q := openQueue(t, brokerURL(), cfg)
@@ -115,6 +118,7 @@ func TestRedeliveryKeepsDerivedID(t *testing.T) {
 				last := receiveN(t, ctx, q, 1)[0]
 				require.Equal(t, requeued.ID, last.ID)
 				require.NoError(t, q.Ack(ctx, last))
+				require.Equal(t, 1, strings.Count(logs.String(), "got a random ID"), "warned once: %s", logs.String())
 				return
 			}
 			require.NoError(t, q.Nack(ctx, first, 0)) // the broker's requeue
@@ -132,8 +136,27 @@ func TestRedeliveryKeepsDerivedID(t *testing.T) {
 				require.Equal(t, typ, fourth.Headers["type"])
 			}
 			require.NoError(t, q2.Ack(ctx, fourth))
+			require.NotContains(t, logs.String(), "random ID")
 		})
 	}
+}
+
+// lockedBuffer collects log output written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // runsOnce is an orchestrator with one function, process-order, counting
