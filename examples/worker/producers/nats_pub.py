@@ -23,6 +23,9 @@ Usage:
     nats_pub.py -s nats://127.0.0.1:4222 -H 'Nats-Msg-Id: order-7' \\
         -H 'type: order.created' batuta.orders '{"id":7,"total_cents":700}'
 
+The server URL may carry credentials (nats://user:pass@host:4222, or
+nats://token@host:4222); TLS is not supported by this sketch.
+
 The batutanats adapter's subject for Config{Stream: "orders"} is
 "batuta.orders". See docs/queues-redis-nats.md, "Producing from other
 languages".
