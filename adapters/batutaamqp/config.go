@@ -32,6 +32,10 @@ const (
 	DefaultReconnectMax         = 10 * time.Second
 	DefaultMaxInFlightPublishes = 1024
 	DefaultDialTimeout          = 30 * time.Second
+	// DefaultIDHeader is the header Config.IDHeader defaults to: the message
+	// ID of a message published without the message-id property, e.g. by
+	// amqp-publish -H "batuta-event-id: order-7".
+	DefaultIDHeader = "batuta-event-id"
 )
 
 // DefaultDelayBuckets are the waits a Nack delay is rounded up to when
@@ -149,6 +153,36 @@ type Config struct {
 	// of the attempt.
 	AMQP amqp.Config
 
+	// IDHeader names the header that gives a received message its ID when
+	// the message has no message-id property (some clients, amqp-publish
+	// among them, cannot set it). The ID of a received message is, in
+	// order: the message-id property; else this header's value (a string);
+	// else, with ContentID, a hash of the body and headers; else a random
+	// ID. The queue trigger uses the ID as event ID, and the orchestrator
+	// runs one event ID once: a message whose ID is random runs again when
+	// the broker redelivers it. Default DefaultIDHeader
+	// ("batuta-event-id"); "-" consults no header. Names starting with
+	// "x-batuta-" are refused.
+	IDHeader string
+
+	// ContentID gives a message with neither a message-id nor the IDHeader
+	// the ID "sha256:<64 hex digits>": the SHA-256 of its body and of the
+	// headers named by ContentIDHeaders. A redelivery then keeps its ID
+	// (and runs once), and so does a copy re-sent by the producer with
+	// the same content; but two different messages with the same content
+	// become one event, so enable it only when equal content means the
+	// same message. Default false: such a message gets a random ID, and
+	// the adapter logs a warning once per Queue.
+	ContentID bool
+
+	// ContentIDHeaders are the headers ContentID hashes with the body. A
+	// listed header that a message lacks counts as absent (not as empty).
+	// Default nil: every header shown in Message.Headers (the string
+	// headers other than the broker's and the adapter's). List them to
+	// leave out headers that differ between sends of one message, such
+	// as a trace ID or a send timestamp.
+	ContentIDHeaders []string
+
 	// Logger receives reconnection and settlement warnings. Default
 	// slog.Default().
 	Logger *slog.Logger
@@ -185,6 +219,10 @@ func (c Config) withDefaults() Config {
 	if c.MaxInFlightPublishes == 0 {
 		c.MaxInFlightPublishes = DefaultMaxInFlightPublishes
 	}
+	if c.IDHeader == "" {
+		c.IDHeader = DefaultIDHeader
+	}
+	c.ContentIDHeaders = slices.Clone(c.ContentIDHeaders)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -224,6 +262,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxInFlightPublishes < 0 {
 		return &batuta.ConfigError{Field: "MaxInFlightPublishes", Reason: "must not be negative"}
+	}
+	if strings.HasPrefix(c.IDHeader, reservedPrefix) || brokerHeader(c.IDHeader) {
+		return &batuta.ConfigError{Field: "IDHeader", Reason: fmt.Sprintf("%q is a header the adapter or the broker sets", c.IDHeader)}
 	}
 	if c.AMQP.Recovery != nil {
 		return &batuta.ConfigError{Field: "AMQP.Recovery", Reason: "must be nil: the adapter reconnects by itself (amqp091 recovery reuses channels whose delivery tags restart)"}

@@ -23,6 +23,18 @@
 // redelivers an already processed message: the queue trigger uses the
 // message ID as event ID, so the orchestrator deduplicates the run.
 //
+// # Message IDs
+//
+// The ID of a received message (the queue trigger's event ID, by which the
+// orchestrator runs a message once however often it is delivered) is its
+// message-id property; else the value of the header Config.IDHeader
+// ("batuta-event-id" by default), for clients that cannot set message-id;
+// else, with Config.ContentID, "sha256:" and the hash of its body and
+// headers; else a random ID, logged once as a warning, which changes when
+// the broker redelivers the message. The adapter writes the ID it derived
+// into the message-id of every copy it republishes (delays, dead letters).
+// See docs/queues-amqp.md, "Producing from other languages".
+//
 // Order: RabbitMQ queues are FIFO and one consumer receives messages in
 // queue order until one is redelivered (a requeued or delayed message goes
 // behind the others) or until the automatic prefetch grew (see

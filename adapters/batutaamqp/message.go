@@ -2,7 +2,11 @@ package batutaamqp
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -154,28 +158,102 @@ func intHeader(v any) (int, bool) {
 	return 0, false
 }
 
-// fromDelivery decodes a received AMQP message. Headers other than string
-// (or byte string) values, and the adapter's and broker's own, are left
-// out of Message.Headers.
+// noIDHeader as Config.IDHeader consults no header.
+const noIDHeader = "-"
+
+// contentIDPrefix starts the IDs that Config.ContentID derives.
+const contentIDPrefix = "sha256:"
+
+// stampID gives a received message without a message-id property the ID
+// that Config.IDHeader documents (the IDHeader's value, else with
+// ContentID the hash of its content, else a random ID) and writes it into
+// d.MessageId, where fromDelivery reads it. A copy the adapter republishes
+// (to a wait queue on Nack with a delay, back to a classic queue on a
+// visibility timeout, to the dead-letter exchange) then carries the same
+// ID as its message-id, so only a redelivery by the broker itself can
+// change a random ID. It reports whether the ID is random.
+func stampID(cfg *Config, d *amqp.Delivery) (random bool) {
+	if d.MessageId != "" {
+		return false
+	}
+	if cfg.IDHeader != noIDHeader {
+		if id := stringHeader(d.Headers[cfg.IDHeader]); id != "" {
+			d.MessageId = id
+			return false
+		}
+	}
+	if cfg.ContentID {
+		d.MessageId = contentID(d, cfg.ContentIDHeaders)
+		return false
+	}
+	d.MessageId = newMessageID()
+	return true
+}
+
+// contentID returns "sha256:" and the hex SHA-256 of the body and of the
+// headers named in only (nil: every header fromDelivery keeps), each as a
+// length-prefixed name and value, in name order. The encoding never
+// changes: a message redelivered across an upgrade keeps its ID.
+func contentID(d *amqp.Delivery, only []string) string {
+	h := sha256.New()
+	field := func(b []byte) {
+		h.Write(binary.AppendUvarint(nil, uint64(len(b))))
+		h.Write(b)
+	}
+	field(d.Body)
+	names := make([]string, 0, len(d.Headers))
+	for k, v := range d.Headers {
+		if !userHeader(k, v) || (only != nil && !slices.Contains(only, k)) {
+			continue
+		}
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		field([]byte(k))
+		field([]byte(stringHeader(d.Headers[k])))
+	}
+	return contentIDPrefix + hex.EncodeToString(h.Sum(nil))
+}
+
+// userHeader reports whether a header is shown in Message.Headers: a
+// string (or byte string) header that neither the adapter nor the broker
+// set.
+func userHeader(k string, v any) bool {
+	if strings.HasPrefix(k, reservedPrefix) || brokerHeader(k) {
+		return false
+	}
+	switch v.(type) {
+	case string, []byte:
+		return true
+	}
+	return false
+}
+
+// stringHeader returns a string (or byte string) header's value, or "".
+func stringHeader(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	}
+	return ""
+}
+
+// fromDelivery decodes a received AMQP message (its ID stamped by stampID).
+// Headers other than string (or byte string) values, and the adapter's and
+// broker's own, are left out of Message.Headers.
 func fromDelivery(d *amqp.Delivery) batuta.Message {
 	msg := batuta.Message{ID: d.MessageId, Body: d.Body}
 	for k, v := range d.Headers {
-		if strings.HasPrefix(k, reservedPrefix) || brokerHeader(k) {
-			continue
-		}
-		var s string
-		switch v := v.(type) {
-		case string:
-			s = v
-		case []byte:
-			s = string(v)
-		default:
+		if !userHeader(k, v) {
 			continue
 		}
 		if msg.Headers == nil {
 			msg.Headers = make(map[string]string, len(d.Headers))
 		}
-		msg.Headers[k] = s
+		msg.Headers[k] = stringHeader(v)
 	}
 	if s, ok := d.Headers[headerTime].(string); ok {
 		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {

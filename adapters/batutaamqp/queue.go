@@ -39,6 +39,8 @@ type Queue struct {
 	closeMu  sync.Mutex // serializes Close
 
 	reconnects atomic.Int64
+	// randomIDWarned is set once a message got a random ID (logged once).
+	randomIDWarned atomic.Bool
 
 	mu     sync.Mutex
 	sess   *session      // the live session, nil while reconnecting
@@ -440,6 +442,13 @@ func (q *Queue) Receive(ctx context.Context, max int) ([]batuta.Delivery, error)
 				batch = append(batch, d)
 			default:
 				break more
+			}
+		}
+		for i := range batch {
+			if stampID(&q.cfg, &batch[i]) && !q.randomIDWarned.Swap(true) {
+				q.log.Warn("batutaamqp: a message without message-id property got a random ID: "+
+					"if the broker redelivers it, it runs again. Set message-id, or the IDHeader header, or Config.ContentID",
+					"queue", q.cfg.Queue, "id_header", q.cfg.IDHeader, "id", batch[i].MessageId)
 			}
 		}
 		rs, ok := s.handOut(batch)

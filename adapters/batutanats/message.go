@@ -58,9 +58,23 @@ func validHeader(k, v string) error {
 	return nil
 }
 
-// decodeMessage turns a JetStream message into a Message. A message
-// published by another producer gets "<stream>-<sequence>" as ID when it
-// has no Nats-Msg-Id, and the stream's timestamp as Time.
+// decodeMessage turns a JetStream message into a Message.
+//
+// The message ID (the queue trigger's event ID, which the orchestrator runs
+// once) is the Batuta-Id header (set on the adapter's dead letters), else
+// the Nats-Msg-Id header, else fallbackID: "<stream>-<stream sequence>-<the
+// stored time in Unix nanoseconds>". Every redelivery of a stored message
+// has the same sequence and stored time, so its ID never changes; the time
+// keeps the ID of a message in a deleted and re-created stream (whose
+// sequences start again at 1) from matching an older message's, which the
+// orchestrator would take for a duplicate and never run. A producer that
+// may send one message twice sets Nats-Msg-Id: the stream drops the second
+// copy within its duplicate window, and the orchestrator runs the event ID
+// once after it.
+//
+// Time is the Batuta-Time header (RFC 3339) if valid, else the stored time.
+// Headers other than Nats-* and Batuta-Id/Batuta-Time become
+// Message.Headers (first value of each).
 func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message {
 	var msg batuta.Message
 	h := m.Headers()
@@ -69,7 +83,7 @@ func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message 
 		msg.ID = h.Get(nats.MsgIdHdr)
 	}
 	if msg.ID == "" {
-		msg.ID = meta.Stream + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+		msg.ID = fallbackID(meta)
 	}
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderTime)); err == nil {
 		msg.Time = t
@@ -89,4 +103,10 @@ func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message 
 		msg.Headers[k] = vs[0]
 	}
 	return msg
+}
+
+// fallbackID is the ID of a message without Nats-Msg-Id (see decodeMessage).
+func fallbackID(meta *jetstream.MsgMetadata) string {
+	return meta.Stream + "-" + strconv.FormatUint(meta.Sequence.Stream, 10) +
+		"-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 10)
 }

@@ -59,7 +59,8 @@
 // Fields: "id" (Message.ID), "body", "time" (RFC 3339, nanoseconds),
 // "headers" (a JSON object, omitted when empty) and "attempts" (deliveries
 // spent by earlier copies, absent for a fresh message). Entries written by
-// other producers are accepted: a missing "id" becomes the stream entry ID,
-// a missing "time" the entry ID's timestamp, and unknown fields become
-// headers.
+// other producers are accepted: a missing or empty "id" becomes the stream
+// entry ID (kept by every redelivery and re-added copy), a missing "time"
+// the entry ID's timestamp, and unknown fields become headers. See
+// docs/queues-redis-nats.md, "Producing from other languages".
 package batutaredis

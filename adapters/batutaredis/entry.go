@@ -43,8 +43,17 @@ func encodeMessage(msg batuta.Message, attempts int) ([]any, error) {
 
 // decodeEntry turns a stream entry into a Message and the attempts spent
 // by its earlier copies. It never fails: a foreign entry becomes a message
-// whose ID is the entry ID, whose Time is the entry ID's timestamp and
-// whose unknown fields are headers.
+// whose unknown fields are headers (so a "type" field is the queue
+// trigger's event type) and whose Time is the entry ID's timestamp unless
+// a "time" field holds an RFC 3339 time.
+//
+// The message ID (the queue trigger's event ID, which the orchestrator
+// runs once) is the "id" field; an entry without one, or with an empty
+// one, gets its entry ID. That ID is stable: a redelivery of the pending
+// entry keeps the entry, and the copies the adapter re-adds on Nack, on
+// Close and for dead letters carry it in their "id" field. A producer that
+// may send one message twice (a retry after a lost reply) sets "id" so
+// that both copies are one event.
 func decodeEntry(entryID string, values map[string]any) (batuta.Message, int) {
 	var msg batuta.Message
 	attempts := 0

@@ -58,9 +58,10 @@ return out
 // requeueScript: KEYS[1] stream, KEYS[2] delayed set; ARGV[5] attempts
 // spent (written into the copy), ARGV[6] delay in ms, ARGV[7] MAXLEN (0:
 // none), ARGV[8] "1" to XDEL the original. The copy gets "id" set (from the
-// entry ID if the producer wrote none) and "attempts" replaced. Returns 0
-// (re-added now), 1 (scheduled), 2 (the entry was trimmed: acked, nothing
-// to re-add), or the fence's -1 or -2.
+// entry ID if the producer wrote none or an empty one: the message keeps
+// its ID across nacks) and "attempts" replaced. Returns 0 (re-added now), 1
+// (scheduled), 2 (the entry was trimmed: acked, nothing to re-add), or the
+// fence's -1 or -2.
 var requeueScript = redis.NewScript(fence + `
 local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
@@ -70,8 +71,8 @@ local f = e[1][2]
 local out = {}
 local hasID = false
 for i = 1, #f, 2 do
-  if f[i] == 'id' then hasID = true end
-  if f[i] ~= 'attempts' then
+  if f[i] == 'id' and f[i+1] ~= '' then hasID = true end
+  if f[i] ~= 'attempts' and not (f[i] == 'id' and f[i+1] == '') then
     out[#out+1] = f[i]
     out[#out+1] = f[i+1]
   end

@@ -1,13 +1,22 @@
-// Command worker shows a producer and competing workers on the in-memory
-// queue. Two workers (two orchestrators, as two processes would be) consume
-// the same queue through a queue trigger each and run the process-order
-// function for every message. One message is poison: its handler fails on
-// every attempt, so after the last attempt it lands in the dead-letter
-// handler, while every other order is processed. A second, malformed
-// message never becomes a run: the trigger dead-letters it at once.
+// Command worker shows a producer and competing workers on a queue. Two
+// workers (two orchestrators, as two processes would be) consume the same
+// queue through a queue trigger each and run the process-order function for
+// every message. One message is poison: its handler fails on every attempt,
+// so after the last attempt it lands in the dead-letter handler, while every
+// other order is processed. A second, malformed message never becomes a
+// run: the trigger dead-letters it at once.
 //
 //	go run ./examples/worker                 # in-memory queue
 //	go run ./examples/worker -broker redis   # or nats, amqp (local servers; -url to choose)
+//
+// With -serve it runs no demo producer: the workers consume until SIGINT or
+// SIGTERM, printing each message, so that another producer (redis-cli
+// XADD, examples/worker/producers/nats_pub.py, amqp-publish) can drive
+// them. -queue NAME fixes the queue (Redis stream NAME, NATS stream NAME
+// with subject batuta.NAME, RabbitMQ queue NAME) and keeps it at exit; the
+// README's "Examples" section has the commands.
+//
+//	go run ./examples/worker -broker redis -serve -queue orders
 package main
 
 import (
@@ -16,6 +25,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,6 +33,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -36,11 +47,26 @@ type Order struct {
 
 const orders = 40
 
+// options are the command-line flags.
+type options struct {
+	broker string // memory, redis, nats or amqp
+	url    string // broker URL; "" for the local server
+	queue  string // fixed queue name; "" for a random one, deleted at exit
+	serve  bool   // consume until ctx ends instead of running the demo
+}
+
 func main() {
-	kind := flag.String("broker", "memory", "queue: memory, redis, nats or amqp")
-	url := flag.String("url", "", "broker URL (default: the local server)")
+	var opt options
+	flag.StringVar(&opt.broker, "broker", "memory", "queue: memory, redis, nats or amqp")
+	flag.StringVar(&opt.url, "url", "", "broker URL (default: the local server)")
+	flag.StringVar(&opt.queue, "queue", "", "queue name: Redis stream, NATS stream (subject batuta.NAME) or RabbitMQ queue; "+
+		"kept at exit (default: a random name, deleted at exit)")
+	flag.BoolVar(&opt.serve, "serve", false, "no demo: consume until SIGINT/SIGTERM, printing each message (feed it with "+
+		"redis-cli XADD, examples/worker/producers/nats_pub.py or amqp-publish)")
 	flag.Parse()
-	if err := run(*kind, *url); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opt, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(1)
 	}
@@ -53,6 +79,7 @@ type deadLetters struct {
 	mu   sync.Mutex
 	seen map[string]batuta.DeadLetter // by event ID: a dead letter may repeat after a crash
 	got  chan struct{}
+	out  io.Writer
 }
 
 func (d *deadLetters) HandleDeadLetter(_ context.Context, dl batuta.DeadLetter) error {
@@ -62,27 +89,28 @@ func (d *deadLetters) HandleDeadLetter(_ context.Context, dl batuta.DeadLetter) 
 		return nil
 	}
 	d.seen[dl.Event.ID] = dl
-	fmt.Printf("dead letter: message %s (%s after %d attempts): %s\n", dl.Event.ID, dl.Reason, dl.Attempts, dl.Error)
-	d.got <- struct{}{}
+	fmt.Fprintf(d.out, "dead letter: message %s (%s after %d attempts): %s\n", dl.Event.ID, dl.Reason, dl.Attempts, dl.Error)
+	select {
+	case d.got <- struct{}{}:
+	default: // -serve: nobody counts them
+	}
 	return nil
 }
 
-func run(kind, url string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+// run runs the demo, or with opt.serve the workers alone until ctx ends,
+// writing what happens to out.
+func run(ctx context.Context, opt options, out io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if opt.serve && opt.broker == "memory" {
+		return errors.New("-serve needs a broker another program can write to: -broker redis, nats or amqp")
+	}
 
-	b, err := openBroker(kind, url)
+	b, err := openBroker(opt.broker, opt.url, opt.queue)
 	if err != nil {
 		return err
 	}
 	defer b.cleanup(context.WithoutCancel(ctx))
-	queue, err := b.open(ctx) // the producer's handle
-	if err != nil {
-		return err
-	}
-	defer queue.Close()
-	dead := &deadLetters{seen: map[string]batuta.DeadLetter{}, got: make(chan struct{}, 4)}
+	dead := &deadLetters{seen: map[string]batuta.DeadLetter{}, got: make(chan struct{}, 4), out: out}
 	var processed atomic.Int64
 	perWorker := make([]atomic.Int64, 2)
 
@@ -98,8 +126,12 @@ func run(kind, url string) error {
 			h.Close()
 		}
 	}()
+	// The workers share one store, as two processes would share one
+	// database (batutapg): a message delivered to both, or sent twice with
+	// the same ID, starts one run.
+	store := batuta.NewMemoryStore(batuta.MemoryStoreConfig{})
 	for w := range perWorker {
-		o, err := batuta.New(batuta.Config{Logger: logger, Workers: 4})
+		o, err := batuta.New(batuta.Config{Store: store, Logger: logger, Workers: 4})
 		if err != nil {
 			return err
 		}
@@ -115,6 +147,12 @@ func run(kind, url string) error {
 			}
 			processed.Add(1)
 			perWorker[w].Add(1)
+			if opt.serve {
+				in, _ := batuta.InputFromContext(ctx)
+				ev := in.Event()
+				fmt.Fprintf(out, "worker %d: processed order %d (message %s, type %q, total %d cents)\n",
+					w+1, order.ID, ev.ID, ev.Type, order.TotalCents)
+			}
 			return "order " + strconv.Itoa(order.ID) + " packed", nil
 		})
 		if err != nil {
@@ -133,6 +171,9 @@ func run(kind, url string) error {
 			Logger:        logger,
 			// Reject what is not an order before it becomes a run.
 			Event: func(d batuta.Delivery) (batuta.Event, error) {
+				if opt.serve {
+					fmt.Fprintf(out, "worker %d: received message %s (attempt %d)\n", w+1, d.ID, d.Attempt)
+				}
 				if !json.Valid(d.Body) {
 					return batuta.Event{}, errors.New("body is not JSON")
 				}
@@ -154,7 +195,25 @@ func run(kind, url string) error {
 		}()
 	}
 
+	if opt.serve {
+		fmt.Fprintf(out, "serving %s; stop with Ctrl-C or SIGTERM\n", b.describe)
+		<-ctx.Done()
+		cancel()
+		wg.Wait()
+		dead.mu.Lock()
+		n := len(dead.seen)
+		dead.mu.Unlock()
+		fmt.Fprintf(out, "stopped: processed %d orders (worker 1: %d, worker 2: %d), %d dead letters\n",
+			processed.Load(), perWorker[0].Load(), perWorker[1].Load(), n)
+		return nil
+	}
+
 	// The producer: orders, one poison order, one malformed message.
+	queue, err := b.open(ctx) // the producer's handle
+	if err != nil {
+		return err
+	}
+	defer queue.Close()
 	for i := 1; i <= orders; i++ {
 		total := int64(100 * i)
 		if i == 13 {
@@ -184,8 +243,8 @@ func run(kind, url string) error {
 		case <-time.After(5 * time.Millisecond): // polling a counter for the demo's exit
 		}
 	}
-	fmt.Printf("broker %s: processed %d orders (worker 1: %d, worker 2: %d)\n",
-		kind, processed.Load(), perWorker[0].Load(), perWorker[1].Load())
+	fmt.Fprintf(out, "broker %s: processed %d orders (worker 1: %d, worker 2: %d)\n",
+		opt.broker, processed.Load(), perWorker[0].Load(), perWorker[1].Load())
 	ids := make([]string, 0, len(dead.seen))
 	dead.mu.Lock()
 	for id := range dead.seen {
@@ -193,7 +252,7 @@ func run(kind, url string) error {
 	}
 	dead.mu.Unlock()
 	sort.Strings(ids)
-	fmt.Printf("dead letters: %v\n", ids)
+	fmt.Fprintf(out, "dead letters: %v\n", ids)
 	if processed.Load() != orders-1 || len(ids) != 2 {
 		return fmt.Errorf("want %d orders processed and 2 dead letters", orders-1)
 	}
