@@ -78,10 +78,13 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 //
 // "@every d" (d >= 1ms, time.ParseDuration syntax) fires every d of elapsed
 // time, ignoring wall clocks, time zones and daylight saving time. Its ticks
-// are anchored at the zero time.Time (January 1, year 1, 00:00 UTC), not at
-// process start: every process computes the same ticks (so a tick's event ID
-// is the same on every node), "@every 1h" fires on the hour of UTC, and
-// "@every 24h" at midnight UTC.
+// are the whole multiples of d since the Unix epoch (1970-01-01T00:00:00Z),
+// as in Temporal's interval schedules, not counted from process start: every
+// process computes the same ticks (so a tick's event ID is the same on every
+// node, and agrees with other systems anchored on the epoch), "@every 1h"
+// fires on the hour of UTC, "@every 24h" at midnight UTC, and "@every 7h" at
+// 00:00, 07:00, 14:00 and 21:00 UTC on 1 January 1970 and every 7 hours
+// since.
 //
 // # Time zones
 //

@@ -39,7 +39,7 @@ func checkNext(t *testing.T, tc nextCase) {
 			got = append(got, "")
 			break
 		}
-		got = append(got, cur.Format(time.RFC3339))
+		got = append(got, cur.Format(time.RFC3339Nano))
 	}
 	require.Equal(t, tc.want, got, "%s from %s", tc.spec, tc.from)
 }
@@ -80,6 +80,15 @@ func TestParseScheduleSyntax(t *testing.T) {
 		{spec: "@annually", from: mon, want: []string{"2027-01-01T00:00:00Z"}},
 		{spec: "@every 90s", from: mon, want: []string{"2026-03-02T10:01:30Z", "2026-03-02T10:03:00Z"}},
 		{spec: "@every 1h30m", from: mon, want: []string{"2026-03-02T10:30:00Z", "2026-03-02T12:00:00Z"}},
+		// "@every" is anchored on the Unix epoch (as Temporal's intervals):
+		// intervals that do not divide a day show the difference from an
+		// anchor at year 1 (which gave 11:00 and 10:04 here).
+		{spec: "@every 7h", from: mon, want: []string{"2026-03-02T16:00:00Z", "2026-03-02T23:00:00Z"}},
+		{spec: "@every 13m", from: mon, want: []string{"2026-03-02T10:11:00Z", "2026-03-02T10:24:00Z"}},
+		{spec: "@every 7h", from: "1970-01-01T00:00:00Z", want: []string{"1970-01-01T07:00:00Z"}},
+		{spec: "@every 7h", from: "1969-12-31T20:00:00Z", want: []string{"1970-01-01T00:00:00Z"}},
+		{spec: "@every 1500ms", from: "1969-12-31T23:59:59.2Z", want: []string{"1970-01-01T00:00:00Z", "1970-01-01T00:00:01.5Z"}},
+		{spec: "@every 8760h", from: "2400-06-01T00:00:00Z", want: []string{"2400-09-18T00:00:00Z"}},
 		// Time zones: results in the spec's zone.
 		{spec: "CRON_TZ=Europe/Madrid 0 9 * * *", from: mon, want: []string{"2026-03-03T09:00:00+01:00"}},
 		{spec: "TZ=America/New_York 0 9 * * *", from: mon, want: []string{"2026-03-02T09:00:00-05:00"}},

@@ -37,8 +37,9 @@ const maxPeriods = 4000
 //     twice fires only at its first occurrence.
 //
 // "@every d" ignores wall clocks: its activations are the instants that are
-// a whole multiple of d after the zero time.Time (January 1, year 1, UTC), so
-// every process computes the same ticks.
+// a whole multiple of d after the Unix epoch (1970-01-01T00:00:00Z), as in
+// Temporal's interval schedules, so every process (and every system anchored
+// the same way) computes the same ticks.
 func (e *Expr) Next(t time.Time) time.Time {
 	if e.never {
 		return time.Time{}
@@ -48,7 +49,7 @@ func (e *Expr) Next(t time.Time) time.Time {
 		loc = t.Location()
 	}
 	if e.every > 0 {
-		n := t.Truncate(e.every).Add(e.every)
+		n := t.Add(e.every - sinceEpochMod(t, e.every))
 		if !n.After(t) {
 			return time.Time{}
 		}
@@ -102,6 +103,19 @@ func (e *Expr) Next(t time.Time) time.Time {
 		c = endU
 	}
 	return time.Time{}
+}
+
+// sinceEpochMod returns the time elapsed since the last multiple of d
+// counted from the Unix epoch, in [0, d): (t - epoch) mod d, computed in 128
+// bits because t - epoch overflows a Duration beyond 292 years.
+func sinceEpochMod(t time.Time, d time.Duration) time.Duration {
+	sec := t.Unix() % int64(d) // |sec| < d, so sec*1e9 fits in 128 bits
+	if sec < 0 {
+		sec += int64(d)
+	}
+	hi, lo := bits.Mul64(uint64(sec), 1e9)
+	lo, carry := bits.Add64(lo, uint64(t.Nanosecond()), 0)
+	return time.Duration(bits.Rem64(hi+carry, lo, uint64(d)))
 }
 
 // offset returns the UTC offset of loc at the Unix time u.
