@@ -39,7 +39,7 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 //	second         0-59                    (six-field form only; 0 otherwise)
 //	minute         0-59
 //	hour           0-23
-//	day-of-month   1-31                    ?  L  L-n  LW  nW
+//	day-of-month   1-31                    ?  L  L-n  LW  L-nW  nW
 //	month          1-12 or JAN-DEC
 //	day-of-week    0-7 or SUN-SAT (0, 7 = Sunday)   ?  wL  w#k
 //
@@ -60,10 +60,15 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 //
 //	L     last day of the month             L-n   n days before the last day (n 0-30)
 //	LW    last weekday (Mon-Fri) of month   nW    the weekday nearest day n, within the month
-//	wL    last weekday w of the month       w#k   k-th weekday w of the month (k 1-5)
+//	L-nW  the weekday nearest L-n           wL    last weekday w of the month
+//	w#k   k-th weekday w of the month (k 1-5)
 //
-// "nW" never crosses a month boundary: 1W on a Saturday is Monday the 3rd,
-// and nW for a day the month does not have (31W in April) does not fire.
+// "nW" and "L-nW" never cross a month boundary, as in Quartz: 1W on a
+// Saturday is Monday the 3rd, LW (that is, L-0W) on a Sunday the 31st is
+// Friday the 29th, and nW for a day the month does not have (31W in April,
+// L-30W in a 30-day month) does not fire. They mix with other items:
+// "L-1W,L-1" fires on the weekday nearest the day before the last and on
+// that day itself.
 // "L" alone in day-of-week is refused as ambiguous (Quartz reads it as
 // Saturday); write "6L" or "SATL".
 //

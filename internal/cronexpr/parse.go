@@ -245,7 +245,7 @@ type domSpec struct {
 	star    bool   // unrestricted ("*", "?")
 	plain   uint32 // bits 1-31
 	lastOff uint32 // bit n: "L-n" (n days before the last day; "L" is n=0)
-	lastWD  bool   // "LW": last weekday (Mon-Fri) of the month
+	lastWD  uint32 // bit n: "L-nW", the weekday nearest L-n ("LW" is n=0)
 	nearWD  uint32 // bit n: "nW", the weekday nearest day n
 }
 
@@ -270,13 +270,21 @@ func parseDOM(field string) (domSpec, error) {
 		case up == "L":
 			s.lastOff |= 1
 		case up == "LW":
-			s.lastWD = true
+			s.lastWD |= 1
 		case strings.HasPrefix(up, "L-"):
-			n, ok := atoi(up[2:])
-			if !ok || n > 30 {
-				return s, errf(FieldDayOfMonth, item, "want L-n with n between 0 and 30")
+			num, w := up[2:], strings.HasSuffix(up, "W")
+			if w {
+				num = num[:len(num)-1]
 			}
-			s.lastOff |= 1 << n
+			n, ok := atoi(num)
+			if !ok || n > 30 {
+				return s, errf(FieldDayOfMonth, item, "want L-n or L-nW with n between 0 and 30")
+			}
+			if w {
+				s.lastWD |= 1 << n
+			} else {
+				s.lastOff |= 1 << n
+			}
 		case len(up) > 1 && strings.HasSuffix(up, "W"):
 			n, ok := atoi(up[:len(up)-1])
 			if !ok || n < 1 || n > 31 {
@@ -514,33 +522,32 @@ func daysOf(dom domSpec, dow dowSpec, length, w1 int) uint32 {
 				dm |= 1 << (length - n)
 			}
 		}
-		if dom.lastWD {
-			d := length
-			for weekday(d) == 0 || weekday(d) == 6 {
-				d--
-			}
-			dm |= 1 << d
-		}
-		for n := 1; n <= 31; n++ {
-			if dom.nearWD&(1<<n) == 0 || n > length {
-				continue
-			}
-			d := n
+		// The weekday (Monday to Friday) nearest day n, never crossing
+		// into another month, as in Quartz.
+		nearest := func(n int) int {
 			switch weekday(n) {
 			case 6: // Saturday: Friday before, or Monday after the 1st
 				if n == 1 {
-					d = 3
-				} else {
-					d = n - 1
+					return 3
 				}
+				return n - 1
 			case 0: // Sunday: Monday after, or Friday before the last day
 				if n == length {
-					d = n - 2
-				} else {
-					d = n + 1
+					return n - 2
 				}
+				return n + 1
 			}
-			dm |= 1 << d
+			return n
+		}
+		for n := 0; n <= 30; n++ {
+			if dom.lastWD&(1<<n) != 0 && length-n >= 1 {
+				dm |= 1 << nearest(length-n)
+			}
+		}
+		for n := 1; n <= 31; n++ {
+			if dom.nearWD&(1<<n) != 0 && n <= length {
+				dm |= 1 << nearest(n)
+			}
 		}
 	}
 
