@@ -98,6 +98,15 @@ const (
 	DefaultOverlapBuffer  = 10
 	cronRetryInitialDelay = 100 * time.Millisecond
 	cronRetryMaxDelay     = 10 * time.Second
+	// cronBurst: ticks less than this before the latest due tick are due
+	// together with it, on time, and never missed. These are the catch-up
+	// ticks of a jump forward of the clock (a fixed-time schedule runs each
+	// matching time the jump skipped, right after it; ParseSchedule puts
+	// them nanoseconds apart). It is below the shortest "@every" (1ms).
+	cronBurst = 100 * time.Microsecond
+	// cronMaxBurst bounds one burst: a jump of under 3 hours skips at most
+	// 10,800 whole seconds.
+	cronMaxBurst = 3*3600 + 1
 )
 
 // MissedPolicy says what a cron trigger does with missed ticks.
@@ -531,7 +540,8 @@ func (l *cronLoop) catchUp(last, now time.Time) {
 }
 
 // collectDue queues the ticks that came due since the cursor. The latest
-// one is on time; earlier ones were missed while the trigger was busy.
+// one is on time, with the burst of ticks due together with it (see
+// cronBurst); earlier ones were missed while the trigger was busy.
 func (l *cronLoop) collectDue() {
 	now := l.clock.Now()
 	latest := latestTicks(l.sched, l.cursor, now, 1)
@@ -539,15 +549,24 @@ func (l *cronLoop) collectDue() {
 		return // woken early
 	}
 	current := latest[0]
+	burstLo := current.Add(-cronBurst)
+	if burstLo.Before(l.cursor) {
+		burstLo = l.cursor
+	}
+	burst := ticksBefore(l.sched, burstLo, current, cronMaxBurst)
+	first := current
+	if len(burst) > 0 {
+		first = burst[0]
+	}
 	var missed []time.Time
 	if l.cfg.Missed.Action == MissedRunAll {
 		lo := l.cursor
 		if floor := now.Add(-l.cfg.Missed.Window); floor.After(lo) {
 			lo = floor
 		}
-		missed = latestTicks(l.sched, lo, current.Add(-time.Nanosecond), l.cfg.Missed.Max)
-	} else if len(l.queue) > 0 || l.sched.Next(l.cursor).Before(current) {
-		l.log.Warn("batuta: cron ticks missed while busy", "after", l.cursor, "before", current, "policy", l.cfg.Missed.Action.String())
+		missed = latestTicks(l.sched, lo, first.Add(-time.Nanosecond), l.cfg.Missed.Max)
+	} else if len(l.queue) > 0 || l.sched.Next(l.cursor).Before(first) {
+		l.log.Warn("batuta: cron ticks missed while busy", "after", l.cursor, "before", first, "policy", l.cfg.Missed.Action.String())
 		keep := l.queue[:0] // only the latest due tick fires (and buffered ones)
 		for _, t := range l.queue {
 			if t.buffered {
@@ -559,12 +578,25 @@ func (l *cronLoop) collectDue() {
 	for _, t := range missed {
 		l.queue = append(l.queue, dueTick{at: t, catchUp: true})
 	}
-	l.queue = append(l.queue, dueTick{at: current})
-	if max := l.cfg.Missed.Max + 1; len(l.queue) > max {
+	if max := l.cfg.Missed.Max; len(l.queue) > max { // Max missed, then the on-time ones
 		l.log.Warn("batuta: cron catch-up queue over its cap; dropping the oldest ticks", "dropped", len(l.queue)-max)
 		l.queue = append(l.queue[:0], l.queue[len(l.queue)-max:]...)
 	}
+	for _, t := range burst {
+		l.queue = append(l.queue, dueTick{at: t})
+	}
+	l.queue = append(l.queue, dueTick{at: current})
 	l.cursor = current
+}
+
+// ticksBefore returns the activations of s in (lo, hi), oldest first, at
+// most n of them.
+func ticksBefore(s Schedule, lo, hi time.Time, n int) []time.Time {
+	var out []time.Time
+	for t := s.Next(lo); len(out) < n && !t.IsZero() && t.After(lo) && t.Before(hi); t = s.Next(t) {
+		out = append(out, t)
+	}
+	return out
 }
 
 // handle applies the overlap policy to a due tick and fires it. It returns

@@ -317,8 +317,8 @@ func TestCronDSTThroughTheTrigger(t *testing.T) {
 		start time.Time
 		want  []string // event IDs
 	}{
-		{"spring forward: 02:30 fires once at 03:00 CEST", time.Date(2026, 3, 28, 12, 0, 0, 0, madrid),
-			[]string{"cron/backup/2026-03-29T01:00:00Z", "cron/backup/2026-03-30T00:30:00Z"}},
+		{"spring forward: 02:30 fires once, right after 03:00 CEST", time.Date(2026, 3, 28, 12, 0, 0, 0, madrid),
+			[]string{"cron/backup/2026-03-29T01:00:00.000001801Z", "cron/backup/2026-03-30T00:30:00Z"}},
 		{"fall back: 02:30 fires once, at its first occurrence", time.Date(2026, 10, 24, 12, 0, 0, 0, madrid),
 			[]string{"cron/backup/2026-10-25T00:30:00Z", "cron/backup/2026-10-26T01:30:00Z"}},
 	}
@@ -336,6 +336,39 @@ func TestCronDSTThroughTheTrigger(t *testing.T) {
 				ids = append(ids, ev.ID)
 			}
 			require.Equal(t, tc.want, ids)
+		})
+	}
+}
+
+// TestCronDSTCatchUpBurst: a fixed-time schedule whose matching times 02:00
+// and 02:30 both fall in Madrid's spring-forward gap runs once for each,
+// right after the gap (cronie's rule), even when the trigger wakes a little
+// late and finds both due: the catch-up ticks are due together, on time, and
+// the default MissedSkip does not drop the first as missed.
+func TestCronDSTCatchUpBurst(t *testing.T) {
+	t.Parallel()
+	madrid := mustLoad(t, "Europe/Madrid")
+	jump := time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC) // 02:00 CET -> 03:00 CEST
+	for _, late := range []time.Duration{0, 3 * time.Second} {
+		t.Run(late.String(), func(t *testing.T) {
+			t.Parallel()
+			h := startCron(t, CronConfig{Name: "backup", Spec: "0,30 2 * * *", Overlap: OverlapPolicy{Action: OverlapAllow}},
+				time.Date(2026, 3, 28, 12, 0, 0, 0, madrid), time.Time{})
+			deadline := h.clock.waitTimer(t)
+			require.True(t, deadline.Equal(jump.Add(time.Nanosecond)), "first deadline %s", deadline)
+			h.clock.Set(jump.Add(time.Nanosecond + late))
+			if late == 0 { // on time: the second tick gets its own timer
+				h.clock.fireNext(t)
+			}
+			h.runs.waitTicks(t, jump.Add(time.Nanosecond), jump.Add(1801*time.Nanosecond))
+			h.runs.mu.Lock()
+			var ids []string
+			for _, ev := range h.runs.fired {
+				ids = append(ids, ev.ID)
+				require.Empty(t, ev.Metadata[CronMetaCatchUp], "an on-time tick")
+			}
+			h.runs.mu.Unlock()
+			require.Equal(t, []string{"cron/backup/2026-03-29T01:00:00.000000001Z", "cron/backup/2026-03-29T01:00:00.000001801Z"}, ids)
 		})
 	}
 }

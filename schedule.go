@@ -100,25 +100,38 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 //
 // # Daylight saving time
 //
-// Next follows the wall clock of the zone, with the rules of Vixie cron and
-// cronie for the instants where the UTC offset jumps (daylight saving time
-// or any other change of offset):
+// Next follows the wall clock of the zone, with cronie's rules for the
+// instants where the UTC offset jumps (daylight saving time, or any other
+// change of offset): cron.c's main loop and find_jobs, and the man page
+// cron(8), "Daylight Saving Time and other time changes". The rule depends
+// on the spec's kind, read from its text as cronie does (entry.c sets
+// MIN_STAR or HR_STAR when the minute or hour field starts with '*'):
 //
-//   - Fixed-time schedules (the hour field does not cover all 24 hours): a
-//     matching time skipped by a jump forward fires once, right after the
-//     gap, at the instant of the jump (several skipped matches coalesce
-//     into that one tick); a matching time that occurs twice after a jump
-//     back fires only at its first occurrence.
-//   - Schedules whose hour field covers all 24 hours ("*", "*/1", "0-23"):
-//     they fire whenever the wall clock reads a matching time, so a skipped
-//     time does not fire and a repeated time fires twice. For the usual
-//     one-hour shift this keeps their elapsed-time rhythm exactly: "*/15 * * * *"
-//     fires every 15 minutes and "0 * * * *" every 60 minutes through both
-//     transitions. Where the shift is 30 minutes (Australia/Lord_Howe), the
-//     rhythm is kept for minute patterns invariant under a 30-minute shift
-//     ("*/5", "*/15", "0,30"...); others ("0 * * * *") see one interval of
-//     30 or 90 minutes, as their wall-clock alignment demands.
+//   - Fixed-time schedules, whose minute and hour fields both start with a
+//     digit ("30 2 * * *", "0,30 2 * * *", "0 0-23 * * *", "@daily"):
+//     each matching time that a jump forward skips fires once, right after
+//     the jump; several skipped times fire once each. To give each its own
+//     instant (and event ID), the one s seconds into the gap fires at the
+//     instant of the jump plus s+1 nanoseconds, after a match at the jump
+//     itself: in Madrid on 29 March 2026 (02:00 -> 03:00), "0,30 2 * * *"
+//     fires at 03:00:00.000000001 and 03:00:00.000001801 CEST. A matching
+//     time that a jump back repeats fires only at its first occurrence.
+//   - Wildcard schedules, whose minute or hour field starts with '*'
+//     ("*/15 * * * *", "0 * * * *", "0 */2 * * *", "*/10 2 * * *",
+//     "@hourly"): they follow the new wall clock. A skipped time does not
+//     fire and is not caught up; a repeated time fires in both copies.
+//   - Jumps forward of 3 hours or more, and back of more than 181 minutes,
+//     are taken as corrections of the clock: every schedule follows the
+//     new wall clock. Jumps forward of less than 5 minutes catch up
+//     wildcard schedules too.
 //   - "@every" ignores wall clocks altogether.
+//
+// cronie applies these rules in the daemon's time zone only (its CRON_TZ
+// jobs may miss or repeat runs at a transition); Next applies them in the
+// schedule's zone. The man page says the special handling covers "jobs that
+// run with a granularity greater than one hour", but the code (which this
+// follows) looks only at the first character of the fields: "0 */2 * * *"
+// is a wildcard job.
 //
 // # Errors
 //

@@ -165,43 +165,79 @@ func TestScheduleCalendarEdges(t *testing.T) {
 	}
 }
 
+// TestScheduleDST checks cronie's rules (cron.c, the wake-up cases of the
+// main loop; entry.c, MIN_STAR and HR_STAR): a fixed-time job runs each
+// matching time skipped by a jump forward right after the jump (the k-th
+// one, s seconds into the gap, at the jump + s+1 ns), and a repeated time
+// once; a wildcard job (minute or hour field starting with '*') follows the
+// new wall clock: no catch-up, and both copies of a repeated time.
 func TestScheduleDST(t *testing.T) {
 	t.Parallel()
 	cases := []nextCase{
 		// Europe/Madrid 2026: 02:00 CET -> 03:00 CEST on March 29; 03:00 CEST -> 02:00 CET on October 25.
-		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"}},
-		{spec: "0 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"}},
-		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"}},
-		{spec: "0 2,3 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"}},
-		{spec: "0 */2 * * *", zone: "Europe/Madrid", from: "2026-03-29T00:30:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"}},
+		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00.000001801+02:00", "2026-03-30T02:30:00+02:00"}},
+		{spec: "0 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00.000000001+02:00", "2026-03-30T02:00:00+02:00"}},
+		// Several skipped matches: one run each, right after the gap.
+		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00.000000001+02:00", "2026-03-29T03:00:00.000001801+02:00", "2026-03-30T02:00:00+02:00"}},
+		{spec: "0-59/30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00.000000001+02:00", "2026-03-29T03:00:00.000001801+02:00", "2026-03-30T02:00:00+02:00"}},
+		{spec: "*/20 30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00.000001801+02:00", "2026-03-29T03:00:00.000001821+02:00", "2026-03-29T03:00:00.000001841+02:00", "2026-03-30T02:30:00+02:00"}},
+		// A match at the jump itself, then the skipped one.
+		{spec: "0 2,3 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-29T03:00:00.000000001+02:00", "2026-03-30T02:00:00+02:00"}},
+		{spec: "0 0-23 * * *", zone: "Europe/Madrid", from: "2026-03-29T01:30:00+01:00", want: []string{"2026-03-29T03:00:00+02:00", "2026-03-29T03:00:00.000000001+02:00", "2026-03-29T04:00:00+02:00"}},
+		// Started between the catch-up ticks, or on one.
+		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-29T03:00:00+02:00", want: []string{"2026-03-29T03:00:00.000000001+02:00"}},
+		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-29T03:00:00.000000001+02:00", want: []string{"2026-03-29T03:00:00.000001801+02:00", "2026-03-30T02:00:00+02:00"}},
+		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-29T03:00:00.0000009+02:00", want: []string{"2026-03-29T03:00:00.000001801+02:00"}},
+		{spec: "0,30 2 * * *", zone: "Europe/Madrid", from: "2026-03-29T03:00:00.5+02:00", want: []string{"2026-03-30T02:00:00+02:00"}},
+		// Wildcard jobs (cronie's MIN_STAR or HR_STAR: the field starts with '*') are not caught up.
+		{spec: "0 */2 * * *", zone: "Europe/Madrid", from: "2026-03-29T00:30:00+01:00", want: []string{"2026-03-29T04:00:00+02:00", "2026-03-29T06:00:00+02:00"}},
+		{spec: "*/30 2 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-30T02:00:00+02:00", "2026-03-30T02:30:00+02:00"}},
+		{spec: "*/30 * * * *", zone: "Europe/Madrid", from: "2026-03-29T01:00:00+01:00", want: []string{"2026-03-29T01:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"}},
 		{spec: "0 9 * * *", zone: "Europe/Madrid", from: "2026-03-28T12:00:00+01:00", want: []string{"2026-03-29T09:00:00+02:00"}},
+		// Fall back: a fixed-time job runs once, a wildcard job in both copies.
 		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2026-10-24T12:00:00+02:00", want: []string{"2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"}},
 		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2026-10-25T02:10:00+01:00", want: []string{"2026-10-26T02:30:00+01:00"}},
-		{spec: "*/30 * * * *", zone: "Europe/Madrid", from: "2026-03-29T01:00:00+01:00", want: []string{"2026-03-29T01:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"}},
+		{spec: "0 0-23 * * *", zone: "Europe/Madrid", from: "2026-10-25T01:30:00+02:00", want: []string{"2026-10-25T02:00:00+02:00", "2026-10-25T03:00:00+01:00"}},
 		{spec: "0 * * * *", zone: "Europe/Madrid", from: "2026-10-25T01:30:00+02:00", want: []string{"2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"}},
 		{spec: "*/20 * * * *", zone: "Europe/Madrid", from: "2026-10-25T02:30:00+02:00", want: []string{"2026-10-25T02:40:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:20:00+01:00"}},
+		{spec: "*/30 2 * * *", zone: "Europe/Madrid", from: "2026-10-25T01:30:00+02:00", want: []string{"2026-10-25T02:00:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00", "2026-10-26T02:00:00+01:00"}},
 		{spec: "@every 1h", zone: "Europe/Madrid", from: "2026-03-29T00:30:00+01:00", want: []string{"2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00"}},
-		{spec: "CRON_TZ=Europe/Madrid 30 2 * * *", zone: "America/New_York", from: "2026-03-28T12:00:00Z", want: []string{"2026-03-29T03:00:00+02:00"}},
+		{spec: "CRON_TZ=Europe/Madrid 30 2 * * *", zone: "America/New_York", from: "2026-03-28T12:00:00Z", want: []string{"2026-03-29T03:00:00.000001801+02:00"}},
 		// America/New_York 2026: 02:00 EST -> 03:00 EDT on March 8; 02:00 EDT -> 01:00 EST on November 1.
-		{spec: "30 2 * * *", zone: "America/New_York", from: "2026-03-07T12:00:00-05:00", want: []string{"2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"}},
+		{spec: "30 2 * * *", zone: "America/New_York", from: "2026-03-07T12:00:00-05:00", want: []string{"2026-03-08T03:00:00.000001801-04:00", "2026-03-09T02:30:00-04:00"}},
+		{spec: "0,15,30,45 2 * * *", zone: "America/New_York", from: "2026-03-07T12:00:00-05:00", want: []string{"2026-03-08T03:00:00.000000001-04:00", "2026-03-08T03:00:00.000000901-04:00", "2026-03-08T03:00:00.000001801-04:00", "2026-03-08T03:00:00.000002701-04:00", "2026-03-09T02:00:00-04:00"}},
 		{spec: "0 9 * * *", zone: "America/New_York", from: "2026-03-07T10:00:00-05:00", want: []string{"2026-03-08T09:00:00-04:00"}},
 		{spec: "30 1 * * *", zone: "America/New_York", from: "2026-10-31T12:00:00-04:00", want: []string{"2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"}},
 		{spec: "30 1 * * *", zone: "America/New_York", from: "2026-11-01T01:10:00-05:00", want: []string{"2026-11-02T01:30:00-05:00"}},
+		{spec: "*/30 1 * * *", zone: "America/New_York", from: "2026-10-31T12:00:00-04:00", want: []string{"2026-11-01T01:00:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T01:30:00-05:00", "2026-11-02T01:00:00-05:00"}},
 		{spec: "15 * * * *", zone: "America/New_York", from: "2026-11-01T00:30:00-04:00", want: []string{"2026-11-01T01:15:00-04:00", "2026-11-01T01:15:00-05:00", "2026-11-01T02:15:00-05:00"}},
 		{spec: "*/30 * * * *", zone: "America/New_York", from: "2026-03-08T01:00:00-05:00", want: []string{"2026-03-08T01:30:00-05:00", "2026-03-08T03:00:00-04:00"}},
+		// Europe/London 2026: 01:00 GMT -> 02:00 BST on March 29; 02:00 BST -> 01:00 GMT on October 25.
+		{spec: "30 1 * * *", zone: "Europe/London", from: "2026-03-28T12:00:00Z", want: []string{"2026-03-29T02:00:00.000001801+01:00", "2026-03-30T01:30:00+01:00"}},
+		{spec: "0,30 1 * * *", zone: "Europe/London", from: "2026-03-28T12:00:00Z", want: []string{"2026-03-29T02:00:00.000000001+01:00", "2026-03-29T02:00:00.000001801+01:00", "2026-03-30T01:00:00+01:00"}},
+		{spec: "30 1 * * *", zone: "Europe/London", from: "2026-10-24T12:00:00+01:00", want: []string{"2026-10-25T01:30:00+01:00", "2026-10-26T01:30:00Z"}},
+		{spec: "30 * * * *", zone: "Europe/London", from: "2026-10-25T00:45:00+01:00", want: []string{"2026-10-25T01:30:00+01:00", "2026-10-25T01:30:00Z", "2026-10-25T02:30:00Z"}},
 		// Australia/Lord_Howe, a 30-minute shift: 02:00 -> 02:30 (+11:00) on October 4 2026;
 		// 02:00 (+11:00) -> 01:30 (+10:30) on April 5 2026.
-		{spec: "0 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:30:00+11:00", "2026-10-05T02:00:00+11:00"}},
-		{spec: "15 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"}},
+		{spec: "0 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:30:00.000000001+11:00", "2026-10-05T02:00:00+11:00"}},
+		{spec: "15 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:30:00.000000901+11:00", "2026-10-05T02:15:00+11:00"}},
+		{spec: "0,15,30 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:30:00+11:00", "2026-10-04T02:30:00.000000001+11:00", "2026-10-04T02:30:00.000000901+11:00", "2026-10-05T02:00:00+11:00"}},
 		{spec: "45 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-03T12:00:00+10:30", want: []string{"2026-10-04T02:45:00+11:00"}},
+		{spec: "*/15 2 * * *", zone: "Australia/Lord_Howe", from: "2026-10-04T01:50:00+10:30", want: []string{"2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00", "2026-10-05T02:00:00+11:00"}},
 		{spec: "45 1 * * *", zone: "Australia/Lord_Howe", from: "2026-04-04T12:00:00+11:00", want: []string{"2026-04-05T01:45:00+11:00", "2026-04-06T01:45:00+10:30"}},
+		{spec: "*/15 1 * * *", zone: "Australia/Lord_Howe", from: "2026-04-05T01:20:00+11:00", want: []string{"2026-04-05T01:30:00+11:00", "2026-04-05T01:45:00+11:00", "2026-04-05T01:30:00+10:30", "2026-04-05T01:45:00+10:30", "2026-04-06T01:00:00+10:30"}},
 		{spec: "*/15 * * * *", zone: "Australia/Lord_Howe", from: "2026-10-04T01:40:00+10:30", want: []string{"2026-10-04T01:45:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00"}},
 		{spec: "*/15 * * * *", zone: "Australia/Lord_Howe", from: "2026-04-05T01:40:00+11:00", want: []string{"2026-04-05T01:45:00+11:00", "2026-04-05T01:30:00+10:30", "2026-04-05T01:45:00+10:30", "2026-04-05T02:00:00+10:30"}},
 		{spec: "0 * * * *", zone: "Australia/Lord_Howe", from: "2026-10-04T00:30:00+10:30", want: []string{"2026-10-04T01:00:00+10:30", "2026-10-04T03:00:00+11:00"}},
 		{spec: "0 * * * *", zone: "Australia/Lord_Howe", from: "2026-04-05T00:30:00+11:00", want: []string{"2026-04-05T01:00:00+11:00", "2026-04-05T02:00:00+10:30"}},
+		// Antarctica/Troll, a two-hour shift (01:00 +00 -> 03:00 +02 on March 29 2026): still caught up.
+		{spec: "30 1,2 * * *", zone: "Antarctica/Troll", from: "2026-03-28T12:00:00Z", want: []string{"2026-03-29T03:00:00.000001801+02:00", "2026-03-29T03:00:00.000005401+02:00", "2026-03-30T01:30:00+02:00"}},
+		// Pacific/Apia skipped December 30 2011 (+24 h): a jump of 3 hours or
+		// more is a clock correction, nothing is caught up.
+		{spec: "0 12 * * *", zone: "Pacific/Apia", from: "2011-12-29T20:00:00-10:00", want: []string{"2011-12-31T12:00:00+14:00"}},
 		// Beyond the zone's transition table (rule-based years), on a leap year's last day.
 		{spec: "0 0 * * *", zone: "Europe/Madrid", from: "2096-12-30T12:00:00+01:00", want: []string{"2096-12-31T00:00:00+01:00", "2097-01-01T00:00:00+01:00"}},
-		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2096-03-24T12:00:00+01:00", want: []string{"2096-03-25T03:00:00+02:00"}},
+		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2096-03-24T12:00:00+01:00", want: []string{"2096-03-25T03:00:00.000001801+02:00"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.zone+" "+tc.spec+" from "+tc.from, func(t *testing.T) {

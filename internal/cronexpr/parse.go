@@ -68,8 +68,8 @@ type Expr struct {
 	// (i == 12: February of a leap year) whose 1st falls on weekday w.
 	days [13][7]uint32
 
-	hourFull bool // the hour field covers all 24 hours
-	never    bool // no date ever matches (e.g. "0 0 30 2 *")
+	wild  bool // a "wildcard job" in cronie's sense: the minute or the hour field starts with '*'
+	never bool // no date ever matches (e.g. "0 0 30 2 *")
 }
 
 // String returns the spec the Expr was parsed from.
@@ -82,9 +82,10 @@ func (e *Expr) Location() *time.Location { return e.loc }
 // Every returns the interval of an "@every" spec, or 0.
 func (e *Expr) Every() time.Duration { return e.every }
 
-// FollowsWallClockEveryHour reports whether the hour field covers all 24
-// hours, which selects the daylight-saving rule Next applies (see Next).
-func (e *Expr) FollowsWallClockEveryHour() bool { return e.hourFull }
+// Wildcard reports whether the spec is a "wildcard job" in cronie's sense:
+// its minute or its hour field starts with '*' ("*", "*/15", "*/2"...).
+// This selects the daylight-saving rule Next applies (see Next).
+func (e *Expr) Wildcard() bool { return e.wild }
 
 // Never reports whether the expression can never fire (it names only dates
 // that do not exist, like February 30).
@@ -222,7 +223,9 @@ func (e *Expr) parseFields(body string) error {
 		return err
 	}
 	e.hour = uint32(h)
-	e.hourFull = e.hour == 1<<24-1
+	// cronie (entry.c) sets MIN_STAR or HR_STAR when the field's first
+	// character is '*'; cron.c treats such entries as wildcard jobs.
+	e.wild = fields[1][0] == '*' || fields[2][0] == '*'
 	dom, err := parseDOM(fields[3])
 	if err != nil {
 		return err
