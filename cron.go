@@ -159,7 +159,11 @@ const (
 	// finished. Ticks beyond the cap are dropped.
 	OverlapBufferAll
 	// OverlapCancelPrevious cancels the unfinished run, waits until it has
-	// finished (canceled), then starts the new one.
+	// finished (canceled), then starts the new one. When several ticks are
+	// due at once (catch-up after downtime or after a busy spell, with
+	// MissedRunAll, or the catch-up ticks of a DST jump), only the latest
+	// starts; the earlier ones are dropped (recorded as handled) instead of
+	// being started only to be canceled.
 	OverlapCancelPrevious
 )
 
@@ -433,6 +437,13 @@ func (l *cronLoop) run(ctx context.Context) error {
 			return err
 		}
 		l.settle(ctx)
+		if len(l.queue) > 1 && l.cfg.Overlap.Action == OverlapCancelPrevious {
+			// A later tick is due too: starting this one would only
+			// have it canceled at once. Only the latest due tick starts.
+			l.drop(ctx, l.queue[0], "superseded by a later due tick (cancel previous)")
+			l.queue = l.queue[1:]
+			continue
+		}
 		if len(l.queue) > 0 {
 			if err := l.handle(ctx, l.queue[0]); err != nil {
 				if ctx.Err() != nil {

@@ -290,6 +290,44 @@ func TestCronOverlapPolicies(t *testing.T) {
 	})
 }
 
+// TestCronCancelPreviousStartsOnlyTheLatest: under OverlapCancelPrevious,
+// when several ticks are due at once, only the latest one starts a run; the
+// others are dropped rather than started and canceled one after the other.
+func TestCronCancelPreviousStartsOnlyTheLatest(t *testing.T) {
+	t.Parallel()
+	cancelPrev := OverlapPolicy{Action: OverlapCancelPrevious}
+	runAll := MissedPolicy{Action: MissedRunAll}
+	t.Run("catch-up after downtime", func(t *testing.T) {
+		t.Parallel()
+		// Down from 09:55 to 10:00:30: 09:56 ... 10:00 were missed.
+		h := startCron(t, CronConfig{Spec: "* * * * *", Missed: runAll, Overlap: cancelPrev}, at("10h0m30s"), at("9h55m"))
+		h.runs.waitRecorded(t, at("10h0m"))
+		h.waitTimerAt(t, at("10h1m"))
+		h.runs.waitTicks(t, at("10h0m"))
+		h.runs.mu.Lock()
+		defer h.runs.mu.Unlock()
+		require.Equal(t, []string{"run-1"}, h.runs.order, "runs created")
+		require.Empty(t, h.runs.canceled)
+		require.Equal(t, 1, h.runs.attempts)
+		require.Equal(t, []time.Time{at("9h56m"), at("9h57m"), at("9h58m"), at("9h59m"), at("10h0m")}, h.runs.recorded, "every tick handled")
+	})
+	t.Run("busy with a run still going", func(t *testing.T) {
+		t.Parallel()
+		h := startCron(t, CronConfig{Spec: "* * * * *", Missed: runAll, Overlap: cancelPrev}, at("10h0m30s"), time.Time{})
+		h.clock.fireNext(t)
+		h.runs.waitTicks(t, at("10h1m")) // run-1 goes on
+		h.waitTimerAt(t, at("10h2m"))
+		h.clock.Set(at("10h4m30s")) // woken late: 10:02, 10:03 and 10:04 are due
+		h.runs.waitTicks(t, at("10h1m"), at("10h4m"))
+		h.waitTimerAt(t, at("10h5m"))
+		h.runs.mu.Lock()
+		defer h.runs.mu.Unlock()
+		require.Equal(t, []string{"run-1", "run-2"}, h.runs.order, "runs created")
+		require.Equal(t, []string{"run-1"}, h.runs.canceled)
+		require.Equal(t, 2, h.runs.attempts)
+	})
+}
+
 func TestCronJitterDelaysFiringButNotTheTick(t *testing.T) {
 	t.Parallel()
 	h := startCron(t, CronConfig{Spec: "* * * * *", Jitter: 10 * time.Second}, at("10h0m30s"), time.Time{})
