@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/batuta-dev/batuta/internal/cronexpr"
 )
 
 // ErrInvalidSchedule: a cron spec could not be parsed. The concrete error
@@ -211,6 +213,11 @@ type CronConfig struct {
 	// Spec is a cron spec, parsed with ParseSchedule. Exactly one of Spec
 	// and Schedule must be set.
 	Spec string
+	// QuartzWeekdays parses Spec with Quartz's weekday numbers, 1 = Sunday
+	// to 7 = Saturday (see ScheduleOptions.QuartzWeekdays): "6L" is then
+	// the last Friday. Default: Unix numbering, 0 or 7 = Sunday, where
+	// "6L" is the last Saturday.
+	QuartzWeekdays bool
 	// Schedule is used instead of Spec, e.g. a ScheduleFunc.
 	Schedule Schedule
 	// Missed is the missed-tick policy. Default: skip missed ticks.
@@ -261,11 +268,13 @@ func NewCron(cfg CronConfig) (*CronTrigger, error) {
 	case cfg.Spec == "" && cfg.Schedule == nil:
 		return nil, &ConfigError{Field: "CronConfig.Spec", Reason: "required (or set Schedule)"}
 	case cfg.Spec != "":
-		s, err := ParseSchedule(cfg.Spec)
+		s, err := ParseScheduleWith(cfg.Spec, ScheduleOptions{QuartzWeekdays: cfg.QuartzWeekdays})
 		if err != nil {
 			return nil, fmt.Errorf("batuta: invalid config: CronConfig.Spec: %w", err)
 		}
 		sched = s
+	case cfg.QuartzWeekdays:
+		return nil, &ConfigError{Field: "CronConfig.QuartzWeekdays", Reason: "applies to Spec only, not to Schedule"}
 	}
 	if cfg.Missed.Action < MissedSkip || cfg.Missed.Action > MissedRunAll {
 		return nil, &ConfigError{Field: "CronConfig.Missed.Action", Reason: "unknown action " + cfg.Missed.Action.String()}
@@ -296,6 +305,11 @@ func NewCron(cfg CronConfig) (*CronTrigger, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if e, ok := sched.(*cronexpr.Expr); ok && cfg.Spec != "" && e.AmbiguousWeekdays() {
+		cfg.Logger.Warn("batuta: cron spec uses a weekday number with L or #: it is read with Unix numbering (0 = Sunday), "+
+			"so e.g. 6L is the last Saturday, where Quartz (1 = Sunday) reads the last Friday; write names (FRIL, FRI#3) "+
+			"or set CronConfig.QuartzWeekdays for Quartz numbering", "schedule", cfg.Name, "spec", cfg.Spec)
 	}
 	cfg.Data = append([]byte(nil), cfg.Data...)
 	return &CronTrigger{cfg: cfg, sched: sched}, nil

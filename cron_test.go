@@ -3,6 +3,7 @@ package batuta
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -409,6 +410,57 @@ func TestCronDSTCatchUpBurst(t *testing.T) {
 			require.Equal(t, []string{"cron/backup/2026-03-29T01:00:00.000000001Z", "cron/backup/2026-03-29T01:00:00.000001801Z"}, ids)
 		})
 	}
+}
+
+// TestCronWarnsOfNumericWeekdaysWithLOrHash: "6L" means the last Saturday
+// here and the last Friday in Quartz; NewCron says so in a warning, unless
+// the spec uses names or CronConfig.QuartzWeekdays is set.
+func TestCronWarnsOfNumericWeekdaysWithLOrHash(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		spec   string
+		quartz bool
+		warn   bool
+	}{
+		{"0 12 * * 6L", false, true},
+		{"0 12 * * MON,6#3", false, true},
+		{"0 12 * * SATL", false, false},
+		{"0 12 * * 6", false, false},
+		{"0 12 ? * 6L", true, false},
+	}
+	for _, tc := range cases {
+		var buf syncBuffer
+		trig, err := NewCron(CronConfig{Name: "w", Spec: tc.spec, QuartzWeekdays: tc.quartz, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+		require.NoError(t, err, tc.spec)
+		require.Equal(t, tc.warn, strings.Contains(buf.String(), "level=WARN"), "%s: %s", tc.spec, buf.String())
+		if tc.warn {
+			require.Contains(t, buf.String(), "QuartzWeekdays")
+		}
+		if tc.quartz { // 6L is the last Friday: March 27 2026
+			require.Equal(t, time.Date(2026, 3, 27, 12, 0, 0, 0, time.UTC), trig.Schedule().Next(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)))
+		}
+	}
+	_, err := NewCron(CronConfig{Name: "w", Schedule: MustParseSchedule("@hourly"), QuartzWeekdays: true})
+	var ce *ConfigError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "CronConfig.QuartzWeekdays", ce.Field)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestCronTwoLoopsFireEachTickOnce(t *testing.T) {

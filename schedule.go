@@ -63,6 +63,14 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 //	L-nW  the weekday nearest L-n           wL    last weekday w of the month
 //	w#k   k-th weekday w of the month (k 1-5)
 //
+// Weekday numbers are Unix cron's, 0 (or 7) = Sunday, also with L and #:
+// "5L" is the last Friday and "5#3" the third Friday of the month. Quartz,
+// where L and # come from, numbers weekdays from 1 = Sunday, so there "5L"
+// is the last Thursday. Write names ("FRIL", "FRI#3") to mean the same in
+// both, or parse Quartz specs with ScheduleOptions.QuartzWeekdays (or
+// CronConfig.QuartzWeekdays). NewCron logs a warning for a spec that uses a
+// number with L or # under Unix numbering.
+//
 // "nW" and "L-nW" never cross a month boundary, as in Quartz: 1W on a
 // Saturday is Monday the 3rd, LW (that is, L-0W) on a Sunday the 31st is
 // Friday the 29th, and nW for a day the month does not have (31W in April,
@@ -139,7 +147,26 @@ func (f ScheduleFunc) Next(t time.Time) time.Time { return f(t) }
 // the offending token; errors.Is(err, ErrInvalidSchedule) holds. ParseSchedule
 // never panics, whatever bytes it is given.
 func ParseSchedule(spec string) (Schedule, error) {
-	e, err := cronexpr.Parse(spec)
+	return ParseScheduleWith(spec, ScheduleOptions{})
+}
+
+// ScheduleOptions change how ParseScheduleWith reads a spec. The zero value
+// reads it as ParseSchedule does.
+type ScheduleOptions struct {
+	// QuartzWeekdays numbers the days of the week as Quartz does, from 1
+	// (Sunday) to 7 (Saturday), in every form of the day-of-week field:
+	// "6L" is then the last Friday of the month, "6#3" the third Friday,
+	// "2-6" Monday to Friday, and 0 is out of range. Names (SUN-SAT) and the
+	// descriptors (@weekly) mean the same either way. Set it for specs
+	// copied from Quartz or from tools numbered like it (AWS EventBridge);
+	// the other fields read the same in both syntaxes.
+	// Default: Unix numbering, 0 or 7 = Sunday.
+	QuartzWeekdays bool
+}
+
+// ParseScheduleWith is ParseSchedule with options.
+func ParseScheduleWith(spec string, opts ScheduleOptions) (Schedule, error) {
+	e, err := cronexpr.ParseWith(spec, cronexpr.Options{QuartzWeekdays: opts.QuartzWeekdays})
 	if err != nil {
 		var ce *cronexpr.Error
 		if errors.As(err, &ce) {

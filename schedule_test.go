@@ -247,6 +247,57 @@ func TestScheduleDST(t *testing.T) {
 	}
 }
 
+// TestScheduleWeekdayNumbering: numeric weekdays with L and # keep the Unix
+// meaning (0 = Sunday) by default; ScheduleOptions.QuartzWeekdays reads the
+// whole day-of-week field with Quartz's numbers (1 = Sunday).
+func TestScheduleWeekdayNumbering(t *testing.T) {
+	t.Parallel()
+	const from = "2026-03-01T00:00:00Z" // March 2026: Fridays 6, 13, 20, 27; Saturdays 7, 14, 21, 28
+	unix := []nextCase{
+		{spec: "0 12 * * 6L", from: from, want: []string{"2026-03-28T12:00:00Z"}}, // last Saturday
+		{spec: "0 12 * * 6#3", from: from, want: []string{"2026-03-21T12:00:00Z"}},
+		{spec: "0 12 * * 5L", from: from, want: []string{"2026-03-27T12:00:00Z"}}, // last Friday
+		{spec: "0 12 * * FRIL", from: from, want: []string{"2026-03-27T12:00:00Z"}},
+		{spec: "0 12 * * 7#1", from: from, want: []string{"2026-03-01T12:00:00Z"}},
+	}
+	for _, tc := range unix {
+		checkNext(t, tc)
+	}
+	quartz := []struct {
+		spec string
+		want []string
+	}{
+		{"0 12 ? * 6L", []string{"2026-03-27T12:00:00Z", "2026-04-24T12:00:00Z"}}, // last Friday
+		{"0 12 ? * 6#3", []string{"2026-03-20T12:00:00Z", "2026-04-17T12:00:00Z"}},
+		{"0 12 ? * FRIL", []string{"2026-03-27T12:00:00Z"}},
+		{"0 12 ? * 1", []string{"2026-03-01T12:00:00Z", "2026-03-08T12:00:00Z"}}, // Sunday
+		{"0 12 ? * 7", []string{"2026-03-07T12:00:00Z"}},                         // Saturday
+		{"0 12 ? * 2-6", []string{"2026-03-02T12:00:00Z", "2026-03-03T12:00:00Z", "2026-03-04T12:00:00Z", "2026-03-05T12:00:00Z", "2026-03-06T12:00:00Z", "2026-03-09T12:00:00Z"}},
+		{"0 12 ? * */3", []string{"2026-03-01T12:00:00Z", "2026-03-04T12:00:00Z", "2026-03-07T12:00:00Z", "2026-03-08T12:00:00Z"}}, // 1,4,7: SUN, WED, SAT
+		{"0 12 ? * 6/1", []string{"2026-03-06T12:00:00Z", "2026-03-07T12:00:00Z", "2026-03-13T12:00:00Z"}},                        // FRI-SAT
+		{"0 12 ? * MON#1,7L", []string{"2026-03-02T12:00:00Z", "2026-03-28T12:00:00Z", "2026-04-06T12:00:00Z"}},
+		{"@weekly", []string{"2026-03-08T00:00:00Z"}},
+	}
+	for _, tc := range quartz {
+		s, err := ParseScheduleWith(tc.spec, ScheduleOptions{QuartzWeekdays: true})
+		require.NoError(t, err, tc.spec)
+		cur, err := time.Parse(time.RFC3339, from)
+		require.NoError(t, err)
+		var got []string
+		for range tc.want {
+			cur = s.Next(cur)
+			got = append(got, cur.Format(time.RFC3339))
+		}
+		require.Equal(t, tc.want, got, tc.spec)
+	}
+	for _, spec := range []string{"0 12 ? * 0", "0 12 ? * 0L", "0 12 ? * 0#2", "0 12 ? * 8", "0 12 ? * 0-3"} {
+		_, err := ParseScheduleWith(spec, ScheduleOptions{QuartzWeekdays: true})
+		var se *ScheduleError
+		require.ErrorAs(t, err, &se, spec)
+		require.Equal(t, "day-of-week", se.Field, spec)
+	}
+}
+
 func TestParseScheduleRejects(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
