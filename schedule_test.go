@@ -235,6 +235,12 @@ func TestScheduleDST(t *testing.T) {
 		// Pacific/Apia skipped December 30 2011 (+24 h): a jump of 3 hours or
 		// more is a clock correction, nothing is caught up.
 		{spec: "0 12 * * *", zone: "Pacific/Apia", from: "2011-12-29T20:00:00-10:00", want: []string{"2011-12-31T12:00:00+14:00"}},
+		// Europe/Amsterdam moved from +01:19:32 to +01:20 (summer time) on
+		// July 1 1937, at 00:00 local: a 28-second jump. Under 5 minutes
+		// (cronie's "small" case) wildcard jobs catch up too.
+		{spec: "0 * * * *", zone: "Europe/Amsterdam", from: "1937-06-30T22:00:00Z", want: []string{"1937-07-01T00:00:28.000000001+01:20", "1937-07-01T01:00:00+01:20"}},
+		{spec: "0 0 * * *", zone: "Europe/Amsterdam", from: "1937-06-30T22:00:00Z", want: []string{"1937-07-01T00:00:28.000000001+01:20", "1937-07-02T00:00:00+01:20"}},
+		{spec: "*/10 * * * * *", zone: "Europe/Amsterdam", from: "1937-06-30T22:40:15Z", want: []string{"1937-06-30T23:59:50+01:19", "1937-07-01T00:00:28.000000001+01:20", "1937-07-01T00:00:28.000000011+01:20", "1937-07-01T00:00:28.000000021+01:20", "1937-07-01T00:00:30+01:20"}},
 		// Beyond the zone's transition table (rule-based years), on a leap year's last day.
 		{spec: "0 0 * * *", zone: "Europe/Madrid", from: "2096-12-30T12:00:00+01:00", want: []string{"2096-12-31T00:00:00+01:00", "2097-01-01T00:00:00+01:00"}},
 		{spec: "30 2 * * *", zone: "Europe/Madrid", from: "2096-03-24T12:00:00+01:00", want: []string{"2096-03-25T03:00:00.000001801+02:00"}},
