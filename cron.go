@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/batuta-dev/batuta/internal/cronexpr"
 )
 
 // ErrInvalidSchedule: a cron spec could not be parsed. The concrete error
@@ -98,6 +100,15 @@ const (
 	DefaultOverlapBuffer  = 10
 	cronRetryInitialDelay = 100 * time.Millisecond
 	cronRetryMaxDelay     = 10 * time.Second
+	// cronBurst: ticks less than this before the latest due tick are due
+	// together with it, on time, and never missed. These are the catch-up
+	// ticks of a jump forward of the clock (a fixed-time schedule runs each
+	// matching time the jump skipped, right after it; ParseSchedule puts
+	// them nanoseconds apart). It is below the shortest "@every" (1ms).
+	cronBurst = 100 * time.Microsecond
+	// cronMaxBurst bounds one burst: a jump of under 3 hours skips at most
+	// 10,800 whole seconds.
+	cronMaxBurst = 3*3600 + 1
 )
 
 // MissedPolicy says what a cron trigger does with missed ticks.
@@ -150,7 +161,11 @@ const (
 	// finished. Ticks beyond the cap are dropped.
 	OverlapBufferAll
 	// OverlapCancelPrevious cancels the unfinished run, waits until it has
-	// finished (canceled), then starts the new one.
+	// finished (canceled), then starts the new one. When several ticks are
+	// due at once (catch-up after downtime or after a busy spell, with
+	// MissedRunAll, or the catch-up ticks of a DST jump), only the latest
+	// starts; the earlier ones are dropped (recorded as handled) instead of
+	// being started only to be canceled.
 	OverlapCancelPrevious
 )
 
@@ -198,6 +213,11 @@ type CronConfig struct {
 	// Spec is a cron spec, parsed with ParseSchedule. Exactly one of Spec
 	// and Schedule must be set.
 	Spec string
+	// QuartzWeekdays parses Spec with Quartz's weekday numbers, 1 = Sunday
+	// to 7 = Saturday (see ScheduleOptions.QuartzWeekdays): "6L" is then
+	// the last Friday. Default: Unix numbering, 0 or 7 = Sunday, where
+	// "6L" is the last Saturday.
+	QuartzWeekdays bool
 	// Schedule is used instead of Spec, e.g. a ScheduleFunc.
 	Schedule Schedule
 	// Missed is the missed-tick policy. Default: skip missed ticks.
@@ -248,11 +268,13 @@ func NewCron(cfg CronConfig) (*CronTrigger, error) {
 	case cfg.Spec == "" && cfg.Schedule == nil:
 		return nil, &ConfigError{Field: "CronConfig.Spec", Reason: "required (or set Schedule)"}
 	case cfg.Spec != "":
-		s, err := ParseSchedule(cfg.Spec)
+		s, err := ParseScheduleWith(cfg.Spec, ScheduleOptions{QuartzWeekdays: cfg.QuartzWeekdays})
 		if err != nil {
 			return nil, fmt.Errorf("batuta: invalid config: CronConfig.Spec: %w", err)
 		}
 		sched = s
+	case cfg.QuartzWeekdays:
+		return nil, &ConfigError{Field: "CronConfig.QuartzWeekdays", Reason: "applies to Spec only, not to Schedule"}
 	}
 	if cfg.Missed.Action < MissedSkip || cfg.Missed.Action > MissedRunAll {
 		return nil, &ConfigError{Field: "CronConfig.Missed.Action", Reason: "unknown action " + cfg.Missed.Action.String()}
@@ -283,6 +305,11 @@ func NewCron(cfg CronConfig) (*CronTrigger, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if e, ok := sched.(*cronexpr.Expr); ok && cfg.Spec != "" && e.AmbiguousWeekdays() {
+		cfg.Logger.Warn("batuta: cron spec uses a weekday number with L or #: it is read with Unix numbering (0 = Sunday), "+
+			"so e.g. 6L is the last Saturday, where Quartz (1 = Sunday) reads the last Friday; write names (FRIL, FRI#3) "+
+			"or set CronConfig.QuartzWeekdays for Quartz numbering", "schedule", cfg.Name, "spec", cfg.Spec)
 	}
 	cfg.Data = append([]byte(nil), cfg.Data...)
 	return &CronTrigger{cfg: cfg, sched: sched}, nil
@@ -424,6 +451,13 @@ func (l *cronLoop) run(ctx context.Context) error {
 			return err
 		}
 		l.settle(ctx)
+		if len(l.queue) > 1 && l.cfg.Overlap.Action == OverlapCancelPrevious {
+			// A later tick is due too: starting this one would only
+			// have it canceled at once. Only the latest due tick starts.
+			l.drop(ctx, l.queue[0], "superseded by a later due tick (cancel previous)")
+			l.queue = l.queue[1:]
+			continue
+		}
 		if len(l.queue) > 0 {
 			if err := l.handle(ctx, l.queue[0]); err != nil {
 				if ctx.Err() != nil {
@@ -531,7 +565,8 @@ func (l *cronLoop) catchUp(last, now time.Time) {
 }
 
 // collectDue queues the ticks that came due since the cursor. The latest
-// one is on time; earlier ones were missed while the trigger was busy.
+// one is on time, with the burst of ticks due together with it (see
+// cronBurst); earlier ones were missed while the trigger was busy.
 func (l *cronLoop) collectDue() {
 	now := l.clock.Now()
 	latest := latestTicks(l.sched, l.cursor, now, 1)
@@ -539,15 +574,24 @@ func (l *cronLoop) collectDue() {
 		return // woken early
 	}
 	current := latest[0]
+	burstLo := current.Add(-cronBurst)
+	if burstLo.Before(l.cursor) {
+		burstLo = l.cursor
+	}
+	burst := ticksBefore(l.sched, burstLo, current, cronMaxBurst)
+	first := current
+	if len(burst) > 0 {
+		first = burst[0]
+	}
 	var missed []time.Time
 	if l.cfg.Missed.Action == MissedRunAll {
 		lo := l.cursor
 		if floor := now.Add(-l.cfg.Missed.Window); floor.After(lo) {
 			lo = floor
 		}
-		missed = latestTicks(l.sched, lo, current.Add(-time.Nanosecond), l.cfg.Missed.Max)
-	} else if len(l.queue) > 0 || l.sched.Next(l.cursor).Before(current) {
-		l.log.Warn("batuta: cron ticks missed while busy", "after", l.cursor, "before", current, "policy", l.cfg.Missed.Action.String())
+		missed = latestTicks(l.sched, lo, first.Add(-time.Nanosecond), l.cfg.Missed.Max)
+	} else if len(l.queue) > 0 || l.sched.Next(l.cursor).Before(first) {
+		l.log.Warn("batuta: cron ticks missed while busy", "after", l.cursor, "before", first, "policy", l.cfg.Missed.Action.String())
 		keep := l.queue[:0] // only the latest due tick fires (and buffered ones)
 		for _, t := range l.queue {
 			if t.buffered {
@@ -559,12 +603,25 @@ func (l *cronLoop) collectDue() {
 	for _, t := range missed {
 		l.queue = append(l.queue, dueTick{at: t, catchUp: true})
 	}
-	l.queue = append(l.queue, dueTick{at: current})
-	if max := l.cfg.Missed.Max + 1; len(l.queue) > max {
+	if max := l.cfg.Missed.Max; len(l.queue) > max { // Max missed, then the on-time ones
 		l.log.Warn("batuta: cron catch-up queue over its cap; dropping the oldest ticks", "dropped", len(l.queue)-max)
 		l.queue = append(l.queue[:0], l.queue[len(l.queue)-max:]...)
 	}
+	for _, t := range burst {
+		l.queue = append(l.queue, dueTick{at: t})
+	}
+	l.queue = append(l.queue, dueTick{at: current})
 	l.cursor = current
+}
+
+// ticksBefore returns the activations of s in (lo, hi), oldest first, at
+// most n of them.
+func ticksBefore(s Schedule, lo, hi time.Time, n int) []time.Time {
+	var out []time.Time
+	for t := s.Next(lo); len(out) < n && !t.IsZero() && t.After(lo) && t.Before(hi); t = s.Next(t) {
+		out = append(out, t)
+	}
+	return out
 }
 
 // handle applies the overlap policy to a due tick and fires it. It returns

@@ -3,6 +3,7 @@ package batuta
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -290,6 +291,44 @@ func TestCronOverlapPolicies(t *testing.T) {
 	})
 }
 
+// TestCronCancelPreviousStartsOnlyTheLatest: under OverlapCancelPrevious,
+// when several ticks are due at once, only the latest one starts a run; the
+// others are dropped rather than started and canceled one after the other.
+func TestCronCancelPreviousStartsOnlyTheLatest(t *testing.T) {
+	t.Parallel()
+	cancelPrev := OverlapPolicy{Action: OverlapCancelPrevious}
+	runAll := MissedPolicy{Action: MissedRunAll}
+	t.Run("catch-up after downtime", func(t *testing.T) {
+		t.Parallel()
+		// Down from 09:55 to 10:00:30: 09:56 ... 10:00 were missed.
+		h := startCron(t, CronConfig{Spec: "* * * * *", Missed: runAll, Overlap: cancelPrev}, at("10h0m30s"), at("9h55m"))
+		h.runs.waitRecorded(t, at("10h0m"))
+		h.waitTimerAt(t, at("10h1m"))
+		h.runs.waitTicks(t, at("10h0m"))
+		h.runs.mu.Lock()
+		defer h.runs.mu.Unlock()
+		require.Equal(t, []string{"run-1"}, h.runs.order, "runs created")
+		require.Empty(t, h.runs.canceled)
+		require.Equal(t, 1, h.runs.attempts)
+		require.Equal(t, []time.Time{at("9h56m"), at("9h57m"), at("9h58m"), at("9h59m"), at("10h0m")}, h.runs.recorded, "every tick handled")
+	})
+	t.Run("busy with a run still going", func(t *testing.T) {
+		t.Parallel()
+		h := startCron(t, CronConfig{Spec: "* * * * *", Missed: runAll, Overlap: cancelPrev}, at("10h0m30s"), time.Time{})
+		h.clock.fireNext(t)
+		h.runs.waitTicks(t, at("10h1m")) // run-1 goes on
+		h.waitTimerAt(t, at("10h2m"))
+		h.clock.Set(at("10h4m30s")) // woken late: 10:02, 10:03 and 10:04 are due
+		h.runs.waitTicks(t, at("10h1m"), at("10h4m"))
+		h.waitTimerAt(t, at("10h5m"))
+		h.runs.mu.Lock()
+		defer h.runs.mu.Unlock()
+		require.Equal(t, []string{"run-1", "run-2"}, h.runs.order, "runs created")
+		require.Equal(t, []string{"run-1"}, h.runs.canceled)
+		require.Equal(t, 2, h.runs.attempts)
+	})
+}
+
 func TestCronJitterDelaysFiringButNotTheTick(t *testing.T) {
 	t.Parallel()
 	h := startCron(t, CronConfig{Spec: "* * * * *", Jitter: 10 * time.Second}, at("10h0m30s"), time.Time{})
@@ -317,8 +356,8 @@ func TestCronDSTThroughTheTrigger(t *testing.T) {
 		start time.Time
 		want  []string // event IDs
 	}{
-		{"spring forward: 02:30 fires once at 03:00 CEST", time.Date(2026, 3, 28, 12, 0, 0, 0, madrid),
-			[]string{"cron/backup/2026-03-29T01:00:00Z", "cron/backup/2026-03-30T00:30:00Z"}},
+		{"spring forward: 02:30 fires once, right after 03:00 CEST", time.Date(2026, 3, 28, 12, 0, 0, 0, madrid),
+			[]string{"cron/backup/2026-03-29T01:00:00.000001801Z", "cron/backup/2026-03-30T00:30:00Z"}},
 		{"fall back: 02:30 fires once, at its first occurrence", time.Date(2026, 10, 24, 12, 0, 0, 0, madrid),
 			[]string{"cron/backup/2026-10-25T00:30:00Z", "cron/backup/2026-10-26T01:30:00Z"}},
 	}
@@ -338,6 +377,90 @@ func TestCronDSTThroughTheTrigger(t *testing.T) {
 			require.Equal(t, tc.want, ids)
 		})
 	}
+}
+
+// TestCronDSTCatchUpBurst: a fixed-time schedule whose matching times 02:00
+// and 02:30 both fall in Madrid's spring-forward gap runs once for each,
+// right after the gap (cronie's rule), even when the trigger wakes a little
+// late and finds both due: the catch-up ticks are due together, on time, and
+// the default MissedSkip does not drop the first as missed.
+func TestCronDSTCatchUpBurst(t *testing.T) {
+	t.Parallel()
+	madrid := mustLoad(t, "Europe/Madrid")
+	jump := time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC) // 02:00 CET -> 03:00 CEST
+	for _, late := range []time.Duration{0, 3 * time.Second} {
+		t.Run(late.String(), func(t *testing.T) {
+			t.Parallel()
+			h := startCron(t, CronConfig{Name: "backup", Spec: "0,30 2 * * *", Overlap: OverlapPolicy{Action: OverlapAllow}},
+				time.Date(2026, 3, 28, 12, 0, 0, 0, madrid), time.Time{})
+			deadline := h.clock.waitTimer(t)
+			require.True(t, deadline.Equal(jump.Add(time.Nanosecond)), "first deadline %s", deadline)
+			h.clock.Set(jump.Add(time.Nanosecond + late))
+			if late == 0 { // on time: the second tick gets its own timer
+				h.clock.fireNext(t)
+			}
+			h.runs.waitTicks(t, jump.Add(time.Nanosecond), jump.Add(1801*time.Nanosecond))
+			h.runs.mu.Lock()
+			var ids []string
+			for _, ev := range h.runs.fired {
+				ids = append(ids, ev.ID)
+				require.Empty(t, ev.Metadata[CronMetaCatchUp], "an on-time tick")
+			}
+			h.runs.mu.Unlock()
+			require.Equal(t, []string{"cron/backup/2026-03-29T01:00:00.000000001Z", "cron/backup/2026-03-29T01:00:00.000001801Z"}, ids)
+		})
+	}
+}
+
+// TestCronWarnsOfNumericWeekdaysWithLOrHash: "6L" means the last Saturday
+// here and the last Friday in Quartz; NewCron says so in a warning, unless
+// the spec uses names or CronConfig.QuartzWeekdays is set.
+func TestCronWarnsOfNumericWeekdaysWithLOrHash(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		spec   string
+		quartz bool
+		warn   bool
+	}{
+		{"0 12 * * 6L", false, true},
+		{"0 12 * * MON,6#3", false, true},
+		{"0 12 * * SATL", false, false},
+		{"0 12 * * 6", false, false},
+		{"0 12 ? * 6L", true, false},
+	}
+	for _, tc := range cases {
+		var buf syncBuffer
+		trig, err := NewCron(CronConfig{Name: "w", Spec: tc.spec, QuartzWeekdays: tc.quartz, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+		require.NoError(t, err, tc.spec)
+		require.Equal(t, tc.warn, strings.Contains(buf.String(), "level=WARN"), "%s: %s", tc.spec, buf.String())
+		if tc.warn {
+			require.Contains(t, buf.String(), "QuartzWeekdays")
+		}
+		if tc.quartz { // 6L is the last Friday: March 27 2026
+			require.Equal(t, time.Date(2026, 3, 27, 12, 0, 0, 0, time.UTC), trig.Schedule().Next(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)))
+		}
+	}
+	_, err := NewCron(CronConfig{Name: "w", Schedule: MustParseSchedule("@hourly"), QuartzWeekdays: true})
+	var ce *ConfigError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "CronConfig.QuartzWeekdays", ce.Field)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestCronTwoLoopsFireEachTickOnce(t *testing.T) {

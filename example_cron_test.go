@@ -10,7 +10,8 @@ import (
 
 func ExampleParseSchedule() {
 	// 02:30 every day in Madrid. On 29 March 2026 the clocks jump from
-	// 02:00 to 03:00, so that day's 02:30 fires once, right after the gap.
+	// 02:00 to 03:00, so that day's 02:30 fires once, right after the gap
+	// (cronie's rule), 1800 s into the gap: at the jump plus 1801 ns.
 	s, err := batuta.ParseSchedule("CRON_TZ=Europe/Madrid 30 2 * * *")
 	if err != nil {
 		panic(err)
@@ -18,13 +19,13 @@ func ExampleParseSchedule() {
 	t := time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC)
 	for range 3 {
 		t = s.Next(t)
-		fmt.Println(t.Format(time.RFC3339))
+		fmt.Println(t.Format(time.RFC3339Nano))
 	}
 
 	_, err = batuta.ParseSchedule("61 * * * *")
 	fmt.Println(err)
 	// Output:
-	// 2026-03-29T03:00:00+02:00
+	// 2026-03-29T03:00:00.000001801+02:00
 	// 2026-03-30T02:30:00+02:00
 	// 2026-03-31T02:30:00+02:00
 	// batuta: invalid schedule "61 * * * *": minute "61": 61 is out of range 0-59

@@ -18,27 +18,62 @@ const maxShift = 48 * 3600
 // offset at most a few times a year.
 const maxPeriods = 4000
 
+// cronie's thresholds for offset changes (cron.c, the main loop's wake-up
+// classification; man page cron(8), "Daylight Saving Time and other time
+// changes"). cronie counts minutes: after a jump forward of s minutes its
+// timeDiff is s+1, "small" up to 5, "medium" up to 180, and "large" beyond,
+// a clock correction; after a jump back it is 1-s, "negative" down to -180.
+const (
+	// A jump forward shorter than this catches up every job, wildcard
+	// or not (cronie's "small" case runs both kinds for each minute).
+	smallJump = 5 * 60
+	// A jump forward this long or longer is a correction: no job
+	// catches up (cronie's "large" case).
+	largeJump = 180 * 60
+	// A jump back this long or shorter runs fixed-time jobs only once
+	// (cronie's "negative" case); longer ones run them again.
+	largeBack = 181 * 60
+)
+
+// catchesUp reports whether matching times skipped by a jump forward of
+// shift seconds fire right after the jump.
+func (e *Expr) catchesUp(shift int) bool {
+	return shift < smallJump || !e.wild && shift < largeJump
+}
+
+// firesOnce reports whether a wall time repeated by a jump back of shift
+// seconds fires only at its first occurrence.
+func (e *Expr) firesOnce(shift int) bool { return !e.wild && shift <= largeBack }
+
 // Next returns the first activation strictly after t, in the spec's time
 // zone if it named one and in t's location otherwise, or the zero time if
-// there is none. Activations have whole-second precision (except "@every").
+// there is none. Activations have whole-second precision, except "@every"
+// and the catch-up activations after a jump forward (below).
 //
 // Activations are the instants at which the wall clock of the location reads
-// a matching time, with these rules where the UTC offset changes (daylight
-// saving time, or any other change of offset):
+// a matching time, with cronie's rules where the UTC offset changes
+// (daylight saving time, or any other change of offset). They depend on
+// whether the spec is a wildcard job (Wildcard: its minute or hour field
+// starts with '*') or a fixed-time job (all others):
 //
-//   - If the hour field covers all 24 hours (FollowsWallClockEveryHour), the
-//     wall clock is followed as it is: a matching time skipped by a jump
-//     forward does not fire, a matching time that occurs twice after a jump
-//     back fires twice. For a shift of a whole number of hours this keeps
-//     the elapsed-time rhythm of the schedule exactly.
-//   - Otherwise (fixed hours), a matching time skipped by a jump forward
-//     fires once, at the instant of the jump (all such times of one jump
-//     coalesce into that one activation), and a matching time that occurs
-//     twice fires only at its first occurrence.
+//   - Jump forward by less than 3 hours: every matching time of a
+//     fixed-time job that the jump skips fires once, right after the jump.
+//     The k-th skipped time, s seconds after the start of the gap, fires
+//     s+1 nanoseconds after the instant of the jump, so that each has its
+//     own instant, in wall-clock order, after a match at the instant of the
+//     jump itself. Wildcard jobs follow the new wall clock and do not catch
+//     up, except across jumps shorter than 5 minutes, where they catch up
+//     too.
+//   - Jump back by up to 181 minutes: a matching time of a fixed-time job
+//     that occurs twice fires only at its first occurrence; wildcard jobs
+//     fire at both.
+//   - Larger jumps are corrections of the clock: every job follows the new
+//     wall clock (skipped times do not fire, repeated ones fire twice).
 //
 // "@every d" ignores wall clocks: its activations are the instants that are
-// a whole multiple of d after the zero time.Time (January 1, year 1, UTC), so
-// every process computes the same ticks.
+// a whole multiple of d after the Unix epoch (1970-01-01T00:00:00Z), as in
+// Temporal's interval schedules, so every process (and every system anchored
+// the same way) computes the same ticks.
 func (e *Expr) Next(t time.Time) time.Time {
 	if e.never {
 		return time.Time{}
@@ -48,7 +83,7 @@ func (e *Expr) Next(t time.Time) time.Time {
 		loc = t.Location()
 	}
 	if e.every > 0 {
-		n := t.Truncate(e.every).Add(e.every)
+		n := t.Add(e.every - sinceEpochMod(t, e.every))
 		if !n.After(t) {
 			return time.Time{}
 		}
@@ -58,50 +93,81 @@ func (e *Expr) Next(t time.Time) time.Time {
 	if u >= maxAbsUnix || u <= -maxAbsUnix {
 		return time.Time{}
 	}
-	c := u + 1 // earliest acceptable instant
+	c := u + 1 // earliest acceptable whole second
 	// The wall-clock search is monotonic: a search from w in [lastW, lastNW]
 	// finds lastNW again, which saves repeating it across zone periods.
 	lastW, lastNW := int64(math.MaxInt64), int64(0)
+	next := func(w int64) (int64, bool) {
+		if w >= lastW && w <= lastNW {
+			return lastNW, true
+		}
+		nw, ok := e.nextWall(w)
+		if ok {
+			lastW, lastNW = w, nw
+		}
+		return nw, ok
+	}
 	for iter := range maxPeriods {
 		off, su, endU := period(loc, c)
-		if iter == 0 && su == c && !e.hourFull {
-			// c is the instant of an offset change: if the clock jumped
-			// forward, times skipped by the jump fire at c. (Later
-			// periods are entered through the check at the bottom.)
-			if prev := offset(loc, c-1); prev < off {
-				if nw, ok := e.nextWall(c + int64(prev)); ok && nw < c+int64(off) {
-					return time.Unix(c, 0).In(loc)
+		if iter == 0 && su == u {
+			// t lies within the second after an offset change: catch-up
+			// activations of a jump forward may remain after t.
+			if prev := offset(loc, u-1); prev < off && e.catchesUp(off-prev) {
+				g0, g1 := u+int64(prev), u+int64(off)
+				if from := g0 + int64(t.Nanosecond()); from < g1 {
+					if gw, ok := e.nextWall(from); ok && gw < g1 {
+						return time.Unix(u, 1+gw-g0).In(loc)
+					}
 				}
 			}
 		}
 		w := c + int64(off)
-		nw := lastNW
-		if w < lastW || w > lastNW {
-			var ok bool
-			if nw, ok = e.nextWall(w); !ok {
-				return time.Time{}
+		nw, ok := next(w)
+		if !ok {
+			return time.Time{}
+		}
+		if su == c || iter > 0 {
+			// c may be the instant of an offset change (later periods
+			// are entered at their start).
+			if prev := offset(loc, c-1); prev < off && e.catchesUp(off-prev) {
+				if nw == w { // a match at the instant of the jump comes first
+					return time.Unix(c, 0).In(loc)
+				}
+				g0 := c + int64(prev)
+				if gw, ok := e.nextWall(g0); ok && gw < w {
+					return time.Unix(c, 1+gw-g0).In(loc)
+				}
 			}
-			lastW, lastNW = w, nw
 		}
 		if i := nw - int64(off); i < endU {
-			if !e.hourFull && su != math.MinInt64 && nw-su-int64(off) < maxShift {
+			if !e.wild && su != math.MinInt64 && nw-su-int64(off) < maxShift {
 				// A wall time repeated by a jump back at su fires only at
 				// its first occurrence, in the previous zone period.
-				if prev := offset(loc, su-1); prev > off && nw < su+int64(prev) {
+				if prev := offset(loc, su-1); prev > off && nw < su+int64(prev) && e.firesOnce(prev-off) {
 					c = su + int64(prev-off)
 					continue
 				}
 			}
 			return time.Unix(i, 0).In(loc)
 		}
-		// The candidate lies beyond the end of this zone period.
-		if next := offset(loc, endU); !e.hourFull && next > off && nw < endU+int64(next) {
-			// Skipped by a jump forward: fire once, right after the gap.
-			return time.Unix(endU, 0).In(loc)
-		}
+		// The candidate lies beyond the end of this zone period: go on
+		// from its end (where a jump forward may catch up).
 		c = endU
 	}
 	return time.Time{}
+}
+
+// sinceEpochMod returns the time elapsed since the last multiple of d
+// counted from the Unix epoch, in [0, d): (t - epoch) mod d, computed in 128
+// bits because t - epoch overflows a Duration beyond 292 years.
+func sinceEpochMod(t time.Time, d time.Duration) time.Duration {
+	sec := t.Unix() % int64(d) // |sec| < d, so sec*1e9 fits in 128 bits
+	if sec < 0 {
+		sec += int64(d)
+	}
+	hi, lo := bits.Mul64(uint64(sec), 1e9)
+	lo, carry := bits.Add64(lo, uint64(t.Nanosecond()), 0)
+	return time.Duration(bits.Rem64(hi+carry, lo, uint64(d)))
 }
 
 // offset returns the UTC offset of loc at the Unix time u.

@@ -68,8 +68,9 @@ type Expr struct {
 	// (i == 12: February of a leap year) whose 1st falls on weekday w.
 	days [13][7]uint32
 
-	hourFull bool // the hour field covers all 24 hours
-	never    bool // no date ever matches (e.g. "0 0 30 2 *")
+	wild      bool // a "wildcard job" in cronie's sense: the minute or the hour field starts with '*'
+	never     bool // no date ever matches (e.g. "0 0 30 2 *")
+	ambiguous bool // a numeric weekday with L or # under Unix numbering
 }
 
 // String returns the spec the Expr was parsed from.
@@ -82,9 +83,16 @@ func (e *Expr) Location() *time.Location { return e.loc }
 // Every returns the interval of an "@every" spec, or 0.
 func (e *Expr) Every() time.Duration { return e.every }
 
-// FollowsWallClockEveryHour reports whether the hour field covers all 24
-// hours, which selects the daylight-saving rule Next applies (see Next).
-func (e *Expr) FollowsWallClockEveryHour() bool { return e.hourFull }
+// Wildcard reports whether the spec is a "wildcard job" in cronie's sense:
+// its minute or its hour field starts with '*' ("*", "*/15", "*/2"...).
+// This selects the daylight-saving rule Next applies (see Next).
+func (e *Expr) Wildcard() bool { return e.wild }
+
+// AmbiguousWeekdays reports whether the day-of-week field, read with Unix
+// numbering (0 = Sunday), uses a number with L or # ("6L", "6#3"): Quartz,
+// where these forms come from, numbers weekdays from 1 = Sunday, so the same
+// text means the day before there. Names ("FRIL", "FRI#3") are unambiguous.
+func (e *Expr) AmbiguousWeekdays() bool { return e.ambiguous }
 
 // Never reports whether the expression can never fire (it names only dates
 // that do not exist, like February 30).
@@ -109,7 +117,20 @@ var (
 	dowBounds = bounds{field: FieldDayOfWeek, min: 0, max: 7, star: [2]int{0, 6}, names: map[string]int{
 		"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6,
 	}}
+	// Quartz numbers the days of the week from 1 = Sunday to 7 = Saturday.
+	dowQuartzBounds = bounds{field: FieldDayOfWeek, min: 1, max: 7, star: [2]int{1, 7}, names: map[string]int{
+		"SUN": 1, "MON": 2, "TUE": 3, "WED": 4, "THU": 5, "FRI": 6, "SAT": 7,
+	}}
 )
+
+// Options change how ParseWith reads a spec. The zero value is Parse's.
+type Options struct {
+	// QuartzWeekdays numbers the days of the week as Quartz does, 1
+	// (Sunday) to 7 (Saturday), in every form of the day-of-week field
+	// (values, ranges, steps, wL, w#k); 0 is then out of range. Names and
+	// the descriptors (@weekly) are unaffected.
+	QuartzWeekdays bool
+}
 
 // span is the number of distinct values of the field, the largest step.
 func (b *bounds) span() int { return b.star[1] - b.star[0] + 1 }
@@ -126,7 +147,10 @@ var descriptors = map[string]string{
 
 // Parse parses a cron spec. See batuta.ParseSchedule for the syntax. Errors
 // are *Error values.
-func Parse(spec string) (*Expr, error) {
+func Parse(spec string) (*Expr, error) { return ParseWith(spec, Options{}) }
+
+// ParseWith parses a cron spec with options.
+func ParseWith(spec string, opts Options) (*Expr, error) {
 	if len(spec) > MaxSpecLen {
 		return nil, errf(FieldSpec, spec[:32]+"...", "longer than %d bytes", MaxSpecLen)
 	}
@@ -168,7 +192,7 @@ func Parse(spec string) (*Expr, error) {
 		}
 		return e, nil
 	}
-	if err := e.parseFields(body); err != nil {
+	if err := e.parseFields(body, opts.QuartzWeekdays); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -198,10 +222,10 @@ func (e *Expr) parseDescriptor(body string) error {
 	if len(fields) != 1 {
 		return errf(FieldDescriptor, body, "a descriptor takes no fields")
 	}
-	return e.parseFields(expansion)
+	return e.parseFields(expansion, false)
 }
 
-func (e *Expr) parseFields(body string) error {
+func (e *Expr) parseFields(body string, quartz bool) error {
 	fields := strings.Fields(body)
 	switch len(fields) {
 	case 5:
@@ -222,7 +246,9 @@ func (e *Expr) parseFields(body string) error {
 		return err
 	}
 	e.hour = uint32(h)
-	e.hourFull = e.hour == 1<<24-1
+	// cronie (entry.c) sets MIN_STAR or HR_STAR when the field's first
+	// character is '*'; cron.c treats such entries as wildcard jobs.
+	e.wild = fields[1][0] == '*' || fields[2][0] == '*'
 	dom, err := parseDOM(fields[3])
 	if err != nil {
 		return err
@@ -232,10 +258,11 @@ func (e *Expr) parseFields(body string) error {
 		return err
 	}
 	e.month = uint16(m)
-	dow, err := parseDOW(fields[5])
+	dow, err := parseDOW(fields[5], quartz)
 	if err != nil {
 		return err
 	}
+	e.ambiguous = !quartz && dow.numericSpecial
 	e.buildDays(dom, dow)
 	return nil
 }
@@ -245,7 +272,7 @@ type domSpec struct {
 	star    bool   // unrestricted ("*", "?")
 	plain   uint32 // bits 1-31
 	lastOff uint32 // bit n: "L-n" (n days before the last day; "L" is n=0)
-	lastWD  bool   // "LW": last weekday (Mon-Fri) of the month
+	lastWD  uint32 // bit n: "L-nW", the weekday nearest L-n ("LW" is n=0)
 	nearWD  uint32 // bit n: "nW", the weekday nearest day n
 }
 
@@ -255,6 +282,8 @@ type dowSpec struct {
 	plain uint8    // bits 0-6
 	nth   [7]uint8 // nth[w] bit k: "w#k", the k-th weekday w of the month
 	last  uint8    // bit w: "wL", the last weekday w of the month
+
+	numericSpecial bool // a number (not a name) with L or #
 }
 
 func parseDOM(field string) (domSpec, error) {
@@ -270,13 +299,21 @@ func parseDOM(field string) (domSpec, error) {
 		case up == "L":
 			s.lastOff |= 1
 		case up == "LW":
-			s.lastWD = true
+			s.lastWD |= 1
 		case strings.HasPrefix(up, "L-"):
-			n, ok := atoi(up[2:])
-			if !ok || n > 30 {
-				return s, errf(FieldDayOfMonth, item, "want L-n with n between 0 and 30")
+			num, w := up[2:], strings.HasSuffix(up, "W")
+			if w {
+				num = num[:len(num)-1]
 			}
-			s.lastOff |= 1 << n
+			n, ok := atoi(num)
+			if !ok || n > 30 {
+				return s, errf(FieldDayOfMonth, item, "want L-n or L-nW with n between 0 and 30")
+			}
+			if w {
+				s.lastWD |= 1 << n
+			} else {
+				s.lastOff |= 1 << n
+			}
 		case len(up) > 1 && strings.HasSuffix(up, "W"):
 			n, ok := atoi(up[:len(up)-1])
 			if !ok || n < 1 || n > 31 {
@@ -297,43 +334,51 @@ func parseDOM(field string) (domSpec, error) {
 	return s, nil
 }
 
-func parseDOW(field string) (dowSpec, error) {
+func parseDOW(field string, quartz bool) (dowSpec, error) {
 	var s dowSpec
 	items, err := splitList(field, FieldDayOfWeek)
 	if err != nil {
 		return s, err
 	}
+	b, numbers := &dowBounds, "0-7"
+	if quartz {
+		b, numbers = &dowQuartzBounds, "1-7, 1 = Sunday"
+	}
 	var rest []string
 	for _, item := range items {
 		up := strings.ToUpper(item)
 		if i := strings.IndexByte(up, '#'); i >= 0 {
-			w, ok := dowValue(up[:i])
+			w, ok := dowValue(up[:i], quartz)
 			k, okk := atoi(up[i+1:])
 			if !ok || !okk || k < 1 || k > 5 {
-				return s, errf(FieldDayOfWeek, item, "want w#k with w a weekday (0-7 or SUN-SAT) and k between 1 and 5")
+				return s, errf(FieldDayOfWeek, item, "want w#k with w a weekday (%s, or SUN-SAT) and k between 1 and 5", numbers)
 			}
 			s.nth[w] |= 1 << k
+			s.numericSpecial = s.numericSpecial || isDigit(up[0])
 			continue
 		}
 		if up == "L" {
-			return s, errf(FieldDayOfWeek, item, "L alone is ambiguous in day-of-week; write wL (e.g. 5L or FRIL) for the last weekday w of the month")
+			return s, errf(FieldDayOfWeek, item, "L alone is ambiguous in day-of-week; write wL (e.g. FRIL) for the last weekday w of the month")
 		}
 		if len(up) > 1 && strings.HasSuffix(up, "L") {
-			w, ok := dowValue(up[:len(up)-1])
+			w, ok := dowValue(up[:len(up)-1], quartz)
 			if !ok {
-				return s, errf(FieldDayOfWeek, item, "want wL with w a weekday (0-7 or SUN-SAT)")
+				return s, errf(FieldDayOfWeek, item, "want wL with w a weekday (%s, or SUN-SAT)", numbers)
 			}
 			s.last |= 1 << w
+			s.numericSpecial = s.numericSpecial || isDigit(up[0])
 			continue
 		}
 		rest = append(rest, item)
 	}
 	if len(rest) > 0 {
-		bits, star, err := parseItems(rest, field, &dowBounds)
+		bits, star, err := parseItems(rest, field, b)
 		if err != nil {
 			return s, err
 		}
-		if bits&(1<<7) != 0 { // 7 is Sunday
+		if quartz {
+			bits >>= 1 // 1-7 (Sunday first) to 0-6
+		} else if bits&(1<<7) != 0 { // 7 is Sunday
 			bits = bits&^(1<<7) | 1
 		}
 		s.plain, s.star = uint8(bits), star
@@ -341,13 +386,20 @@ func parseDOW(field string) (dowSpec, error) {
 	return s, nil
 }
 
-func dowValue(tok string) (int, bool) {
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// dowValue returns the weekday (0 = Sunday) named by tok, a name or a number
+// (0-7 with Unix numbering, 1-7 with Quartz's).
+func dowValue(tok string, quartz bool) (int, bool) {
 	if v, ok := dowBounds.names[tok]; ok {
 		return v, true
 	}
 	n, ok := atoi(tok)
-	if !ok || n > 7 {
+	switch {
+	case !ok || n > 7:
 		return 0, false
+	case quartz:
+		return n - 1, n >= 1
 	}
 	return n % 7, true
 }
@@ -423,9 +475,6 @@ func parseItems(items []string, field string, b *bounds) (uint64, bool, error) {
 			} else if hasStep {
 				// "n/step" means "n-max/step", as in Quartz and robfig/cron.
 				hi = b.star[1]
-				if b.field == FieldDayOfWeek {
-					hi = 6
-				}
 				if lo > hi {
 					hi = lo
 				}
@@ -514,33 +563,32 @@ func daysOf(dom domSpec, dow dowSpec, length, w1 int) uint32 {
 				dm |= 1 << (length - n)
 			}
 		}
-		if dom.lastWD {
-			d := length
-			for weekday(d) == 0 || weekday(d) == 6 {
-				d--
-			}
-			dm |= 1 << d
-		}
-		for n := 1; n <= 31; n++ {
-			if dom.nearWD&(1<<n) == 0 || n > length {
-				continue
-			}
-			d := n
+		// The weekday (Monday to Friday) nearest day n, never crossing
+		// into another month, as in Quartz.
+		nearest := func(n int) int {
 			switch weekday(n) {
 			case 6: // Saturday: Friday before, or Monday after the 1st
 				if n == 1 {
-					d = 3
-				} else {
-					d = n - 1
+					return 3
 				}
+				return n - 1
 			case 0: // Sunday: Monday after, or Friday before the last day
 				if n == length {
-					d = n - 2
-				} else {
-					d = n + 1
+					return n - 2
 				}
+				return n + 1
 			}
-			dm |= 1 << d
+			return n
+		}
+		for n := 0; n <= 30; n++ {
+			if dom.lastWD&(1<<n) != 0 && length-n >= 1 {
+				dm |= 1 << nearest(length-n)
+			}
+		}
+		for n := 1; n <= 31; n++ {
+			if dom.nearWD&(1<<n) != 0 && n <= length {
+				dm |= 1 << nearest(n)
+			}
 		}
 	}
 

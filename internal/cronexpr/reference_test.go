@@ -27,7 +27,7 @@ type refSpec struct {
 	dow                [7]bool
 	dowNth             [][2]int // weekday, k
 	dowLast            []int
-	hourFull           bool
+	wild               bool // cronie's wildcard job: the minute or hour field starts with '*'
 	hasSpecials        bool
 }
 
@@ -94,10 +94,7 @@ func genSpec(r *rand.Rand) *refSpec {
 	s := &refSpec{}
 	minTok, _ := genList(r, 0, 59, s.min[:], nil)
 	hourTok, _ := genList(r, 0, 23, s.hour[:], nil)
-	s.hourFull = true
-	for _, h := range s.hour {
-		s.hourFull = s.hourFull && h
-	}
+	s.wild = minTok[0] == '*' || hourTok[0] == '*'
 	// Day fields are mostly unrestricted so that specs fire often.
 	domTok := "*"
 	s.domStar = true
@@ -251,33 +248,46 @@ func offsetAt(i time.Time, loc *time.Location) time.Duration {
 }
 
 // refNext is the reference: the first instant after t, walking whole minutes
-// up to horizon, or zero.
+// up to horizon, or zero. It applies cronie's rules literally: at each jump
+// forward of less than 3 hours (5 minutes for wildcard jobs), the matching
+// wall times of the gap fire right after it, the k-th one s seconds into the
+// gap at the jump plus s+1 nanoseconds; a fixed-time job does not fire again
+// at a wall time it already fired at up to 181 minutes earlier.
 func (s *refSpec) refNext(t time.Time, loc *time.Location, horizon time.Duration) time.Time {
-	i := t.Truncate(time.Minute).Add(time.Minute)
+	i := t.Truncate(time.Minute)
 	for end := t.Add(horizon); !i.After(end); i = i.Add(time.Minute) {
 		off := offsetAt(i, loc)
 		prevOff := offsetAt(i.Add(-time.Second), loc)
 		w := wallOf(i, loc)
-		if !s.hourFull && prevOff < off {
-			// i is a jump forward: wall times [i+prevOff, i+off) were skipped.
-			for g := i.UTC().Add(prevOff); g.Before(i.UTC().Add(off)); g = g.Add(time.Minute) {
-				gw := time.Date(g.Year(), g.Month(), g.Day(), g.Hour(), g.Minute(), 0, 0, time.UTC)
-				if s.wallMatches(gw) {
+		match := s.wallMatches(w)
+		if prevOff < off {
+			shift := off - prevOff
+			if shift < 5*time.Minute || !s.wild && shift < 3*time.Hour {
+				if match && i.After(t) {
 					return i
 				}
+				// i is a jump forward: wall times [i+prevOff, i+off) were skipped.
+				g0 := i.UTC().Add(prevOff)
+				for g := g0; g.Before(i.UTC().Add(off)); g = g.Add(time.Minute) {
+					gw := time.Date(g.Year(), g.Month(), g.Day(), g.Hour(), g.Minute(), 0, 0, time.UTC)
+					if at := i.Add(time.Duration(g.Sub(g0)/time.Second) + 1); s.wallMatches(gw) && at.After(t) {
+						return at
+					}
+				}
+				continue
 			}
 		}
-		if !s.wallMatches(w) {
+		if !match || !i.After(t) {
 			continue
 		}
-		if s.hourFull {
+		if s.wild {
 			return i
 		}
 		repeated := false
 		for k := 1; k <= 48 && !repeated; k++ {
 			o := offsetAt(i.Add(-time.Duration(k)*time.Hour), loc)
 			j := w.Add(-o) // the instant with wall time w under offset o
-			if j.Before(i) && offsetAt(j, loc) == o && wallOf(j, loc).Equal(w) {
+			if j.Before(i) && i.Sub(j) <= 181*time.Minute && offsetAt(j, loc) == o && wallOf(j, loc).Equal(w) {
 				repeated = true
 			}
 		}
@@ -324,6 +334,7 @@ func TestNextMatchesBruteForceAroundTransitions(t *testing.T) {
 		{"Asia/Kolkata", []int{2026}},        // no DST at all
 		{"Antarctica/Troll", []int{2026}},    // a two-hour DST shift
 		{"Europe/Dublin", []int{2026, 2040}}, // negative DST in the zone data
+		{"Europe/London", []int{2026}},
 	}
 	queries := 300 // per zone; raise it to hunt for bugs
 	if testing.Short() {
