@@ -849,7 +849,15 @@ func DeadLetterQueue(q Queue) DeadLetterHandler {
 		var tooLarge *PayloadTooLargeError
 		if err != nil && errors.As(err, &tooLarge) && tooLarge.Limit < len(msg.Body) {
 			why := fmt.Sprintf("body over the dead-letter queue's limit of %d bytes", tooLarge.Limit)
-			err = q.Publish(ctx, TruncateDeadLetter(msg, tooLarge.Limit, why))
+			// A limit that counts headers too (NATS's max_payload)
+			// shrinks by the headers the truncation adds: the next
+			// refusal gives the room left, a third try fits.
+			for range 3 {
+				err = q.Publish(ctx, TruncateDeadLetter(msg, tooLarge.Limit, why))
+				if err == nil || !errors.As(err, &tooLarge) {
+					break
+				}
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("batuta: dead-letter queue: %w", err)
