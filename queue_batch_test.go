@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,4 +309,31 @@ func TestQueueBatchInvalidResultFailsWholeBatch(t *testing.T) {
 			require.Empty(t, dl.get(), "the redelivered items succeeded on their second delivery")
 		})
 	}
+}
+
+// TestQueueBatchDeadLetterDestinationDown: a batch whose items all go to a
+// failing dead-letter destination parks every item, with a bounded number
+// of hand-offs: DeadLetterAttempts for the first, then one each while the
+// destination is known to fail (the other deliveries are not held for
+// rounds of retries each). Nothing is lost: all stay in the queue.
+func TestQueueBatchDeadLetterDestinationDown(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{})
+	publishN(t, q, 5, "d-")
+	dl := &deadLetters{}
+	dl.fail.Store(1 << 30)
+	var parked atomic.Int32
+	batchSetup(t, q, batuta.QueueTriggerConfig{
+		DeadLetter: dl, MaxDeliveries: 1, Batch: batuta.BatchConfig{Size: 10},
+		OnParked: func(context.Context, batuta.DeadLetter, error) { parked.Add(1) },
+	}, func(b batuta.Batch) (batuta.BatchResult, error) {
+		var res batuta.BatchResult
+		for _, it := range b.Items {
+			res.Fail(it.ID, errors.New("poison"))
+		}
+		return res, nil
+	})
+	require.Eventually(t, func() bool { return parked.Load() == 5 && q.InFlight() == 0 }, 20*time.Second, time.Millisecond)
+	require.EqualValues(t, 3+4, dl.calls.Load())
+	require.Equal(t, 5, q.Len(), "parked in the queue, not lost")
 }

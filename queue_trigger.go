@@ -63,7 +63,11 @@ type QueueTriggerConfig struct {
 	// DeadLetterAttempts is how many times the trigger tries to hand one
 	// delivery to DeadLetter (waiting RetryDelay, doubling, between tries)
 	// before it parks the message. A hand-off that fails with a Permanent
-	// error or ErrPayloadTooLarge is not retried. Default 3.
+	// error or ErrPayloadTooLarge is not retried. While the destination is
+	// known to be failing (the trigger's last hand-off ended in a park),
+	// each hand-off gets a single try, so the other deliveries of a batch
+	// are not held for DeadLetterAttempts rounds each; a success resets
+	// that. Default 3.
 	DeadLetterAttempts int
 	// ParkDelay is how long a parked message stays in the queue: when its
 	// dead-letter hand-off failed DeadLetterAttempts times, the message is
@@ -365,6 +369,9 @@ type queueConsumer struct {
 	runs       Runs // nil without an orchestrator
 	workflow   string
 	waitFinish bool
+	// dlFailing: the last dead-letter hand-off ended in a park; the next
+	// ones get one try until one succeeds.
+	dlFailing atomic.Bool
 }
 
 // receive is one receiver loop. It returns nil when ctx ends and an error
@@ -608,24 +615,29 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 	if ext, ok := c.cfg.Queue.(Extender); ok && c.cfg.ExtendEvery > 0 && c.cfg.DeadLetterAttempts > 1 {
 		stopExtending = c.keepExtending(ctx, ext, d)
 	}
+	tries := c.cfg.DeadLetterAttempts
+	if c.dlFailing.Load() {
+		tries = 1
+	}
 	var err error
 	for try := 1; ; try++ {
 		sctx, cancel := c.settleCtx(ctx)
 		err = c.cfg.DeadLetter.HandleDeadLetter(sctx, dl)
 		cancel()
-		if err == nil || try >= c.cfg.DeadLetterAttempts || ctx.Err() != nil ||
+		if err == nil || try >= tries || ctx.Err() != nil ||
 			IsPermanent(err) || errors.Is(err, ErrPayloadTooLarge) {
 			break
 		}
 		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, try)
 		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: dead-letter hand-off failed; retrying",
-			"message", d.ID, "attempt", d.Attempt, "reason", reason, "try", try, "of", c.cfg.DeadLetterAttempts,
+			"message", d.ID, "attempt", d.Attempt, "reason", reason, "try", try, "of", tries,
 			"error", err, "retry_in", delay)
 		c.pause(ctx, delay)
 	}
 	stopExtending()
 	switch {
 	case err == nil:
+		c.dlFailing.Store(false)
 		c.t.setParked(d.ID, nil)
 		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: message dead-lettered",
 			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", msg)
@@ -635,20 +647,21 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", err)
 		c.nack(ctx, d, 0)
 	default:
-		c.park(ctx, d, dl, err)
+		c.dlFailing.Store(true)
+		c.park(ctx, d, dl, err, tries)
 	}
 }
 
 // park keeps d at the source for ParkDelay after its dead-letter hand-off
 // failed for good: nothing is lost, nothing spins, and an operator finds
 // it in the log, the Parked count and the OnParked hook.
-func (c *queueConsumer) park(ctx context.Context, d Delivery, dl DeadLetter, err error) {
+func (c *queueConsumer) park(ctx context.Context, d Delivery, dl DeadLetter, err error, tries int) {
 	if d.ID != "" {
 		c.t.setParked(d.ID, &parkedLetter{reason: dl.Reason, msg: dl.Error})
 	}
 	c.t.parkedCount.Add(1)
 	c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: dead-letter hand-off failed; message parked in the queue",
-		"message", d.ID, "attempt", d.Attempt, "reason", dl.Reason, "tries", c.cfg.DeadLetterAttempts,
+		"message", d.ID, "attempt", d.Attempt, "reason", dl.Reason, "tries", tries,
 		"error", err, "parked_for", c.cfg.ParkDelay)
 	if c.cfg.OnParked != nil {
 		c.cfg.OnParked(ctx, dl, err)
