@@ -300,8 +300,17 @@ func (t *QueueTrigger) setParked(id string, p *parkedLetter) {
 	if t.parked == nil {
 		t.parked = make(map[string]parkedLetter)
 	}
+	if len(t.parked) >= maxParkedRemembered {
+		// Parked messages another consumer settled are never forgotten
+		// here; past the cap, a parked message is fired once more when it
+		// comes back (as after a restart) rather than remembered.
+		return
+	}
 	t.parked[id] = *p
 }
+
+// maxParkedRemembered bounds the parked messages a trigger remembers.
+const maxParkedRemembered = 10_000
 
 // NewQueueTrigger validates cfg and returns a trigger.
 func NewQueueTrigger(cfg QueueTriggerConfig) (*QueueTrigger, error) {

@@ -121,6 +121,8 @@ func TestQueueTriggerConfigValidation(t *testing.T) {
 		{"MaxRetryDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, MaxRetryDelay: -1}},
 		{"BusyDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, BusyDelay: -1}},
 		{"SettleTimeout", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, SettleTimeout: -1}},
+		{"DeadLetterAttempts", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, DeadLetterAttempts: -1}},
+		{"ParkDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, ParkDelay: -1}},
 		{"Batch.Size", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, Batch: batuta.BatchConfig{Size: -1}}},
 		{"Batch.Window", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, Batch: batuta.BatchConfig{Window: -1}}},
 	}
