@@ -62,7 +62,8 @@ type QueueTriggerConfig struct {
 	DeadLetter DeadLetterHandler
 	// DeadLetterAttempts is how many times the trigger tries to hand one
 	// delivery to DeadLetter (waiting RetryDelay, doubling, between tries)
-	// before it parks the message. A hand-off that fails with a Permanent
+	// before it parks the message. All tries and waits of one hand-off
+	// share one SettleTimeout. A hand-off that fails with a Permanent
 	// error or ErrPayloadTooLarge is not retried. While the destination is
 	// known to be failing (the trigger's last hand-off ended in a park),
 	// each hand-off gets a single try, so the other deliveries of a batch
@@ -628,16 +629,22 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 	if c.dlFailing.Load() {
 		tries = 1
 	}
+	// The whole hand-off, tries and waits, is bounded by SettleTimeout, so
+	// a hung destination holds the deliveries received with d no longer
+	// than a single try did.
+	sctx, cancel := c.settleCtx(ctx)
+	defer cancel()
 	var err error
 	for try := 1; ; try++ {
-		sctx, cancel := c.settleCtx(ctx)
 		err = c.cfg.DeadLetter.HandleDeadLetter(sctx, dl)
-		cancel()
-		if err == nil || try >= tries || ctx.Err() != nil ||
+		if err == nil || try >= tries || ctx.Err() != nil || sctx.Err() != nil ||
 			IsPermanent(err) || errors.Is(err, ErrPayloadTooLarge) {
 			break
 		}
 		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, try)
+		if end, ok := sctx.Deadline(); ok && time.Until(end) <= delay {
+			break // no time left for another try
+		}
 		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: dead-letter hand-off failed; retrying",
 			"message", d.ID, "attempt", d.Attempt, "reason", reason, "try", try, "of", tries,
 			"error", err, "retry_in", delay)

@@ -842,3 +842,34 @@ func TestQueueTriggerOversizedMessageReachesDeadLetterQueue(t *testing.T) {
 	require.Equal(t, "max_deliveries", ds[0].Headers[batuta.HeaderDeadLetterReason])
 	require.Equal(t, "handler down", ds[0].Headers[batuta.HeaderDeadLetterError])
 }
+
+// TestQueueTriggerDeadLetterHungDestinationParks: a destination that hangs
+// uses up the hand-off's SettleTimeout in one try; the message is parked,
+// not retried in place (which would hold the other deliveries received
+// with it) nor redelivered in a loop.
+func TestQueueTriggerDeadLetterHungDestinationParks(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{})
+	var calls atomic.Int32
+	parked := make(chan error, 1)
+	trig := newTrigger(t, batuta.QueueTriggerConfig{
+		Queue: q, MaxDeliveries: 1, SettleTimeout: 200 * time.Millisecond,
+		DeadLetter: batuta.DeadLetterFunc(func(ctx context.Context, _ batuta.DeadLetter) error {
+			calls.Add(1)
+			<-ctx.Done()
+			return ctx.Err()
+		}),
+		OnParked: func(_ context.Context, _ batuta.DeadLetter, err error) { parked <- err },
+	})
+	stop := runTrigger(t, trig, func(context.Context, batuta.Event) error { return errors.New("boom") })
+	require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "m"}))
+	select {
+	case err := <-parked:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(10 * time.Second):
+		t.Fatal("never parked")
+	}
+	require.NoError(t, stop())
+	require.EqualValues(t, 1, calls.Load())
+	require.Equal(t, 1, q.Len())
+}
