@@ -18,7 +18,10 @@ import (
 // first message. The run's event carries a Batch (decode it with
 // EventData[Batch] or declare a function taking a Batch); the run reports
 // the items that failed with a BatchResult output, and only those are
-// redelivered. A batch whose run failed as a whole is redelivered entirely.
+// redelivered. A batch whose run failed as a whole is redelivered entirely,
+// and so is one whose BatchResult names an item with an empty ID or an ID
+// that is not in the batch (AWS Lambda's rule: a result that cannot be
+// matched to the batch is not trusted).
 // Each message keeps its own delivery count: one that failed its
 // MaxDeliveries-th delivery, or outlived MaxAge, goes to the dead-letter
 // destination instead of another batch.
@@ -73,7 +76,8 @@ type BatchResult struct {
 	Failed []BatchItemFailure `json:"failed,omitempty"`
 }
 
-// BatchItemFailure names a failed item by its event ID.
+// BatchItemFailure names a failed item by its event ID. An empty ID, or one
+// that names no item of the batch, fails the whole batch.
 type BatchItemFailure struct {
 	ID    string `json:"id"`
 	Error string `json:"error,omitempty"`
@@ -194,7 +198,7 @@ func (r *receiver) handleBatch(ctx context.Context, ds []Delivery) {
 		c.nackAll(ctx, live, 0) // shutting down; the batch ID dedupes a redelivery of the same batch
 		return
 	}
-	failed, whole := c.batchFailures(ctx, run)
+	failed, whole := c.batchFailures(ctx, run, items)
 	for i, d := range live {
 		msg, bad := failed[items[i].ID]
 		switch {
@@ -228,8 +232,13 @@ func (c *queueConsumer) failedItem(ctx context.Context, d Delivery, ev Event, ms
 }
 
 // batchFailures reads the finished batch run: the failed item IDs with
-// their errors, or a non-empty whole when the entire batch failed.
-func (c *queueConsumer) batchFailures(ctx context.Context, run *Run) (failed map[string]string, whole string) {
+// their errors, or a non-empty whole when the entire batch failed. As in
+// AWS Lambda's partial batch response (ReportBatchItemFailures), a result
+// that cannot be trusted fails the whole batch: a failure with an empty ID,
+// or with an ID that names no item of the batch (a typo, an ID from another
+// batch), would otherwise ack the item that really failed. A failure
+// listed twice fails its item once.
+func (c *queueConsumer) batchFailures(ctx context.Context, run *Run, items []BatchItem) (failed map[string]string, whole string) {
 	if run.State != RunSucceeded {
 		if run.Error != "" {
 			return nil, fmt.Sprintf("batch run %s %s: %s", run.ID, run.State, run.Error)
@@ -261,8 +270,25 @@ func (c *queueConsumer) batchFailures(ctx context.Context, run *Run) (failed map
 			return nil, "batch result: " + err.Error()
 		}
 	}
+	inBatch := make(map[string]bool, len(items))
+	for _, it := range items {
+		inBatch[it.ID] = true
+	}
 	failed = make(map[string]string, len(res.Failed))
-	for _, f := range res.Failed {
+	for i, f := range res.Failed {
+		if f.ID == "" || !inBatch[f.ID] {
+			what := "an empty item ID"
+			if f.ID != "" {
+				what = fmt.Sprintf("item ID %.64q, which is not in the batch", f.ID)
+			}
+			whole = fmt.Sprintf("invalid batch result of run %s: failure %d has %s", run.ID, i, what)
+			c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: "+whole+"; redelivering the whole batch",
+				"run", run.ID, "task", task.Name)
+			return nil, whole
+		}
+		if _, dup := failed[f.ID]; dup {
+			continue // the first error reported for an item wins
+		}
 		msg := f.Error
 		if msg == "" {
 			msg = "reported failed by batch run " + run.ID

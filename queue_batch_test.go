@@ -2,9 +2,11 @@ package batuta_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -238,4 +240,100 @@ func TestBatchItemJSON(t *testing.T) {
 	require.Zero(t, v.N)
 	_, err = batuta.DecodeEvent[payload](batuta.Event{ID: "e", Data: []byte(`{`)})
 	require.ErrorIs(t, err, batuta.ErrInvalidPayload)
+}
+
+// TestQueueBatchInvalidResultFailsWholeBatch: as in AWS Lambda's partial
+// batch response, a BatchItemFailure with an empty ID or an ID that names
+// no item of the batch makes the whole batch a failure (every item is
+// redelivered) instead of acking the items that really failed. A failure
+// listed twice fails its item once; the others are acked.
+func TestQueueBatchInvalidResultFailsWholeBatch(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		bad   func(b batuta.Batch) batuta.BatchResult
+		whole bool // whole batch redelivered, else only items[0]
+	}{
+		{"empty id", func(b batuta.Batch) batuta.BatchResult {
+			return batuta.BatchResult{Failed: []batuta.BatchItemFailure{{ID: b.Items[0].ID}, {ID: "", Error: "lost"}}}
+		}, true},
+		{"unknown id", func(b batuta.Batch) batuta.BatchResult {
+			return batuta.BatchResult{Failed: []batuta.BatchItemFailure{{ID: "no-such-message"}}}
+		}, true},
+		{"id with a typo", func(b batuta.Batch) batuta.BatchResult {
+			return batuta.BatchResult{Failed: []batuta.BatchItemFailure{{ID: b.Items[0].ID + " "}}}
+		}, true},
+		{"wrong key name", func(b batuta.Batch) batuta.BatchResult {
+			// A result built from JSON with another key for the ID
+			// ("itemIdentifier") decodes with an empty ID.
+			var res batuta.BatchResult
+			require.NoError(t, json.Unmarshal([]byte(`{"failed":[{"itemIdentifier":"`+b.Items[0].ID+`"}]}`), &res))
+			return res
+		}, true},
+		{"duplicate id", func(b batuta.Batch) batuta.BatchResult {
+			return batuta.BatchResult{Failed: []batuta.BatchItemFailure{{ID: b.Items[0].ID, Error: "first"}, {ID: b.Items[0].ID, Error: "second"}}}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q := newQueue(t, batuta.MemoryQueueConfig{})
+			ids := publishN(t, q, 6, "i-")
+			dl := &deadLetters{}
+			var mu sync.Mutex
+			calls := 0
+			l := batchSetup(t, q, batuta.QueueTriggerConfig{
+				DeadLetter: dl, MaxDeliveries: 2, Batch: batuta.BatchConfig{Size: 50},
+			}, func(b batuta.Batch) (batuta.BatchResult, error) {
+				mu.Lock()
+				calls++
+				first := calls == 1
+				mu.Unlock()
+				if first {
+					return tc.bad(b), nil
+				}
+				return batuta.BatchResult{}, nil
+			})
+			require.Eventually(t, func() bool { return q.Len() == 0 }, 20*time.Second, time.Millisecond)
+			batches, seen := l.snapshot()
+			first := batches[0]
+			require.NotEmpty(t, first)
+			for _, id := range ids {
+				want := 1
+				for j, f := range first {
+					if f == id && (tc.whole || j == 0) {
+						want = 2
+					}
+				}
+				require.Equal(t, want, seen[id], id)
+			}
+			require.Empty(t, dl.get(), "the redelivered items succeeded on their second delivery")
+		})
+	}
+}
+
+// TestQueueBatchDeadLetterDestinationDown: a batch whose items all go to a
+// failing dead-letter destination parks every item, with a bounded number
+// of hand-offs: DeadLetterAttempts for the first, then one each while the
+// destination is known to fail (the other deliveries are not held for
+// rounds of retries each). Nothing is lost: all stay in the queue.
+func TestQueueBatchDeadLetterDestinationDown(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{})
+	publishN(t, q, 5, "d-")
+	dl := &deadLetters{}
+	dl.fail.Store(1 << 30)
+	var parked atomic.Int32
+	batchSetup(t, q, batuta.QueueTriggerConfig{
+		DeadLetter: dl, MaxDeliveries: 1, Batch: batuta.BatchConfig{Size: 10},
+		OnParked: func(context.Context, batuta.DeadLetter, error) { parked.Add(1) },
+	}, func(b batuta.Batch) (batuta.BatchResult, error) {
+		var res batuta.BatchResult
+		for _, it := range b.Items {
+			res.Fail(it.ID, errors.New("poison"))
+		}
+		return res, nil
+	})
+	require.Eventually(t, func() bool { return parked.Load() == 5 && q.InFlight() == 0 }, 20*time.Second, time.Millisecond)
+	require.EqualValues(t, 3+4, dl.calls.Load())
+	require.Equal(t, 5, q.Len(), "parked in the queue, not lost")
 }

@@ -2,6 +2,8 @@ package batuta
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,7 +11,9 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // AckMode says when the queue trigger acknowledges a message.
@@ -51,10 +55,36 @@ type QueueTriggerConfig struct {
 	// DeadLetter receives the messages that will not be retried: those
 	// that failed their MaxDeliveries-th delivery, those older than MaxAge,
 	// those fire refused with a permanent error, and those the Event func
-	// rejected. A message is acked only after DeadLetter returned nil; if
-	// it fails, the message is nacked and dead-lettered again on its next
-	// delivery, so nothing is dropped. Required.
+	// rejected. A message is acked only after DeadLetter returned nil, so
+	// nothing is dropped. A failing hand-off is retried DeadLetterAttempts
+	// times with backoff; then the message is parked (see ParkDelay).
+	// Required.
 	DeadLetter DeadLetterHandler
+	// DeadLetterAttempts is how many times the trigger tries to hand one
+	// delivery to DeadLetter (waiting RetryDelay, doubling, between tries)
+	// before it parks the message. All tries and waits of one hand-off
+	// share one SettleTimeout. A hand-off that fails with a Permanent
+	// error or ErrPayloadTooLarge is not retried. While the destination is
+	// known to be failing (the trigger's last hand-off ended in a park),
+	// each hand-off gets a single try, so the other deliveries of a batch
+	// are not held for DeadLetterAttempts rounds each; a success resets
+	// that. Default 3.
+	DeadLetterAttempts int
+	// ParkDelay is how long a parked message stays in the queue: when its
+	// dead-letter hand-off failed DeadLetterAttempts times, the message is
+	// nacked with this delay (it stays at the source, nothing is lost),
+	// logged at error level, counted (QueueTrigger.Parked) and reported
+	// to OnParked. When it comes back, this trigger does not fire it again
+	// but retries the hand-off (a trigger started later, which did not
+	// park it, handles it as any delivery). So a message whose destination
+	// keeps failing costs one round of hand-offs per ParkDelay, never a
+	// loop. Default 1 h.
+	ParkDelay time.Duration
+	// OnParked, if set, is called for each message parked, with the dead
+	// letter that could not be handed off and the last error (for a metric,
+	// an alert, or to record it elsewhere). It runs on the receiver's
+	// goroutine: it must not block.
+	OnParked func(ctx context.Context, dl DeadLetter, err error)
 	// Receivers is the number of concurrent receive loops. Each receives
 	// up to ReceiveMax messages (or one batch) and handles them before it
 	// receives again, so at most Receivers*ReceiveMax deliveries are held
@@ -116,6 +146,10 @@ const (
 	DefaultQueueMaxRetryDelay = time.Minute
 	DefaultQueueBusyDelay     = 100 * time.Millisecond
 	DefaultQueueSettleTimeout = 10 * time.Second
+	// DefaultQueueDeadLetterAttempts is the default of DeadLetterAttempts.
+	DefaultQueueDeadLetterAttempts = 3
+	// DefaultQueueParkDelay is the default of ParkDelay.
+	DefaultQueueParkDelay = time.Hour
 )
 
 func (c QueueTriggerConfig) withDefaults() QueueTriggerConfig {
@@ -142,6 +176,12 @@ func (c QueueTriggerConfig) withDefaults() QueueTriggerConfig {
 	}
 	if c.SettleTimeout == 0 {
 		c.SettleTimeout = DefaultQueueSettleTimeout
+	}
+	if c.DeadLetterAttempts == 0 {
+		c.DeadLetterAttempts = DefaultQueueDeadLetterAttempts
+	}
+	if c.ParkDelay == 0 {
+		c.ParkDelay = DefaultQueueParkDelay
 	}
 	if c.Source == "" {
 		c.Source = "queue"
@@ -184,6 +224,10 @@ func (c QueueTriggerConfig) validate() error {
 		return &ConfigError{Field: "BusyDelay", Reason: "must not be negative"}
 	case c.SettleTimeout < 0:
 		return &ConfigError{Field: "SettleTimeout", Reason: "must not be negative"}
+	case c.DeadLetterAttempts < 0:
+		return &ConfigError{Field: "DeadLetterAttempts", Reason: "must not be negative"}
+	case c.ParkDelay < 0:
+		return &ConfigError{Field: "ParkDelay", Reason: "must not be negative"}
 	}
 	return c.Batch.validate()
 }
@@ -220,7 +264,54 @@ func DefaultQueueEvent(d Delivery, source string) Event {
 // after it returned. It is safe for concurrent use.
 type QueueTrigger struct {
 	cfg QueueTriggerConfig
+
+	parkedCount atomic.Int64
+	// parked holds the messages this trigger parked (by message ID), with
+	// the reason and error of their dead letter, so that their next
+	// delivery goes straight to the hand-off instead of firing again.
+	parkedMu sync.Mutex
+	parked   map[string]parkedLetter
 }
+
+// parkedLetter is what a parked message's dead letter said.
+type parkedLetter struct {
+	reason DeadLetterReason
+	msg    string
+}
+
+// Parked returns how many times this trigger parked a message because its
+// dead-letter hand-off kept failing (see QueueTriggerConfig.ParkDelay).
+// A message parked again on a later delivery counts again.
+func (t *QueueTrigger) Parked() int64 { return t.parkedCount.Load() }
+
+func (t *QueueTrigger) parkedLetter(id string) (parkedLetter, bool) {
+	t.parkedMu.Lock()
+	defer t.parkedMu.Unlock()
+	p, ok := t.parked[id]
+	return p, ok
+}
+
+func (t *QueueTrigger) setParked(id string, p *parkedLetter) {
+	t.parkedMu.Lock()
+	defer t.parkedMu.Unlock()
+	if p == nil {
+		delete(t.parked, id)
+		return
+	}
+	if t.parked == nil {
+		t.parked = make(map[string]parkedLetter)
+	}
+	if len(t.parked) >= maxParkedRemembered {
+		// Parked messages another consumer settled are never forgotten
+		// here; past the cap, a parked message is fired once more when it
+		// comes back (as after a restart) rather than remembered.
+		return
+	}
+	t.parked[id] = *p
+}
+
+// maxParkedRemembered bounds the parked messages a trigger remembers.
+const maxParkedRemembered = 10_000
 
 // NewQueueTrigger validates cfg and returns a trigger.
 func NewQueueTrigger(cfg QueueTriggerConfig) (*QueueTrigger, error) {
@@ -288,6 +379,9 @@ type queueConsumer struct {
 	runs       Runs // nil without an orchestrator
 	workflow   string
 	waitFinish bool
+	// dlFailing: the last dead-letter hand-off ended in a park; the next
+	// ones get one try until one succeeds.
+	dlFailing atomic.Bool
 }
 
 // receive is one receiver loop. It returns nil when ctx ends and an error
@@ -386,8 +480,17 @@ func (r *receiver) handle(ctx context.Context, ds []Delivery) {
 	c.pause(ctx, busyPause)
 }
 
-// prepare builds the event for d, or dead-letters d (malformed, too old).
+// prepare builds the event for d, or dead-letters d (malformed, too old,
+// parked by this trigger on an earlier delivery).
 func (c *queueConsumer) prepare(ctx context.Context, d Delivery) (Event, bool) {
+	if p, ok := c.t.parkedLetter(d.ID); ok && d.ID != "" {
+		ev, err := c.cfg.Event(d)
+		if err != nil {
+			ev = DefaultQueueEvent(d, c.cfg.Source)
+		}
+		c.deadLetter(ctx, d, ev, p.reason, p.msg)
+		return Event{}, false
+	}
 	ev, err := c.cfg.Event(d)
 	if err != nil {
 		c.deadLetter(ctx, d, DefaultQueueEvent(d, c.cfg.Source), DeadLetterMalformed, err.Error())
@@ -504,12 +607,12 @@ func (c *queueConsumer) nackAll(ctx context.Context, ds []Delivery, delay time.D
 	}
 }
 
-// deadLetter hands d to the dead-letter destination and acks it; if the
-// destination fails, d is nacked with backoff and tried again on its next
-// delivery.
+// deadLetter hands d to the dead-letter destination and acks it. A failing
+// hand-off is retried DeadLetterAttempts times with backoff (the delivery's
+// visibility extended meanwhile); then d is parked: nacked with ParkDelay,
+// logged, counted and reported, never redelivered in a loop. On shutdown a
+// failed hand-off is not retried: d is nacked at once.
 func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, reason DeadLetterReason, msg string) {
-	sctx, cancel := c.settleCtx(ctx)
-	defer cancel()
 	dl := DeadLetter{
 		Event:    ev,
 		Reason:   reason,
@@ -518,16 +621,68 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 		Workflow: c.workflow,
 		Time:     c.cfg.Clock.Now(),
 	}
-	if err := c.cfg.DeadLetter.HandleDeadLetter(sctx, dl); err != nil {
-		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, d.Attempt)
-		c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: dead-letter destination failed; the message stays in the queue",
-			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", err, "retry_in", delay)
-		c.nack(ctx, d, delay)
-		return
+	stopExtending := func() {}
+	if ext, ok := c.cfg.Queue.(Extender); ok && c.cfg.ExtendEvery > 0 && c.cfg.DeadLetterAttempts > 1 {
+		stopExtending = c.keepExtending(ctx, ext, d)
 	}
-	c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: message dead-lettered",
-		"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", msg)
-	c.ack(ctx, d)
+	tries := c.cfg.DeadLetterAttempts
+	if c.dlFailing.Load() {
+		tries = 1
+	}
+	// The whole hand-off, tries and waits, is bounded by SettleTimeout, so
+	// a hung destination holds the deliveries received with d no longer
+	// than a single try did.
+	sctx, cancel := c.settleCtx(ctx)
+	defer cancel()
+	var err error
+	for try := 1; ; try++ {
+		err = c.cfg.DeadLetter.HandleDeadLetter(sctx, dl)
+		if err == nil || try >= tries || ctx.Err() != nil || sctx.Err() != nil ||
+			IsPermanent(err) || errors.Is(err, ErrPayloadTooLarge) {
+			break
+		}
+		delay := backoffDelay(c.cfg.RetryDelay, c.cfg.MaxRetryDelay, try)
+		if end, ok := sctx.Deadline(); ok && time.Until(end) <= delay {
+			break // no time left for another try
+		}
+		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: dead-letter hand-off failed; retrying",
+			"message", d.ID, "attempt", d.Attempt, "reason", reason, "try", try, "of", tries,
+			"error", err, "retry_in", delay)
+		c.pause(ctx, delay)
+	}
+	stopExtending()
+	switch {
+	case err == nil:
+		c.dlFailing.Store(false)
+		c.t.setParked(d.ID, nil)
+		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: message dead-lettered",
+			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", msg)
+		c.ack(ctx, d)
+	case ctx.Err() != nil:
+		c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: dead-letter hand-off failed while shutting down; the message stays in the queue",
+			"message", d.ID, "attempt", d.Attempt, "reason", reason, "error", err)
+		c.nack(ctx, d, 0)
+	default:
+		c.dlFailing.Store(true)
+		c.park(ctx, d, dl, err, tries)
+	}
+}
+
+// park keeps d at the source for ParkDelay after its dead-letter hand-off
+// failed for good: nothing is lost, nothing spins, and an operator finds
+// it in the log, the Parked count and the OnParked hook.
+func (c *queueConsumer) park(ctx context.Context, d Delivery, dl DeadLetter, err error, tries int) {
+	if d.ID != "" {
+		c.t.setParked(d.ID, &parkedLetter{reason: dl.Reason, msg: dl.Error})
+	}
+	c.t.parkedCount.Add(1)
+	c.cfg.Logger.ErrorContext(ctx, "batuta: queue trigger: dead-letter hand-off failed; message parked in the queue",
+		"message", d.ID, "attempt", d.Attempt, "reason", dl.Reason, "tries", tries,
+		"error", err, "parked_for", c.cfg.ParkDelay)
+	if c.cfg.OnParked != nil {
+		c.cfg.OnParked(ctx, dl, err)
+	}
+	c.nack(ctx, d, c.cfg.ParkDelay)
 }
 
 // pause waits d or until ctx ends.
@@ -626,32 +781,113 @@ const (
 	HeaderDeadLetterSource   = "batuta-dead-letter-source"
 	HeaderDeadLetterType     = "batuta-dead-letter-type"
 	HeaderDeadLetterSubject  = "batuta-dead-letter-subject"
+	// HeaderDeadLetterTruncated is set on a dead letter whose body was cut
+	// to fit its destination: it says why, how big the original was and
+	// how much is kept. HeaderDeadLetterBodySize and
+	// HeaderDeadLetterBodySHA256 are the original body's size in bytes
+	// and its SHA-256 (hex), so the original can be matched to a copy
+	// kept elsewhere (the message ID is the original's ID).
+	HeaderDeadLetterTruncated  = "batuta-dead-letter-truncated"
+	HeaderDeadLetterBodySize   = "batuta-dead-letter-body-size"
+	HeaderDeadLetterBodySHA256 = "batuta-dead-letter-body-sha256"
 )
 
+// MaxDeadLetterErrorBytes caps the batuta-dead-letter-error header: a
+// longer error is cut (at a UTF-8 boundary) and ends with "...". Brokers
+// limit header sizes (AMQP's frame size, NATS's max_payload counts
+// headers), and an error string can echo a whole payload.
+const MaxDeadLetterErrorBytes = 1024
+
+// DeadLetterMessage returns the Message that DeadLetterQueue publishes for
+// dl: the message ID is the event ID, the body the event data, the time the
+// event time, the headers the event metadata plus the batuta-dead-letter-*
+// headers (reason, error cut to MaxDeadLetterErrorBytes, attempts,
+// workflow, run, source, type, subject). Adapters with their own
+// dead-letter publishing build on it.
+func DeadLetterMessage(dl DeadLetter) Message {
+	h := maps.Clone(dl.Event.Metadata)
+	if h == nil {
+		h = make(map[string]string, 8)
+	}
+	set := func(k, v string) {
+		if v != "" {
+			h[k] = v
+		}
+	}
+	set(HeaderDeadLetterReason, string(dl.Reason))
+	set(HeaderDeadLetterError, cutUTF8(dl.Error, MaxDeadLetterErrorBytes))
+	set(HeaderDeadLetterAttempts, strconv.Itoa(dl.Attempts))
+	set(HeaderDeadLetterWorkflow, dl.Workflow)
+	set(HeaderDeadLetterRun, dl.RunID)
+	set(HeaderDeadLetterSource, dl.Event.Source)
+	set(HeaderDeadLetterType, dl.Event.Type)
+	set(HeaderDeadLetterSubject, dl.Event.Subject)
+	return Message{ID: dl.Event.ID, Body: dl.Event.Data, Headers: h, Time: dl.Event.Time}
+}
+
+// TruncateDeadLetter returns a copy of msg (a dead letter) whose body is
+// cut to its first limit bytes, with the HeaderDeadLetterTruncated header
+// (why, plus the original and kept sizes), HeaderDeadLetterBodySize and
+// HeaderDeadLetterBodySHA256 set. A body within limit is returned as is.
+// The bytes cut off are lost: the headers say so, and let an operator find
+// the original by its message ID and hash.
+func TruncateDeadLetter(msg Message, limit int, why string) Message {
+	if limit < 0 {
+		limit = 0
+	}
+	if len(msg.Body) <= limit {
+		return msg
+	}
+	sum := sha256.Sum256(msg.Body)
+	h := maps.Clone(msg.Headers)
+	if h == nil {
+		h = make(map[string]string, 3)
+	}
+	h[HeaderDeadLetterTruncated] = cutUTF8(fmt.Sprintf("%s; original body %d bytes, first %d kept", why, len(msg.Body), limit), MaxDeadLetterErrorBytes)
+	h[HeaderDeadLetterBodySize] = strconv.Itoa(len(msg.Body))
+	h[HeaderDeadLetterBodySHA256] = hex.EncodeToString(sum[:])
+	msg.Headers = h
+	msg.Body = msg.Body[:limit:limit]
+	return msg
+}
+
+// cutUTF8 cuts s to at most n bytes, at a rune boundary, marking the cut.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "..."
+	i := max(n-len(mark), 0)
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + mark
+}
+
 // DeadLetterQueue returns a DeadLetterHandler that publishes each dead
-// letter to q: the message ID is the event ID, the body the event data, the
-// headers the event metadata plus the batuta-dead-letter-* headers (reason,
-// error, attempts, workflow, run, source, type, subject).
+// letter to q, as DeadLetterMessage builds it. If q refuses the body as too
+// large (an error matching ErrPayloadTooLarge, as a *PayloadTooLargeError
+// with its Limit), the dead letter is published again with its body cut to
+// the limit (TruncateDeadLetter: the reason, the original size and SHA-256
+// in headers), so an oversized message still reaches the destination in a
+// form it accepts instead of failing its hand-off forever.
 func DeadLetterQueue(q Queue) DeadLetterHandler {
 	return DeadLetterFunc(func(ctx context.Context, dl DeadLetter) error {
-		h := maps.Clone(dl.Event.Metadata)
-		if h == nil {
-			h = make(map[string]string, 8)
-		}
-		set := func(k, v string) {
-			if v != "" {
-				h[k] = v
+		msg := DeadLetterMessage(dl)
+		err := q.Publish(ctx, msg)
+		var tooLarge *PayloadTooLargeError
+		if err != nil && errors.As(err, &tooLarge) && tooLarge.Limit < len(msg.Body) {
+			why := fmt.Sprintf("body over the dead-letter queue's limit of %d bytes", tooLarge.Limit)
+			// A limit that counts headers too (NATS's max_payload)
+			// shrinks by the headers the truncation adds: the next
+			// refusal gives the room left, a third try fits.
+			for range 3 {
+				err = q.Publish(ctx, TruncateDeadLetter(msg, tooLarge.Limit, why))
+				if err == nil || !errors.As(err, &tooLarge) {
+					break
+				}
 			}
 		}
-		set(HeaderDeadLetterReason, string(dl.Reason))
-		set(HeaderDeadLetterError, dl.Error)
-		set(HeaderDeadLetterAttempts, strconv.Itoa(dl.Attempts))
-		set(HeaderDeadLetterWorkflow, dl.Workflow)
-		set(HeaderDeadLetterRun, dl.RunID)
-		set(HeaderDeadLetterSource, dl.Event.Source)
-		set(HeaderDeadLetterType, dl.Event.Type)
-		set(HeaderDeadLetterSubject, dl.Event.Subject)
-		err := q.Publish(ctx, Message{ID: dl.Event.ID, Body: dl.Event.Data, Headers: h, Time: dl.Event.Time})
 		if err != nil {
 			return fmt.Errorf("batuta: dead-letter queue: %w", err)
 		}

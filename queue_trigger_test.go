@@ -1,19 +1,25 @@
 package batuta_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/batutatest"
 )
 
 // newQueue returns an in-memory queue with a short visibility timeout.
@@ -40,12 +46,14 @@ func publishN(t testing.TB, q batuta.Queue, n int, prefix string) []string {
 
 // deadLetters collects dead letters.
 type deadLetters struct {
-	mu   sync.Mutex
-	list []batuta.DeadLetter
-	fail atomic.Int32 // fail this many calls first
+	mu    sync.Mutex
+	list  []batuta.DeadLetter
+	fail  atomic.Int32 // fail this many calls first
+	calls atomic.Int32 // hand-offs tried
 }
 
 func (d *deadLetters) HandleDeadLetter(_ context.Context, dl batuta.DeadLetter) error {
+	d.calls.Add(1)
 	if d.fail.Load() > 0 && d.fail.Add(-1) >= 0 {
 		return errors.New("dead-letter store down")
 	}
@@ -113,6 +121,8 @@ func TestQueueTriggerConfigValidation(t *testing.T) {
 		{"MaxRetryDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, MaxRetryDelay: -1}},
 		{"BusyDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, BusyDelay: -1}},
 		{"SettleTimeout", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, SettleTimeout: -1}},
+		{"DeadLetterAttempts", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, DeadLetterAttempts: -1}},
+		{"ParkDelay", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, ParkDelay: -1}},
 		{"Batch.Size", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, Batch: batuta.BatchConfig{Size: -1}}},
 		{"Batch.Window", batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, Batch: batuta.BatchConfig{Window: -1}}},
 	}
@@ -292,7 +302,7 @@ func TestQueueTriggerDeadLetterDestinationDownKeepsMessage(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, batuta.MemoryQueueConfig{})
 	dl := &deadLetters{}
-	dl.fail.Store(3)
+	dl.fail.Store(2)
 	var fired atomic.Int32
 	trig := newTrigger(t, batuta.QueueTriggerConfig{Queue: q, DeadLetter: dl, MaxDeliveries: 2})
 	stop := runTrigger(t, trig, func(context.Context, batuta.Event) error {
@@ -302,10 +312,124 @@ func TestQueueTriggerDeadLetterDestinationDownKeepsMessage(t *testing.T) {
 	require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "m"}))
 	require.Eventually(t, func() bool { return len(dl.get()) == 1 && q.Len() == 0 }, 10*time.Second, time.Millisecond)
 	require.NoError(t, stop())
-	// Delivery 1 failed and was retried; deliveries 2-5 failed too and
-	// tried the dead-letter destination, which refused three times.
-	require.EqualValues(t, 5, fired.Load())
-	require.Equal(t, 5, dl.get()[0].Attempts)
+	// Delivery 1 failed and was retried; delivery 2 failed too and tried
+	// the dead-letter destination, which refused twice and took the third
+	// try (DeadLetterAttempts 3), without another delivery or fire.
+	require.EqualValues(t, 2, fired.Load())
+	require.EqualValues(t, 3, dl.calls.Load())
+	require.Equal(t, 2, dl.get()[0].Attempts)
+	require.Zero(t, trig.Parked())
+}
+
+// TestQueueTriggerDeadLetterHandOffNeverLoops: a dead-letter destination
+// that keeps failing must not make the message loop past MaxDeliveries
+// (before the fix, each redelivery fired the event again and tried the
+// destination again, forever). The hand-off is tried DeadLetterAttempts
+// times, then the message is parked at the source for ParkDelay: counted,
+// reported, kept. When it comes back it goes straight to the hand-off,
+// without firing again, and is dead-lettered once the destination works.
+func TestQueueTriggerDeadLetterHandOffNeverLoops(t *testing.T) {
+	t.Parallel()
+	clk := batutatest.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	q := newQueue(t, batuta.MemoryQueueConfig{Clock: clk}) // delays and visibility on the fake clock
+	dl := &deadLetters{}
+	dl.fail.Store(1 << 30)
+	var fired atomic.Int32
+	parked := make(chan batuta.DeadLetter, 10)
+	trig := newTrigger(t, batuta.QueueTriggerConfig{
+		Queue: q, DeadLetter: dl, MaxDeliveries: 2, ParkDelay: time.Hour, ExtendEvery: -1,
+		OnParked: func(_ context.Context, d batuta.DeadLetter, err error) {
+			require.ErrorContains(t, err, "dead-letter store down")
+			parked <- d
+		},
+	})
+	stop := runTrigger(t, trig, func(context.Context, batuta.Event) error {
+		fired.Add(1)
+		return errors.New("boom")
+	})
+	require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "m", Body: []byte("payload")}))
+	// Delivery 1 fails and is nacked with RetryDelay (1 ms, fake clock).
+	require.Eventually(t, func() bool { return fired.Load() == 1 && q.InFlight() == 0 }, 10*time.Second, time.Millisecond)
+	clk.Advance(time.Second)
+	var d batuta.DeadLetter
+	select {
+	case d = <-parked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("never parked")
+	}
+	require.Eventually(t, func() bool { return q.InFlight() == 0 }, 10*time.Second, time.Millisecond)
+	require.EqualValues(t, 2, fired.Load(), "fired once per allowed delivery, not again for the hand-off")
+	require.EqualValues(t, 3, dl.calls.Load(), "DeadLetterAttempts tries, then parked")
+	require.EqualValues(t, 1, trig.Parked())
+	require.Equal(t, batuta.DeadLetterMaxDeliveries, d.Reason)
+	require.Equal(t, "boom", d.Error)
+	require.Equal(t, 1, q.Len(), "parked at the source, not lost")
+
+	// Nothing happens before ParkDelay.
+	clk.Advance(time.Hour - time.Second)
+	select {
+	case <-parked:
+		t.Fatal("parked again before ParkDelay")
+	default:
+	}
+	// After ParkDelay: one more hand-off (a single try: the destination is
+	// known to be failing), no fire.
+	clk.Advance(2 * time.Second)
+	select {
+	case <-parked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not parked again")
+	}
+	require.EqualValues(t, 2, fired.Load())
+	require.EqualValues(t, 4, dl.calls.Load())
+	require.EqualValues(t, 2, trig.Parked())
+
+	// The destination recovers: the next round hands it off and acks it.
+	dl.fail.Store(0)
+	require.Eventually(t, func() bool { return q.InFlight() == 0 }, 10*time.Second, time.Millisecond)
+	clk.Advance(time.Hour + time.Second)
+	require.Eventually(t, func() bool { return len(dl.get()) == 1 && q.Len() == 0 }, 10*time.Second, time.Millisecond)
+	require.NoError(t, stop())
+	require.EqualValues(t, 2, fired.Load())
+	got := dl.get()[0]
+	require.Equal(t, "m", got.Event.ID)
+	require.Equal(t, batuta.DeadLetterMaxDeliveries, got.Reason, "the reason of the first hand-off is kept")
+	require.Equal(t, "boom", got.Error)
+	require.Equal(t, 4, got.Attempts)
+	require.Equal(t, "payload", string(got.Event.Data))
+}
+
+// TestQueueTriggerDeadLetterPermanentErrorParksAtOnce: a hand-off that
+// fails with a Permanent error (or payload too large) is not retried.
+func TestQueueTriggerDeadLetterPermanentErrorParksAtOnce(t *testing.T) {
+	t.Parallel()
+	for _, herr := range []error{
+		batuta.Permanent(errors.New("refused")),
+		fmt.Errorf("publish: %w", &batuta.PayloadTooLargeError{What: "message body", Size: 10, Limit: 5}),
+	} {
+		q := newQueue(t, batuta.MemoryQueueConfig{})
+		var calls atomic.Int32
+		parked := make(chan struct{}, 1)
+		trig := newTrigger(t, batuta.QueueTriggerConfig{
+			Queue: q, MaxDeliveries: 1,
+			DeadLetter: batuta.DeadLetterFunc(func(context.Context, batuta.DeadLetter) error {
+				calls.Add(1)
+				return herr
+			}),
+			OnParked: func(context.Context, batuta.DeadLetter, error) { parked <- struct{}{} },
+		})
+		stop := runTrigger(t, trig, func(context.Context, batuta.Event) error { return errors.New("boom") })
+		require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "m"}))
+		select {
+		case <-parked:
+		case <-time.After(10 * time.Second):
+			t.Fatal("never parked")
+		}
+		require.NoError(t, stop())
+		require.EqualValues(t, 1, calls.Load(), herr.Error())
+		require.Equal(t, 1, q.Len())
+		require.Zero(t, q.InFlight())
+	}
 }
 
 // TestQueueTriggerStopMidFlightLosesNothing stops the trigger while many
@@ -642,4 +766,110 @@ func TestMemoryQueueExtend(t *testing.T) {
 	require.NoError(t, q.Extend(ctx, ds[0]))
 	require.NoError(t, q.Ack(ctx, ds[0]))
 	require.ErrorIs(t, q.Extend(ctx, ds[0]), batuta.ErrLeaseLost)
+}
+
+// TestDeadLetterQueueTruncatesOversizedBody: a body over the dead-letter
+// queue's limit reaches it cut to the limit, with the reason, the original
+// size and hash in headers, instead of failing every hand-off; an error
+// longer than MaxDeadLetterErrorBytes is cut.
+func TestDeadLetterQueueTruncatesOversizedBody(t *testing.T) {
+	t.Parallel()
+	dlq := newQueue(t, batuta.MemoryQueueConfig{MaxBodyBytes: 1024})
+	h := batuta.DeadLetterQueue(dlq)
+	body := make([]byte, 4096)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	longErr := strings.Repeat("é", 2000) // 4,000 bytes
+	require.NoError(t, h.HandleDeadLetter(context.Background(), batuta.DeadLetter{
+		Event:  batuta.Event{ID: "big", Data: body, Metadata: map[string]string{"k": "v"}},
+		Reason: batuta.DeadLetterPermanent, Error: longErr, Attempts: 1,
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ds, err := dlq.Receive(ctx, 1)
+	require.NoError(t, err)
+	m := ds[0].Message
+	require.Equal(t, "big", m.ID)
+	require.Equal(t, body[:1024], m.Body)
+	require.Equal(t, "4096", m.Headers[batuta.HeaderDeadLetterBodySize])
+	sum := sha256.Sum256(body)
+	require.Equal(t, hex.EncodeToString(sum[:]), m.Headers[batuta.HeaderDeadLetterBodySHA256])
+	require.Contains(t, m.Headers[batuta.HeaderDeadLetterTruncated], "limit of 1024 bytes")
+	require.Contains(t, m.Headers[batuta.HeaderDeadLetterTruncated], "original body 4096 bytes, first 1024 kept")
+	require.Equal(t, "v", m.Headers["k"])
+	require.Equal(t, "permanent", m.Headers[batuta.HeaderDeadLetterReason])
+	e := m.Headers[batuta.HeaderDeadLetterError]
+	require.LessOrEqual(t, len(e), batuta.MaxDeadLetterErrorBytes)
+	require.True(t, utf8.ValidString(e))
+	require.True(t, strings.HasSuffix(e, "..."))
+
+	// A body within the limit is untouched and unmarked.
+	require.NoError(t, h.HandleDeadLetter(context.Background(), batuta.DeadLetter{Event: batuta.Event{ID: "small", Data: body[:10]}}))
+	ds, err = dlq.Receive(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, body[:10], ds[0].Body)
+	require.NotContains(t, ds[0].Headers, batuta.HeaderDeadLetterTruncated)
+}
+
+// TestQueueTriggerOversizedMessageReachesDeadLetterQueue: a 2 MB message
+// (accepted by its source) that the dead-letter queue (1 MiB) refuses is
+// dead-lettered truncated after exactly MaxDeliveries deliveries; before,
+// its hand-off failed forever and it was fired again on every redelivery.
+func TestQueueTriggerOversizedMessageReachesDeadLetterQueue(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{MaxBodyBytes: 4 << 20})
+	dead := newQueue(t, batuta.MemoryQueueConfig{})
+	var fired atomic.Int32
+	trig := newTrigger(t, batuta.QueueTriggerConfig{Queue: q, DeadLetter: batuta.DeadLetterQueue(dead), MaxDeliveries: 3})
+	stop := runTrigger(t, trig, func(context.Context, batuta.Event) error {
+		fired.Add(1)
+		return errors.New("handler down")
+	})
+	body := bytes.Repeat([]byte("x"), 2<<20)
+	require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "huge", Body: body}))
+	require.Eventually(t, func() bool { return dead.Len() == 1 && q.Len() == 0 }, 10*time.Second, time.Millisecond)
+	require.NoError(t, stop())
+	require.EqualValues(t, 3, fired.Load())
+	require.Zero(t, trig.Parked())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ds, err := dead.Receive(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, "huge", ds[0].ID)
+	require.Len(t, ds[0].Body, batuta.DefaultMemoryQueueBodyLimit)
+	require.Equal(t, strconv.Itoa(2<<20), ds[0].Headers[batuta.HeaderDeadLetterBodySize])
+	require.Equal(t, "max_deliveries", ds[0].Headers[batuta.HeaderDeadLetterReason])
+	require.Equal(t, "handler down", ds[0].Headers[batuta.HeaderDeadLetterError])
+}
+
+// TestQueueTriggerDeadLetterHungDestinationParks: a destination that hangs
+// uses up the hand-off's SettleTimeout in one try; the message is parked,
+// not retried in place (which would hold the other deliveries received
+// with it) nor redelivered in a loop.
+func TestQueueTriggerDeadLetterHungDestinationParks(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, batuta.MemoryQueueConfig{})
+	var calls atomic.Int32
+	parked := make(chan error, 1)
+	trig := newTrigger(t, batuta.QueueTriggerConfig{
+		Queue: q, MaxDeliveries: 1, SettleTimeout: 200 * time.Millisecond,
+		DeadLetter: batuta.DeadLetterFunc(func(ctx context.Context, _ batuta.DeadLetter) error {
+			calls.Add(1)
+			<-ctx.Done()
+			return ctx.Err()
+		}),
+		OnParked: func(_ context.Context, _ batuta.DeadLetter, err error) { parked <- err },
+	})
+	stop := runTrigger(t, trig, func(context.Context, batuta.Event) error { return errors.New("boom") })
+	require.NoError(t, q.Publish(context.Background(), batuta.Message{ID: "m"}))
+	select {
+	case err := <-parked:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(10 * time.Second):
+		t.Fatal("never parked")
+	}
+	require.NoError(t, stop())
+	require.EqualValues(t, 1, calls.Load())
+	require.Equal(t, 1, q.Len())
 }

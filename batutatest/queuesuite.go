@@ -56,6 +56,14 @@
 //   - The queue trigger, run over the queue, sends a message that always
 //     fails to the dead-letter destination after exactly MaxDeliveries
 //     deliveries, and acks it.
+//   - When the dead-letter destination keeps failing, the trigger parks
+//     the message with a long Nack delay: the queue must honour that delay
+//     (the message comes back, not before it, and is not lost), so that a
+//     failing hand-off never loops.
+//   - A body over the queue's size limit is refused with an error
+//     matching batuta.ErrPayloadTooLarge, a *batuta.PayloadTooLargeError
+//     whose Limit is the room left, so that batuta.DeadLetterQueue over
+//     the queue cuts an oversized dead letter to fit instead of failing.
 //
 // Timing is tolerant: every wait for something that should happen is
 // bounded by QueueSuiteConfig.Timeout plus a few visibility timeouts, and
@@ -121,6 +129,14 @@ type QueueSuiteConfig struct {
 	// Sequential runs the subtests one after another instead of in
 	// parallel (for brokers that struggle with many queues at once).
 	Sequential bool
+	// OversizedBody is the body size of the dead letter that
+	// OversizedDeadLetterFits hands to batuta.DeadLetterQueue over the
+	// queue. Default 2 MiB + 1 (over the 1 MiB default limits of the
+	// in-memory queue, batutaredis and NATS's max_payload).
+	OversizedBody int
+	// ParkDelay is the QueueTriggerConfig.ParkDelay of
+	// DeadLetterHandOffParks: the test waits for it twice. Default 2 s.
+	ParkDelay time.Duration
 }
 
 func (c QueueSuiteConfig) withDefaults() QueueSuiteConfig {
@@ -132,6 +148,12 @@ func (c QueueSuiteConfig) withDefaults() QueueSuiteConfig {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
+	}
+	if c.OversizedBody == 0 {
+		c.OversizedBody = 2<<20 + 1
+	}
+	if c.ParkDelay == 0 {
+		c.ParkDelay = 2 * time.Second
 	}
 	return c
 }
@@ -170,6 +192,8 @@ func TestQueue(t *testing.T, cfg QueueSuiteConfig) {
 		{"QueuesAreIsolated", testQueueIsolated},
 		{"Ordered", testQueueOrdered},
 		{"MaxDeliveriesToDeadLetter", testQueueMaxDeliveries},
+		{"DeadLetterHandOffParks", testQueueDeadLetterParks},
+		{"OversizedDeadLetterFits", testQueueOversizedDeadLetter},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -774,4 +798,164 @@ func testQueueMaxDeliveries(t *testing.T, s *queueSuite) {
 	}
 	// It was acked: nothing comes back.
 	expectNothing(t, q, 2*s.vis+500*time.Millisecond)
+}
+
+// testQueueDeadLetterParks: a dead-letter destination that keeps failing.
+// The trigger tries the hand-off DeadLetterAttempts times, then parks the
+// message (Nack with ParkDelay); the queue must bring it back, not before
+// ParkDelay, without another fire; once the destination works it is
+// dead-lettered and acked. The deliveries are bounded: MaxDeliveries
+// fires, one more delivery per ParkDelay.
+func testQueueDeadLetterParks(t *testing.T, s *queueSuite) {
+	const maxDeliveries, tries = 2, 3
+	q := s.open(t)
+	ctx := s.ctx(t)
+	id := uniqueID(t, 1)
+	publish(t, ctx, q, batuta.Message{ID: id, Body: []byte(`"poison"`)})
+
+	var fires, handoffs atomic.Int32
+	var working atomic.Bool
+	parked := make(chan time.Time, 4)
+	dead := make(chan batuta.DeadLetter, 4)
+	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{
+		Queue:              q,
+		MaxDeliveries:      maxDeliveries,
+		DeadLetterAttempts: tries,
+		ParkDelay:          s.cfg.ParkDelay,
+		RetryDelay:         10 * time.Millisecond,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DeadLetter: batuta.DeadLetterFunc(func(_ context.Context, dl batuta.DeadLetter) error {
+			handoffs.Add(1)
+			if !working.Load() {
+				return errors.New("dead-letter store down")
+			}
+			dead <- dl
+			return nil
+		}),
+		OnParked: func(context.Context, batuta.DeadLetter, error) { parked <- time.Now() },
+	})
+	if err != nil {
+		t.Fatalf("NewQueueTrigger: %v", err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() {
+		runErr <- trig.Run(rctx, func(context.Context, batuta.Event) error {
+			fires.Add(1)
+			return errors.New("poison")
+		})
+	}()
+	stop := func() {
+		cancel()
+		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("trigger Run: %v", err)
+		}
+	}
+	wait := func(what string) time.Time {
+		t.Helper()
+		select {
+		case at := <-parked:
+			return at
+		case <-ctx.Done():
+			stop()
+			t.Fatalf("%s: not parked within %v (fired %d times, %d hand-offs)", what, s.patience(), fires.Load(), handoffs.Load())
+		}
+		return time.Time{}
+	}
+	first := wait("first round")
+	if f, h := fires.Load(), handoffs.Load(); f != maxDeliveries || h != tries {
+		stop()
+		t.Fatalf("first park after %d fires and %d hand-offs, want %d and %d", f, h, maxDeliveries, tries)
+	}
+	second := wait("second round (the parked message must come back after ParkDelay)")
+	if gap := second.Sub(first); gap < s.cfg.ParkDelay {
+		stop()
+		t.Fatalf("the parked message came back after %v, before ParkDelay %v", gap, s.cfg.ParkDelay)
+	}
+	// The second round is a single try: the destination is known to fail.
+	if f, h := fires.Load(), handoffs.Load(); f != maxDeliveries || h != tries+1 {
+		stop()
+		t.Fatalf("second park after %d fires and %d hand-offs, want %d (no new fire) and %d", f, h, maxDeliveries, tries+1)
+	}
+	working.Store(true)
+	var dl batuta.DeadLetter
+	select {
+	case dl = <-dead:
+	case <-ctx.Done():
+		stop()
+		t.Fatalf("the parked message was not dead-lettered once the destination worked")
+	}
+	stop()
+	if dl.Event.ID != id || dl.Reason != batuta.DeadLetterMaxDeliveries || dl.Error != "poison" {
+		t.Fatalf("dead letter %q (%s: %q), want %q (max_deliveries: \"poison\")", dl.Event.ID, dl.Reason, dl.Error, id)
+	}
+	if f := fires.Load(); f != maxDeliveries {
+		t.Fatalf("fired %d times, want %d", f, maxDeliveries)
+	}
+	if n := trig.Parked(); n != 2 {
+		t.Fatalf("Parked() = %d, want 2", n)
+	}
+	// It was acked: nothing comes back.
+	expectNothing(t, q, 2*s.vis+500*time.Millisecond)
+}
+
+// testQueueOversizedDeadLetter: batuta.DeadLetterQueue over the queue takes
+// a dead letter whose body is over the queue's limit: the queue keeps it
+// whole, or refuses it as a *batuta.PayloadTooLargeError with the room
+// left and takes it cut to that room, with the original size and hash.
+func testQueueOversizedDeadLetter(t *testing.T, s *queueSuite) {
+	q := s.open(t)
+	ctx := s.ctx(t)
+	body := make([]byte, s.cfg.OversizedBody)
+	for i := range body {
+		body[i] = 'a' + byte(i%26)
+	}
+	id := uniqueID(t, 1)
+	err := q.Publish(ctx, batuta.Message{ID: id + "-direct", Body: body})
+	refused := err != nil
+	var tooLarge *batuta.PayloadTooLargeError
+	switch {
+	case err == nil:
+		ack(t, q, s.receiveOne(t, q))
+	case !errors.As(err, &tooLarge) || !errors.Is(err, batuta.ErrPayloadTooLarge):
+		t.Fatalf("Publish of a %d-byte body: %v; a size refusal must be a *batuta.PayloadTooLargeError", len(body), err)
+	case tooLarge.Limit <= 0 || tooLarge.Limit >= len(body):
+		t.Fatalf("Publish of a %d-byte body: PayloadTooLargeError.Limit = %d, want the room left (0 < Limit < %d)", len(body), tooLarge.Limit, len(body))
+	}
+	h := batuta.DeadLetterQueue(q)
+	err = h.HandleDeadLetter(ctx, batuta.DeadLetter{
+		Event:    batuta.Event{ID: id, Data: body, Metadata: map[string]string{"k": "v"}},
+		Reason:   batuta.DeadLetterMaxDeliveries,
+		Error:    strings.Repeat("long error ", 1000),
+		Attempts: 5,
+	})
+	if err != nil {
+		t.Fatalf("DeadLetterQueue: a %d-byte dead letter was refused: %v", len(body), err)
+	}
+	d := s.receiveOne(t, q)
+	defer ack(t, q, d)
+	if d.ID != id || d.Headers["k"] != "v" || d.Headers[batuta.HeaderDeadLetterReason] != "max_deliveries" {
+		t.Fatalf("dead letter %q with headers %v", d.ID, d.Headers)
+	}
+	if n := len(d.Headers[batuta.HeaderDeadLetterError]); n > batuta.MaxDeadLetterErrorBytes {
+		t.Fatalf("error header of %d bytes, over MaxDeadLetterErrorBytes", n)
+	}
+	if len(d.Body) == len(body) {
+		if !bytes.Equal(d.Body, body) {
+			t.Fatalf("dead letter body differs")
+		}
+		if refused {
+			t.Fatalf("the queue refused a %d-byte body but took it whole as a dead letter", len(body))
+		}
+		return
+	}
+	if !bytes.Equal(d.Body, body[:len(d.Body)]) {
+		t.Fatalf("cut dead letter body (%d bytes) is not a prefix of the original", len(d.Body))
+	}
+	if got := d.Headers[batuta.HeaderDeadLetterBodySize]; got != strconv.Itoa(len(body)) {
+		t.Fatalf("%s = %q, want %d", batuta.HeaderDeadLetterBodySize, got, len(body))
+	}
+	if d.Headers[batuta.HeaderDeadLetterTruncated] == "" || len(d.Headers[batuta.HeaderDeadLetterBodySHA256]) != 64 {
+		t.Fatalf("cut dead letter without its truncation headers: %v", d.Headers)
+	}
 }

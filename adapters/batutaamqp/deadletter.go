@@ -3,8 +3,6 @@ package batutaamqp
 import (
 	"context"
 	"fmt"
-	"maps"
-	"strconv"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -20,7 +18,14 @@ import (
 // Each dead letter is published, persistent and confirmed, with the event
 // ID as message ID, the event data as body, and the event metadata plus the
 // batuta-dead-letter-* headers (reason, error, attempts, workflow, run,
-// source, type, subject) as headers. It goes through the dead-letter
+// source, type, subject) as headers: batuta.DeadLetterMessage, whose error
+// header is cut to batuta.MaxDeadLetterErrorBytes so the headers fit in
+// one AMQP frame. The body is kept whole: it goes to the broker that
+// accepted it (max_message_size, 128 MiB by default on RabbitMQ 3.x,
+// 16 MiB on 4.x). If the broker still refuses it, the queue trigger
+// retries the hand-off and then parks the message (see
+// batuta.QueueTriggerConfig.ParkDelay), and a quorum queue's
+// DeliveryLimit dead-letters it through the broker. It goes through the dead-letter
 // exchange with the queue's name as routing key, or, when Config.Passive
 // (the adapter declared no exchange), through the default exchange
 // straight to Config.DeadLetterQueue. It works until Close; it keeps working
@@ -30,29 +35,16 @@ func (q *Queue) DeadLetters() batuta.DeadLetterHandler {
 }
 
 func (q *Queue) handleDeadLetter(ctx context.Context, dl batuta.DeadLetter) error {
-	h := maps.Clone(dl.Event.Metadata)
-	if h == nil {
-		h = make(map[string]string, 8)
-	}
-	for k := range h {
+	// The batuta-dead-letter-* headers, the error cut to
+	// batuta.MaxDeadLetterErrorBytes: the content header of a publishing
+	// must fit in one frame (frame_max, 128 KiB by default), and an error
+	// string can echo a whole payload.
+	msg := batuta.DeadLetterMessage(dl)
+	for k := range msg.Headers {
 		if checkHeaders(map[string]string{k: ""}) != nil {
-			delete(h, k)
+			delete(msg.Headers, k)
 		}
 	}
-	set := func(k, v string) {
-		if v != "" {
-			h[k] = v
-		}
-	}
-	set(batuta.HeaderDeadLetterReason, string(dl.Reason))
-	set(batuta.HeaderDeadLetterError, dl.Error)
-	set(batuta.HeaderDeadLetterAttempts, strconv.Itoa(dl.Attempts))
-	set(batuta.HeaderDeadLetterWorkflow, dl.Workflow)
-	set(batuta.HeaderDeadLetterRun, dl.RunID)
-	set(batuta.HeaderDeadLetterSource, dl.Event.Source)
-	set(batuta.HeaderDeadLetterType, dl.Event.Type)
-	set(batuta.HeaderDeadLetterSubject, dl.Event.Subject)
-	msg := batuta.Message{ID: dl.Event.ID, Body: dl.Event.Data, Headers: h, Time: dl.Event.Time}
 	if msg.ID == "" {
 		msg.ID = newMessageID()
 	}

@@ -45,5 +45,14 @@
 // message whose delivery count went past MaxDeliveries (a consumer crashed
 // on it each time) to Config.DeadLetterSubject, with the reason in the
 // Batuta-Dead-Reason header, and acks it. DeadLetter does the same on
-// demand.
+// demand. A dead letter that the added headers push over the server's
+// max_payload has its body cut to fit (headers batuta-dead-letter-truncated,
+// -body-size, -body-sha256 and Batuta-Dead-Source-Seq say what was cut and
+// where it came from); the reason is cut to 1 KiB.
+//
+// Publish refuses a body over Config.MaxBodyBytes, or over what the
+// server's max_payload leaves after the headers, with a
+// *batuta.PayloadTooLargeError whose Limit is the room left, so
+// batuta.DeadLetterQueue over a batutanats queue cuts an oversized dead
+// letter to fit instead of failing its hand-off.
 package batutanats

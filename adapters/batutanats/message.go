@@ -22,6 +22,10 @@ const (
 	// HeaderDeadReason and HeaderDeadAttempts are set on dead letters.
 	HeaderDeadReason   = "Batuta-Dead-Reason"
 	HeaderDeadAttempts = "Batuta-Dead-Attempts"
+	// HeaderDeadSourceSeq is set on a dead letter whose body DeadLetter cut
+	// to fit the server's max_payload: "<stream>-<sequence>" of the
+	// original (see also the batuta-dead-letter-truncated headers).
+	HeaderDeadSourceSeq = "Batuta-Dead-Source-Seq"
 )
 
 // encodeMessage builds the NATS message for msg on subject.

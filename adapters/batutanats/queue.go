@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -277,10 +278,54 @@ func (q *Queue) Publish(ctx context.Context, msg batuta.Message) error {
 	if err != nil {
 		return fmt.Errorf("batutanats: publish %q: %w", msg.ID, err)
 	}
+	// WithExpectStream adds the Nats-Expected-Stream header on the wire.
+	expect := len(jetstream.ExpectedStreamHeader) + 2 + len(q.cfg.Stream) + 2
+	if room, ok := q.bodyRoom(nm.Header); ok && len(nm.Data) > room-expect {
+		return fmt.Errorf("batutanats: publish %q: %w", msg.ID, q.tooLarge(len(nm.Data), max(room-expect, 0)))
+	}
 	if _, err := q.js.PublishMsg(ctx, nm, jetstream.WithExpectStream(q.cfg.Stream)); err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			room, _ := q.bodyRoom(nm.Header)
+			room = max(room-expect, 0)
+			return fmt.Errorf("batutanats: publish %q: %w: %w", msg.ID, q.tooLarge(len(nm.Data), room), err)
+		}
 		return fmt.Errorf("batutanats: publish %q: %w", msg.ID, q.wrapErr(err))
 	}
 	return nil
+}
+
+// bodyRoom is how many body bytes fit in one message with headers h under
+// the server's max_payload (which counts headers and body), when the
+// connection knows it.
+func (q *Queue) bodyRoom(h nats.Header) (int, bool) {
+	if q.nc == nil {
+		return 0, false
+	}
+	limit := q.nc.MaxPayload()
+	if limit <= 0 {
+		return 0, false
+	}
+	return max(int(limit)-headerBytes(h), 0), true
+}
+
+// tooLarge is the error for a body of size bytes where only room fit.
+func (q *Queue) tooLarge(size, room int) error {
+	return &batuta.PayloadTooLargeError{What: "message body (with its headers, under the server's max_payload)", Size: size, Limit: room}
+}
+
+// headerBytes is the size of h on the wire ("NATS/1.0\r\n", one
+// "Key: value\r\n" per value, a final "\r\n").
+func headerBytes(h nats.Header) int {
+	if len(h) == 0 {
+		return 0
+	}
+	n := len("NATS/1.0\r\n") + 2
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
 }
 
 // Receive blocks until at least one message is available, ctx ends or the
@@ -564,6 +609,7 @@ func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string
 	if err != nil {
 		return err
 	}
+	reason = cutReason(reason)
 	_ = r.msg.InProgress() // keep it while we move it
 	nm := nats.NewMsg(q.cfg.DeadLetterSubject)
 	nm.Data = d.Body
@@ -577,6 +623,7 @@ func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string
 	nm.Header.Set(HeaderDeadReason, reason)
 	nm.Header.Set(HeaderDeadAttempts, strconv.Itoa(d.Attempt))
 	nm.Header.Set(nats.MsgIdHdr, "batuta-dead-"+q.cfg.Stream+"-"+strconv.FormatUint(r.seq, 10))
+	q.fitDeadLetter(nm, r.seq)
 	if _, err := q.js.PublishMsg(ctx, nm); err != nil {
 		return fmt.Errorf("batutanats: dead-letter %q to %q: %w", d.ID, q.cfg.DeadLetterSubject, q.wrapErr(err))
 	}
@@ -588,6 +635,41 @@ func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string
 	}
 	q.forget(r)
 	return nil
+}
+
+// fitDeadLetter cuts the body of the dead letter nm (the message at stream
+// sequence seq) when it and its headers would exceed the server's
+// max_payload (the original had fewer headers, or the server's limit was
+// lowered since): the first bytes that fit are kept, and the
+// batuta-dead-letter-truncated, -body-size and -body-sha256 headers, plus
+// Batuta-Dead-Source-Seq, say what was cut and where it came from.
+func (q *Queue) fitDeadLetter(nm *nats.Msg, seq uint64) {
+	room, ok := q.bodyRoom(nm.Header)
+	if !ok || len(nm.Data) <= room {
+		return
+	}
+	// Leave room for the headers the truncation adds.
+	const extra = 2048
+	h := make(map[string]string, len(nm.Header))
+	for k := range nm.Header {
+		h[k] = nm.Header.Get(k)
+	}
+	why := fmt.Sprintf("body and headers over the NATS server's max_payload of %d bytes", q.nc.MaxPayload())
+	cut := batuta.TruncateDeadLetter(batuta.Message{Body: nm.Data, Headers: h}, max(room-extra, 0), why)
+	nm.Data = cut.Body
+	for _, k := range []string{batuta.HeaderDeadLetterTruncated, batuta.HeaderDeadLetterBodySize, batuta.HeaderDeadLetterBodySHA256} {
+		nm.Header.Set(k, cut.Headers[k])
+	}
+	nm.Header.Set(HeaderDeadSourceSeq, q.cfg.Stream+"-"+strconv.FormatUint(seq, 10))
+}
+
+// cutReason bounds a dead-letter reason header (it counts against
+// max_payload), marking the cut.
+func cutReason(s string) string {
+	if len(s) <= batuta.MaxDeadLetterErrorBytes {
+		return s
+	}
+	return strings.ToValidUTF8(s[:batuta.MaxDeadLetterErrorBytes-3], "") + "..."
 }
 
 func (q *Queue) settling(d batuta.Delivery, op string) (*receipt, error) {

@@ -52,7 +52,12 @@
 // The stream key is Config.Stream. The delayed set is "{<stream>}:delayed",
 // which hashes to the same cluster slot as the stream, so the Lua scripts
 // work on Redis Cluster. Dead letters go to Config.DeadLetterStream
-// (default "<stream>:dead").
+// (default "<stream>:dead"), moved whole (Redis takes up to its
+// proto-max-bulk-len, 512 MB), with the reason cut to 1 KiB. Publish
+// refuses a body over Config.MaxBodyBytes with a
+// *batuta.PayloadTooLargeError, so batuta.DeadLetterQueue over a
+// batutaredis queue cuts an oversized dead letter to that limit (with its
+// original size and hash in headers) instead of failing its hand-off.
 //
 // # Entry format
 //

@@ -755,6 +755,7 @@ func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string
 	if err != nil {
 		return fmt.Errorf("batutaredis: dead-letter %q: %w", d.ID, err)
 	}
+	reason = cutReason(reason)
 	vals = append(vals, fieldReason, reason)
 	args := q.xaddArgs(q.cfg.DeadLetterStream, vals)
 	args.NoMkStream = false
@@ -773,6 +774,15 @@ func (q *Queue) DeadLetter(ctx context.Context, d batuta.Delivery, reason string
 		return fmt.Errorf("batutaredis: dead-letter %q: delivery no longer held: %w", d.ID, batuta.ErrLeaseLost)
 	}
 	return nil
+}
+
+// cutReason bounds a dead-letter reason (it is logged and stored with the
+// entry), marking the cut.
+func cutReason(s string) string {
+	if len(s) <= batuta.MaxDeadLetterErrorBytes {
+		return s
+	}
+	return strings.ToValidUTF8(s[:batuta.MaxDeadLetterErrorBytes-3], "") + "..."
 }
 
 // settling checks d's receipt and that the queue is open.
