@@ -652,11 +652,12 @@ func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) 
 				deadline = renewed.Add(o.cfg.LeaseDuration)
 			}
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		wait := min(backoff, max(o.cfg.LeaseDuration/3, time.Millisecond)) // renew in time
+		if time.Now().Add(wait).After(deadline) {
 			return nil, err
 		}
-		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
+		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
 		<-t.C
 		backoff = min(backoff*2, 2*time.Second)
 	}
