@@ -25,7 +25,7 @@ import (
 // clock is off.
 type skewClock struct{ d time.Duration }
 
-func (c skewClock) Now() time.Time                       { return time.Now().Add(c.d) }
+func (c skewClock) Now() time.Time                        { return time.Now().Add(c.d) }
 func (c skewClock) NewTimer(d time.Duration) batuta.Timer { return batuta.SystemClock{}.NewTimer(d) }
 
 // TestClockSkewedRescuerRescuesNothingHealthy: a lease of 6 s taken by an
@@ -228,6 +228,9 @@ func (c *lossyConn) Read(p []byte) (int, error) {
 			msg := c.raw[:n]
 			if msg[0] == 'C' && strings.HasPrefix(string(msg[5:]), "COMMIT") {
 				c.l.fired.Add(1)
+				c.mu.Lock()
+				c.swallowing = false // the connection is gone: later reads fail
+				c.mu.Unlock()
 				_ = c.Conn.Close()
 				return 0, errReplyLost
 			}
@@ -349,3 +352,26 @@ func TestListenerBackoffResetsAfterEachLoss(t *testing.T) {
 
 // ensure pgx is used (Tx in helpers).
 var _ pgx.Tx = nil
+
+// TestMigrationBelowTheNewestIsApplied: a migration numbered below the
+// newest applied one (two branches adding 0002 and 0003, merged in either
+// order) is still applied, once (before: only versions above the newest
+// recorded were applied, so 0002 would be skipped for good).
+func TestMigrationBelowTheNewestIsApplied(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	schema := "batuta_mig_" + storeSuffix()
+	dropSchemaAtCleanup(t, pool, schema)
+	ctx := testCtx(t)
+	m1 := migration{version: 1, name: "0001_a.sql", sql: "CREATE TABLE a (x int)"}
+	m2 := migration{version: 2, name: "0002_b.sql", sql: "CREATE TABLE b (x int)"}
+	m3 := migration{version: 3, name: "0003_c.sql", sql: "CREATE TABLE c (x int)"}
+	require.NoError(t, migrate(ctx, pool, schema, []migration{m1, m3}))
+	require.NoError(t, migrate(ctx, pool, schema, []migration{m1, m2, m3}))
+	require.NoError(t, migrate(ctx, pool, schema, []migration{m1, m2, m3}))
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM "+quoteIdent(schema)+".store_migrations").Scan(&n))
+	require.Equal(t, 3, n)
+	_, err := pool.Exec(ctx, "INSERT INTO "+quoteQualified(schema, "b")+" VALUES (1)")
+	require.NoError(t, err, "0002 was applied")
+}
