@@ -372,7 +372,7 @@ func TestListenTerminatedLoopLosesNothing(t *testing.T) {
 	for i := 0; i < runs; i++ {
 		_, err := producer.Submit(ctx, "job", batuta.Event{ID: fmt.Sprintf("l-%d", i)})
 		require.NoError(t, err)
-		time.Sleep(5 * time.Millisecond) // spread the submissions over the kills
+		time.Sleep(20 * time.Millisecond) // spread the submissions over the kills
 	}
 	require.Eventually(t, func() bool {
 		return e.count("SELECT count(*) FROM "+e.runs()+" WHERE state <> 'active'") == runs
