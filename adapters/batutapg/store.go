@@ -18,13 +18,15 @@
 //
 // Every instance pointing at the same database and schema shares the work:
 // ready tasks are claimed in batches with FOR UPDATE SKIP LOCKED under a
-// lease that the orchestrator renews; every write about a claim is fenced
-// by its lease token, so a worker that lost its lease cannot overwrite the
-// result of the one that took over; expired leases are rescued, and a task
-// that keeps losing its worker fails after batuta.Config.MaxRescues
-// rescues, counted apart from its attempts. LISTEN/NOTIFY wakes idle
-// instances when work
-// appears, with polling as the fallback. Runs, task states, outputs,
+// lease that the orchestrator renews, kept and judged on the database's
+// clock; every write about a claim is fenced by its lease token, so a
+// worker that lost its lease cannot overwrite the result of the one that
+// took over; expired leases are rescued, and so, within seconds, are the
+// leases of an instance whose liveness row went stale (see
+// Config.LivenessTimeout); a task that keeps losing its worker fails after
+// batuta.Config.MaxRescues rescues, counted apart from its attempts.
+// LISTEN/NOTIFY wakes idle instances when work appears, with polling as the
+// fallback. Runs, task states, outputs,
 // attempts and the last tick of each cron schedule survive restarts; an
 // orchestrator started on the same schema resumes unfinished runs, and a
 // task whose success was recorded never runs again.
@@ -118,9 +120,9 @@ type Config struct {
 	// its leases are void and any live Store rescues its running tasks:
 	// an instance killed with SIGKILL loses its tasks after about
 	// LivenessTimeout + LivenessInterval instead of a whole lease, while a
-	// live instance's long task keeps its lease. Default 4s (with the
-	// default interval: rescue within about 5s). Must exceed
-	// LivenessInterval.
+	// live instance's long task keeps its lease. Default 4 ×
+	// LivenessInterval: 4s, so a killed instance's tasks are rescued within
+	// about 5s. Must exceed LivenessInterval.
 	LivenessTimeout time.Duration
 	// CompletionLockWait bounds how long a combined completion batch waits
 	// for run rows held by other transactions (a slow CompleteInTx, say).
