@@ -517,3 +517,44 @@ func debugLog() *slog.Logger {
 	}
 	return quiet()
 }
+
+// TestLostCompletionReplyIsNotLeaseLost: the reply to a retry completion is
+// lost after its commit; the orchestrator sends it again, and the store
+// recognises it as its own: no "lease lost to another worker", and the task
+// runs its second attempt once (before: the re-sent completion got
+// ErrLeaseLost and was logged as a lease lost to another worker).
+func TestLostCompletionReplyIsNotLeaseLost(t *testing.T) {
+	t.Parallel()
+	e := newFaultEnv(t, "batuta_lr_")
+	ctx := testCtx(t)
+	l := &replyLoser{marker: "failed_tasks = r.failed_tasks + rc.f"}
+	var logs syncBuffer
+	st, err := New(ctx, lossyPool(t, l), Config{Schema: e.schema, Logger: quiet()})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, st.Close()) })
+	o, err := batuta.New(batuta.Config{Store: st, Workers: 2, NoLogHooks: true, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		ShutdownGrace: 100 * time.Millisecond, ShutdownKill: 100 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "job", Tasks: []batuta.Task{{Name: "t",
+		Retry: batuta.RetryPolicy{MaxAttempts: 2, InitialDelay: 10 * time.Millisecond},
+		Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+			if err := e.record(ctx, in, ""); err != nil {
+				return nil, err
+			}
+			if in.Attempt() == 1 {
+				l.armed.Store(true) // the reply to this attempt's completion is lost
+				return nil, errors.New("first attempt fails")
+			}
+			return "ok", nil
+		}}}}))
+	id, err := o.Submit(ctx, "job", batuta.Event{ID: "one"})
+	require.NoError(t, err)
+	runOrch(t, o)
+	r, err := o.Wait(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State)
+	require.EqualValues(t, 1, l.fired.Load(), "the first completion's reply was lost after its commit")
+	require.NotContains(t, logs.String(), "lease was lost", "its own completion, re-sent, was taken for another worker's")
+	require.Len(t, r.Tasks[0].Attempts, 2)
+	require.Equal(t, 2, e.count("SELECT count(*) FROM "+e.execs), "two attempts, each run once")
+}
