@@ -208,12 +208,15 @@ const channelSuffix = "_work"
 // New; it implements batuta.WorkNotifier.
 //
 // Ownership: the Store does not own the pool or DB (Close leaves it open). New
-// starts two goroutines that the Store owns until Close: the listener, on
+// starts three goroutines that the Store owns until Close: the listener, on
 // one extra connection dialled with the pool's configuration, that LISTENs
-// for other processes' work notifications, and the notifier, that sends
-// this Store's own (see WorkAvailable). Close stops both and closes the
-// connection; call it after the orchestrators using the store have
-// returned from Run.
+// for other processes' work notifications; the notifier, that sends this
+// Store's own (see WorkAvailable); and the liveness loop, on another
+// connection of its own, that renews its instances' liveness rows, measures
+// the clock offset, releases lost claims and rescues dead instances' tasks
+// (see Config.LivenessInterval). Close stops all three, deletes its
+// liveness rows and closes the connections; call it after the orchestrators
+// using the store have returned from Run.
 //
 // All methods are safe for concurrent use.
 type Store struct {

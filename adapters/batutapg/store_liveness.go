@@ -49,6 +49,7 @@ type liveness struct {
 	owners  map[string]bool // owners claimed for; true once the row exists
 	orphans []int64         // claim requests whose reply was lost
 	beats   int             // full beats so far (the loop's own)
+	conn    *pgx.Conn       // the loop's own connection (the loop's own)
 }
 
 // liveQueries are the statements of leases, liveness and lost claims.
@@ -143,6 +144,7 @@ func (s *Store) startLiveness(ctx, lctx context.Context) {
 			select {
 			case <-lctx.Done():
 				s.dropOwners()
+				s.closeBeatConn()
 				return
 			case <-t.C:
 			}
@@ -167,7 +169,7 @@ func (s *Store) beatOnce(ctx context.Context, full bool) error {
 		}
 	}
 	s.live.mu.Unlock()
-	err := s.conns.with(ctx, func(c *pgx.Conn) error {
+	err := s.withBeatConn(ctx, func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue("SELECT clock_timestamp()")
 		if len(owners) > 0 {
@@ -216,6 +218,42 @@ func (s *Store) beatOnce(ctx context.Context, full bool) error {
 	return nil
 }
 
+// withBeatConn runs fn on the liveness loop's own connection, dialled with
+// the pool's configuration (so a saturated pool cannot delay the beat past
+// LivenessTimeout and get a live instance taken for dead), or on a pool
+// connection if it cannot be dialled. Only the liveness loop (and New,
+// before the loop starts) calls it.
+func (s *Store) withBeatConn(ctx context.Context, fn func(*pgx.Conn) error) error {
+	c := s.live.conn
+	if c == nil || c.IsClosed() {
+		cfg, err := s.conns.config(ctx)
+		if err == nil {
+			cfg = cfg.Copy()
+			cfg.OnNotification = nil
+			c, err = pgx.ConnectConfig(ctx, cfg)
+		}
+		if err != nil {
+			return s.conns.with(ctx, fn)
+		}
+		s.live.conn = c
+	}
+	err := fn(c)
+	if err != nil {
+		s.closeBeatConn()
+	}
+	return err
+}
+
+func (s *Store) closeBeatConn() {
+	if s.live.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = s.live.conn.Close(ctx)
+	s.live.conn = nil
+}
+
 // registerOwner makes sure owner has a liveness row before its first claim.
 func (s *Store) registerOwner(ctx context.Context, owner string) error {
 	if s.cfg.LivenessInterval <= 0 {
@@ -254,7 +292,7 @@ func (s *Store) dropOwners() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := s.conns.with(ctx, func(c *pgx.Conn) error {
+	err := s.withBeatConn(ctx, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, s.lq.dropOwners, owners)
 		return err
 	})
