@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -627,11 +628,17 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 }
 
 // storeComplete calls CompleteTasks, retrying failed calls with backoff for
-// up to a lease duration.
+// up to a lease duration past the last renewal of the claims' leases: while
+// it retries, it renews them (every LeaseDuration/3; the heartbeat no
+// longer does once the attempt is over), so a completion that takes several
+// tries is not rescued and run again meanwhile. It gives up after
+// maxCompleteLeases lease durations in all.
 func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) {
 	o := ex.o
 	backoff := 20 * time.Millisecond
-	deadline := time.Now().Add(o.cfg.LeaseDuration)
+	start := time.Now()
+	deadline := start.Add(o.cfg.LeaseDuration)
+	var renewed time.Time
 	for {
 		res, err := ex.store.CompleteTasks(ex.bgCtx, comps)
 		if err == nil && len(res) == len(comps) {
@@ -640,15 +647,31 @@ func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) 
 		if err == nil {
 			err = fmt.Errorf("store returned %d results for %d completions", len(res), len(comps))
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		if time.Since(renewed) >= o.cfg.LeaseDuration/3 && time.Since(start) < maxCompleteLeases*o.cfg.LeaseDuration {
+			renewed = time.Now()
+			refs := make([]ClaimRef, len(comps))
+			for i := range comps {
+				refs[i] = comps[i].ClaimRef
+			}
+			sts, xerr := ex.store.ExtendLeases(ex.bgCtx, refs, o.clock.Now().Add(o.cfg.LeaseDuration))
+			if xerr == nil && slices.Contains(sts, LeaseHeld) {
+				deadline = renewed.Add(o.cfg.LeaseDuration)
+			}
+		}
+		wait := min(backoff, max(o.cfg.LeaseDuration/3, time.Millisecond)) // renew in time
+		if time.Now().Add(wait).After(deadline) {
 			return nil, err
 		}
-		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
+		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
 		<-t.C
 		backoff = min(backoff*2, 2*time.Second)
 	}
 }
+
+// maxCompleteLeases bounds, in lease durations, how long storeComplete
+// keeps renewing the leases of a completion it retries.
+const maxCompleteLeases = 10
 
 type batchReq struct {
 	comp  *Completion

@@ -122,13 +122,29 @@ func migrate(ctx context.Context, db Beginner, schema string, ms []migration) er
 			return fmt.Errorf("batutapg: migrate schema %q: %w", schema, err)
 		}
 	}
-	var current int
-	if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+q+".store_migrations").Scan(&current); err != nil {
+	// Every migration not yet recorded is applied, in version order: a
+	// version added below the newest applied one (numbers are not always
+	// merged in order) is applied too.
+	done := map[int]bool{}
+	rows, err := tx.Query(ctx, "SELECT version FROM "+q+".store_migrations")
+	if err != nil {
+		return fmt.Errorf("batutapg: migrate schema %q: %w", schema, err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return fmt.Errorf("batutapg: migrate schema %q: %w", schema, err)
+		}
+		done[v] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
 		return fmt.Errorf("batutapg: migrate schema %q: %w", schema, err)
 	}
 	applied := false
 	for _, m := range ms {
-		if m.version <= current {
+		if done[m.version] {
 			continue
 		}
 		if !applied {

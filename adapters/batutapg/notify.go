@@ -62,13 +62,24 @@ func (s *Store) notifier(ctx context.Context) {
 // errNotifyBroken ends the listener: notifications do not round-trip.
 var errNotifyBroken = errors.New("batutapg: notifications do not round-trip")
 
-// listen runs the listener until ctx ends, reconnecting with backoff.
+// listenBackoffMin and listenBackoffMax bound the listener's reconnect
+// delay.
+const (
+	listenBackoffMin = 100 * time.Millisecond
+	listenBackoffMax = 5 * time.Second
+)
+
+// listen runs the listener until ctx ends, reconnecting with backoff. The
+// backoff grows while connecting fails and starts over once a connection
+// was established and LISTENing: a listener whose working connection is
+// cut (a failover, a terminated backend) is back after listenBackoffMin,
+// every time.
 func (s *Store) listen(ctx context.Context) {
 	checked := false
-	backoff := 100 * time.Millisecond
+	backoff := listenBackoffMin
 	for {
-		start := time.Now()
-		err := s.listenOnce(ctx, &checked)
+		up := false
+		err := s.listenOnce(ctx, &checked, &up)
 		s.listening.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -78,9 +89,10 @@ func (s *Store) listen(ctx context.Context) {
 				"falling back to polling only", "schema", s.cfg.Schema, "channel", s.channel)
 			return
 		}
-		if time.Since(start) > time.Minute {
-			backoff = 100 * time.Millisecond
+		if up {
+			backoff = listenBackoffMin
 		}
+		s.listenDelay.Store(int64(backoff))
 		s.log.Warn("batutapg: notification listener lost its connection; reconnecting",
 			"schema", s.cfg.Schema, "error", err, "backoff", backoff)
 		t := time.NewTimer(backoff)
@@ -90,13 +102,13 @@ func (s *Store) listen(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		backoff = min(2*backoff, listenBackoffMax)
 	}
 }
 
 // listenOnce connects, LISTENs, runs the self-check the first time, and
 // relays notifications until the connection fails or ctx ends.
-func (s *Store) listenOnce(ctx context.Context, checked *bool) error {
+func (s *Store) listenOnce(ctx context.Context, checked, up *bool) error {
 	cfg, err := s.conns.config(ctx)
 	if err != nil {
 		return err
@@ -123,6 +135,8 @@ func (s *Store) listenOnce(ctx context.Context, checked *bool) error {
 		}
 		*checked = true
 	}
+	*up = true
+	s.listenPID.Store(conn.PgConn().PID())
 	s.listening.Store(true)
 	s.signal() // notifications sent while nobody listened are lost: re-scan
 	for {

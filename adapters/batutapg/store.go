@@ -18,13 +18,15 @@
 //
 // Every instance pointing at the same database and schema shares the work:
 // ready tasks are claimed in batches with FOR UPDATE SKIP LOCKED under a
-// lease that the orchestrator renews; every write about a claim is fenced
-// by its lease token, so a worker that lost its lease cannot overwrite the
-// result of the one that took over; expired leases are rescued, and a task
-// that keeps losing its worker fails after batuta.Config.MaxRescues
-// rescues, counted apart from its attempts. LISTEN/NOTIFY wakes idle
-// instances when work
-// appears, with polling as the fallback. Runs, task states, outputs,
+// lease that the orchestrator renews, kept and judged on the database's
+// clock; every write about a claim is fenced by its lease token, so a
+// worker that lost its lease cannot overwrite the result of the one that
+// took over; expired leases are rescued, and so, within seconds, are the
+// leases of an instance whose liveness row went stale (see
+// Config.LivenessTimeout); a task that keeps losing its worker fails after
+// batuta.Config.MaxRescues rescues, counted apart from its attempts.
+// LISTEN/NOTIFY wakes idle instances when work appears, with polling as the
+// fallback. Runs, task states, outputs,
 // attempts and the last tick of each cron schedule survive restarts; an
 // orchestrator started on the same schema resumes unfinished runs, and a
 // task whose success was recorded never runs again.
@@ -99,6 +101,36 @@ type Config struct {
 	// NewRun.MaxActive is reused before it is counted again; in between,
 	// runs created and finished through this Store adjust it. Default 1s.
 	ActiveRecount time.Duration
+	// Clock is the clock of the orchestrators using this Store (set it to
+	// the same value as batuta.Config.Clock). Leases are kept and judged
+	// on the database's clock: the Store measures how far Clock is from
+	// the database's clock_timestamp() at start and every
+	// LivenessInterval, and converts the lease times it is given (claims,
+	// extensions, the rescuer's now) by that offset, so an instance whose
+	// clock is ahead or behind neither rescues healthy tasks early nor
+	// holds dead ones long. Default batuta.SystemClock.
+	Clock batuta.Clock
+	// LivenessInterval is how often the Store renews the liveness row of
+	// each owner (orchestrator NodeID) it claimed tasks for, re-measures
+	// the clock offset, releases the claims of requests whose reply was
+	// lost, and rescues the tasks of dead owners. Default 1s; negative
+	// turns liveness off (leases alone decide).
+	LivenessInterval time.Duration
+	// LivenessTimeout is how old an owner's liveness row may grow before
+	// its leases are void and any live Store rescues its running tasks:
+	// an instance killed with SIGKILL loses its tasks after about
+	// LivenessTimeout + LivenessInterval instead of a whole lease, while a
+	// live instance's long task keeps its lease. Default 4 ×
+	// LivenessInterval: 4s, so a killed instance's tasks are rescued within
+	// about 5s. Must exceed LivenessInterval.
+	LivenessTimeout time.Duration
+	// CompletionLockWait bounds how long a combined completion batch waits
+	// for run rows held by other transactions (a slow CompleteInTx, say).
+	// Past it, the completions of every run that is not locked are
+	// committed at once, and those of the locked runs wait on their own,
+	// so one held run row delays only its own run's completions. Default
+	// 1s.
+	CompletionLockWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -123,6 +155,21 @@ func (c Config) withDefaults() Config {
 	if c.ClockSkew == 0 {
 		c.ClockSkew = time.Minute
 	}
+	if c.Clock == nil {
+		c.Clock = batuta.SystemClock{}
+	}
+	if c.LivenessInterval == 0 {
+		c.LivenessInterval = time.Second
+	}
+	if c.LivenessTimeout == 0 {
+		c.LivenessTimeout = 4 * c.LivenessInterval
+		if c.LivenessInterval < 0 {
+			c.LivenessTimeout = 4 * time.Second
+		}
+	}
+	if c.CompletionLockWait == 0 {
+		c.CompletionLockWait = time.Second
+	}
 	return c
 }
 
@@ -145,6 +192,10 @@ func (c Config) validate() error {
 		return &batuta.ConfigError{Field: "ActiveRecount", Reason: "must not be negative"}
 	case c.ClockSkew < 0:
 		return &batuta.ConfigError{Field: "ClockSkew", Reason: "must not be negative"}
+	case c.LivenessInterval > 0 && c.LivenessTimeout <= c.LivenessInterval:
+		return &batuta.ConfigError{Field: "LivenessTimeout", Reason: "must exceed LivenessInterval"}
+	case c.CompletionLockWait < 0:
+		return &batuta.ConfigError{Field: "CompletionLockWait", Reason: "must not be negative"}
 	}
 	return nil
 }
@@ -157,12 +208,15 @@ const channelSuffix = "_work"
 // New; it implements batuta.WorkNotifier.
 //
 // Ownership: the Store does not own the pool or DB (Close leaves it open). New
-// starts two goroutines that the Store owns until Close: the listener, on
+// starts three goroutines that the Store owns until Close: the listener, on
 // one extra connection dialled with the pool's configuration, that LISTENs
-// for other processes' work notifications, and the notifier, that sends
-// this Store's own (see WorkAvailable). Close stops both and closes the
-// connection; call it after the orchestrators using the store have
-// returned from Run.
+// for other processes' work notifications; the notifier, that sends this
+// Store's own (see WorkAvailable); and the liveness loop, on another
+// connection of its own, that renews its instances' liveness rows, measures
+// the clock offset, releases lost claims and rescues dead instances' tasks
+// (see Config.LivenessInterval). Close stops all three, deletes its
+// liveness rows and closes the connections; call it after the orchestrators
+// using the store have returned from Run.
 //
 // All methods are safe for concurrent use.
 type Store struct {
@@ -172,6 +226,11 @@ type Store struct {
 	schema  string // quoted
 	channel string // unquoted channel name, for pg_notify($1)
 	q       queries
+	lq      liveQueries
+
+	// setBounded configures a combined completion's transaction: generic
+	// plans, lock waits bounded by CompletionLockWait.
+	setBounded string
 
 	work      chan struct{}
 	notifyReq chan struct{}
@@ -182,7 +241,11 @@ type Store struct {
 
 	active activeEstimate
 
-	listening atomic.Bool // LISTEN connection up and self-check passed
+	live liveness
+
+	listening   atomic.Bool   // LISTEN connection up and self-check passed
+	listenPID   atomic.Uint32 // backend PID of the latest LISTEN connection
+	listenDelay atomic.Int64  // the listener's latest reconnect delay (ns)
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -234,6 +297,9 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		notifyReq: make(chan struct{}, 1),
 	}
 	s.q = buildQueries(s.schema)
+	s.lq = buildLiveQueries(s.schema)
+	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",
+		max(cfg.CompletionLockWait.Milliseconds(), 1))
 	err := cs.with(ctx, func(c *pgx.Conn) error {
 		if cfg.ManualMigrate {
 			return checkVersion(ctx, c, cfg.Schema)
@@ -262,6 +328,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 			s.listen(lctx)
 		}()
 	}
+	s.startLiveness(ctx, lctx)
 	return s, nil
 }
 
@@ -348,14 +415,20 @@ func withRetry(ctx context.Context, fn func() error) error {
 // again (its old token void, so the first claimant's writes stay fenced),
 // this takes a disk flush off the path from submit to task start.
 func (s *Store) sendHot(ctx context.Context, asyncCommit bool, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	set := setGeneric
+	if asyncCommit {
+		set = setGenericAsync
+	}
+	return s.sendHotSet(ctx, set, queue, read)
+}
+
+// sendHotSet is sendHot with set as the statement that configures the
+// transaction.
+func (s *Store) sendHotSet(ctx context.Context, set string, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
 	return s.conns.with(ctx, func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
-		if asyncCommit {
-			b.Queue(setGenericAsync)
-		} else {
-			b.Queue(setGeneric)
-		}
+		b.Queue(set)
 		queue(b)
 		b.Queue("COMMIT")
 		br := c.SendBatch(ctx, b)

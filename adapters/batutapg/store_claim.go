@@ -2,6 +2,8 @@ package batutapg
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -71,16 +73,26 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 			g.p.LeaseUntil = p.LeaseUntil
 		}
 	}
+	for _, g := range groups {
+		if err := s.registerOwner(ctx, g.p.Owner); err != nil {
+			return nil, err
+		}
+	}
 	out := make([][]batuta.Claim, len(ps))
+	reqs := make([]int64, len(groups))
 	err := withRetry(ctx, func() error {
 		clear(out)
-		return s.sendHot(ctx, true, func(b *pgx.Batch) {
-			for _, g := range groups {
+		for i := range reqs {
+			reqs[i] = claimRequest()
+		}
+		err := s.sendHot(ctx, true, func(b *pgx.Batch) {
+			for i, g := range groups {
 				var wfs []string
 				if len(g.p.Workflows) > 0 {
 					wfs = g.p.Workflows
 				}
-				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, g.p.LeaseUntil)
+				// The lease is kept on the database's clock.
+				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
@@ -97,11 +109,28 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 			}
 			return nil
 		})
+		if err != nil && !retryable(err) {
+			// The claim may have committed with its reply lost: release
+			// whatever these requests took (no attempt or rescue counted).
+			s.lostClaims(reqs)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
 	}
 	return out, nil
+}
+
+// claimRequest returns a random claim request number (never 0).
+func claimRequest() int64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:])
+		if n := int64(binary.LittleEndian.Uint64(b[:])); n != 0 {
+			return n
+		}
+	}
 }
 
 func sameStrings(a, b []string) bool {
@@ -189,7 +218,8 @@ func rawOutput(b []byte) any {
 	return json.RawMessage(append([]byte(nil), b...))
 }
 
-// ExtendLeases implements batuta.Store. It never waits for a row lock: a
+// ExtendLeases implements batuta.Store. until is read from Config.Clock and
+// kept on the database's clock (see Config.Clock). It never waits for a row lock: a
 // claim whose task is being written by someone else at that moment is
 // reported as it stands and its lease is left as is (the next heartbeat
 // tells the truth).
@@ -204,7 +234,7 @@ func (s *Store) ExtendLeases(ctx context.Context, refs []batuta.ClaimRef, until 
 	}
 	err := withRetry(ctx, func() error {
 		return s.sendHot(ctx, true, func(b *pgx.Batch) {
-			b.Queue(s.q.extend, ids, names, tokens, until)
+			b.Queue(s.q.extend, ids, names, tokens, s.toDB(until))
 		}, func(br pgx.BatchResults) error {
 			rows, err := br.Query()
 			if err != nil {

@@ -38,14 +38,57 @@ type compResult struct {
 // the first one did (the run it finished, the dependents now ready), so the
 // orchestrator's hooks and waiters still learn about it. Any other write
 // under a token that no longer holds the task gets ErrLeaseLost.
+//
+// A combined batch waits at most Config.CompletionLockWait for the run rows
+// it locks; past that, the completions of the runs nobody else holds are
+// committed at once (the others' callers are answered), and the completions
+// of the held runs are sent again on their own, waiting for their rows.
 func (s *Store) CompleteTasks(ctx context.Context, cs []batuta.Completion) ([]batuta.CompleteResult, error) {
 	if len(cs) == 0 {
 		return nil, nil
 	}
-	return s.completes.do(ctx, cs)
+	out, err := s.completes.do(ctx, cs)
+	if err != nil {
+		return nil, err
+	}
+	var busy []int
+	for i := range out {
+		if errors.Is(out[i].Err, errRunLocked) {
+			busy = append(busy, i)
+		}
+	}
+	if len(busy) == 0 {
+		return out, nil
+	}
+	// Their runs are held by another transaction: wait for them, alone.
+	rest := make([]batuta.Completion, len(busy))
+	for k, i := range busy {
+		rest[k] = cs[i]
+	}
+	res, err := s.completeBatch(ctx, rest, setGeneric)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range busy {
+		out[i] = res[k]
+	}
+	return out, nil
 }
 
+// errRunLocked marks a completion of a combined batch whose run row was held
+// by another transaction past CompletionLockWait; CompleteTasks sends it
+// again on its own.
+var errRunLocked = errors.New("batutapg: run row held by another transaction")
+
 func (s *Store) flushCompletions(ctx context.Context, cs []batuta.Completion) ([]batuta.CompleteResult, error) {
+	return s.completeBatch(ctx, cs, s.setBounded)
+}
+
+// completeBatch records cs in one transaction configured by set. If set
+// bounds lock waits and the bound is hit, the items whose rows are not
+// held are recorded (in a new transaction, skipping locked rows) and the
+// others get errRunLocked.
+func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set string) ([]batuta.CompleteResult, error) {
 	out := make([]batuta.CompleteResult, len(cs))
 	in := newCompInput(len(cs))
 	var idx []int // index in cs of each item sent
@@ -60,9 +103,15 @@ func (s *Store) flushCompletions(ctx context.Context, cs []batuta.Completion) ([
 		return out, nil
 	}
 	var res []compResult
+	var locked []bool
 	err := withRetry(ctx, func() error {
 		var err error
-		res, err = s.completeOn(ctx, nil, in, 0, time.Now())
+		now := time.Now()
+		res, err = s.completeOnSet(ctx, in, 0, now, set)
+		locked = nil
+		if lockNotAvailable(err) && set != setGeneric {
+			res, locked, err = s.completeSkipLocked(ctx, in, 0, now)
+		}
 		return err
 	})
 	if err != nil {
@@ -72,6 +121,8 @@ func (s *Store) flushCompletions(ctx context.Context, cs []batuta.Completion) ([
 		r := res[k]
 		c := &cs[i]
 		switch {
+		case locked != nil && !locked[k]:
+			out[i].Err = fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, errRunLocked)
 		case r.applied, r.idem:
 			out[i].Ready, out[i].RunFinished = r.ready, r.finished
 		default:
@@ -210,8 +261,15 @@ func (s *Store) completeOn(ctx context.Context, tx pgx.Tx, in *compInput, maxRes
 		}
 		return out, nil
 	}
-	var locked bool
-	err = s.sendHot(ctx, false, func(b *pgx.Batch) { locked = s.queueCompletion(b, in, maxRescues, now) }, func(br pgx.BatchResults) error {
+	return s.completeOnSet(ctx, in, maxRescues, now, setGeneric)
+}
+
+// completeOnSet is completeOn in a transaction of its own, configured by
+// set.
+func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int, now time.Time, set string) ([]compResult, error) {
+	var out []compResult
+	var wake, locked bool
+	err := s.sendHotSet(ctx, set, func(b *pgx.Batch) { locked = s.queueCompletion(b, in, maxRescues, now) }, func(br pgx.BatchResults) error {
 		var err error
 		out, wake, err = s.readCompletion(br, len(in.runs), locked)
 		return err
@@ -366,47 +424,174 @@ const rescueBatch = 500
 
 // RescueExpired implements batuta.Store: running tasks whose lease expired
 // before now go back to the ready set (their old token is void), or fail
-// once they were rescued more than maxRescues times; their run's row is
-// locked like any completion's, so rescue and completion never race.
+// once they were rescued more than maxRescues times. now is read from
+// Config.Clock and judged on the database's clock (see Config.Clock), and
+// the tasks of owners whose liveness row is stale are rescued too. The
+// rescue never waits for a lock: a task whose run row or task row another
+// transaction holds (a slow CompleteInTx, say) is left for the next call,
+// and the others are rescued now.
 func (s *Store) RescueExpired(ctx context.Context, now time.Time, maxRescues int) (int, int, error) {
+	s.live.maxRescues.Store(int64(maxRescues))
+	before := s.toDB(now)
 	var rescued, failed int
 	for {
-		cands, err := s.expiredLeases(ctx, now)
+		cands, err := s.expiredLeases(ctx, before)
 		if err != nil {
 			return rescued, failed, err
 		}
 		if len(cands) == 0 {
-			return rescued, failed, nil
+			break
 		}
-		in := newCompInput(len(cands))
-		for i := range cands {
-			c := batuta.Completion{ClaimRef: cands[i], Outcome: outcomeRescue, FinishedAt: now}
-			if err := in.add(&c, now); err != nil {
-				return rescued, failed, err
-			}
-		}
-		var res []compResult
-		err = withRetry(ctx, func() error {
-			var err error
-			res, err = s.completeOn(ctx, nil, in, maxRescues, now)
-			return err
-		})
+		n, f, applied, err := s.rescue(ctx, cands, before, maxRescues, now)
+		rescued, failed = rescued+n, failed+f
 		if err != nil {
 			return rescued, failed, fmt.Errorf("batutapg: rescue expired leases: %w", err)
 		}
-		for _, r := range res {
-			switch {
-			case !r.applied:
-			case r.newState == string(batuta.TaskPending):
-				rescued++
-			case r.newState == string(batuta.TaskFailed):
-				failed++
-			}
-		}
-		if len(cands) < rescueBatch {
-			return rescued, failed, nil
+		if len(cands) < rescueBatch || applied == 0 {
+			break
 		}
 	}
+	if s.cfg.LivenessInterval > 0 {
+		n, f, err := s.rescueDeadOwners(ctx, maxRescues, now)
+		rescued, failed = rescued+n, failed+f
+		if err != nil {
+			return rescued, failed, err
+		}
+	}
+	return rescued, failed, nil
+}
+
+// rescue feeds cands to the completion statement as rescues whose lease
+// expired before leaseBefore (database clock; voidLease for dead owners),
+// skipping the ones whose rows are locked. It reports the tasks rescued,
+// failed past maxRescues, and how many candidates it could lock.
+func (s *Store) rescue(ctx context.Context, cands []batuta.ClaimRef, leaseBefore time.Time, maxRescues int, now time.Time) (rescued, failed, applied int, err error) {
+	in := newCompInput(len(cands))
+	for i := range cands {
+		c := batuta.Completion{ClaimRef: cands[i], Outcome: outcomeRescue, FinishedAt: now}
+		if err := in.add(&c, leaseBefore); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	var res []compResult
+	var locked []bool
+	err = withRetry(ctx, func() error {
+		var err error
+		res, locked, err = s.completeSkipLocked(ctx, in, maxRescues, now)
+		return err
+	})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for i, r := range res {
+		if locked[i] {
+			applied++
+		}
+		switch {
+		case !r.applied:
+		case r.newState == string(batuta.TaskPending):
+			rescued++
+		case r.newState == string(batuta.TaskFailed):
+			failed++
+		}
+	}
+	return rescued, failed, applied, nil
+}
+
+// completeSkipLocked runs the completion statement for the items of in
+// whose run row (runs of several tasks) and task row it can lock at once,
+// in one transaction, and reports which those were; the others are not
+// touched (their results are zero).
+func (s *Store) completeSkipLocked(ctx context.Context, in *compInput, maxRescues int, now time.Time) ([]compResult, []bool, error) {
+	out := make([]compResult, len(in.runs))
+	locked := make([]bool, len(in.runs))
+	var wake bool
+	var finished int
+	err := s.conns.with(ctx, func(c *pgx.Conn) error {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+		if _, err := tx.Exec(ctx, setGeneric); err != nil {
+			return err
+		}
+		var idx []int
+		rows, err := tx.Query(ctx, s.lq.lockSkip, in.runs, in.tokens)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var ord int64
+			if err := rows.Scan(&ord); err != nil {
+				rows.Close()
+				return err
+			}
+			if ord >= 1 && int(ord) <= len(in.runs) {
+				idx = append(idx, int(ord)-1)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(idx) == 0 {
+			return tx.Commit(ctx)
+		}
+		sort.Ints(idx)
+		sub := in.subset(idx)
+		b := &pgx.Batch{}
+		lk := s.queueCompletion(b, sub, maxRescues, now)
+		br := tx.SendBatch(ctx, b)
+		res, w, err := s.readCompletion(br, len(idx), lk)
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+		clear(out)
+		clear(locked)
+		finished, wake = 0, w
+		for k, i := range idx {
+			out[i], locked[i] = res[k], true
+			if res[k].finished != "" {
+				finished++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if finished > 0 {
+		s.active.add(-finished)
+	}
+	if wake {
+		s.workAppeared()
+	}
+	return out, locked, nil
+}
+
+// subset returns the items of in at the given indexes.
+func (in *compInput) subset(idx []int) *compInput {
+	out := newCompInput(len(idx))
+	for _, i := range idx {
+		out.runs = append(out.runs, in.runs[i])
+		out.tasks = append(out.tasks, in.tasks[i])
+		out.tokens = append(out.tokens, in.tokens[i])
+		out.outcomes = append(out.outcomes, in.outcomes[i])
+		out.outputs = append(out.outputs, in.outputs[i])
+		out.errs = append(out.errs, in.errs[i])
+		out.recs = append(out.recs, in.recs[i])
+		out.retryAt = append(out.retryAt, in.retryAt[i])
+		out.leaseBefore = append(out.leaseBefore, in.leaseBefore[i])
+		out.at = append(out.at, in.at[i])
+	}
+	return out
 }
 
 func (s *Store) expiredLeases(ctx context.Context, now time.Time) ([]batuta.ClaimRef, error) {

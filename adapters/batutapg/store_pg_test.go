@@ -97,7 +97,9 @@ func TestMigrateConcurrentAndIdempotent(t *testing.T) {
 	require.NoError(t, MigrateSchema(ctx, pool, schema))
 	var n, v int
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*), max(version) FROM "+quoteIdent(schema)+".store_migrations").Scan(&n, &v))
-	require.Equal(t, SchemaVersion(), n, "each migration recorded once")
+	ms, err := migrations()
+	require.NoError(t, err)
+	require.Equal(t, len(ms), n, "each migration recorded once")
 	require.Equal(t, SchemaVersion(), v)
 	// Several Stores starting together on a fresh schema.
 	schema2 := "batuta_mig_" + storeSuffix()

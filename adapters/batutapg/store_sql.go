@@ -72,7 +72,7 @@ WITH picked AS (
 ), claimed AS (
     UPDATE {s}.tasks t
     SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1)
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6
     FROM picked p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
     RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps
@@ -175,7 +175,9 @@ WITH i AS (
         -- kept on terminal states, so a repeated completion is recognised
         token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
         owner = NULL,
-        lease_until = NULL
+        lease_until = NULL,
+        last_token = m.token,
+        last_outcome = m.outcome
     FROM m
     WHERE t.run_id = m.run_id AND t.idx = m.idx AND t.lease_until IS NOT NULL AND t.token = m.token
       AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
@@ -235,8 +237,9 @@ SELECT 'r', ord, '', count(*) FROM dec WHERE ready GROUP BY ord
 UNION ALL
 SELECT 'f', ord, state, 0 FROM ru WHERE state <> 'active'
 UNION ALL
--- A repeated terminal completion (the task already ended this way under
--- this token: CompleteInTx, or a retry after a lost reply) changes nothing
+-- A repeated completion (the task already ended this way under this
+-- token: CompleteInTx, or a retry after a lost reply; for retry, snooze and
+-- release, last_token and last_outcome remember it) changes nothing
 -- and reports what the first one did: the run it finished, and the
 -- dependents that are ready now.
 SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token THEN r0.state ELSE '' END,
@@ -246,8 +249,9 @@ SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token T
 FROM i
 JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
 JOIN {s}.runs r0 ON r0.id = i.run_id
-WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') AND i.ord NOT IN (SELECT ord FROM done)
-  AND t0.token = i.token AND t0.name = i.task AND t0.state = i.outcome
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release') AND i.ord NOT IN (SELECT ord FROM done)
+  AND t0.name = i.task
+  AND ((t0.token = i.token AND t0.state = i.outcome) OR (t0.last_token = i.token AND t0.last_outcome = i.outcome))
 UNION ALL
 SELECT 'n', 0, '', count(*) FROM (
     SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12)

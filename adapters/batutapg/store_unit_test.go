@@ -34,6 +34,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative MaxFlushes", Config{MaxFlushes: -1}, "MaxFlushes", batuta.ErrInvalidConfig},
 		{"negative ActiveRecount", Config{ActiveRecount: -1}, "ActiveRecount", batuta.ErrInvalidConfig},
 		{"negative ClockSkew", Config{ClockSkew: -time.Second}, "ClockSkew", batuta.ErrInvalidConfig},
+		{"liveness off", Config{LivenessInterval: -1}, "", nil},
+		{"LivenessTimeout not above LivenessInterval", Config{LivenessInterval: time.Second, LivenessTimeout: time.Second}, "LivenessTimeout", batuta.ErrInvalidConfig},
+		{"negative CompletionLockWait", Config{CompletionLockWait: -1}, "CompletionLockWait", batuta.ErrInvalidConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
