@@ -237,7 +237,10 @@ func TestMultiNode(t *testing.T) {
 		for i := range perInstance {
 			require.Greater(t, perInstance[i].Load(), int64(runs/20), "instance %d did too little of the work", i)
 		}
-		require.Positive(t, stuck.Load(), "the kill caught no task in flight")
+		// A task is caught in flight either in its body (stuck) or between
+		// its body and the record of its result (it runs again: twice);
+		// which of the two the kill hits is up to the scheduler.
+		require.Positive(t, stuck.Load()+int64(twice), "the kill caught no task in flight")
 		require.GreaterOrEqual(t, rescued, 1, "the killed instance's claims were not rescued")
 	})
 
