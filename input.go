@@ -121,9 +121,9 @@ func decodeJSON(data []byte, v any, strict bool) error {
 	}
 	switch t := bytes.TrimSpace(data); {
 	case len(t) == 0:
-		return errors.New("no data, and strict decoding needs a JSON value")
+		return errors.New("no data: strict decoding needs a JSON value")
 	case string(t) == "null":
-		return errors.New("null, and strict decoding needs a value")
+		return errors.New("null: strict decoding needs a value, not null")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -144,9 +144,10 @@ func decodeJSON(data []byte, v any, strict bool) error {
 // Errors: ErrNotAncestor when task is not an ancestor (the message lists
 // those it can read); ErrNoOutput when the ancestor did not succeed
 // (skipped, upstream_failed, ...); ErrTypeMismatch when it holds a value of
-// another type. Direct dependencies come with the claim; the first read of
-// a further ancestor reads the run from the Store once for the attempt (a
-// Store error is returned as is: it may be transient).
+// another type. Direct dependencies come with the claim; a further ancestor
+// is read from the in-memory store directly, and from a durable store with
+// one read of the run per attempt, on the first such call (a Store error
+// is returned wrapped, not permanent: it may be transient).
 func Output[T any](in *Input, task string) (T, error) {
 	var zero T
 	for i := range in.claim.Upstream {
@@ -159,14 +160,14 @@ func Output[T any](in *Input, task string) (T, error) {
 		}
 		return convertOutput[T](u.Output, task)
 	}
-	tr, err := in.ancestor(task)
+	u, err := in.ancestor(task)
 	if err != nil {
 		return zero, err
 	}
-	if tr.State != TaskSucceeded {
-		return zero, noOutput(task, tr.State, tr.Error)
+	if u.State != TaskSucceeded {
+		return zero, noOutput(task, u.State, u.Error)
 	}
-	return convertOutput[T](tr.Output, task)
+	return convertOutput[T](u.Output, task)
 }
 
 func noOutput(task string, st TaskState, why string) error {
@@ -177,36 +178,44 @@ func noOutput(task string, st TaskState, why string) error {
 }
 
 // ancestor returns the state of task, an ancestor of the running task that
-// is not a direct dependency, reading the run once per attempt.
-func (in *Input) ancestor(task string) (*TaskRun, error) {
+// is not a direct dependency: from the store's cheap per-task read if it
+// has one, else from the run, read once per attempt.
+func (in *Input) ancestor(task string) (UpstreamResult, error) {
 	if in.task == nil || in.task.wf == nil {
-		return nil, fmt.Errorf("%w: output of %q: task %q has no ancestors", ErrNotAncestor, task, in.claim.Task)
+		return UpstreamResult{}, fmt.Errorf("%w: output of %q: task %q has no ancestors", ErrNotAncestor, task, in.claim.Task)
 	}
-	names, set := in.task.ancestors()
-	if _, ok := set[task]; !ok {
-		return nil, notAncestor(in, task, names)
+	pos, ok := in.task.wf.index[task]
+	if !ok || !in.task.isAncestor(pos) {
+		return UpstreamResult{}, notAncestor(in, task, in.task.ancestorNames())
+	}
+	if in.store == nil {
+		return UpstreamResult{}, fmt.Errorf("batuta: output of %q: no store to read it from", task)
+	}
+	ctx := in.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if r, ok := in.store.(taskResultReader); ok {
+		u, err := r.taskResult(ctx, in.claim.RunID, pos, task)
+		if err != nil {
+			return UpstreamResult{}, fmt.Errorf("batuta: output of %q: %w", task, err)
+		}
+		return u, nil
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.run == nil {
-		if in.store == nil {
-			return nil, fmt.Errorf("batuta: output of %q: no store to read it from", task)
-		}
-		ctx := in.ctx
-		if ctx == nil {
-			ctx = context.Background()
-		}
 		r, err := in.store.GetRun(ctx, in.claim.RunID)
 		if err != nil {
-			return nil, fmt.Errorf("batuta: output of %q: reading run %s: %w", task, in.claim.RunID, err)
+			return UpstreamResult{}, fmt.Errorf("batuta: output of %q: reading run %s: %w", task, in.claim.RunID, err)
 		}
 		in.run = r
 	}
 	tr := in.run.Task(task)
 	if tr == nil {
-		return nil, fmt.Errorf("batuta: output of %q: run %s has no such task", task, in.claim.RunID)
+		return UpstreamResult{}, fmt.Errorf("batuta: output of %q: run %s has no such task", task, in.claim.RunID)
 	}
-	return tr, nil
+	return UpstreamResult{Name: tr.Name, State: tr.State, Output: tr.Output, Error: tr.Error}, nil
 }
 
 func notAncestor(in *Input, task string, names []string) error {

@@ -337,38 +337,64 @@ type compiledTask struct {
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
 
-	// The task's ancestors (transitive dependencies), computed on first
-	// need: only tasks that read the output of an indirect ancestor pay.
-	ancOnce  sync.Once
-	ancNames []string // in the order of Workflow.Tasks
-	ancSet   map[string]struct{}
+	// reach caches isAncestor's answers: a task reads few names, so this
+	// stays small, and nothing is computed for tasks that read only their
+	// direct dependencies.
+	reachMu sync.Mutex
+	reach   map[int]bool
 }
 
-// ancestors returns the names of every task this one transitively depends
-// on, in the order of Workflow.Tasks, and the same names as a set.
-func (ct *compiledTask) ancestors() ([]string, map[string]struct{}) {
-	ct.ancOnce.Do(func() {
-		specs := ct.wf.specs
-		seen := make([]bool, len(specs))
-		stack := append([]int(nil), specs[ct.pos].Deps...)
-		for len(stack) > 0 {
-			n := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if seen[n] {
-				continue
-			}
-			seen[n] = true
-			stack = append(stack, specs[n].Deps...)
+// isAncestor reports whether the task at position j of the workflow is an
+// ancestor (a transitive dependency) of ct.
+func (ct *compiledTask) isAncestor(j int) bool {
+	ct.reachMu.Lock()
+	v, ok := ct.reach[j]
+	ct.reachMu.Unlock()
+	if ok {
+		return v
+	}
+	ct.walkAncestors(func(i int) bool { v = i == j; return !v })
+	ct.reachMu.Lock()
+	if ct.reach == nil {
+		ct.reach = make(map[int]bool)
+	}
+	ct.reach[j] = v
+	ct.reachMu.Unlock()
+	return v
+}
+
+// ancestorNames returns the names of ct's ancestors in the order of
+// Workflow.Tasks (for error messages).
+func (ct *compiledTask) ancestorNames() []string {
+	seen := make([]bool, len(ct.wf.specs))
+	ct.walkAncestors(func(i int) bool { seen[i] = true; return true })
+	var names []string
+	for i, ok := range seen {
+		if ok {
+			names = append(names, ct.wf.specs[i].Name)
 		}
-		ct.ancSet = make(map[string]struct{})
-		for i, ok := range seen {
-			if ok {
-				ct.ancNames = append(ct.ancNames, specs[i].Name)
-				ct.ancSet[specs[i].Name] = struct{}{}
-			}
+	}
+	return names
+}
+
+// walkAncestors calls visit once for each ancestor of ct, depth first,
+// until visit returns false.
+func (ct *compiledTask) walkAncestors(visit func(i int) bool) {
+	specs := ct.wf.specs
+	seen := make([]bool, len(specs))
+	stack := append([]int(nil), specs[ct.pos].Deps...)
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[n] {
+			continue
 		}
-	})
-	return ct.ancNames, ct.ancSet
+		seen[n] = true
+		if !visit(n) {
+			return
+		}
+		stack = append(stack, specs[n].Deps...)
+	}
 }
 
 // nameRule is what validName accepts, for error messages.
