@@ -461,7 +461,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	var err error
 	abandoned := false
 	if deadline.IsZero() {
-		sl.in = Input{claim: c, task: ct}
+		sl.in = Input{claim: c, task: ct, ctx: taskCtx, store: ex.store}
 		out, err = callTask(taskCtx, ct.fn, &sl.in)
 	} else {
 		// Run the body apart, so a task that ignores its ctx cannot hold
@@ -472,7 +472,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		}
 		done := make(chan result, 1)
 		cc := *c // the worker reuses c's storage; an abandoned body keeps its own copy
-		in := &Input{claim: &cc, task: ct}
+		in := &Input{claim: &cc, task: ct, ctx: taskCtx, store: ex.store}
 		stuck := &slot{}
 		go func() {
 			o, e := callTask(taskCtx, ct.fn, in)

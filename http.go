@@ -411,7 +411,9 @@ func (h *httpHandler) submitError(w http.ResponseWriter, r *http.Request, err er
 	case errors.Is(err, ErrInvalidPayload):
 		h.error(w, r, http.StatusBadRequest, err.Error(), nil)
 	case errors.Is(err, ErrUnknownWorkflow):
-		h.error(w, r, http.StatusNotFound, err.Error(), nil)
+		// Not err.Error(): it lists the registered workflows, for the Go
+		// caller, not for a client.
+		h.error(w, r, http.StatusNotFound, "unknown workflow", nil)
 	case r.Context().Err() != nil:
 		// The client left.
 	default:

@@ -1,17 +1,29 @@
 package batuta
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
+	"strings"
+	"sync"
 )
 
 // Input is what a running task sees of its run: the triggering event, the
-// outputs of its dependencies and its own identity. It is valid only during
+// outputs of its ancestors and its own identity. It is valid only during
 // the TaskFunc call that received it and must not be retained.
 type Input struct {
 	claim *Claim
 	task  *compiledTask
+	// For reading ancestors that are not direct dependencies: the
+	// attempt's ctx, the store, and the run, read once on first need.
+	ctx   context.Context
+	store Store
+	mu    sync.Mutex
+	run   *Run
 }
 
 // Event returns the event that started the run.
@@ -53,29 +65,89 @@ func (in *Input) AttemptKey() string {
 }
 
 // Upstream returns the results of the task's direct dependencies, in the
-// order of Task.Deps.
+// order of Task.Deps. Output reads further ancestors too.
 func (in *Input) Upstream() []UpstreamResult { return in.claim.Upstream }
 
-// EventData decodes the event's Data as JSON into a T. An empty payload
-// decodes to T's zero value; malformed JSON is an error matching
-// ErrInvalidPayload.
+// Errors of Output.
+var (
+	// ErrNoOutput: Output named an ancestor that has no output to read:
+	// it was skipped, upstream_failed, failed or canceled (or, for a
+	// FireEarly task, has not finished yet). Read the ancestor's state with
+	// Upstream, or give the task a join rule that fits.
+	ErrNoOutput = errors.New("batuta: no output")
+	// ErrNotAncestor: Output named a task that is not an ancestor of the
+	// running task (nor in its workflow, perhaps); the message lists the
+	// tasks it can read. Add the task to Task.Deps (directly or further up).
+	ErrNotAncestor = errors.New("batuta: not an ancestor")
+)
+
+// EventData decodes the event's Data as JSON into a T.
+//
+// By default it is lenient, as encoding/json is: an empty payload decodes
+// to T's zero value, and fields T does not have are ignored, so producers
+// may add fields without breaking this consumer. In a workflow with
+// StrictInput set it is strict, as EventDataStrict.
+//
+// Malformed data is an error matching ErrInvalidPayload, wrapped with
+// Permanent: retrying cannot fix it, so the task fails at once when it
+// returns the error.
 func EventData[T any](in *Input) (T, error) {
+	return eventData[T](in, in.task != nil && in.task.strict)
+}
+
+// EventDataStrict is EventData that refuses what lenient decoding lets
+// through as a zero value: a field T does not have (when T is a struct), a
+// top-level null, no data at all, and anything after the JSON value. The
+// error matches ErrInvalidPayload and is permanent.
+func EventDataStrict[T any](in *Input) (T, error) { return eventData[T](in, true) }
+
+func eventData[T any](in *Input, strict bool) (T, error) {
 	var v T
-	data := in.claim.Event.Data
-	if len(data) == 0 {
-		return v, nil
-	}
-	if err := json.Unmarshal(data, &v); err != nil {
-		return v, fmt.Errorf("%w: event data of run %s: %v", ErrInvalidPayload, in.claim.RunID, err)
+	if err := decodeJSON(in.claim.Event.Data, &v, strict); err != nil {
+		var zero T
+		return zero, Permanent(fmt.Errorf("%w: event data of run %s: %w", ErrInvalidPayload, in.claim.RunID, err))
 	}
 	return v, nil
 }
 
-// Output returns the output of the direct dependency named task as a T.
-// With the in-memory store it is the value the task returned; with a
-// durable store it is decoded from JSON. It is an error if task is not a
-// dependency, did not succeed, or holds a value of another type
-// (ErrTypeMismatch).
+// decodeJSON decodes data into v: leniently as json.Unmarshal (with empty
+// data leaving v alone), or strictly.
+func decodeJSON(data []byte, v any, strict bool) error {
+	if !strict {
+		if len(data) == 0 {
+			return nil
+		}
+		return json.Unmarshal(data, v)
+	}
+	switch t := bytes.TrimSpace(data); {
+	case len(t) == 0:
+		return errors.New("no data: strict decoding needs a JSON value")
+	case string(t) == "null":
+		return errors.New("null: strict decoding needs a value, not null")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON value")
+	}
+	return nil
+}
+
+// Output returns the output of task, an ancestor of the running task (a
+// dependency, a dependency of a dependency, and so on), as a T. With the
+// in-memory store it is the value the task returned; with a durable store
+// it is decoded from JSON.
+//
+// Errors: ErrNotAncestor when task is not an ancestor (the message lists
+// those it can read); ErrNoOutput when the ancestor did not succeed
+// (skipped, upstream_failed, ...); ErrTypeMismatch when it holds a value of
+// another type. Direct dependencies come with the claim; a further ancestor
+// is read from the in-memory store directly, and from a durable store with
+// one read of the run per attempt, on the first such call (a Store error
+// is returned wrapped, not permanent: it may be transient).
 func Output[T any](in *Input, task string) (T, error) {
 	var zero T
 	for i := range in.claim.Upstream {
@@ -84,11 +156,85 @@ func Output[T any](in *Input, task string) (T, error) {
 			continue
 		}
 		if u.State != TaskSucceeded {
-			return zero, fmt.Errorf("batuta: output of %q: task %s, not succeeded", task, u.State)
+			return zero, noOutput(task, u.State, u.Error)
 		}
 		return convertOutput[T](u.Output, task)
 	}
-	return zero, fmt.Errorf("batuta: output of %q: not a dependency of task %q", task, in.claim.Task)
+	u, err := in.ancestor(task)
+	if err != nil {
+		return zero, err
+	}
+	if u.State != TaskSucceeded {
+		return zero, noOutput(task, u.State, u.Error)
+	}
+	return convertOutput[T](u.Output, task)
+}
+
+func noOutput(task string, st TaskState, why string) error {
+	if why != "" {
+		return fmt.Errorf("%w: output of %q: task %s (%s), not succeeded", ErrNoOutput, task, st, why)
+	}
+	return fmt.Errorf("%w: output of %q: task %s, not succeeded", ErrNoOutput, task, st)
+}
+
+// ancestor returns the state of task, an ancestor of the running task that
+// is not a direct dependency: from the store's cheap per-task read if it
+// has one, else from the run, read once per attempt.
+func (in *Input) ancestor(task string) (UpstreamResult, error) {
+	if in.task == nil || in.task.wf == nil {
+		return UpstreamResult{}, fmt.Errorf("%w: output of %q: task %q has no ancestors", ErrNotAncestor, task, in.claim.Task)
+	}
+	pos, ok := in.task.wf.index[task]
+	if !ok || !in.task.isAncestor(pos) {
+		return UpstreamResult{}, notAncestor(in, task, in.task.ancestorNames())
+	}
+	if in.store == nil {
+		return UpstreamResult{}, fmt.Errorf("batuta: output of %q: no store to read it from", task)
+	}
+	ctx := in.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if r, ok := in.store.(taskResultReader); ok {
+		u, err := r.taskResult(ctx, in.claim.RunID, pos, task)
+		if err != nil {
+			return UpstreamResult{}, fmt.Errorf("batuta: output of %q: %w", task, err)
+		}
+		return u, nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.run == nil {
+		r, err := in.store.GetRun(ctx, in.claim.RunID)
+		if err != nil {
+			return UpstreamResult{}, fmt.Errorf("batuta: output of %q: reading run %s: %w", task, in.claim.RunID, err)
+		}
+		in.run = r
+	}
+	tr := in.run.Task(task)
+	if tr == nil {
+		return UpstreamResult{}, fmt.Errorf("batuta: output of %q: run %s has no such task", task, in.claim.RunID)
+	}
+	return UpstreamResult{Name: tr.Name, State: tr.State, Output: tr.Output, Error: tr.Error}, nil
+}
+
+func notAncestor(in *Input, task string, names []string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "output of %q: ", task)
+	if _, ok := in.task.wf.index[task]; ok {
+		fmt.Fprintf(&b, "task %q is not an ancestor of task %q", task, in.claim.Task)
+	} else {
+		fmt.Fprintf(&b, "workflow %q has no task %q", in.claim.Workflow, task)
+	}
+	if len(names) == 0 {
+		fmt.Fprintf(&b, "; task %q has no dependencies, so it can read no output", in.claim.Task)
+	} else {
+		fmt.Fprintf(&b, "; task %q can read %s", in.claim.Task, quoteList(names, 20))
+	}
+	if _, ok := in.task.wf.index[task]; ok && task != in.claim.Task {
+		fmt.Fprintf(&b, "; to read %q, add it to Task.Deps of %q (or of one of its ancestors)", task, in.claim.Task)
+	}
+	return fmt.Errorf("%w: %s", ErrNotAncestor, b.String())
 }
 
 // convertOutput turns a stored output into a T: the value itself, or its

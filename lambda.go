@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +54,15 @@ type FunctionConfig struct {
 	// DeadLetterRetry retries the hand-off to DeadLetter (each attempt is
 	// bounded by 30 s). Default: 10 attempts, from 1 s up to 1 min apart.
 	DeadLetterRetry RetryPolicy
+	// StrictInput decodes the handler's In strictly (see EventDataStrict):
+	// a field In does not have, a null body or no body at all fails the
+	// invocation at once with ErrInvalidPayload, and the HTTP handler
+	// answers such a request 400 before any run exists. It has no effect
+	// on handlers taking Event, []byte or json.RawMessage.
+	//
+	// Off by default, as in encoding/json, so callers may send fields the
+	// handler does not know yet; see Workflow.StrictInput.
+	StrictInput bool
 }
 
 // Task names of a function's workflow.
@@ -66,12 +77,14 @@ const (
 
 func (c FunctionConfig) validate() error {
 	switch {
+	case c.Name == "":
+		return &ConfigError{Field: "Name", Reason: `required: set FunctionConfig.Name to ` + nameRule + `, e.g. Name: "resize-image"`}
 	case !validName(c.Name):
-		return &ConfigError{Field: "Name", Reason: "must be 1-128 bytes of letters, digits, '.', '_', '-', ':'"}
+		return &ConfigError{Field: "Name", Reason: fmt.Sprintf(`FunctionConfig.Name %q must be `+nameRule+`, e.g. Name: "resize-image"`, c.Name)}
 	case c.Concurrency < 0:
-		return &ConfigError{Field: "Concurrency", Reason: "must not be negative"}
+		return &ConfigError{Field: "Concurrency", Reason: fmt.Sprintf("FunctionConfig.Concurrency must not be negative (got %d); use e.g. Concurrency: 10, or 0 for no cap", c.Concurrency)}
 	case c.Timeout < 0:
-		return &ConfigError{Field: "Timeout", Reason: "must not be negative"}
+		return &ConfigError{Field: "Timeout", Reason: fmt.Sprintf("FunctionConfig.Timeout must not be negative (got %s); use e.g. Timeout: 30*time.Second, or 0 for no limit", c.Timeout)}
 	}
 	if err := c.Retry.validate(""); err != nil {
 		return err
@@ -100,9 +113,10 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 		return err
 	}
 	if h == nil {
-		return &ConfigError{Field: "handler", Reason: "required"}
+		return &ConfigError{Field: "handler", Reason: fmt.Sprintf("required: the handler of function %q is nil; pass a func(ctx context.Context, in %v) (%v, error)",
+			cfg.Name, reflect.TypeFor[In](), reflect.TypeFor[Out]())}
 	}
-	decode := decoderFor[In]()
+	decode := decoderFor[In](cfg.StrictInput)
 	handler := func(ctx context.Context, in *Input) (any, error) {
 		v, err := decode(in)
 		if err != nil {
@@ -113,6 +127,7 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 	wf := &Workflow{
 		Name:        cfg.Name,
 		Concurrency: cfg.Concurrency,
+		StrictInput: cfg.StrictInput,
 		Tasks: []Task{{
 			Name:    FunctionTask,
 			Run:     handler,
@@ -137,7 +152,7 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 	if err := o.Register(wf); err != nil {
 		return err
 	}
-	functionsOf(o).add(cfg.Name, inputCheckFor[In]())
+	functionsOf(o).add(cfg.Name, inputCheckFor[In](cfg.StrictInput))
 	return nil
 }
 
@@ -175,7 +190,7 @@ func deadLetterTask(o *Orchestrator, dl DeadLetterHandler) TaskFunc {
 }
 
 // decoderFor returns how a function's handler gets its In from the event.
-func decoderFor[In any]() func(in *Input) (In, error) {
+func decoderFor[In any](strict bool) func(in *Input) (In, error) {
 	var zero In
 	switch any(zero).(type) {
 	case Event:
@@ -185,7 +200,7 @@ func decoderFor[In any]() func(in *Input) (In, error) {
 	case json.RawMessage:
 		return func(in *Input) (In, error) { return any(json.RawMessage(in.Event().Data)).(In), nil }
 	}
-	return EventData[In]
+	return func(in *Input) (In, error) { return eventData[In](in, strict) }
 }
 
 type inputKey struct{}
@@ -268,7 +283,7 @@ func InvokeAs[Out any](ctx context.Context, o *Orchestrator, name string, payloa
 // or GetRun.
 func (o *Orchestrator) InvokeAsync(ctx context.Context, name string, payload any) (string, error) {
 	if !functionsOf(o).has(name) {
-		return "", fmt.Errorf("%w: no function named %q", ErrUnknownWorkflow, name)
+		return "", o.unknownFunction(name)
 	}
 	ev, err := eventFor(payload)
 	if err != nil {
@@ -279,7 +294,7 @@ func (o *Orchestrator) InvokeAsync(ctx context.Context, name string, payload any
 
 func (o *Orchestrator) invoke(ctx context.Context, name string, payload any) (*Run, error) {
 	if !functionsOf(o).has(name) {
-		return nil, fmt.Errorf("%w: no function named %q", ErrUnknownWorkflow, name)
+		return nil, o.unknownFunction(name)
 	}
 	ev, err := eventFor(payload)
 	if err != nil {
@@ -339,6 +354,20 @@ func eventFor(payload any) (Event, error) {
 	return Event{Data: data}, nil
 }
 
+// unknownFunction is the ErrUnknownWorkflow of Invoke for a name that is
+// not a function, listing those that are.
+func (o *Orchestrator) unknownFunction(name string) error {
+	names := functionsOf(o).list()
+	if len(names) == 0 {
+		return fmt.Errorf("%w: no function named %q: no function is registered; register it first with batuta.RegisterFunc(o, batuta.FunctionConfig{Name: %q}, handler)", ErrUnknownWorkflow, name, name)
+	}
+	hint := ""
+	if _, err := o.workflow(name); err == nil {
+		hint = fmt.Sprintf("; %q is a workflow, not a function: start it with o.Submit", name)
+	}
+	return fmt.Errorf("%w: no function named %q; registered functions: %s%s", ErrUnknownWorkflow, name, quoteList(names, maxListed), hint)
+}
+
 // IsFunction reports whether name was registered with RegisterFunc on o.
 func (o *Orchestrator) IsFunction(name string) bool { return functionsOf(o).has(name) }
 
@@ -347,10 +376,11 @@ func (o *Orchestrator) IsFunction(name string) bool { return functionsOf(o).has(
 // wrong shape before a run exists. It returns nil for data the handler
 // accepts, for handlers taking Event, []byte or json.RawMessage, and for
 // names that are not functions; otherwise the decode error (from
-// encoding/json, matching ErrInvalidPayload).
+// encoding/json, matching ErrInvalidPayload). A function with StrictInput
+// checks strictly, so no data at all is refused too.
 func (o *Orchestrator) checkFunctionInput(name string, data []byte) error {
 	check := functionsOf(o).check(name)
-	if check == nil || len(data) == 0 {
+	if check == nil {
 		return nil
 	}
 	if err := check(data); err != nil {
@@ -361,7 +391,7 @@ func (o *Orchestrator) checkFunctionInput(name string, data []byte) error {
 
 // inputCheckFor returns how to check event data against a handler's In
 // the way decoderFor decodes it, or nil when any data is accepted.
-func inputCheckFor[In any]() func(data []byte) error {
+func inputCheckFor[In any](strict bool) func(data []byte) error {
 	var zero In
 	switch any(zero).(type) {
 	case Event, []byte, json.RawMessage:
@@ -369,7 +399,7 @@ func inputCheckFor[In any]() func(data []byte) error {
 	}
 	return func(data []byte) error {
 		var v In
-		return json.Unmarshal(data, &v)
+		return decodeJSON(data, &v, strict)
 	}
 }
 
@@ -397,6 +427,18 @@ func (s *functionSet) check(name string) func([]byte) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.checks[name]
+}
+
+// list returns the names of the functions, sorted.
+func (s *functionSet) list() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	names := make([]string, 0, len(s.names))
+	for n := range s.names {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 func (s *functionSet) has(name string) bool {

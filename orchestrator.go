@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,31 +126,34 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
+	neg := func(field string, v any, example string) error {
+		return &ConfigError{field, fmt.Sprintf("must not be negative (got %v); use e.g. %s: %s, or 0 for the default", v, field, example)}
+	}
 	switch {
 	case c.Workers < 0:
-		return &ConfigError{"Workers", "must not be negative"}
+		return neg("Workers", c.Workers, "32")
 	case c.ClaimBatch < 0:
-		return &ConfigError{"ClaimBatch", "must not be negative"}
+		return neg("ClaimBatch", c.ClaimBatch, "64")
 	case c.MaxPayloadBytes < 0:
-		return &ConfigError{"MaxPayloadBytes", "must not be negative"}
+		return neg("MaxPayloadBytes", c.MaxPayloadBytes, "1 << 20")
 	case c.ShutdownGrace < 0:
-		return &ConfigError{"ShutdownGrace", "must not be negative"}
+		return neg("ShutdownGrace", c.ShutdownGrace, "30*time.Second")
 	case c.ShutdownKill < 0:
-		return &ConfigError{"ShutdownKill", "must not be negative"}
+		return neg("ShutdownKill", c.ShutdownKill, "5*time.Second")
 	case c.LeaseDuration < 0:
-		return &ConfigError{"LeaseDuration", "must not be negative"}
+		return neg("LeaseDuration", c.LeaseDuration, "time.Minute")
 	case c.MaxRescues < 0:
-		return &ConfigError{"MaxRescues", "must not be negative"}
+		return neg("MaxRescues", c.MaxRescues, "5")
 	case c.PollInterval < 0:
-		return &ConfigError{"PollInterval", "must not be negative"}
+		return neg("PollInterval", c.PollInterval, "500*time.Millisecond")
 	case c.RetentionCount < 0:
-		return &ConfigError{"RetentionCount", "must not be negative"}
+		return neg("RetentionCount", c.RetentionCount, "100000")
 	case c.RetentionInterval < 0:
-		return &ConfigError{"RetentionInterval", "must not be negative"}
+		return neg("RetentionInterval", c.RetentionInterval, "5*time.Minute")
 	}
 	for i, h := range c.Hooks {
 		if h == nil {
-			return &ConfigError{fmt.Sprintf("Hooks[%d]", i), "is nil"}
+			return &ConfigError{fmt.Sprintf("Hooks[%d]", i), "is nil; remove it, or pass a Hooks value such as batuta.LogHooks(logger)"}
 		}
 	}
 	return nil
@@ -237,7 +241,7 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if _, dup := o.workflows[cw.name]; dup {
-		return &WorkflowError{Workflow: cw.name, Reason: "already registered"}
+		return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
 	}
 	o.workflows[cw.name] = cw
 	names := append(append([]string(nil), o.wfNames...), cw.name)
@@ -260,9 +264,33 @@ func (o *Orchestrator) workflow(name string) (*compiledWorkflow, error) {
 	cw := o.workflows[name]
 	o.mu.RUnlock()
 	if cw == nil {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownWorkflow, name)
+		return nil, o.unknownWorkflow(name, "Submit")
 	}
 	return cw, nil
+}
+
+func (o *Orchestrator) registered(name string) bool {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return o.workflows[name] != nil
+}
+
+// maxListed bounds the names an error message lists.
+const maxListed = 20
+
+// unknownWorkflow is the ErrUnknownWorkflow of call (Submit, Bind, ...)
+// for name: it lists the registered workflows (at most maxListed) and says
+// how to register one.
+func (o *Orchestrator) unknownWorkflow(name, call string) error {
+	o.mu.RLock()
+	names := o.wfNames
+	o.mu.RUnlock()
+	if len(names) == 0 {
+		return fmt.Errorf("%w: %q (%s): no workflow is registered yet; call o.Register(&batuta.Workflow{Name: %q, Tasks: ...}) before %s",
+			ErrUnknownWorkflow, name, call, name, call)
+	}
+	return fmt.Errorf("%w: %q (%s); registered: %s; check the name, or call o.Register(&batuta.Workflow{Name: %q, Tasks: ...}) before %s",
+		ErrUnknownWorkflow, name, call, quoteList(names, maxListed), name, call)
 }
 
 // Bind makes t start runs of the named workflow: each event t fires is
@@ -271,10 +299,10 @@ func (o *Orchestrator) workflow(name string) (*compiledWorkflow, error) {
 // backoff and the error is logged.
 func (o *Orchestrator) Bind(workflow string, t Trigger) error {
 	if t == nil {
-		return fmt.Errorf("batuta: Bind(%q): nil trigger", workflow)
+		return fmt.Errorf(`batuta: Bind(%q, nil): the trigger is nil; pass one, e.g. a trigger made by batuta.NewCron(batuta.CronConfig{Spec: "*/5 * * * *"}) or batuta.NewQueueTrigger`, workflow)
 	}
-	if _, err := o.workflow(workflow); err != nil {
-		return fmt.Errorf("batuta: Bind: %w", err)
+	if !o.registered(workflow) {
+		return o.unknownWorkflow(workflow, "Bind")
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -370,10 +398,10 @@ func (o *Orchestrator) checkEvent(ev *Event) error {
 	size := len(ev.Data)
 	for k, v := range ev.Metadata {
 		size += len(k) + len(v)
-		if err := checkText("metadata key", k); err != nil {
+		if err := checkText("Event.Metadata key", k); err != nil {
 			return err
 		}
-		if err := checkText("metadata "+k, v); err != nil {
+		if err := checkText("Event.Metadata["+strconvQuote(k)+"]", v); err != nil {
 			return err
 		}
 	}
@@ -382,22 +410,30 @@ func (o *Orchestrator) checkEvent(ev *Event) error {
 	}
 	for _, f := range []struct{ name, v string }{{"ID", ev.ID}, {"Source", ev.Source}, {"Type", ev.Type}, {"Subject", ev.Subject}} {
 		if len(f.v) > 1024 {
-			return fmt.Errorf("%w: event %s is %d bytes, over 1024", ErrInvalidPayload, f.name, len(f.v))
+			return fmt.Errorf("%w: Event.%s is %d bytes, over 1024; use a shorter value (an ID such as \"order-42\", not the payload: that goes in Event.Data)", ErrInvalidPayload, f.name, len(f.v))
 		}
-		if err := checkText("event "+f.name, f.v); err != nil {
+		if err := checkText("Event."+f.name, f.v); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// strconvQuote quotes a metadata key for a message, clipped.
+func strconvQuote(k string) string {
+	if len(k) > 64 {
+		k = k[:64] + "..."
+	}
+	return strconv.Quote(k)
+}
+
 func checkText(what, s string) error {
 	if !utf8.ValidString(s) {
-		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidPayload, what)
+		return fmt.Errorf("%w: %s is not valid UTF-8; put binary data in Event.Data (e.g. base64 in JSON)", ErrInvalidPayload, what)
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] == 0 {
-			return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidPayload, what)
+			return fmt.Errorf("%w: %s contains a NUL byte; put binary data in Event.Data (e.g. base64 in JSON)", ErrInvalidPayload, what)
 		}
 	}
 	return nil
@@ -619,8 +655,8 @@ func (r *runsView) RecordTick(ctx context.Context, s string, t time.Time) (bool,
 // Runs returns the Runs view of a workflow, as a TrackingTrigger gets it;
 // useful to drive a trigger by hand in tests.
 func (o *Orchestrator) Runs(workflow string) (Runs, error) {
-	if _, err := o.workflow(workflow); err != nil {
-		return nil, err
+	if !o.registered(workflow) {
+		return nil, o.unknownWorkflow(workflow, "Runs")
 	}
 	return &runsView{o: o, workflow: workflow}, nil
 }

@@ -114,19 +114,19 @@ func TestRegisterRejectsBadWorkflows(t *testing.T) {
 		{"empty", &batuta.Workflow{Name: "w"}, "no tasks"},
 		{"bad name", &batuta.Workflow{Name: "w x", Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "name must be"},
 		{"hostile name", &batuta.Workflow{Name: `w"; DROP TABLE x; --`, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "name must be"},
-		{"nil func", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a"}}}, `task "a": nil Run func`},
+		{"nil func", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a"}}}, `task "a": nil Run func: Task.Run is nil; set it to a func(ctx context.Context, in *batuta.Input) (any, error)`},
 		{"duplicate", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop}, {Name: "a", Run: noop}}}, `task "a": duplicate task name`},
 		{"unknown dep", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Deps: []string{"ghost"}}}}, `unknown dependency "ghost"`},
 		{"self dep", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Deps: []string{"a"}}}}, "depends on itself"},
 		{"cycle", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{
 			{Name: "a", Run: noop, Deps: []string{"c"}}, {Name: "b", Run: noop, Deps: []string{"a"}}, {Name: "c", Run: noop, Deps: []string{"b"}}}},
 			"dependency cycle: a -> b -> c -> a"},
-		{"negative timeout", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Timeout: -time.Second}}}, "negative Timeout"},
-		{"negative wf timeout", &batuta.Workflow{Name: "w", Timeout: -1, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "negative Timeout"},
-		{"negative retries", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: -1}}}}, "Retry.MaxAttempts must not be negative"},
+		{"negative timeout", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Timeout: -time.Second}}}, "Task.Timeout must not be negative (got -1s)"},
+		{"negative wf timeout", &batuta.Workflow{Name: "w", Timeout: -1, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "Workflow.Timeout must not be negative"},
+		{"negative retries", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: -1}}}}, "Task.Retry.MaxAttempts must not be negative (got -1); use e.g. MaxAttempts: 5"},
 		{"bad multiplier", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Retry: batuta.RetryPolicy{Multiplier: 0.5}}}}, "Retry.Multiplier"},
 		{"bad join rule", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, When: 42}}}, "unknown join rule"},
-		{"negative concurrency", &batuta.Workflow{Name: "w", Concurrency: -1, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "negative Concurrency"},
+		{"negative concurrency", &batuta.Workflow{Name: "w", Concurrency: -1, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "Workflow.Concurrency must not be negative (got -1); use e.g. Concurrency: 4"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

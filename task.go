@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -30,6 +31,17 @@ type Workflow struct {
 	// orchestrator (a function's reserved concurrency). 0 means only the
 	// worker pool bounds it.
 	Concurrency int
+	// StrictInput makes EventData, in this workflow's tasks, refuse event
+	// data that does not match T exactly: a field T does not have, a
+	// top-level null, or no data at all (EventDataStrict does the same for
+	// one call). The error matches ErrInvalidPayload and is permanent.
+	//
+	// It is off by default, as in encoding/json: a producer may add a field
+	// (a column added to the table, a new version of the message) without
+	// failing the consumers still built with the old struct. Turn it on
+	// where a typo in a field name or an empty body must not pass silently
+	// as the zero value.
+	StrictInput bool
 }
 
 // A TaskFunc is the body of a task. It reads the triggering event and the
@@ -269,13 +281,17 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 func (p RetryPolicy) validate(prefix string) error {
 	switch {
 	case p.MaxAttempts < 0:
-		return &ConfigError{Field: prefix + "Retry.MaxAttempts", Reason: "must not be negative"}
+		return &ConfigError{Field: prefix + "Retry.MaxAttempts", Reason: fmt.Sprintf(
+			"must not be negative (got %d); use e.g. MaxAttempts: 5, 1 for no retries, or 0 for the default (%d)", p.MaxAttempts, DefaultMaxAttempts)}
 	case p.InitialDelay < 0:
-		return &ConfigError{Field: prefix + "Retry.InitialDelay", Reason: "must not be negative"}
+		return &ConfigError{Field: prefix + "Retry.InitialDelay", Reason: fmt.Sprintf(
+			"must not be negative (got %s); use e.g. InitialDelay: 500*time.Millisecond, or 0 for the default (%s)", p.InitialDelay, DefaultInitialDelay)}
 	case p.Multiplier < 0 || (p.Multiplier > 0 && p.Multiplier < 1) || math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0):
-		return &ConfigError{Field: prefix + "Retry.Multiplier", Reason: "must be >= 1"}
+		return &ConfigError{Field: prefix + "Retry.Multiplier", Reason: fmt.Sprintf(
+			"must be >= 1 (got %v); use e.g. Multiplier: 1.5, 1 for a constant delay, or 0 for the default (%v)", p.Multiplier, DefaultMultiplier)}
 	case p.MaxDelay < 0:
-		return &ConfigError{Field: prefix + "Retry.MaxDelay", Reason: "must not be negative"}
+		return &ConfigError{Field: prefix + "Retry.MaxDelay", Reason: fmt.Sprintf(
+			"must not be negative (got %s); use e.g. MaxDelay: time.Minute, or 0 for the default (%s)", p.MaxDelay, DefaultMaxDelay)}
 	}
 	return nil
 }
@@ -316,6 +332,89 @@ type compiledTask struct {
 	timeout time.Duration
 	when    JoinRule
 	deps    []string // names, in declaration order
+	strict  bool     // Workflow.StrictInput
+
+	wf  *compiledWorkflow
+	pos int // index in wf.tasks and wf.specs
+
+	// reach caches isAncestor's answers: a task reads few names, so this
+	// stays small, and nothing is computed for tasks that read only their
+	// direct dependencies.
+	reachMu sync.Mutex
+	reach   map[int]bool
+}
+
+// isAncestor reports whether the task at position j of the workflow is an
+// ancestor (a transitive dependency) of ct.
+func (ct *compiledTask) isAncestor(j int) bool {
+	ct.reachMu.Lock()
+	v, ok := ct.reach[j]
+	ct.reachMu.Unlock()
+	if ok {
+		return v
+	}
+	ct.walkAncestors(func(i int) bool { v = i == j; return !v })
+	ct.reachMu.Lock()
+	if ct.reach == nil {
+		ct.reach = make(map[int]bool)
+	}
+	ct.reach[j] = v
+	ct.reachMu.Unlock()
+	return v
+}
+
+// ancestorNames returns the names of ct's ancestors in the order of
+// Workflow.Tasks (for error messages).
+func (ct *compiledTask) ancestorNames() []string {
+	seen := make([]bool, len(ct.wf.specs))
+	ct.walkAncestors(func(i int) bool { seen[i] = true; return true })
+	var names []string
+	for i, ok := range seen {
+		if ok {
+			names = append(names, ct.wf.specs[i].Name)
+		}
+	}
+	return names
+}
+
+// walkAncestors calls visit once for each ancestor of ct, depth first,
+// until visit returns false.
+func (ct *compiledTask) walkAncestors(visit func(i int) bool) {
+	specs := ct.wf.specs
+	seen := make([]bool, len(specs))
+	stack := append([]int(nil), specs[ct.pos].Deps...)
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		if !visit(n) {
+			return
+		}
+		stack = append(stack, specs[n].Deps...)
+	}
+}
+
+// nameRule is what validName accepts, for error messages.
+const nameRule = "1-128 bytes of letters, digits, '.', '_', '-', ':'"
+
+// quoteList renders names as "a", "b", "c", at most max of them, then
+// "(and N more)", so an error message stays readable for big workflows.
+func quoteList(names []string, max int) string {
+	var b strings.Builder
+	for i, n := range names {
+		if i == max {
+			fmt.Fprintf(&b, " (and %d more)", len(names)-max)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", n)
+	}
+	return b.String()
 }
 
 // validName reports whether s is a valid workflow or task name.
@@ -354,6 +453,11 @@ func (e *WorkflowError) Error() string {
 	if len(e.Cycle) > 0 {
 		b.WriteString(": ")
 		b.WriteString(strings.Join(e.Cycle, " -> "))
+		if len(e.Cycle) == 2 {
+			fmt.Fprintf(&b, "; remove %q from its own Task.Deps", e.Cycle[0])
+		} else {
+			b.WriteString("; Task.Deps must not loop: remove one of these dependencies")
+		}
 	}
 	return b.String()
 }
@@ -363,22 +467,22 @@ func (e *WorkflowError) Is(target error) bool { return target == ErrInvalidWorkf
 
 func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 	if wf == nil {
-		return nil, &WorkflowError{Reason: "nil workflow"}
+		return nil, &WorkflowError{Reason: `nil workflow; pass one, e.g. o.Register(&batuta.Workflow{Name: "orders", Tasks: []batuta.Task{{Name: "charge", Run: charge}}})`}
 	}
 	bad := func(task, reason string) error {
 		return &WorkflowError{Workflow: wf.Name, Task: task, Reason: reason}
 	}
-	if !validName(wf.Name) {
-		return nil, bad("", "name must be 1-128 bytes of letters, digits, '.', '_', '-', ':'")
-	}
-	if len(wf.Tasks) == 0 {
-		return nil, bad("", "no tasks")
-	}
-	if wf.Timeout < 0 {
-		return nil, bad("", "negative Timeout")
-	}
-	if wf.Concurrency < 0 {
-		return nil, bad("", "negative Concurrency")
+	switch {
+	case wf.Name == "":
+		return nil, bad("", `Workflow.Name is empty; set it to `+nameRule+`, e.g. Name: "orders"`)
+	case !validName(wf.Name):
+		return nil, bad("", `Workflow.Name: name must be `+nameRule+`, e.g. Name: "orders"`)
+	case len(wf.Tasks) == 0:
+		return nil, bad("", `Workflow.Tasks is empty: no tasks; add at least one, e.g. Tasks: []batuta.Task{{Name: "charge", Run: charge}}`)
+	case wf.Timeout < 0:
+		return nil, bad("", fmt.Sprintf("Workflow.Timeout must not be negative (got %s); use e.g. Timeout: 10*time.Minute, or 0 for no limit", wf.Timeout))
+	case wf.Concurrency < 0:
+		return nil, bad("", fmt.Sprintf("Workflow.Concurrency must not be negative (got %d); use e.g. Concurrency: 4, or 0 for no cap", wf.Concurrency))
 	}
 	cw := &compiledWorkflow{
 		name:        wf.Name,
@@ -389,26 +493,27 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		index:       make(map[string]int, len(wf.Tasks)),
 	}
 	for i, t := range wf.Tasks {
-		if !validName(t.Name) {
-			return nil, bad(t.Name, "name must be 1-128 bytes of letters, digits, '.', '_', '-', ':'")
+		switch {
+		case t.Name == "":
+			return nil, bad("", fmt.Sprintf(`Workflow.Tasks[%d]: Task.Name is empty; set it to `+nameRule+`, e.g. Name: "charge"`, i))
+		case !validName(t.Name):
+			return nil, bad(t.Name, `Task.Name: name must be `+nameRule+`, e.g. Name: "charge"`)
 		}
-		if _, dup := cw.index[t.Name]; dup {
-			return nil, bad(t.Name, "duplicate task name")
+		if j, dup := cw.index[t.Name]; dup {
+			return nil, bad(t.Name, fmt.Sprintf("duplicate task name: Workflow.Tasks[%d] and [%d] are both named %q; give each Task.Name its own value", j, i, t.Name))
 		}
 		cw.index[t.Name] = i
-		if t.Run == nil {
-			return nil, bad(t.Name, "nil Run func")
+		switch {
+		case t.Run == nil:
+			return nil, bad(t.Name, "nil Run func: Task.Run is nil; set it to a func(ctx context.Context, in *batuta.Input) (any, error)")
+		case t.Timeout < 0:
+			return nil, bad(t.Name, fmt.Sprintf("Task.Timeout must not be negative (got %s); use e.g. Timeout: 30*time.Second, or 0 for no limit", t.Timeout))
+		case t.When < AllSucceeded || t.When > NoneFailed:
+			return nil, bad(t.Name, fmt.Sprintf("Task.When: unknown join rule %d; use one of batuta.AllSucceeded (the default), AllDone, OneSucceeded, OneFailed, AllFailed, NoneFailed", int(t.When)))
+		case t.FireEarly && t.When != OneSucceeded && t.When != OneFailed:
+			return nil, bad(t.Name, "Task.FireEarly needs Task.When = batuta.OneSucceeded or batuta.OneFailed, not "+t.When.String()+"; set When: batuta.OneSucceeded, or drop FireEarly")
 		}
-		if t.Timeout < 0 {
-			return nil, bad(t.Name, "negative Timeout")
-		}
-		if t.When < AllSucceeded || t.When > NoneFailed {
-			return nil, bad(t.Name, fmt.Sprintf("unknown join rule %d", int(t.When)))
-		}
-		if t.FireEarly && t.When != OneSucceeded && t.When != OneFailed {
-			return nil, bad(t.Name, "FireEarly needs join rule one_succeeded or one_failed, not "+t.When.String())
-		}
-		if err := t.Retry.validate(""); err != nil {
+		if err := t.Retry.validate("Task."); err != nil {
 			var ce *ConfigError
 			errors.As(err, &ce)
 			return nil, bad(t.Name, ce.Field+" "+ce.Reason)
@@ -420,6 +525,9 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			timeout: t.Timeout,
 			when:    t.When,
 			deps:    append([]string(nil), t.Deps...),
+			strict:  wf.StrictInput,
+			wf:      cw,
+			pos:     i,
 		}
 	}
 	for i, t := range wf.Tasks {
@@ -429,11 +537,21 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			j, ok := cw.index[d]
 			switch {
 			case !ok:
-				return nil, bad(t.Name, fmt.Sprintf("unknown dependency %q", d))
+				names := make([]string, 0, len(wf.Tasks)-1)
+				for _, o := range wf.Tasks {
+					if o.Name != t.Name {
+						names = append(names, o.Name)
+					}
+				}
+				hint := "this workflow has no other task; add one to Workflow.Tasks or remove it from Deps"
+				if len(names) > 0 {
+					hint = "name one of " + quoteList(names, 20)
+				}
+				return nil, bad(t.Name, fmt.Sprintf("Task.Deps: unknown dependency %q: no task of this workflow has that name; %s", d, hint))
 			case j == i:
 				return nil, &WorkflowError{Workflow: wf.Name, Task: t.Name, Reason: "depends on itself", Cycle: []string{t.Name, t.Name}}
 			case seen[d]:
-				return nil, bad(t.Name, fmt.Sprintf("dependency %q listed twice", d))
+				return nil, bad(t.Name, fmt.Sprintf("Task.Deps: dependency %q listed twice; list each dependency once", d))
 			}
 			seen[d] = true
 			deps = append(deps, j)
