@@ -43,7 +43,7 @@ const (
 //   - BOOLEAN (TINYINT(1)) is the number 0 or 1: use Bool, or an integer;
 //   - DATETIME and TIMESTAMP are "2006-01-02 15:04:05.000000" strings,
 //     not RFC 3339: use Time (read as UTC), or a string; DATE is
-//     "2006-01-02", TIME "15:04:05";
+//     "2006-01-02";
 //   - BIT is a number, BINARY, VARBINARY and BLOBs upper-case hex
 //     strings ("00FF10"), spatial types WKT strings ("POINT(1 2)"), JSON
 //     columns nested JSON.
