@@ -279,7 +279,7 @@ type changeJSON struct {
 // decode into T gives an error matching ErrInvalidPayload.
 func ChangeFrom[T any](ev Event) (RowChange[T], error) {
 	var c changeJSON
-	if len(ev.Data) == 0 || ev.Data[0] != '{' || json.Unmarshal(ev.Data, &c) != nil {
+	if d := bytes.TrimSpace(ev.Data); len(d) == 0 || d[0] != '{' || json.Unmarshal(d, &c) != nil {
 		return RowChange[T]{}, wrongSource(ev, "a row change", "data is not a captured row")
 	}
 	switch {
