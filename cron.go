@@ -675,7 +675,7 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 	}
 	ev := Event{
 		ID:       CronEventID(l.cfg.Name, t.at),
-		Source:   "cron/" + l.cfg.Name,
+		Source:   CronSource(l.cfg.Name),
 		Type:     CronEventType,
 		Time:     t.at,
 		Data:     bytes.Clone(l.cfg.Data),

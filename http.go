@@ -250,7 +250,7 @@ func (h *httpHandler) event(w http.ResponseWriter, r *http.Request) (Event, bool
 		ev.ID = r.Header.Get(HeaderCEID)
 	}
 	if ev.Source == "" {
-		ev.Source = "http"
+		ev.Source = SourceHTTP
 	}
 	if ev.ID != "" {
 		sum := sha256.Sum256(body)

@@ -246,7 +246,8 @@ func (e *FunctionError) Is(target error) bool {
 // payload becomes the event: an Event or *Event is used as is (its ID is
 // the idempotency key: invoking twice with one ID returns the first run's
 // result), []byte and json.RawMessage are the event data, nil is no data,
-// anything else is encoded as JSON.
+// anything else is encoded as JSON; such an event has Source SourceInvoke
+// and an ID Submit assigns.
 //
 // Invoke works before Run, like Submit: the run is recorded at once and
 // executes when Run starts, and Invoke waits for it. So `go o.Run(ctx)`
@@ -334,24 +335,24 @@ func runError(name string, run *Run) error {
 func eventFor(payload any) (Event, error) {
 	switch p := payload.(type) {
 	case nil:
-		return Event{}, nil
+		return Event{Source: SourceInvoke}, nil
 	case Event:
 		return p, nil
 	case *Event:
 		if p == nil {
-			return Event{}, nil
+			return Event{Source: SourceInvoke}, nil
 		}
 		return *p, nil
 	case []byte:
-		return Event{Data: p}, nil
+		return Event{Source: SourceInvoke, Data: p}, nil
 	case json.RawMessage:
-		return Event{Data: p}, nil
+		return Event{Source: SourceInvoke, Data: p}, nil
 	}
 	data, err := json.Marshal(payload)
 	if err != nil {
 		return Event{}, fmt.Errorf("%w: payload: %v", ErrInvalidPayload, err)
 	}
-	return Event{Data: data}, nil
+	return Event{Source: SourceInvoke, Data: data}, nil
 }
 
 // unknownFunction is the ErrUnknownWorkflow of Invoke for a name that is

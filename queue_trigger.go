@@ -121,7 +121,8 @@ type QueueTriggerConfig struct {
 	// message to DeadLetter at once (it is malformed; retrying cannot
 	// help). Default: DefaultQueueEvent with Source.
 	Event func(d Delivery) (Event, error)
-	// Source is the Event.Source of the default Event func. Default "queue".
+	// Source is the Event.Source of the default Event func. Default
+	// SourceQueue ("queue").
 	Source string
 	// ExtendEvery is how often a delivery waiting for its run to finish
 	// has its visibility extended, when the Queue is an Extender. Default
@@ -184,7 +185,7 @@ func (c QueueTriggerConfig) withDefaults() QueueTriggerConfig {
 		c.ParkDelay = DefaultQueueParkDelay
 	}
 	if c.Source == "" {
-		c.Source = "queue"
+		c.Source = SourceQueue
 	}
 	if c.Event == nil {
 		src := c.Source

@@ -18,6 +18,11 @@ type Event struct {
 	// random one (and no deduplication is possible).
 	ID string `json:"id"`
 	// Source names the producer, e.g. "postgres/public.orders" or "cron/daily-report".
+	// The values the library's triggers set are constants (SourceHTTP,
+	// SourceQueue, SourceInvoke, SourceCronPrefix, the database adapters'
+	// SourcePrefix); docs/events.md lists each trigger's whole event, and
+	// CronTickFrom, HTTPRequestFrom, QueueMessageFrom and ChangeFrom read
+	// them typed.
 	Source string `json:"source,omitempty"`
 	// Type says what happened, e.g. "order.created".
 	Type string `json:"type,omitempty"`

@@ -119,8 +119,8 @@ func (o Outbox) quoted() string {
 // server's format ("2026-01-02 15:04:05.000000"), BINARY, VARBINARY and BLOB
 // columns as upper-case hex strings (JSON cannot hold bytes), BIT columns
 // as numbers, spatial columns as WKT strings. New is null for a delete, Old
-// for an insert. Decode it with batuta.EventData[batutamysql.ChangeData] or
-// into a struct of your own with typed New/Old fields.
+// for an insert. Read it typed with DecodeChange (or batuta.ChangeFrom),
+// or decode it with batuta.EventData[batutamysql.ChangeData].
 type ChangeData struct {
 	// Op is "insert", "update" or "delete".
 	Op string `json:"op"`
@@ -302,13 +302,13 @@ func (r *outboxRow) event(schema, outbox string) (batuta.Event, error) {
 	ev := batuta.Event{
 		ID:       "mysql/" + schema + "." + outbox + "/" + rowID,
 		Time:     createdAt,
-		Metadata: map[string]string{"mysqloutboxid": rowID, "mysqldeliveries": strconv.Itoa(r.deliveries)},
+		Metadata: map[string]string{MetaOutboxID: rowID, MetaDeliveries: strconv.Itoa(r.deliveries)},
 	}
 	if r.op == "emit" {
 		if r.eventID.Valid {
 			ev.ID = r.eventID.String
 		}
-		ev.Source = "mysql/" + schema + "." + outbox
+		ev.Source = SourcePrefix + schema + "." + outbox
 		if r.source.Valid {
 			ev.Source = r.source.String
 		}
@@ -332,7 +332,7 @@ func (r *outboxRow) event(schema, outbox string) (batuta.Event, error) {
 		}
 		return ev, nil
 	}
-	ev.Source = "mysql/" + r.schema.String + "." + r.table.String
+	ev.Source = SourcePrefix + r.schema.String + "." + r.table.String
 	ev.Type = r.table.String + "." + r.op
 	data, err := json.Marshal(ChangeData{
 		Op: r.op, Schema: r.schema.String, Table: r.table.String,

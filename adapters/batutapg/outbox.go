@@ -258,8 +258,8 @@ func (r *outboxRow) scanTargets() []any {
 //
 // New is the row after the change (null for delete), Old the row before it
 // (null for insert); both are the row as to_jsonb renders it, every column
-// included. Decode it with batuta.EventData[batutapg.ChangeData] or into a
-// struct of your own with typed New/Old fields.
+// included. Read it typed with DecodeChange (or batuta.ChangeFrom), or
+// decode it with batuta.EventData[batutapg.ChangeData].
 type ChangeData struct {
 	// Op is "insert", "update" or "delete".
 	Op     string          `json:"op"`
@@ -278,13 +278,13 @@ func (r *outboxRow) event(ob Outbox) (batuta.Event, error) {
 	ev := batuta.Event{
 		ID:       "pg/" + displayName(ob.Schema, ob.Table) + "/" + rowID,
 		Time:     r.createdAt,
-		Metadata: map[string]string{"pgoutboxid": rowID, "pgdeliveries": strconv.Itoa(r.deliveries)},
+		Metadata: map[string]string{MetaOutboxID: rowID, MetaDeliveries: strconv.Itoa(r.deliveries)},
 	}
 	if r.op == "emit" {
 		if r.eventID != nil {
 			ev.ID = *r.eventID
 		}
-		ev.Source = "postgres/" + displayName(ob.Schema, ob.Table)
+		ev.Source = SourcePrefix + displayName(ob.Schema, ob.Table)
 		if r.source != nil {
 			ev.Source = *r.source
 		}
@@ -307,7 +307,7 @@ func (r *outboxRow) event(ob Outbox) (batuta.Event, error) {
 		return ev, nil
 	}
 	schema, table := deref(r.schema), deref(r.table)
-	ev.Source = "postgres/" + displayName(schema, table)
+	ev.Source = SourcePrefix + displayName(schema, table)
 	ev.Type = table + "." + r.op
 	data, err := json.Marshal(ChangeData{
 		Op: r.op, Schema: schema, Table: table,

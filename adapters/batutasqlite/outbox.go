@@ -99,9 +99,9 @@ func (o Outbox) quoted() string { return quoteIdent(o.Table) }
 // string), NULL as null, and BLOB values, which JSON cannot hold, as
 // upper-case hex strings (SQLite is dynamically typed, so this is decided
 // per value, whatever the column's declared type). New is null for a
-// delete, Old for an insert. Decode it with
-// batuta.EventData[batutasqlite.ChangeData] or into a struct of your own
-// with typed New/Old fields.
+// delete, Old for an insert. Read it typed with DecodeChange (or
+// batuta.ChangeFrom), or decode it with
+// batuta.EventData[batutasqlite.ChangeData].
 type ChangeData struct {
 	// Op is "insert", "update" or "delete".
 	Op string `json:"op"`
@@ -270,13 +270,13 @@ func (r *outboxRow) event(outbox string) (batuta.Event, error) {
 	ev := batuta.Event{
 		ID:       "sqlite/" + outbox + "/" + rowID,
 		Time:     createdAt,
-		Metadata: map[string]string{"sqliteoutboxid": rowID, "sqlitedeliveries": strconv.Itoa(r.deliveries)},
+		Metadata: map[string]string{MetaOutboxID: rowID, MetaDeliveries: strconv.Itoa(r.deliveries)},
 	}
 	if r.op == "emit" {
 		if r.eventID.Valid {
 			ev.ID = r.eventID.String
 		}
-		ev.Source = "sqlite/" + outbox
+		ev.Source = SourcePrefix + outbox
 		if r.source.Valid {
 			ev.Source = r.source.String
 		}
@@ -300,7 +300,7 @@ func (r *outboxRow) event(outbox string) (batuta.Event, error) {
 		}
 		return ev, nil
 	}
-	ev.Source = "sqlite/" + r.table.String
+	ev.Source = SourcePrefix + r.table.String
 	ev.Type = r.table.String + "." + r.op
 	data, err := json.Marshal(ChangeData{
 		Op: r.op, Schema: "main", Table: r.table.String,
