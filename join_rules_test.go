@@ -242,7 +242,9 @@ func TestFireEarlyHedge(t *testing.T) {
 	require.False(t, seen["answer"][0].Finished(), "answer saw slow %s", seen["answer"][0])
 	require.Equal(t, batuta.TaskSucceeded, seen["answer"][1])
 	require.Equal(t, []batuta.TaskState{batuta.TaskSucceeded, batuta.TaskSucceeded}, seen["after-both"])
-	require.False(t, r.FinishedAt.Before(r.Task("slow").Attempts[0].FinishedAt), "run finished before slow")
+	// The run waited for slow: Wait returned a finished run in which slow
+	// succeeded (checked above). Its timestamps are not compared: they are
+	// clock reads by different workers, not the order of the store's writes.
 }
 
 // TestFireEarlyAlert: a OneFailed FireEarly task fires at the first failure
