@@ -111,7 +111,8 @@ The adapter modules [github.com/batuta-dev/batuta/adapters/batutapg],
 [github.com/batuta-dev/batuta/adapters/batutasqlite] install a trigger on
 your table that copies each changed row into an outbox table in the same
 transaction, and consume the outbox: a committed row starts a run, a rolled
-back one never does.
+back one never does. An outbox row is deleted once its run is accepted by a
+durable store, or finished with the in-memory one.
 
 	err = batutapg.InstallCapture(ctx, pool, batutapg.Capture{Table: "orders", Ops: []batutapg.Op{batutapg.OpInsert}})
 	trig, err := batutapg.NewTrigger(batutapg.TriggerConfig{Pool: pool})
@@ -130,7 +131,7 @@ core has [NewMemoryQueue], and the adapter modules
 [github.com/batuta-dev/batuta/adapters/batutanats] and
 [github.com/batuta-dev/batuta/adapters/batutaamqp] adapt real brokers.
 [NewQueueTrigger] turns each message into a run and acks it once the run is
-accepted; a message that failed [QueueTriggerConfig.MaxDeliveries]
+accepted (with the in-memory store, once it finished: [AckMode]); a message that failed [QueueTriggerConfig.MaxDeliveries]
 deliveries, is older than MaxAge or cannot become a run goes to the required
 [QueueTriggerConfig.DeadLetter], so nothing is dropped. Tasks read the message with
 [QueueMessageFrom]; [BatchConfig] groups messages as AWS Lambda's event-source
