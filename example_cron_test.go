@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/batutatest"
 )
 
 func ExampleParseSchedule() {
@@ -31,21 +32,28 @@ func ExampleParseSchedule() {
 	// batuta: invalid schedule "61 * * * *": minute "61": 61 is out of range 0-59
 }
 
+// A schedule bound to a workflow: each tick starts one run, whose event ID
+// names the schedule and the tick, so a tick starts one run however many
+// instances run the schedule. A fake clock stands in for the wall clock
+// (leave CronConfig.Clock unset in a program).
 func ExampleNewCron() {
-	o, err := batuta.New(batuta.Config{})
+	o, err := batuta.New(batuta.Config{Logger: quiet})
 	if err != nil {
 		panic(err)
 	}
+	ticks := make(chan batuta.Event, 1)
 	err = o.Register(&batuta.Workflow{Name: "daily-report", Tasks: []batuta.Task{{
 		Name: "build",
 		Run: func(ctx context.Context, in *batuta.Input) (any, error) {
-			fmt.Println("report for tick", in.Event().Time)
+			ticks <- in.Event()
 			return nil, nil
 		},
 	}}})
 	if err != nil {
 		panic(err)
 	}
+	madrid, _ := time.LoadLocation("Europe/Madrid")
+	clock := batutatest.NewFakeClock(time.Date(2026, 3, 6, 8, 59, 0, 0, madrid)) // a Friday
 	trig, err := batuta.NewCron(batuta.CronConfig{
 		Name: "daily-report",
 		Spec: "CRON_TZ=Europe/Madrid 0 9 * * MON-FRI",
@@ -55,7 +63,7 @@ func ExampleNewCron() {
 		// Never two reports at once: a tick that comes while the previous
 		// report runs waits for it.
 		Overlap: batuta.OverlapPolicy{Action: batuta.OverlapBufferOne},
-		Jitter:  30 * time.Second,
+		Clock:   clock,
 	})
 	if err != nil {
 		panic(err)
@@ -63,5 +71,18 @@ func ExampleNewCron() {
 	if err := o.Bind("daily-report", trig); err != nil {
 		panic(err)
 	}
-	// o.Run(ctx) starts the trigger with the orchestrator.
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- o.Run(ctx) }()
+	defer func() { stop(); <-done }()
+
+	for _, d := range []time.Duration{time.Minute, 72 * time.Hour} { // Friday 09:00, then Monday 09:00
+		clock.WaitForTimers(1, 10*time.Second)
+		clock.Advance(d)
+		ev := <-ticks
+		fmt.Println(ev.ID, ev.Source, ev.Type, ev.Time.In(madrid).Format("Mon 15:04"))
+	}
+	// Output:
+	// cron/daily-report/2026-03-06T08:00:00Z cron/daily-report batuta.cron.tick Fri 09:00
+	// cron/daily-report/2026-03-09T08:00:00Z cron/daily-report batuta.cron.tick Mon 09:00
 }

@@ -45,7 +45,7 @@ type Workflow struct {
 }
 
 // A TaskFunc is the body of a task. It reads the triggering event and the
-// outputs of its dependencies through in (see EventData and Output) and
+// outputs of its ancestors through in (see EventData and Output) and
 // returns an output, which must be JSON-encodable so that durable stores can
 // keep it, and an error. Returning Permanent(err) stops retries; Snooze(d)
 // runs the task again after d without spending an attempt.

@@ -138,11 +138,10 @@ func orderWorkflow(db orderDB, retries *atomic.Int64) *batuta.Workflow {
 					// A real payment API gets in.IdempotencyKey(), so a retry never charges twice.
 					return Charge{PaymentID: "pay_" + strings.ReplaceAll(in.IdempotencyKey(), "/", "_"), Amount: o.TotalCents}, nil
 				}},
-			// Output reads direct dependencies only, so send-email names
-			// validate too (it runs after charge either way). It writes to
-			// the database, so it retries long enough to ride out a lost
-			// connection.
-			{Name: "send-email", Deps: []string{"validate", "charge"},
+			// send-email reads validate's output, two levels up (Output
+			// reads any ancestor). It writes to the database, so it retries
+			// long enough to ride out a lost connection.
+			{Name: "send-email", Deps: []string{"charge"},
 				Retry: batuta.RetryPolicy{MaxAttempts: 10, InitialDelay: 50 * time.Millisecond, MaxDelay: 2 * time.Second},
 				Run: func(ctx context.Context, in *batuta.Input) (any, error) {
 					o, err := batuta.Output[Order](in, "validate")
