@@ -43,8 +43,8 @@ func TestEventShapeRowChange(t *testing.T) {
 	f.exec(t, "INSERT INTO "+tbl+` VALUES (7, 'ana', FALSE, 12.5, '2026-01-02T03:04:05.678901Z', '2026-01-02 03:04:05', X'00ff', '{"a":[1,2]}', NULL)`)
 	f.exec(t, "UPDATE "+tbl+" SET paid = TRUE, amount = 13 WHERE id = 7")
 	f.exec(t, "DELETE FROM "+tbl+" WHERE id = 7")
-	eventually(t, func() bool { return runs.acceptedCount() == 3 }, "three changes")
-	evs := runs.acceptedEvents()
+	eventually(t, func() bool { return runs.AcceptedCount() == 3 }, "three changes")
+	evs := runs.Accepted()
 
 	at := time.Date(2026, 1, 2, 3, 4, 5, 678901000, time.UTC)
 	want := shapeRow{ID: 7, Name: "ana", Amount: 12.5, At: at, Stamp: "2026-01-02 03:04:05", Raw: "00FF", Doc: `{"a":[1,2]}`}
@@ -113,9 +113,9 @@ func TestEventShapeEmit(t *testing.T) {
 	require.NoError(t, tx.Commit())
 	runs := newFakeRuns(true)
 	startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 2 }, "two events")
+	eventually(t, func() bool { return runs.AcceptedCount() == 2 }, "two events")
 
-	for _, ev := range runs.acceptedEvents() {
+	for _, ev := range runs.Accepted() {
 		require.NotEmpty(t, ev.Metadata[MetaOutboxID])
 		require.Equal(t, "1", ev.Metadata[MetaDeliveries])
 		if ev.ID == "order-7" {

@@ -208,9 +208,9 @@ func TestAlteredTableIsDetected(t *testing.T) {
 	require.True(t, st.Current, "problems: %v", st.Problems)
 	f.exec(t, "INSERT INTO "+quoteIdent(f.table)+" (name, discount) VALUES ('after', 2.5)")
 
-	eventually(t, func() bool { return runs.acceptedCount() == 2 }, "both inserts delivered")
+	eventually(t, func() bool { return runs.AcceptedCount() == 2 }, "both inserts delivered")
 	stop()
-	evs := runs.acceptedEvents()
+	evs := runs.Accepted()
 	before, after := decodeChange(t, evs[0]), decodeChange(t, evs[1])
 	require.Equal(t, "before", before.newRow["name"])
 	require.NotContains(t, before.newRow, "discount")
@@ -289,9 +289,9 @@ func TestHostileIdentifiers(t *testing.T) {
 
 	runs := newFakeRuns(true)
 	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: ob}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 2 && f.outboxRows(t) == 0 }, "insert and watched update delivered")
+	eventually(t, func() bool { return runs.AcceptedCount() == 2 && f.outboxRows(t) == 0 }, "insert and watched update delivered")
 	stop()
-	evs := runs.acceptedEvents()
+	evs := runs.Accepted()
 	ins, upd := decodeChange(t, evs[0]), decodeChange(t, evs[1])
 	require.Equal(t, hostileTable, ins.Table)
 	require.Equal(t, hostileTable+".insert", evs[0].Type)

@@ -5,14 +5,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,12 +40,12 @@ func TestRowImages(t *testing.T) {
 	all, bigRuns := newFakeRuns(true), newFakeRuns(true)
 	stopAll := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), all)
 	stopBig := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: big.outbox}), bigRuns)
-	eventually(t, func() bool { return all.acceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
-	eventually(t, func() bool { return bigRuns.acceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
+	eventually(t, func() bool { return all.AcceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
+	eventually(t, func() bool { return bigRuns.AcceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
 	stopAll()
 	stopBig()
 
-	evs := all.acceptedEvents()
+	evs := all.Accepted()
 	ops := make([]string, len(evs))
 	for i, ev := range evs {
 		ops[i] = decodeChange(t, ev).Op
@@ -80,102 +76,9 @@ func TestRowImages(t *testing.T) {
 	require.Equal(t, json.Number("99.0"), del.oldRow["price"])
 	require.Equal(t, "same", del.oldRow["name"])
 
-	b := decodeChange(t, bigRuns.acceptedEvents()[0])
+	b := decodeChange(t, bigRuns.Accepted()[0])
 	require.Equal(t, json.Number("12.5"), b.oldRow["price"])
 	require.Equal(t, json.Number("150.0"), b.newRow["price"])
-}
-
-// TestConcurrentWritersExactlyOnce: 10,000 rows inserted by 8 concurrent
-// writers, some in transactions that roll back, with a consumer running in
-// front of a non-durable store: exactly one accepted event per committed
-// row, none for rolled-back ones. (2,000 rows under -race, see
-// outboxRaceEnabled.)
-func TestConcurrentWritersExactlyOnce(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, Capture{Table: f.table, Outbox: f.outbox, Ops: []Op{OpInsert}}))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-
-	// The writers share one connection, as SQLite wants (it has one writer
-	// at a time, and its busy handler is not fair); the consumer has its own.
-	writerDB, err := sql.Open("sqlite", testDSN(dbPath(t, db)))
-	require.NoError(t, err)
-	t.Cleanup(func() { writerDB.Close() })
-	writerDB.SetMaxOpenConns(1)
-
-	writers, perWriter := 8, 1250 // 10,000 rows
-	if outboxRaceEnabled && os.Getenv("BATUTA_FULL_VOLUME") != "1" {
-		perWriter = 250 // see outboxRaceEnabled
-	}
-	var mu sync.Mutex
-	// Rows are known by name ("w<writer>-<n>"): SQLite hands the rowids of a
-	// rolled-back insert out again.
-	committed, rolledBack := map[string]bool{}, map[string]bool{}
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			for done := 0; done < perWriter; {
-				n := min(1+rng.IntN(20), perWriter-done)
-				rollback := rng.IntN(10) == 0
-				names := make([]string, n)
-				for i := range names {
-					names[i] = fmt.Sprintf("w%d-%d", w, done+i)
-				}
-				insertNamed(t, writerDB, f.table, names, rollback)
-				mu.Lock()
-				for _, name := range names {
-					if rollback {
-						rolledBack[name] = true
-					} else {
-						committed[name] = true
-					}
-				}
-				mu.Unlock()
-				done += n
-			}
-		})
-	}
-	wg.Wait()
-	require.NotEmpty(t, rolledBack)
-	require.Equal(t, writers*perWriter, len(committed)+len(rolledBack))
-
-	eventually(t, func() bool { return runs.acceptedCount() >= len(committed) && f.outboxRows(t) == 0 },
-		"every committed row delivered and the outbox drained")
-	stop()
-
-	seen := map[string]bool{}
-	for _, ev := range runs.acceptedEvents() {
-		name, _ := decodeChange(t, ev).newRow["name"].(string)
-		require.False(t, rolledBack[name], "event for rolled-back row %q", name)
-		require.True(t, committed[name], "event for unknown row %q", name)
-		require.False(t, seen[name], "two events for row %q", name)
-		seen[name] = true
-	}
-	require.Len(t, seen, len(committed))
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-// insertNamed inserts one row per name in one transaction and commits or
-// rolls back.
-func insertNamed(t testing.TB, db *sql.DB, table string, names []string, rollback bool) {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	for _, name := range names {
-		_, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (name) VALUES (?)", name)
-		require.NoError(t, err)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
 }
 
 // insertTx inserts n rows in one transaction and commits or rolls back;
@@ -198,128 +101,6 @@ func insertTx(t testing.TB, db *sql.DB, table string, writer, n int, rollback bo
 		require.NoError(t, tx.Commit())
 	}
 	return ids
-}
-
-func TestBacklogDeliveredAfterStart(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	for range 10 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	for i := range 100 {
-		require.NoError(t, Emit(ctx, tx, f.outbox, batuta.Event{Type: "note", Data: []byte(strconv.Itoa(i))}))
-	}
-	require.NoError(t, tx.Commit())
-	require.Equal(t, 1100, f.outboxRows(t))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 1100 && f.outboxRows(t) == 0 }, "whole backlog delivered")
-	stop()
-}
-
-// TestTwoConsumersNeverFireOneRowTwice runs two consumers on one outbox in
-// front of a non-durable store whose runs take longer than the lease: the
-// heartbeat must keep the rows, and no row may be fired by both.
-func TestTwoConsumersNeverFireOneRowTwice(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 300, false)
-
-	runs := newFakeRuns(false)
-	runs.hold = true
-	// SQLite's write lock is not fair, and the race detector slows it down a
-	// lot: a generous lease keeps this test about exclusion, not about
-	// scheduling luck.
-	cfg := TriggerConfig{DB: db, Outbox: f.outbox, Lease: 4 * time.Second, BatchSize: 20}
-	startTrigger(t, newTrigger(t, cfg), runs)
-	// The second consumer has its own connections, as another process would.
-	other, err := sql.Open("sqlite", testDSN(dbPath(t, db)))
-	require.NoError(t, err)
-	t.Cleanup(func() { other.Close() })
-	cfg.DB = other
-	startTrigger(t, newTrigger(t, cfg), runs)
-	// Runs finish 1.5 leases after they were started.
-	eventually(t, func() bool {
-		unfinished := runs.finishOlderThan(6 * time.Second)
-		return runs.acceptedCount() == 300 && unfinished == 0 && f.outboxRows(t) == 0
-	}, "all rows delivered once their runs finished")
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-func TestFireErrors(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 50, false)
-	var poison string // the 8th row
-	require.NoError(t, db.QueryRow("SELECT 'sqlite/' || ? || '/' || (MIN(id) + 7) FROM "+f.outbox.quoted(), f.outbox.Table).Scan(&poison))
-
-	runs := newFakeRuns(true)
-	busy := map[string]bool{}
-	runs.fireErr = func(ev batuta.Event) error {
-		if ev.ID == poison {
-			return &batuta.PayloadTooLargeError{What: "event data", Size: 10, Limit: 1}
-		}
-		if !busy[ev.ID] { // every event is refused once
-			busy[ev.ID] = true
-			return batuta.ErrBusy
-		}
-		return nil
-	}
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 10, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 49 && f.outboxRows(t) == 1 }, "all but the poison row delivered")
-	stop()
-
-	var deadAt sql.NullString
-	var lastErr string
-	require.NoError(t, db.QueryRow("SELECT dead_at, last_error FROM "+f.outbox.quoted()).Scan(&deadAt, &lastErr))
-	require.True(t, deadAt.Valid, "poison row marked dead")
-	require.Contains(t, lastErr, "over the limit")
-}
-
-func TestRunWithoutTracking(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox})
-	err := trig.Run(ctx, func(context.Context, batuta.Event) error { return nil })
-	require.ErrorContains(t, err, "not installed")
-
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 10, false)
-	var mu sync.Mutex
-	var got []string
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- trig.Run(runCtx, func(_ context.Context, ev batuta.Event) error {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, ev.ID)
-			return nil
-		})
-	}()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 10 && f.outboxRows(t) == 0 }, "ten events")
-	// Wake cuts the idle poll short.
-	insertTx(t, db, f.table, 1, 1, false)
-	trig.Wake()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 11 }, "woken consumer delivers")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
 }
 
 // The crash test: a consumer process is killed -9 in the middle of a batch,
@@ -427,26 +208,4 @@ func TestTriggerKilledMidBatch(t *testing.T) {
 	var dupes int
 	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1)").Scan(&dupes))
 	require.Equal(t, 20, dupes)
-}
-
-func TestFireErrorIsNotAcceptedAndCtxCancelStops(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 5, false)
-
-	// A store that is down: nothing is deleted, every row stays.
-	down := errors.New("store down")
-	runs := newFakeRuns(true)
-	runs.fireErr = func(batuta.Event) error { return down }
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { runs.mu.Lock(); defer runs.mu.Unlock(); return runs.totalFire >= 3 }, "fire retried")
-	stop()
-	require.Equal(t, 5, f.outboxRows(t))
-	var claimed int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+f.outbox.quoted()+" WHERE claimed_by IS NOT NULL").Scan(&claimed))
-	require.Zero(t, claimed, "rows handed back on shutdown")
-	require.Zero(t, runs.acceptedCount(), "no run accepted")
 }
