@@ -33,7 +33,9 @@
 //     that is not installed; Wake (when the Trigger has it) cuts the idle
 //     poll short;
 //   - while the store is down nothing is accepted or deleted, and on
-//     shutdown the consumer hands its rows back (none stays claimed).
+//     shutdown the consumer hands its rows back (none stays claimed);
+//   - the outbox Trigger keeps the delivery contract of every Trigger
+//     (TestTrigger, over events written with Emit).
 //
 // Subtests run in parallel, each on its own fixture. Waits are bounded by
 // OutboxSuite.Timeout; there are no sleeps.
@@ -99,6 +101,8 @@ type OutboxTriggerOptions struct {
 	MaxBackoff time.Duration
 	// Separate asks for connections of the Trigger's own.
 	Separate bool
+	// FastPoll asks a polling Trigger to poll every 5 to 50 ms.
+	FastPoll bool
 }
 
 // OutboxSuite drives TestOutbox.
@@ -163,13 +167,59 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 		{"FireErrors", testOutboxFireErrors},
 		{"RunWithoutTracking", testOutboxRunWithoutTracking},
 		{"StoreDownKeepsRows", testOutboxStoreDown},
+		{"TriggerConformance", testOutboxTriggerConformance},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			if tc.name == "TriggerConformance" {
+				tc.fn(t, s, nil) // a fixture per TestTrigger subtest
+				return
+			}
 			tc.fn(t, s, s.New(t))
 		})
 	}
+}
+
+// testOutboxTriggerConformance runs TestTrigger on the outbox: events
+// emitted with Emit, one transaction per event, the key in the JSON data
+// and the event ID left empty, so the derived row ID is what TestTrigger
+// checks.
+func testOutboxTriggerConformance(t *testing.T, s OutboxSuite, _ OutboxFixture) {
+	opts := OutboxTriggerOptions{FastPoll: true, MaxBackoff: 100 * time.Millisecond}
+	TestTrigger(t, TriggerSuite{
+		New: func(t *testing.T) (batuta.Trigger, TriggerSource) {
+			f := s.New(t)
+			must(t, f.InstallOutbox(context.Background()), "install outbox")
+			return f.Trigger(t, opts), outboxSource{f}
+		},
+		Restart: func(t *testing.T, src TriggerSource) batuta.Trigger {
+			return src.(outboxSource).f.Trigger(t, opts)
+		},
+	})
+}
+
+// outboxSource is the TriggerSource of an outbox fixture.
+type outboxSource struct{ f OutboxFixture }
+
+type outboxSourceData struct {
+	Key string `json:"key"`
+}
+
+func (s outboxSource) Emit(ctx context.Context, key string) error {
+	data, err := json.Marshal(outboxSourceData{Key: key})
+	if err != nil {
+		return err
+	}
+	return s.f.Emit(ctx, false, batuta.Event{Type: "suite.key", Data: data})
+}
+
+func (s outboxSource) Key(ev batuta.Event) string {
+	var d outboxSourceData
+	if json.Unmarshal(ev.Data, &d) != nil {
+		return ""
+	}
+	return d.Key
 }
 
 // OutboxRuns is a batuta.Runs for driving an outbox Trigger in tests: it

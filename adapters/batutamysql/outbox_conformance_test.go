@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/batutatest"
@@ -40,7 +41,11 @@ func (f *fixture) suite() *batutatest.SQLOutbox {
 			if o.Separate {
 				db = openDB(t)
 			}
-			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: o.BatchSize, Lease: o.Lease, MaxBackoff: o.MaxBackoff})
+			cfg := TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: o.BatchSize, Lease: o.Lease, MaxBackoff: o.MaxBackoff}
+			if o.FastPoll {
+				cfg.MinPollInterval, cfg.MaxPollInterval = 5*time.Millisecond, 50*time.Millisecond
+			}
+			return newTrigger(t, cfg)
 		},
 	}
 }

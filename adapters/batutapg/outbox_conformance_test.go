@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/batutatest"
@@ -104,10 +105,14 @@ func (f *pgOutboxFixture) Trigger(t *testing.T, o batutatest.OutboxTriggerOption
 		require.NoError(t, err)
 		t.Cleanup(pool.Close)
 	}
-	trig, err := NewTrigger(TriggerConfig{
+	cfg := TriggerConfig{
 		Pool: pool, Outbox: f.env.ob, BatchSize: o.BatchSize, Lease: o.Lease, MaxBackoff: o.MaxBackoff,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	if o.FastPoll {
+		cfg.PollInterval = 100 * time.Millisecond
+	}
+	trig, err := NewTrigger(cfg)
 	require.NoError(t, err)
 	return trig
 }

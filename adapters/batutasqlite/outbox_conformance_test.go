@@ -59,7 +59,11 @@ func (f *fixture) suite(t *testing.T) *batutatest.SQLOutbox {
 			if o.Separate {
 				db = f.open(t)
 			}
-			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: o.BatchSize, Lease: o.Lease, MaxBackoff: o.MaxBackoff})
+			cfg := TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: o.BatchSize, Lease: o.Lease, MaxBackoff: o.MaxBackoff}
+			if o.FastPoll {
+				cfg.MinPollInterval, cfg.MaxPollInterval = 5*time.Millisecond, 50*time.Millisecond
+			}
+			return newTrigger(t, cfg)
 		},
 	}
 }
