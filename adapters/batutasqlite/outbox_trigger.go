@@ -77,21 +77,6 @@ type TriggerConfig struct {
 	Logger *slog.Logger
 }
 
-// withDefaults and validate are shared with batutamysql (outboxsql.Polling
-// is this struct, field for field).
-func (c TriggerConfig) withDefaults() TriggerConfig {
-	c = TriggerConfig(outboxsql.Polling[Outbox](c).WithDefaults())
-	c.Outbox = c.Outbox.withDefaults()
-	return c
-}
-
-func (c TriggerConfig) validate() error {
-	if err := outboxsql.Polling[Outbox](c).Validate(); err != nil {
-		return err
-	}
-	return c.Outbox.validate("Outbox.")
-}
-
 // Trigger is a batuta.Trigger (and batuta.TrackingTrigger) that consumes an
 // outbox table, filled by capture triggers (InstallCapture) and by Emit,
 // and fires one event per row.
@@ -147,11 +132,11 @@ var _ batuta.TrackingTrigger = (*Trigger)(nil)
 // NewTrigger validates cfg and returns a Trigger. It does no I/O; Run
 // checks that the outbox is installed.
 func NewTrigger(cfg TriggerConfig) (*Trigger, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	p, err := outboxsql.Polling[Outbox](cfg).Prepare(Outbox.withDefaults, Outbox.validate)
+	if err != nil {
 		return nil, err
 	}
-	return &Trigger{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+	return &Trigger{cfg: TriggerConfig(p), wake: make(chan struct{}, 1)}, nil
 }
 
 // Wake makes a polling consumer of t claim now instead of waiting out its

@@ -95,3 +95,15 @@ func setDefault[T comparable](v *T, def T) {
 		*v = def
 	}
 }
+
+// Prepare applies the defaults and validates c: the settings here, the
+// Outbox with the adapter's withDefaults and validate (given "Outbox." as
+// the field prefix).
+func (c Polling[O]) Prepare(withDefaults func(O) O, validate func(O, string) error) (Polling[O], error) {
+	c = c.WithDefaults()
+	c.Outbox = withDefaults(c.Outbox)
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, validate(c.Outbox, "Outbox.")
+}
