@@ -195,6 +195,7 @@ func TestQueue(t *testing.T, cfg QueueSuiteConfig) {
 		{"DeadLetterHandOffParks", testQueueDeadLetterParks},
 		{"OversizedDeadLetterFits", testQueueOversizedDeadLetter},
 		{"EventShape", testQueueEventShape},
+		{"ExtendKeepsDelivery", testQueueExtendKeepsDelivery},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1035,5 +1036,48 @@ func testQueueEventShape(t *testing.T, s *queueSuite) {
 		if err := read(ev); !errors.Is(err, batuta.ErrWrongSource) {
 			t.Errorf("%s on a queue message: %v, want batuta.ErrWrongSource", name, err)
 		}
+	}
+}
+
+// testQueueExtendKeepsDelivery (a batuta.Extender only): while one
+// consumer extends a delivery every third of the visibility timeout,
+// another gets nothing over three timeouts; once acked, the delivery can be
+// extended any more (batuta.ErrLeaseLost).
+func testQueueExtendKeepsDelivery(t *testing.T, s *queueSuite) {
+	ctx := s.ctx(t)
+	q, b := s.open(t), s.open(t)
+	a, ok := q.(batuta.Extender)
+	if !ok {
+		t.Skip("the Queue is no batuta.Extender")
+	}
+	id := uniqueID(t, 1)
+	publish(t, ctx, q, batuta.Message{ID: id, Body: []byte(`"long"`)})
+	d := s.receiveOne(t, q)
+	stop := make(chan struct{})
+	extended := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(s.vis / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				extended <- nil
+				return
+			case <-tick.C:
+				if err := a.Extend(ctx, d); err != nil {
+					extended <- err
+					return
+				}
+			}
+		}
+	}()
+	expectNothing(t, b, 3*s.vis)
+	close(stop)
+	if err := <-extended; err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	ack(t, q, d)
+	if err := a.Extend(ctx, d); !errors.Is(err, batuta.ErrLeaseLost) {
+		t.Errorf("Extend after Ack: %v, want batuta.ErrLeaseLost", err)
 	}
 }

@@ -217,40 +217,6 @@ func TestDeadLetterByCaller(t *testing.T) {
 	require.ErrorIs(t, q.Extend(t.Context(), d), batuta.ErrLeaseLost, "a dead-lettered delivery is settled")
 }
 
-func TestExtendKeepsDelivery(t *testing.T) {
-	t.Parallel()
-	admin := requireRedis(t)
-	cfg := batutaredis.Config{Stream: uniqueStream(t, admin), VisibilityTimeout: 300 * time.Millisecond}
-	a, b := open(t, cfg), open(t, cfg)
-	require.NoError(t, a.Publish(t.Context(), batuta.Message{ID: "long"}))
-	d := receiveOne(t, a)
-
-	// While a extends, b gets nothing, over several visibility timeouts.
-	stop := make(chan struct{})
-	extended := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				extended <- nil
-				return
-			case <-tick.C:
-				if err := a.Extend(t.Context(), d); err != nil {
-					extended <- err
-					return
-				}
-			}
-		}
-	}()
-	expectNothing(t, b, time.Second)
-	close(stop)
-	require.NoError(t, <-extended)
-	require.NoError(t, a.Ack(t.Context(), d))
-	require.ErrorIs(t, a.Extend(t.Context(), d), batuta.ErrLeaseLost)
-}
-
 func TestStaleDeliveryIsFenced(t *testing.T) {
 	t.Parallel()
 	admin := requireRedis(t)
