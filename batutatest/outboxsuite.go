@@ -35,7 +35,12 @@
 //   - while the store is down nothing is accepted or deleted, and on
 //     shutdown the consumer hands its rows back (none stays claimed);
 //   - the outbox Trigger keeps the delivery contract of every Trigger
-//     (TestTrigger, over events written with Emit).
+//     (TestTrigger, over events written with Emit);
+//   - captured changes and an emitted event, through a real Orchestrator,
+//     each become one run whose task sees the change; with the in-memory
+//     store the rows stay in the outbox until the runs finished, with a
+//     durable store (OutboxSuite.DurableStore) they go once the runs are
+//     recorded.
 //
 // Subtests run in parallel, each on its own fixture. Waits are bounded by
 // OutboxSuite.Timeout; there are no sleeps.
@@ -126,6 +131,9 @@ type OutboxSuite struct {
 	TwoConsumerLease time.Duration
 	// Timeout bounds each wait. Default 60 s.
 	Timeout time.Duration
+	// DurableStore, if set, returns a durable Store next to the fixture's
+	// outbox; EndToEnd then also runs with it.
+	DurableStore func(t *testing.T, f OutboxFixture) batuta.Store
 }
 
 func (s OutboxSuite) withDefaults() OutboxSuite {
@@ -168,6 +176,8 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 		{"RunWithoutTracking", testOutboxRunWithoutTracking},
 		{"StoreDownKeepsRows", testOutboxStoreDown},
 		{"TriggerConformance", testOutboxTriggerConformance},
+		{"EndToEndMemoryStore", testOutboxEndToEnd},
+		{"EndToEndDurableStore", testOutboxEndToEnd},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,6 +185,9 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 			if tc.name == "TriggerConformance" {
 				tc.fn(t, s, nil) // a fixture per TestTrigger subtest
 				return
+			}
+			if tc.name == "EndToEndDurableStore" && s.DurableStore == nil {
+				t.Skip("no OutboxSuite.DurableStore")
 			}
 			tc.fn(t, s, s.New(t))
 		})
@@ -764,5 +777,79 @@ func testOutboxStoreDown(t *testing.T, s OutboxSuite, f OutboxFixture) {
 	}
 	if n := runs.AcceptedCount(); n != 0 {
 		t.Errorf("%d runs accepted, want none", n)
+	}
+}
+
+func testOutboxEndToEnd(t *testing.T, s OutboxSuite, f OutboxFixture) {
+	ctx := context.Background()
+	must(t, f.InstallCapture(ctx), "install capture")
+	durable := strings.HasSuffix(t.Name(), "DurableStore")
+	cfg := batuta.Config{Logger: quietLogger()}
+	if durable {
+		cfg.Store = s.DurableStore(t, f)
+	}
+	o, err := batuta.New(cfg)
+	must(t, err, "new orchestrator")
+	var mu sync.Mutex
+	seen := map[string]int{} // event type without the table -> count
+	names := map[string]bool{}
+	release := make(chan struct{})
+	must(t, o.Register(&batuta.Workflow{Name: "on-change", Tasks: []batuta.Task{{
+		Name: "record",
+		Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+			<-release // hold every run until the test saw the rows in the outbox
+			ev := in.Event()
+			mu.Lock()
+			defer mu.Unlock()
+			if ev.Type == "placed" {
+				seen["placed"]++
+				return nil, nil
+			}
+			op, newRow, _, err := RowChangeData(ev)
+			if err != nil {
+				return nil, err
+			}
+			seen[op]++
+			name, _ := newRow["name"].(string)
+			names[name] = true
+			return nil, nil
+		},
+	}}}), "register")
+	trig := f.Trigger(t, OutboxTriggerOptions{})
+	must(t, o.Bind("on-change", trig), "bind")
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- o.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("orchestrator Run: %v", err)
+		}
+	}()
+
+	must(t, f.Insert(ctx, []string{"a", "b", "c"}, false), "insert")
+	must(t, f.Emit(ctx, false, batuta.Event{ID: "order-1", Type: "placed"}), "emit")
+	if w, ok := trig.(interface{ Wake() }); ok {
+		w.Wake()
+	}
+	Eventually(t, s.Timeout, "four runs started", func() bool {
+		runs, err := o.ListRuns(ctx, batuta.RunFilter{Workflow: "on-change"})
+		return err == nil && len(runs) == 4
+	})
+	if durable {
+		Eventually(t, s.Timeout, "rows deleted once the runs were recorded", func() bool { return outboxCount(t, f) == 0 })
+	} else if n := outboxCount(t, f); n != 4 {
+		t.Fatalf("outbox holds %d rows while the runs are unfinished, want 4 (the store is in memory)", n)
+	}
+	close(release)
+	Eventually(t, s.Timeout, "rows deleted and the tasks ran", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return outboxCount(t, f) == 0 && seen["insert"] == 3 && seen["placed"] == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 || fmt.Sprint(names) != "map[a:true b:true c:true]" {
+		t.Errorf("tasks saw %v with names %v, want 3 inserts (a, b, c) and 1 placed", seen, names)
 	}
 }

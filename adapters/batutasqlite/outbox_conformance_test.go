@@ -29,6 +29,13 @@ func TestOutboxConformance(t *testing.T) {
 		// exclusion, not about scheduling luck.
 		TwoConsumerRows:  300,
 		TwoConsumerLease: 4 * time.Second,
+		// The durable SQLite Store, in the outbox's file.
+		DurableStore: func(t *testing.T, f batutatest.OutboxFixture) batuta.Store {
+			store, err := Open(context.Background(), dbPath(t, f.(*batutatest.SQLOutbox).DB), Config{})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = store.Close() })
+			return store
+		},
 	})
 }
 
