@@ -16,6 +16,10 @@
 //   - Emit writes an event inside the caller's transaction: delivered with
 //     its fields after commit, never after rollback; an event without an ID
 //     or Source gets the outbox-derived ones; installing twice is a no-op;
+//   - an emitted event keeps its fields and its metadata but for the
+//     adapter's keys, which the outbox sets (a spoofed row id is
+//     overwritten), and is no row change (DecodeChange, batuta.ChangeFrom
+//     and batuta.QueueMessageFrom refuse it);
 //   - Emit refuses, before writing, data over the outbox's cap
 //     (batuta.ErrPayloadTooLarge) and NUL bytes or invalid UTF-8 in text
 //     fields and metadata (batuta.ErrInvalidPayload);
@@ -115,9 +119,12 @@ type OutboxSuite struct {
 	// New returns a fresh fixture; it may call t.Skip (database
 	// unreachable) or t.Fatal. Required.
 	New func(t *testing.T) OutboxFixture
-	// MetaDeliveries is the adapter's metadata key for the delivery
-	// count. Required.
-	MetaDeliveries string
+	// MetaDeliveries and MetaOutboxID are the adapter's metadata keys for
+	// the delivery count and the row id. Required.
+	MetaDeliveries, MetaOutboxID string
+	// DecodeChange is the adapter's DecodeChange (into a map); it must
+	// refuse an emitted event with batuta.ErrWrongSource. Required.
+	DecodeChange func(ev batuta.Event) error
 	// TimePrecision is how precisely the outbox keeps Event.Time. Default
 	// a microsecond.
 	TimePrecision time.Duration
@@ -159,8 +166,8 @@ func (s OutboxSuite) withDefaults() OutboxSuite {
 // of this file for what it checks.
 func TestOutbox(t *testing.T, s OutboxSuite) {
 	t.Helper()
-	if s.New == nil || s.MetaDeliveries == "" {
-		t.Fatal("batutatest: OutboxSuite.New and MetaDeliveries are required")
+	if s.New == nil || s.MetaDeliveries == "" || s.MetaOutboxID == "" || s.DecodeChange == nil {
+		t.Fatal("batutatest: OutboxSuite.New, MetaDeliveries, MetaOutboxID and DecodeChange are required")
 	}
 	s = s.withDefaults()
 	tests := []struct {
@@ -176,6 +183,7 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 		{"RunWithoutTracking", testOutboxRunWithoutTracking},
 		{"StoreDownKeepsRows", testOutboxStoreDown},
 		{"TriggerConformance", testOutboxTriggerConformance},
+		{"EmitIsNoRowChange", testOutboxEmitIsNoRowChange},
 		{"EndToEndMemoryStore", testOutboxEndToEnd},
 		{"EndToEndDurableStore", testOutboxEndToEnd},
 	}
@@ -851,5 +859,38 @@ func testOutboxEndToEnd(t *testing.T, s OutboxSuite, f OutboxFixture) {
 	defer mu.Unlock()
 	if len(seen) != 2 || fmt.Sprint(names) != "map[a:true b:true c:true]" {
 		t.Errorf("tasks saw %v with names %v, want 3 inserts (a, b, c) and 1 placed", seen, names)
+	}
+}
+
+func testOutboxEmitIsNoRowChange(t *testing.T, s OutboxSuite, f OutboxFixture) {
+	ctx := context.Background()
+	must(t, f.InstallOutbox(ctx), "install outbox")
+	must(t, f.Emit(ctx, false, batuta.Event{ID: "order-7", Source: "shop", Type: "order.placed", Subject: "7",
+		Data: []byte(`{"op":"insert","table":"order"}`), Metadata: map[string]string{"k": "v", s.MetaOutboxID: "spoof"}},
+		batuta.Event{Type: "order.noted"}), "emit")
+	runs := NewOutboxRuns(true)
+	StartTracking(t, f.Trigger(t, OutboxTriggerOptions{}), runs)
+	Eventually(t, s.Timeout, "two events", func() bool { return runs.AcceptedCount() == 2 })
+	_, source := f.Derived()
+	for _, ev := range runs.Accepted() {
+		if id := ev.Metadata[s.MetaOutboxID]; id == "" || id == "spoof" || ev.Metadata[s.MetaDeliveries] != "1" {
+			t.Errorf("event %s metadata %v: want the outbox's row id (not spoofed) and 1 delivery", ev.ID, ev.Metadata)
+		}
+		if ev.ID == "order-7" {
+			if ev.Source != "shop" || ev.Type != "order.placed" || ev.Subject != "7" || ev.Metadata["k"] != "v" {
+				t.Errorf("emitted event %+v lost its own fields", ev)
+			}
+		} else if ev.Source != source {
+			t.Errorf("emitted event Source %q, want %q", ev.Source, source)
+		}
+		if err := s.DecodeChange(ev); !errors.Is(err, batuta.ErrWrongSource) {
+			t.Errorf("DecodeChange of an emitted event: %v, want batuta.ErrWrongSource", err)
+		}
+		if _, err := batuta.ChangeFrom[map[string]any](ev); !errors.Is(err, batuta.ErrWrongSource) {
+			t.Errorf("batuta.ChangeFrom of an emitted event: %v, want batuta.ErrWrongSource", err)
+		}
+		if _, err := batuta.QueueMessageFrom(ev); !errors.Is(err, batuta.ErrWrongSource) {
+			t.Errorf("batuta.QueueMessageFrom of an emitted event: %v, want batuta.ErrWrongSource", err)
+		}
 	}
 }

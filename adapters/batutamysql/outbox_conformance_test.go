@@ -16,6 +16,8 @@ func TestOutboxConformance(t *testing.T) {
 	batutatest.TestOutbox(t, batutatest.OutboxSuite{
 		New:            func(t *testing.T) batutatest.OutboxFixture { return newFixture(t, openDB(t), "").suite() },
 		MetaDeliveries: MetaDeliveries,
+		MetaOutboxID:   MetaOutboxID,
+		DecodeChange:   func(ev batuta.Event) error { _, err := DecodeChange[map[string]any](ev); return err },
 	})
 }
 

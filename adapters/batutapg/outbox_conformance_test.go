@@ -23,6 +23,8 @@ func TestOutboxConformance(t *testing.T) {
 			return &pgOutboxFixture{env: env}
 		},
 		MetaDeliveries: MetaDeliveries,
+		MetaOutboxID:   MetaOutboxID,
+		DecodeChange:   func(ev batuta.Event) error { _, err := DecodeChange[map[string]any](ev); return err },
 	})
 }
 

@@ -97,40 +97,6 @@ func TestEventShapeRowChange(t *testing.T) {
 	}
 }
 
-// TestEventShapeEmit: an event written with Emit keeps its own fields, gets
-// the adapter's metadata, and is no row change.
-func TestEventShapeEmit(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallOutbox(ctx, db, f.outbox))
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	require.NoError(t, Emit(ctx, tx, f.outbox, batuta.Event{ID: "order-7", Source: "shop", Type: "order.placed", Subject: "7",
-		Data: []byte(`{"op":"insert","table":"order"}`), Metadata: map[string]string{"k": "v"}}))
-	require.NoError(t, Emit(ctx, tx, f.outbox, batuta.Event{Type: "order.noted"}))
-	require.NoError(t, tx.Commit())
-	runs := newFakeRuns(true)
-	startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-	eventually(t, func() bool { return runs.AcceptedCount() == 2 }, "two events")
-
-	for _, ev := range runs.Accepted() {
-		require.NotEmpty(t, ev.Metadata[MetaOutboxID])
-		require.Equal(t, "1", ev.Metadata[MetaDeliveries])
-		if ev.ID == "order-7" {
-			require.Equal(t, "shop", ev.Source)
-			require.Equal(t, "v", ev.Metadata["k"])
-		} else {
-			require.Equal(t, SourcePrefix+f.outbox.Table, ev.Source)
-		}
-		_, err = DecodeChange[map[string]any](ev)
-		require.ErrorIs(t, err, batuta.ErrWrongSource)
-		_, err = batuta.QueueMessageFrom(ev)
-		require.ErrorIs(t, err, batuta.ErrWrongSource)
-	}
-}
-
 func TestBool(t *testing.T) {
 	t.Parallel()
 	var v struct{ A, B, C, D, E Bool }

@@ -22,6 +22,8 @@ func TestOutboxConformance(t *testing.T) {
 	batutatest.TestOutbox(t, batutatest.OutboxSuite{
 		New:            func(t *testing.T) batutatest.OutboxFixture { return newFixture(t, openDB(t), "").suite(t) },
 		MetaDeliveries: MetaDeliveries,
+		MetaOutboxID:   MetaOutboxID,
+		DecodeChange:   func(ev batuta.Event) error { _, err := DecodeChange[map[string]any](ev); return err },
 		TimePrecision:  time.Nanosecond,
 		Rows:           rows,
 		// SQLite's write lock is not fair, and the race detector slows it
