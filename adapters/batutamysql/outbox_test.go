@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"github.com/batuta-dev/batuta/batutatest"
 	"log/slog"
 	"os"
@@ -105,33 +106,26 @@ func startTrigger(t *testing.T, trig *Trigger, runs batuta.Runs) (stop func()) {
 // newFakeRuns returns a batuta.Runs that records what was fired.
 func newFakeRuns(durable bool) *batutatest.OutboxRuns { return batutatest.NewOutboxRuns(durable) }
 
-// newTrigger makes a Trigger that logs to the test log unless cfg has a
-// Logger.
+// newTrigger makes a Trigger that logs warnings to the test log unless
+// cfg has a Logger.
 func newTrigger(t testing.TB, cfg TriggerConfig) *Trigger {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	trig, err := NewTrigger(cfg)
 	require.NoError(t, err)
 	return trig
 }
 
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // eventually waits for cond with a generous deadline.
 func eventually(t testing.TB, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	require.Eventually(t, cond, 60*time.Second, 5*time.Millisecond, append([]any{msg}, args...)...)
+	batutatest.Eventually(t, 60*time.Second, fmt.Sprintf(msg, args...), cond)
 }
 
-// change decodes a captured change and its new/old images.
+// change is a captured change and its new/old images (numbers as
+// json.Number).
 type change struct {
 	ChangeData
 	newRow, oldRow map[string]any
@@ -141,17 +135,9 @@ func decodeChange(t testing.TB, ev batuta.Event) change {
 	t.Helper()
 	var c change
 	require.NoError(t, json.Unmarshal(ev.Data, &c.ChangeData), string(ev.Data))
-	dec := func(raw json.RawMessage) map[string]any {
-		if string(raw) == "null" {
-			return nil
-		}
-		var m map[string]any
-		d := json.NewDecoder(strings.NewReader(string(raw)))
-		d.UseNumber()
-		require.NoError(t, d.Decode(&m), string(raw))
-		return m
-	}
-	c.newRow, c.oldRow = dec(c.New), dec(c.Old)
+	var err error
+	_, c.newRow, c.oldRow, err = batutatest.RowChangeData(ev)
+	require.NoError(t, err, string(ev.Data))
 	return c
 }
 
