@@ -288,8 +288,14 @@ func (s *queueSuite) receiveN(t *testing.T, q batuta.Queue, n int) []batuta.Deli
 	return out
 }
 
-// expectNothing checks that no delivery arrives within d.
 func expectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
+	t.Helper()
+	ExpectNothing(t, q, d)
+}
+
+// ExpectNothing fails the test unless a Receive on q for up to 10
+// deliveries gets nothing within d (it returns the context's error).
+func ExpectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
@@ -1080,4 +1086,17 @@ func testQueueExtendKeepsDelivery(t *testing.T, s *queueSuite) {
 	if err := a.Extend(ctx, d); !errors.Is(err, batuta.ErrLeaseLost) {
 		t.Errorf("Extend after Ack: %v, want batuta.ErrLeaseLost", err)
 	}
+}
+
+// ReceiveOne receives one delivery from q within timeout, or fails the
+// test.
+func ReceiveOne(t *testing.T, q batuta.Queue, timeout time.Duration) batuta.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	ds, err := q.Receive(ctx, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Receive(1): %d deliveries, %v; want one", len(ds), err)
+	}
+	return ds[0]
 }

@@ -3,6 +3,7 @@ package batutaredis_test
 import (
 	"context"
 	"errors"
+	"github.com/batuta-dev/batuta/batutatest"
 	"strings"
 	"testing"
 	"time"
@@ -104,20 +105,12 @@ func open(t *testing.T, cfg batutaredis.Config) *batutaredis.Queue {
 
 func receiveOne(t *testing.T, q batuta.Queue) batuta.Delivery {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	ds, err := q.Receive(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, ds, 1)
-	return ds[0]
+	return batutatest.ReceiveOne(t, q, 10*time.Second)
 }
 
 func expectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	defer cancel()
-	ds, err := q.Receive(ctx, 10)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "got %d deliveries", len(ds))
+	batutatest.ExpectNothing(t, q, d)
 }
 
 func TestNoCreate(t *testing.T) {
