@@ -1,11 +1,11 @@
 package batutamysql
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"github.com/batuta-dev/batuta/batutatest"
 	"os"
 	"os/exec"
 	"testing"
@@ -83,35 +83,13 @@ func TestRowImages(t *testing.T) {
 	require.Equal(t, json.Number("150.00"), b.newRow["price"])
 }
 
-// insertTx inserts n rows in one transaction and commits or rolls back;
-// it returns the rows' ids.
-func insertTx(t testing.TB, db *sql.DB, table string, writer, n int, rollback bool) []int64 {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	ids := make([]int64, 0, n)
-	for range n {
-		res, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (writer, name) VALUES (?, 'row')", writer)
-		require.NoError(t, err)
-		id, err := res.LastInsertId()
-		require.NoError(t, err)
-		ids = append(ids, id)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
-	return ids
-}
-
-// The crash test: a consumer process is killed -9 in the middle of a batch,
-// after firing some rows it had not deleted yet; a new consumer redelivers
-// them and the store deduplicates them by event ID.
+// The crash test (batutatest.TestOutboxCrash): a consumer process is
+// killed -9 in the middle of a batch; a new consumer redelivers what it had
+// fired but not deleted, and the store deduplicates it by event ID.
 
 const crashHelperEnv = "BATUTA_MYSQL_CRASH_HELPER"
 
-// crashStore is a durable "store" kept in two tables next to the outbox:
+// crashFire is a durable "store" kept in two tables next to the outbox:
 // accepted event IDs (deduplicated by primary key) and a log of every fire.
 func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) error {
 	return func(ctx context.Context, ev batuta.Event) error {
@@ -123,8 +101,8 @@ func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) er
 	}
 }
 
-// crashHelperMain consumes the outbox named by the environment, with batch
-// size 50, and blocks forever inside the 120th fire after printing READY.
+// crashHelperMain consumes the outbox named by the environment in the
+// helper process (see main_test.go).
 func crashHelperMain() int {
 	outbox := os.Getenv(crashHelperEnv)
 	db, err := sql.Open("mysql", testDSN())
@@ -132,24 +110,13 @@ func crashHelperMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	fire := crashFire(db, outbox)
-	n := 0
-	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox}, BatchSize: 50, Lease: time.Second})
+	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox},
+		BatchSize: batutatest.CrashHelperBatch, Lease: batutatest.CrashHelperLease})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	err = trig.Run(context.Background(), func(ctx context.Context, ev batuta.Event) error {
-		if err := fire(ctx, ev); err != nil {
-			return err
-		}
-		if n++; n == 120 {
-			fmt.Println("READY")
-			select {} // wait to be killed
-		}
-		return nil
-	})
-	fmt.Fprintln(os.Stderr, err)
+	fmt.Fprintln(os.Stderr, batutatest.RunCrashHelper(trig, crashFire(db, outbox)))
 	return 2
 }
 
@@ -157,50 +124,32 @@ func TestTriggerKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	db := openDB(t)
 	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
 	fires, accepted := quoteIdent(f.outbox.Table+"_fires"), quoteIdent(f.outbox.Table+"_accepted")
 	f.exec(t, "CREATE TABLE "+fires+" (n BIGINT AUTO_INCREMENT PRIMARY KEY, event_id VARCHAR(255) NOT NULL)")
 	f.exec(t, "CREATE TABLE "+accepted+" (event_id VARCHAR(255) PRIMARY KEY)")
 	t.Cleanup(func() { _, _ = db.Exec("DROP TABLE IF EXISTS " + fires + ", " + accepted) })
-	for range 3 {
-		insertTx(t, db, f.table, 1, 100, false)
+	batutatest.TestOutboxCrash(t, batutatest.OutboxCrash{
+		Fixture: f.suite(),
+		Fire:    crashFire(db, f.outbox.Table),
+		Counts:  crashCounts(db, fires, accepted),
+		Helper: func(t *testing.T) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), crashHelperEnv+"="+f.outbox.Table)
+			return cmd
+		},
+		// (Its own lease is the default: only the dead consumer's must be short.)
+		Consumer: func(t *testing.T) batuta.Trigger {
+			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: batutatest.CrashHelperBatch})
+		},
+	})
+}
+
+// crashCounts counts the fires logged, the event IDs accepted and those
+// fired more than once.
+func crashCounts(db *sql.DB, fires, accepted string) func(ctx context.Context) (int, int, int, error) {
+	return func(ctx context.Context) (nf, na, nd int, err error) {
+		err = db.QueryRowContext(ctx, "SELECT (SELECT COUNT(*) FROM "+fires+"), (SELECT COUNT(*) FROM "+accepted+"), "+
+			"(SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1) d)").Scan(&nf, &na, &nd)
+		return nf, na, nd, err
 	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashHelperEnv+"="+f.outbox.Table)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, "helper output")
-	require.Equal(t, "READY\n", line)
-	require.NoError(t, cmd.Process.Kill())
-	_ = cmd.Wait()
-
-	count := func(table string) int {
-		var n int
-		require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+table).Scan(&n))
-		return n
-	}
-	require.Equal(t, 120, count(fires))
-	require.Equal(t, 200, f.outboxRows(t), "two batches deleted; the third was fired in part and never deleted")
-
-	// A new consumer takes the rows over once the dead one's leases expire.
-	fire := crashFire(db, f.outbox.Table)
-	// (Its own lease is the default: only the dead consumer's must be short.)
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 50})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- trig.Run(runCtx, fire) }()
-	eventually(t, func() bool { return f.outboxRows(t) == 0 }, "outbox drained after restart")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-
-	require.Equal(t, 300, count(accepted), "every committed row accepted")
-	require.Equal(t, 320, count(fires), "the 20 rows fired but not deleted before the kill were fired again (and deduplicated)")
-	var dupes int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1) d").Scan(&dupes))
-	require.Equal(t, 20, dupes)
 }

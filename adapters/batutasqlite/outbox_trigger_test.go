@@ -1,11 +1,10 @@
 package batutasqlite
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
+	"github.com/batuta-dev/batuta/batutatest"
 	"os"
 	"os/exec"
 	"strings"
@@ -81,31 +80,13 @@ func TestRowImages(t *testing.T) {
 	require.Equal(t, json.Number("150.0"), b.newRow["price"])
 }
 
-// insertTx inserts n rows in one transaction and commits or rolls back;
-// it returns the rows' ids.
-func insertTx(t testing.TB, db *sql.DB, table string, writer, n int, rollback bool) []int64 {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	ids := make([]int64, 0, n)
-	for range n {
-		res, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (writer, name) VALUES (?, 'row')", writer)
-		require.NoError(t, err)
-		id, err := res.LastInsertId()
-		require.NoError(t, err)
-		ids = append(ids, id)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
-	return ids
-}
-
 // The crash test: a consumer process is killed -9 in the middle of a batch,
 // after firing some rows it had not deleted yet; a new consumer redelivers
 // them and the store deduplicates them by event ID.
+
+// The crash test (batutatest.TestOutboxCrash): a consumer process is
+// killed -9 in the middle of a batch; a new consumer redelivers what it had
+// fired but not deleted, and the store deduplicates it by event ID.
 
 const crashHelperEnv = "BATUTA_SQLITE_CRASH_HELPER"
 
@@ -123,8 +104,7 @@ func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) er
 
 // TestOutboxCrashHelperProcess is not a test: TestTriggerKilledMidBatch
 // runs the test binary with -test.run naming it and the environment set,
-// and kills it. It consumes the outbox with batch size 50 and blocks forever
-// inside the 120th fire after printing READY.
+// and kills it (batutatest.RunCrashHelper).
 func TestOutboxCrashHelperProcess(t *testing.T) {
 	spec := os.Getenv(crashHelperEnv) // "<db path>|<outbox>"
 	if spec == "" {
@@ -133,21 +113,10 @@ func TestOutboxCrashHelperProcess(t *testing.T) {
 	path, outbox, _ := strings.Cut(spec, "|")
 	db, err := sql.Open("sqlite", testDSN(path))
 	require.NoError(t, err)
-	fire := crashFire(db, outbox)
-	n := 0
-	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox}, BatchSize: 50, Lease: time.Second})
+	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox},
+		BatchSize: batutatest.CrashHelperBatch, Lease: batutatest.CrashHelperLease})
 	require.NoError(t, err)
-	err = trig.Run(context.Background(), func(ctx context.Context, ev batuta.Event) error {
-		if err := fire(ctx, ev); err != nil {
-			return err
-		}
-		if n++; n == 120 {
-			fmt.Println("READY")
-			select {} // wait to be killed
-		}
-		return nil
-	})
-	t.Fatalf("consumer returned: %v", err)
+	t.Fatalf("consumer returned: %v", batutatest.RunCrashHelper(trig, crashFire(db, outbox)))
 }
 
 // dbPath returns the file behind db.
@@ -163,49 +132,25 @@ func TestTriggerKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	db := openDB(t)
 	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
 	fires, accepted := quoteIdent(f.outbox.Table+"_fires"), quoteIdent(f.outbox.Table+"_accepted")
 	f.exec(t, "CREATE TABLE "+fires+" (n INTEGER PRIMARY KEY, event_id TEXT NOT NULL)")
 	f.exec(t, "CREATE TABLE "+accepted+" (event_id TEXT PRIMARY KEY)")
-	for range 3 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboxCrashHelperProcess$")
-	cmd.Env = append(os.Environ(), crashHelperEnv+"="+dbPath(t, db)+"|"+f.outbox.Table)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, "helper output")
-	require.Equal(t, "READY\n", line)
-	require.NoError(t, cmd.Process.Kill())
-	_ = cmd.Wait()
-
-	count := func(table string) int {
-		var n int
-		require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+table).Scan(&n))
-		return n
-	}
-	require.Equal(t, 120, count(fires))
-	require.Equal(t, 200, f.outboxRows(t), "two batches deleted; the third was fired in part and never deleted")
-
-	// A new consumer takes the rows over once the dead one's leases expire.
-	fire := crashFire(db, f.outbox.Table)
-	// (Its own lease is the default: only the dead consumer's must be short.)
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 50})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- trig.Run(runCtx, fire) }()
-	eventually(t, func() bool { return f.outboxRows(t) == 0 }, "outbox drained after restart")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-
-	require.Equal(t, 300, count(accepted), "every committed row accepted")
-	require.Equal(t, 320, count(fires), "the 20 rows fired but not deleted before the kill were fired again (and deduplicated)")
-	var dupes int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1)").Scan(&dupes))
-	require.Equal(t, 20, dupes)
+	batutatest.TestOutboxCrash(t, batutatest.OutboxCrash{
+		Fixture: f.suite(t),
+		Fire:    crashFire(db, f.outbox.Table),
+		Counts: func(ctx context.Context) (nf, na, nd int, err error) {
+			err = db.QueryRowContext(ctx, "SELECT (SELECT COUNT(*) FROM "+fires+"), (SELECT COUNT(*) FROM "+accepted+"), "+
+				"(SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1))").Scan(&nf, &na, &nd)
+			return nf, na, nd, err
+		},
+		Helper: func(t *testing.T) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestOutboxCrashHelperProcess$")
+			cmd.Env = append(os.Environ(), crashHelperEnv+"="+dbPath(t, db)+"|"+f.outbox.Table)
+			return cmd
+		},
+		// (Its own lease is the default: only the dead consumer's must be short.)
+		Consumer: func(t *testing.T) batuta.Trigger {
+			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: batutatest.CrashHelperBatch})
+		},
+	})
 }
