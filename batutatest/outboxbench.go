@@ -3,6 +3,7 @@ package batutatest
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -151,7 +152,9 @@ func BenchmarkOutboxTriggerThroughput(b *testing.B, s OutboxBench) {
 			elapsed := time.Since(start)
 			b.StopTimer()
 			cancel()
-			<-done
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				b.Error(err)
+			}
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 		})
 	}
@@ -276,7 +279,7 @@ func (t *SQLBenchTable) Write(ctx context.Context, rows int, prepared bool) erro
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			defer func() { _ = st.Close() }()
 			exec = func(args ...any) error { _, err := st.ExecContext(ctx, args...); return err }
 		}
 		for range rows {

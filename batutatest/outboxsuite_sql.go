@@ -122,7 +122,7 @@ func sqlColumn[T any](ctx context.Context, db *sql.DB, query string) ([]T, error
 	if err != nil {
 		return nil, err
 	}
-	defer rs.Close()
+	defer func() { _ = rs.Close() }()
 	var out []T
 	for rs.Next() {
 		var v T

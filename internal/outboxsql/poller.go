@@ -143,7 +143,7 @@ func (c *consumer[ID]) checkStale(ctx context.Context) {
 			caps = append(caps, k)
 		}
 	}
-	rows.Close()
+	_ = rows.Close()
 	for _, k := range caps {
 		d, err := c.d.Drift(ctx, k.schema, k.table, k.cols)
 		if err != nil {

@@ -122,7 +122,7 @@ func Throughput(ctx context.Context, open Open, n, c, receivers, receiveMax int)
 		return 0, err
 	}
 	defer cleanup()
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	if err := PublishAll(ctx, q, RandomName(), n); err != nil {
 		return 0, fmt.Errorf("prefill: %w", err)
 	}
@@ -165,7 +165,7 @@ func Latency(ctx context.Context, open Open, rate int, d time.Duration) ([]time.
 		return nil, err
 	}
 	defer cleanup()
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	name := RandomName()
 	total := int(float64(rate) * d.Seconds())
 	var (
