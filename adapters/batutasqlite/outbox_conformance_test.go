@@ -81,6 +81,6 @@ func (f *fixture) suite(t *testing.T) *batutatest.SQLOutbox {
 func (f *fixture) open(t *testing.T) *sql.DB {
 	db, err := sql.Open("sqlite", testDSN(dbPath(t, f.db)))
 	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
+	t.Cleanup(func() { _ = db.Close() })
 	return db
 }
