@@ -194,6 +194,8 @@ func TestQueue(t *testing.T, cfg QueueSuiteConfig) {
 		{"MaxDeliveriesToDeadLetter", testQueueMaxDeliveries},
 		{"DeadLetterHandOffParks", testQueueDeadLetterParks},
 		{"OversizedDeadLetterFits", testQueueOversizedDeadLetter},
+		{"EventShape", testQueueEventShape},
+		{"ExtendKeepsDelivery", testQueueExtendKeepsDelivery},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -286,8 +288,14 @@ func (s *queueSuite) receiveN(t *testing.T, q batuta.Queue, n int) []batuta.Deli
 	return out
 }
 
-// expectNothing checks that no delivery arrives within d.
 func expectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
+	t.Helper()
+	ExpectNothing(t, q, d)
+}
+
+// ExpectNothing fails the test unless a Receive on q for up to 10
+// deliveries gets nothing within d (it returns the context's error).
+func ExpectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
@@ -958,4 +966,137 @@ func testQueueOversizedDeadLetter(t *testing.T, s *queueSuite) {
 	if d.Headers[batuta.HeaderDeadLetterTruncated] == "" || len(d.Headers[batuta.HeaderDeadLetterBodySHA256]) != 64 {
 		t.Fatalf("cut dead letter without its truncation headers: %v", d.Headers)
 	}
+}
+
+// testQueueEventShape checks the queue trigger's documented default event
+// (docs/events.md, batuta.QueueMessageFrom) against what a task really
+// receives for a message that went through the queue: ID the message ID,
+// Source "queue", Type the "type" header, Time the publish time, Data the
+// body, Metadata the headers; and that the readers of other sources refuse
+// it.
+func testQueueEventShape(t *testing.T, s *queueSuite) {
+	ctx := s.ctx(t)
+	q := s.open(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	o, err := batuta.New(batuta.Config{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan batuta.Event, 1)
+	if err := o.Register(&batuta.Workflow{Name: "orders", Tasks: []batuta.Task{{
+		Name: "see",
+		Run: func(_ context.Context, in *batuta.Input) (any, error) {
+			seen <- in.Event()
+			return nil, nil
+		},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{Queue: q,
+		DeadLetter: batuta.DeadLetterFunc(func(context.Context, batuta.DeadLetter) error { return nil }), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Bind("orders", trig); err != nil {
+		t.Fatal(err)
+	}
+	octx, ocancel := context.WithCancel(ctx)
+	odone := make(chan error, 1)
+	go func() { odone <- o.Run(octx) }()
+	defer func() {
+		ocancel()
+		if err := <-odone; err != nil {
+			t.Errorf("orchestrator Run: %v", err)
+		}
+	}()
+
+	published := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	headers := map[string]string{"type": "order.created", "tenant": "acme"}
+	publish(t, ctx, q, batuta.Message{ID: "order-7", Body: []byte(`{"id":7}`), Headers: headers, Time: published})
+	var ev batuta.Event
+	select {
+	case ev = <-seen:
+	case <-ctx.Done():
+		t.Fatal("no event reached the task")
+	}
+	if ev.ID != "order-7" || ev.Source != batuta.SourceQueue || ev.Type != "order.created" || ev.Subject != "" ||
+		!ev.Time.Equal(published) || string(ev.Data) != `{"id":7}` || fmt.Sprint(ev.Metadata) != fmt.Sprint(headers) {
+		t.Fatalf("event %+v, want ID order-7, Source %q, Type order.created, no Subject, Time %v, Data {\"id\":7}, Metadata %v",
+			ev, batuta.SourceQueue, published, headers)
+	}
+	msg, err := batuta.QueueMessageFrom(ev)
+	if err != nil {
+		t.Fatalf("QueueMessageFrom: %v", err)
+	}
+	want := batuta.QueueMessage{ID: "order-7", Source: batuta.SourceQueue, Type: "order.created", Time: ev.Time, Body: ev.Data, Headers: headers}
+	if msg.ID != want.ID || msg.Source != want.Source || msg.Type != want.Type || !msg.Time.Equal(want.Time) ||
+		!bytes.Equal(msg.Body, want.Body) || fmt.Sprint(msg.Headers) != fmt.Sprint(want.Headers) {
+		t.Fatalf("QueueMessageFrom = %+v, want %+v", msg, want)
+	}
+	for name, read := range map[string]func(batuta.Event) error{
+		"CronTickFrom":    func(ev batuta.Event) error { _, err := batuta.CronTickFrom(ev); return err },
+		"HTTPRequestFrom": func(ev batuta.Event) error { _, err := batuta.HTTPRequestFrom(ev); return err },
+		"ChangeFrom":      func(ev batuta.Event) error { _, err := batuta.ChangeFrom[map[string]any](ev); return err },
+		"QueueBatchFrom":  func(ev batuta.Event) error { _, err := batuta.QueueBatchFrom(ev); return err },
+	} {
+		if err := read(ev); !errors.Is(err, batuta.ErrWrongSource) {
+			t.Errorf("%s on a queue message: %v, want batuta.ErrWrongSource", name, err)
+		}
+	}
+}
+
+// testQueueExtendKeepsDelivery (a batuta.Extender only): while one
+// consumer extends a delivery every third of the visibility timeout,
+// another gets nothing over three timeouts; once acked, the delivery can be
+// extended any more (batuta.ErrLeaseLost).
+func testQueueExtendKeepsDelivery(t *testing.T, s *queueSuite) {
+	ctx := s.ctx(t)
+	q, b := s.open(t), s.open(t)
+	a, ok := q.(batuta.Extender)
+	if !ok {
+		t.Skip("the Queue is no batuta.Extender")
+	}
+	id := uniqueID(t, 1)
+	publish(t, ctx, q, batuta.Message{ID: id, Body: []byte(`"long"`)})
+	d := s.receiveOne(t, q)
+	stop := make(chan struct{})
+	extended := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(s.vis / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				extended <- nil
+				return
+			case <-tick.C:
+				if err := a.Extend(ctx, d); err != nil {
+					extended <- err
+					return
+				}
+			}
+		}
+	}()
+	expectNothing(t, b, 3*s.vis)
+	close(stop)
+	if err := <-extended; err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	ack(t, q, d)
+	if err := a.Extend(ctx, d); !errors.Is(err, batuta.ErrLeaseLost) {
+		t.Errorf("Extend after Ack: %v, want batuta.ErrLeaseLost", err)
+	}
+}
+
+// ReceiveOne receives one delivery from q within timeout, or fails the
+// test.
+func ReceiveOne(t *testing.T, q batuta.Queue, timeout time.Duration) batuta.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	ds, err := q.Receive(ctx, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Receive(1): %d deliveries, %v; want one", len(ds), err)
+	}
+	return ds[0]
 }

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // SourcePrefix starts the Event.Source of every event this adapter's
@@ -54,11 +54,7 @@ const (
 // matching batuta.ErrInvalidPayload. It is batuta.ChangeFrom with the
 // Source checked.
 func DecodeChange[T any](ev batuta.Event) (batuta.RowChange[T], error) {
-	if !strings.HasPrefix(ev.Source, SourcePrefix) {
-		return batuta.RowChange[T]{}, &batuta.WrongSourceError{Want: "a MySQL row change", ID: ev.ID, Source: ev.Source, Type: ev.Type,
-			Reason: "source does not start with " + SourcePrefix}
-	}
-	return batuta.ChangeFrom[T](ev)
+	return outboxsql.DecodeChange[T](ev, SourcePrefix, "a MySQL row change")
 }
 
 // Bool is a bool that decodes from the 0/1 numbers MySQL's JSON_OBJECT
@@ -68,15 +64,11 @@ type Bool bool
 
 // UnmarshalJSON decodes 0, 1, true, false or null.
 func (b *Bool) UnmarshalJSON(p []byte) error {
-	switch string(bytes.TrimSpace(p)) {
-	case "1", "true":
-		*b = true
-	case "0", "false", "null":
-		*b = false
-	default:
-		return fmt.Errorf("batutamysql: %s is not a boolean (0, 1, true or false)", p)
+	v, err := outboxsql.DecodeBool("batutamysql", p)
+	if err == nil {
+		*b = Bool(v)
 	}
-	return nil
+	return err
 }
 
 // Time is a time.Time that decodes from the "2006-01-02 15:04:05.999999"

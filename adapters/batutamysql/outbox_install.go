@@ -5,15 +5,14 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // Op is a row operation a capture trigger captures.
@@ -76,10 +75,7 @@ type Capture struct {
 
 func (c Capture) withDefaults() Capture {
 	c.Outbox = c.Outbox.withDefaults()
-	if len(c.Ops) == 0 {
-		c.Ops = allOps
-	}
-	c.When = strings.TrimSpace(c.When)
+	c.Ops, c.When = outboxsql.CaptureDefaults(c.Ops, c.When)
 	return c
 }
 
@@ -98,35 +94,11 @@ func (c Capture) validate() error {
 	if err := validIdent("table", c.Table); err != nil {
 		return fmt.Errorf("batutamysql: Capture.Table: %w", err)
 	}
-	for _, op := range c.Ops {
-		if !slices.Contains(allOps, op) {
-			return &batuta.ConfigError{Field: "Capture.Ops", Reason: fmt.Sprintf("unknown operation %q (want insert, update or delete)", op)}
-		}
-	}
-	for _, col := range c.Columns {
-		if err := validIdent("column", col); err != nil {
-			return fmt.Errorf("batutamysql: Capture.Columns: %w", err)
-		}
-	}
-	if len(c.Columns) > 0 && !slices.Contains(c.Ops, OpUpdate) {
-		return &batuta.ConfigError{Field: "Capture.Columns", Reason: "only applies to updates, and Ops has no update"}
-	}
-	if strings.IndexByte(c.When, 0) >= 0 || !utf8.ValidString(c.When) {
-		return &batuta.ConfigError{Field: "Capture.When", Reason: "contains a NUL byte or invalid UTF-8"}
-	}
-	return nil
+	return outboxsql.CheckCapture("batutamysql", c.Ops, c.Columns, c.When, validIdent)
 }
 
 // ops returns c.Ops without duplicates, in the canonical order.
-func (c Capture) ops() []Op {
-	var ops []Op
-	for _, op := range allOps {
-		if slices.Contains(c.Ops, op) {
-			ops = append(ops, op)
-		}
-	}
-	return ops
-}
+func (c Capture) ops() []Op { return outboxsql.CanonicalOps(c.Ops) }
 
 // triggerName is the name of the capture trigger for op (c resolved).
 // Trigger names are per database, so the name carries the table, and 8 hex
@@ -283,50 +255,18 @@ func fingerprint(ddl string) string {
 // columnDrift describes how the columns a trigger was generated from differ
 // from the table's present ones ("" if they do not).
 func columnDrift(installedJSON string, now []columnInfo) string {
-	var was []columnInfo
-	if err := json.Unmarshal([]byte(installedJSON), &was); err != nil {
-		return "the recorded column list is unreadable"
-	}
-	wasType := map[string]string{}
-	for _, c := range was {
-		wasType[c.Name] = c.Type
-	}
-	nowType := map[string]string{}
-	var added, changed, removed []string
-	for _, c := range now {
-		nowType[c.Name] = c.Type
-		t, ok := wasType[c.Name]
-		switch {
-		case !ok:
-			added = append(added, c.Name)
-		case t != c.Type:
-			changed = append(changed, fmt.Sprintf("%s (%s -> %s)", c.Name, t, c.Type))
-		}
-	}
-	for _, c := range was {
-		if _, ok := nowType[c.Name]; !ok {
-			removed = append(removed, c.Name)
-		}
-	}
-	var parts []string
-	if len(added) > 0 {
-		parts = append(parts, "column added: "+strings.Join(added, ", "))
-	}
-	if len(removed) > 0 {
-		parts = append(parts, "column dropped: "+strings.Join(removed, ", "))
-	}
-	if len(changed) > 0 {
-		parts = append(parts, "column type changed: "+strings.Join(changed, ", "))
-	}
-	if len(parts) == 0 && columnsJSON(now) != installedJSON {
-		parts = append(parts, "columns reordered")
-	}
-	return strings.Join(parts, "; ")
+	return outboxsql.ColumnDrift(installedJSON, recorded(now))
 }
 
-func columnsJSON(cols []columnInfo) string {
-	b, _ := json.Marshal(cols)
-	return string(b)
+func columnsJSON(cols []columnInfo) string { return outboxsql.ColumnsJSON(recorded(cols)) }
+
+// recorded returns cols as a capture records them.
+func recorded(cols []columnInfo) []outboxsql.Column {
+	out := make([]outboxsql.Column, len(cols))
+	for i, c := range cols {
+		out[i] = outboxsql.Column{Name: c.Name, Type: c.Type}
+	}
+	return out
 }
 
 // withConn pins one connection (GET_LOCK and LOCK TABLES are per

@@ -5,22 +5,22 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/internal/outboxloop"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // Defaults of TriggerConfig.
 const (
-	DefaultBatchSize          = 100
-	DefaultMinPollInterval    = 10 * time.Millisecond
-	DefaultMaxPollInterval    = time.Second
-	DefaultLease              = 30 * time.Second
-	DefaultMaxWaiting         = 1000
-	DefaultMaxBackoff         = 5 * time.Second
-	DefaultStaleCheckInterval = time.Minute
+	DefaultBatchSize          = outboxsql.DefaultBatchSize
+	DefaultMinPollInterval    = outboxsql.DefaultMinPollInterval
+	DefaultMaxPollInterval    = outboxsql.DefaultMaxPollInterval
+	DefaultLease              = outboxsql.DefaultLease
+	DefaultMaxWaiting         = outboxsql.DefaultMaxWaiting
+	DefaultMaxBackoff         = outboxsql.DefaultMaxBackoff
+	DefaultStaleCheckInterval = outboxsql.DefaultStaleCheckInterval
 )
 
 // TriggerConfig configures a Trigger. Only DB is required.
@@ -68,55 +68,6 @@ type TriggerConfig struct {
 	// Logger receives warnings (errors that are retried, stale captures)
 	// and errors (dead rows). Default slog.Default().
 	Logger *slog.Logger
-}
-
-func (c TriggerConfig) withDefaults() TriggerConfig {
-	c.Outbox = c.Outbox.withDefaults()
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.MinPollInterval == 0 {
-		c.MinPollInterval = DefaultMinPollInterval
-	}
-	if c.MaxPollInterval == 0 {
-		c.MaxPollInterval = DefaultMaxPollInterval
-	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
-	}
-	if c.MaxWaiting == 0 {
-		c.MaxWaiting = DefaultMaxWaiting
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.StaleCheckInterval == 0 {
-		c.StaleCheckInterval = DefaultStaleCheckInterval
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return c
-}
-
-func (c TriggerConfig) validate() error {
-	switch {
-	case c.DB == nil:
-		return &batuta.ConfigError{Field: "DB", Reason: "required"}
-	case c.BatchSize < 1 || c.BatchSize > 10000:
-		return &batuta.ConfigError{Field: "BatchSize", Reason: "must be between 1 and 10000"}
-	case c.MinPollInterval < 0:
-		return &batuta.ConfigError{Field: "MinPollInterval", Reason: "must not be negative"}
-	case c.MaxPollInterval < c.MinPollInterval:
-		return &batuta.ConfigError{Field: "MaxPollInterval", Reason: "must not be below MinPollInterval"}
-	case c.Lease < time.Second:
-		return &batuta.ConfigError{Field: "Lease", Reason: "must be at least 1s"}
-	case c.MaxWaiting < 1:
-		return &batuta.ConfigError{Field: "MaxWaiting", Reason: "must be positive"}
-	case c.MaxBackoff < 0:
-		return &batuta.ConfigError{Field: "MaxBackoff", Reason: "must not be negative"}
-	}
-	return c.Outbox.validate("Outbox.")
 }
 
 // Trigger is a batuta.Trigger (and batuta.TrackingTrigger) that consumes an
@@ -175,11 +126,11 @@ var _ batuta.TrackingTrigger = (*Trigger)(nil)
 // NewTrigger validates cfg and returns a Trigger. It does no I/O; Run
 // checks that the outbox is installed.
 func NewTrigger(cfg TriggerConfig) (*Trigger, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	p, err := outboxsql.Polling[Outbox](cfg).Prepare(Outbox.withDefaults, Outbox.validate)
+	if err != nil {
 		return nil, err
 	}
-	return &Trigger{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+	return &Trigger{cfg: TriggerConfig(p), wake: make(chan struct{}, 1)}, nil
 }
 
 // Wake makes a polling consumer of t claim now instead of waiting out its
@@ -216,54 +167,36 @@ func (t *Trigger) run(ctx context.Context, sink outboxloop.Sink) error {
 	if !st.Installed {
 		return fmt.Errorf("batutamysql: outbox %s is not installed (call InstallOutbox or InstallCapture): %v", ob, st.Problems)
 	}
-	c := &consumer{
-		t:     t,
-		ob:    ob,
-		table: ob.quoted(),
-		token: outboxloop.NewToken(),
-		log:   t.cfg.Logger.With("outbox", ob.String()),
-	}
-	var wg sync.WaitGroup
-	checkCtx, stop := context.WithCancel(ctx)
-	if t.cfg.StaleCheckInterval > 0 {
-		wg.Go(func() { c.checkStaleEvery(checkCtx, t.cfg.StaleCheckInterval) })
-	}
-	err = outboxloop.Run(ctx, outboxloop.Config[uint64]{
-		Driver:          c,
-		Sink:            sink,
-		Wake:            t.wake,
-		Package:         "batutamysql",
-		Outbox:          ob.String(),
-		BatchSize:       t.cfg.BatchSize,
-		MaxWaiting:      t.cfg.MaxWaiting,
-		MinPollInterval: t.cfg.MinPollInterval,
-		MaxPollInterval: t.cfg.MaxPollInterval,
-		Lease:           t.cfg.Lease,
-		MaxBackoff:      t.cfg.MaxBackoff,
-		Logger:          c.log,
-	})
-	stop()
-	wg.Wait()
-	return err
+	db, table := t.cfg.DB, ob.quoted()
+	return outboxsql.RunPolling(ctx, outboxsql.Polling[Outbox](t.cfg), outboxsql.Dialect[uint64]{
+		Package: "batutamysql",
+		Outbox:  ob.String(),
+		Table:   table,
+		Claim: func(ctx context.Context, token string, n int) ([]outboxloop.Row[uint64], error) {
+			return t.claim(ctx, ob, token, n)
+		},
+		LeaseUntil: "UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND",
+		LeaseArg:   t.cfg.Lease.Microseconds(),
+		Now:        "UTC_TIMESTAMP(6)",
+		Captures: func(ctx context.Context) (*sql.Rows, error) {
+			return db.QueryContext(ctx, "SELECT table_schema, table_name, trigger_name, op, columns_json FROM "+
+				quoteQualified(ob.Schema, capturesTable)+" WHERE outbox = ?", ob.Table)
+		},
+		Drift: func(ctx context.Context, schema, table, installed string) (string, error) {
+			cols, err := loadColumns(ctx, db, schema, table)
+			return columnDrift(installed, cols), err
+		},
+	}, sink, t.wake)
 }
 
-// consumer is the outboxloop.Driver of one Run call.
-type consumer struct {
-	t     *Trigger
-	ob    Outbox // Schema resolved
-	table string // quoted outbox name
-	token string // claimed_by of this consumer's claims
-	log   *slog.Logger
-}
-
-var _ outboxloop.Driver[uint64] = (*consumer)(nil)
-
-// Claim leases up to n free rows (not dead, never leased or lease expired)
-// in a short READ COMMITTED transaction: READ COMMITTED takes no gap locks,
-// so claims never block the writers inserting into the outbox, and with
-// SKIP LOCKED concurrent claimers never wait for each other.
-func (c *consumer) Claim(ctx context.Context, n int) (_ []outboxloop.Row[uint64], err error) {
-	tx, err := c.t.cfg.DB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+// claim leases up to n free rows (not dead, never leased or lease expired)
+// of ob (Schema resolved) to token in a short READ COMMITTED transaction:
+// READ COMMITTED takes no gap locks, so claims never block the writers
+// inserting into the outbox, and with SKIP LOCKED concurrent claimers never
+// wait for each other.
+func (t *Trigger) claim(ctx context.Context, ob Outbox, token string, n int) (_ []outboxloop.Row[uint64], err error) {
+	table := ob.quoted()
+	tx, err := t.cfg.DB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return nil, err
 	}
@@ -272,13 +205,14 @@ func (c *consumer) Claim(ctx context.Context, n int) (_ []outboxloop.Row[uint64]
 			_ = tx.Rollback()
 		}
 	}()
-	rs, err := tx.QueryContext(ctx, "SELECT "+outboxColumns+" FROM "+c.table+
+	rs, err := tx.QueryContext(ctx, "SELECT "+outboxColumns+" FROM "+table+
 		" WHERE dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < UTC_TIMESTAMP(6))"+
 		" ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", n)
 	if err != nil {
 		return nil, err
 	}
-	var rows []outboxRow
+	var out []outboxloop.Row[uint64]
+	var ids []uint64
 	for rs.Next() {
 		var r outboxRow
 		if err := r.scan(rs); err != nil {
@@ -286,21 +220,18 @@ func (c *consumer) Claim(ctx context.Context, n int) (_ []outboxloop.Row[uint64]
 			return nil, err
 		}
 		r.deliveries++ // counted by the UPDATE below
-		rows = append(rows, r)
+		ev, err := r.event(ob.Schema, ob.Table)
+		out = append(out, outboxloop.Row[uint64]{ID: r.id, Event: ev, Err: err})
+		ids = append(ids, r.id)
 	}
 	rs.Close()
 	if err := rs.Err(); err != nil {
 		return nil, err
 	}
-	out := make([]outboxloop.Row[uint64], len(rows))
-	for i := range rows {
-		ev, err := rows[i].event(c.ob.Schema, c.ob.Table)
-		out[i] = outboxloop.Row[uint64]{ID: rows[i].id, Event: ev, Err: err}
-	}
-	if len(rows) > 0 {
-		in, args := outboxloop.InList(rowIDs(out))
-		args = append([]any{c.t.cfg.Lease.Microseconds(), c.token}, args...)
-		if _, err := tx.ExecContext(ctx, "UPDATE "+c.table+
+	if len(ids) > 0 {
+		in, args := outboxloop.InList(ids)
+		args = append([]any{t.cfg.Lease.Microseconds(), token}, args...)
+		if _, err := tx.ExecContext(ctx, "UPDATE "+table+
 			" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, claimed_by = ?, deliveries = deliveries + 1"+
 			" WHERE id IN ("+in+")", args...); err != nil {
 			return nil, err
@@ -310,87 +241,4 @@ func (c *consumer) Claim(ctx context.Context, n int) (_ []outboxloop.Row[uint64]
 		return nil, err
 	}
 	return out, nil
-}
-
-func rowIDs(rows []outboxloop.Row[uint64]) []uint64 {
-	out := make([]uint64, len(rows))
-	for i := range rows {
-		out[i] = rows[i].ID
-	}
-	return out
-}
-
-// exec runs stmt (which ends in "IN (") for ids with pre before them,
-// limited to this consumer's claims.
-func (c *consumer) exec(ctx context.Context, stmt string, pre []any, ids []uint64) error {
-	return outboxloop.ExecIn(ctx, c.t.cfg.DB, stmt, pre, ids, c.token)
-}
-
-// Renew implements outboxloop.Driver.
-func (c *consumer) Renew(ctx context.Context, ids []uint64) error {
-	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE id IN (",
-		[]any{c.t.cfg.Lease.Microseconds()}, ids)
-}
-
-// Delete implements outboxloop.Driver.
-func (c *consumer) Delete(ctx context.Context, ids []uint64) error {
-	return c.exec(ctx, "DELETE FROM "+c.table+" WHERE id IN (", nil, ids)
-}
-
-// Release implements outboxloop.Driver.
-func (c *consumer) Release(ctx context.Context, ids []uint64) error {
-	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = NULL, claimed_by = NULL WHERE id IN (", nil, ids)
-}
-
-// MarkDead implements outboxloop.Driver.
-func (c *consumer) MarkDead(ctx context.Context, id uint64, cause error) error {
-	msg := cause.Error()
-	if len(msg) > 4000 {
-		msg = msg[:4000]
-	}
-	_, err := c.t.cfg.DB.ExecContext(ctx, "UPDATE "+c.table+
-		" SET dead_at = UTC_TIMESTAMP(6), last_error = ?, claimed_until = NULL, claimed_by = NULL WHERE id = ? AND claimed_by = ?",
-		msg, id, c.token)
-	return err
-}
-
-// checkStaleEvery runs checkStale at once and then every interval until
-// ctx ends.
-func (c *consumer) checkStaleEvery(ctx context.Context, interval time.Duration) {
-	for ctx.Err() == nil {
-		c.checkStale(ctx)
-		outboxloop.Sleep(ctx, interval)
-	}
-}
-
-// checkStale logs a warning for each capture trigger recorded as writing
-// into this outbox whose table has changed since it was installed.
-func (c *consumer) checkStale(ctx context.Context) {
-	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_schema, table_name, trigger_name, op, columns_json FROM "+
-		quoteQualified(c.ob.Schema, capturesTable)+" WHERE outbox = ?", c.ob.Table)
-	if err != nil {
-		if ctx.Err() == nil {
-			c.log.WarnContext(ctx, "batutamysql: checking captures for staleness failed", "err", err)
-		}
-		return
-	}
-	type capture struct{ schema, table, trigger, op, cols string }
-	var caps []capture
-	for rows.Next() {
-		var k capture
-		if rows.Scan(&k.schema, &k.table, &k.trigger, &k.op, &k.cols) == nil {
-			caps = append(caps, k)
-		}
-	}
-	rows.Close()
-	for _, k := range caps {
-		cols, err := loadColumns(ctx, c.t.cfg.DB, k.schema, k.table)
-		if err != nil {
-			return
-		}
-		if d := columnDrift(k.cols, cols); d != "" {
-			c.log.WarnContext(ctx, "batutamysql: capture trigger is stale; run InstallCapture again, or the change is left out of row images",
-				"table", k.schema+"."+k.table, "op", k.op, "trigger", k.trigger, "change", d)
-		}
-	}
 }

@@ -1,17 +1,13 @@
 package batutamysql
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand/v2"
+	"github.com/batuta-dev/batuta/batutatest"
 	"os"
 	"os/exec"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,12 +43,12 @@ func TestRowImages(t *testing.T) {
 	all, bigRuns := newFakeRuns(true), newFakeRuns(true)
 	stopAll := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), all)
 	stopBig := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: big.outbox}), bigRuns)
-	eventually(t, func() bool { return all.acceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
-	eventually(t, func() bool { return bigRuns.acceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
+	eventually(t, func() bool { return all.AcceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
+	eventually(t, func() bool { return bigRuns.AcceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
 	stopAll()
 	stopBig()
 
-	evs := all.acceptedEvents()
+	evs := all.Accepted()
 	ops := make([]string, len(evs))
 	for i, ev := range evs {
 		ops[i] = decodeChange(t, ev).Op
@@ -82,217 +78,18 @@ func TestRowImages(t *testing.T) {
 	require.Equal(t, json.Number("99.00"), del.oldRow["price"])
 	require.Equal(t, "same", del.oldRow["name"])
 
-	b := decodeChange(t, bigRuns.acceptedEvents()[0])
+	b := decodeChange(t, bigRuns.Accepted()[0])
 	require.Equal(t, json.Number("12.50"), b.oldRow["price"])
 	require.Equal(t, json.Number("150.00"), b.newRow["price"])
 }
 
-// TestConcurrentWritersExactlyOnce: 10,000 rows inserted by 8 concurrent
-// writers, some in transactions that roll back, with a consumer running in
-// front of a non-durable store: exactly one accepted event per committed
-// row, none for rolled-back ones.
-func TestConcurrentWritersExactlyOnce(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, Capture{Table: f.table, Outbox: f.outbox, Ops: []Op{OpInsert}}))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-
-	const writers, perWriter = 8, 1250
-	var mu sync.Mutex
-	committed, rolledBack := map[int64]bool{}, map[int64]bool{}
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			for done := 0; done < perWriter; {
-				n := min(1+rng.IntN(20), perWriter-done)
-				rollback := rng.IntN(10) == 0
-				ids := insertTx(t, db, f.table, w, n, rollback)
-				mu.Lock()
-				for _, id := range ids {
-					if rollback {
-						rolledBack[id] = true
-					} else {
-						committed[id] = true
-					}
-				}
-				mu.Unlock()
-				done += n
-			}
-		})
-	}
-	wg.Wait()
-	require.NotEmpty(t, rolledBack)
-	require.Equal(t, writers*perWriter, len(committed)+len(rolledBack))
-
-	eventually(t, func() bool { return runs.acceptedCount() >= len(committed) && f.outboxRows(t) == 0 },
-		"every committed row delivered and the outbox drained")
-	stop()
-
-	seen := map[int64]bool{}
-	for _, ev := range runs.acceptedEvents() {
-		ch := decodeChange(t, ev)
-		id, err := ch.newRow["id"].(json.Number).Int64()
-		require.NoError(t, err)
-		require.False(t, rolledBack[id], "event for rolled-back row %d", id)
-		require.True(t, committed[id], "event for unknown row %d", id)
-		require.False(t, seen[id], "two events for row %d", id)
-		seen[id] = true
-	}
-	require.Len(t, seen, len(committed))
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-// insertTx inserts n rows in one transaction and commits or rolls back;
-// it returns the rows' ids.
-func insertTx(t testing.TB, db *sql.DB, table string, writer, n int, rollback bool) []int64 {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	ids := make([]int64, 0, n)
-	for range n {
-		res, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (writer, name) VALUES (?, 'row')", writer)
-		require.NoError(t, err)
-		id, err := res.LastInsertId()
-		require.NoError(t, err)
-		ids = append(ids, id)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
-	return ids
-}
-
-func TestBacklogDeliveredAfterStart(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	for range 10 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	for i := range 100 {
-		require.NoError(t, Emit(ctx, tx, f.outbox, batuta.Event{Type: "note", Data: []byte(strconv.Itoa(i))}))
-	}
-	require.NoError(t, tx.Commit())
-	require.Equal(t, 1100, f.outboxRows(t))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 1100 && f.outboxRows(t) == 0 }, "whole backlog delivered")
-	stop()
-}
-
-// TestTwoConsumersNeverFireOneRowTwice runs two consumers on one outbox in
-// front of a non-durable store whose runs take longer than the lease: the
-// heartbeat must keep the rows, and no row may be fired by both.
-func TestTwoConsumersNeverFireOneRowTwice(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	for range 4 {
-		insertTx(t, db, f.table, 1, 250, false)
-	}
-
-	runs := newFakeRuns(false)
-	runs.hold = true
-	cfg := TriggerConfig{DB: db, Outbox: f.outbox, Lease: 2 * time.Second, BatchSize: 20}
-	startTrigger(t, newTrigger(t, cfg), runs)
-	startTrigger(t, newTrigger(t, cfg), runs)
-	// Runs finish 1.5 leases after they were started.
-	eventually(t, func() bool {
-		unfinished := runs.finishOlderThan(3 * time.Second)
-		return runs.acceptedCount() == 1000 && unfinished == 0 && f.outboxRows(t) == 0
-	}, "all rows delivered once their runs finished")
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-func TestFireErrors(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 50, false)
-	var poison string
-	require.NoError(t, db.QueryRow("SELECT CONCAT('mysql/test.', ?, '/', MIN(id) + 7) FROM "+f.outbox.quoted(), f.outbox.Table).Scan(&poison))
-
-	runs := newFakeRuns(true)
-	busy := map[string]bool{}
-	runs.fireErr = func(ev batuta.Event) error {
-		if ev.ID == poison {
-			return &batuta.PayloadTooLargeError{What: "event data", Size: 10, Limit: 1}
-		}
-		if !busy[ev.ID] { // every event is refused once
-			busy[ev.ID] = true
-			return batuta.ErrBusy
-		}
-		return nil
-	}
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 49 && f.outboxRows(t) == 1 }, "all but the poison row delivered")
-	stop()
-
-	var deadAt sql.NullString
-	var lastErr string
-	require.NoError(t, db.QueryRow("SELECT CAST(dead_at AS CHAR), last_error FROM "+f.outbox.quoted()).Scan(&deadAt, &lastErr))
-	require.True(t, deadAt.Valid, "poison row marked dead")
-	require.Contains(t, lastErr, "over the limit")
-}
-
-func TestRunWithoutTracking(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox})
-	err := trig.Run(ctx, func(context.Context, batuta.Event) error { return nil })
-	require.ErrorContains(t, err, "not installed")
-
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 10, false)
-	var mu sync.Mutex
-	var got []string
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- trig.Run(runCtx, func(_ context.Context, ev batuta.Event) error {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, ev.ID)
-			return nil
-		})
-	}()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 10 && f.outboxRows(t) == 0 }, "ten events")
-	// Wake cuts the idle poll short.
-	insertTx(t, db, f.table, 1, 1, false)
-	trig.Wake()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 11 }, "woken consumer delivers")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-}
-
-// The crash test: a consumer process is killed -9 in the middle of a batch,
-// after firing some rows it had not deleted yet; a new consumer redelivers
-// them and the store deduplicates them by event ID.
+// The crash test (batutatest.TestOutboxCrash): a consumer process is
+// killed -9 in the middle of a batch; a new consumer redelivers what it had
+// fired but not deleted, and the store deduplicates it by event ID.
 
 const crashHelperEnv = "BATUTA_MYSQL_CRASH_HELPER"
 
-// crashStore is a durable "store" kept in two tables next to the outbox:
+// crashFire is a durable "store" kept in two tables next to the outbox:
 // accepted event IDs (deduplicated by primary key) and a log of every fire.
 func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) error {
 	return func(ctx context.Context, ev batuta.Event) error {
@@ -304,8 +101,8 @@ func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) er
 	}
 }
 
-// crashHelperMain consumes the outbox named by the environment, with batch
-// size 50, and blocks forever inside the 120th fire after printing READY.
+// crashHelperMain consumes the outbox named by the environment in the
+// helper process (see main_test.go).
 func crashHelperMain() int {
 	outbox := os.Getenv(crashHelperEnv)
 	db, err := sql.Open("mysql", testDSN())
@@ -313,24 +110,13 @@ func crashHelperMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	fire := crashFire(db, outbox)
-	n := 0
-	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox}, BatchSize: 50, Lease: time.Second})
+	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox},
+		BatchSize: batutatest.CrashHelperBatch, Lease: batutatest.CrashHelperLease})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	err = trig.Run(context.Background(), func(ctx context.Context, ev batuta.Event) error {
-		if err := fire(ctx, ev); err != nil {
-			return err
-		}
-		if n++; n == 120 {
-			fmt.Println("READY")
-			select {} // wait to be killed
-		}
-		return nil
-	})
-	fmt.Fprintln(os.Stderr, err)
+	fmt.Fprintln(os.Stderr, batutatest.RunCrashHelper(trig, crashFire(db, outbox)))
 	return 2
 }
 
@@ -338,72 +124,32 @@ func TestTriggerKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	db := openDB(t)
 	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
 	fires, accepted := quoteIdent(f.outbox.Table+"_fires"), quoteIdent(f.outbox.Table+"_accepted")
 	f.exec(t, "CREATE TABLE "+fires+" (n BIGINT AUTO_INCREMENT PRIMARY KEY, event_id VARCHAR(255) NOT NULL)")
 	f.exec(t, "CREATE TABLE "+accepted+" (event_id VARCHAR(255) PRIMARY KEY)")
 	t.Cleanup(func() { _, _ = db.Exec("DROP TABLE IF EXISTS " + fires + ", " + accepted) })
-	for range 3 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashHelperEnv+"="+f.outbox.Table)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, "helper output")
-	require.Equal(t, "READY\n", line)
-	require.NoError(t, cmd.Process.Kill())
-	_ = cmd.Wait()
-
-	count := func(table string) int {
-		var n int
-		require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+table).Scan(&n))
-		return n
-	}
-	require.Equal(t, 120, count(fires))
-	require.Equal(t, 200, f.outboxRows(t), "two batches deleted; the third was fired in part and never deleted")
-
-	// A new consumer takes the rows over once the dead one's leases expire.
-	fire := crashFire(db, f.outbox.Table)
-	// (Its own lease is the default: only the dead consumer's must be short.)
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 50})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- trig.Run(runCtx, fire) }()
-	eventually(t, func() bool { return f.outboxRows(t) == 0 }, "outbox drained after restart")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-
-	require.Equal(t, 300, count(accepted), "every committed row accepted")
-	require.Equal(t, 320, count(fires), "the 20 rows fired but not deleted before the kill were fired again (and deduplicated)")
-	var dupes int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1) d").Scan(&dupes))
-	require.Equal(t, 20, dupes)
+	batutatest.TestOutboxCrash(t, batutatest.OutboxCrash{
+		Fixture: f.suite(),
+		Fire:    crashFire(db, f.outbox.Table),
+		Counts:  crashCounts(db, fires, accepted),
+		Helper: func(t *testing.T) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), crashHelperEnv+"="+f.outbox.Table)
+			return cmd
+		},
+		// (Its own lease is the default: only the dead consumer's must be short.)
+		Consumer: func(t *testing.T) batuta.Trigger {
+			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: batutatest.CrashHelperBatch})
+		},
+	})
 }
 
-func TestFireErrorIsNotAcceptedAndCtxCancelStops(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 5, false)
-
-	// A store that is down: nothing is deleted, every row stays.
-	down := errors.New("store down")
-	runs := newFakeRuns(true)
-	runs.fireErr = func(batuta.Event) error { return down }
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { runs.mu.Lock(); defer runs.mu.Unlock(); return runs.totalFire >= 3 }, "fire retried")
-	stop()
-	require.Equal(t, 5, f.outboxRows(t))
-	var claimed int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+f.outbox.quoted()+" WHERE claimed_by IS NOT NULL").Scan(&claimed))
-	require.Zero(t, claimed, "rows handed back on shutdown")
-	require.Zero(t, runs.acceptedCount(), "no run accepted")
+// crashCounts counts the fires logged, the event IDs accepted and those
+// fired more than once.
+func crashCounts(db *sql.DB, fires, accepted string) func(ctx context.Context) (int, int, int, error) {
+	return func(ctx context.Context) (nf, na, nd int, err error) {
+		err = db.QueryRowContext(ctx, "SELECT (SELECT COUNT(*) FROM "+fires+"), (SELECT COUNT(*) FROM "+accepted+"), "+
+			"(SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1) d)").Scan(&nf, &na, &nd)
+		return nf, na, nd, err
+	}
 }

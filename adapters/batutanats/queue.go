@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/pullstash"
 	"github.com/batuta-dev/batuta/internal/redact"
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -43,12 +43,10 @@ type Queue struct {
 
 	closing chan struct{} // closed by Close
 
-	mu      sync.Mutex
-	closed  bool
-	held    map[uint64]*receipt // stream sequence -> delivery held by this handle
-	stash   []stashed           // deliveries pulled for a Receive that had returned
-	stashed chan struct{}       // closed (and replaced) when stash gets entries
-	reads   sync.WaitGroup      // outstanding pulls
+	mu     sync.Mutex
+	closed bool
+	held   map[uint64]*receipt // stream sequence -> delivery held by this handle
+	stash  *pullstash.Stash    // pulls in flight, and what abandoned ones pulled for the next Receive
 
 	checkMu   sync.Mutex
 	lastCheck time.Time // last time an idle Receive checked the consumer exists
@@ -86,11 +84,6 @@ type receipt struct {
 	delivered uint64 // NumDelivered
 }
 
-type stashed struct {
-	d  batuta.Delivery
-	at time.Time
-}
-
 // New returns a Queue over js, an existing JetStream context (its
 // connection stays open on Close). Unless cfg.NoCreate, it creates the
 // stream if missing and creates or updates the durable consumer; an
@@ -112,7 +105,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Queue, error
 		log:     cfg.Logger.With("stream", cfg.Stream, "consumer", cfg.Consumer),
 		closing: make(chan struct{}),
 		held:    make(map[uint64]*receipt),
-		stashed: make(chan struct{}),
+		stash:   pullstash.New("batutanats"),
 	}
 	if err := q.ensureStream(ctx); err != nil {
 		return nil, err
@@ -261,18 +254,9 @@ func (q *Queue) Publish(ctx context.Context, msg batuta.Message) error {
 	if q.isClosed() {
 		return fmt.Errorf("batutanats: publish: %w", batuta.ErrClosed)
 	}
-	if len(msg.Body) > q.cfg.MaxBodyBytes {
-		return fmt.Errorf("batutanats: publish: %w", &batuta.PayloadTooLargeError{What: "message body", Size: len(msg.Body), Limit: q.cfg.MaxBodyBytes})
-	}
-	if msg.ID == "" {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return fmt.Errorf("batutanats: publish: assign ID: %w", err)
-		}
-		msg.ID = id.String()
-	}
-	if msg.Time.IsZero() {
-		msg.Time = time.Now()
+	msg, err := pullstash.PreparePublish("batutanats", msg, q.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
 	}
 	nm, err := encodeMessage(q.cfg.Subject, msg, msg.ID)
 	if err != nil {
@@ -350,121 +334,41 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 			return ds, nil
 		}
 		// What is ready now, in one round trip; else wait for one message.
+		// Each pull runs in its own goroutine, so that Receive can return
+		// when ctx ends without waiting for the server.
 		for _, wait := range []bool{false, true} {
 			k := n
 			if wait {
 				k = 1
 			}
-			op, wake, ok := q.startPull(k, wait)
-			if !ok {
-				return nil, fmt.Errorf("batutanats: receive: %w", batuta.ErrClosed)
+			ds, woken, err := q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.pull(k, wait) })
+			if err != nil || len(ds) > 0 {
+				return ds, err
 			}
-			select {
-			case <-op.done:
-				if op.err != nil {
-					return nil, op.err
+			if woken {
+				break // another pull left deliveries in the stash: take them
+			}
+			if wait {
+				if err := q.checkConsumer(ctx); err != nil {
+					return nil, err
 				}
-				if len(op.ds) > 0 {
-					return op.ds, nil
-				}
-				if wait {
-					if err := q.checkConsumer(ctx); err != nil {
-						return nil, err
-					}
-				}
-			case <-ctx.Done():
-				q.abandon(op)
-				return nil, ctx.Err()
-			case <-q.closing:
-				q.abandon(op)
-				return nil, fmt.Errorf("batutanats: receive: %w", batuta.ErrClosed)
-			case <-wake:
-				q.abandon(op)
 			}
 		}
 	}
-}
-
-// pullOp is one pull request running in its own goroutine.
-type pullOp struct {
-	mu        sync.Mutex
-	done      chan struct{}
-	abandoned bool
-	ds        []batuta.Delivery
-	err       error
-}
-
-func (q *Queue) startPull(n int, wait bool) (*pullOp, <-chan struct{}, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return nil, nil, false
-	}
-	op := &pullOp{done: make(chan struct{})}
-	q.reads.Add(1)
-	go func() {
-		defer q.reads.Done()
-		ds, err := q.pull(n, wait)
-		op.mu.Lock()
-		if op.abandoned {
-			op.mu.Unlock()
-			q.deposit(ds)
-			return
-		}
-		op.ds, op.err = ds, err
-		close(op.done)
-		op.mu.Unlock()
-	}()
-	return op, q.stashed, true
-}
-
-func (q *Queue) abandon(op *pullOp) {
-	op.mu.Lock()
-	op.abandoned = true
-	var ds []batuta.Delivery
-	select {
-	case <-op.done:
-		ds, op.ds = op.ds, nil
-	default:
-	}
-	op.mu.Unlock()
-	q.deposit(ds)
-}
-
-func (q *Queue) deposit(ds []batuta.Delivery) {
-	if len(ds) == 0 {
-		return
-	}
-	now := time.Now()
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for _, d := range ds {
-		q.stash = append(q.stash, stashed{d: d, at: now})
-	}
-	close(q.stashed)
-	q.stashed = make(chan struct{})
 }
 
 // takeStash returns up to n stashed deliveries; one that waited for more
 // than half of AckWait gets an in-progress ack first.
 func (q *Queue) takeStash(n int) []batuta.Delivery {
-	q.mu.Lock()
-	k := min(n, len(q.stash))
-	if k == 0 {
-		q.mu.Unlock()
-		return nil
-	}
-	out := make([]batuta.Delivery, 0, k)
-	for _, s := range q.stash[:k] {
-		if time.Since(s.at) > q.cfg.AckWait/2 {
-			if r, ok := s.d.Receipt.(*receipt); ok {
+	var out []batuta.Delivery
+	for _, s := range q.stash.Take(n) {
+		if time.Since(s.At) > q.cfg.AckWait/2 {
+			if r, ok := s.D.Receipt.(*receipt); ok {
 				_ = r.msg.InProgress()
 			}
 		}
-		out = append(out, s.d)
+		out = append(out, s.D)
 	}
-	q.stash = append(q.stash[:0], q.stash[k:]...)
-	q.mu.Unlock()
 	return out
 }
 
@@ -708,12 +612,11 @@ func (q *Queue) Close() error {
 	q.closed = true
 	close(q.closing)
 	q.mu.Unlock()
-	q.reads.Wait()
+	q.stash.Close()
 
 	q.mu.Lock()
 	holding := q.held
 	q.held = map[uint64]*receipt{}
-	q.stash = nil
 	q.mu.Unlock()
 	var errs []error
 	for _, r := range holding {

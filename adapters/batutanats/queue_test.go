@@ -3,6 +3,7 @@ package batutanats_test
 import (
 	"context"
 	"errors"
+	"github.com/batuta-dev/batuta/batutatest"
 	"strings"
 	"testing"
 	"time"
@@ -82,20 +83,12 @@ func open(t *testing.T, cfg batutanats.Config) *batutanats.Queue {
 
 func receiveOne(t *testing.T, q batuta.Queue) batuta.Delivery {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	ds, err := q.Receive(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, ds, 1)
-	return ds[0]
+	return batutatest.ReceiveOne(t, q, 10*time.Second)
 }
 
 func expectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	defer cancel()
-	ds, err := q.Receive(ctx, 10)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "got %d deliveries", len(ds))
+	batutatest.ExpectNothing(t, q, d)
 }
 
 func TestNoCreateAndChecks(t *testing.T) {
@@ -201,37 +194,16 @@ func TestMaxDeliveriesDeadLetters(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "work-queue retention removes acked messages")
 }
 
-func TestExtendKeepsDelivery(t *testing.T) {
+// TestNackAfterAckLosesLease: a settled delivery cannot be nacked
+// (extending it is batutatest.TestQueue's ExtendKeepsDelivery).
+func TestNackAfterAckLosesLease(t *testing.T) {
 	t.Parallel()
 	js := requireNATS(t)
-	cfg := batutanats.Config{Stream: uniqueStream(t, js), AckWait: 300 * time.Millisecond}
-	a, b := open(t, cfg), open(t, cfg)
-	require.NoError(t, a.Publish(t.Context(), batuta.Message{ID: "long"}))
-	d := receiveOne(t, a)
-	stop := make(chan struct{})
-	extended := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				extended <- nil
-				return
-			case <-tick.C:
-				if err := a.Extend(t.Context(), d); err != nil {
-					extended <- err
-					return
-				}
-			}
-		}
-	}()
-	expectNothing(t, b, time.Second)
-	close(stop)
-	require.NoError(t, <-extended)
-	require.NoError(t, a.Ack(t.Context(), d))
-	require.ErrorIs(t, a.Extend(t.Context(), d), batuta.ErrLeaseLost)
-	require.ErrorIs(t, a.Nack(t.Context(), d, 0), batuta.ErrLeaseLost)
+	q := open(t, batutanats.Config{Stream: uniqueStream(t, js)})
+	require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: "settled"}))
+	d := receiveOne(t, q)
+	require.NoError(t, q.Ack(t.Context(), d))
+	require.ErrorIs(t, q.Nack(t.Context(), d, 0), batuta.ErrLeaseLost)
 }
 
 func TestForeignMessages(t *testing.T) {

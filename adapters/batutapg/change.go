@@ -1,9 +1,8 @@
 package batutapg
 
 import (
-	"strings"
-
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // SourcePrefix starts the Event.Source of every event this adapter's
@@ -47,9 +46,5 @@ const (
 // matching batuta.ErrInvalidPayload. It is batuta.ChangeFrom with the
 // Source checked.
 func DecodeChange[T any](ev batuta.Event) (batuta.RowChange[T], error) {
-	if !strings.HasPrefix(ev.Source, SourcePrefix) {
-		return batuta.RowChange[T]{}, &batuta.WrongSourceError{Want: "a PostgreSQL row change", ID: ev.ID, Source: ev.Source, Type: ev.Type,
-			Reason: "source does not start with " + SourcePrefix}
-	}
-	return batuta.ChangeFrom[T](ev)
+	return outboxsql.DecodeChange[T](ev, SourcePrefix, "a PostgreSQL row change")
 }

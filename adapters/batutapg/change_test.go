@@ -3,7 +3,6 @@ package batutapg
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"testing"
 	"time"
 
@@ -99,49 +98,6 @@ func normalise(r *shapeRow) *shapeRow {
 	c := *r
 	c.At = c.At.UTC()
 	return &c
-}
-
-// TestEventShapeEmit: an event written with Emit keeps its own fields, gets
-// the adapter's metadata, and is no row change.
-func TestEventShapeEmit(t *testing.T) {
-	t.Parallel()
-	env := newOutboxEnv(t)
-	ctx := context.Background()
-	require.NoError(t, InstallOutbox(ctx, env.pool, env.ob))
-	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	tx, err := env.pool.Begin(ctx)
-	require.NoError(t, err)
-	require.NoError(t, Emit(ctx, tx, env.ob, batuta.Event{ID: "order-7", Source: "shop", Type: "order.placed", Subject: "7",
-		Time: at, Data: []byte(`{"op":"insert","table":"order"}`), Metadata: map[string]string{"k": "v", MetaOutboxID: "spoof"}}))
-	require.NoError(t, Emit(ctx, tx, env.ob, batuta.Event{Type: "order.noted"}))
-	require.NoError(t, tx.Commit(ctx))
-	runs := newFakeRuns(true)
-	startTrigger(t, TriggerConfig{Pool: env.pool, Outbox: env.ob}, runs)
-	waitFor(t, "two events", func() bool { return runs.accepted() == 2 })
-
-	ev, ok := runs.event("order-7")
-	require.True(t, ok)
-	require.Equal(t, "shop", ev.Source)
-	require.Equal(t, "order.placed", ev.Type)
-	require.Equal(t, "7", ev.Subject)
-	require.True(t, at.Equal(ev.Time))
-	require.NotEqual(t, "spoof", ev.Metadata[MetaOutboxID])
-	require.Equal(t, "v", ev.Metadata["k"])
-	require.Equal(t, "1", ev.Metadata[MetaDeliveries])
-	_, err = DecodeChange[map[string]any](ev)
-	require.ErrorIs(t, err, batuta.ErrWrongSource)
-	_, err = batuta.ChangeFrom[map[string]any](ev)
-	require.ErrorIs(t, err, batuta.ErrWrongSource)
-
-	for _, e := range runs.events() {
-		if e.ID == "order-7" {
-			continue
-		}
-		require.Equal(t, SourcePrefix+env.schema+".batuta_outbox", e.Source)
-		require.True(t, strings.HasPrefix(e.ID, "pg/"+env.schema+".batuta_outbox/"))
-		_, err = DecodeChange[map[string]any](e)
-		require.ErrorIs(t, err, batuta.ErrWrongSource)
-	}
 }
 
 func TestDecodeChangeRefusesOtherDatabases(t *testing.T) {

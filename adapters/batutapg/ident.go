@@ -1,12 +1,9 @@
 package batutapg
 
 import (
-	"fmt"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
-	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -22,20 +19,7 @@ const maxIdentLen = 63
 // "column", "channel", ...) names the identifier in the error, which wraps
 // batuta.ErrInvalidIdentifier.
 func validIdent(kind, name string) error {
-	reason := ""
-	switch {
-	case name == "":
-		reason = "empty"
-	case len(name) > maxIdentLen:
-		reason = fmt.Sprintf("%d bytes, over PostgreSQL's limit of %d", len(name), maxIdentLen)
-	case !utf8.ValidString(name):
-		reason = "not valid UTF-8"
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		reason = "contains a NUL or control character"
-	default:
-		return nil
-	}
-	return fmt.Errorf("batutapg: %s name %q: %s: %w", kind, name, reason, batuta.ErrInvalidIdentifier)
+	return outboxsql.CheckIdent("batutapg", kind, name, maxIdentLen, "PostgreSQL's limit", "")
 }
 
 // quoteIdent quotes name as a PostgreSQL identifier ("name", inner quotes

@@ -8,11 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -159,38 +158,13 @@ func Emit(ctx context.Context, tx pgx.Tx, ob Outbox, ev batuta.Event) error {
 	if err := ob.validate("Outbox."); err != nil {
 		return err
 	}
-	size := len(ev.Data)
-	for k, v := range ev.Metadata {
-		size += len(k) + len(v)
-	}
-	if size > ob.MaxEmitBytes {
-		return fmt.Errorf("batutapg: emit: %w",
-			&batuta.PayloadTooLargeError{What: "event data", Size: size, Limit: ob.MaxEmitBytes})
-	}
-	for name, s := range map[string]string{"ID": ev.ID, "Source": ev.Source, "Type": ev.Type, "Subject": ev.Subject} {
-		if err := validText(s); err != nil {
-			return fmt.Errorf("batutapg: emit: event %s: %s: %w", name, err, batuta.ErrInvalidPayload)
-		}
-	}
-	var meta []byte
-	if len(ev.Metadata) > 0 {
-		for k, v := range ev.Metadata {
-			if validText(k) != nil || validText(v) != nil {
-				return fmt.Errorf("batutapg: emit: event metadata %q: NUL byte or invalid UTF-8: %w", k, batuta.ErrInvalidPayload)
-			}
-		}
-		var err error
-		if meta, err = json.Marshal(ev.Metadata); err != nil {
-			return fmt.Errorf("batutapg: emit: event metadata: %w", err)
-		}
+	meta, data, err := outboxsql.CheckEmit(outboxsql.EmitLimits{Package: "batutapg", MaxBytes: ob.MaxEmitBytes, CountMetadata: true}, ev)
+	if err != nil {
+		return err
 	}
 	var evTime *time.Time
 	if !ev.Time.IsZero() {
 		evTime = &ev.Time
-	}
-	data := ev.Data
-	if data == nil {
-		data = []byte{}
 	}
 	// One statement: insert, then notify with the row id through
 	// pg_notify (the channel is a parameter, never spliced into SQL), once
@@ -207,17 +181,6 @@ WHERE current_setting($9, true) IS DISTINCT FROM '1'`
 	}
 	if _, err := tx.Exec(ctx, insert, args...); err != nil {
 		return fmt.Errorf("batutapg: emit into %s: %w", ob, err)
-	}
-	return nil
-}
-
-// validText reports why s cannot be stored in a PostgreSQL text column.
-func validText(s string) error {
-	if !utf8.ValidString(s) {
-		return fmt.Errorf("invalid UTF-8")
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return fmt.Errorf("NUL byte")
 	}
 	return nil
 }
@@ -274,50 +237,15 @@ type ChangeData struct {
 // event turns a claimed row into the Event fired for it. The ID depends
 // only on the outbox and the row id, so a redelivered row is deduplicated.
 func (r *outboxRow) event(ob Outbox) (batuta.Event, error) {
-	rowID := strconv.FormatInt(r.id, 10)
-	ev := batuta.Event{
-		ID:       "pg/" + displayName(ob.Schema, ob.Table) + "/" + rowID,
-		Time:     r.createdAt,
-		Metadata: map[string]string{MetaOutboxID: rowID, MetaDeliveries: strconv.Itoa(r.deliveries)},
+	row := outboxsql.Row{
+		ID: strconv.FormatInt(r.id, 10), Op: r.op, Schema: deref(r.schema), Table: deref(r.table),
+		New: r.newRow, Old: r.oldRow, EventID: r.eventID, Source: r.source, Type: r.typ, Subject: r.subject,
+		Data: r.data, Metadata: r.metadata, EventTime: r.eventTime, CreatedAt: r.createdAt, Deliveries: r.deliveries,
 	}
-	if r.op == "emit" {
-		if r.eventID != nil {
-			ev.ID = *r.eventID
-		}
-		ev.Source = SourcePrefix + displayName(ob.Schema, ob.Table)
-		if r.source != nil {
-			ev.Source = *r.source
-		}
-		ev.Type, ev.Subject = deref(r.typ), deref(r.subject)
-		if r.eventTime != nil {
-			ev.Time = *r.eventTime
-		}
-		ev.Data = r.data
-		if len(r.metadata) > 0 {
-			var md map[string]string
-			if err := json.Unmarshal(r.metadata, &md); err != nil {
-				return ev, fmt.Errorf("batutapg: outbox row %d: metadata: %w: %w", r.id, err, batuta.ErrInvalidPayload)
-			}
-			for k, v := range md {
-				if _, reserved := ev.Metadata[k]; !reserved {
-					ev.Metadata[k] = v
-				}
-			}
-		}
-		return ev, nil
-	}
-	schema, table := deref(r.schema), deref(r.table)
-	ev.Source = SourcePrefix + displayName(schema, table)
-	ev.Type = table + "." + r.op
-	data, err := json.Marshal(ChangeData{
-		Op: r.op, Schema: schema, Table: table,
-		New: rawOrNull(r.newRow), Old: rawOrNull(r.oldRow), At: r.createdAt.UTC(),
+	return row.Event(outboxsql.Naming{
+		Package: "batutapg", IDPrefix: "pg/" + displayName(ob.Schema, ob.Table) + "/", EmitSource: SourcePrefix + displayName(ob.Schema, ob.Table),
+		SourcePrefix: SourcePrefix, MetaOutboxID: MetaOutboxID, MetaDeliveries: MetaDeliveries,
 	})
-	if err != nil {
-		return ev, fmt.Errorf("batutapg: outbox row %d: %w: %w", r.id, err, batuta.ErrInvalidPayload)
-	}
-	ev.Data = data
-	return ev, nil
 }
 
 func deref(s *string) string {
@@ -325,11 +253,4 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
-}
-
-func rawOrNull(b []byte) json.RawMessage {
-	if b == nil {
-		return json.RawMessage("null")
-	}
-	return json.RawMessage(b)
 }

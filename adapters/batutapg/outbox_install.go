@@ -6,10 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
-	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -86,10 +85,7 @@ func (c Capture) withDefaults() Capture {
 	if c.Schema == "" {
 		c.Schema = "public"
 	}
-	if len(c.Ops) == 0 {
-		c.Ops = allOps
-	}
-	c.When = strings.TrimSpace(c.When)
+	c.Ops, c.When = outboxsql.CaptureDefaults(c.Ops, c.When)
 	return c
 }
 
@@ -103,35 +99,11 @@ func (c Capture) validate() error {
 	if err := validIdent("table", c.Table); err != nil {
 		return fmt.Errorf("batutapg: Capture.Table: %w", err)
 	}
-	for _, op := range c.Ops {
-		if !slices.Contains(allOps, op) {
-			return &batuta.ConfigError{Field: "Capture.Ops", Reason: fmt.Sprintf("unknown operation %q (want insert, update or delete)", op)}
-		}
-	}
-	for _, col := range c.Columns {
-		if err := validIdent("column", col); err != nil {
-			return fmt.Errorf("batutapg: Capture.Columns: %w", err)
-		}
-	}
-	if len(c.Columns) > 0 && !slices.Contains(c.Ops, OpUpdate) {
-		return &batuta.ConfigError{Field: "Capture.Columns", Reason: "only applies to updates, and Ops has no update"}
-	}
-	if strings.IndexByte(c.When, 0) >= 0 {
-		return &batuta.ConfigError{Field: "Capture.When", Reason: "contains a NUL byte"}
-	}
-	return nil
+	return outboxsql.CheckCapture("batutapg", c.Ops, c.Columns, c.When, validIdent)
 }
 
 // ops returns c.Ops without duplicates, in the canonical order.
-func (c Capture) ops() []Op {
-	var ops []Op
-	for _, op := range allOps {
-		if slices.Contains(c.Ops, op) {
-			ops = append(ops, op)
-		}
-	}
-	return ops
-}
+func (c Capture) ops() []Op { return outboxsql.CanonicalOps(c.Ops) }
 
 // triggerName is the name of the capture trigger for op. Trigger names are
 // per table, so the outbox's hash keeps captures into two outboxes apart.

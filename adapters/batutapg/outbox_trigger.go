@@ -9,17 +9,18 @@ import (
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/internal/outboxloop"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Defaults of TriggerConfig.
 const (
-	DefaultBatchSize    = 100
-	DefaultPollInterval = time.Second
-	DefaultLease        = 30 * time.Second
-	DefaultMaxWaiting   = 1000
-	DefaultMaxBackoff   = 5 * time.Second
+	DefaultBatchSize    = outboxsql.DefaultBatchSize
+	DefaultPollInterval = outboxsql.DefaultPollInterval
+	DefaultLease        = outboxsql.DefaultLease
+	DefaultMaxWaiting   = outboxsql.DefaultMaxWaiting
+	DefaultMaxBackoff   = outboxsql.DefaultMaxBackoff
 )
 
 // TriggerConfig configures a Trigger. Only Pool is required.
@@ -58,26 +59,14 @@ type TriggerConfig struct {
 	Logger *slog.Logger
 }
 
+// withDefaults and validate share the settings every outbox Trigger has
+// with batutamysql and batutasqlite (package outboxsql).
 func (c TriggerConfig) withDefaults() TriggerConfig {
 	c.Outbox = c.Outbox.withDefaults()
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
-	}
-	if c.MaxWaiting == 0 {
-		c.MaxWaiting = DefaultMaxWaiting
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	outboxsql.Defaults(&c.BatchSize, &c.Lease, &c.MaxWaiting, &c.MaxBackoff, &c.Logger)
 	return c
 }
 
@@ -85,16 +74,11 @@ func (c TriggerConfig) validate() error {
 	switch {
 	case c.Pool == nil:
 		return &batuta.ConfigError{Field: "Pool", Reason: "required"}
-	case c.BatchSize < 0 || c.BatchSize > 10000:
-		return &batuta.ConfigError{Field: "BatchSize", Reason: "must be between 1 and 10000"}
 	case c.PollInterval < 0:
 		return &batuta.ConfigError{Field: "PollInterval", Reason: "must not be negative"}
-	case c.Lease < time.Second:
-		return &batuta.ConfigError{Field: "Lease", Reason: "must be at least 1s"}
-	case c.MaxWaiting < 0:
-		return &batuta.ConfigError{Field: "MaxWaiting", Reason: "must not be negative"}
-	case c.MaxBackoff < 0:
-		return &batuta.ConfigError{Field: "MaxBackoff", Reason: "must not be negative"}
+	}
+	if err := outboxsql.Validate(c.BatchSize, c.Lease, c.MaxWaiting, c.MaxBackoff); err != nil {
+		return err
 	}
 	return c.Outbox.validate("Outbox.")
 }

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/pullstash"
 	"github.com/batuta-dev/batuta/internal/redact"
-	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -47,16 +47,14 @@ type Queue struct {
 
 	closing chan struct{} // closed by Close
 
-	mu      sync.Mutex
-	closed  bool
-	held    map[string]held // entry ID -> delivery held by this handle
-	stash   []stashed       // deliveries read for a Receive that had returned
-	stashed chan struct{}   // closed (and replaced) when stash gets entries
-	reads   sync.WaitGroup  // outstanding XREADGROUP goroutines
-	wakeAt  time.Time       // when the wake loop should promote delayed entries
-	wakeCh  chan struct{}   // nudges the wake loop after wakeAt moved earlier
-	waking  bool            // the wake loop is running
-	bg      sync.WaitGroup  // the wake loop
+	mu     sync.Mutex
+	closed bool
+	held   map[string]held  // entry ID -> delivery held by this handle
+	stash  *pullstash.Stash // reads in flight, and what abandoned ones read for the next Receive
+	wakeAt time.Time        // when the wake loop should promote delayed entries
+	wakeCh chan struct{}    // nudges the wake loop after wakeAt moved earlier
+	waking bool             // the wake loop is running
+	bg     sync.WaitGroup   // the wake loop
 
 	acks     []*ackReq     // acks waiting to be sent, guarded by ackMu
 	ackMu    sync.Mutex    // guards acks
@@ -71,12 +69,6 @@ type Queue struct {
 type held struct {
 	count   int64 // the PEL's delivery count when delivered
 	attempt int
-}
-
-// stashed is a delivery read by an abandoned read, kept for the next Receive.
-type stashed struct {
-	d  batuta.Delivery
-	at time.Time
 }
 
 // receipt is the batuta.Delivery.Receipt of this adapter.
@@ -106,7 +98,7 @@ func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue,
 		delDel:   "1",
 		closing:  make(chan struct{}),
 		held:     make(map[string]held),
-		stashed:  make(chan struct{}),
+		stash:    pullstash.New("batutaredis"),
 		wakeCh:   make(chan struct{}, 1),
 		ackToken: make(chan struct{}, 1),
 	}
@@ -184,18 +176,9 @@ func (q *Queue) Publish(ctx context.Context, msg batuta.Message) error {
 	if q.isClosed() {
 		return fmt.Errorf("batutaredis: publish: %w", batuta.ErrClosed)
 	}
-	if len(msg.Body) > q.cfg.MaxBodyBytes {
-		return fmt.Errorf("batutaredis: publish: %w", &batuta.PayloadTooLargeError{What: "message body", Size: len(msg.Body), Limit: q.cfg.MaxBodyBytes})
-	}
-	if msg.ID == "" {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return fmt.Errorf("batutaredis: publish: assign ID: %w", err)
-		}
-		msg.ID = id.String()
-	}
-	if msg.Time.IsZero() {
-		msg.Time = time.Now()
+	msg, err := pullstash.PreparePublish("batutaredis", msg, q.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
 	}
 	vals, err := encodeMessage(msg, 0)
 	if err != nil {
@@ -251,118 +234,28 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 			return ds, nil
 		}
 		block := min(max(next, time.Millisecond), q.cfg.BlockTimeout)
-		op, wake, ok := q.startRead(n, block)
-		if !ok {
-			return nil, fmt.Errorf("batutaredis: receive: %w", batuta.ErrClosed)
+		// The read runs in its own goroutine, so that Receive can return
+		// when ctx ends without waiting for Redis to answer.
+		ds, _, err = q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.read(n, block) })
+		if err != nil || len(ds) > 0 {
+			return ds, err
 		}
-		select {
-		case <-op.done:
-			if op.err != nil {
-				return nil, op.err
-			}
-			if len(op.ds) > 0 {
-				return op.ds, nil
-			}
-		case <-ctx.Done():
-			q.abandon(op)
-			return nil, ctx.Err()
-		case <-q.closing:
-			q.abandon(op)
-			return nil, fmt.Errorf("batutaredis: receive: %w", batuta.ErrClosed)
-		case <-wake:
-			// Another read left deliveries in the stash: take them.
-			q.abandon(op)
-		}
+		// Nothing read, or another read left deliveries in the stash: loop.
 	}
-}
-
-// readOp is one XREADGROUP running in its own goroutine, so that Receive
-// can return when ctx ends without waiting for Redis to answer.
-type readOp struct {
-	mu        sync.Mutex
-	done      chan struct{}
-	abandoned bool
-	ds        []batuta.Delivery
-	err       error
-}
-
-// startRead starts a read unless the queue is closed. It also returns the
-// stash's wake-up channel as of now.
-func (q *Queue) startRead(n int, block time.Duration) (*readOp, <-chan struct{}, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return nil, nil, false
-	}
-	op := &readOp{done: make(chan struct{})}
-	q.reads.Add(1)
-	go func() {
-		defer q.reads.Done()
-		ds, err := q.read(n, block)
-		op.mu.Lock()
-		if op.abandoned {
-			op.mu.Unlock()
-			q.deposit(ds)
-			return
-		}
-		op.ds, op.err = ds, err
-		close(op.done)
-		op.mu.Unlock()
-	}()
-	return op, q.stashed, true
-}
-
-// abandon gives up waiting for op: whatever it read goes to the stash.
-func (q *Queue) abandon(op *readOp) {
-	op.mu.Lock()
-	op.abandoned = true
-	var ds []batuta.Delivery
-	select {
-	case <-op.done:
-		ds, op.ds = op.ds, nil
-	default:
-	}
-	op.mu.Unlock()
-	q.deposit(ds)
-}
-
-// deposit adds deliveries to the stash and wakes waiting Receive calls.
-func (q *Queue) deposit(ds []batuta.Delivery) {
-	if len(ds) == 0 {
-		return
-	}
-	now := time.Now()
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for _, d := range ds {
-		q.stash = append(q.stash, stashed{d: d, at: now})
-	}
-	close(q.stashed)
-	q.stashed = make(chan struct{})
 }
 
 // takeStash returns up to n stashed deliveries. One that waited in the
 // stash for more than half the visibility timeout is extended first, and
 // dropped if it was taken over meanwhile.
 func (q *Queue) takeStash(ctx context.Context, n int) []batuta.Delivery {
-	q.mu.Lock()
-	k := min(n, len(q.stash))
-	if k == 0 {
-		q.mu.Unlock()
-		return nil
-	}
-	taken := make([]stashed, k)
-	copy(taken, q.stash)
-	q.stash = append(q.stash[:0], q.stash[k:]...)
-	q.mu.Unlock()
-	out := make([]batuta.Delivery, 0, k)
-	for _, s := range taken {
-		if time.Since(s.at) > q.cfg.VisibilityTimeout/2 {
-			if err := q.Extend(ctx, s.d); errors.Is(err, batuta.ErrLeaseLost) {
+	var out []batuta.Delivery
+	for _, s := range q.stash.Take(n) {
+		if time.Since(s.At) > q.cfg.VisibilityTimeout/2 {
+			if err := q.Extend(ctx, s.D); errors.Is(err, batuta.ErrLeaseLost) {
 				continue
 			}
 		}
-		out = append(out, s.d)
+		out = append(out, s.D)
 	}
 	return out
 }
@@ -824,13 +717,12 @@ func (q *Queue) Close() error {
 	q.closed = true
 	close(q.closing)
 	q.mu.Unlock()
-	q.reads.Wait()
+	q.stash.Close()
 	q.bg.Wait()
 
 	q.mu.Lock()
 	holding := q.held
 	q.held = map[string]held{}
-	q.stash = nil
 	q.mu.Unlock()
 	q.ackMu.Lock()
 	q.acks = nil // only acks whose callers gave up (ctx) can be left

@@ -3,6 +3,7 @@ package batutaredis_test
 import (
 	"context"
 	"errors"
+	"github.com/batuta-dev/batuta/batutatest"
 	"strings"
 	"testing"
 	"time"
@@ -104,20 +105,12 @@ func open(t *testing.T, cfg batutaredis.Config) *batutaredis.Queue {
 
 func receiveOne(t *testing.T, q batuta.Queue) batuta.Delivery {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	ds, err := q.Receive(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, ds, 1)
-	return ds[0]
+	return batutatest.ReceiveOne(t, q, 10*time.Second)
 }
 
 func expectNothing(t *testing.T, q batuta.Queue, d time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	defer cancel()
-	ds, err := q.Receive(ctx, 10)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "got %d deliveries", len(ds))
+	batutatest.ExpectNothing(t, q, d)
 }
 
 func TestNoCreate(t *testing.T) {
@@ -215,40 +208,6 @@ func TestDeadLetterByCaller(t *testing.T) {
 	require.Len(t, dead, 1)
 	require.Equal(t, "malformed", dead[0].Values["dead_reason"])
 	require.ErrorIs(t, q.Extend(t.Context(), d), batuta.ErrLeaseLost, "a dead-lettered delivery is settled")
-}
-
-func TestExtendKeepsDelivery(t *testing.T) {
-	t.Parallel()
-	admin := requireRedis(t)
-	cfg := batutaredis.Config{Stream: uniqueStream(t, admin), VisibilityTimeout: 300 * time.Millisecond}
-	a, b := open(t, cfg), open(t, cfg)
-	require.NoError(t, a.Publish(t.Context(), batuta.Message{ID: "long"}))
-	d := receiveOne(t, a)
-
-	// While a extends, b gets nothing, over several visibility timeouts.
-	stop := make(chan struct{})
-	extended := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				extended <- nil
-				return
-			case <-tick.C:
-				if err := a.Extend(t.Context(), d); err != nil {
-					extended <- err
-					return
-				}
-			}
-		}
-	}()
-	expectNothing(t, b, time.Second)
-	close(stop)
-	require.NoError(t, <-extended)
-	require.NoError(t, a.Ack(t.Context(), d))
-	require.ErrorIs(t, a.Extend(t.Context(), d), batuta.ErrLeaseLost)
 }
 
 func TestStaleDeliveryIsFenced(t *testing.T) {

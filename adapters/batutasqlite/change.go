@@ -1,11 +1,8 @@
 package batutasqlite
 
 import (
-	"bytes"
-	"fmt"
-	"strings"
-
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // SourcePrefix starts the Event.Source of every event this adapter's
@@ -52,11 +49,7 @@ const (
 // matching batuta.ErrInvalidPayload. It is batuta.ChangeFrom with the
 // Source checked.
 func DecodeChange[T any](ev batuta.Event) (batuta.RowChange[T], error) {
-	if !strings.HasPrefix(ev.Source, SourcePrefix) {
-		return batuta.RowChange[T]{}, &batuta.WrongSourceError{Want: "a SQLite row change", ID: ev.ID, Source: ev.Source, Type: ev.Type,
-			Reason: "source does not start with " + SourcePrefix}
-	}
-	return batuta.ChangeFrom[T](ev)
+	return outboxsql.DecodeChange[T](ev, SourcePrefix, "a SQLite row change")
 }
 
 // Bool is a bool that decodes from the 0/1 integers SQLite stores for
@@ -66,13 +59,9 @@ type Bool bool
 
 // UnmarshalJSON decodes 0, 1, true, false or null.
 func (b *Bool) UnmarshalJSON(p []byte) error {
-	switch string(bytes.TrimSpace(p)) {
-	case "1", "true":
-		*b = true
-	case "0", "false", "null":
-		*b = false
-	default:
-		return fmt.Errorf("batutasqlite: %s is not a boolean (0, 1, true or false)", p)
+	v, err := outboxsql.DecodeBool("batutasqlite", p)
+	if err == nil {
+		*b = Bool(v)
 	}
-	return nil
+	return err
 }

@@ -1,12 +1,9 @@
 package batutasqlite
 
 import (
-	"fmt"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
-	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // maxIdentLen caps identifiers at 128 bytes. SQLite itself has no identifier
@@ -23,22 +20,7 @@ const maxIdentLen = 128
 //
 // The Store in this package reuses it for its table prefix.
 func validIdent(kind, name string) error {
-	reason := ""
-	switch {
-	case name == "":
-		reason = "empty"
-	case len(name) > maxIdentLen:
-		reason = fmt.Sprintf("%d bytes, over the limit of %d", len(name), maxIdentLen)
-	case !utf8.ValidString(name):
-		reason = "not valid UTF-8"
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		reason = "contains a NUL or control character"
-	case len(name) >= 7 && strings.EqualFold(name[:7], "sqlite_"):
-		reason = `the "sqlite_" prefix is reserved by SQLite`
-	default:
-		return nil
-	}
-	return fmt.Errorf("batutasqlite: %s name %q: %s: %w", kind, name, reason, batuta.ErrInvalidIdentifier)
+	return outboxsql.CheckIdent("batutasqlite", kind, name, maxIdentLen, "the limit", "sqlite_")
 }
 
 // quoteIdent quotes name as an SQLite identifier: "name", with inner double

@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // Defaults of Outbox.
@@ -178,63 +178,24 @@ func Emit(ctx context.Context, tx *sql.Tx, ob Outbox, ev batuta.Event) error {
 	if err := ob.validate("Outbox."); err != nil {
 		return err
 	}
-	if len(ev.Data) > ob.MaxEmitBytes {
-		return fmt.Errorf("batutasqlite: emit: %w",
-			&batuta.PayloadTooLargeError{What: "event data", Size: len(ev.Data), Limit: ob.MaxEmitBytes})
+	m, data, err := outboxsql.CheckEmit(outboxsql.EmitLimits{Package: "batutasqlite", MaxBytes: ob.MaxEmitBytes}, ev)
+	if err != nil {
+		return err
 	}
-	for _, f := range []struct{ name, v string }{
-		{"ID", ev.ID}, {"Source", ev.Source}, {"Type", ev.Type}, {"Subject", ev.Subject},
-	} {
-		if err := validText(f.v); err != nil {
-			return fmt.Errorf("batutasqlite: emit: event %s: %s: %w", f.name, err, batuta.ErrInvalidPayload)
-		}
+	var meta, evTime any
+	if m != nil {
+		meta = string(m)
 	}
-	var meta any
-	if len(ev.Metadata) > 0 {
-		for k, v := range ev.Metadata {
-			if validText(k) != nil || validText(v) != nil {
-				return fmt.Errorf("batutasqlite: emit: event metadata %q: NUL byte or invalid UTF-8: %w", k, batuta.ErrInvalidPayload)
-			}
-		}
-		b, err := json.Marshal(ev.Metadata)
-		if err != nil {
-			return fmt.Errorf("batutasqlite: emit: event metadata: %w", err)
-		}
-		meta = string(b)
-	}
-	var evTime any
 	if !ev.Time.IsZero() {
 		evTime = ev.Time.UTC().Format(time.RFC3339Nano)
 	}
-	data := ev.Data
-	if data == nil {
-		data = []byte{}
-	}
 	q := "INSERT INTO " + ob.quoted() +
 		" (op, event_id, source, type, subject, data, metadata, event_time, created_at) VALUES ('emit', ?, ?, ?, ?, ?, ?, ?, " + nowSQL + ")"
-	if _, err := tx.ExecContext(ctx, q, nullString(ev.ID), nullString(ev.Source), nullString(ev.Type),
-		nullString(ev.Subject), data, meta, evTime); err != nil {
+	if _, err := tx.ExecContext(ctx, q, outboxsql.NullString(ev.ID), outboxsql.NullString(ev.Source), outboxsql.NullString(ev.Type),
+		outboxsql.NullString(ev.Subject), data, meta, evTime); err != nil {
 		return fmt.Errorf("batutasqlite: emit into %s: %w", ob, err)
 	}
 	return nil
-}
-
-// validText reports why s cannot be stored as text.
-func validText(s string) error {
-	if !utf8.ValidString(s) {
-		return fmt.Errorf("invalid UTF-8")
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return fmt.Errorf("NUL byte")
-	}
-	return nil
-}
-
-func nullString(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }
 
 // outboxRow is one claimed outbox row.
@@ -267,55 +228,29 @@ func (r *outboxRow) event(outbox string) (batuta.Event, error) {
 	if err != nil {
 		return batuta.Event{}, fmt.Errorf("batutasqlite: outbox row %d: bad created_at %q: %w", r.id, r.createdAt, batuta.ErrInvalidPayload)
 	}
-	ev := batuta.Event{
-		ID:       "sqlite/" + outbox + "/" + rowID,
-		Time:     createdAt,
-		Metadata: map[string]string{MetaOutboxID: rowID, MetaDeliveries: strconv.Itoa(r.deliveries)},
+	row := outboxsql.Row{
+		ID: rowID, Op: r.op, Schema: "main", Table: r.table.String,
+		New: nullBytes(r.newRow), Old: nullBytes(r.oldRow),
+		EventID: outboxsql.StringPtr(r.eventID.Valid, r.eventID.String), Source: outboxsql.StringPtr(r.source.Valid, r.source.String),
+		Type: outboxsql.StringPtr(r.typ.Valid, r.typ.String), Subject: outboxsql.StringPtr(r.subject.Valid, r.subject.String),
+		Data: r.data, Metadata: nullBytes(r.meta), CreatedAt: createdAt, Deliveries: r.deliveries,
 	}
-	if r.op == "emit" {
-		if r.eventID.Valid {
-			ev.ID = r.eventID.String
+	if r.eventTime.Valid {
+		at, err := time.Parse(time.RFC3339Nano, r.eventTime.String)
+		if err != nil {
+			return batuta.Event{}, fmt.Errorf("batutasqlite: outbox row %d: bad event_time %q: %w", r.id, r.eventTime.String, batuta.ErrInvalidPayload)
 		}
-		ev.Source = SourcePrefix + outbox
-		if r.source.Valid {
-			ev.Source = r.source.String
-		}
-		ev.Type, ev.Subject = r.typ.String, r.subject.String
-		if r.eventTime.Valid {
-			if ev.Time, err = time.Parse(time.RFC3339Nano, r.eventTime.String); err != nil {
-				return ev, fmt.Errorf("batutasqlite: outbox row %d: bad event_time %q: %w", r.id, r.eventTime.String, batuta.ErrInvalidPayload)
-			}
-		}
-		ev.Data = r.data
-		if r.meta.Valid && r.meta.String != "" {
-			var md map[string]string
-			if err := json.Unmarshal([]byte(r.meta.String), &md); err != nil {
-				return ev, fmt.Errorf("batutasqlite: outbox row %d: metadata: %w: %w", r.id, err, batuta.ErrInvalidPayload)
-			}
-			for k, v := range md {
-				if _, reserved := ev.Metadata[k]; !reserved {
-					ev.Metadata[k] = v
-				}
-			}
-		}
-		return ev, nil
+		row.EventTime = &at
 	}
-	ev.Source = SourcePrefix + r.table.String
-	ev.Type = r.table.String + "." + r.op
-	data, err := json.Marshal(ChangeData{
-		Op: r.op, Schema: "main", Table: r.table.String,
-		New: rawOrNull(r.newRow), Old: rawOrNull(r.oldRow), At: createdAt,
+	return row.Event(outboxsql.Naming{
+		Package: "batutasqlite", IDPrefix: "sqlite/" + outbox + "/", EmitSource: SourcePrefix + outbox,
+		SourcePrefix: SourcePrefix, DropSchema: true, MetaOutboxID: MetaOutboxID, MetaDeliveries: MetaDeliveries,
 	})
-	if err != nil {
-		return ev, fmt.Errorf("batutasqlite: outbox row %d: row image: %w: %w", r.id, err, batuta.ErrInvalidPayload)
-	}
-	ev.Data = data
-	return ev, nil
 }
 
-func rawOrNull(s sql.NullString) json.RawMessage {
+func nullBytes(s sql.NullString) []byte {
 	if !s.Valid {
-		return json.RawMessage("null")
+		return nil
 	}
-	return json.RawMessage(s.String)
+	return []byte(s.String)
 }

@@ -5,22 +5,22 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/internal/outboxloop"
+	"github.com/batuta-dev/batuta/internal/outboxsql"
 )
 
 // Defaults of TriggerConfig.
 const (
-	DefaultBatchSize          = 100
-	DefaultMinPollInterval    = 10 * time.Millisecond
-	DefaultMaxPollInterval    = time.Second
-	DefaultLease              = 30 * time.Second
-	DefaultMaxWaiting         = 1000
-	DefaultMaxBackoff         = 5 * time.Second
-	DefaultStaleCheckInterval = time.Minute
+	DefaultBatchSize          = outboxsql.DefaultBatchSize
+	DefaultMinPollInterval    = outboxsql.DefaultMinPollInterval
+	DefaultMaxPollInterval    = outboxsql.DefaultMaxPollInterval
+	DefaultLease              = outboxsql.DefaultLease
+	DefaultMaxWaiting         = outboxsql.DefaultMaxWaiting
+	DefaultMaxBackoff         = outboxsql.DefaultMaxBackoff
+	DefaultStaleCheckInterval = outboxsql.DefaultStaleCheckInterval
 )
 
 // TriggerConfig configures a Trigger. Only DB is required.
@@ -75,55 +75,6 @@ type TriggerConfig struct {
 	// Logger receives warnings (errors that are retried, stale captures)
 	// and errors (dead rows). Default slog.Default().
 	Logger *slog.Logger
-}
-
-func (c TriggerConfig) withDefaults() TriggerConfig {
-	c.Outbox = c.Outbox.withDefaults()
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.MinPollInterval == 0 {
-		c.MinPollInterval = DefaultMinPollInterval
-	}
-	if c.MaxPollInterval == 0 {
-		c.MaxPollInterval = DefaultMaxPollInterval
-	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
-	}
-	if c.MaxWaiting == 0 {
-		c.MaxWaiting = DefaultMaxWaiting
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.StaleCheckInterval == 0 {
-		c.StaleCheckInterval = DefaultStaleCheckInterval
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return c
-}
-
-func (c TriggerConfig) validate() error {
-	switch {
-	case c.DB == nil:
-		return &batuta.ConfigError{Field: "DB", Reason: "required"}
-	case c.BatchSize < 1 || c.BatchSize > 10000:
-		return &batuta.ConfigError{Field: "BatchSize", Reason: "must be between 1 and 10000"}
-	case c.MinPollInterval < 0:
-		return &batuta.ConfigError{Field: "MinPollInterval", Reason: "must not be negative"}
-	case c.MaxPollInterval < c.MinPollInterval:
-		return &batuta.ConfigError{Field: "MaxPollInterval", Reason: "must not be below MinPollInterval"}
-	case c.Lease < time.Second:
-		return &batuta.ConfigError{Field: "Lease", Reason: "must be at least 1s"}
-	case c.MaxWaiting < 1:
-		return &batuta.ConfigError{Field: "MaxWaiting", Reason: "must be positive"}
-	case c.MaxBackoff < 0:
-		return &batuta.ConfigError{Field: "MaxBackoff", Reason: "must not be negative"}
-	}
-	return c.Outbox.validate("Outbox.")
 }
 
 // Trigger is a batuta.Trigger (and batuta.TrackingTrigger) that consumes an
@@ -181,11 +132,11 @@ var _ batuta.TrackingTrigger = (*Trigger)(nil)
 // NewTrigger validates cfg and returns a Trigger. It does no I/O; Run
 // checks that the outbox is installed.
 func NewTrigger(cfg TriggerConfig) (*Trigger, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	p, err := outboxsql.Polling[Outbox](cfg).Prepare(Outbox.withDefaults, Outbox.validate)
+	if err != nil {
 		return nil, err
 	}
-	return &Trigger{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+	return &Trigger{cfg: TriggerConfig(p), wake: make(chan struct{}, 1)}, nil
 }
 
 // Wake makes a polling consumer of t claim now instead of waiting out its
@@ -217,47 +168,31 @@ func (t *Trigger) run(ctx context.Context, sink outboxloop.Sink) error {
 	if !st.Installed {
 		return fmt.Errorf("batutasqlite: outbox %s is not installed (call InstallOutbox or InstallCapture): %v", ob, st.Problems)
 	}
-	c := &consumer{
-		t:     t,
-		ob:    ob,
-		table: ob.quoted(),
-		token: outboxloop.NewToken(),
-		log:   t.cfg.Logger.With("outbox", ob.String()),
-	}
-	var wg sync.WaitGroup
-	checkCtx, stop := context.WithCancel(ctx)
-	if t.cfg.StaleCheckInterval > 0 {
-		wg.Go(func() { c.checkStaleEvery(checkCtx, t.cfg.StaleCheckInterval) })
-	}
-	err = outboxloop.Run(ctx, outboxloop.Config[int64]{
-		Driver:          c,
-		Sink:            sink,
-		Wake:            t.wake,
-		Package:         "batutasqlite",
-		Outbox:          ob.String(),
-		BatchSize:       t.cfg.BatchSize,
-		MaxWaiting:      t.cfg.MaxWaiting,
-		MinPollInterval: t.cfg.MinPollInterval,
-		MaxPollInterval: t.cfg.MaxPollInterval,
-		Lease:           t.cfg.Lease,
-		MaxBackoff:      t.cfg.MaxBackoff,
-		Logger:          c.log,
-	})
-	stop()
-	wg.Wait()
-	return err
+	db, table := t.cfg.DB, ob.quoted()
+	return outboxsql.RunPolling(ctx, outboxsql.Polling[Outbox](t.cfg), outboxsql.Dialect[int64]{
+		Package: "batutasqlite",
+		Outbox:  ob.String(),
+		Table:   table,
+		Claim: func(ctx context.Context, token string, n int) ([]outboxloop.Row[int64], error) {
+			return t.claim(ctx, ob, token, n)
+		},
+		LeaseUntil: nowMillisSQL + " + ?",
+		LeaseArg:   t.cfg.Lease.Milliseconds(),
+		Now:        nowSQL,
+		Captures: func(ctx context.Context) (*sql.Rows, error) {
+			ok, _, _, err := schemaSQL(ctx, db, "table", capturesTable)
+			if err != nil || !ok {
+				return nil, err
+			}
+			return db.QueryContext(ctx, "SELECT '', table_name, trigger_name, op, columns_json FROM "+
+				quoteIdent(capturesTable)+" WHERE outbox = ?", ob.Table)
+		},
+		Drift: func(ctx context.Context, _, table, installed string) (string, error) {
+			cols, err := loadColumns(ctx, db, table)
+			return columnDrift(installed, cols), err
+		},
+	}, sink, t.wake)
 }
-
-// consumer is the outboxloop.Driver of one Run call.
-type consumer struct {
-	t     *Trigger
-	ob    Outbox
-	table string // quoted outbox name
-	token string // claimed_by of this consumer's claims
-	log   *slog.Logger
-}
-
-var _ outboxloop.Driver[int64] = (*consumer)(nil)
 
 // nowMillisSQL is the current Unix time in milliseconds, read when the
 // statement runs, that is once it holds the write lock: time spent waiting
@@ -265,14 +200,16 @@ var _ outboxloop.Driver[int64] = (*consumer)(nil)
 // unixepoch('subsec'), which needs SQLite 3.42.)
 const nowMillisSQL = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
 
-// Claim leases up to n free rows (not dead, never leased or lease expired)
-// with one UPDATE ... RETURNING (SQLite 3.35+), atomic under SQLite's write
-// lock. RETURNING order is unspecified; outboxloop sorts the rows.
-func (c *consumer) Claim(ctx context.Context, n int) ([]outboxloop.Row[int64], error) {
-	rs, err := c.t.cfg.DB.QueryContext(ctx, "UPDATE "+c.table+
-		" SET claimed_until = "+nowMillisSQL+" + ?, claimed_by = ?, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM "+c.table+
+// claim leases up to n free rows (not dead, never leased or lease expired)
+// of ob to token with one UPDATE ... RETURNING (SQLite 3.35+), atomic under
+// SQLite's write lock. RETURNING order is unspecified; outboxloop sorts the
+// rows.
+func (t *Trigger) claim(ctx context.Context, ob Outbox, token string, n int) ([]outboxloop.Row[int64], error) {
+	table := ob.quoted()
+	rs, err := t.cfg.DB.QueryContext(ctx, "UPDATE "+table+
+		" SET claimed_until = "+nowMillisSQL+" + ?, claimed_by = ?, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM "+table+
 		" WHERE dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < "+nowMillisSQL+") ORDER BY id LIMIT ?) RETURNING "+outboxColumns,
-		c.t.cfg.Lease.Milliseconds(), c.token, n)
+		t.cfg.Lease.Milliseconds(), token, n)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +220,7 @@ func (c *consumer) Claim(ctx context.Context, n int) ([]outboxloop.Row[int64], e
 			rs.Close()
 			return nil, err
 		}
-		ev, err := r.event(c.ob.Table)
+		ev, err := r.event(ob.Table)
 		out = append(out, outboxloop.Row[int64]{ID: r.id, Event: ev, Err: err})
 	}
 	rs.Close()
@@ -293,83 +230,4 @@ func (c *consumer) Claim(ctx context.Context, n int) ([]outboxloop.Row[int64], e
 		return nil, err
 	}
 	return out, nil
-}
-
-// exec runs stmt (which ends in "IN (") for ids with pre before them,
-// limited to this consumer's claims.
-func (c *consumer) exec(ctx context.Context, stmt string, pre []any, ids []int64) error {
-	return outboxloop.ExecIn(ctx, c.t.cfg.DB, stmt, pre, ids, c.token)
-}
-
-// Renew implements outboxloop.Driver.
-func (c *consumer) Renew(ctx context.Context, ids []int64) error {
-	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = "+nowMillisSQL+" + ? WHERE id IN (",
-		[]any{c.t.cfg.Lease.Milliseconds()}, ids)
-}
-
-// Delete implements outboxloop.Driver.
-func (c *consumer) Delete(ctx context.Context, ids []int64) error {
-	return c.exec(ctx, "DELETE FROM "+c.table+" WHERE id IN (", nil, ids)
-}
-
-// Release implements outboxloop.Driver.
-func (c *consumer) Release(ctx context.Context, ids []int64) error {
-	return c.exec(ctx, "UPDATE "+c.table+" SET claimed_until = NULL, claimed_by = NULL WHERE id IN (", nil, ids)
-}
-
-// MarkDead implements outboxloop.Driver.
-func (c *consumer) MarkDead(ctx context.Context, id int64, cause error) error {
-	msg := cause.Error()
-	if len(msg) > 4000 {
-		msg = msg[:4000]
-	}
-	_, err := c.t.cfg.DB.ExecContext(ctx, "UPDATE "+c.table+
-		" SET dead_at = "+nowSQL+", last_error = ?, claimed_until = NULL, claimed_by = NULL WHERE id = ? AND claimed_by = ?",
-		msg, id, c.token)
-	return err
-}
-
-// checkStaleEvery runs checkStale at once and then every interval until
-// ctx ends.
-func (c *consumer) checkStaleEvery(ctx context.Context, interval time.Duration) {
-	for ctx.Err() == nil {
-		c.checkStale(ctx)
-		outboxloop.Sleep(ctx, interval)
-	}
-}
-
-// checkStale logs a warning for each capture trigger recorded as writing
-// into this outbox whose table has changed since it was installed.
-func (c *consumer) checkStale(ctx context.Context) {
-	ok, _, _, err := schemaSQL(ctx, c.t.cfg.DB, "table", capturesTable)
-	if err != nil || !ok {
-		return
-	}
-	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_name, trigger_name, op, columns_json FROM "+
-		quoteIdent(capturesTable)+" WHERE outbox = ?", c.ob.Table)
-	if err != nil {
-		if ctx.Err() == nil {
-			c.log.WarnContext(ctx, "batutasqlite: checking captures for staleness failed", "err", err)
-		}
-		return
-	}
-	type capture struct{ table, trigger, op, cols string }
-	var caps []capture
-	for rows.Next() {
-		var k capture
-		if rows.Scan(&k.table, &k.trigger, &k.op, &k.cols) == nil {
-			caps = append(caps, k)
-		}
-	}
-	rows.Close()
-	for _, k := range caps {
-		cols, err := loadColumns(ctx, c.t.cfg.DB, k.table)
-		if err != nil {
-			return
-		}
-		if d := columnDrift(k.cols, cols); d != "" {
-			c.log.WarnContext(ctx, "batutasqlite: capture trigger is stale; run InstallCapture again, or the change is left out of row images",
-				"table", k.table, "op", k.op, "trigger", k.trigger, "change", d)
-		}
-	}
 }

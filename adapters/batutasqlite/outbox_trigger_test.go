@@ -1,18 +1,13 @@
 package batutasqlite
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"math/rand/v2"
+	"github.com/batuta-dev/batuta/batutatest"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,12 +39,12 @@ func TestRowImages(t *testing.T) {
 	all, bigRuns := newFakeRuns(true), newFakeRuns(true)
 	stopAll := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), all)
 	stopBig := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: big.outbox}), bigRuns)
-	eventually(t, func() bool { return all.acceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
-	eventually(t, func() bool { return bigRuns.acceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
+	eventually(t, func() bool { return all.AcceptedCount() == 6 && f.outboxRows(t) == 0 }, "six changes")
+	eventually(t, func() bool { return bigRuns.AcceptedCount() == 1 && big.outboxRows(t) == 0 }, "one big update")
 	stopAll()
 	stopBig()
 
-	evs := all.acceptedEvents()
+	evs := all.Accepted()
 	ops := make([]string, len(evs))
 	for i, ev := range evs {
 		ops[i] = decodeChange(t, ev).Op
@@ -80,251 +75,18 @@ func TestRowImages(t *testing.T) {
 	require.Equal(t, json.Number("99.0"), del.oldRow["price"])
 	require.Equal(t, "same", del.oldRow["name"])
 
-	b := decodeChange(t, bigRuns.acceptedEvents()[0])
+	b := decodeChange(t, bigRuns.Accepted()[0])
 	require.Equal(t, json.Number("12.5"), b.oldRow["price"])
 	require.Equal(t, json.Number("150.0"), b.newRow["price"])
-}
-
-// TestConcurrentWritersExactlyOnce: 10,000 rows inserted by 8 concurrent
-// writers, some in transactions that roll back, with a consumer running in
-// front of a non-durable store: exactly one accepted event per committed
-// row, none for rolled-back ones. (2,000 rows under -race, see
-// outboxRaceEnabled.)
-func TestConcurrentWritersExactlyOnce(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, Capture{Table: f.table, Outbox: f.outbox, Ops: []Op{OpInsert}}))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-
-	// The writers share one connection, as SQLite wants (it has one writer
-	// at a time, and its busy handler is not fair); the consumer has its own.
-	writerDB, err := sql.Open("sqlite", testDSN(dbPath(t, db)))
-	require.NoError(t, err)
-	t.Cleanup(func() { writerDB.Close() })
-	writerDB.SetMaxOpenConns(1)
-
-	writers, perWriter := 8, 1250 // 10,000 rows
-	if outboxRaceEnabled && os.Getenv("BATUTA_FULL_VOLUME") != "1" {
-		perWriter = 250 // see outboxRaceEnabled
-	}
-	var mu sync.Mutex
-	// Rows are known by name ("w<writer>-<n>"): SQLite hands the rowids of a
-	// rolled-back insert out again.
-	committed, rolledBack := map[string]bool{}, map[string]bool{}
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			for done := 0; done < perWriter; {
-				n := min(1+rng.IntN(20), perWriter-done)
-				rollback := rng.IntN(10) == 0
-				names := make([]string, n)
-				for i := range names {
-					names[i] = fmt.Sprintf("w%d-%d", w, done+i)
-				}
-				insertNamed(t, writerDB, f.table, names, rollback)
-				mu.Lock()
-				for _, name := range names {
-					if rollback {
-						rolledBack[name] = true
-					} else {
-						committed[name] = true
-					}
-				}
-				mu.Unlock()
-				done += n
-			}
-		})
-	}
-	wg.Wait()
-	require.NotEmpty(t, rolledBack)
-	require.Equal(t, writers*perWriter, len(committed)+len(rolledBack))
-
-	eventually(t, func() bool { return runs.acceptedCount() >= len(committed) && f.outboxRows(t) == 0 },
-		"every committed row delivered and the outbox drained")
-	stop()
-
-	seen := map[string]bool{}
-	for _, ev := range runs.acceptedEvents() {
-		name, _ := decodeChange(t, ev).newRow["name"].(string)
-		require.False(t, rolledBack[name], "event for rolled-back row %q", name)
-		require.True(t, committed[name], "event for unknown row %q", name)
-		require.False(t, seen[name], "two events for row %q", name)
-		seen[name] = true
-	}
-	require.Len(t, seen, len(committed))
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-// insertNamed inserts one row per name in one transaction and commits or
-// rolls back.
-func insertNamed(t testing.TB, db *sql.DB, table string, names []string, rollback bool) {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	for _, name := range names {
-		_, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (name) VALUES (?)", name)
-		require.NoError(t, err)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
-}
-
-// insertTx inserts n rows in one transaction and commits or rolls back;
-// it returns the rows' ids.
-func insertTx(t testing.TB, db *sql.DB, table string, writer, n int, rollback bool) []int64 {
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	ids := make([]int64, 0, n)
-	for range n {
-		res, err := tx.ExecContext(ctx, "INSERT INTO "+quoteIdent(table)+" (writer, name) VALUES (?, 'row')", writer)
-		require.NoError(t, err)
-		id, err := res.LastInsertId()
-		require.NoError(t, err)
-		ids = append(ids, id)
-	}
-	if rollback {
-		require.NoError(t, tx.Rollback())
-	} else {
-		require.NoError(t, tx.Commit())
-	}
-	return ids
-}
-
-func TestBacklogDeliveredAfterStart(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	for range 10 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	for i := range 100 {
-		require.NoError(t, Emit(ctx, tx, f.outbox, batuta.Event{Type: "note", Data: []byte(strconv.Itoa(i))}))
-	}
-	require.NoError(t, tx.Commit())
-	require.Equal(t, 1100, f.outboxRows(t))
-
-	runs := newFakeRuns(false)
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 1100 && f.outboxRows(t) == 0 }, "whole backlog delivered")
-	stop()
-}
-
-// TestTwoConsumersNeverFireOneRowTwice runs two consumers on one outbox in
-// front of a non-durable store whose runs take longer than the lease: the
-// heartbeat must keep the rows, and no row may be fired by both.
-func TestTwoConsumersNeverFireOneRowTwice(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 300, false)
-
-	runs := newFakeRuns(false)
-	runs.hold = true
-	// SQLite's write lock is not fair, and the race detector slows it down a
-	// lot: a generous lease keeps this test about exclusion, not about
-	// scheduling luck.
-	cfg := TriggerConfig{DB: db, Outbox: f.outbox, Lease: 4 * time.Second, BatchSize: 20}
-	startTrigger(t, newTrigger(t, cfg), runs)
-	// The second consumer has its own connections, as another process would.
-	other, err := sql.Open("sqlite", testDSN(dbPath(t, db)))
-	require.NoError(t, err)
-	t.Cleanup(func() { other.Close() })
-	cfg.DB = other
-	startTrigger(t, newTrigger(t, cfg), runs)
-	// Runs finish 1.5 leases after they were started.
-	eventually(t, func() bool {
-		unfinished := runs.finishOlderThan(6 * time.Second)
-		return runs.acceptedCount() == 300 && unfinished == 0 && f.outboxRows(t) == 0
-	}, "all rows delivered once their runs finished")
-	id, n := runs.maxFires()
-	require.Equal(t, 1, n, "event %s fired %d times", id, n)
-}
-
-func TestFireErrors(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 50, false)
-	var poison string // the 8th row
-	require.NoError(t, db.QueryRow("SELECT 'sqlite/' || ? || '/' || (MIN(id) + 7) FROM "+f.outbox.quoted(), f.outbox.Table).Scan(&poison))
-
-	runs := newFakeRuns(true)
-	busy := map[string]bool{}
-	runs.fireErr = func(ev batuta.Event) error {
-		if ev.ID == poison {
-			return &batuta.PayloadTooLargeError{What: "event data", Size: 10, Limit: 1}
-		}
-		if !busy[ev.ID] { // every event is refused once
-			busy[ev.ID] = true
-			return batuta.ErrBusy
-		}
-		return nil
-	}
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 10, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { return runs.acceptedCount() == 49 && f.outboxRows(t) == 1 }, "all but the poison row delivered")
-	stop()
-
-	var deadAt sql.NullString
-	var lastErr string
-	require.NoError(t, db.QueryRow("SELECT dead_at, last_error FROM "+f.outbox.quoted()).Scan(&deadAt, &lastErr))
-	require.True(t, deadAt.Valid, "poison row marked dead")
-	require.Contains(t, lastErr, "over the limit")
-}
-
-func TestRunWithoutTracking(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox})
-	err := trig.Run(ctx, func(context.Context, batuta.Event) error { return nil })
-	require.ErrorContains(t, err, "not installed")
-
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 10, false)
-	var mu sync.Mutex
-	var got []string
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- trig.Run(runCtx, func(_ context.Context, ev batuta.Event) error {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, ev.ID)
-			return nil
-		})
-	}()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 10 && f.outboxRows(t) == 0 }, "ten events")
-	// Wake cuts the idle poll short.
-	insertTx(t, db, f.table, 1, 1, false)
-	trig.Wake()
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 11 }, "woken consumer delivers")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
 }
 
 // The crash test: a consumer process is killed -9 in the middle of a batch,
 // after firing some rows it had not deleted yet; a new consumer redelivers
 // them and the store deduplicates them by event ID.
+
+// The crash test (batutatest.TestOutboxCrash): a consumer process is
+// killed -9 in the middle of a batch; a new consumer redelivers what it had
+// fired but not deleted, and the store deduplicates it by event ID.
 
 const crashHelperEnv = "BATUTA_SQLITE_CRASH_HELPER"
 
@@ -342,8 +104,7 @@ func crashFire(db *sql.DB, outbox string) func(context.Context, batuta.Event) er
 
 // TestOutboxCrashHelperProcess is not a test: TestTriggerKilledMidBatch
 // runs the test binary with -test.run naming it and the environment set,
-// and kills it. It consumes the outbox with batch size 50 and blocks forever
-// inside the 120th fire after printing READY.
+// and kills it (batutatest.RunCrashHelper).
 func TestOutboxCrashHelperProcess(t *testing.T) {
 	spec := os.Getenv(crashHelperEnv) // "<db path>|<outbox>"
 	if spec == "" {
@@ -352,21 +113,10 @@ func TestOutboxCrashHelperProcess(t *testing.T) {
 	path, outbox, _ := strings.Cut(spec, "|")
 	db, err := sql.Open("sqlite", testDSN(path))
 	require.NoError(t, err)
-	fire := crashFire(db, outbox)
-	n := 0
-	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox}, BatchSize: 50, Lease: time.Second})
+	trig, err := NewTrigger(TriggerConfig{DB: db, Outbox: Outbox{Table: outbox},
+		BatchSize: batutatest.CrashHelperBatch, Lease: batutatest.CrashHelperLease})
 	require.NoError(t, err)
-	err = trig.Run(context.Background(), func(ctx context.Context, ev batuta.Event) error {
-		if err := fire(ctx, ev); err != nil {
-			return err
-		}
-		if n++; n == 120 {
-			fmt.Println("READY")
-			select {} // wait to be killed
-		}
-		return nil
-	})
-	t.Fatalf("consumer returned: %v", err)
+	t.Fatalf("consumer returned: %v", batutatest.RunCrashHelper(trig, crashFire(db, outbox)))
 }
 
 // dbPath returns the file behind db.
@@ -382,71 +132,25 @@ func TestTriggerKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	db := openDB(t)
 	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
 	fires, accepted := quoteIdent(f.outbox.Table+"_fires"), quoteIdent(f.outbox.Table+"_accepted")
 	f.exec(t, "CREATE TABLE "+fires+" (n INTEGER PRIMARY KEY, event_id TEXT NOT NULL)")
 	f.exec(t, "CREATE TABLE "+accepted+" (event_id TEXT PRIMARY KEY)")
-	for range 3 {
-		insertTx(t, db, f.table, 1, 100, false)
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOutboxCrashHelperProcess$")
-	cmd.Env = append(os.Environ(), crashHelperEnv+"="+dbPath(t, db)+"|"+f.outbox.Table)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, "helper output")
-	require.Equal(t, "READY\n", line)
-	require.NoError(t, cmd.Process.Kill())
-	_ = cmd.Wait()
-
-	count := func(table string) int {
-		var n int
-		require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+table).Scan(&n))
-		return n
-	}
-	require.Equal(t, 120, count(fires))
-	require.Equal(t, 200, f.outboxRows(t), "two batches deleted; the third was fired in part and never deleted")
-
-	// A new consumer takes the rows over once the dead one's leases expire.
-	fire := crashFire(db, f.outbox.Table)
-	// (Its own lease is the default: only the dead consumer's must be short.)
-	trig := newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: 50})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- trig.Run(runCtx, fire) }()
-	eventually(t, func() bool { return f.outboxRows(t) == 0 }, "outbox drained after restart")
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-
-	require.Equal(t, 300, count(accepted), "every committed row accepted")
-	require.Equal(t, 320, count(fires), "the 20 rows fired but not deleted before the kill were fired again (and deduplicated)")
-	var dupes int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1)").Scan(&dupes))
-	require.Equal(t, 20, dupes)
-}
-
-func TestFireErrorIsNotAcceptedAndCtxCancelStops(t *testing.T) {
-	t.Parallel()
-	db := openDB(t)
-	f := newFixture(t, db, "")
-	ctx := context.Background()
-	require.NoError(t, InstallCapture(ctx, db, f.capture()))
-	insertTx(t, db, f.table, 1, 5, false)
-
-	// A store that is down: nothing is deleted, every row stays.
-	down := errors.New("store down")
-	runs := newFakeRuns(true)
-	runs.fireErr = func(batuta.Event) error { return down }
-	stop := startTrigger(t, newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, MaxBackoff: 20 * time.Millisecond}), runs)
-	eventually(t, func() bool { runs.mu.Lock(); defer runs.mu.Unlock(); return runs.totalFire >= 3 }, "fire retried")
-	stop()
-	require.Equal(t, 5, f.outboxRows(t))
-	var claimed int
-	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+f.outbox.quoted()+" WHERE claimed_by IS NOT NULL").Scan(&claimed))
-	require.Zero(t, claimed, "rows handed back on shutdown")
-	require.Zero(t, runs.acceptedCount(), "no run accepted")
+	batutatest.TestOutboxCrash(t, batutatest.OutboxCrash{
+		Fixture: f.suite(t),
+		Fire:    crashFire(db, f.outbox.Table),
+		Counts: func(ctx context.Context) (nf, na, nd int, err error) {
+			err = db.QueryRowContext(ctx, "SELECT (SELECT COUNT(*) FROM "+fires+"), (SELECT COUNT(*) FROM "+accepted+"), "+
+				"(SELECT COUNT(*) FROM (SELECT event_id FROM "+fires+" GROUP BY event_id HAVING COUNT(*) > 1))").Scan(&nf, &na, &nd)
+			return nf, na, nd, err
+		},
+		Helper: func(t *testing.T) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestOutboxCrashHelperProcess$")
+			cmd.Env = append(os.Environ(), crashHelperEnv+"="+dbPath(t, db)+"|"+f.outbox.Table)
+			return cmd
+		},
+		// (Its own lease is the default: only the dead consumer's must be short.)
+		Consumer: func(t *testing.T) batuta.Trigger {
+			return newTrigger(t, TriggerConfig{DB: db, Outbox: f.outbox, BatchSize: batutatest.CrashHelperBatch})
+		},
+	})
 }

@@ -25,9 +25,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -36,13 +33,11 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/adapters/batutaamqp"
+	"github.com/batuta-dev/batuta/bench/internal/queuebench"
 	"github.com/batuta-dev/batuta/bench/internal/stats"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -88,15 +83,7 @@ func main() {
 	}
 }
 
-func split(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
+func split(s string) []string { return queuebench.Split(s) }
 
 func run(ctx context.Context, o options) error {
 	admin, err := amqp.Dial(o.url)
@@ -146,227 +133,35 @@ type bench struct {
 	admin *amqp.Connection
 }
 
-// open returns a queue handle on a fresh queue, default adapter settings,
-// (prefetch aside), and a func that closes it and deletes the queue.
-func (b *bench) open(ctx context.Context, prefetch int) (*batutaamqp.Queue, func(), error) {
-	cfg := batutaamqp.Config{
-		Queue:     "bench-" + strings.ToLower(rand.Text()[:12]),
-		QueueType: b.o.queueType,
-		Prefetch:  prefetch,
-		Logger:    slog.New(slog.DiscardHandler),
+// open returns the queuebench.Open of a fresh queue, default adapter
+// settings (prefetch aside); its cleanup deletes the queue.
+func (b *bench) open(prefetch int) queuebench.Open {
+	return func(ctx context.Context) (batuta.Queue, func(), error) {
+		cfg := batutaamqp.Config{
+			Queue:     "bench-" + queuebench.RandomName(),
+			QueueType: b.o.queueType,
+			Prefetch:  prefetch,
+			Logger:    slog.New(slog.DiscardHandler),
+		}
+		q, err := batutaamqp.Open(ctx, b.o.url, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return q, func() { _ = batutaamqp.DeleteTopology(context.Background(), b.admin, cfg) }, nil
 	}
-	q, err := batutaamqp.Open(ctx, b.o.url, cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	return q, func() {
-		_ = q.Close()
-		_ = batutaamqp.DeleteTopology(context.Background(), b.admin, cfg)
-	}, nil
 }
 
-// publishAll publishes n messages with 32 publishers.
-func publishAll(ctx context.Context, q batuta.Queue, n int) error {
-	const publishers = 32
-	var wg sync.WaitGroup
-	errc := make(chan error, publishers)
-	for p := range publishers {
-		wg.Go(func() {
-			for i := p; i < n; i += publishers {
-				if err := q.Publish(ctx, batuta.Message{ID: "m-" + strconv.Itoa(i), Body: []byte(`{}`)}); err != nil {
-					errc <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errc)
-	return <-errc
-}
-
-// runTrigger runs an orchestrator with one no-op workflow fed by a queue
-// trigger over q until stop is closed. task is called at each task start.
-func runTrigger(ctx context.Context, q batuta.Queue, ocfg batuta.Config, tcfg batuta.QueueTriggerConfig,
-	task func(in *batuta.Input), started func(), stop <-chan struct{}) error {
-	ocfg.Logger = slog.New(slog.DiscardHandler)
-	o, err := batuta.New(ocfg)
-	if err != nil {
-		return err
-	}
-	wf := &batuta.Workflow{Name: "bench", Tasks: []batuta.Task{{
-		Name: "noop",
-		Run: func(ctx context.Context, in *batuta.Input) (any, error) {
-			task(in)
-			return nil, nil
-		},
-	}}}
-	if err := o.Register(wf); err != nil {
-		return err
-	}
-	tcfg.Queue = q
-	tcfg.DeadLetter = batuta.DeadLetterFunc(func(ctx context.Context, dl batuta.DeadLetter) error {
-		return fmt.Errorf("unexpected dead letter: %s %s", dl.Reason, dl.Error)
-	})
-	tcfg.Logger = slog.New(slog.DiscardHandler)
-	t, err := batuta.NewQueueTrigger(tcfg)
-	if err != nil {
-		return err
-	}
-	if err := o.Bind("bench", t); err != nil {
-		return err
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	started()
-	go func() { done <- o.Run(rctx) }()
-	select {
-	case <-stop:
-	case <-ctx.Done():
-	}
-	cancel()
-	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
-}
-
+// throughput: the trigger holds at most c deliveries (c=1: Receivers 1,
+// ReceiveMax 1; otherwise Receivers c/10 rounded up, ReceiveMax 10).
 func (b *bench) throughput(ctx context.Context, n, c int) (float64, error) {
-	q, cleanup, err := b.open(ctx, b.o.prefetch)
-	if err != nil {
-		return 0, err
-	}
-	defer cleanup()
-	if err := publishAll(ctx, q, n); err != nil {
-		return 0, fmt.Errorf("prefill: %w", err)
-	}
 	receivers, receiveMax := 1, 1
 	if c > 1 {
 		receiveMax = 10
 		receivers = (c + receiveMax - 1) / receiveMax
 	}
-	var (
-		count   atomic.Int64
-		start   time.Time
-		last    atomic.Int64 // unix nanos of the n-th task start
-		stop    = make(chan struct{})
-		stopped sync.Once
-	)
-	err = runTrigger(ctx, q,
-		batuta.Config{
-			Store:           batuta.NewMemoryStore(batuta.MemoryStoreConfig{KeepFinished: 1000}),
-			Workers:         c,
-			MaxInFlightRuns: -1,
-			NoLogHooks:      true,
-		},
-		batuta.QueueTriggerConfig{Receivers: receivers, ReceiveMax: receiveMax},
-		func(*batuta.Input) {
-			if count.Add(1) == int64(n) {
-				last.Store(time.Now().UnixNano())
-				stopped.Do(func() { close(stop) })
-			}
-		},
-		func() { start = time.Now() },
-		stop)
-	if err != nil {
-		return 0, err
-	}
-	elapsed := time.Duration(last.Load() - start.UnixNano())
-	return float64(n) / elapsed.Seconds(), nil
+	return queuebench.Throughput(ctx, b.open(b.o.prefetch), n, c, receivers, receiveMax)
 }
 
 func (b *bench) latency(ctx context.Context, rate int, d time.Duration) ([]time.Duration, error) {
-	q, cleanup, err := b.open(ctx, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer cleanup()
-	total := int(float64(rate) * d.Seconds())
-	var (
-		mu      sync.Mutex
-		lats    = make([]time.Duration, 0, total)
-		warm    = make(chan struct{})
-		warmed  sync.Once
-		stop    = make(chan struct{})
-		stopped sync.Once
-	)
-	task := func(in *batuta.Input) {
-		now := time.Now()
-		var sent int64
-		if err := json.Unmarshal(in.Event().Data, &sent); err != nil || sent == 0 {
-			warmed.Do(func() { close(warm) })
-			return
-		}
-		mu.Lock()
-		lats = append(lats, now.Sub(time.Unix(0, sent)))
-		full := len(lats) == total
-		mu.Unlock()
-		if full {
-			stopped.Do(func() { close(stop) })
-		}
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// Default settings: orchestrator, trigger and adapter defaults.
-		errc <- runTrigger(ctx, q, batuta.Config{}, batuta.QueueTriggerConfig{}, task, func() {}, stop)
-	}()
-	if err := q.Publish(ctx, batuta.Message{ID: "warm", Body: []byte(`0`)}); err != nil {
-		return nil, err
-	}
-	select {
-	case <-warm:
-	case err := <-errc:
-		return nil, fmt.Errorf("trigger stopped during warm-up: %w", err)
-	case <-time.After(30 * time.Second):
-		return nil, errors.New("warm-up message not processed within 30s")
-	}
-	if err := openLoop(ctx, rate, total, func(i int) error {
-		sent := time.Now()
-		return q.Publish(ctx, batuta.Message{ID: "m-" + strconv.Itoa(i), Body: fmt.Appendf(nil, "%d", sent.UnixNano())})
-	}); err != nil {
-		return nil, err
-	}
-	select {
-	case <-stop:
-	case <-time.After(60 * time.Second):
-		mu.Lock()
-		got := len(lats)
-		mu.Unlock()
-		return nil, fmt.Errorf("only %d of %d messages processed within 60s of the last publish", got, total)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, context.Canceled) {
-		return nil, err
-	}
-	return lats, nil
-}
-
-// openLoop calls publish total times at rate per second on a fixed
-// schedule, each call in its own goroutine so a slow call does not delay
-// the next (open loop).
-func openLoop(ctx context.Context, rate, total int, publish func(i int) error) error {
-	interval := time.Second / time.Duration(rate)
-	start := time.Now()
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for i := range total {
-		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				wg.Wait()
-				return ctx.Err()
-			}
-		}
-		wg.Go(func() {
-			if err := publish(i); err != nil {
-				firstErr.CompareAndSwap(nil, err)
-			}
-		})
-	}
-	wg.Wait()
-	if err, ok := firstErr.Load().(error); ok {
-		return err
-	}
-	return nil
+	return queuebench.Latency(ctx, b.open(0), rate, d)
 }

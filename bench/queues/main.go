@@ -30,6 +30,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/batuta-dev/batuta/bench/internal/queuebench"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -97,15 +98,7 @@ func main() {
 	}
 }
 
-func split(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
+func split(s string) []string { return queuebench.Split(s) }
 
 // A side is one system under test.
 type side interface {
