@@ -1,0 +1,31 @@
+package batuta
+
+import "time"
+
+// pruner deletes finished runs past the retention, in small batches.
+func (ex *executor) pruner() {
+	defer ex.bgWG.Done()
+	o := ex.o
+	if o.cfg.Retention < 0 && o.cfg.RetentionCount == 0 {
+		return
+	}
+	t := time.NewTicker(o.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ex.bgStop:
+			return
+		case <-t.C:
+		}
+		p := PrunePolicy{KeepLast: o.cfg.RetentionCount, BatchSize: 500}
+		if o.cfg.Retention > 0 {
+			p.Before = o.clock.Now().Add(-o.cfg.Retention)
+		}
+		n, err := ex.store.Prune(ex.bgCtx, p)
+		if err != nil {
+			o.log.Warn("batuta: pruning finished runs failed", "error", err)
+		} else if n > 0 {
+			o.log.Debug("batuta: pruned finished runs", "deleted", n)
+		}
+	}
+}

@@ -1,0 +1,29 @@
+package batuta
+
+import "time"
+
+// rescuer returns tasks whose lease expired (their worker died) to the
+// ready set.
+func (ex *executor) rescuer() {
+	defer ex.bgWG.Done()
+	o := ex.o
+	every := max(o.cfg.LeaseDuration/2, time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ex.bgStop:
+			return
+		case <-t.C:
+		}
+		n, failed, err := ex.store.RescueExpired(ex.bgCtx, o.clock.Now(), o.cfg.MaxRescues)
+		if err != nil {
+			o.log.Warn("batuta: rescuing expired leases failed", "error", err)
+			continue
+		}
+		if n > 0 || failed > 0 {
+			o.log.Warn("batuta: rescued tasks whose worker was lost", "rescued", n, "failed_after_max_rescues", failed)
+			ex.poke()
+		}
+	}
+}
