@@ -39,8 +39,8 @@ type executor struct {
 	stopDispatch chan struct{}
 	dispatchDone chan struct{}
 	workersWG    sync.WaitGroup
-	bgStop       chan struct{}
-	bgWG         sync.WaitGroup
+	bgStop       chan struct{} // closed when shutdown stops the background services
+	bg           []*service    // heartbeat, rescuer, pruner, completers
 
 	mu       sync.Mutex
 	stopped  bool // hard stop: every task ctx is canceled
@@ -100,15 +100,14 @@ func (ex *executor) start() {
 		go ex.worker()
 	}
 	go ex.dispatch()
-	ex.bgWG.Add(3)
-	go ex.heartbeat()
-	go ex.rescuer()
-	go ex.pruner()
+	ex.bg = []*service{{run: ex.heartbeat}, {run: ex.rescuer}, {run: ex.pruner}}
 	if ex.batch != nil {
-		ex.bgWG.Add(completers)
 		for i := 0; i < completers; i++ {
-			go ex.completer()
+			ex.bg = append(ex.bg, &service{run: ex.completer})
 		}
+	}
+	for _, s := range ex.bg {
+		s.start(ex.bgCtx)
 	}
 }
 
@@ -143,7 +142,7 @@ func (ex *executor) shutdown() {
 	}
 	ex.stopAll()
 	close(ex.bgStop)
-	ex.bgWG.Wait()
+	stopServices(ex.bg)
 	ex.mu.Lock()
 	if len(ex.stuck) > 0 {
 		var names []string

@@ -1,6 +1,7 @@
 package batuta
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -70,8 +71,7 @@ const maxCompletionBatch = 256
 
 // completer turns concurrent completions into batched store calls: it
 // takes one request, then whatever else is already waiting.
-func (ex *executor) completer() {
-	defer ex.bgWG.Done()
+func (ex *executor) completer(ctx context.Context) {
 	reqs := make([]batchReq, 0, maxCompletionBatch)
 	comps := make([]Completion, 0, maxCompletionBatch)
 	flush := func() {
@@ -104,7 +104,7 @@ func (ex *executor) completer() {
 				}
 			}
 			flush()
-		case <-ex.bgStop:
+		case <-ctx.Done():
 			for {
 				select {
 				case rq := <-ex.batch:

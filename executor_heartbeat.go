@@ -1,18 +1,20 @@
 package batuta
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // heartbeat renews the leases of running attempts and stops those whose
 // lease was lost or whose run was canceled elsewhere.
-func (ex *executor) heartbeat() {
-	defer ex.bgWG.Done()
+func (ex *executor) heartbeat(ctx context.Context) {
 	o := ex.o
 	every := max(o.cfg.LeaseDuration/3, time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-ex.bgStop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}

@@ -1,10 +1,12 @@
 package batuta
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // pruner deletes finished runs past the retention, in small batches.
-func (ex *executor) pruner() {
-	defer ex.bgWG.Done()
+func (ex *executor) pruner(ctx context.Context) {
 	o := ex.o
 	if o.cfg.Retention < 0 && o.cfg.RetentionCount == 0 {
 		return
@@ -13,7 +15,7 @@ func (ex *executor) pruner() {
 	defer t.Stop()
 	for {
 		select {
-		case <-ex.bgStop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}

@@ -1,18 +1,20 @@
 package batuta
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // rescuer returns tasks whose lease expired (their worker died) to the
 // ready set.
-func (ex *executor) rescuer() {
-	defer ex.bgWG.Done()
+func (ex *executor) rescuer(ctx context.Context) {
 	o := ex.o
 	every := max(o.cfg.LeaseDuration/2, time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-ex.bgStop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
