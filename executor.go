@@ -94,6 +94,9 @@ func (ex *executor) poke() {
 	}
 }
 
+// start starts the workers, the dispatcher and the background services.
+// They run on the executor's own contexts, not on Run's: Run's ctx ending
+// is what starts the shutdown, during which they go on draining.
 func (ex *executor) start() {
 	for i := 0; i < ex.o.cfg.Workers; i++ {
 		ex.workersWG.Add(1)
@@ -181,13 +184,8 @@ func (ex *executor) runningNames() []string {
 	return names
 }
 
-// claim claims up to max tasks of the registered workflows, honoring each
-// workflow's Concurrency cap.
-func (ex *executor) claim(max int) ([]Claim, error) {
-	return ex.claimInto(nil, max, ex.o.clock.Now())
-}
-
-// claimInto is claim, letting the store reuse buf's storage.
+// claimInto claims up to max tasks of the registered workflows, honoring
+// each workflow's Concurrency cap, letting the store reuse buf's storage.
 func (ex *executor) claimInto(buf []Claim, max int, now time.Time) ([]Claim, error) {
 	o := ex.o
 	o.mu.RLock()
@@ -250,7 +248,6 @@ func (ex *executor) dispatch() {
 		}
 		free := ex.nwork - ex.busy.Load()
 		want := min(free, int64(o.cfg.ClaimBatch))
-		got := 0
 		if want > 0 {
 			if cap(buf) < int(want) {
 				buf = make([]Claim, 0, want)
@@ -262,7 +259,7 @@ func (ex *executor) dispatch() {
 			} else {
 				errBackoff = 0
 			}
-			got = len(cs)
+			got := len(cs)
 			for i := range cs {
 				ex.busy.Add(1)
 				ex.work <- cs[i]

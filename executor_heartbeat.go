@@ -29,9 +29,11 @@ func (ex *executor) heartbeat(ctx context.Context) {
 		if len(refs) == 0 {
 			continue
 		}
-		sts, err := ex.store.ExtendLeases(ex.bgCtx, refs, o.clock.Now().Add(o.cfg.LeaseDuration))
+		sts, err := ex.store.ExtendLeases(ctx, refs, o.clock.Now().Add(o.cfg.LeaseDuration))
 		if err != nil {
-			o.log.Warn("batuta: renewing leases failed", "error", err)
+			if ctx.Err() == nil { // not cut short by stop
+				o.log.Warn("batuta: renewing leases failed", "error", err)
+			}
 			continue
 		}
 		ex.mu.Lock()

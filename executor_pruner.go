@@ -23,10 +23,10 @@ func (ex *executor) pruner(ctx context.Context) {
 		if o.cfg.Retention > 0 {
 			p.Before = o.clock.Now().Add(-o.cfg.Retention)
 		}
-		n, err := ex.store.Prune(ex.bgCtx, p)
-		if err != nil {
+		n, err := ex.store.Prune(ctx, p)
+		if err != nil && ctx.Err() == nil { // not cut short by stop
 			o.log.Warn("batuta: pruning finished runs failed", "error", err)
-		} else if n > 0 {
+		} else if err == nil && n > 0 {
 			o.log.Debug("batuta: pruned finished runs", "deleted", n)
 		}
 	}

@@ -18,9 +18,11 @@ func (ex *executor) rescuer(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n, failed, err := ex.store.RescueExpired(ex.bgCtx, o.clock.Now(), o.cfg.MaxRescues)
+		n, failed, err := ex.store.RescueExpired(ctx, o.clock.Now(), o.cfg.MaxRescues)
 		if err != nil {
-			o.log.Warn("batuta: rescuing expired leases failed", "error", err)
+			if ctx.Err() == nil { // not cut short by stop
+				o.log.Warn("batuta: rescuing expired leases failed", "error", err)
+			}
 			continue
 		}
 		if n > 0 || failed > 0 {
