@@ -212,7 +212,7 @@ func Emit(ctx context.Context, tx *sql.Tx, ob Outbox, ev batuta.Event) error {
 				f.name, len(f.v), maxEventField, batuta.ErrInvalidPayload)
 		}
 		if err := validText(f.v); err != nil {
-			return fmt.Errorf("batutamysql: emit: event %s: %s: %w", f.name, err, batuta.ErrInvalidPayload)
+			return fmt.Errorf("batutamysql: emit: event %s: %w: %w", f.name, err, batuta.ErrInvalidPayload)
 		}
 	}
 	var meta any

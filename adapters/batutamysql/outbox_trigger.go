@@ -366,7 +366,7 @@ func (c *consumer) checkStaleEvery(ctx context.Context, interval time.Duration) 
 // checkStale logs a warning for each capture trigger recorded as writing
 // into this outbox whose table has changed since it was installed.
 func (c *consumer) checkStale(ctx context.Context) {
-	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_schema, table_name, trigger_name, op, columns_json FROM "+
+	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_schema, table_name, trigger_name, op, columns_json FROM "+ //nolint:gosec // G202: a quoted identifier, next line
 		quoteQualified(c.ob.Schema, capturesTable)+" WHERE outbox = ?", c.ob.Table)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -383,6 +383,9 @@ func (c *consumer) checkStale(ctx context.Context) {
 		}
 	}
 	rows.Close()
+	if rows.Err() != nil {
+		return
+	}
 	for _, k := range caps {
 		cols, err := loadColumns(ctx, c.t.cfg.DB, k.schema, k.table)
 		if err != nil {

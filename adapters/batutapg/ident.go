@@ -22,7 +22,7 @@ const maxIdentLen = 63
 // "column", "channel", ...) names the identifier in the error, which wraps
 // batuta.ErrInvalidIdentifier.
 func validIdent(kind, name string) error {
-	reason := ""
+	var reason string
 	switch {
 	case name == "":
 		reason = "empty"

@@ -169,7 +169,7 @@ func Emit(ctx context.Context, tx pgx.Tx, ob Outbox, ev batuta.Event) error {
 	}
 	for name, s := range map[string]string{"ID": ev.ID, "Source": ev.Source, "Type": ev.Type, "Subject": ev.Subject} {
 		if err := validText(s); err != nil {
-			return fmt.Errorf("batutapg: emit: event %s: %s: %w", name, err, batuta.ErrInvalidPayload)
+			return fmt.Errorf("batutapg: emit: event %s: %w: %w", name, err, batuta.ErrInvalidPayload)
 		}
 	}
 	var meta []byte
@@ -240,9 +240,6 @@ type outboxRow struct {
 	createdAt  time.Time
 	deliveries int
 }
-
-// outboxColumns lists the columns scanned into an outboxRow, in scan order.
-const outboxColumns = `id, op, schema_name, table_name, new_row, old_row, event_id, source, type, subject, data, metadata, event_time, created_at, deliveries`
 
 func (r *outboxRow) scanTargets() []any {
 	return []any{&r.id, &r.op, &r.schema, &r.table, &r.newRow, &r.oldRow, &r.eventID, &r.source,

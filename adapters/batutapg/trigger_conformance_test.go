@@ -33,7 +33,7 @@ func (s *conformanceSource) Emit(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op after Commit
 	if err := Emit(ctx, tx, s.env.ob, batuta.Event{Type: "suite.key", Data: data}); err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ const maxIdentLen = 128
 //
 // The Store in this package reuses it for its table prefix.
 func validIdent(kind, name string) error {
-	reason := ""
+	var reason string
 	switch {
 	case name == "":
 		reason = "empty"

@@ -186,7 +186,7 @@ func Emit(ctx context.Context, tx *sql.Tx, ob Outbox, ev batuta.Event) error {
 		{"ID", ev.ID}, {"Source", ev.Source}, {"Type", ev.Type}, {"Subject", ev.Subject},
 	} {
 		if err := validText(f.v); err != nil {
-			return fmt.Errorf("batutasqlite: emit: event %s: %s: %w", f.name, err, batuta.ErrInvalidPayload)
+			return fmt.Errorf("batutasqlite: emit: event %s: %w: %w", f.name, err, batuta.ErrInvalidPayload)
 		}
 	}
 	var meta any

@@ -345,7 +345,7 @@ func (c *consumer) checkStale(ctx context.Context) {
 	if err != nil || !ok {
 		return
 	}
-	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_name, trigger_name, op, columns_json FROM "+
+	rows, err := c.t.cfg.DB.QueryContext(ctx, "SELECT table_name, trigger_name, op, columns_json FROM "+ //nolint:gosec // G202: a quoted identifier, next line
 		quoteIdent(capturesTable)+" WHERE outbox = ?", c.ob.Table)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -362,6 +362,9 @@ func (c *consumer) checkStale(ctx context.Context) {
 		}
 	}
 	rows.Close()
+	if rows.Err() != nil {
+		return
+	}
 	for _, k := range caps {
 		cols, err := loadColumns(ctx, c.t.cfg.DB, k.table)
 		if err != nil {

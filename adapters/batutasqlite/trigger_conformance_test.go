@@ -34,7 +34,7 @@ func (s *conformanceSource) Emit(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback() // a no-op after Commit
 	if err := Emit(ctx, tx, s.ob, batuta.Event{Type: "suite.key", Data: data}); err != nil {
 		return err
 	}
