@@ -4,11 +4,12 @@ go 1.26.0
 
 require (
 	github.com/batuta-dev/batuta v0.0.0
-	github.com/batuta-dev/batuta/adapters/batutaamqp v0.0.0-00010101000000-000000000000
-	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0-00010101000000-000000000000
-	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0-00010101000000-000000000000
+	github.com/batuta-dev/batuta/adapters/batutaamqp v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0
 	github.com/go-sql-driver/mysql v1.10.1
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/nats-io/nats.go v1.55.0
 	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
@@ -22,7 +23,6 @@ require (
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/klauspost/compress v1.20.0 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
-	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
