@@ -14,7 +14,7 @@ import (
 	"github.com/batuta-dev/batuta/internal/cronexpr"
 )
 
-// ErrInvalidSchedule: a cron spec could not be parsed. The concrete error
+// ErrInvalidSchedule means a cron spec could not be parsed. The concrete error
 // is a *ScheduleError.
 var ErrInvalidSchedule = errors.New("batuta: invalid schedule")
 

@@ -44,7 +44,7 @@ const (
 // "cron/<name>".
 func CronSource(name string) string { return SourceCronPrefix + name }
 
-// ErrWrongSource: a typed event reader (CronTickFrom, HTTPRequestFrom,
+// ErrWrongSource means a typed event reader (CronTickFrom, HTTPRequestFrom,
 // QueueMessageFrom, QueueBatchFrom, ChangeFrom) was given an event that
 // another source produced. The concrete error is a *WrongSourceError.
 var ErrWrongSource = errors.New("batuta: event from another source")

@@ -99,7 +99,7 @@ func ExampleNewHTTPHandler() {
 	defer srv.Close()
 
 	for _, auth := range []string{"Bearer t0ken", ""} {
-		req, _ := http.NewRequest("POST", srv.URL+"/api/functions/greet", strings.NewReader(`{"name":"ana"}`))
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/functions/greet", strings.NewReader(`{"name":"ana"}`))
 		req.Header.Set("Authorization", auth)
 		resp, err := srv.Client().Do(req)
 		if err != nil {

@@ -289,7 +289,7 @@ func (h *httpHandler) submitEvent(ctx context.Context, w http.ResponseWriter, r 
 	run, err := h.o.GetRun(ctx, runID)
 	if err != nil {
 		if r.Context().Err() == nil {
-			h.cfg.Logger.ErrorContext(r.Context(), "batuta: http: reading the run of a reused idempotency key failed", "run", runID, "error", err)
+			h.cfg.Logger.ErrorContext(ctx, "batuta: http: reading the run of a reused idempotency key failed", "run", runID, "error", err)
 			h.error(w, r, http.StatusInternalServerError, "could not read the run of this idempotency key", nil)
 		}
 		return "", false
@@ -328,8 +328,8 @@ func (h *httpHandler) invoke(w http.ResponseWriter, r *http.Request) {
 		h.error(w, r, http.StatusGatewayTimeout, fmt.Sprintf("function %s did not finish within %v; the run goes on", name, h.cfg.InvokeTimeout), map[string]any{"run_id": runID, "status_url": statusURL(r, runID)})
 		return
 	}
-	if err := runError(name, run); err != nil {
-		fe := err.(*FunctionError)
+	var fe *FunctionError
+	if err := runError(name, run); errors.As(err, &fe) {
 		extra := map[string]any{"run_id": runID, "state": fe.State, "attempts": fe.Attempts}
 		status := http.StatusBadGateway
 		if fe.TimedOut {

@@ -527,7 +527,8 @@ func TestHTTPHead(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, res.status, res.raw)
 	runID := res.body["run_id"].(string)
 
-	head := func(path string) (*http.Response, []byte) {
+	// head returns the status, the header and the body of a HEAD request.
+	head := func(path string) (int, http.Header, []byte) {
 		t.Helper()
 		req, err := http.NewRequestWithContext(testCtx(t), http.MethodHead, f.srv.URL+path, nil)
 		require.NoError(t, err)
@@ -537,22 +538,22 @@ func TestHTTPHead(t *testing.T) {
 		defer resp.Body.Close()
 		b, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
-		return resp, b
+		return resp.StatusCode, resp.Header, b
 	}
-	resp, b := head("/runs/" + runID)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	status, hdr, b := head("/runs/" + runID)
+	require.Equal(t, http.StatusOK, status)
 	require.Empty(t, b)
-	require.Equal(t, runID, resp.Header.Get(batuta.HeaderRunID))
-	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+	require.Equal(t, runID, hdr.Get(batuta.HeaderRunID))
+	require.Equal(t, "application/json", hdr.Get("Content-Type"))
 
-	resp, b = head("/runs/0190d3a0-0000-7000-8000-000000000000")
-	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	status, _, b = head("/runs/0190d3a0-0000-7000-8000-000000000000")
+	require.Equal(t, http.StatusNotFound, status)
 	require.Empty(t, b)
 
 	// POST routes still refuse it.
-	resp, b = head("/functions/greet")
-	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
-	require.Equal(t, "POST", resp.Header.Get("Allow"))
+	status, hdr, b = head("/functions/greet")
+	require.Equal(t, http.StatusMethodNotAllowed, status)
+	require.Equal(t, "POST", hdr.Get("Allow"))
 	require.Empty(t, b)
 }
 

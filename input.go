@@ -250,7 +250,7 @@ func convertOutput[T any](v any, what string) (T, error) {
 	if raw, ok := v.(json.RawMessage); ok {
 		var t T
 		if err := json.Unmarshal(raw, &t); err != nil {
-			return zero, fmt.Errorf("%w: output of %q is not a %T: %v", ErrTypeMismatch, what, zero, err)
+			return zero, fmt.Errorf("%w: output of %q is not a %T: %w", ErrTypeMismatch, what, zero, err)
 		}
 		return t, nil
 	}

@@ -350,7 +350,7 @@ func eventFor(payload any) (Event, error) {
 	}
 	data, err := json.Marshal(payload)
 	if err != nil {
-		return Event{}, fmt.Errorf("%w: payload: %v", ErrInvalidPayload, err)
+		return Event{}, fmt.Errorf("%w: payload: %w", ErrInvalidPayload, err)
 	}
 	return Event{Source: SourceInvoke, Data: data}, nil
 }

@@ -575,6 +575,8 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	return nil
 }
 
+// startBindingLocked starts b's trigger on o.trigCtx, which lives from Run
+// to the start of its shutdown, whatever ctx the caller (Run, Bind) has.
 func (o *Orchestrator) startBindingLocked(b *binding) {
 	if b.started {
 		return

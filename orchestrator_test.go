@@ -279,7 +279,7 @@ func TestPanicIsAFailedAttemptWithStack(t *testing.T) {
 	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "boom", Retry: batuta.RetryPolicy{MaxAttempts: 2, InitialDelay: time.Millisecond},
 		Run: func(context.Context, *batuta.Input) (any, error) {
 			var m map[string]int
-			m["x"] = 1 // nil map write panics
+			m["x"] = 1 //nolint:staticcheck // SA5000: the nil map write is the panic under test
 			return nil, nil
 		}}}}
 	o := setup(t, batuta.Config{}, wf)
@@ -469,7 +469,7 @@ func TestOutputTypeMismatch(t *testing.T) {
 		{Name: "b", Deps: []string{"a"}, Retry: batuta.RetryPolicy{MaxAttempts: 1}, Run: func(ctx context.Context, in *batuta.Input) (any, error) {
 			_, err := batuta.Output[string](in, "a")
 			if !errors.Is(err, batuta.ErrTypeMismatch) {
-				return nil, fmt.Errorf("want type mismatch, got %v", err)
+				return nil, fmt.Errorf("want type mismatch, got %w", err)
 			}
 			if _, err := batuta.Output[int](in, "zzz"); err == nil {
 				return nil, errors.New("non-dependency output read")

@@ -100,7 +100,7 @@ func DecodeEvent[T any](ev Event) (T, error) {
 		return v, nil
 	}
 	if err := json.Unmarshal(ev.Data, &v); err != nil {
-		return v, fmt.Errorf("%w: event %q: %v", ErrInvalidPayload, ev.ID, err)
+		return v, fmt.Errorf("%w: event %q: %w", ErrInvalidPayload, ev.ID, err)
 	}
 	return v, nil
 }

@@ -151,7 +151,7 @@ func TestHTTPStrictFunction(t *testing.T) {
 		}))
 	before := runCount(t, f.o)
 	for _, tc := range []struct{ body, want string }{
-		{`{"name":"Ada","nmae":"typo"}`, `unknown field`},
+		{`{"name":"Ada","nmae":"typo"}`, `unknown field`}, //nolint:misspell // the misspelt field is the input under test
 		{`null`, `null`},
 		{``, `no data`},
 	} {

@@ -15,7 +15,6 @@ type PushTrigger struct {
 	mu      sync.Mutex
 	fire    batuta.FireFunc
 	running chan struct{}
-	stopped chan struct{}
 }
 
 // NewPushTrigger returns a PushTrigger.

@@ -4,9 +4,9 @@ go 1.26.0
 
 require (
 	github.com/batuta-dev/batuta v0.0.0
-	github.com/batuta-dev/batuta/adapters/batutaamqp v0.0.0-00010101000000-000000000000
-	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0-00010101000000-000000000000
-	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0-00010101000000-000000000000
+	github.com/batuta-dev/batuta/adapters/batutaamqp v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0
+	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0
 	github.com/go-sql-driver/mysql v1.10.1
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.55.0

@@ -43,7 +43,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		Time:    time.Date(2025, 3, 4, 5, 6, 7, 890, time.UTC),
 	}
 	p := toPublishing(sent, 1)
-	require.Equal(t, uint8(amqp.Persistent), p.DeliveryMode)
+	require.Equal(t, amqp.Persistent, p.DeliveryMode)
 	d := amqp.Delivery{Headers: p.Headers, MessageId: p.MessageId, Body: p.Body, Timestamp: p.Timestamp}
 	// The broker adds dead-lettering history; it must not leak into Headers.
 	d.Headers["x-death"] = []any{amqp.Table{"count": int64(1)}}

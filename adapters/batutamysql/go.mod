@@ -1,6 +1,6 @@
 module github.com/batuta-dev/batuta/adapters/batutamysql
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/batuta-dev/batuta v0.0.0

@@ -23,7 +23,7 @@ const maxIdentLen = 64
 // ("schema", "table", "column", "outbox", ...) names the identifier in the
 // error, which wraps batuta.ErrInvalidIdentifier.
 func validIdent(kind, name string) error {
-	reason := ""
+	var reason string
 	switch {
 	case name == "":
 		reason = "empty"

@@ -155,14 +155,14 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 	out := make([]batuta.Claim, 0, min(limit, 64))
 	for rows.Next() {
 		var (
-			runID          [16]byte
-			c              batuta.Claim
-			attempt, resc  int32
-			eventID        string
-			event, upsteam []byte
-			deadline       pgtype.Timestamptz
+			runID           [16]byte
+			c               batuta.Claim
+			attempt, resc   int32
+			eventID         string
+			event, upstream []byte
+			deadline        pgtype.Timestamptz
 		)
-		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &upsteam); err != nil {
+		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &upstream); err != nil {
 			return nil, err
 		}
 		c.RunID = formatUUID(runID)
@@ -173,8 +173,8 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 		if c.Event, err = decodeEvent(eventID, event); err != nil {
 			return nil, err
 		}
-		if len(upsteam) > 0 {
-			if c.Upstream, err = decodeUpstream(upsteam); err != nil {
+		if len(upstream) > 0 {
+			if c.Upstream, err = decodeUpstream(upstream); err != nil {
 				return nil, fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, err)
 			}
 		}

@@ -224,7 +224,7 @@ func encodeOutput(v any, task string) ([]byte, error) {
 	default:
 		var err error
 		if b, err = json.Marshal(v); err != nil {
-			return nil, fmt.Errorf("batutapg: %w: output of task %s: %v", batuta.ErrInvalidPayload, task, err)
+			return nil, fmt.Errorf("batutapg: %w: output of task %s: %w", batuta.ErrInvalidPayload, task, err)
 		}
 	}
 	if len(b) == 0 {

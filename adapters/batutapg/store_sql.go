@@ -5,13 +5,13 @@ import "strings"
 // queries holds the store's statements with the quoted schema filled in.
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
-	createRuns, findExisting, countActive                string
-	claim, extend                                        string
-	lockRuns, lockRunsSkip, complete, expired, taskForTx string
-	cancelLock, cancel                                   string
-	runSelect, getRun, findRun                           string
-	pruneBefore, pruneCutoff, pruneUpTo                  string
-	lastTick, recordTick, notify                         string
+	createRuns, findExisting, countActive  string
+	claim, extend                          string
+	lockRuns, complete, expired, taskForTx string
+	cancelLock, cancel                     string
+	runSelect, getRun, findRun             string
+	pruneBefore, pruneCutoff, pruneUpTo    string
+	lastTick, recordTick, notify           string
 }
 
 func buildQueries(schema string) queries {

@@ -10,7 +10,6 @@ import (
 var (
 	median     = stats.Median
 	percentile = stats.Percentile
-	msf        = stats.Millis
 )
 
 func ms(d float64) string { return fmt.Sprintf("%.2f ms", d) }

@@ -146,7 +146,7 @@ func run() error {
 	_, err = o.Invoke(callCtx, "charge-card", PaymentRequested{Order: "o-7", Amount: 99_999})
 	var fe *batuta.FunctionError
 	if !errors.As(err, &fe) {
-		return fmt.Errorf("charge-card: want a FunctionError, got %v", err)
+		return fmt.Errorf("charge-card: want a FunctionError, got %w", err)
 	}
 	fmt.Printf("direct: charge-card failed after %d attempts: %s\n", fe.Attempts, fe.Err)
 
@@ -179,13 +179,13 @@ func run() error {
 	}()
 	base := "http://" + ln.Addr().String() + "/batuta"
 
-	status, body, hdr, err := post(callCtx, base+"/functions/resize-image", `{"bucket":"photos","key":"dog.png","width":90}`, nil)
+	status, body, _, err := post(callCtx, base+"/functions/resize-image", `{"bucket":"photos","key":"dog.png","width":90}`, nil)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("http: POST /functions/resize-image -> %d %s\n", status, body)
 
-	status, body, hdr, err = post(callCtx, base+"/functions/send-welcome/async", `{"email":"bo@example.com"}`,
+	status, _, hdr, err := post(callCtx, base+"/functions/send-welcome/async", `{"email":"bo@example.com"}`,
 		map[string]string{batuta.HeaderIdempotencyKey: "signup-43", batuta.HeaderCEType: "user.signed_up"})
 	if err != nil {
 		return err

@@ -531,11 +531,11 @@ var monthDays = [13]int{0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
 func (e *Expr) buildDays(dom domSpec, dow dowSpec) {
 	e.never = true
 	for i := 0; i < 13; i++ {
-		month, length := i+1, 0
+		var month, length int
 		if i == 12 {
 			month, length = 2, 29
 		} else {
-			length = monthDays[month]
+			month, length = i+1, monthDays[i+1]
 		}
 		for w1 := 0; w1 < 7; w1++ {
 			d := daysOf(dom, dow, length, w1)

@@ -270,7 +270,7 @@ func (s *refSpec) refNext(t time.Time, loc *time.Location, horizon time.Duration
 				g0 := i.UTC().Add(prevOff)
 				for g := g0; g.Before(i.UTC().Add(off)); g = g.Add(time.Minute) {
 					gw := time.Date(g.Year(), g.Month(), g.Day(), g.Hour(), g.Minute(), 0, 0, time.UTC)
-					if at := i.Add(time.Duration(g.Sub(g0)/time.Second) + 1); s.wallMatches(gw) && at.After(t) {
+					if at := i.Add(g.Sub(g0)/time.Second + 1); s.wallMatches(gw) && at.After(t) {
 						return at
 					}
 				}

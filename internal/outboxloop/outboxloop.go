@@ -296,7 +296,7 @@ func (c *consumer[ID]) claimAndFire(ctx context.Context, n int) (int, error) {
 		}
 		c.mu.Unlock()
 		if ctx.Err() != nil {
-			return len(rows), nil
+			return len(rows), nil //nolint:nilerr // stopping: the rows are handed back, the error is the stop's
 		}
 		if rerr := c.release(ctx); rerr != nil {
 			err = errors.Join(err, rerr)

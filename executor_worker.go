@@ -1,0 +1,315 @@
+package batuta
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+)
+
+// PanicError is the error of an attempt whose task panicked. It carries the
+// panic value and the stack.
+type PanicError struct {
+	Value any
+	Stack string
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("batuta: task panicked: %v\n%s", e.Value, e.Stack)
+}
+
+func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: string(debug.Stack())} }
+
+func (ex *executor) worker() {
+	defer ex.workersWG.Done()
+	sl := &slot{}
+	for sl.cur = range ex.work {
+		c := &sl.cur
+		for c != nil {
+			ready := ex.execute(sl, c)
+			c = nil
+			// Take the next task here rather than through the dispatcher:
+			// always a task this completion made ready, and with a store
+			// where an empty claim is cheap (not durable), any ready task.
+			if (ready || !ex.durable) && !ex.draining.Load() {
+				// The clock read at the end of the task serves as now.
+				if cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt); err == nil && len(cs) == 1 {
+					c = &cs[0]
+				}
+			}
+		}
+		if ex.busy.Add(-1) == ex.nwork-1 {
+			ex.poke() // the dispatcher may be waiting for a free worker
+		}
+	}
+}
+
+// execute runs one claimed task (or skips, fails or releases it) and
+// records the outcome. It reports whether the completion made tasks ready.
+func (ex *executor) execute(sl *slot, c *Claim) bool {
+	o := ex.o
+	cw, _ := o.workflow(c.Workflow)
+	var ct *compiledTask
+	if cw != nil {
+		if i, ok := cw.index[c.Task]; ok {
+			ct = &cw.tasks[i]
+		}
+	}
+	defer func() {
+		if cw != nil && cw.concurrency > 0 {
+			ex.mu.Lock()
+			ex.limited[cw.name]--
+			ex.mu.Unlock()
+			ex.poke() // room under the workflow's cap
+		}
+	}()
+	comp := &sl.comp[0]
+	now := o.clock.Now()
+	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, FinishedAt: now}
+	ranAttempt := false
+	var info AttemptInfo
+	var hookCtx context.Context
+	join, joinWhy := joinRun, ""
+	if ct != nil {
+		join, joinWhy = ct.when.decide(c.Upstream)
+	}
+	switch {
+	case ct == nil:
+		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("task %s/%s is not registered in this process", c.Workflow, c.Task)
+	case ex.draining.Load():
+		comp.Outcome = OutcomeRelease
+	case join == joinSkip:
+		comp.Outcome, comp.Error = OutcomeSkipped, joinWhy
+	case join == joinUpstreamFailed:
+		comp.Outcome, comp.Error = OutcomeUpstreamFailed, joinWhy
+	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
+		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
+		comp.StartedAt, comp.FinishedAt = now, now
+	default:
+		ranAttempt = true
+		info = AttemptInfo{RunID: c.RunID, Workflow: c.Workflow, Task: c.Task, Attempt: c.Attempt, Started: now}
+		hookCtx = ex.attempt(sl, c, ct, comp, &info)
+	}
+	ok := ex.complete(sl, c)
+	if ranAttempt {
+		info.Outcome, info.TimedOut = comp.Outcome, comp.TimedOut
+		info.Finished = comp.FinishedAt
+		for _, h := range o.hooks {
+			h.AttemptFinished(hookCtx, info)
+		}
+	}
+	return ok
+}
+
+// attempt runs the task body and fills comp with the outcome.
+func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completion, info *AttemptInfo) context.Context {
+	o := ex.o
+	start := info.Started
+	deadline := time.Time{}
+	if ct.timeout > 0 {
+		deadline = start.Add(ct.timeout)
+	}
+	runDeadline := !c.RunDeadline.IsZero() && (deadline.IsZero() || c.RunDeadline.Before(deadline))
+	if runDeadline {
+		deadline = c.RunDeadline
+	}
+	tc := &taskCtx{parent: ex.bgCtx}
+	defer tc.cancel(errAttemptDone)
+	var taskCtx context.Context = tc
+	if !deadline.IsZero() {
+		var cancelD context.CancelFunc
+		// Deadlines are wall-clock durations measured from the attempt's
+		// start: the same on a fake clock.
+		taskCtx, cancelD = context.WithTimeout(tc, deadline.Sub(start))
+		defer cancelD()
+	}
+	ex.mu.Lock()
+	sl.claim, sl.tctx = c, tc
+	ex.inflight[c.Token] = sl
+	if ex.stopped {
+		tc.cancel(errShutdown)
+	}
+	ex.mu.Unlock()
+	defer func() {
+		ex.mu.Lock()
+		delete(ex.inflight, c.Token)
+		sl.claim, sl.tctx = nil, nil
+		ex.mu.Unlock()
+	}()
+	for _, h := range o.hooks {
+		taskCtx = h.AttemptStarted(taskCtx, *info)
+	}
+
+	var out any
+	var err error
+	abandoned := false
+	if deadline.IsZero() {
+		sl.in = Input{claim: c, task: ct, ctx: taskCtx, store: ex.store}
+		out, err = callTask(taskCtx, ct.fn, &sl.in)
+	} else {
+		// Run the body apart, so a task that ignores its ctx cannot hold
+		// the worker past its deadline.
+		type result struct {
+			out any
+			err error
+		}
+		done := make(chan result, 1)
+		cc := *c // the worker reuses c's storage; an abandoned body keeps its own copy
+		in := &Input{claim: &cc, task: ct, ctx: taskCtx, store: ex.store}
+		stuck := &slot{}
+		go func() {
+			o, e := callTask(taskCtx, ct.fn, in)
+			done <- result{o, e}
+			ex.mu.Lock()
+			delete(ex.stuck, stuck)
+			ex.mu.Unlock()
+		}()
+		select {
+		case r := <-done:
+			out, err = r.out, r.err
+		case <-taskCtx.Done():
+			select {
+			case r := <-done: // it did return
+				out, err = r.out, r.err
+			default:
+				abandoned = true
+				err = tc.causeOf()
+				if err == nil {
+					err = context.Cause(taskCtx)
+				}
+				if errors.Is(err, context.DeadlineExceeded) {
+					err = fmt.Errorf("%w: task %s exceeded its deadline and ignores ctx", ErrTimeout, c.Task)
+				}
+				ex.mu.Lock()
+				ex.stuck[stuck] = c.Workflow + "/" + c.Task + " (run " + c.RunID + ")"
+				ex.mu.Unlock()
+				o.log.Warn("batuta: task ignores its canceled context; abandoning the attempt",
+					"run", c.RunID, "workflow", c.Workflow, "task", c.Task, "attempt", c.Attempt)
+			}
+		}
+	}
+	end := o.clock.Now()
+	comp.StartedAt, comp.FinishedAt = start, end
+	cause := tc.causeOf()
+	timedOut := cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
+	info.Err = err
+
+	switch {
+	case err == nil && !abandoned:
+		comp.Outcome = OutcomeSucceeded
+		if ex.store.Durable() {
+			b, jerr := json.Marshal(out)
+			switch {
+			case jerr != nil:
+				comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("batuta: output of task %s is not JSON-encodable: %v", c.Task, jerr)
+			case len(b) > o.cfg.MaxPayloadBytes:
+				comp.Outcome, comp.Error = OutcomeFailed, (&PayloadTooLargeError{What: "output of task " + c.Task, Size: len(b), Limit: o.cfg.MaxPayloadBytes}).Error()
+			default:
+				comp.Output = json.RawMessage(b)
+			}
+			if comp.Outcome == OutcomeFailed {
+				info.Err = errors.New(comp.Error)
+			}
+		} else {
+			comp.Output = out
+		}
+		return taskCtx
+	case errors.Is(cause, errShutdown):
+		comp.Outcome, comp.Error = OutcomeRelease, "orchestrator shut down"
+		return taskCtx
+	case errors.Is(cause, errLeaseLost):
+		// The store will most likely refuse this write (fenced); if it does
+		// not, the task simply runs again: at-least-once.
+		comp.Outcome, comp.Error = OutcomeRelease, cause.Error()
+		return taskCtx
+	case errors.Is(cause, errRunCanceled):
+		comp.Outcome, comp.Error = OutcomeCanceled, cause.Error()
+		return taskCtx
+	}
+	comp.Error = err.Error()
+	comp.TimedOut = timedOut
+	var snooze *SnoozeError
+	switch {
+	case timedOut && runDeadline:
+		comp.Outcome = OutcomeFailed
+		comp.Error = fmt.Sprintf("%v: workflow timeout reached: %s", ErrTimeout, comp.Error)
+	case errors.As(err, &snooze):
+		comp.Outcome, comp.RetryAt = OutcomeSnooze, end.Add(snooze.Delay)
+	case IsPermanent(err) || c.Attempt >= ct.retry.MaxAttempts:
+		comp.Outcome = OutcomeFailed
+	default:
+		comp.Outcome, comp.RetryAt = OutcomeRetry, end.Add(ct.retry.Backoff(c.Attempt))
+	}
+	if timedOut && !strings.Contains(comp.Error, "timeout") && !strings.Contains(comp.Error, "deadline") {
+		comp.Error = fmt.Sprintf("%v: %s", ErrTimeout, comp.Error)
+	}
+	if !comp.RetryAt.IsZero() {
+		ex.mu.Lock()
+		heap.Push(&ex.due, comp.RetryAt)
+		ex.mu.Unlock()
+		ex.poke()
+	}
+	return taskCtx
+}
+
+func callTask(ctx context.Context, fn TaskFunc, in *Input) (out any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			out, err = nil, newPanicError(p)
+		}
+	}()
+	return fn(ctx, in)
+}
+
+// complete records the outcome in sl.comp, retrying store errors with
+// backoff for up to a lease duration (after that the lease expires and the
+// task is rescued: at-least-once). With a durable store the write goes
+// through the completers, which batch concurrent completions into one
+// store call. It reports whether tasks became ready.
+func (ex *executor) complete(sl *slot, c *Claim) bool {
+	o := ex.o
+	var r CompleteResult
+	var err error
+	if ex.batch != nil {
+		if sl.reply == nil {
+			sl.reply = make(chan batchResp, 1)
+		}
+		select {
+		case ex.batch <- batchReq{comp: &sl.comp[0], reply: sl.reply}:
+			resp := <-sl.reply
+			r, err = resp.res, resp.err
+		case <-ex.bgStop:
+			err = ErrClosed
+		}
+	} else {
+		var res []CompleteResult
+		if res, err = ex.storeComplete(sl.comp[:]); err == nil {
+			r = res[0]
+		}
+	}
+	if err != nil {
+		o.log.Error("batuta: giving up recording a task result; the task will be rescued when its lease expires",
+			"run", c.RunID, "task", c.Task, "error", err)
+		return false
+	}
+	if r.Err != nil {
+		if errors.Is(r.Err, ErrLeaseLost) {
+			o.log.Warn("batuta: result discarded: the task's lease was lost to another worker",
+				"run", c.RunID, "task", c.Task, "attempt", c.Attempt)
+		} else {
+			o.log.Error("batuta: recording task result failed", "run", c.RunID, "task", c.Task, "error", r.Err)
+		}
+		return false
+	}
+	if r.RunFinished != "" {
+		o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
+	}
+	if r.Ready > 1 || sl.comp[0].Outcome == OutcomeRelease {
+		ex.poke() // more than the completing worker takes inline
+	}
+	return r.Ready > 0
+}
