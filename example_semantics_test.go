@@ -20,7 +20,7 @@ func ExamplePanicError() {
 		Retry: batuta.RetryPolicy{MaxAttempts: 2, InitialDelay: time.Millisecond},
 		Run: func(context.Context, *batuta.Input) (any, error) {
 			var m map[string]int
-			m["x"]++ // assignment to entry in nil map
+			m["x"]++ //nolint:staticcheck // SA5000: the panic this example shows
 			return nil, nil
 		},
 	}}})

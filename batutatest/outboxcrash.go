@@ -62,7 +62,7 @@ func RunCrashHelper(trig batuta.Trigger, fire func(ctx context.Context, ev batut
 	})
 }
 
-// TestOutboxCrash: 300 captured rows; the helper consumes them in batches
+// TestOutboxCrash runs the crash scenario: 300 captured rows; the helper consumes them in batches
 // of 50 and is killed (SIGKILL) inside its 120th fire, after two batches
 // were deleted and the third fired in part. A new consumer takes the rows
 // over once the dead one's leases expired: every row is accepted once, and

@@ -205,7 +205,7 @@ func (t *Trigger) claim(ctx context.Context, ob Outbox, token string, n int) (_ 
 			_ = tx.Rollback()
 		}
 	}()
-	rs, err := tx.QueryContext(ctx, "SELECT "+outboxColumns+" FROM "+table+
+	rs, err := tx.QueryContext(ctx, "SELECT "+outboxColumns+" FROM "+table+ //nolint:gosec // G202: table is the validated, quoted outbox name
 		" WHERE dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < UTC_TIMESTAMP(6))"+
 		" ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", n)
 	if err != nil {
@@ -231,7 +231,7 @@ func (t *Trigger) claim(ctx context.Context, ob Outbox, token string, n int) (_ 
 	if len(ids) > 0 {
 		in, args := outboxloop.InList(ids)
 		args = append([]any{t.cfg.Lease.Microseconds(), token}, args...)
-		if _, err := tx.ExecContext(ctx, "UPDATE "+table+
+		if _, err := tx.ExecContext(ctx, "UPDATE "+table+ //nolint:gosec // G202: quoted outbox name; in is a list of placeholders
 			" SET claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, claimed_by = ?, deliveries = deliveries + 1"+
 			" WHERE id IN ("+in+")", args...); err != nil {
 			return nil, err

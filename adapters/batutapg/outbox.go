@@ -204,9 +204,6 @@ type outboxRow struct {
 	deliveries int
 }
 
-// outboxColumns lists the columns scanned into an outboxRow, in scan order.
-const outboxColumns = `id, op, schema_name, table_name, new_row, old_row, event_id, source, type, subject, data, metadata, event_time, created_at, deliveries`
-
 func (r *outboxRow) scanTargets() []any {
 	return []any{&r.id, &r.op, &r.schema, &r.table, &r.newRow, &r.oldRow, &r.eventID, &r.source,
 		&r.typ, &r.subject, &r.data, &r.metadata, &r.eventTime, &r.createdAt, &r.deliveries}

@@ -206,7 +206,7 @@ const nowMillisSQL = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 // rows.
 func (t *Trigger) claim(ctx context.Context, ob Outbox, token string, n int) ([]outboxloop.Row[int64], error) {
 	table := ob.quoted()
-	rs, err := t.cfg.DB.QueryContext(ctx, "UPDATE "+table+
+	rs, err := t.cfg.DB.QueryContext(ctx, "UPDATE "+table+ //nolint:gosec // G202: quoted outbox name and SQL constants; values are placeholders
 		" SET claimed_until = "+nowMillisSQL+" + ?, claimed_by = ?, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM "+table+
 		" WHERE dead_at IS NULL AND (claimed_until IS NULL OR claimed_until < "+nowMillisSQL+") ORDER BY id LIMIT ?) RETURNING "+outboxColumns,
 		t.cfg.Lease.Milliseconds(), token, n)

@@ -126,7 +126,7 @@ func ColumnDrift(installedJSON string, now []Column) string {
 // with it (case-insensitively). kind ("table", "column", ...) names the
 // identifier in the error, which wraps batuta.ErrInvalidIdentifier.
 func CheckIdent(pkg, kind, name string, maxLen int, limit, reservedPrefix string) error {
-	reason := ""
+	var reason string
 	switch {
 	case name == "":
 		reason = "empty"

@@ -107,7 +107,9 @@ func (c *consumer[ID]) MarkDead(ctx context.Context, id ID, cause error) error {
 	if len(msg) > maxErrorText {
 		msg = msg[:maxErrorText]
 	}
-	_, err := c.db.ExecContext(ctx, "UPDATE "+c.d.Table+
+	// c.d.Table is the adapter's validated, quoted outbox name; Now is a
+	// fixed SQL expression of the dialect.
+	_, err := c.db.ExecContext(ctx, "UPDATE "+c.d.Table+ //nolint:gosec // G202: quoted identifier and a dialect constant, values are placeholders
 		" SET dead_at = "+c.d.Now+", last_error = ?, claimed_until = NULL, claimed_by = NULL WHERE id = ? AND claimed_by = ?",
 		msg, id, c.token)
 	return err
@@ -143,7 +145,14 @@ func (c *consumer[ID]) checkStale(ctx context.Context) {
 			caps = append(caps, k)
 		}
 	}
+	err = rows.Err()
 	_ = rows.Close()
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.WarnContext(ctx, c.d.Package+": checking captures for staleness failed", "err", err)
+		}
+		return
+	}
 	for _, k := range caps {
 		d, err := c.d.Drift(ctx, k.schema, k.table, k.cols)
 		if err != nil {

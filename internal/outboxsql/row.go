@@ -188,7 +188,7 @@ func CheckEmit(l EmitLimits, ev batuta.Event) (meta, data []byte, err error) {
 				l.Package, f.name, len(f.v), l.MaxField, batuta.ErrInvalidPayload)
 		}
 		if err := ValidText(f.v); err != nil {
-			return nil, nil, fmt.Errorf("%s: emit: event %s: %s: %w", l.Package, f.name, err, batuta.ErrInvalidPayload)
+			return nil, nil, fmt.Errorf("%s: emit: event %s: %w: %w", l.Package, f.name, err, batuta.ErrInvalidPayload)
 		}
 	}
 	if len(ev.Metadata) > 0 {
