@@ -206,9 +206,29 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 }
 
 func newStore(ctx context.Context, db *sql.DB, cfg Config, owns bool) (*Store, error) {
-	wconn, err := db.Conn(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("batutasqlite: connect: %w", err)
+	// Several processes opening a new file at once can meet SQLITE_BUSY
+	// while one switches it to WAL (not every step waits on busy_timeout;
+	// the driver applies the DSN's journal_mode pragma when it connects):
+	// retry the connect and the setup within the busy timeout.
+	deadline := time.Now().Add(cfg.BusyTimeout)
+	pause := 10 * time.Millisecond
+	backoff := func(err error) bool {
+		if !isBusy(err) || time.Now().Add(pause).After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(pause) // backoff between attempts
+		pause = min(2*pause, 200*time.Millisecond)
+		return true
+	}
+	var wconn *sql.Conn
+	for {
+		var err error
+		if wconn, err = db.Conn(ctx); err == nil {
+			break
+		}
+		if !backoff(err) {
+			return nil, fmt.Errorf("batutasqlite: connect: %w", err)
+		}
 	}
 	s := &Store{
 		db:     db,
@@ -219,11 +239,7 @@ func newStore(ctx context.Context, db *sql.DB, cfg Config, owns bool) (*Store, e
 		wconn:  wconn,
 		work:   make(chan struct{}, 1),
 	}
-	// Several processes opening a new file at once can meet SQLITE_BUSY
-	// while one switches it to WAL (not every step waits on busy_timeout):
-	// retry the setup within the busy timeout.
-	deadline := time.Now().Add(cfg.BusyTimeout)
-	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 200*time.Millisecond) {
+	for {
 		err := s.setup(ctx)
 		if err == nil {
 			return s, nil
@@ -232,11 +248,10 @@ func newStore(ctx context.Context, db *sql.DB, cfg Config, owns bool) (*Store, e
 			s.st.close()
 			s.st = nil
 		}
-		if !isBusy(err) || time.Now().Add(pause).After(deadline) || ctx.Err() != nil {
+		if !backoff(err) {
 			_ = wconn.Close()
 			return nil, err
 		}
-		time.Sleep(pause) // backoff between setup attempts
 	}
 }
 
