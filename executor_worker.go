@@ -7,9 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strings"
 	"time"
 )
+
+// abandonGrace is how long a worker waits, after an attempt's ctx was
+// canceled (timeout, shutdown, lost lease), for the body to return before it
+// abandons the attempt as ignoring its ctx. It only delays the abandonment
+// of a body that really ignores its ctx.
+const abandonGrace = 250 * time.Millisecond
 
 // PanicError is the error of an attempt whose task panicked. It carries the
 // panic value and the stack.
@@ -172,10 +177,15 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		case r := <-done:
 			out, err = r.out, r.err
 		case <-taskCtx.Done():
+			// A body that honours its ctx returns right after the
+			// cancellation, but its goroutine may not have been scheduled
+			// yet: give it abandonGrace before calling it stuck.
+			grace := time.NewTimer(abandonGrace)
 			select {
 			case r := <-done: // it did return
+				grace.Stop()
 				out, err = r.out, r.err
-			default:
+			case <-grace.C:
 				abandoned = true
 				err = tc.causeOf()
 				if err == nil {
@@ -244,8 +254,10 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	default:
 		comp.Outcome, comp.RetryAt = OutcomeRetry, end.Add(ct.retry.Backoff(c.Attempt))
 	}
-	if timedOut && !strings.Contains(comp.Error, "timeout") && !strings.Contains(comp.Error, "deadline") {
-		comp.Error = fmt.Sprintf("%v: %s", ErrTimeout, comp.Error)
+	if timedOut && !runDeadline && !errors.Is(err, ErrTimeout) {
+		// A body that returned its ctx's error (or anything else) at the
+		// deadline: the same ErrTimeout text as an abandoned one.
+		comp.Error = fmt.Sprintf("%v: task %s exceeded its timeout of %v: %s", ErrTimeout, c.Task, ct.timeout, comp.Error)
 	}
 	if !comp.RetryAt.IsZero() {
 		ex.mu.Lock()

@@ -685,3 +685,55 @@ func TestRetentionPrunesFinishedRuns(t *testing.T) {
 		return errors.Is(err, batuta.ErrRunNotFound)
 	}, 10*time.Second, 5*time.Millisecond)
 }
+
+// TestTaskHonouringCtxIsNotAbandoned: a body that returns as soon as its
+// ctx ends is never taken for one that ignores it, however late its
+// goroutine is scheduled after the deadline, and its error carries
+// ErrTimeout like an abandoned one's.
+func TestTaskHonouringCtxIsNotAbandoned(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{
+		{Name: "polite", Timeout: 5 * time.Millisecond, Retry: batuta.RetryPolicy{MaxAttempts: 1},
+			Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}},
+	}}
+	o := setup(t, batuta.Config{Workers: 8, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, wf)
+	ctx := waitCtx(t)
+	const runs = 200
+	ids := make([]string, runs)
+	for i := range ids {
+		id, err := o.Submit(ctx, "w", batuta.Event{ID: fmt.Sprint(i)})
+		require.NoError(t, err)
+		ids[i] = id
+	}
+	for _, id := range ids {
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		a := r.Task("polite").Attempts
+		require.Len(t, a, 1)
+		require.Equal(t, batuta.OutcomeTimedOut, a[0].Outcome)
+		require.Contains(t, a[0].Error, batuta.ErrTimeout.Error()+": task polite exceeded its timeout of 5ms: context deadline exceeded")
+	}
+	require.NotContains(t, logs.String(), "ignores its canceled context")
+}
+
+// lockedBuffer is a strings.Builder safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
