@@ -98,7 +98,7 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		ticks:   make(map[string]time.Time),
 		byToken: make(map[int64]*memTask),
 		notify:  make(chan struct{}, 1),
-		watch:   runwatch.New(0),
+		watch:   runwatch.New(-1),
 	}
 }
 
@@ -110,6 +110,11 @@ var (
 // WatchRun implements RunWatcher: the runs that finish in this store wake
 // the Wait calls of every orchestrator using it.
 func (s *MemoryStore) WatchRun(runID string) (<-chan struct{}, func(), bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock() // runs finish under s.mu: no end is missed in between
+	if r := s.runs[runID]; r == nil || r.State.Finished() {
+		return closedChan, func() {}, true // finished, or pruned (GetRun tells)
+	}
 	ch, stop := s.watch.Watch(runID)
 	return ch, stop, true
 }

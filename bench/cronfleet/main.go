@@ -67,21 +67,22 @@ func main() {
 	duration := flag.Duration("duration", 60*time.Second, "measurement window per scenario and policy (1000x1m needs >= 3m)")
 	instances := flag.Int("instances", 3, "orchestrator processes")
 	conns := flag.Int("conns", 0, "pool size of each instance (0: pgxpool's default)")
+	workers := flag.Int("workers", 0, "batuta.Config.Workers of each instance (0: the default)")
 	// Child mode.
 	child := flag.Bool("child", false, "internal: run one instance")
 	node := flag.String("node", "", "internal: instance name")
 	flag.Parse()
 	if *child {
-		if err := runChild(*adminDSN, *scen, *overlaps, *node, *conns); err != nil {
+		if err := runChild(*adminDSN, *scen, *overlaps, *node, *conns, *workers); err != nil {
 			log.Fatal(err)
 		}
 		return
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	fmt.Printf("cronfleet: %d instances, pool %d conns each (0 = pgxpool default), window %s\n\n", *instances, *conns, *duration)
-	fmt.Println("| scenario | overlap | ticks | exactly once | missing | duplicate | skew p50 | p99 | max | tick→created p99 | created→start p50 | p99 | xact/tick/schedule |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Printf("cronfleet: %d instances, pool %d conns each (0 = pgxpool default), %d workers each (0 = default), window %s\n\n", *instances, *conns, *workers, *duration)
+	fmt.Println("| scenario | overlap | ticks | exactly once | missing | duplicate | skew p50 | p99 | max | tick→fired p50 | p99 | tick→created p50 | p99 | created→start p50 | p99 | xact/tick/schedule |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, sn := range strings.Split(*scen, ",") {
 		sc, ok := scenarios[strings.TrimSpace(sn)]
 		if !ok {
@@ -89,7 +90,7 @@ func main() {
 		}
 		for _, ov := range strings.Split(*overlaps, ",") {
 			ov = strings.TrimSpace(ov)
-			r, err := runScenario(ctx, *adminDSN, *db, sc, ov, *duration, *instances, *conns)
+			r, err := runScenario(ctx, *adminDSN, *db, sc, ov, *duration, *instances, *conns, *workers)
 			if err != nil {
 				log.Fatalf("%s/%s: %v", sc.name, ov, err)
 			}
@@ -100,7 +101,7 @@ func main() {
 
 // record is one line a child prints: a task start or a run creation.
 type record struct {
-	kind  byte // 'S' task start, 'C' run created (by this instance)
+	kind  byte // 'S' task start, 'C' run created (by this instance), 'F' tick fired (CreateRun called, any instance)
 	sched string
 	tick  time.Time
 	at    time.Time
@@ -125,7 +126,7 @@ func xactCommit(ctx context.Context, c *pgx.Conn, db string) (int64, error) {
 	return n, err
 }
 
-func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap string, window time.Duration, instances, conns int) (string, error) {
+func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap string, window time.Duration, instances, conns, workers int) (string, error) {
 	admin, err := pgx.Connect(ctx, adminDSN)
 	if err != nil {
 		return "", err
@@ -168,7 +169,7 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 	var stdins []io.Closer
 	for i := 0; i < instances; i++ {
 		cmd := exec.Command(exe, "-child", "-dsn", dsn, "-scenarios", sc.name, "-overlap", overlap,
-			"-node", fmt.Sprintf("n%d", i), "-conns", strconv.Itoa(conns))
+			"-node", fmt.Sprintf("n%d", i), "-conns", strconv.Itoa(conns), "-workers", strconv.Itoa(workers))
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -237,6 +238,7 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 		sched string
 		tick  int64
 	}
+	var toFire []time.Duration
 	starts := map[key]int{}
 	first := map[key]time.Time{}
 	created := map[key]time.Time{}
@@ -260,6 +262,8 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 			if c, ok := created[k]; !ok || r.at.Before(c) {
 				created[k] = r.at
 			}
+		case 'F':
+			toFire = append(toFire, r.at.Sub(r.tick))
 		}
 	}
 	var once, missing, dup int
@@ -288,10 +292,12 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 	total := sc.schedules * len(ticks)
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", stats.Millis(d)) }
 	xpt := float64(x1-x0) / float64(max(total, 1))
-	return fmt.Sprintf("| %s | %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s | %.2f |",
+	return fmt.Sprintf("| %s | %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f |",
 		sc.name, overlap, total, once, missing, dup,
 		ms(stats.Percentile(skew, 50)), ms(stats.Percentile(skew, 99)), ms(stats.Percentile(skew, 100)),
-		ms(stats.Percentile(toCreated, 99)), ms(stats.Percentile(toStart, 50)), ms(stats.Percentile(toStart, 99)), xpt), nil
+		ms(stats.Percentile(toFire, 50)), ms(stats.Percentile(toFire, 99)),
+		ms(stats.Percentile(toCreated, 50)), ms(stats.Percentile(toCreated, 99)),
+		ms(stats.Percentile(toStart, 50)), ms(stats.Percentile(toStart, 99)), xpt), nil
 }
 
 func sleepUntil(ctx context.Context, t time.Time) {
@@ -310,7 +316,7 @@ func readChild(out io.Reader, ready chan<- string, mu *sync.Mutex, recs *[]recor
 			ready <- f[1]
 			continue
 		}
-		if len(f) != 4 || (f[0] != "S" && f[0] != "C") {
+		if len(f) != 4 || (f[0] != "S" && f[0] != "C" && f[0] != "F") {
 			continue
 		}
 		tick, err1 := strconv.ParseInt(f[2], 10, 64)
@@ -347,7 +353,7 @@ func (h createdHooks) RunStarted(_ context.Context, r batuta.RunInfo) {
 	h.out <- fmt.Sprintf("C %s %d %d", parts[1], tick.UnixNano(), now.UnixNano())
 }
 
-func runChild(dsn, scen, overlap, node string, conns int) error {
+func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 	sc, ok := scenarios[scen]
 	if !ok {
 		return fmt.Errorf("unknown scenario %q", scen)
@@ -400,13 +406,13 @@ func runChild(dsn, scen, overlap, node string, conns int) error {
 		}
 		w.Flush()
 	}()
-	cst := &countingStore{Store: st}
+	cst := &countingStore{Store: st, fires: lines}
 	defer func() {
 		if os.Getenv("CRONFLEET_DEBUG") != "" {
 			fmt.Fprintf(os.Stderr, "%s: GetRun %d CreateRun %d ClaimTasks %d RecordTick %d\n", node, cst.gets.Load(), cst.creates.Load(), cst.claims.Load(), cst.ticks.Load())
 		}
 	}()
-	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node,
+	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node, Workers: workers,
 		Hooks: []batuta.Hooks{createdHooks{out: lines}}})
 	if err != nil {
 		return err
@@ -445,6 +451,7 @@ func runChild(dsn, scen, overlap, node string, conns int) error {
 type countingStore struct {
 	*batutapg.Store
 	gets, creates, claims, ticks atomic.Int64
+	fires                        chan<- string // "F" records: CreateRun called
 }
 
 func (c *countingStore) GetRun(ctx context.Context, id string) (*batuta.Run, error) {
@@ -454,6 +461,9 @@ func (c *countingStore) GetRun(ctx context.Context, id string) (*batuta.Run, err
 
 func (c *countingStore) CreateRun(ctx context.Context, nr batuta.NewRun) (string, bool, error) {
 	c.creates.Add(1)
+	if c.fires != nil {
+		c.fires <- fmt.Sprintf("F %s %d %d", nr.Event.Metadata[batuta.CronMetaSchedule], nr.Event.Time.UnixNano(), time.Now().UnixNano())
+	}
 	return c.Store.CreateRun(ctx, nr)
 }
 

@@ -8,8 +8,9 @@ package runwatch
 import "sync"
 
 // DefaultRemember is how many recently finished runs a Set remembers by
-// default.
-const DefaultRemember = 1 << 16
+// default: enough to cover the moment between a run's creation and its
+// watch starting, whatever the throughput.
+const DefaultRemember = 1 << 13
 
 // Set is the watchers of one store. The zero value is not usable; call New.
 type Set struct {
@@ -26,12 +27,14 @@ type entry struct {
 	n  int
 }
 
-// New returns a Set that remembers up to remember finished runs (<= 0:
-// DefaultRemember).
+// New returns a Set that remembers up to remember finished runs (0:
+// DefaultRemember; negative: none, for a store that answers Watch from its
+// own state).
 func New(remember int) *Set {
-	if remember <= 0 {
+	if remember == 0 {
 		remember = DefaultRemember
 	}
+	remember = max(remember, 0)
 	return &Set{
 		watch:    make(map[string]*entry),
 		recent:   make(map[string]struct{}),
@@ -78,7 +81,7 @@ func (s *Set) Finished(runIDs ...string) {
 			close(e.ch)
 			delete(s.watch, id)
 		}
-		if _, ok := s.recent[id]; ok {
+		if _, ok := s.recent[id]; ok || s.remember == 0 {
 			continue
 		}
 		if len(s.ring) < s.remember {
