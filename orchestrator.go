@@ -455,7 +455,8 @@ func (o *Orchestrator) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error
 // RunWatcher: the in-memory store, for every orchestrator sharing it, and
 // PostgreSQL, through LISTEN/NOTIFY, for every instance): Wait then reads
 // the run once before waiting and once after, and polls only as a
-// fallback, every PollInterval at first, backing off to 16 PollIntervals.
+// fallback (in case a publication was lost): after 5 PollIntervals at
+// first, backing off to 30.
 // With other stores, or while the store's listener is down, it polls,
 // from 20ms backing off to 1s.
 func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
@@ -494,7 +495,7 @@ func (o *Orchestrator) await(ctx context.Context, runID string, snapshot bool) (
 	}
 	poll, maxPoll := 20*time.Millisecond, time.Second
 	if watching {
-		poll, maxPoll = o.cfg.PollInterval, 16*o.cfg.PollInterval
+		poll, maxPoll = 5*o.cfg.PollInterval, 30*o.cfg.PollInterval
 	}
 	read := snapshot || !watching
 	for {
