@@ -61,6 +61,8 @@ type Config struct {
 	// PollInterval is how often idle workers look for work they were not
 	// told about (retries due, runs created by other processes). Default
 	// 1s; stores that notify (WorkNotifier) make most polls unnecessary.
+	// With a store that publishes run ends (RunWatcher), Wait's fallback
+	// poll starts at 5 PollIntervals.
 	PollInterval time.Duration
 	// NodeID names this orchestrator in leases and logs. Default a random
 	// UUID.

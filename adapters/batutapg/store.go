@@ -25,8 +25,8 @@
 // leases of an instance whose liveness row went stale (see
 // Config.LivenessTimeout); a task that keeps losing its worker fails after
 // batuta.Config.MaxRescues rescues, counted apart from its attempts.
-// LISTEN/NOTIFY wakes idle instances when work appears, with polling as the
-// fallback. Runs, task states, outputs,
+// LISTEN/NOTIFY wakes idle instances when work appears, and the waiters of a
+// run when it ends, with polling as the fallback. Runs, task states, outputs,
 // attempts and the last tick of each cron schedule survive restarts; an
 // orchestrator started on the same schema resumes unfinished runs, and a
 // task whose success was recorded never runs again.
@@ -215,7 +215,7 @@ const (
 // Ownership: the Store does not own the pool or DB (Close leaves it open). New
 // starts three goroutines that the Store owns until Close: the listener, on
 // one extra connection dialled with the pool's configuration, that LISTENs
-// for other processes' work notifications; the notifier, that sends this
+// for other processes' work notifications and run ends (see WatchRun); the notifier, that sends this
 // Store's own (see WorkAvailable); and the liveness loop, on another
 // connection of its own, that renews its instances' liveness rows, measures
 // the clock offset, releases lost claims and rescues dead instances' tasks

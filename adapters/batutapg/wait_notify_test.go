@@ -2,6 +2,7 @@ package batutapg
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,4 +142,38 @@ func TestRunEndsPublished(t *testing.T) {
 			t.Fatalf("the end of run %s was not published", ids[i])
 		}
 	}
+}
+
+// TestRecordTickCombined: concurrent RecordTick calls (many schedules, and
+// one schedule with several ticks) share statements; each schedule ends with
+// its latest tick, and a tick not later than the stored one is refused.
+func TestRecordTickCombined(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	s := newTestStore(t, storeTestPool(t, 6), Config{Logger: quiet()})
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	const schedules, ticks = 50, 4
+	errs := make(chan error, schedules*ticks)
+	for i := 0; i < schedules; i++ {
+		for k := 0; k < ticks; k++ {
+			go func() {
+				_, err := s.RecordTick(ctx, fmt.Sprintf("s%02d", i), base.Add(time.Duration(k)*time.Second))
+				errs <- err
+			}()
+		}
+	}
+	for i := 0; i < schedules*ticks; i++ {
+		require.NoError(t, <-errs)
+	}
+	for i := 0; i < schedules; i++ {
+		last, err := s.LastTick(ctx, fmt.Sprintf("s%02d", i))
+		require.NoError(t, err)
+		require.True(t, last.Equal(base.Add((ticks-1)*time.Second)), "schedule %d: %v", i, last)
+	}
+	ok, err := s.RecordTick(ctx, "s00", base)
+	require.NoError(t, err)
+	require.False(t, ok, "an older tick is not recorded")
+	ok, err = s.RecordTick(ctx, "s00", base.Add(time.Hour))
+	require.NoError(t, err)
+	require.True(t, ok)
 }

@@ -95,18 +95,6 @@ func (s *Set) Finished(runIDs ...string) {
 	}
 }
 
-// WakeAll wakes every current watcher without marking its run finished:
-// after publications may have been lost (a listener reconnecting), the
-// waiters look at the store again.
-func (s *Set) WakeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, e := range s.watch {
-		close(e.ch)
-		delete(s.watch, id)
-	}
-}
-
 // Watching returns the number of runs watched (for tests).
 func (s *Set) Watching() int {
 	s.mu.Lock()
