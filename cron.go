@@ -450,7 +450,9 @@ func (l *cronLoop) run(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		l.settle(ctx)
+		if len(l.queue) > 0 {
+			l.settle(ctx) // only a due tick needs to know
+		}
 		if len(l.queue) > 1 && l.cfg.Overlap.Action == OverlapCancelPrevious {
 			// A later tick is due too: starting this one would only
 			// have it canceled at once. Only the latest due tick starts.
@@ -699,6 +701,13 @@ func (l *cronLoop) record(ctx context.Context, tick time.Time) {
 	}
 }
 
+// runAwaiter is implemented by the orchestrator's Runs: it waits for a run
+// to finish without reading it when the store publishes run completions, so
+// that every instance following every tick's run costs no polling.
+type runAwaiter interface {
+	awaitFinished(ctx context.Context, id string) error
+}
+
 // track follows run id until it finishes; done is closed then.
 func (l *cronLoop) track(id string) {
 	done := make(chan struct{})
@@ -709,7 +718,12 @@ func (l *cronLoop) track(id string) {
 		defer close(done)
 		delay := cronRetryInitialDelay
 		for {
-			_, err := l.runs.Wait(l.waitCtx, id)
+			var err error
+			if a, ok := l.runs.(runAwaiter); ok {
+				err = a.awaitFinished(l.waitCtx, id)
+			} else {
+				_, err = l.runs.Wait(l.waitCtx, id)
+			}
 			if err == nil || errors.Is(err, ErrRunNotFound) || l.waitCtx.Err() != nil {
 				return
 			}

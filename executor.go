@@ -30,6 +30,10 @@ type executor struct {
 	durable bool
 	busy    atomic.Int64 // claims handed to workers and not yet done
 	nwork   int64
+	// backlog: the latest claim got all it asked for, so more tasks are
+	// likely ready. Workers of a durable store then claim their next task
+	// themselves, in parallel, instead of one by one through the dispatcher.
+	backlog atomic.Bool
 
 	draining   atomic.Bool
 	hardCtx    context.Context
@@ -260,6 +264,7 @@ func (ex *executor) dispatch() {
 				errBackoff = 0
 			}
 			got := len(cs)
+			ex.backlog.Store(err == nil && int64(got) == want)
 			for i := range cs {
 				ex.busy.Add(1)
 				ex.work <- cs[i]

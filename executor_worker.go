@@ -38,12 +38,17 @@ func (ex *executor) worker() {
 			ready := ex.execute(sl, c)
 			c = nil
 			// Take the next task here rather than through the dispatcher:
-			// always a task this completion made ready, and with a store
-			// where an empty claim is cheap (not durable), any ready task.
-			if (ready || !ex.durable) && !ex.draining.Load() {
+			// always a task this completion made ready, with a store where
+			// an empty claim is cheap (not durable) any ready task, and with
+			// a durable one while a burst of ready tasks lasts (the
+			// dispatcher would claim them one round trip at a time).
+			if (ready || !ex.durable || ex.backlog.Load()) && !ex.draining.Load() {
 				// The clock read at the end of the task serves as now.
-				if cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt); err == nil && len(cs) == 1 {
+				cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt)
+				if err == nil && len(cs) == 1 {
 					c = &cs[0]
+				} else if !ready {
+					ex.backlog.Store(false)
 				}
 			}
 		}

@@ -61,6 +61,8 @@ type Config struct {
 	// PollInterval is how often idle workers look for work they were not
 	// told about (retries due, runs created by other processes). Default
 	// 1s; stores that notify (WorkNotifier) make most polls unnecessary.
+	// With a store that publishes run ends (RunWatcher), Wait's fallback
+	// poll starts at 5 PollIntervals.
 	PollInterval time.Duration
 	// NodeID names this orchestrator in leases and logs. Default a random
 	// UUID.
@@ -450,10 +452,24 @@ func (o *Orchestrator) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error
 }
 
 // Wait blocks until the run finished or ctx ends, and returns its final
-// snapshot. Runs finished by this orchestrator wake Wait at once; runs
-// finished elsewhere (another instance on the same database) are seen by
-// polling.
+// snapshot. Runs finished by this orchestrator wake Wait at once, and so do
+// runs finished elsewhere when the Store publishes run completions (a
+// RunWatcher: the in-memory store, for every orchestrator sharing it, and
+// PostgreSQL, through LISTEN/NOTIFY, for every instance): Wait then reads
+// the run once before waiting and once after, and polls only as a
+// fallback (in case a publication was lost): after 5 PollIntervals at
+// first, backing off to 30.
+// With other stores, or while the store's listener is down, it polls,
+// from 20ms backing off to 1s.
 func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
+	return o.await(ctx, runID, true)
+}
+
+// await is Wait. Without snapshot, when the store publishes run
+// completions, it reads nothing: it returns (nil, nil) as soon as the run
+// is known to have finished, and reads the run only when its fallback poll
+// comes due (the cron trigger follows its runs this way).
+func (o *Orchestrator) await(ctx context.Context, runID string, snapshot bool) (*Run, error) {
 	o.waitMu.Lock()
 	w := o.waiters[runID]
 	if w == nil {
@@ -470,20 +486,46 @@ func (o *Orchestrator) Wait(ctx context.Context, runID string) (*Run, error) {
 		}
 		o.waitMu.Unlock()
 	}()
-	poll := 20 * time.Millisecond
+	var published <-chan struct{}
+	watching := false
+	if rw, ok := o.store.(RunWatcher); ok {
+		fin, stop, ok := rw.WatchRun(runID)
+		if stop != nil {
+			defer stop()
+		}
+		published, watching = fin, ok && fin != nil
+	}
+	poll, maxPoll := 20*time.Millisecond, time.Second
+	if watching {
+		poll, maxPoll = 5*o.cfg.PollInterval, 30*o.cfg.PollInterval
+	}
+	read := snapshot || !watching
 	for {
-		r, err := o.store.GetRun(ctx, runID)
-		if err != nil {
-			return nil, err
+		if read {
+			r, err := o.store.GetRun(ctx, runID)
+			if err != nil {
+				return nil, err
+			}
+			if r.Finished() {
+				return r, nil
+			}
 		}
-		if r.Finished() {
-			return r, nil
-		}
+		read = true
 		t := time.NewTimer(poll)
 		select {
 		case <-ch:
+			if !snapshot {
+				t.Stop()
+				return nil, nil
+			}
+		case <-published:
+			if !snapshot {
+				t.Stop()
+				return nil, nil
+			}
+			published = nil // read it below; the poll is the fallback
 		case <-t.C:
-			poll = min(poll*2, time.Second)
+			poll = min(poll*2, maxPoll)
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
@@ -644,9 +686,16 @@ func (r *runsView) Fire(ctx context.Context, ev Event) (string, error) {
 }
 func (r *runsView) Get(ctx context.Context, id string) (*Run, error)  { return r.o.GetRun(ctx, id) }
 func (r *runsView) Wait(ctx context.Context, id string) (*Run, error) { return r.o.Wait(ctx, id) }
-func (r *runsView) Cancel(ctx context.Context, id string) error       { return r.o.Cancel(ctx, id) }
-func (r *runsView) Durable() bool                                     { return r.o.store.Durable() }
-func (r *runsView) Clock() Clock                                      { return r.o.clock }
+
+// awaitFinished returns once run id finished, reading the run only if the
+// store does not publish run completions (see Orchestrator.await).
+func (r *runsView) awaitFinished(ctx context.Context, id string) error {
+	_, err := r.o.await(ctx, id, false)
+	return err
+}
+func (r *runsView) Cancel(ctx context.Context, id string) error { return r.o.Cancel(ctx, id) }
+func (r *runsView) Durable() bool                               { return r.o.store.Durable() }
+func (r *runsView) Clock() Clock                                { return r.o.clock }
 func (r *runsView) LastTick(ctx context.Context, s string) (time.Time, error) {
 	return r.o.store.LastTick(ctx, s)
 }

@@ -326,7 +326,9 @@ type RunFilter struct {
 type PrunePolicy struct {
 	Before   time.Time
 	KeepLast int
-	// BatchSize bounds one delete statement (0: 1000).
+	// BatchSize bounds one delete statement, or for the in-memory store
+	// one pass under its lock (0: 1000). Prune deletes batch after batch
+	// until nothing is left to delete, releasing locks in between.
 	BatchSize int
 }
 
@@ -421,4 +423,20 @@ type WorkNotifier interface {
 	// signal to the process that completed: it learns of them from
 	// CompleteResult.Ready.
 	WorkAvailable() <-chan struct{}
+}
+
+// A RunWatcher is a Store that publishes the end of runs: its own
+// completions and cancellations at once and, for a store shared by several
+// processes, those of the other processes (PostgreSQL does it with
+// LISTEN/NOTIFY). Orchestrator.Wait, and a cron trigger following its
+// previous run, then wait without a polling loop; they still poll, rarely,
+// in case a publication was lost.
+type RunWatcher interface {
+	Store
+	// WatchRun returns a channel that is closed once the run is known to
+	// have finished (at once if it finished recently), and stop, which
+	// releases the watch; call it when done waiting. ok is false when the
+	// store cannot see every run's end right now (its listener is down,
+	// say): finished is then nil and the caller polls.
+	WatchRun(runID string) (finished <-chan struct{}, stop func(), ok bool)
 }

@@ -4,9 +4,12 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/batuta-dev/batuta/internal/runwatch"
 )
 
 // MemoryStoreConfig configures a MemoryStore. The zero value is valid.
@@ -44,6 +47,9 @@ type MemoryStore struct {
 	token    int64
 	byToken  map[int64]*memTask // running tasks by lease token
 	notify   chan struct{}
+	watch    *runwatch.Set // Wait calls of any orchestrator using this store
+
+	pruneHook func(deleted int) // tests: called after each Prune batch, outside the lock
 }
 
 type memKey struct{ workflow, eventID string }
@@ -92,10 +98,26 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		ticks:   make(map[string]time.Time),
 		byToken: make(map[int64]*memTask),
 		notify:  make(chan struct{}, 1),
+		watch:   runwatch.New(-1),
 	}
 }
 
-var _ WorkNotifier = (*MemoryStore)(nil)
+var (
+	_ WorkNotifier = (*MemoryStore)(nil)
+	_ RunWatcher   = (*MemoryStore)(nil)
+)
+
+// WatchRun implements RunWatcher: the runs that finish in this store wake
+// the Wait calls of every orchestrator using it.
+func (s *MemoryStore) WatchRun(runID string) (<-chan struct{}, func(), bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock() // runs finish under s.mu: no end is missed in between
+	if r := s.runs[runID]; r == nil || r.State.Finished() {
+		return closedChan, func() {}, true // finished, or pruned (GetRun tells)
+	}
+	ch, stop := s.watch.Watch(runID)
+	return ch, stop, true
+}
 
 // Durable returns false: a MemoryStore dies with its process.
 func (s *MemoryStore) Durable() bool { return false }
@@ -431,6 +453,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
 	}
 	r.FinishedAt = now
 	s.active--
+	s.watch.Finished(r.ID)
 	s.finished = append(s.finished, r)
 	if s.cfg.KeepFinished >= 0 {
 		for len(s.finished)-s.finHead > s.cfg.KeepFinished {
@@ -460,13 +483,18 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 	}
 }
 
-// expireLocked drops finished runs older than the TTL.
+// maxExpire bounds the finished runs one CreateRun drops for the TTL, so
+// that a mass expiry does not stall the store; the rest go with the next
+// calls (or Prune).
+const maxExpire = 256
+
+// expireLocked drops finished runs older than the TTL, at most maxExpire.
 func (s *MemoryStore) expireLocked(now time.Time) {
 	if now.IsZero() || s.cfg.FinishedTTL <= 0 {
 		return
 	}
 	cut := now.Add(-s.cfg.FinishedTTL)
-	for s.finHead < len(s.finished) {
+	for n := 0; s.finHead < len(s.finished) && n < maxExpire; n++ {
 		r := s.finished[s.finHead]
 		if !r.dropped && !r.FinishedAt.Before(cut) {
 			break
@@ -624,33 +652,63 @@ func (s *MemoryStore) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error)
 	return out, nil
 }
 
-// Prune implements Store.
+// Prune implements Store. It deletes the oldest finished runs first, in
+// batches of p.BatchSize (default 1000) runs, each under the store's lock
+// once, yielding between batches so that Submit, claims and completions
+// wait for one batch at most. It stops at the first finished run it keeps
+// (so a run finished out of order with its neighbours may wait for a later
+// pass), or when ctx ends.
 func (s *MemoryStore) Prune(ctx context.Context, p PrunePolicy) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
+	bs := p.BatchSize
+	if bs <= 0 {
+		bs = defaultPruneBatch
 	}
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		n, more := s.pruneBatch(p, bs)
+		total += n
+		if s.pruneHook != nil {
+			s.pruneHook(n)
+		}
+		if !more {
+			return total, nil
+		}
+		runtime.Gosched() // let those who waited for the lock in
+	}
+}
+
+// defaultPruneBatch is PrunePolicy.BatchSize's default.
+const defaultPruneBatch = 1000
+
+// pruneBatch deletes up to bs finished runs (looking at no more than 4*bs)
+// under the lock, and reports whether more may be left.
+func (s *MemoryStore) pruneBatch(p PrunePolicy, bs int) (int, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	live := s.finished[s.finHead:]
-	var keep []*memRun
+	defer s.compactFinishedLocked()
 	n := 0
-	for i, r := range live {
-		if r.dropped {
-			continue
+	for looked := 0; s.finHead < len(s.finished); looked++ {
+		if n == bs || looked == 4*bs {
+			return n, true
 		}
-		newerKept := len(live) - i - 1 // finished after r (upper bound)
-		byAge := !p.Before.IsZero() && r.FinishedAt.Before(p.Before)
-		byCount := p.KeepLast > 0 && newerKept >= p.KeepLast
-		if byAge || byCount {
+		r := s.finished[s.finHead]
+		if !r.dropped {
+			newer := len(s.finished) - s.finHead - 1 // finished after r (upper bound)
+			byAge := !p.Before.IsZero() && r.FinishedAt.Before(p.Before)
+			byCount := p.KeepLast > 0 && newer >= p.KeepLast
+			if !byAge && !byCount {
+				return n, false
+			}
 			s.dropLocked(r)
 			n++
-			continue
 		}
-		keep = append(keep, r)
+		s.finished[s.finHead] = nil
+		s.finHead++
 	}
-	s.finished = keep
-	s.finHead = 0
-	return n, nil
+	return n, false
 }
 
 // LastTick implements Store.

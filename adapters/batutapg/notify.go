@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Work notifications.
@@ -28,19 +30,63 @@ import (
 // a notification lost (a crash between commit and send, the listener
 // reconnecting) only costs latency; the listener signals after every
 // (re)connect so idle workers re-scan, and orchestrators poll anyway.
+//
+// Run completions.
+//
+// The end of a run (its last task completed, or the run canceled) is
+// published the same way on the channel "<schema>_done", the payload being
+// the run IDs, comma-separated (at most donePerNotify per notification):
+// the notifier sends them together with the work notification, in one
+// round trip per burst; CompleteInTx sends them in the caller's
+// transaction. The listener wakes the Wait calls watching those runs (see
+// WatchRun). Runs failed by a rescue (a task out of rescues) or by a
+// timeout are not published: their waiters see them by polling.
+
+// donePerNotify bounds the run IDs in one notification: 36 bytes and a
+// comma each, well under PostgreSQL's 8000-byte payload limit.
+const donePerNotify = 200
 
 // workAppeared tells local workers at once and other processes through the
 // notifier.
 func (s *Store) workAppeared() {
 	s.signal()
+	s.workPending.Store(true)
+	s.pokeNotifier()
+}
+
+// runsFinished wakes the local watchers of the runs at once and tells other
+// processes through the notifier.
+func (s *Store) runsFinished(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.watch.Finished(ids...)
+	s.doneMu.Lock()
+	s.donePending = append(s.donePending, ids...)
+	s.doneMu.Unlock()
+	s.pokeNotifier()
+}
+
+func (s *Store) pokeNotifier() {
 	select {
 	case s.notifyReq <- struct{}{}:
 	default:
 	}
 }
 
-// notifier sends one pg_notify per burst of workAppeared calls until ctx
-// ends.
+// donePayloads splits run IDs into notification payloads.
+func donePayloads(ids []string) []string {
+	var out []string
+	for len(ids) > 0 {
+		n := min(len(ids), donePerNotify)
+		out = append(out, strings.Join(ids[:n], ","))
+		ids = ids[n:]
+	}
+	return out
+}
+
+// notifier sends the notifications of each burst of workAppeared and
+// runsFinished calls in one round trip, until ctx ends.
 func (s *Store) notifier(ctx context.Context) {
 	for {
 		select {
@@ -48,15 +94,53 @@ func (s *Store) notifier(ctx context.Context) {
 			return
 		case <-s.notifyReq:
 		}
+		work := s.workPending.Swap(false)
+		s.doneMu.Lock()
+		done := s.donePending
+		s.donePending = nil
+		s.doneMu.Unlock()
+		b := &pgx.Batch{}
+		if work {
+			b.Queue(s.q.notify, s.channel, "")
+		}
+		for _, p := range donePayloads(done) {
+			b.Queue(s.q.notify, s.doneChannel, p)
+		}
+		if b.Len() == 0 {
+			continue
+		}
 		err := s.conns.with(ctx, func(c *pgx.Conn) error {
-			_, err := c.Exec(ctx, s.q.notify, s.channel, "")
-			return err
+			return c.SendBatch(ctx, b).Close()
 		})
 		if err != nil && ctx.Err() == nil {
-			// Other instances will find the work by polling.
-			s.log.Debug("batutapg: sending a work notification failed", "schema", s.cfg.Schema, "error", err)
+			// Other instances will find the work, and the runs' ends, by
+			// polling.
+			s.log.Debug("batutapg: sending notifications failed", "schema", s.cfg.Schema, "error", err)
 		}
 	}
+}
+
+// WatchRun implements batuta.RunWatcher: the runs finished through this
+// Store, and (while the listener is up) those other processes announce,
+// close the channel. ok is false while the listener is down or disabled
+// (Config.DisableListen): the caller then polls.
+func (s *Store) WatchRun(runID string) (<-chan struct{}, func(), bool) {
+	if !s.listening.Load() {
+		return nil, nil, false
+	}
+	ch, stop := s.watch.Watch(runID)
+	return ch, stop, true
+}
+
+// relay turns a notification into a work signal or the end of runs.
+func (s *Store) relay(n *pgconn.Notification) {
+	if n != nil && n.Channel == s.doneChannel {
+		if n.Payload != "" {
+			s.watch.Finished(strings.Split(n.Payload, ",")...)
+		}
+		return
+	}
+	s.signal()
 }
 
 // errNotifyBroken ends the listener: notifications do not round-trip.
@@ -126,7 +210,7 @@ func (s *Store) listenOnce(ctx context.Context, checked, up *bool) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+quoteIdent(s.channel)); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+quoteIdent(s.channel)+"; LISTEN "+quoteIdent(s.doneChannel)); err != nil {
 		return err
 	}
 	if !*checked {
@@ -140,10 +224,11 @@ func (s *Store) listenOnce(ctx context.Context, checked, up *bool) error {
 	s.listening.Store(true)
 	s.signal() // notifications sent while nobody listened are lost: re-scan
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
 		}
-		s.signal()
+		s.relay(n)
 	}
 }
 
@@ -169,9 +254,9 @@ func (s *Store) selfCheck(ctx context.Context, conn *pgx.Conn) error {
 			}
 			return err
 		}
-		if n != nil && n.Payload == probe {
+		if n != nil && n.Channel == s.channel && n.Payload == probe {
 			return nil
 		}
-		s.signal() // someone else's work notification
+		s.relay(n) // someone else's notification
 	}
 }

@@ -25,8 +25,8 @@
 // leases of an instance whose liveness row went stale (see
 // Config.LivenessTimeout); a task that keeps losing its worker fails after
 // batuta.Config.MaxRescues rescues, counted apart from its attempts.
-// LISTEN/NOTIFY wakes idle instances when work appears, with polling as the
-// fallback. Runs, task states, outputs,
+// LISTEN/NOTIFY wakes idle instances when work appears, and the waiters of a
+// run when it ends, with polling as the fallback. Runs, task states, outputs,
 // attempts and the last tick of each cron schedule survive restarts; an
 // orchestrator started on the same schema resumes unfinished runs, and a
 // task whose success was recorded never runs again.
@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/internal/runwatch"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -200,8 +201,12 @@ func (c Config) validate() error {
 	return nil
 }
 
-// channelSuffix makes the notification channel name from the schema name.
-const channelSuffix = "_work"
+// channelSuffix makes the notification channel name from the schema name;
+// doneSuffix, that of the channel of finished runs (as long).
+const (
+	channelSuffix = "_work"
+	doneSuffix    = "_done"
+)
 
 // Store is the PostgreSQL batuta.Store: durable, and shared by any number of
 // orchestrators pointing at the same database and schema. Create it with
@@ -210,7 +215,7 @@ const channelSuffix = "_work"
 // Ownership: the Store does not own the pool or DB (Close leaves it open). New
 // starts three goroutines that the Store owns until Close: the listener, on
 // one extra connection dialled with the pool's configuration, that LISTENs
-// for other processes' work notifications; the notifier, that sends this
+// for other processes' work notifications and run ends (see WatchRun); the notifier, that sends this
 // Store's own (see WorkAvailable); and the liveness loop, on another
 // connection of its own, that renews its instances' liveness rows, measures
 // the clock offset, releases lost claims and rescues dead instances' tasks
@@ -225,19 +230,26 @@ type Store struct {
 	log     *slog.Logger
 	schema  string // quoted
 	channel string // unquoted channel name, for pg_notify($1)
-	q       queries
-	lq      liveQueries
+	// doneChannel carries the IDs of finished runs (see runsFinished).
+	doneChannel string
+	q           queries
+	lq          liveQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.
 	setBounded string
 
-	work      chan struct{}
-	notifyReq chan struct{}
+	work        chan struct{}
+	notifyReq   chan struct{}
+	workPending atomic.Bool // a work notification is due
+	doneMu      sync.Mutex
+	donePending []string      // finished runs to announce
+	watch       *runwatch.Set // Wait calls watching runs
 
 	creates   *combiner[createItem, createResult]
 	claims    *combiner[batuta.ClaimParams, []batuta.Claim]
 	completes *combiner[batuta.Completion, batuta.CompleteResult]
+	ticks     *combiner[tickItem, bool]
 
 	active activeEstimate
 
@@ -252,7 +264,10 @@ type Store struct {
 	closeOnce sync.Once
 }
 
-var _ batuta.WorkNotifier = (*Store)(nil)
+var (
+	_ batuta.WorkNotifier = (*Store)(nil)
+	_ batuta.RunWatcher   = (*Store)(nil)
+)
 
 // New returns a Store on pool, configured by cfg. Unless cfg.ManualMigrate
 // is set it applies the schema migrations first (see Migrate). It starts
@@ -288,13 +303,15 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		cfg:       cfg,
-		conns:     cs,
-		log:       cfg.Logger,
-		schema:    quoteIdent(cfg.Schema),
-		channel:   cfg.Schema + channelSuffix,
-		work:      make(chan struct{}, 1),
-		notifyReq: make(chan struct{}, 1),
+		cfg:         cfg,
+		conns:       cs,
+		log:         cfg.Logger,
+		schema:      quoteIdent(cfg.Schema),
+		channel:     cfg.Schema + channelSuffix,
+		doneChannel: cfg.Schema + doneSuffix,
+		watch:       runwatch.New(0),
+		work:        make(chan struct{}, 1),
+		notifyReq:   make(chan struct{}, 1),
 	}
 	s.q = buildQueries(s.schema)
 	s.lq = buildLiveQueries(s.schema)
@@ -312,6 +329,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.creates = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCreates)
 	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCompletions)
 	s.claims = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushClaims)
+	s.ticks = newCombiner(cfg.MaxBatch, 1, s.flushTicks)
 	s.active.every = cfg.ActiveRecount
 
 	lctx, stop := context.WithCancel(context.Background())

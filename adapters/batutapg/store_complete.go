@@ -256,6 +256,14 @@ func (s *Store) completeOn(ctx context.Context, tx pgx.Tx, in *compInput, maxRes
 			// transactionally (our own listener relays it locally).
 			_, err = tx.Exec(ctx, s.q.notify, s.channel, "")
 		}
+		if ids := finishedRuns(in.runs, out); err == nil && len(ids) > 0 {
+			// So does the run's end.
+			for _, p := range donePayloads(ids) {
+				if _, err = tx.Exec(ctx, s.q.notify, s.doneChannel, p); err != nil {
+					break
+				}
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -285,11 +293,24 @@ func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int
 	}
 	if finished > 0 {
 		s.active.add(-finished)
+		s.runsFinished(finishedRuns(in.runs, out))
 	}
 	if wake {
 		s.workAppeared()
 	}
 	return out, nil
+}
+
+// finishedRuns returns the runs (in canonical form) whose end the
+// completion results report.
+func finishedRuns(runs [][16]byte, res []compResult) []string {
+	var ids []string
+	for k, r := range res {
+		if r.finished != "" && k < len(runs) {
+			ids = append(ids, formatUUID(runs[k]))
+		}
+	}
+	return ids
 }
 
 // Lease tokens are nextval(tokens) * 65536 + soloBit (the run has no other
@@ -569,6 +590,7 @@ func (s *Store) completeSkipLocked(ctx context.Context, in *compInput, maxRescue
 	}
 	if finished > 0 {
 		s.active.add(-finished)
+		s.runsFinished(finishedRuns(in.runs, out))
 	}
 	if wake {
 		s.workAppeared()

@@ -54,6 +54,7 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 	}
 	if state == string(batuta.RunCanceled) {
 		s.active.add(-1)
+		s.runsFinished([]string{formatUUID(id)})
 	}
 	return changed, nil
 }
@@ -262,15 +263,56 @@ func (s *Store) LastTick(ctx context.Context, schedule string) (time.Time, error
 }
 
 // RecordTick implements batuta.Store. Ticks are kept to the microsecond
-// (PostgreSQL's resolution).
+// (PostgreSQL's resolution). Concurrent calls (the ticks of many schedules
+// due at the same instant) are combined into one statement and one commit.
 func (s *Store) RecordTick(ctx context.Context, schedule string, tick time.Time) (bool, error) {
-	var one int
-	err := s.queryRow(ctx, s.q.recordTick, []any{cleanText(schedule), tick}, &one)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
+	res, err := s.ticks.do(ctx, []tickItem{{name: cleanText(schedule), tick: tick.Truncate(time.Microsecond)}})
 	if err != nil {
 		return false, fmt.Errorf("batutapg: record tick of %s: %w", schedule, err)
 	}
-	return true, nil
+	return res[0], nil
+}
+
+// tickItem is one RecordTick call.
+type tickItem struct {
+	name string
+	tick time.Time
+}
+
+// flushTicks records a batch of ticks in one statement. A schedule named
+// more than once keeps its latest tick; the calls with an earlier tick of
+// that schedule report false (as if they came after it).
+func (s *Store) flushTicks(ctx context.Context, items []tickItem) ([]bool, error) {
+	latest := make(map[string]time.Time, len(items))
+	for _, it := range items {
+		if t, ok := latest[it.name]; !ok || it.tick.After(t) {
+			latest[it.name] = it.tick
+		}
+	}
+	names := make([]string, 0, len(latest))
+	ticks := make([]time.Time, 0, len(latest))
+	for n, t := range latest {
+		names = append(names, n)
+		ticks = append(ticks, t)
+	}
+	stored := make(map[string]bool, len(latest))
+	err := withRetry(ctx, func() error {
+		clear(stored)
+		return s.query(ctx, s.q.recordTicks, []any{names, ticks}, func(rows pgx.Rows) error {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				return err
+			}
+			stored[n] = true
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bool, len(items))
+	for i, it := range items {
+		out[i] = stored[it.name] && it.tick.Equal(latest[it.name])
+	}
+	return out, nil
 }

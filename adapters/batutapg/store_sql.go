@@ -11,7 +11,7 @@ type queries struct {
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
-	lastTick, recordTick, notify           string
+	lastTick, recordTicks, notify          string
 }
 
 func buildQueries(schema string) queries {
@@ -337,18 +337,22 @@ WITH v AS (
 SELECT count(*) FROM dr`,
 
 		lastTick: `SELECT last_tick FROM {s}.schedules WHERE name = $1`,
-		recordTick: `
-INSERT INTO {s}.schedules AS s (name, last_tick) VALUES ($1, $2)
+		// Many schedules' ticks at once (each name once), in name order so
+		// that concurrent batches lock the rows in the same order. It
+		// returns the names whose tick was stored.
+		recordTicks: `
+INSERT INTO {s}.schedules AS s (name, last_tick)
+SELECT u.name, u.tick FROM unnest($1::text[], $2::timestamptz[]) AS u(name, tick) ORDER BY u.name
 ON CONFLICT (name) DO UPDATE SET last_tick = EXCLUDED.last_tick, updated_at = now()
 WHERE s.last_tick < EXCLUDED.last_tick
-RETURNING 1`,
+RETURNING s.name`,
 
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
 		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
-		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTick, &q.notify,
+		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
 		*p = r.Replace(*p)
 	}
