@@ -20,7 +20,7 @@ require (
 	github.com/batuta-dev/batuta/adapters/batutanats v0.0.0
 	github.com/batuta-dev/batuta/adapters/batutaredis v0.0.0
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/google/uuid v1.6.0 // indirect
+	github.com/google/uuid v1.6.0
 	github.com/hibiken/asynq v0.26.0
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
