@@ -9,15 +9,7 @@ import (
 // lease was lost or whose run was canceled elsewhere.
 func (ex *executor) heartbeat(ctx context.Context) {
 	o := ex.o
-	every := max(o.cfg.LeaseDuration/3, time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, max(o.cfg.LeaseDuration/3, time.Millisecond), func() {
 		ex.mu.Lock()
 		refs := make([]ClaimRef, 0, len(ex.inflight))
 		for _, sl := range ex.inflight {
@@ -27,14 +19,14 @@ func (ex *executor) heartbeat(ctx context.Context) {
 		}
 		ex.mu.Unlock()
 		if len(refs) == 0 {
-			continue
+			return
 		}
 		sts, err := ex.store.ExtendLeases(ctx, refs, o.clock.Now().Add(o.cfg.LeaseDuration))
 		if err != nil {
 			if ctx.Err() == nil { // not cut short by stop
 				o.log.Warn("batuta: renewing leases failed", "error", err)
 			}
-			continue
+			return
 		}
 		ex.mu.Lock()
 		for i, st := range sts {
@@ -53,5 +45,20 @@ func (ex *executor) heartbeat(ctx context.Context) {
 			}
 		}
 		ex.mu.Unlock()
+	})
+}
+
+// everyTick calls fn every interval until ctx ends: the loop of the
+// executor's periodic services.
+func everyTick(ctx context.Context, every time.Duration, fn func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
 	}
 }

@@ -1,9 +1,6 @@
 package batuta
 
-import (
-	"context"
-	"time"
-)
+import "context"
 
 // pruner deletes finished runs past the retention, in small batches.
 func (ex *executor) pruner(ctx context.Context) {
@@ -11,14 +8,7 @@ func (ex *executor) pruner(ctx context.Context) {
 	if o.cfg.Retention < 0 && o.cfg.RetentionCount == 0 {
 		return
 	}
-	t := time.NewTicker(o.cfg.RetentionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, o.cfg.RetentionInterval, func() {
 		p := PrunePolicy{KeepLast: o.cfg.RetentionCount, BatchSize: 500}
 		if o.cfg.Retention > 0 {
 			p.Before = o.clock.Now().Add(-o.cfg.Retention)
@@ -29,5 +19,5 @@ func (ex *executor) pruner(ctx context.Context) {
 		} else if err == nil && n > 0 {
 			o.log.Debug("batuta: pruned finished runs", "deleted", n)
 		}
-	}
+	})
 }

@@ -9,25 +9,17 @@ import (
 // ready set.
 func (ex *executor) rescuer(ctx context.Context) {
 	o := ex.o
-	every := max(o.cfg.LeaseDuration/2, time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyTick(ctx, max(o.cfg.LeaseDuration/2, time.Millisecond), func() {
 		n, failed, err := ex.store.RescueExpired(ctx, o.clock.Now(), o.cfg.MaxRescues)
 		if err != nil {
 			if ctx.Err() == nil { // not cut short by stop
 				o.log.Warn("batuta: rescuing expired leases failed", "error", err)
 			}
-			continue
+			return
 		}
 		if n > 0 || failed > 0 {
 			o.log.Warn("batuta: rescued tasks whose worker was lost", "rescued", n, "failed_after_max_rescues", failed)
 			ex.poke()
 		}
-	}
+	})
 }
