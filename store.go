@@ -2,6 +2,7 @@ package batuta
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -73,6 +74,14 @@ type Run struct {
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	// Deadline is when the workflow-level timeout expires (zero: none).
 	Deadline time.Time `json:"deadline,omitzero"`
+	// StartAt is when the run was asked to start (StartAt, StartAfter,
+	// Debounce); zero for a run that could start at once.
+	StartAt time.Time `json:"start_at,omitzero"`
+	// Priority orders the run's tasks against other runs' (higher first).
+	Priority int `json:"priority,omitempty"`
+	// ConcurrencyKey is the run's workflow-level concurrency group (see
+	// ConcurrencySpec.Key); empty if the workflow has no limit.
+	ConcurrencyKey string `json:"concurrency_key,omitempty"`
 	// Error summarises why the run failed or was canceled.
 	Error string `json:"error,omitempty"`
 	// Tasks lists every task of the run in the workflow's declaration order.
@@ -109,6 +118,10 @@ type TaskRun struct {
 	// Rescues counts how often the task's lease expired while it ran (its
 	// worker died or stalled). Counted apart from attempts.
 	Rescues int `json:"rescues,omitempty"`
+	// NotBefore is, for a pending task, when it may start at the earliest
+	// (its run's start time, its next retry, a snooze or a rate-limit
+	// reservation); zero when it may start at once or is not pending.
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
 // Duration returns the time spent in attempts.
@@ -149,6 +162,10 @@ const (
 	// OutcomeRelease: the worker hands the task back unrun (shutdown); it
 	// is ready again at once, no attempt is spent or recorded.
 	OutcomeRelease Outcome = "release"
+	// OutcomeDefer: the worker hands the task back unrun, due again at
+	// RetryAt (a rate limit); no attempt is spent or recorded. With
+	// Completion.RateReserved the next claim reports Claim.RateReserved.
+	OutcomeDefer Outcome = "defer"
 	// OutcomeSkipped: the task's join condition was not met; it never ran.
 	OutcomeSkipped Outcome = "skipped"
 	// OutcomeUpstreamFailed: the task's join condition was not met because
@@ -175,6 +192,84 @@ type TaskSpec struct {
 	// every dependency finished. A task is made ready at most once: a
 	// dependency finishing after it was made ready changes nothing.
 	FireOn TaskState
+	// Concurrency, if not nil, caps the running attempts of tasks sharing
+	// Concurrency.Key (across runs and, for a shared store, processes):
+	// the task is claimed only while fewer than Concurrency.Max tasks of
+	// that key are running (claimed and not yet completed, released,
+	// deferred or rescued). Its Strategy is always ConcurrencyQueue.
+	Concurrency *ConcurrencySpec
+}
+
+// ConcurrencyStrategy says what a workflow-level concurrency limit does with
+// a run over the limit.
+type ConcurrencyStrategy uint8
+
+// The concurrency strategies.
+const (
+	// ConcurrencyQueue (the default): the run waits, without holding a
+	// worker, until its group has room. Waiting runs of one group are
+	// admitted in order (priority, then creation); groups with waiting
+	// runs are served round-robin, so a busy key cannot starve quiet ones.
+	ConcurrencyQueue ConcurrencyStrategy = iota
+	// ConcurrencyCancelInProgress: a new run is admitted at once and the
+	// oldest unfinished runs of its group are canceled to make room.
+	ConcurrencyCancelInProgress
+	// ConcurrencyCancelNewest: a new run that finds its group full is
+	// recorded as canceled at once (with the reason), and never runs.
+	ConcurrencyCancelNewest
+)
+
+// String returns the strategy's name as the docs spell it.
+func (s ConcurrencyStrategy) String() string {
+	switch s {
+	case ConcurrencyQueue:
+		return "Queue"
+	case ConcurrencyCancelInProgress:
+		return "CancelInProgress"
+	case ConcurrencyCancelNewest:
+		return "CancelNewest"
+	}
+	return fmt.Sprintf("ConcurrencyStrategy(%d)", uint8(s))
+}
+
+// A ConcurrencySpec is a concurrency limit as the Store sees it: the key is
+// already computed.
+type ConcurrencySpec struct {
+	// Key names the group sharing Max. The orchestrator prefixes the
+	// user's key with the workflow (and task) name, so groups of different
+	// workflows never meet. At most 255 bytes.
+	Key string
+	// Max is the most runs (workflow level: admitted and unfinished) or
+	// running attempts (task level) the group holds at once (>= 1).
+	Max int
+	// Strategy applies to workflow-level limits only.
+	Strategy ConcurrencyStrategy
+}
+
+// A DebounceSpec makes CreateRun merge events into one pending run.
+type DebounceSpec struct {
+	// Key names the debounce group within the workflow (at most 255 bytes).
+	Key string
+	// Window is how long the run waits after the latest event for another.
+	Window time.Duration
+	// MaxWait bounds the wait from the group's first event (>= Window).
+	MaxWait time.Duration
+}
+
+// A RateSpec is a rate limit as the Store sees it: at most Limit starts per
+// Per for one Key, spaced Per/Limit apart after the first Burst.
+//
+// It is a generic cell rate algorithm (GCRA): with T = Per/Limit, a start
+// at time t is allowed once t >= TAT - (Burst-1)*T, where TAT (the
+// theoretical arrival time, one per key) then moves to max(TAT, t) + T. In
+// any window of length Per at most Limit + Burst - 1 attempts start.
+type RateSpec struct {
+	// Key names the limited resource: the RateLimit's Name and, if it has a
+	// key function, its value (at most 255 bytes).
+	Key   string
+	Limit int           // >= 1
+	Per   time.Duration // > 0
+	Burst int           // >= 1
 }
 
 // FiresOn reports whether a dependency finishing in state st makes the task
@@ -205,6 +300,53 @@ type NewRun struct {
 	// holds MaxActive or more unfinished runs. Distributed stores may
 	// enforce it approximately.
 	MaxActive int
+	// StartAt, if after CreatedAt, is when the run may start: no task of
+	// it is claimed before. The run stays pending meanwhile (it can be
+	// found, listed, canceled and deduplicated like any other run).
+	StartAt time.Time
+	// Priority: ready tasks of runs with a higher priority are claimed
+	// first; equal priorities in the order their tasks became due.
+	Priority int
+	// Concurrency, if not nil, puts the run under a workflow-level limit.
+	// With ConcurrencyQueue a task of the run is claimed only once the run
+	// is admitted: the first claim admits it if its group (Key) holds
+	// fewer than Max admitted unfinished runs; the run leaves the group
+	// when it finishes (however it finishes). With ConcurrencyCancelInProgress
+	// CreateRun, atomically with the insert, cancels the oldest unfinished
+	// runs of the group (as CancelRun would) until the group, with the
+	// new run, holds at most Max; the new run is admitted. With
+	// ConcurrencyCancelNewest, if the group already holds Max unfinished
+	// runs, the new run is recorded finished as RunCanceled (every task
+	// canceled, Run.Error saying the limit was reached) and CreateResult
+	// tells so.
+	Concurrency *ConcurrencySpec
+	// Debounce, if not nil, merges the run into a pending run of the same
+	// workflow and Debounce.Key if one exists that has not started and
+	// whose start time is still in the future (after CreatedAt): that
+	// run's Event becomes this Event (so its dedupe key becomes this
+	// Event.ID) and its start time becomes min(CreatedAt+Window, its
+	// CreatedAt+MaxWait); CreateRun then returns that run's ID with
+	// created=false. A duplicate Event.ID is found first, as always.
+	// Otherwise the run is created with start time CreatedAt+Window (or
+	// StartAt if later).
+	Debounce *DebounceSpec
+}
+
+// CreateResult is the Store's answer to one NewRun of CreateRuns.
+type CreateResult struct {
+	// ID is the run's ID: the new run's, or the existing run's for a
+	// duplicate Event.ID or a debounced merge.
+	ID string
+	// Created is false for a duplicate or a debounced merge.
+	Created bool
+	// Debounced is set when the event was merged into the pending run ID.
+	Debounced bool
+	// Canceled lists the runs canceled to make room
+	// (ConcurrencyCancelInProgress).
+	Canceled []string
+	// Rejected is set when the new run was recorded canceled at once
+	// (ConcurrencyCancelNewest).
+	Rejected bool
 }
 
 // ClaimParams selects the tasks ClaimTasks leases.
@@ -246,6 +388,10 @@ type Claim struct {
 	// Upstream holds the state of each direct dependency, in the order of
 	// TaskSpec.Deps.
 	Upstream []UpstreamResult
+	// RateReserved is set when the task's last completion was an
+	// OutcomeDefer with RateReserved: it already holds a rate-limit slot
+	// for this start and must not take another.
+	RateReserved bool
 }
 
 // Ref returns the claim's identity for CompleteTasks and ExtendLeases.
@@ -286,8 +432,13 @@ type Completion struct {
 	// released claims, which
 	// record no attempt.
 	StartedAt, FinishedAt time.Time
-	// RetryAt is when the next attempt is due (OutcomeRetry, OutcomeSnooze).
+	// RetryAt is when the next attempt is due (OutcomeRetry, OutcomeSnooze,
+	// OutcomeDefer).
 	RetryAt time.Time
+	// RateReserved (OutcomeDefer only): the worker reserved a rate-limit
+	// slot at RetryAt for the task's next start; the store keeps the flag
+	// and reports it in the next Claim, then forgets it.
+	RateReserved bool
 }
 
 // CompleteResult is the Store's answer to one Completion.
@@ -408,6 +559,38 @@ type Store interface {
 	// RecordTick stores tick as the schedule's last tick if it is later
 	// than the stored one, and reports whether it did.
 	RecordTick(ctx context.Context, schedule string, tick time.Time) (bool, error)
+
+	// CreateRuns records many runs in one round trip (one transaction for
+	// a durable store), each as CreateRun would, and returns one result
+	// per run, in order. An error means nothing was recorded. MaxActive
+	// is checked once, for the whole batch.
+	CreateRuns(ctx context.Context, runs []NewRun) ([]CreateResult, error)
+
+	// NextDue returns the earliest time after now at which a pending task
+	// of the given workflows (of a run not paused) may become claimable
+	// because its start time, retry, snooze or deferral comes due; zero if
+	// none is known. The orchestrator calls it when idle to sleep until
+	// then, so a run delayed by another process (or before a restart)
+	// starts on time.
+	NextDue(ctx context.Context, workflows []string, now time.Time) (time.Time, error)
+
+	// SetPaused pauses (paused=true) or resumes a workflow, durably, for
+	// every process sharing the store: while it is paused ClaimTasks
+	// returns no task of it (running tasks finish; new runs are accepted
+	// and wait). It reports whether the state changed. Resuming signals
+	// workers (WorkNotifier).
+	SetPaused(ctx context.Context, workflow string, paused bool) (changed bool, err error)
+
+	// PausedWorkflows lists the paused workflows, sorted.
+	PausedWorkflows(ctx context.Context) ([]string, error)
+
+	// ReserveRate reserves the next start slot of spec.Key under the rate
+	// spec (see RateSpec) and returns when it is: at or before now means
+	// "start now"; later means the caller defers the task to that time
+	// (OutcomeDefer with RateReserved). Reservations are atomic across
+	// every process sharing the store, so concurrent callers get distinct
+	// slots. State for a key idle longer than Per may be forgotten.
+	ReserveRate(ctx context.Context, spec RateSpec, now time.Time) (time.Time, error)
 }
 
 // A WorkNotifier is a Store that can tell idle workers that work may have
