@@ -167,3 +167,24 @@ var extendScript = redis.NewScript(fence + `
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 `)
+
+// extendManyScript resets the idle time of several held deliveries of one
+// consumer, each fenced as extendScript is. KEYS[1] stream; ARGV[1] group,
+// ARGV[2] consumer, then pairs of entry ID and delivery count. Returns one
+// result per pair: 1, -1 or -2.
+var extendManyScript = redis.NewScript(`
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] == nil then
+    out[#out+1] = -2
+  elseif p[1][2] ~= ARGV[2] or tonumber(p[1][4]) ~= tonumber(ARGV[i+1]) then
+    out[#out+1] = -1
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    out[#out+1] = 1
+  end
+end
+return out
+`)
