@@ -113,7 +113,7 @@ func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue,
 		held:     make(map[string]held),
 		stash:    pullstash.New("batutaredis"),
 		wakeCh:   make(chan struct{}, 1),
-		ackToken: make(chan struct{}, 1),
+		ackToken: make(chan struct{}, ackFlushers),
 	}
 	if cfg.RetainAcked {
 		q.delDel = "0"
@@ -390,22 +390,35 @@ func (q *Queue) takeAhead(ctx context.Context, n int) []batuta.Delivery {
 		q.mu.Unlock()
 		return nil
 	}
-	items := make([]aheadItem, k)
-	copy(items, q.ahead)
+	out := make([]batuta.Delivery, k)
+	var stale []bool // set when some entry waited past half the timeout
+	now := time.Now()
+	for i, a := range q.ahead[:k] {
+		out[i] = a.d
+		if now.Sub(a.at) > q.cfg.VisibilityTimeout/2 {
+			if stale == nil {
+				stale = make([]bool, k)
+			}
+			stale[i] = true
+		}
+	}
 	rest := copy(q.ahead, q.ahead[k:])
 	clear(q.ahead[rest:])
 	q.ahead = q.ahead[:rest]
 	q.mu.Unlock()
-	out := make([]batuta.Delivery, 0, k)
-	for _, a := range items {
-		if time.Since(a.at) > q.cfg.VisibilityTimeout/2 {
-			if err := q.Extend(ctx, a.d); errors.Is(err, batuta.ErrLeaseLost) {
+	if stale == nil {
+		return out
+	}
+	kept := out[:0]
+	for i, d := range out {
+		if stale[i] {
+			if err := q.Extend(ctx, d); errors.Is(err, batuta.ErrLeaseLost) {
 				continue
 			}
 		}
-		out = append(out, a.d)
+		kept = append(kept, d)
 	}
-	return out
+	return kept
 }
 
 // keeper extends the visibility of the entries read ahead, every third of
@@ -741,11 +754,17 @@ type ackReq struct {
 // maxAckBatch bounds the acks sent in one script call.
 const maxAckBatch = 256
 
+// ackFlushers is how many batches of acks may be in flight at once: an
+// Ack that finds them all busy waits for one to return and rides on the
+// next batch.
+const ackFlushers = 1
+
 // ackCombined acks r, combined with the Ack calls running concurrently on
-// this handle: whichever caller finds no batch in flight sends every ack
-// waiting at that moment in one script call (one round trip) and hands the
-// results out. A lone Ack is sent at once; under load, acks that queued up
-// during a round trip share the next one. It returns ackScript's result
+// this handle: a caller that finds fewer than ackFlushers batches in
+// flight sends every ack waiting at that moment in one script call (one
+// round trip) and hands the results out. A lone Ack is sent at once; under
+// load, acks that queued up while every slot was busy share the next
+// batch. It returns ackScript's result
 // for r. If ctx ends first it returns ctx's error, and the ack may still be
 // sent.
 func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
@@ -761,16 +780,26 @@ func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
 		case <-req.done:
 			return req.res, req.err
 		case q.ackToken <- struct{}{}:
-			q.flushAcks(ctx)
+			sent := q.flushAcks(ctx, req)
 			<-q.ackToken
+			if sent == 0 {
+				// r is in a batch another caller has in flight.
+				select {
+				case <-req.done:
+					return req.res, req.err
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			}
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
 	}
 }
 
-// flushAcks sends one batch of waiting acks. The caller holds ackToken.
-func (q *Queue) flushAcks(ctx context.Context) {
+// flushAcks sends one batch of waiting acks and returns how many it sent.
+// The caller holds a slot of ackToken.
+func (q *Queue) flushAcks(ctx context.Context, own *ackReq) int {
 	q.ackMu.Lock()
 	n := min(len(q.acks), maxAckBatch)
 	batch := make([]*ackReq, n)
@@ -778,12 +807,15 @@ func (q *Queue) flushAcks(ctx context.Context) {
 	q.acks = append(q.acks[:0], q.acks[n:]...)
 	q.ackMu.Unlock()
 	if n == 0 {
-		return
+		return 0
 	}
-	// Other callers' acks ride on this call: do not let this caller's
-	// cancellation fail them.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
+	if n > 1 || batch[0] != own {
+		// Other callers' acks ride on this call: do not let this
+		// caller's cancellation fail them.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+	}
 	args := make([]any, 0, 3+2*n)
 	args = append(args, q.cfg.Group, q.cfg.Consumer, q.delDel)
 	for _, a := range batch {
@@ -801,6 +833,7 @@ func (q *Queue) flushAcks(ctx context.Context) {
 		}
 		close(a.done)
 	}
+	return n
 }
 
 // requeue runs requeueScript for a held delivery.
