@@ -47,7 +47,9 @@ type Queue struct {
 	log    *slog.Logger
 	delDel string // "1" when Ack deletes the entry
 
-	closing chan struct{} // closed by Close
+	closing chan struct{}      // closed by Close
+	life    context.Context    // the handle's background work; canceled by Close
+	endLife context.CancelFunc // cancels life
 
 	mu      sync.Mutex
 	closed  bool
@@ -118,7 +120,9 @@ func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue,
 	if cfg.RetainAcked {
 		q.delDel = "0"
 	}
+	q.life, q.endLife = context.WithCancel(context.WithoutCancel(ctx))
 	if err := q.ensureGroup(ctx); err != nil {
+		q.endLife()
 		return nil, err
 	}
 	return q, nil
@@ -253,7 +257,7 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 			// The last read found entries, so more are likely waiting: a
 			// read that does not block, on this goroutine (no hand-off).
 			// ctx's end is noticed when it returns, one round trip later.
-			ds, err := q.read(n, -1)
+			ds, err := q.read(ctx, n, -1)
 			if err != nil {
 				return nil, err
 			}
@@ -268,7 +272,7 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 		block := min(max(next, time.Millisecond), q.cfg.BlockTimeout)
 		// The read runs in its own goroutine, so that Receive can return
 		// when ctx ends without waiting for Redis to answer.
-		ds, _, err = q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.read(n, block) })
+		ds, _, err = q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.read(ctx, n, block) })
 		if err != nil || len(ds) > 0 {
 			return ds, err
 		}
@@ -294,13 +298,15 @@ func (q *Queue) takeStash(ctx context.Context, n int) []batuta.Delivery {
 
 // read runs one XREADGROUP for up to n new entries plus what read-ahead
 // has room for (block < 0: do not block). It returns up to n deliveries
-// and keeps the rest ahead for the next Receive.
-func (q *Queue) read(n int, block time.Duration) ([]batuta.Delivery, error) {
+// and keeps the rest ahead for the next Receive. ctx's cancellation does
+// not cut the read short: entries Redis delivered are never left behind
+// in a lost reply because the caller gave up.
+func (q *Queue) read(ctx context.Context, n int, block time.Duration) ([]batuta.Delivery, error) {
 	timeout := releaseTimeout
 	if block > 0 {
 		timeout += block
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	res, err := q.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group:    q.cfg.Group,
@@ -453,7 +459,7 @@ func (q *Queue) keeper() {
 		if len(due) == 0 {
 			continue
 		}
-		res, err := q.extendMany(due)
+		res, err := q.extendMany(q.life, due)
 		if err != nil {
 			q.log.Warn("batutaredis: extending entries read ahead failed; retrying", "entries", len(due), "err", err)
 			continue
@@ -487,8 +493,8 @@ func (q *Queue) keeper() {
 
 // extendMany resets the visibility of several held deliveries in one
 // round trip; one result per receipt, as extendScript's.
-func (q *Queue) extendMany(rs []receipt) ([]int64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+func (q *Queue) extendMany(ctx context.Context, rs []receipt) ([]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
 	args := make([]any, 0, 2+2*len(rs))
 	args = append(args, q.cfg.Group, q.cfg.Consumer)
@@ -971,6 +977,7 @@ func (q *Queue) Close() error {
 	}
 	q.closed = true
 	close(q.closing)
+	q.endLife()
 	q.mu.Unlock()
 	q.stash.Close()
 	q.bg.Wait()
