@@ -38,16 +38,15 @@ import (
 )
 
 type options struct {
-	dsn        string
-	dir        string
-	scenarios  []string
-	sides      []string
-	rounds     int
-	rate       int
-	dur        time.Duration
-	n          int
-	steps      int
-	sqliteSync string
+	dsn       string
+	dir       string
+	scenarios []string
+	sides     []string
+	rounds    int
+	rate      int
+	dur       time.Duration
+	n         int
+	steps     int
 }
 
 func main() {

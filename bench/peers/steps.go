@@ -45,9 +45,10 @@ func chain(name string, steps int, c func() *clock) *batuta.Workflow {
 	return wf
 }
 
-// dropSchema drops a bench schema.
-func dropSchema(dsn, schema string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// dropSchema drops a bench schema, even after ctx ended (an interrupted
+// round cleans up too).
+func dropSchema(ctx context.Context, dsn, schema string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	p, err := pgxpool.New(ctx, dsn)
 	if err != nil {
@@ -63,7 +64,7 @@ func batutaSteps(ctx context.Context, o options) (*clock, error) {
 	runs := int(float64(o.rate) * o.dur.Seconds())
 	c := newClock(runs, stepCount)
 	schema := "peers_batuta_" + randomSuffix()
-	defer dropSchema(o.dsn, schema)
+	defer dropSchema(ctx, o.dsn, schema)
 	pool, err := pgxpool.New(ctx, o.dsn)
 	if err != nil {
 		return nil, err
@@ -112,7 +113,7 @@ func dbosSteps(ctx context.Context, o options) (*clock, error) {
 	runs := int(float64(o.rate) * o.dur.Seconds())
 	c := newClock(runs, stepCount)
 	schema := "peers_dbos_" + randomSuffix()
-	defer dropSchema(o.dsn, schema)
+	defer dropSchema(ctx, o.dsn, schema)
 	dctx, err := dbos.NewContext(ctx, dbos.Config{
 		AppName:        "batuta-peers",
 		DatabaseURL:    o.dsn,
