@@ -197,3 +197,39 @@ func zDueNow(t *testing.T, admin *redis.Client, key string) redis.ZAddArgs {
 	}
 	return args
 }
+
+// TestReadAheadCrashRedelivers: a consumer that dies (here: its connection
+// is gone and never comes back) while it holds entries read ahead loses
+// nothing: once their visibility timeout passes, another consumer takes
+// them over, each with one delivery counted (Attempt 2), like the entry
+// it was running.
+func TestReadAheadCrashRedelivers(t *testing.T) {
+	t.Parallel()
+	admin := requireRedis(t)
+	stream := uniqueStream(t, admin)
+	cfg := batutaredis.Config{Stream: stream, VisibilityTimeout: 300 * time.Millisecond,
+		ClaimInterval: 20 * time.Millisecond, BlockTimeout: 20 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler)}
+	opts, err := redis.ParseURL(redisURL())
+	require.NoError(t, err)
+	dying := redis.NewClient(opts)
+	a, err := batutaredis.New(t.Context(), dying, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	for i := range 3 {
+		require.NoError(t, a.Publish(t.Context(), batuta.Message{ID: fmt.Sprint("c", i)}))
+	}
+	require.Equal(t, "c0", receiveOne(t, a).ID)
+	require.EqualValues(t, 3, pendingFor(t, a, a.Config().Consumer), "one running, two read ahead")
+	require.NoError(t, dying.Close()) // the consumer is gone
+
+	b := open(t, batutaredis.Config{Stream: stream, VisibilityTimeout: 300 * time.Millisecond,
+		ClaimInterval: 20 * time.Millisecond, BlockTimeout: 20 * time.Millisecond})
+	got := map[string]int{}
+	for len(got) < 3 {
+		d := receiveOne(t, b)
+		got[d.ID] = d.Attempt
+		require.NoError(t, b.Ack(t.Context(), d))
+	}
+	require.Equal(t, map[string]int{"c0": 2, "c1": 2, "c2": 2}, got)
+}
