@@ -222,11 +222,13 @@ func (q *Queue) xaddArgs(stream string, vals []any) *redis.XAddArgs {
 }
 
 // Receive blocks until at least one message is available, ctx ends or the
-// queue is closed, and returns up to n (>= 1) deliveries: deliveries taken over
-// from consumers that let them idle past the visibility timeout first, then
-// new entries. It returns ctx's error when ctx ends (at once, even while a
-// read is blocked in Redis: what that read still brings is kept for the
-// next Receive, or handed back by Close), batuta.ErrClosed after Close, and
+// queue is closed, and returns up to n (>= 1) deliveries: entries an
+// earlier read took ahead (Config.ReadAhead) first, then deliveries taken
+// over from consumers that let them idle past the visibility timeout, then
+// new entries. It returns ctx's error when ctx ends (at once while a read
+// is blocked in Redis, one round trip later during a read that does not
+// block: what such a read still brings is kept for the next Receive, or
+// handed back by Close), batuta.ErrClosed after Close, and
 // ErrStreamNotFound if the stream or group was deleted. Other errors
 // (connection lost...) are returned as they come; call again to retry.
 func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
@@ -770,9 +772,8 @@ const ackFlushers = 1
 // flight sends every ack waiting at that moment in one script call (one
 // round trip) and hands the results out. A lone Ack is sent at once; under
 // load, acks that queued up while every slot was busy share the next
-// batch. It returns ackScript's result
-// for r. If ctx ends first it returns ctx's error, and the ack may still be
-// sent.
+// batch. It returns ackScript's result for r. If ctx ends first it returns
+// ctx's error, and the ack may still be sent.
 func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
