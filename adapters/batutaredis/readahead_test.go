@@ -86,7 +86,7 @@ func TestReadAheadKeptVisible(t *testing.T) {
 	t.Parallel()
 	admin := requireRedis(t)
 	stream := uniqueStream(t, admin)
-	const vt = 600 * time.Millisecond
+	const vt = time.Second
 	cfg := batutaredis.Config{Stream: stream, VisibilityTimeout: vt, ClaimInterval: 50 * time.Millisecond, BlockTimeout: 50 * time.Millisecond}
 	a := open(t, cfg)
 	b := open(t, cfg)
@@ -95,8 +95,9 @@ func TestReadAheadKeptVisible(t *testing.T) {
 	}
 	d := receiveOne(t, a)
 	require.NoError(t, a.Ack(t.Context(), d))
-	// b keeps scanning for idle deliveries for three visibility timeouts.
-	expectNothing(t, b, 3*vt)
+	// b keeps scanning for idle deliveries for two and a half visibility
+	// timeouts.
+	expectNothing(t, b, 5*vt/2)
 	for i := 1; i <= 2; i++ {
 		d := receiveOne(t, a)
 		require.Equal(t, fmt.Sprint("k", i), d.ID)
