@@ -55,6 +55,30 @@ type Config struct {
 	// (the default) leaves the bound to the caller: the queue trigger
 	// dead-letters by Delivery.Attempt.
 	MaxDeliveries int
+	// DeadLetterParkDelay bounds the retries of the MaxDeliveries backstop:
+	// when moving an entry over MaxDeliveries to DeadLetterStream fails
+	// (the dead-letter key holds another type, the server refuses writes
+	// to it...), the entry is parked instead: re-added to the delayed set,
+	// its attempts kept, due after DeadLetterParkDelay, and the failure is
+	// logged at error level. When it comes back the move is tried again,
+	// so a dead-letter stream that keeps failing costs one try per
+	// DeadLetterParkDelay, and nothing is lost. Default 1 h
+	// (batuta.DefaultQueueParkDelay, the queue trigger's ParkDelay).
+	DeadLetterParkDelay time.Duration
+	// ReadAhead is how many entries one read (XREADGROUP COUNT) may take
+	// beyond what Receive asked for; the handle keeps them for the next
+	// Receive calls, which return at once. A consumer that receives one
+	// message at a time then spends one read round trip per ReadAhead+1
+	// messages instead of one per message. Entries read ahead are
+	// delivered to this consumer (pending in the group) but not yet handed
+	// out: while the handle keeps them it extends their visibility (every
+	// VisibilityTimeout/3, XCLAIM ... JUSTID, which counts no delivery),
+	// Close hands them back without counting a delivery, and a consumer
+	// that crashes costs each of them one delivery (they come back after
+	// VisibilityTimeout with Attempt one higher). Other consumers of the
+	// group do not see them while they are kept. Default 16
+	// (DefaultReadAhead); -1 disables read-ahead.
+	ReadAhead int
 	// DeadLetterStream receives dead-lettered messages (MaxDeliveries, or
 	// DeadLetter called by the queue trigger), with fields "dead_reason"
 	// and "attempts" added. Default Stream + ":dead".
@@ -78,8 +102,10 @@ const (
 	DefaultVisibilityTimeout = 30 * time.Second
 	DefaultBlockTimeout      = time.Second
 	DefaultMaxBodyBytes      = 1 << 20
-	maxClaimInterval         = 5 * time.Second
-	maxNameLen               = 200
+	// DefaultReadAhead is the default of Config.ReadAhead.
+	DefaultReadAhead = 16
+	maxClaimInterval = 5 * time.Second
+	maxNameLen       = 200
 )
 
 // WithDefaults returns a copy of c with zero fields set to their defaults.
@@ -105,6 +131,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.DeadLetterParkDelay == 0 {
+		c.DeadLetterParkDelay = batuta.DefaultQueueParkDelay
+	}
+	if c.ReadAhead == 0 {
+		c.ReadAhead = DefaultReadAhead
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -136,6 +168,10 @@ func (c Config) validate() error {
 		return &batuta.ConfigError{Field: "MaxLen", Reason: "must not be negative"}
 	case c.MaxDeliveries < 0:
 		return &batuta.ConfigError{Field: "MaxDeliveries", Reason: "must not be negative"}
+	case c.DeadLetterParkDelay < time.Millisecond:
+		return &batuta.ConfigError{Field: "DeadLetterParkDelay", Reason: "must be at least 1ms"}
+	case c.ReadAhead < -1:
+		return &batuta.ConfigError{Field: "ReadAhead", Reason: "must be -1 (off), 0 (default) or positive"}
 	case c.MaxBodyBytes < 0:
 		return &batuta.ConfigError{Field: "MaxBodyBytes", Reason: "must not be negative"}
 	}

@@ -17,6 +17,20 @@
 // delivery counts (needed for Delivery.Attempt) in the same round trip and
 // has no cursor that a busy consumer's new deliveries keep ahead of.
 //
+// One read takes up to Config.ReadAhead entries beyond what Receive asked
+// for (default 16) and keeps them for the next Receive calls, so a
+// consumer that receives one message at a time does not pay a round trip
+// per message; while a read found entries, the next one is made without
+// blocking on the caller's goroutine. The handle extends the visibility of
+// the entries it keeps (XCLAIM ... JUSTID every VisibilityTimeout/3) and
+// Close hands them back without counting a delivery.
+//
+// With Config.MaxDeliveries, an entry about to be delivered once too often
+// is moved to the dead-letter stream by the adapter itself; if that move
+// fails, the entry is parked in the delayed set for
+// Config.DeadLetterParkDelay (default 1 h) and the failure logged at error
+// level, so a broken dead-letter stream costs one try per park delay.
+//
 // Nack(delay) re-adds a copy of the entry and acks the original, atomically
 // in one Lua script: at once to the end of the stream when delay is 0, or
 // into a companion sorted set "{<stream>}:delayed" scored by the due time

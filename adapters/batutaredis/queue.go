@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -45,16 +47,22 @@ type Queue struct {
 	log    *slog.Logger
 	delDel string // "1" when Ack deletes the entry
 
-	closing chan struct{} // closed by Close
+	closing chan struct{}      // closed by Close
+	life    context.Context    // the handle's background work; canceled by Close
+	endLife context.CancelFunc // cancels life
 
-	mu     sync.Mutex
-	closed bool
-	held   map[string]held  // entry ID -> delivery held by this handle
-	stash  *pullstash.Stash // reads in flight, and what abandoned ones read for the next Receive
-	wakeAt time.Time        // when the wake loop should promote delayed entries
-	wakeCh chan struct{}    // nudges the wake loop after wakeAt moved earlier
-	waking bool             // the wake loop is running
-	bg     sync.WaitGroup   // the wake loop
+	mu      sync.Mutex
+	closed  bool
+	held    map[string]held  // entry ID -> delivery held by this handle
+	stash   *pullstash.Stash // reads in flight, and what abandoned ones read for the next Receive
+	wakeAt  time.Time        // when the wake loop should promote delayed entries
+	wakeCh  chan struct{}    // nudges the wake loop after wakeAt moved earlier
+	waking  bool             // the wake loop is running
+	bg      sync.WaitGroup   // the wake loop and the read-ahead keeper
+	ahead   []aheadItem      // entries read ahead for the next Receive, oldest first
+	keeping bool             // the read-ahead keeper runs
+
+	backlog atomic.Bool // the last read returned entries: read without blocking first
 
 	acks     []*ackReq     // acks waiting to be sent, guarded by ackMu
 	ackMu    sync.Mutex    // guards acks
@@ -69,6 +77,13 @@ type Queue struct {
 type held struct {
 	count   int64 // the PEL's delivery count when delivered
 	attempt int
+}
+
+// aheadItem is an entry read ahead: delivered to this consumer, not yet
+// handed out by Receive. at is when its visibility was last reset.
+type aheadItem struct {
+	d  batuta.Delivery
+	at time.Time
 }
 
 // receipt is the batuta.Delivery.Receipt of this adapter.
@@ -100,12 +115,14 @@ func New(ctx context.Context, client redis.UniversalClient, cfg Config) (*Queue,
 		held:     make(map[string]held),
 		stash:    pullstash.New("batutaredis"),
 		wakeCh:   make(chan struct{}, 1),
-		ackToken: make(chan struct{}, 1),
+		ackToken: make(chan struct{}, ackFlushers),
 	}
 	if cfg.RetainAcked {
 		q.delDel = "0"
 	}
+	q.life, q.endLife = context.WithCancel(context.WithoutCancel(ctx))
 	if err := q.ensureGroup(ctx); err != nil {
+		q.endLife()
 		return nil, err
 	}
 	return q, nil
@@ -205,11 +222,13 @@ func (q *Queue) xaddArgs(stream string, vals []any) *redis.XAddArgs {
 }
 
 // Receive blocks until at least one message is available, ctx ends or the
-// queue is closed, and returns up to n (>= 1) deliveries: deliveries taken over
-// from consumers that let them idle past the visibility timeout first, then
-// new entries. It returns ctx's error when ctx ends (at once, even while a
-// read is blocked in Redis: what that read still brings is kept for the
-// next Receive, or handed back by Close), batuta.ErrClosed after Close, and
+// queue is closed, and returns up to n (>= 1) deliveries: entries an
+// earlier read took ahead (Config.ReadAhead) first, then deliveries taken
+// over from consumers that let them idle past the visibility timeout, then
+// new entries. It returns ctx's error when ctx ends (at once while a read
+// is blocked in Redis, one round trip later during a read that does not
+// block: what such a read still brings is kept for the next Receive, or
+// handed back by Close), batuta.ErrClosed after Close, and
 // ErrStreamNotFound if the stream or group was deleted. Other errors
 // (connection lost...) are returned as they come; call again to retry.
 func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
@@ -223,6 +242,9 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		if ds := q.takeAhead(ctx, n); len(ds) > 0 {
+			return ds, nil
+		}
 		if ds := q.takeStash(ctx, n); len(ds) > 0 {
 			return ds, nil
 		}
@@ -233,10 +255,26 @@ func (q *Queue) Receive(ctx context.Context, n int) ([]batuta.Delivery, error) {
 		if len(ds) > 0 {
 			return ds, nil
 		}
+		if q.backlog.Load() {
+			// The last read found entries, so more are likely waiting: a
+			// read that does not block, on this goroutine (no hand-off).
+			// ctx's end is noticed when it returns, one round trip later.
+			ds, err := q.read(ctx, n, -1)
+			if err != nil {
+				return nil, err
+			}
+			if len(ds) > 0 {
+				if err := ctx.Err(); err != nil {
+					q.putBack(ds)
+					return nil, err
+				}
+				return ds, nil
+			}
+		}
 		block := min(max(next, time.Millisecond), q.cfg.BlockTimeout)
 		// The read runs in its own goroutine, so that Receive can return
 		// when ctx ends without waiting for Redis to answer.
-		ds, _, err = q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.read(n, block) })
+		ds, _, err = q.stash.Read(ctx, q.closing, func() ([]batuta.Delivery, error) { return q.read(ctx, n, block) })
 		if err != nil || len(ds) > 0 {
 			return ds, err
 		}
@@ -260,21 +298,31 @@ func (q *Queue) takeStash(ctx context.Context, n int) []batuta.Delivery {
 	return out
 }
 
-// read runs one XREADGROUP for new entries.
-func (q *Queue) read(n int, block time.Duration) ([]batuta.Delivery, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), block+releaseTimeout)
+// read runs one XREADGROUP for up to n new entries plus what read-ahead
+// has room for (block < 0: do not block). It returns up to n deliveries
+// and keeps the rest ahead for the next Receive. ctx's cancellation does
+// not cut the read short: entries Redis delivered are never left behind
+// in a lost reply because the caller gave up.
+func (q *Queue) read(ctx context.Context, n int, block time.Duration) ([]batuta.Delivery, error) {
+	timeout := releaseTimeout
+	if block > 0 {
+		timeout += block
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	res, err := q.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group:    q.cfg.Group,
 		Consumer: q.cfg.Consumer,
 		Streams:  []string{q.cfg.Stream, ">"},
-		Count:    int64(n),
+		Count:    int64(n + q.aheadRoom()),
 		Block:    block,
 	}).Result()
 	if errors.Is(err, redis.Nil) {
+		q.backlog.Store(false)
 		return nil, nil
 	}
 	if err != nil {
+		q.backlog.Store(false)
 		return nil, fmt.Errorf("batutaredis: receive: %w", q.wrapErr(err))
 	}
 	var out []batuta.Delivery
@@ -285,7 +333,184 @@ func (q *Queue) read(n int, block time.Duration) ([]batuta.Delivery, error) {
 			}
 		}
 	}
+	q.backlog.Store(len(out) > 0)
+	if len(out) > n {
+		q.keepAhead(out[n:])
+		out = out[:n:n]
+	}
 	return out, nil
+}
+
+// aheadRoom is how many more entries may be read ahead.
+func (q *Queue) aheadRoom() int {
+	if q.cfg.ReadAhead <= 0 {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return max(q.cfg.ReadAhead-len(q.ahead), 0)
+}
+
+// keepAhead appends entries read ahead and makes sure the keeper, which
+// extends their visibility while they wait, runs.
+func (q *Queue) keepAhead(ds []batuta.Delivery) {
+	now := time.Now()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, d := range ds {
+		q.ahead = append(q.ahead, aheadItem{d: d, at: now})
+	}
+	q.startKeeperLocked()
+}
+
+// putBack returns deliveries read for a Receive whose ctx ended meanwhile
+// to the front of the read-ahead list.
+func (q *Queue) putBack(ds []batuta.Delivery) {
+	now := time.Now()
+	items := make([]aheadItem, 0, len(ds))
+	for _, d := range ds {
+		items = append(items, aheadItem{d: d, at: now})
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.ahead = append(items, q.ahead...)
+	q.startKeeperLocked()
+}
+
+// startKeeperLocked starts the read-ahead keeper unless it runs or the
+// queue is closed. The caller holds mu.
+func (q *Queue) startKeeperLocked() {
+	if q.keeping || q.closed || len(q.ahead) == 0 {
+		return
+	}
+	q.keeping = true
+	q.bg.Add(1)
+	go q.keeper()
+}
+
+// takeAhead returns up to n entries read ahead, oldest first. One whose
+// visibility was last reset more than half the visibility timeout ago is
+// extended first, and dropped if it was taken over meanwhile.
+func (q *Queue) takeAhead(ctx context.Context, n int) []batuta.Delivery {
+	q.mu.Lock()
+	k := min(n, len(q.ahead))
+	if k == 0 {
+		q.mu.Unlock()
+		return nil
+	}
+	out := make([]batuta.Delivery, k)
+	var stale []bool // set when some entry waited past half the timeout
+	now := time.Now()
+	for i, a := range q.ahead[:k] {
+		out[i] = a.d
+		if now.Sub(a.at) > q.cfg.VisibilityTimeout/2 {
+			if stale == nil {
+				stale = make([]bool, k)
+			}
+			stale[i] = true
+		}
+	}
+	rest := copy(q.ahead, q.ahead[k:])
+	clear(q.ahead[rest:])
+	q.ahead = q.ahead[:rest]
+	q.mu.Unlock()
+	if stale == nil {
+		return out
+	}
+	kept := out[:0]
+	for i, d := range out {
+		if stale[i] {
+			if err := q.Extend(ctx, d); errors.Is(err, batuta.ErrLeaseLost) {
+				continue
+			}
+		}
+		kept = append(kept, d)
+	}
+	return kept
+}
+
+// keeper extends the visibility of the entries read ahead, every third of
+// the visibility timeout, while there are any, so that an entry waiting
+// for a slow consumer is neither taken over nor counted as a delivery
+// again. It drops the entries it finds taken over or settled.
+func (q *Queue) keeper() {
+	defer q.bg.Done()
+	every := max(q.cfg.VisibilityTimeout/3, time.Millisecond)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-q.closing:
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		q.mu.Lock()
+		if len(q.ahead) == 0 || q.closed {
+			q.keeping = false
+			q.mu.Unlock()
+			return
+		}
+		var due []receipt
+		for _, a := range q.ahead {
+			if now.Sub(a.at) >= every {
+				due = append(due, a.d.Receipt.(receipt))
+			}
+		}
+		q.mu.Unlock()
+		if len(due) == 0 {
+			continue
+		}
+		res, err := q.extendMany(q.life, due)
+		if err != nil {
+			q.log.Warn("batutaredis: extending entries read ahead failed; retrying", "entries", len(due), "err", err)
+			continue
+		}
+		q.mu.Lock()
+		lost := map[receipt]bool{}
+		for i, r := range due {
+			if res[i] < 0 {
+				lost[r] = true
+				if h, ok := q.held[r.entryID]; ok && h.count == r.count {
+					delete(q.held, r.entryID)
+				}
+			}
+		}
+		kept := q.ahead[:0]
+		for _, a := range q.ahead {
+			r := a.d.Receipt.(receipt)
+			if lost[r] {
+				continue
+			}
+			if slices.Contains(due, r) {
+				a.at = now
+			}
+			kept = append(kept, a)
+		}
+		clear(q.ahead[len(kept):])
+		q.ahead = kept
+		q.mu.Unlock()
+	}
+}
+
+// extendMany resets the visibility of several held deliveries in one
+// round trip; one result per receipt, as extendScript's.
+func (q *Queue) extendMany(ctx context.Context, rs []receipt) ([]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	args := make([]any, 0, 2+2*len(rs))
+	args = append(args, q.cfg.Group, q.cfg.Consumer)
+	for _, r := range rs {
+		args = append(args, r.entryID, r.count)
+	}
+	res, err := extendManyScript.Run(ctx, q.rdb, q.keys[:1], args...).Int64Slice()
+	if err != nil {
+		return nil, q.wrapErr(err)
+	}
+	if len(res) != len(rs) {
+		return nil, fmt.Errorf("unexpected reply of %d results for %d entries", len(res), len(rs))
+	}
+	return res, nil
 }
 
 // deliver records an entry now held with the given delivery count and
@@ -304,12 +529,30 @@ func (q *Queue) deliver(ctx context.Context, entryID string, values map[string]a
 	if q.cfg.MaxDeliveries > 0 && d.Attempt > q.cfg.MaxDeliveries {
 		reason := fmt.Sprintf("delivered %d times, over MaxDeliveries %d", d.Attempt, q.cfg.MaxDeliveries)
 		if err := q.DeadLetter(ctx, d, reason); err != nil && !errors.Is(err, batuta.ErrLeaseLost) {
-			q.log.Warn("batutaredis: dead-letter failed; the entry stays pending and is retried after the visibility timeout",
-				"id", d.ID, "entry", entryID, "err", err)
+			q.park(ctx, d, err)
 		}
 		return d, false
 	}
 	return d, true
+}
+
+// park keeps d, whose move to the dead-letter stream failed with dlErr,
+// in the delayed set for DeadLetterParkDelay (its attempts kept), so the
+// MaxDeliveries backstop tries the move once per DeadLetterParkDelay
+// rather than after every visibility timeout. If even that fails, the
+// entry stays pending and comes back after the visibility timeout.
+func (q *Queue) park(ctx context.Context, d batuta.Delivery, dlErr error) {
+	r := d.Receipt.(receipt)
+	if err := q.requeue(ctx, r, d.Attempt, q.cfg.DeadLetterParkDelay); err != nil {
+		if !errors.Is(err, batuta.ErrLeaseLost) {
+			q.log.Warn("batutaredis: dead-letter failed and so did parking the entry; it stays pending and is retried after the visibility timeout",
+				"id", d.ID, "entry", r.entryID, "attempt", d.Attempt, "err", dlErr, "park_err", err)
+		}
+		return
+	}
+	q.log.Error("batutaredis: dead-letter failed; entry parked in the delayed set, the move is retried when it comes back",
+		"id", d.ID, "entry", r.entryID, "attempt", d.Attempt, "err", dlErr,
+		"parked_for", q.cfg.DeadLetterParkDelay, "dead_letter_stream", q.cfg.DeadLetterStream)
 }
 
 // housekeep runs the periodic work that is due: moving due delayed entries
@@ -519,13 +762,18 @@ type ackReq struct {
 // maxAckBatch bounds the acks sent in one script call.
 const maxAckBatch = 256
 
+// ackFlushers is how many batches of acks may be in flight at once: an
+// Ack that finds them all busy waits for one to return and rides on the
+// next batch.
+const ackFlushers = 1
+
 // ackCombined acks r, combined with the Ack calls running concurrently on
-// this handle: whichever caller finds no batch in flight sends every ack
-// waiting at that moment in one script call (one round trip) and hands the
-// results out. A lone Ack is sent at once; under load, acks that queued up
-// during a round trip share the next one. It returns ackScript's result
-// for r. If ctx ends first it returns ctx's error, and the ack may still be
-// sent.
+// this handle: a caller that finds fewer than ackFlushers batches in
+// flight sends every ack waiting at that moment in one script call (one
+// round trip) and hands the results out. A lone Ack is sent at once; under
+// load, acks that queued up while every slot was busy share the next
+// batch. It returns ackScript's result for r. If ctx ends first it returns
+// ctx's error, and the ack may still be sent.
 func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -539,16 +787,26 @@ func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
 		case <-req.done:
 			return req.res, req.err
 		case q.ackToken <- struct{}{}:
-			q.flushAcks(ctx)
+			sent := q.flushAcks(ctx, req)
 			<-q.ackToken
+			if sent == 0 {
+				// r is in a batch another caller has in flight.
+				select {
+				case <-req.done:
+					return req.res, req.err
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			}
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
 	}
 }
 
-// flushAcks sends one batch of waiting acks. The caller holds ackToken.
-func (q *Queue) flushAcks(ctx context.Context) {
+// flushAcks sends one batch of waiting acks and returns how many it sent.
+// The caller holds a slot of ackToken.
+func (q *Queue) flushAcks(ctx context.Context, own *ackReq) int {
 	q.ackMu.Lock()
 	n := min(len(q.acks), maxAckBatch)
 	batch := make([]*ackReq, n)
@@ -556,12 +814,15 @@ func (q *Queue) flushAcks(ctx context.Context) {
 	q.acks = append(q.acks[:0], q.acks[n:]...)
 	q.ackMu.Unlock()
 	if n == 0 {
-		return
+		return 0
 	}
-	// Other callers' acks ride on this call: do not let this caller's
-	// cancellation fail them.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
+	if n > 1 || batch[0] != own {
+		// Other callers' acks ride on this call: do not let this
+		// caller's cancellation fail them.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+	}
 	args := make([]any, 0, 3+2*n)
 	args = append(args, q.cfg.Group, q.cfg.Consumer, q.delDel)
 	for _, a := range batch {
@@ -579,6 +840,7 @@ func (q *Queue) flushAcks(ctx context.Context) {
 		}
 		close(a.done)
 	}
+	return n
 }
 
 // requeue runs requeueScript for a held delivery.
@@ -716,6 +978,7 @@ func (q *Queue) Close() error {
 	}
 	q.closed = true
 	close(q.closing)
+	q.endLife()
 	q.mu.Unlock()
 	q.stash.Close()
 	q.bg.Wait()
@@ -723,6 +986,13 @@ func (q *Queue) Close() error {
 	q.mu.Lock()
 	holding := q.held
 	q.held = map[string]held{}
+	// Entries read ahead were never handed out: they go back without
+	// counting a delivery.
+	unseen := make(map[receipt]bool, len(q.ahead))
+	for _, a := range q.ahead {
+		unseen[a.d.Receipt.(receipt)] = true
+	}
+	q.ahead = nil
 	q.mu.Unlock()
 	q.ackMu.Lock()
 	q.acks = nil // only acks whose callers gave up (ctx) can be left
@@ -732,7 +1002,12 @@ func (q *Queue) Close() error {
 	defer cancel()
 	var errs []error
 	for id, h := range holding {
-		err := q.requeue(ctx, receipt{entryID: id, count: h.count}, h.attempt, 0)
+		r := receipt{entryID: id, count: h.count}
+		attempts := h.attempt
+		if unseen[r] {
+			attempts--
+		}
+		err := q.requeue(ctx, r, attempts, 0)
 		if err != nil && !errors.Is(err, batuta.ErrLeaseLost) {
 			errs = append(errs, fmt.Errorf("batutaredis: close: hand back entry %s: %w", id, err))
 		}

@@ -35,6 +35,8 @@ func TestConfigValidation(t *testing.T) {
 		{"negative max len", batutaredis.Config{Stream: "s", MaxLen: -1}, "MaxLen"},
 		{"negative max deliveries", batutaredis.Config{Stream: "s", MaxDeliveries: -1}, "MaxDeliveries"},
 		{"negative body cap", batutaredis.Config{Stream: "s", MaxBodyBytes: -1}, "MaxBodyBytes"},
+		{"negative park delay", batutaredis.Config{Stream: "s", DeadLetterParkDelay: -time.Second}, "DeadLetterParkDelay"},
+		{"read-ahead below -1", batutaredis.Config{Stream: "s", ReadAhead: -2}, "ReadAhead"},
 	}
 	// The client is never used: validation fails before any I/O.
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
@@ -62,6 +64,8 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, time.Second, c.BlockTimeout)
 	require.Equal(t, "orders:dead", c.DeadLetterStream)
 	require.Equal(t, 1<<20, c.MaxBodyBytes)
+	require.Equal(t, time.Hour, c.DeadLetterParkDelay)
+	require.Equal(t, batutaredis.DefaultReadAhead, c.ReadAhead)
 	require.NotEmpty(t, c.Consumer)
 	require.NotEqual(t, c.Consumer, batutaredis.Config{Stream: "orders"}.WithDefaults().Consumer, "each handle gets its own consumer name")
 	require.Equal(t, 125*time.Millisecond, batutaredis.Config{Stream: "s", VisibilityTimeout: 250 * time.Millisecond}.WithDefaults().ClaimInterval)

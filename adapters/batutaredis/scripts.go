@@ -36,9 +36,12 @@ return 1
 // ackManyScript acks several deliveries of one consumer, each fenced as
 // ackScript is. KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3]
 // "1" to XDEL, then pairs of entry ID and delivery count. Returns one result
-// per pair: 1, -1 or -2.
+// per pair: 1, -1 or -2. The entries that pass their fence are acked (and
+// deleted) by one XACK and one XDEL for the whole batch: the server's cost
+// of an ack is mostly the cost of a command call.
 var ackManyScript = redis.NewScript(`
 local out = {}
+local ok = {}
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
@@ -47,10 +50,13 @@ for i = 4, #ARGV, 2 do
   elseif p[1][2] ~= ARGV[2] or tonumber(p[1][4]) ~= tonumber(ARGV[i+1]) then
     out[#out+1] = -1
   else
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], id) end
+    ok[#ok+1] = id
     out[#out+1] = 1
   end
+end
+if #ok > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ok))
+  if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], unpack(ok)) end
 end
 return out
 `)
@@ -166,4 +172,25 @@ return {entries, counts}
 var extendScript = redis.NewScript(fence + `
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
+`)
+
+// extendManyScript resets the idle time of several held deliveries of one
+// consumer, each fenced as extendScript is. KEYS[1] stream; ARGV[1] group,
+// ARGV[2] consumer, then pairs of entry ID and delivery count. Returns one
+// result per pair: 1, -1 or -2.
+var extendManyScript = redis.NewScript(`
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] == nil then
+    out[#out+1] = -2
+  elseif p[1][2] ~= ARGV[2] or tonumber(p[1][4]) ~= tonumber(ARGV[i+1]) then
+    out[#out+1] = -1
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    out[#out+1] = 1
+  end
+end
+return out
 `)

@@ -154,7 +154,7 @@ func run(ctx context.Context, o options) error {
 			for _, s := range sides {
 				line := fmt.Sprintf("%-13s %9.0f msg/s", s.name(), median(res[s.name()]))
 				if a := res["asynq"]; len(a) > 0 && s.name() != "asynq" {
-					line += fmt.Sprintf("   x%.2f asynq", median(res[s.name()])/median(a))
+					line += fmt.Sprintf("   x%.2f asynq (median of round ratios x%.2f)", median(res[s.name()])/median(a), pairedRatio(res[s.name()], a))
 				}
 				fmt.Println(line)
 			}
@@ -193,4 +193,17 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	return nil
+}
+
+// pairedRatio is the median over rounds of x[r]/y[r]: the two sides of a
+// round ran one right after the other, so under a machine load that
+// changes from round to round it is steadier than the ratio of medians.
+func pairedRatio(x, y []float64) float64 {
+	var rs []float64
+	for i := range min(len(x), len(y)) {
+		if y[i] > 0 {
+			rs = append(rs, x[i]/y[i])
+		}
+	}
+	return median(rs)
 }
