@@ -126,8 +126,8 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 	}
 	wf := &Workflow{
 		Name:        cfg.Name,
-		Concurrency: cfg.Concurrency,
 		StrictInput: cfg.StrictInput,
+		localCap:    cfg.Concurrency,
 		Tasks: []Task{{
 			Name:    FunctionTask,
 			Run:     handler,
