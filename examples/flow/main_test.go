@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestFlowDemo runs the demo on the in-memory store with two instances
+// and checks what it printed: no limit exceeded, nothing started early.
+// With BATUTA_FLOW_PG_DSN set it runs on PostgreSQL with three instances.
+func TestFlowDemo(t *testing.T) {
+	opt := options{store: "memory", instances: 2, scale: 1}
+	if dsn := os.Getenv("BATUTA_FLOW_PG_DSN"); dsn != "" {
+		opt = options{store: "postgres", dsn: dsn, instances: 3, scale: 1}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, opt, &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	s := out.String()
+	t.Log("\n" + s)
+	num := func(re string) int {
+		t.Helper()
+		m := regexp.MustCompile(re).FindStringSubmatch(s)
+		if m == nil {
+			t.Fatalf("no match for %q in:\n%s", re, s)
+		}
+		n, err := strconv.Atoi(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := num(`started early: (\d+)`); n != 0 {
+		t.Errorf("%d delayed runs started early", n)
+	}
+	if n := num(`highest high-water mark (\d+)`); n > 2 {
+		t.Errorf("workflow concurrency high-water mark %d > Max 2", n)
+	}
+	if n := num(`call-llm \(Max 3\) high-water mark (\d+)`); n > 3 {
+		t.Errorf("task concurrency high-water mark %d > Max 3", n)
+	}
+	if n := num(`most in any 1s window: (\d+)`); n > 24 {
+		t.Errorf("%d starts in one second, over the rate limit's bound of 24", n)
+	}
+	if n := num(`made (\d+) runs`); n != 3 {
+		t.Errorf("debounce made %d runs, want 3", n)
+	}
+	if n := num(`runs accepted, (\d+) started`); n != 0 {
+		t.Errorf("%d runs of a paused workflow started", n)
+	}
+	for _, want := range []string{
+		"three pushes to one branch end canceled, canceled, succeeded",
+		"three submits end succeeded, canceled, canceled",
+	} {
+		if !bytes.Contains(out.Bytes(), []byte(want)) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
