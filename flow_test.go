@@ -515,3 +515,49 @@ func TestFlowSubmitMany(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDelayedRunLateness schedules 2,000 delayed runs spread over one
+// second per iteration (memory store, system clock) and reports how late
+// their first task started after its StartAt: p50, p99 and max, in
+// microseconds. No threshold: a figure to watch (run with -benchtime 3x).
+func BenchmarkDelayedRunLateness(b *testing.B) {
+	const n, spread = 2000, time.Second
+	o, err := batuta.New(batuta.Config{Logger: quiet, Workers: 64})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := o.Register(&batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop}}}); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var late []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		base := time.Now().Add(100 * time.Millisecond)
+		ids := make([]string, n)
+		for i := range n {
+			id, err := o.Submit(ctx, "w", batuta.Event{}, batuta.StartAt(base.Add(time.Duration(i)*spread/n)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids[i] = id
+		}
+		for _, id := range ids {
+			r, err := o.Wait(ctx, id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			late = append(late, r.Task("a").Attempts[0].StartedAt.Sub(r.StartAt))
+		}
+	}
+	b.StopTimer()
+	slices.Sort(late)
+	q := func(p float64) float64 { return float64(late[int(p*float64(len(late)-1))].Microseconds()) }
+	b.ReportMetric(q(0.5), "p50-µs")
+	b.ReportMetric(q(0.99), "p99-µs")
+	b.ReportMetric(q(1), "max-µs")
+	b.ReportMetric(float64(late[0].Microseconds()), "min-µs")
+}
