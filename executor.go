@@ -379,6 +379,11 @@ func (ex *executor) askStoreDue() {
 	}
 	t, err := ex.store.NextDue(ex.bgCtx, names, now)
 	if err != nil {
+		if errors.Is(err, errors.ErrUnsupported) {
+			ex.mu.Lock()
+			ex.lastAsk = now.Add(time.Hour) // a store without it: ask rarely, log once
+			ex.mu.Unlock()
+		}
 		o.log.Warn("batuta: asking the store for the next due task failed; polling instead", "error", err)
 		return
 	}
