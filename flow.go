@@ -120,11 +120,14 @@ type Concurrency struct {
 // the store until its slot comes (it holds no worker and spends no
 // attempt), so the limit bounds starts, not completions.
 //
-// It is a generic cell rate algorithm (GCRA, see RateSpec): starts are
-// spaced Per/Limit apart, and up to Burst of them may start back to back
-// after an idle spell. In any window of length Per at most Limit+Burst-1
-// attempts start. Slots are reserved in order, so waiting tasks are served
-// roughly first come, first served.
+// It is a generic cell rate algorithm (GCRA, see RateSpec): start slots
+// are spaced Per/Limit apart, and up to Burst of them may be back to back
+// after an idle spell; in any window of length Per at most Limit+Burst-1
+// slots are granted. Each attempt takes one slot and never starts before
+// it; it starts later than its slot only if no worker (or CPU) was free at
+// that moment, so observed starts can bunch by that lateness. Slots are
+// reserved in order, so waiting tasks are served roughly first come,
+// first served.
 type RateLimit struct {
 	// Name names the limited resource (e.g. "payment-api"); tasks of any
 	// workflow with the same Name share the limit, and must then declare

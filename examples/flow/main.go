@@ -509,7 +509,7 @@ func (d *demo) rateLimit(ctx context.Context) error {
 		most = max(most, c)
 	}
 	span := starts[len(starts)-1].Sub(starts[0])
-	fmt.Fprintf(d.out, "payment-api (20/s, burst 5): %d starts in %v, %.1f/s after the burst; most in any 1s window: %d (bound 24)\n",
+	fmt.Fprintf(d.out, "payment-api (20/s, burst 5): %d starts in %v, %.1f/s after the burst; most in any 1s window: %d (24 slots at most are granted)\n",
 		len(starts), span.Round(time.Millisecond), float64(len(starts)-5)/span.Seconds(), most)
 	return nil
 }
