@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -60,14 +61,13 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                  // snapshot fields kept up to date (Tasks unused)
-	tasks     []memTask  // live task state
-	specs     []TaskSpec // shared with the caller, never written
-	wf        *memWF
-	remaining int // tasks not yet finished
+	Run                   // snapshot fields kept up to date (Tasks unused)
+	tasks     []memTask   // live task state
+	specs     []TaskSpec  // shared with the caller, never written
+	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
+	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
 	canceled  bool
 	dropped   bool
-	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
 }
 
 type memTask struct {
@@ -84,8 +84,7 @@ type memTask struct {
 	token       int64
 	leaseUntil  time.Time
 	dueAt       time.Time
-	heapIdx     int    // index in its workflow's delayed heap, -1 if absent
-	parkSeq     uint64 // order among tasks parked on a full task-level group
+	heapIdx     int // index in its workflow's delayed heap, -1 if absent
 	output      any
 	err         string
 	attempts    []Attempt
@@ -177,7 +176,7 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	n := len(nr.Tasks)
 	r.tasks = make([]memTask, n)
 	r.specs = nr.Tasks
-	r.remaining = n
+	r.remaining = int32(n)
 	// One slab each for first attempts and upstream views, so a task's
 	// first attempt and its claim allocate nothing.
 	attemptSlab := make([]Attempt, n)
@@ -231,7 +230,7 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 			return CreateResult{ID: m.ID, Debounced: true}
 		}
 	}
-	r.wf = s.wfLocked(nr.Workflow)
+	w := s.wfLocked(nr.Workflow)
 	s.runs[r.ID] = r
 	s.byKey[key] = r
 	s.active++
@@ -255,7 +254,7 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 		t.readied = true
 		if !start.IsZero() {
 			t.dueAt = start
-			heap.Push(&r.wf.delayed, t)
+			heap.Push(&w.delayed, t)
 		} else {
 			s.pushReadyLocked(t)
 		}
@@ -280,11 +279,11 @@ func (s *MemoryStore) wfLocked(name string) *memWF {
 // run until the group admits it.
 func (s *MemoryStore) pushReadyLocked(t *memTask) {
 	r := t.run
-	if f := r.flow; f != nil && f.group != nil && !f.admitted {
+	if f := r.flow; f != nil && f.max > 0 && !f.admitted {
 		s.parkRunTaskLocked(r, t)
 		return
 	}
-	r.wf.ready.push(t)
+	s.wfs[r.Workflow].ready.push(t)
 }
 
 // ClaimTasks implements Store. Tasks are taken from the selected
@@ -502,7 +501,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 				signal = true
 			} else {
 				t.dueAt = c.RetryAt
-				heap.Push(&r.wf.delayed, t)
+				heap.Push(&s.wfs[r.Workflow].delayed, t)
 			}
 		case OutcomeSucceeded:
 			t.spent++
@@ -559,7 +558,8 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 			res.Ready++
 		}
 	}
-	if r.remaining == 0 {
+	// A cancel cascading to the last task finished the run already.
+	if r.remaining == 0 && !r.State.Finished() {
 		res.Ready += s.finishRunLocked(r, now)
 		res.RunFinished = r.State
 	}
@@ -716,7 +716,7 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 		t := &r.tasks[i]
 		if t.state == TaskPending {
 			if t.heapIdx >= 0 {
-				heap.Remove(&r.wf.delayed, t.heapIdx)
+				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
 		}
@@ -938,7 +938,7 @@ func (m *memReadyQ) pop(minPrio int) *memTask {
 			return t
 		}
 		if l.prio != 0 {
-			m.levels = append(m.levels[:i], m.levels[i+1:]...)
+			m.levels = slices.Delete(m.levels, i, i+1)
 			continue
 		}
 		i++

@@ -34,7 +34,8 @@ import (
 
 // memRunFlow is the flow-control state of a run that uses it.
 type memRunFlow struct {
-	group     *memGroup // nil once the run left it (finished)
+	max       int       // the run's group's Max; 0: no workflow-level group
+	group     *memGroup // while admitted or waiting: its group (looked up again at each wait)
 	admitted  bool
 	gIdx      int        // index in group.waiters, -1 if not waiting
 	parked    []*memTask // due tasks waiting for the run's admission
@@ -93,14 +94,15 @@ func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, r
 		return start
 	}
 	r.ConcurrencyKey = c.Key
+	f.max = max(c.Max, 1)
 	switch c.Strategy {
 	case ConcurrencyCancelNewest:
-		if g := s.groups[c.Key]; g != nil && g.admitted >= c.Max {
+		if g := s.groups[c.Key]; g != nil && g.admitted >= f.max {
 			res.Rejected = true
 			s.cancelLocked(r, fmt.Sprintf("concurrency limit reached: group %q already holds %d unfinished runs (Max %d, CancelNewest)", c.Key, g.admitted, c.Max), nr.CreatedAt)
 			return time.Time{}
 		}
-		g := s.groupLocked(c.Key, c.Max)
+		g := s.groupLocked(c.Key, f.max)
 		f.group, f.admitted = g, true
 		g.admitted++
 	case ConcurrencyCancelInProgress:
@@ -113,19 +115,19 @@ func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, r
 			}
 			clear(g.cip[len(live):])
 			g.cip = live
-			for len(g.cip) > 0 && len(g.cip) >= c.Max {
+			for len(g.cip) > 0 && len(g.cip) >= f.max {
 				v := g.cip[0]
 				g.cip = g.cip[1:]
 				s.cancelLocked(v, fmt.Sprintf("canceled by newer run %s (concurrency group %q, Max %d, CancelInProgress)", r.ID, c.Key, c.Max), nr.CreatedAt)
 				res.Canceled = append(res.Canceled, v.ID)
 			}
 		}
-		g := s.groupLocked(c.Key, c.Max) // a fresh one if the old emptied
+		g := s.groupLocked(c.Key, f.max) // a fresh one if the old emptied
 		g.cip = append(g.cip, r)
 		f.group, f.admitted = g, true
 		g.admitted++
 	default:
-		f.group = s.groupLocked(c.Key, c.Max)
+		// Queue: the run joins its group when its first task is due.
 	}
 	return start
 }
@@ -146,6 +148,9 @@ func (s *MemoryStore) parkRunTaskLocked(r *memRun, t *memTask) {
 	f := r.flow
 	f.parked = append(f.parked, t)
 	if f.gIdx < 0 {
+		// Looked up now, not kept from CreateRun: an idle group is
+		// forgotten, and a delayed run may be due long after.
+		f.group = s.groupLocked(r.ConcurrencyKey, f.max)
 		heap.Push(&f.group.waiters, r)
 		s.fillGroupLocked(f.group)
 	}
@@ -162,7 +167,7 @@ func (s *MemoryStore) fillGroupLocked(g *memGroup) int {
 		g.admitted++
 		for _, t := range f.parked {
 			if t.state == TaskPending {
-				r.wf.ready.push(t)
+				s.wfs[r.Workflow].ready.push(t)
 				n++
 			}
 		}
@@ -238,7 +243,7 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 	for i := range m.tasks {
 		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 {
 			t.dueAt = start
-			heap.Fix(&m.wf.delayed, t.heapIdx)
+			heap.Fix(&s.wfs[m.Workflow].delayed, t.heapIdx)
 		}
 	}
 	return m
@@ -255,8 +260,6 @@ func (s *MemoryStore) takeTaskSlotLocked(t *memTask, c *ConcurrencySpec) bool {
 	}
 	g.max = c.Max
 	if g.running+g.inReady >= g.max {
-		s.seq++
-		t.parkSeq = s.seq
 		heap.Push(&g.waiting, t)
 		return false
 	}
@@ -295,7 +298,7 @@ func (s *MemoryStore) unparkLocked(g *memTGroup) {
 		}
 		t.unparked = true
 		g.inReady++
-		t.run.wf.ready.push(t)
+		s.wfs[t.run.Workflow].ready.push(t)
 		s.signal()
 	}
 	if g.running <= 0 && g.inReady <= 0 && len(g.waiting) == 0 && s.tgroups[g.key] == g {
@@ -492,15 +495,19 @@ func (h *memRunHeap) Pop() any {
 }
 
 // memParkHeap orders tasks parked on a full task-level group: higher run
-// priority first, then parking order.
+// priority first, then older runs (UUIDv7 IDs), then declaration order.
 type memParkHeap []*memTask
 
 func (h memParkHeap) Len() int { return len(h) }
 func (h memParkHeap) Less(i, j int) bool {
-	if pi, pj := h[i].run.Priority, h[j].run.Priority; pi != pj {
-		return pi > pj
+	a, b := h[i], h[j]
+	if a.run.Priority != b.run.Priority {
+		return a.run.Priority > b.run.Priority
 	}
-	return h[i].parkSeq < h[j].parkSeq
+	if a.run != b.run {
+		return a.run.ID < b.run.ID
+	}
+	return a.idx < b.idx
 }
 func (h memParkHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
 func (h *memParkHeap) Push(x any)   { *h = append(*h, x.(*memTask)) }
