@@ -301,7 +301,6 @@ func (ex *executor) dispatch() {
 		case <-notify:
 		case <-poll.C:
 		case <-dueC:
-			ex.dueFired()
 		}
 		if !poll.Stop() {
 			select {
@@ -329,10 +328,18 @@ func (ex *executor) nextDue() (time.Time, bool) {
 	return ex.due[0], true
 }
 
+// maxDue bounds the due heap: past it, due times are left to the store
+// (a million reminders for tomorrow cost no memory here).
+const maxDue = 4096
+
 // addDue makes the dispatcher wake at t (a delayed run's start, a retry).
 func (ex *executor) addDue(t time.Time) {
 	ex.mu.Lock()
-	heap.Push(&ex.due, t)
+	if len(ex.due) < maxDue {
+		heap.Push(&ex.due, t)
+	} else {
+		ex.askDue = true // the store knows the earliest
+	}
 	ex.mu.Unlock()
 }
 
@@ -344,28 +351,20 @@ func (ex *executor) refreshDue() {
 	ex.mu.Unlock()
 }
 
-// dueFired notes that a due time passed: if it was the store's answer,
-// the store is asked again for the one after it.
-func (ex *executor) dueFired() {
-	now := ex.o.clock.Now()
-	ex.mu.Lock()
-	if !ex.storeDue.IsZero() && !now.Before(ex.storeDue) {
-		ex.askDue, ex.storeDue = true, time.Time{}
-	}
-	ex.mu.Unlock()
-}
-
 // askStoreDue asks the store when the next pending task of the registered
 // workflows comes due (a run delayed by another process or before a
 // restart, a retry recorded elsewhere) and adds it to the due heap: when
-// refreshDue asked for it, and otherwise at most once per PollInterval.
+// refreshDue asked for it, once the store's last answer has passed
+// (however the dispatcher woke), and otherwise at most once per
+// PollInterval.
 func (ex *executor) askStoreDue() {
 	o := ex.o
 	now := o.clock.Now()
 	ex.mu.Lock()
-	ask := ex.askDue || now.Sub(ex.lastAsk) >= o.cfg.PollInterval
+	ask := ex.askDue || now.Sub(ex.lastAsk) >= o.cfg.PollInterval ||
+		!ex.storeDue.IsZero() && !now.Before(ex.storeDue)
 	if ask {
-		ex.askDue, ex.lastAsk = false, now
+		ex.askDue, ex.lastAsk, ex.storeDue = false, now, time.Time{}
 	}
 	ex.mu.Unlock()
 	if !ask {

@@ -1,7 +1,6 @@
 package batuta
 
 import (
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -267,9 +266,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		comp.Error = fmt.Sprintf("%v: task %s exceeded its timeout of %v: %s", ErrTimeout, c.Task, ct.timeout, comp.Error)
 	}
 	if !comp.RetryAt.IsZero() {
-		ex.mu.Lock()
-		heap.Push(&ex.due, comp.RetryAt)
-		ex.mu.Unlock()
+		ex.addDue(comp.RetryAt)
 		ex.poke()
 	}
 	return taskCtx

@@ -606,3 +606,31 @@ func BenchmarkDelayedRunLateness(b *testing.B) {
 	b.ReportMetric(q(1), "max-µs")
 	b.ReportMetric(float64(late[0].Microseconds()), "min-µs")
 }
+
+// TestFlowManyDelayedRuns: more delayed runs than the executor keeps due
+// times for (4,096) all start, none before its time: past the bound the
+// executor asks the store (NextDue) for the next due time.
+func TestFlowManyDelayedRuns(t *testing.T) {
+	t.Parallel()
+	o := setup(t, batuta.Config{Workers: 64}, &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop}}})
+	ctx := waitCtx(t)
+	const n = 5000
+	base := time.Now().Add(2 * time.Second) // after the submits, even under -race
+	var ids []string
+	for i := range n {
+		// The latest first, so the bounded heap holds the late ones and
+		// the early ones come from the store.
+		id, err := o.Submit(ctx, "w", batuta.Event{}, batuta.StartAt(base.Add(time.Duration(n-i)*100*time.Microsecond)))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	var late []time.Duration
+	for _, r := range waitAll(t, o, ids) {
+		at := r.Task("a").Attempts[0].StartedAt
+		require.False(t, r.StartAt.IsZero(), "the submits took over 2s: raise base")
+		require.False(t, at.Before(r.StartAt), "run started %v early", r.StartAt.Sub(at))
+		late = append(late, at.Sub(r.StartAt))
+	}
+	slices.Sort(late)
+	t.Logf("%d delayed runs: lateness p50 %v, p99 %v, max %v", n, late[n/2], late[n*99/100], late[n-1])
+}
