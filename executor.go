@@ -52,7 +52,7 @@ type executor struct {
 	limited  map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
 	due      dueHeap
 	// askDue: ask the store for its next due time at the next idle moment
-	// (set at start, when a due time passes, on Resume and debounce).
+	// (set at start, on Resume, on a debounce merge, when the heap is full).
 	askDue    bool
 	lastAsk   time.Time        // when the store was last asked (by the clock)
 	storeDue  time.Time        // the store's last answer
