@@ -33,7 +33,9 @@ func TestFlowValidation(t *testing.T) {
 			w.Tasks[0].Concurrency = &batuta.Concurrency{Max: 1, Strategy: batuta.ConcurrencyCancelNewest}
 		}), "Task.Concurrency.Strategy must be batuta.ConcurrencyQueue for a task (got CancelNewest)"},
 		{"rate name", wf(func(w *batuta.Workflow) { w.Tasks[0].RateLimit = &batuta.RateLimit{Limit: 1, Per: time.Second} }), "Task.RateLimit.Name is empty"},
-		{"rate bad name", wf(func(w *batuta.Workflow) { w.Tasks[0].RateLimit = &batuta.RateLimit{Name: "a b", Limit: 1, Per: time.Second} }), "Task.RateLimit.Name must be"},
+		{"rate bad name", wf(func(w *batuta.Workflow) {
+			w.Tasks[0].RateLimit = &batuta.RateLimit{Name: "a b", Limit: 1, Per: time.Second}
+		}), "Task.RateLimit.Name must be"},
 		{"rate limit", wf(func(w *batuta.Workflow) { w.Tasks[0].RateLimit = &batuta.RateLimit{Name: "api", Per: time.Second} }), "Task.RateLimit.Limit must be at least 1 (got 0)"},
 		{"rate per", wf(func(w *batuta.Workflow) { w.Tasks[0].RateLimit = &batuta.RateLimit{Name: "api", Limit: 1} }), "Task.RateLimit.Per must be positive (got 0s)"},
 		{"rate per negative", wf(func(w *batuta.Workflow) {
