@@ -103,7 +103,9 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 		if err := d.register(o); err != nil {
 			return err
 		}
-		runCtx, cancel := context.WithCancel(context.Background())
+		// Run's own ctx: the instances stop when the demo is done, not
+		// halfway through a step when ctx (Ctrl-C) ends.
+		runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan error, 1)
 		go func() { done <- o.Run(runCtx) }()
 		c.os = append(c.os, o)
@@ -165,8 +167,9 @@ func stores(ctx context.Context, opt options) (storeMaker, func(), error) {
 			}
 			return s, func() { _ = s.Close(); pool.Close() }, nil
 		}
+		dropCtx := context.WithoutCancel(ctx) // drop the schema even after Ctrl-C
 		cleanup := func() {
-			_, _ = admin.Exec(context.Background(), `DROP SCHEMA IF EXISTS "`+schema+`" CASCADE`)
+			_, _ = admin.Exec(dropCtx, `DROP SCHEMA IF EXISTS "`+schema+`" CASCADE`)
 			admin.Close()
 		}
 		return mk, cleanup, nil
