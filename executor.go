@@ -394,15 +394,19 @@ func (ex *executor) askStoreDue() {
 	}
 }
 
-// cancelRun cancels this process's running attempts of a run.
-func (ex *executor) cancelRun(runID string) {
+// cancelRun cancels this process's running attempts of a run and reports
+// whether there were any (their workers then publish the run's end).
+func (ex *executor) cancelRun(runID string) bool {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
+	found := false
 	for _, sl := range ex.inflight {
 		if sl.claim != nil && sl.claim.RunID == runID && sl.tctx != nil {
 			sl.tctx.cancel(errRunCanceled)
+			found = true
 		}
 	}
+	return found
 }
 
 type dueHeap []time.Time

@@ -510,8 +510,8 @@ func (o *Orchestrator) created(ctx context.Context, nr *NewRun, res CreateResult
 		ex.refreshDue()
 	}
 	for _, id := range res.Canceled {
-		if ex != nil {
-			ex.cancelRun(id)
+		if ex != nil && ex.cancelRun(id) {
+			continue // the canceled attempts' workers publish the end
 		}
 		if r, err := o.store.GetRun(ctx, id); err == nil && r.Finished() {
 			o.runFinished(ctx, id, r.Workflow, r.State)
@@ -688,8 +688,8 @@ func (o *Orchestrator) Cancel(ctx context.Context, runID string) error {
 	if !changed {
 		return nil
 	}
-	if ex := o.ex.Load(); ex != nil {
-		ex.cancelRun(runID)
+	if ex := o.ex.Load(); ex != nil && ex.cancelRun(runID) {
+		return nil // the canceled attempts' workers publish the end
 	}
 	if r, err := o.store.GetRun(ctx, runID); err == nil && r.Finished() {
 		o.runFinished(ctx, runID, r.Workflow, r.State)
