@@ -634,3 +634,46 @@ func TestFlowManyDelayedRuns(t *testing.T) {
 	slices.Sort(late)
 	t.Logf("%d delayed runs: lateness p50 %v, p99 %v, max %v", n, late[n/2], late[n*99/100], late[n-1])
 }
+
+// TestFlowRateLimitKey: a keyed rate limit is one limit per key; a task
+// over its key's limit waits (pending, NotBefore at its slot, no attempt);
+// a key function that panics fails the task.
+func TestFlowRateLimitKey(t *testing.T) {
+	t.Parallel()
+	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "call", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: 1},
+		RateLimit: &batuta.RateLimit{Name: "api", Limit: 1, Per: time.Hour, Key: func(in *batuta.Input) string {
+			if in.Event().Subject == "boom" {
+				panic("no tenant")
+			}
+			return in.Event().Subject
+		}}}}}
+	o := setup(t, batuta.Config{}, wf)
+	ctx := waitCtx(t)
+	a, err := o.Submit(ctx, "w", batuta.Event{Subject: "acme"})
+	require.NoError(t, err)
+	b, err := o.Submit(ctx, "w", batuta.Event{Subject: "globex"})
+	require.NoError(t, err)
+	for _, r := range waitAll(t, o, []string{a, b}) {
+		require.Equal(t, batuta.RunSucceeded, r.State, "each key has its own limit")
+	}
+	submitted := time.Now()
+	c, err := o.Submit(ctx, "w", batuta.Event{Subject: "acme"})
+	require.NoError(t, err)
+	var r *batuta.Run
+	require.Eventually(t, func() bool {
+		r, err = o.GetRun(ctx, c)
+		require.NoError(t, err)
+		return !r.Task("call").NotBefore.IsZero()
+	}, 10*time.Second, time.Millisecond, "the task is deferred to its slot")
+	require.Equal(t, batuta.TaskPending, r.Task("call").State)
+	require.Empty(t, r.Task("call").Attempts)
+	require.True(t, r.Task("call").NotBefore.After(submitted.Add(59*time.Minute)), "slot %v", r.Task("call").NotBefore)
+	require.NoError(t, o.Cancel(ctx, c))
+
+	d, err := o.Submit(ctx, "w", batuta.Event{Subject: "boom"})
+	require.NoError(t, err)
+	rd, err := o.Wait(ctx, d)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunFailed, rd.State)
+	require.Contains(t, rd.Task("call").Error, "Task.RateLimit.Key of task call panicked")
+}
