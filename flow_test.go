@@ -677,3 +677,24 @@ func TestFlowRateLimitKey(t *testing.T) {
 	require.Equal(t, batuta.RunFailed, rd.State)
 	require.Contains(t, rd.Task("call").Error, "Task.RateLimit.Key of task call panicked")
 }
+
+// TestInvokeAsyncOptions: a function invoked asynchronously with
+// StartAfter and WithPriority is delayed and prioritised like a Submit.
+func TestInvokeAsyncOptions(t *testing.T) {
+	t.Parallel()
+	o, err := batuta.New(batuta.Config{Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, batuta.RegisterFunc(o, batuta.FunctionConfig{Name: "f"}, func(_ context.Context, in string) (string, error) {
+		return "hi " + in, nil
+	}))
+	start(t, o)
+	ctx := waitCtx(t)
+	submitted := time.Now()
+	id, err := o.InvokeAsync(ctx, "f", "ann", batuta.StartAfter(50*time.Millisecond), batuta.WithPriority(3))
+	require.NoError(t, err)
+	r, err := o.Wait(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State)
+	require.Equal(t, 3, r.Priority)
+	require.False(t, r.Tasks[0].Attempts[0].StartedAt.Before(submitted.Add(50*time.Millisecond)))
+}
