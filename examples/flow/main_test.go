@@ -8,16 +8,38 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // TestFlowDemo runs the demo on the in-memory store with two instances
 // and checks what it printed: no limit exceeded, nothing started early.
-// With BATUTA_FLOW_PG_DSN set it runs on PostgreSQL with three instances.
 func TestFlowDemo(t *testing.T) {
-	opt := options{store: "memory", instances: 2, scale: 1}
-	if dsn := os.Getenv("BATUTA_FLOW_PG_DSN"); dsn != "" {
-		opt = options{store: "postgres", dsn: dsn, instances: 3, scale: 1}
+	checkDemo(t, options{store: "memory", instances: 2, scale: 1})
+}
+
+// TestFlowDemoPostgres runs it with three orchestrators on one PostgreSQL
+// database (in a schema of its own, dropped at the end).
+func TestFlowDemoPostgres(t *testing.T) {
+	const dsn = "postgres://postgres@127.0.0.1:5432/test"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err == nil {
+		err = pool.Ping(ctx)
+		pool.Close()
 	}
+	if err != nil {
+		if os.Getenv("BATUTA_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("PostgreSQL at %s is required (BATUTA_REQUIRE_SERVICES=1) but unreachable: %v", dsn, err)
+		}
+		t.Skipf("PostgreSQL at %s unreachable: %v", dsn, err)
+	}
+	checkDemo(t, options{store: "postgres", dsn: dsn, instances: 3, scale: 1})
+}
+
+func checkDemo(t *testing.T, opt options) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
