@@ -722,6 +722,11 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
+			if c := t.spec().Concurrency; c != nil {
+				if g := s.tgroups[c.Key]; g != nil {
+					s.unparkLocked(g) // drops t if it was parked there; forgets g once idle
+				}
+			}
 		}
 	}
 	if res.Ready > 0 {
