@@ -44,6 +44,12 @@ type memRunFlow struct {
 	debounced bool       // s.debounce may name this run
 }
 
+// memRunAndFlow allocates a run that uses flow control with its state.
+type memRunAndFlow struct {
+	memRun
+	flow memRunFlow
+}
+
 // memGroup is a workflow-level concurrency group with unfinished runs.
 type memGroup struct {
 	key      string
@@ -80,8 +86,8 @@ type memRate struct {
 // sets res.Rejected.
 func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, res *CreateResult) time.Time {
 	s.seq++
-	f := &memRunFlow{gIdx: -1, seq: s.seq}
-	r.flow = f
+	f := r.flow // allocated with r (buildMemRun)
+	f.seq = s.seq
 	if d := nr.Debounce; d != nil {
 		if ws := nr.CreatedAt.Add(d.Window); ws.After(nr.CreatedAt) && ws.After(start) {
 			start = ws
@@ -135,25 +141,52 @@ func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, r
 func (s *MemoryStore) groupLocked(key string, max int) *memGroup {
 	g := s.groups[key]
 	if g == nil {
-		g = &memGroup{key: key}
+		if n := len(s.freeGrps); n > 0 {
+			g, s.freeGrps = s.freeGrps[n-1], s.freeGrps[:n-1]
+			g.key = key
+		} else {
+			g = &memGroup{key: key}
+		}
 		s.groups[key] = g
 	}
 	g.max = max
 	return g
 }
 
+// forgetGroupLocked drops the idle group g, keeping it for reuse.
+func (s *MemoryStore) forgetGroupLocked(g *memGroup) {
+	if s.groups[g.key] != g {
+		return
+	}
+	delete(s.groups, g.key)
+	if len(s.freeGrps) < 256 {
+		clear(g.cip)
+		*g = memGroup{waiters: g.waiters[:0], cip: g.cip[:0]}
+		s.freeGrps = append(s.freeGrps, g)
+	}
+}
+
 // parkRunTaskLocked holds the due task t of the unadmitted run r and puts
 // r in its group's waiting heap, admitting it at once if there is room.
 func (s *MemoryStore) parkRunTaskLocked(r *memRun, t *memTask) {
 	f := r.flow
-	f.parked = append(f.parked, t)
 	if f.gIdx < 0 {
 		// Looked up now, not kept from CreateRun: an idle group is
 		// forgotten, and a delayed run may be due long after.
-		f.group = s.groupLocked(r.ConcurrencyKey, f.max)
-		heap.Push(&f.group.waiters, r)
-		s.fillGroupLocked(f.group)
+		g := s.groupLocked(r.ConcurrencyKey, f.max)
+		f.group = g
+		if g.admitted < g.max && len(g.waiters) == 0 {
+			f.admitted = true // room: admitted without waiting
+			g.admitted++
+			s.wfs[r.Workflow].ready.push(t)
+			return
+		}
+		f.parked = append(f.parked, t)
+		heap.Push(&g.waiters, r)
+		s.fillGroupLocked(g)
+		return
 	}
+	f.parked = append(f.parked, t)
 }
 
 // fillGroupLocked admits waiting runs while g has room and returns how
@@ -210,8 +243,8 @@ func (s *MemoryStore) runFinishedFlowLocked(r *memRun) int {
 		g.admitted--
 	}
 	n := s.fillGroupLocked(g)
-	if g.admitted == 0 && len(g.waiters) == 0 && s.groups[g.key] == g {
-		delete(s.groups, g.key)
+	if g.admitted == 0 && len(g.waiters) == 0 {
+		s.forgetGroupLocked(g)
 	}
 	return n
 }
