@@ -158,7 +158,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expireLocked(nr.CreatedAt)
-	if nr.MaxActive > 0 && s.active >= nr.MaxActive && s.byKey[memKey{nr.Workflow, nr.Event.ID}] == nil {
+	if nr.MaxActive > 0 && s.active >= nr.MaxActive && s.addsRunLocked(&nr) {
 		return "", false, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
 	}
 	res := s.createLocked(&nr, r)

@@ -253,16 +253,11 @@ func (s *MemoryStore) runFinishedFlowLocked(r *memRun) int {
 // there is one whose tasks have not started and whose start time is after
 // nr.CreatedAt, and returns that run; nil if nr starts a run of its own.
 func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
-	d := nr.Debounce
-	m := s.debounce[memKey{nr.Workflow, d.Key}]
-	if m == nil || m.dropped || m.canceled || m.State != RunPending || !m.StartAt.After(nr.CreatedAt) {
+	m := s.debounceTargetLocked(nr)
+	if m == nil {
 		return nil
 	}
-	for i := range m.tasks {
-		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
-			return nil // already due (promoted by a claim with a later clock)
-		}
-	}
+	d := nr.Debounce
 	start := nr.CreatedAt.Add(d.Window)
 	if limit := m.CreatedAt.Add(d.MaxWait); limit.Before(start) {
 		start = limit
@@ -280,6 +275,30 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 		}
 	}
 	return m
+}
+
+// debounceTargetLocked returns the pending run nr would merge into, or nil.
+func (s *MemoryStore) debounceTargetLocked(nr *NewRun) *memRun {
+	m := s.debounce[memKey{nr.Workflow, nr.Debounce.Key}]
+	if m == nil || m.dropped || m.canceled || m.State != RunPending || !m.StartAt.After(nr.CreatedAt) {
+		return nil
+	}
+	for i := range m.tasks {
+		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
+			return nil // already due (promoted by a claim with a later clock)
+		}
+	}
+	return m
+}
+
+// addsRunLocked reports whether recording nr would add a run: it is not a
+// duplicate and does not merge into a debounced one. MaxActive refuses
+// only those.
+func (s *MemoryStore) addsRunLocked(nr *NewRun) bool {
+	if s.byKey[memKey{nr.Workflow, nr.Event.ID}] != nil {
+		return false
+	}
+	return nr.Debounce == nil || s.debounceTargetLocked(nr) == nil
 }
 
 // takeTaskSlotLocked takes a slot of t's task-level group c for a claim,
@@ -340,7 +359,7 @@ func (s *MemoryStore) unparkLocked(g *memTGroup) {
 }
 
 // CreateRuns implements Store: the batch is checked first (tasks, then
-// MaxActive once, unless every run is a duplicate), then recorded under
+// MaxActive once, unless no run of it would be added), then recorded under
 // one lock, item by item as CreateRun would.
 func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateResult, error) {
 	if err := ctx.Err(); err != nil {
@@ -366,7 +385,7 @@ func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateRe
 	s.expireLocked(runs[0].CreatedAt)
 	if maxActive > 0 && s.active >= maxActive {
 		for i := range runs {
-			if s.byKey[memKey{runs[i].Workflow, runs[i].Event.ID}] == nil {
+			if s.addsRunLocked(&runs[i]) {
 				return nil, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
 			}
 		}

@@ -320,3 +320,30 @@ func benchQueueKeys(b *testing.B, limited bool) {
 		}
 	}
 }
+
+// TestMemoryStoreMaxActiveLetsMergesIn: at MaxActive an event that merges
+// into a debounced run adds no run and is not refused; one that would add
+// a run is.
+func TestMemoryStoreMaxActiveLetsMergesIn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := NewMemoryStore(MemoryStoreConfig{})
+	one := []TaskSpec{{Name: "x"}}
+	db := &DebounceSpec{Key: "d", Window: time.Minute, MaxWait: time.Hour}
+	mk := func(id int, key string) NewRun {
+		nr := flowRun(id, "wf", flowT0.Add(time.Duration(id)*time.Second), one)
+		nr.MaxActive = 1
+		nr.Debounce = &DebounceSpec{Key: key, Window: db.Window, MaxWait: db.MaxWait}
+		return nr
+	}
+	if _, created, err := s.CreateRun(ctx, mk(1, "d")); err != nil || !created {
+		t.Fatalf("first: %v %v", created, err)
+	}
+	res, err := s.CreateRuns(ctx, []NewRun{mk(2, "d")})
+	if err != nil || !res[0].Debounced {
+		t.Fatalf("merge at MaxActive: %+v, %v; want merged", res, err)
+	}
+	if _, _, err := s.CreateRun(ctx, mk(3, "other")); !errors.Is(err, ErrBusy) {
+		t.Fatalf("new run at MaxActive: %v, want ErrBusy", err)
+	}
+}
