@@ -730,3 +730,44 @@ func BenchmarkSubmitMany(b *testing.B) {
 		})
 	}
 }
+
+// TestFlowQuietKeysNotBehindNoisyOne: with Max 1 per key, a key with a
+// backlog of waiting runs (its running one blocked) does not hold back
+// other keys: their runs start and finish meanwhile.
+func TestFlowQuietKeysNotBehindNoisyOne(t *testing.T) {
+	t.Parallel()
+	g := newGate()
+	hw := newHighWater()
+	wf := &batuta.Workflow{Name: "w",
+		Concurrency: &batuta.Concurrency{Key: func(ev batuta.Event) string { return ev.Subject }, Max: 1},
+		Tasks: []batuta.Task{{Name: "a", Run: func(ctx context.Context, in *batuta.Input) (any, error) {
+			hw.enter(in.Event().Subject)
+			defer hw.leave(in.Event().Subject)
+			if in.Event().Subject == "noisy" {
+				<-g.ch
+			}
+			return nil, nil
+		}}}}
+	o := setup(t, batuta.Config{Workers: 8}, wf)
+	ctx := waitCtx(t)
+	evs := make([]batuta.Event, 200)
+	for i := range evs {
+		evs[i] = batuta.Event{Subject: "noisy"}
+	}
+	noisy, err := o.SubmitMany(ctx, "w", evs)
+	require.NoError(t, err)
+	var quiet []string
+	for k := range 20 {
+		id, err := o.Submit(ctx, "w", batuta.Event{Subject: fmt.Sprintf("quiet-%d", k)})
+		require.NoError(t, err)
+		quiet = append(quiet, id)
+	}
+	for _, r := range waitAll(t, o, quiet) {
+		require.Equal(t, batuta.RunSucceeded, r.State)
+	}
+	g.open()
+	for _, r := range waitAll(t, o, noisy) {
+		require.Equal(t, batuta.RunSucceeded, r.State)
+	}
+	require.Equal(t, 1, hw.max()["noisy"])
+}
