@@ -111,7 +111,7 @@ func randomFlow(t *testing.T, seed uint64) {
 	outcomes := []Outcome{OutcomeSucceeded, OutcomeSucceeded, OutcomeSucceeded, OutcomeFailed, OutcomeRetry,
 		OutcomeSnooze, OutcomeDefer, OutcomeRelease, OutcomeSkipped, OutcomeUpstreamFailed, OutcomeCanceled}
 	for step := 0; step < 600; step++ {
-		op := ""
+		var op string
 		switch x := rng.IntN(100); {
 		case x < 20:
 			op = "create"
