@@ -389,7 +389,9 @@ func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev E
 // for all, in one Store round trip (one transaction for a durable store),
 // and returns the run IDs in the order of evs (an existing run's ID for a
 // duplicate Event.ID). Every event is checked first; any error means no
-// run was recorded. MaxInFlightRuns is checked once for the whole batch.
+// run was recorded. MaxInFlightRuns is checked once for the whole batch,
+// against the unfinished runs before it (so a batch may go past it);
+// ErrBusy refuses the whole batch.
 func (o *Orchestrator) SubmitMany(ctx context.Context, workflow string, evs []Event, opts ...SubmitOption) ([]string, error) {
 	cw, err := o.workflow(workflow)
 	if err != nil {
