@@ -142,3 +142,37 @@ func TestCronPauseThroughOrchestrator(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "true", r.Event.Metadata[batuta.CronMetaCatchUp])
 }
+
+// TestWithSubmitOptions: a custom trigger passes per-event options through
+// the ctx it gives fire; SubmitWith's come after and win.
+func TestWithSubmitOptions(t *testing.T) {
+	t.Parallel()
+	ctx := waitCtx(t)
+	o, err := batuta.New(batuta.Config{Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop}}}))
+	later := time.Now().Add(time.Hour)
+	fired := make(chan error, 2)
+	trig := batuta.TriggerFunc(func(ctx context.Context, fire batuta.FireFunc) error {
+		fired <- fire(batuta.WithSubmitOptions(ctx, batuta.StartAt(later), batuta.WithPriority(1)), batuta.Event{ID: "e1"})
+		fired <- fire(batuta.WithSubmitOptions(ctx, batuta.WithPriority(1)), batuta.Event{ID: "e2"})
+		<-ctx.Done()
+		return nil
+	})
+	require.NoError(t, o.Bind("w", trig, batuta.SubmitWith(func(ev batuta.Event) ([]batuta.SubmitOption, error) {
+		if ev.ID == "e2" {
+			return []batuta.SubmitOption{batuta.WithPriority(9)}, nil
+		}
+		return nil, nil
+	})))
+	start(t, o)
+	require.NoError(t, <-fired)
+	require.NoError(t, <-fired)
+	r1, err := o.Store().FindRun(ctx, "w", "e1")
+	require.NoError(t, err)
+	require.True(t, r1.StartAt.Equal(later))
+	require.Equal(t, 1, r1.Priority)
+	r2, err := o.Store().FindRun(ctx, "w", "e2")
+	require.NoError(t, err)
+	require.Equal(t, 9, r2.Priority, "SubmitWith wins")
+}

@@ -805,7 +805,7 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 }
 
 // fire submits an event a trigger fired for binding b (nil: none), with
-// the options the trigger set (withSubmitOptions) and then SubmitWith's.
+// the options the trigger set (WithSubmitOptions) and then SubmitWith's.
 func (o *Orchestrator) fire(ctx context.Context, b *binding, ev Event) (string, error) {
 	opts, _ := ctx.Value(submitOptsKey{}).([]SubmitOption)
 	if b.submitWith != nil {
@@ -829,12 +829,15 @@ func callSubmitWith(fn func(Event) ([]SubmitOption, error), ev Event) (opts []Su
 }
 
 // submitOptsKey carries a trigger's submit options in the ctx it passes to
-// its FireFunc (see withSubmitOptions).
+// its FireFunc (see WithSubmitOptions).
 type submitOptsKey struct{}
 
-// withSubmitOptions returns ctx carrying opts for the orchestrator's
-// FireFunc; a trigger uses it to delay or prioritise one event's run.
-func withSubmitOptions(ctx context.Context, opts []SubmitOption) context.Context {
+// WithSubmitOptions returns a ctx that makes the orchestrator's FireFunc
+// (and Runs.Fire) submit the event with opts: for a Trigger that computes a
+// start time or a priority per event (the queue trigger does it from
+// message metadata). Options from Bind's SubmitWith come after these and
+// win. A FireFunc that does not come from an orchestrator ignores them.
+func WithSubmitOptions(ctx context.Context, opts ...SubmitOption) context.Context {
 	if len(opts) == 0 {
 		return ctx
 	}

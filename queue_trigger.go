@@ -461,7 +461,7 @@ func (r *receiver) handle(ctx context.Context, ds []Delivery) {
 			c.deadLetter(ctx, d, ev, DeadLetterMalformed, err.Error())
 			continue
 		}
-		runID, err := c.fire(withSubmitOptions(ctx, opts), ev)
+		runID, err := c.fire(WithSubmitOptions(ctx, opts...), ev)
 		if err == nil {
 			r.busy = 0
 			if c.waitFinish {
