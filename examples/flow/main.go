@@ -333,6 +333,9 @@ func (d *demo) delayed(ctx context.Context) error {
 	var late []time.Duration
 	early := 0
 	for _, r := range runs {
+		if r.StartAt.IsZero() {
+			return fmt.Errorf("run %s shows no StartAt: this store does not implement delayed runs", r.ID)
+		}
 		l := r.Task("send").Attempts[0].StartedAt.Sub(r.StartAt)
 		if l < 0 {
 			early++
