@@ -452,6 +452,12 @@ func (l *cronLoop) run(ctx context.Context) error {
 		}
 		if len(l.queue) > 0 {
 			l.settle(ctx) // only a due tick needs to know
+			if l.whilePaused(ctx) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
 		if len(l.queue) > 1 && l.cfg.Overlap.Action == OverlapCancelPrevious {
 			// A later tick is due too: starting this one would only
@@ -520,6 +526,70 @@ func (l *cronLoop) idle(ctx context.Context, timer Timer) error {
 			}
 		}
 	}
+}
+
+// pauseAware is implemented by the orchestrator's Runs: whether the bound
+// workflow is paused (Orchestrator.Pause), with a channel closed when this
+// process resumes a workflow, and how often to ask again.
+type pauseAware interface {
+	pauseState(ctx context.Context) (paused bool, resumed <-chan struct{}, err error)
+	pollInterval() time.Duration
+}
+
+// whilePaused handles due ticks of a paused workflow: they are neither
+// fired nor recorded; the loop waits for the resume (or ctx), then queues
+// the ticks missed meanwhile under the missed-tick policy, exactly as
+// after downtime. It reports whether the workflow was paused (the queue
+// changed); false when it is not, or when that cannot be told (the fire
+// then proceeds, and fails if the store is down).
+func (l *cronLoop) whilePaused(ctx context.Context) bool {
+	pa, ok := l.runs.(pauseAware)
+	if !ok {
+		return false
+	}
+	paused, resumed, err := pa.pauseState(ctx)
+	if err != nil || !paused {
+		if err != nil && ctx.Err() == nil {
+			l.log.Warn("batuta: cron could not tell whether its workflow is paused; firing", "error", err)
+		}
+		return false
+	}
+	keep := l.queue[:0] // ticks held by a buffer policy stay held
+	for _, t := range l.queue {
+		if t.buffered {
+			keep = append(keep, t)
+		}
+	}
+	l.log.Info("batuta: cron workflow paused; ticks wait for the resume", "workflow", l.runs.Workflow(), "due", len(l.queue)-len(keep))
+	l.queue = keep
+	for paused {
+		timer := l.clock.NewTimer(pa.pollInterval())
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return true
+		case <-resumed:
+		case <-timer.C():
+		case <-l.done:
+			l.finished()
+		}
+		timer.Stop()
+		if paused, resumed, err = pa.pauseState(ctx); err != nil {
+			paused = true // ask again later
+		}
+	}
+	now := l.clock.Now()
+	l.cursor = now
+	last, err := l.runs.LastTick(ctx, l.cfg.Name)
+	if err != nil {
+		l.log.Warn("batuta: cron could not read its last tick after the resume; no catch-up", "error", err)
+		return true
+	}
+	l.log.Info("batuta: cron workflow resumed", "workflow", l.runs.Workflow(), "last_recorded", last)
+	if !last.IsZero() && last.Before(now) {
+		l.catchUp(last, now)
+	}
+	return true
 }
 
 // backoff waits before retrying a tick whose fire failed.

@@ -178,6 +178,21 @@ runs again.
 	store, err := batutasqlite.Open(ctx, "runs.db", batutasqlite.Config{})
 	o, err := batuta.New(batuta.Config{Store: store})
 
+# Flow control
+
+[StartAt] and [StartAfter] delay a run (it exists at once and starts no
+task before its time), [WithPriority] orders claims, and [Orchestrator.SubmitMany]
+creates a batch in one store round trip. [Workflow.Concurrency] and
+[Task.Concurrency] limit runs or attempts per key ([Concurrency]: wait in a
+fair queue, cancel the oldest, or refuse the newest), [Task.RateLimit]
+limits starts per period ([RateLimit], GCRA), [Workflow.Debounce] merges a
+burst of events into one run, and [Orchestrator.Pause] holds a workflow on
+every instance. The store holds each limit, so with PostgreSQL it holds
+across instances; docs/flow.md has the guarantees.
+
+	id, err := o.Submit(ctx, "reminder", ev, batuta.StartAt(tomorrow9), batuta.WithPriority(10))
+	wf.Concurrency = &batuta.Concurrency{Key: func(ev batuta.Event) string { return ev.Subject }, Max: 1}
+
 # Cancel and wait
 
 [Orchestrator.Wait] blocks until a run finished and returns its [Run]

@@ -32,7 +32,7 @@ func TestRegisterErrorsSayWhatToDo(t *testing.T) {
 		{"bad name", &batuta.Workflow{Name: "my orders", Tasks: []batuta.Task{{Name: "a", Run: noop}}}, []string{`invalid workflow "my orders"`, "Workflow.Name", "letters, digits", `e.g. Name: "orders"`}},
 		{"no tasks", &batuta.Workflow{Name: "orders"}, []string{"Workflow.Tasks is empty", `e.g. Tasks: []batuta.Task{{Name: "charge", Run: charge}}`}},
 		{"workflow timeout", &batuta.Workflow{Name: "orders", Timeout: -time.Second, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, []string{"Workflow.Timeout must not be negative (got -1s)", "e.g. Timeout: 10*time.Minute", "0 for no limit"}},
-		{"workflow concurrency", &batuta.Workflow{Name: "orders", Concurrency: -2, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, []string{"Workflow.Concurrency must not be negative (got -2)", "e.g. Concurrency: 4"}},
+		{"workflow concurrency", &batuta.Workflow{Name: "orders", Concurrency: &batuta.Concurrency{Max: -2}, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, []string{"Workflow.Concurrency.Max must be at least 1 (got -2)", "e.g. Max: 1"}},
 		{"empty task name", &batuta.Workflow{Name: "orders", Tasks: []batuta.Task{{Run: noop}}}, []string{"Workflow.Tasks[0]: Task.Name is empty", `e.g. Name: "charge"`}},
 		{"bad task name", task(func(tk *batuta.Task) { tk.Name = "charge card" }), []string{`task "charge card"`, "Task.Name", `e.g. Name: "charge"`}},
 		{"duplicate task", task(func(tk *batuta.Task) { tk.Name = "validate" }), []string{"Workflow.Tasks[0] and [1] are both named \"validate\"", "give each Task.Name its own value"}},

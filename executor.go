@@ -49,9 +49,15 @@ type executor struct {
 	mu       sync.Mutex
 	stopped  bool // hard stop: every task ctx is canceled
 	inflight map[int64]*slot
-	limited  map[string]int // running tasks of workflows with a Concurrency cap
+	limited  map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
 	due      dueHeap
-	stuck    map[*slot]string // abandoned attempts still running, for the log
+	// askDue: ask the store for its next due time at the next idle moment
+	// (set at start, on Resume, on a debounce merge, when the heap is full).
+	askDue    bool
+	lastAsk   time.Time        // when the store was last asked (by the clock)
+	storeDue  time.Time        // the store's last answer
+	rateFails int              // consecutive ReserveRate errors, for the backoff
+	stuck     map[*slot]string // abandoned attempts still running, for the log
 }
 
 // slot is one worker's state, reused for each task it runs.
@@ -82,6 +88,7 @@ func newExecutor(o *Orchestrator) *executor {
 		inflight:     make(map[int64]*slot),
 		limited:      make(map[string]int),
 		stuck:        make(map[*slot]string),
+		askDue:       true,
 	}
 	ex.durable = o.store.Durable()
 	if ex.durable {
@@ -214,7 +221,7 @@ func (ex *executor) claimInto(buf []Claim, max int, now time.Time) ([]Claim, err
 			break
 		}
 		ex.mu.Lock()
-		rem := min(cw.concurrency-ex.limited[cw.name], left)
+		rem := min(cw.localCap-ex.limited[cw.name], left)
 		if rem > 0 {
 			ex.limited[cw.name] += rem // reserve, give back what we do not get
 		}
@@ -278,6 +285,9 @@ func (ex *executor) dispatch() {
 		if errBackoff > 0 {
 			wait = errBackoff
 		}
+		if errBackoff == 0 {
+			ex.askStoreDue()
+		}
 		var dueC <-chan time.Time
 		var dueT Timer
 		if d, ok := ex.nextDue(); ok && errBackoff == 0 {
@@ -318,15 +328,85 @@ func (ex *executor) nextDue() (time.Time, bool) {
 	return ex.due[0], true
 }
 
-// cancelRun cancels this process's running attempts of a run.
-func (ex *executor) cancelRun(runID string) {
+// maxDue bounds the due heap: past it, due times are left to the store
+// (a million reminders for tomorrow cost no memory here).
+const maxDue = 4096
+
+// addDue makes the dispatcher wake at t (a delayed run's start, a retry).
+func (ex *executor) addDue(t time.Time) {
+	ex.mu.Lock()
+	if len(ex.due) < maxDue {
+		heap.Push(&ex.due, t)
+	} else {
+		ex.askDue = true // the store knows the earliest
+	}
+	ex.mu.Unlock()
+}
+
+// refreshDue makes the dispatcher ask the store for its next due time at
+// its next idle moment.
+func (ex *executor) refreshDue() {
+	ex.mu.Lock()
+	ex.askDue = true
+	ex.mu.Unlock()
+}
+
+// askStoreDue asks the store when the next pending task of the registered
+// workflows comes due (a run delayed by another process or before a
+// restart, a retry recorded elsewhere) and adds it to the due heap: when
+// refreshDue asked for it, once the store's last answer has passed
+// (however the dispatcher woke), and otherwise at most once per
+// PollInterval.
+func (ex *executor) askStoreDue() {
+	o := ex.o
+	now := o.clock.Now()
+	ex.mu.Lock()
+	ask := ex.askDue || now.Sub(ex.lastAsk) >= o.cfg.PollInterval ||
+		!ex.storeDue.IsZero() && !now.Before(ex.storeDue)
+	if ask {
+		ex.askDue, ex.lastAsk, ex.storeDue = false, now, time.Time{}
+	}
+	ex.mu.Unlock()
+	if !ask {
+		return
+	}
+	o.mu.RLock()
+	names := o.wfNames
+	o.mu.RUnlock()
+	if len(names) == 0 {
+		return
+	}
+	t, err := ex.store.NextDue(ex.bgCtx, names, now)
+	if err != nil {
+		if errors.Is(err, errors.ErrUnsupported) {
+			ex.mu.Lock()
+			ex.lastAsk = now.Add(time.Hour) // a store without it: ask rarely, log once
+			ex.mu.Unlock()
+		}
+		o.log.Warn("batuta: asking the store for the next due task failed; polling instead", "error", err)
+		return
+	}
+	if t.After(now) {
+		ex.mu.Lock()
+		heap.Push(&ex.due, t)
+		ex.storeDue = t
+		ex.mu.Unlock()
+	}
+}
+
+// cancelRun cancels this process's running attempts of a run and reports
+// whether there were any (their workers then publish the run's end).
+func (ex *executor) cancelRun(runID string) bool {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
+	found := false
 	for _, sl := range ex.inflight {
 		if sl.claim != nil && sl.claim.RunID == runID && sl.tctx != nil {
 			sl.tctx.cancel(errRunCanceled)
+			found = true
 		}
 	}
+	return found
 }
 
 type dueHeap []time.Time

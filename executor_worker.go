@@ -1,7 +1,6 @@
 package batuta
 
 import (
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -70,7 +69,7 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 		}
 	}
 	defer func() {
-		if cw != nil && cw.concurrency > 0 {
+		if cw != nil && cw.localCap > 0 {
 			ex.mu.Lock()
 			ex.limited[cw.name]--
 			ex.mu.Unlock()
@@ -99,6 +98,8 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
 		comp.StartedAt, comp.FinishedAt = now, now
+	case ct.rate != nil && !c.RateReserved && ex.rateDeferred(sl, c, ct, comp, now):
+		// Handed back until its rate-limit slot: no attempt spent.
 	default:
 		ranAttempt = true
 		info = AttemptInfo{RunID: c.RunID, Workflow: c.Workflow, Task: c.Task, Attempt: c.Attempt, Started: now}
@@ -265,12 +266,56 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		comp.Error = fmt.Sprintf("%v: task %s exceeded its timeout of %v: %s", ErrTimeout, c.Task, ct.timeout, comp.Error)
 	}
 	if !comp.RetryAt.IsZero() {
-		ex.mu.Lock()
-		heap.Push(&ex.due, comp.RetryAt)
-		ex.mu.Unlock()
+		ex.addDue(comp.RetryAt)
 		ex.poke()
 	}
 	return taskCtx
+}
+
+// rateDeferred reserves a start slot under the task's rate limit. If the
+// slot is later than now it fills comp with an OutcomeDefer to that slot
+// (RateReserved, so the next claim starts without another reservation) and
+// reports true; if the store fails it defers briefly, with backoff, and
+// logs (a store error never fails the task). A key function that panics
+// fails the task. It reports false when the attempt may start now.
+func (ex *executor) rateDeferred(sl *slot, c *Claim, ct *compiledTask, comp *Completion, now time.Time) bool {
+	o := ex.o
+	r := ct.rate
+	key := r.Name
+	if r.Key != nil {
+		sl.in = Input{claim: c, task: ct, ctx: ex.bgCtx, store: ex.store}
+		k, err := callKey(r.Key, &sl.in)
+		sl.in = Input{}
+		if err != nil {
+			comp.Outcome = OutcomeFailed
+			comp.Error = fmt.Sprintf("batuta: Task.RateLimit.Key of task %s panicked: %v", c.Task, err)
+			comp.StartedAt, comp.FinishedAt = now, now
+			return true
+		}
+		key = flowKey(r.Name, k)
+	}
+	slot, err := ex.store.ReserveRate(ex.bgCtx, rateSpec(r, key), now)
+	if err != nil {
+		ex.mu.Lock()
+		ex.rateFails++
+		n := ex.rateFails
+		ex.mu.Unlock()
+		d := min(50*time.Millisecond<<min(n-1, 7), 5*time.Second)
+		o.log.Error("batuta: reserving a rate-limit slot failed; deferring the task", "run", c.RunID, "task", c.Task,
+			"rate_limit", r.Name, "error", err, "retry_in", d)
+		comp.Outcome, comp.RetryAt = OutcomeDefer, now.Add(d)
+	} else {
+		ex.mu.Lock()
+		ex.rateFails = 0
+		ex.mu.Unlock()
+		if !slot.After(now) {
+			return false
+		}
+		comp.Outcome, comp.RetryAt, comp.RateReserved = OutcomeDefer, slot, true
+	}
+	ex.addDue(comp.RetryAt)
+	ex.poke()
+	return true
 }
 
 func callTask(ctx context.Context, fn TaskFunc, in *Input) (out any, err error) {

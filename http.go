@@ -277,7 +277,7 @@ func (h *httpHandler) functionEvent(w http.ResponseWriter, r *http.Request, name
 // event ID names an existing run whose request had another body, it answers
 // 422 and reports false; it writes every other error response too.
 func (h *httpHandler) submitEvent(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, ev Event) (string, bool) {
-	runID, created, err := h.o.submit(ctx, name, ev)
+	runID, created, err := h.o.submit(ctx, name, ev, nil)
 	if err != nil {
 		h.submitError(w, r, err)
 		return "", false

@@ -126,8 +126,8 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 	}
 	wf := &Workflow{
 		Name:        cfg.Name,
-		Concurrency: cfg.Concurrency,
 		StrictInput: cfg.StrictInput,
+		localCap:    cfg.Concurrency,
 		Tasks: []Task{{
 			Name:    FunctionTask,
 			Run:     handler,
@@ -281,8 +281,9 @@ func InvokeAs[Out any](ctx context.Context, o *Orchestrator, name string, payloa
 // InvokeAsync starts the function name for payload (as Invoke reads it)
 // and returns the run's ID once the run is accepted, without waiting. It
 // works before Run (the run starts when Run does). Follow the run with Wait
-// or GetRun.
-func (o *Orchestrator) InvokeAsync(ctx context.Context, name string, payload any) (string, error) {
+// or GetRun. Options delay the invocation or set its priority, as for
+// Submit (e.g. batuta.StartAfter(time.Hour)).
+func (o *Orchestrator) InvokeAsync(ctx context.Context, name string, payload any, opts ...SubmitOption) (string, error) {
 	if !functionsOf(o).has(name) {
 		return "", o.unknownFunction(name)
 	}
@@ -290,7 +291,7 @@ func (o *Orchestrator) InvokeAsync(ctx context.Context, name string, payload any
 	if err != nil {
 		return "", err
 	}
-	return o.Submit(ctx, name, ev)
+	return o.Submit(ctx, name, ev, opts...)
 }
 
 func (o *Orchestrator) invoke(ctx context.Context, name string, payload any) (*Run, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -187,6 +188,10 @@ type Orchestrator struct {
 	waitMu  sync.Mutex
 	waiters map[string]*waiter
 	freed   chan struct{} // closed and replaced whenever a run finishes (SubmitBlocking)
+	resumed chan struct{} // closed and replaced whenever this process resumes a workflow
+
+	rateMu sync.Mutex
+	rates  map[string]*RateLimit // RateLimit by Name across registered workflows
 
 	ex atomic.Pointer[executor]
 
@@ -201,9 +206,10 @@ type waiter struct {
 }
 
 type binding struct {
-	workflow string
-	trigger  Trigger
-	started  bool
+	workflow   string
+	trigger    Trigger
+	started    bool
+	submitWith func(Event) ([]SubmitOption, error) // SubmitWith; nil if none
 }
 
 // New returns an Orchestrator configured by cfg, or a *ConfigError.
@@ -220,6 +226,8 @@ func New(cfg Config) (*Orchestrator, error) {
 		workflows: make(map[string]*compiledWorkflow),
 		waiters:   make(map[string]*waiter),
 		freed:     make(chan struct{}),
+		resumed:   make(chan struct{}),
+		rates:     make(map[string]*RateLimit),
 		functions: functionSet{names: map[string]bool{}},
 	}
 	if !cfg.NoLogHooks {
@@ -245,13 +253,27 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 	if _, dup := o.workflows[cw.name]; dup {
 		return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
 	}
+	if cw.flow != nil && cw.flow.hasRate {
+		o.rateMu.Lock()
+		for name, r := range cw.flow.rateNames {
+			if other, ok := o.rates[name]; ok && !sameRate(other, r) {
+				o.rateMu.Unlock()
+				return &WorkflowError{Workflow: cw.name, Reason: fmt.Sprintf("Task.RateLimit %q: Limit %d per %s (burst %d) differs from %d per %s (burst %d) declared by another registered workflow under the same Name; tasks sharing a Name share one limit: give them the same numbers, or another Name",
+					name, r.Limit, r.Per, r.Burst, other.Limit, other.Per, other.Burst)}
+			}
+		}
+		for name, r := range cw.flow.rateNames {
+			o.rates[name] = r
+		}
+		o.rateMu.Unlock()
+	}
 	o.workflows[cw.name] = cw
 	names := append(append([]string(nil), o.wfNames...), cw.name)
 	sort.Strings(names)
 	var uncapped []string
 	var capped []*compiledWorkflow
 	for _, n := range names {
-		if w := o.workflows[n]; w.concurrency > 0 {
+		if w := o.workflows[n]; w.localCap > 0 {
 			capped = append(capped, w)
 		} else {
 			uncapped = append(uncapped, n)
@@ -298,8 +320,9 @@ func (o *Orchestrator) unknownWorkflow(name, call string) error {
 // Bind makes t start runs of the named workflow: each event t fires is
 // submitted as a run. t runs while the orchestrator runs (from Run, or at
 // once if Run is already running); if t returns early it is restarted with
-// backoff and the error is logged.
-func (o *Orchestrator) Bind(workflow string, t Trigger) error {
+// backoff and the error is logged. Options: SubmitWith computes submit
+// options (a start time, a priority) per event.
+func (o *Orchestrator) Bind(workflow string, t Trigger, opts ...BindOption) error {
 	if t == nil {
 		return fmt.Errorf(`batuta: Bind(%q, nil): the trigger is nil; pass one, e.g. a trigger made by batuta.NewCron(batuta.CronConfig{Spec: "*/5 * * * *"}) or batuta.NewQueueTrigger`, workflow)
 	}
@@ -309,6 +332,11 @@ func (o *Orchestrator) Bind(workflow string, t Trigger) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	b := &binding{workflow: workflow, trigger: t}
+	for _, opt := range opts {
+		if opt.submitWith != nil {
+			b.submitWith = opt.submitWith
+		}
+	}
 	o.bindings = append(o.bindings, b)
 	if o.running {
 		o.startBindingLocked(b)
@@ -319,25 +347,29 @@ func (o *Orchestrator) Bind(workflow string, t Trigger) error {
 // Submit starts a run of workflow for ev and returns the run's ID once the
 // run is recorded in the Store. If a run of workflow already exists for
 // ev.ID, Submit returns its ID and starts nothing. An empty ev.ID gets a
-// random one; a zero ev.Time gets the clock's now.
+// random one; a zero ev.Time gets the clock's now. Options delay the run
+// (StartAt, StartAfter) or set its priority (WithPriority); with a
+// Workflow.Debounce the event may be merged into a waiting run, whose ID
+// Submit then returns.
 //
 // Errors: ErrUnknownWorkflow, *PayloadTooLargeError (ErrPayloadTooLarge),
-// ErrInvalidPayload for event fields a store could not keep, ErrBusy when
-// MaxInFlightRuns runs are unfinished, or the Store's error. Nothing is
-// stored when Submit fails.
-func (o *Orchestrator) Submit(ctx context.Context, workflow string, ev Event) (string, error) {
-	id, _, err := o.submit(ctx, workflow, ev)
+// ErrInvalidPayload for event fields a store could not keep (or a
+// Concurrency or Debounce key function that panicked), ErrInvalidConfig
+// for a bad option, ErrBusy when MaxInFlightRuns runs are unfinished, or
+// the Store's error. Nothing is stored when Submit fails.
+func (o *Orchestrator) Submit(ctx context.Context, workflow string, ev Event, opts ...SubmitOption) (string, error) {
+	id, _, err := o.submit(ctx, workflow, ev, opts)
 	return id, err
 }
 
 // SubmitBlocking is Submit, but when the orchestrator is busy it waits for
 // runs to finish (or ctx to end) instead of returning ErrBusy.
-func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev Event) (string, error) {
+func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev Event, opts ...SubmitOption) (string, error) {
 	for {
 		o.waitMu.Lock()
 		freed := o.freed
 		o.waitMu.Unlock()
-		id, _, err := o.submit(ctx, workflow, ev)
+		id, _, err := o.submit(ctx, workflow, ev, opts)
 		if !errors.Is(err, ErrBusy) {
 			return id, err
 		}
@@ -353,45 +385,143 @@ func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev E
 	}
 }
 
-func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event) (string, bool, error) {
+// SubmitMany submits one run of workflow per event, with the same options
+// for all, in one Store round trip (one transaction for a durable store),
+// and returns the run IDs in the order of evs (an existing run's ID for a
+// duplicate Event.ID). Every event is checked first; any error means no
+// run was recorded. MaxInFlightRuns is checked once for the whole batch,
+// against the unfinished runs before it (so a batch may go past it);
+// ErrBusy refuses the whole batch.
+func (o *Orchestrator) SubmitMany(ctx context.Context, workflow string, evs []Event, opts ...SubmitOption) ([]string, error) {
 	cw, err := o.workflow(workflow)
 	if err != nil {
-		return "", false, err
+		return nil, err
 	}
-	if err := o.checkEvent(&ev); err != nil {
-		return "", false, err
+	if len(evs) == 0 {
+		return nil, nil
 	}
 	now := o.clock.Now()
+	so, err := resolveSubmitOptions(opts, now)
+	if err != nil {
+		return nil, fmt.Errorf("batuta: submit %s: %w", workflow, err)
+	}
+	nrs := make([]NewRun, len(evs))
+	for i := range evs {
+		if err := o.newRun(&nrs[i], cw, evs[i], so, now); err != nil {
+			return nil, fmt.Errorf("batuta: submit %s: event %d: %w", workflow, i, err)
+		}
+	}
+	res, err := o.store.CreateRuns(ctx, nrs)
+	if err != nil {
+		return nil, fmt.Errorf("batuta: submit %s: %w", workflow, err)
+	}
+	if len(res) != len(nrs) {
+		return nil, fmt.Errorf("batuta: submit %s: the store answered %d results for %d runs", workflow, len(res), len(nrs))
+	}
+	ids := make([]string, len(res))
+	for i := range res {
+		ids[i] = res[i].ID
+		o.created(ctx, &nrs[i], res[i], now)
+	}
+	return ids, nil
+}
+
+// newRun fills nr with a run of cw for ev at now.
+func (o *Orchestrator) newRun(nr *NewRun, cw *compiledWorkflow, ev Event, so submitOpts, now time.Time) error {
+	if err := o.checkEvent(&ev); err != nil {
+		return err
+	}
 	if ev.Time.IsZero() {
 		ev.Time = now
 	}
 	rid, err := uuid.NewV7()
 	if err != nil {
-		return "", false, fmt.Errorf("batuta: run id: %w", err)
+		return fmt.Errorf("batuta: run id: %w", err)
 	}
 	if ev.ID == "" {
 		ev.ID = rid.String()
 	}
-	nr := NewRun{
-		ID: rid.String(), Workflow: workflow, Event: ev, Tasks: cw.specs, CreatedAt: now,
+	*nr = NewRun{
+		ID: rid.String(), Workflow: cw.name, Event: ev, Tasks: cw.specs, CreatedAt: now,
 		MaxActive: max(o.cfg.MaxInFlightRuns, 0),
 	}
 	if cw.timeout > 0 {
 		nr.Deadline = now.Add(cw.timeout)
 	}
-	id, created, err := o.store.CreateRun(ctx, nr)
+	return cw.newRunFlow(nr, so)
+}
+
+func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event, opts []SubmitOption) (string, bool, error) {
+	cw, err := o.workflow(workflow)
+	if err != nil {
+		return "", false, err
+	}
+	now := o.clock.Now()
+	var so submitOpts
+	if len(opts) > 0 {
+		if so, err = resolveSubmitOptions(opts, now); err != nil {
+			return "", false, fmt.Errorf("batuta: submit %s: %w", workflow, err)
+		}
+	}
+	var nr NewRun
+	if err := o.newRun(&nr, cw, ev, so, now); err != nil {
+		return "", false, err
+	}
+	var res CreateResult
+	if cw.flow == nil {
+		res.ID, res.Created, err = o.store.CreateRun(ctx, nr)
+	} else {
+		// CreateRuns tells what a concurrency strategy or a debounce did.
+		var rs []CreateResult
+		if rs, err = o.store.CreateRuns(ctx, []NewRun{nr}); err == nil {
+			if len(rs) != 1 {
+				err = fmt.Errorf("the store answered %d results for 1 run", len(rs))
+			} else {
+				res = rs[0]
+			}
+		}
+	}
 	if err != nil {
 		return "", false, fmt.Errorf("batuta: submit %s: %w", workflow, err)
 	}
-	if created {
-		if ex := o.ex.Load(); ex != nil {
+	o.created(ctx, &nr, res, now)
+	return res.ID, res.Created, nil
+}
+
+// created acts on the store's answer to one new run: wakes the executor
+// (at once, and at the run's start time), runs the hooks, and publishes
+// the end of runs that a concurrency strategy canceled.
+func (o *Orchestrator) created(ctx context.Context, nr *NewRun, res CreateResult, now time.Time) {
+	ex := o.ex.Load()
+	if res.Created {
+		if ex != nil {
+			if !nr.StartAt.IsZero() {
+				ex.addDue(nr.StartAt)
+			} else if nr.Debounce != nil {
+				ex.addDue(now.Add(nr.Debounce.Window))
+			}
 			ex.poke()
 		}
 		for _, h := range o.hooks {
-			h.RunStarted(ctx, RunInfo{RunID: id, Workflow: workflow, EventID: ev.ID, State: RunPending, Time: now})
+			h.RunStarted(ctx, RunInfo{RunID: res.ID, Workflow: nr.Workflow, EventID: nr.Event.ID, State: RunPending, Time: now})
+		}
+	} else if res.Debounced && ex != nil {
+		// The merged run's start moved (to now+Window at most): ask the
+		// store when it comes due rather than guess.
+		ex.addDue(now.Add(nr.Debounce.Window))
+		ex.refreshDue()
+	}
+	for _, id := range res.Canceled {
+		if ex != nil && ex.cancelRun(id) {
+			continue // the canceled attempts' workers publish the end
+		}
+		if r, err := o.store.GetRun(ctx, id); err == nil && r.Finished() {
+			o.runFinished(ctx, id, r.Workflow, r.State)
 		}
 	}
-	return id, created, nil
+	if res.Rejected {
+		o.runFinished(ctx, res.ID, nr.Workflow, RunCanceled)
+	}
 }
 
 // checkEvent enforces the payload cap and refuses strings a database text
@@ -560,8 +690,8 @@ func (o *Orchestrator) Cancel(ctx context.Context, runID string) error {
 	if !changed {
 		return nil
 	}
-	if ex := o.ex.Load(); ex != nil {
-		ex.cancelRun(runID)
+	if ex := o.ex.Load(); ex != nil && ex.cancelRun(runID) {
+		return nil // the canceled attempts' workers publish the end
 	}
 	if r, err := o.store.GetRun(ctx, runID); err == nil && r.Finished() {
 		o.runFinished(ctx, runID, r.Workflow, r.State)
@@ -636,7 +766,7 @@ func (o *Orchestrator) startBindingLocked(b *binding) {
 // returns early.
 func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 	fire := func(ctx context.Context, ev Event) error {
-		_, err := o.Submit(ctx, b.workflow, ev)
+		_, err := o.fire(ctx, b, ev)
 		return err
 	}
 	backoff := 100 * time.Millisecond
@@ -650,7 +780,7 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 				}
 			}()
 			if tt, ok := b.trigger.(TrackingTrigger); ok {
-				err = tt.RunTracking(ctx, &runsView{o: o, workflow: b.workflow})
+				err = tt.RunTracking(ctx, &runsView{o: o, workflow: b.workflow, b: b})
 			} else {
 				err = b.trigger.Run(ctx, fire)
 			}
@@ -674,16 +804,80 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 	}
 }
 
+// fire submits an event a trigger fired for binding b (nil: none), with
+// the options the trigger set (WithSubmitOptions) and then SubmitWith's.
+func (o *Orchestrator) fire(ctx context.Context, b *binding, ev Event) (string, error) {
+	opts, _ := ctx.Value(submitOptsKey{}).([]SubmitOption)
+	if b.submitWith != nil {
+		more, err := callSubmitWith(b.submitWith, ev)
+		if err != nil {
+			return "", fmt.Errorf("batuta: submit %s: %w: SubmitWith: %w", b.workflow, ErrInvalidPayload, err)
+		}
+		opts = append(opts[:len(opts):len(opts)], more...)
+	}
+	id, _, err := o.submit(ctx, b.workflow, ev, opts)
+	return id, err
+}
+
+func callSubmitWith(fn func(Event) ([]SubmitOption, error), ev Event) (opts []SubmitOption, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = newPanicError(p)
+		}
+	}()
+	return fn(ev)
+}
+
+// submitOptsKey carries a trigger's submit options in the ctx it passes to
+// its FireFunc (see WithSubmitOptions).
+type submitOptsKey struct{}
+
+// WithSubmitOptions returns a ctx that makes the orchestrator's FireFunc
+// (and Runs.Fire) submit the event with opts: for a Trigger that computes a
+// start time or a priority per event (the queue trigger does it from
+// message metadata). Options from Bind's SubmitWith come after these and
+// win. A FireFunc that does not come from an orchestrator ignores them.
+func WithSubmitOptions(ctx context.Context, opts ...SubmitOption) context.Context {
+	if len(opts) == 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, submitOptsKey{}, opts)
+}
+
 // runsView is the Runs a TrackingTrigger gets.
 type runsView struct {
 	o        *Orchestrator
 	workflow string
+	b        *binding
 }
 
 func (r *runsView) Workflow() string { return r.workflow }
 func (r *runsView) Fire(ctx context.Context, ev Event) (string, error) {
-	return r.o.Submit(ctx, r.workflow, ev)
+	b := r.b
+	if b == nil {
+		b = &binding{workflow: r.workflow}
+	}
+	return r.o.fire(ctx, b, ev)
 }
+
+// pauseState reports whether the workflow is paused now (in the store, for
+// every process), with a channel closed when this process resumes a
+// workflow (taken before reading the store, so no resume is missed).
+func (r *runsView) pauseState(ctx context.Context) (bool, <-chan struct{}, error) {
+	r.o.waitMu.Lock()
+	ch := r.o.resumed
+	r.o.waitMu.Unlock()
+	ws, err := r.o.store.PausedWorkflows(ctx)
+	if err != nil {
+		return false, ch, err
+	}
+	_, paused := slices.BinarySearch(ws, r.workflow)
+	return paused, ch, nil
+}
+
+// pollInterval is how often a paused cron schedule asks the store whether
+// it was resumed elsewhere.
+func (r *runsView) pollInterval() time.Duration                       { return r.o.cfg.PollInterval }
 func (r *runsView) Get(ctx context.Context, id string) (*Run, error)  { return r.o.GetRun(ctx, id) }
 func (r *runsView) Wait(ctx context.Context, id string) (*Run, error) { return r.o.Wait(ctx, id) }
 
@@ -701,6 +895,53 @@ func (r *runsView) LastTick(ctx context.Context, s string) (time.Time, error) {
 }
 func (r *runsView) RecordTick(ctx context.Context, s string, t time.Time) (bool, error) {
 	return r.o.store.RecordTick(ctx, s, t)
+}
+
+// Pause pauses a workflow for every orchestrator sharing the store: no new
+// task of it starts (attempts running now finish), while Submit and
+// triggers keep accepting runs, which wait; cron schedules bound to it
+// fire no tick while it is paused and apply their missed-tick policy on
+// resume, as after downtime. Pausing is durable with a durable store.
+// ErrUnknownWorkflow if the workflow is not registered here.
+func (o *Orchestrator) Pause(ctx context.Context, workflow string) error {
+	if !o.registered(workflow) {
+		return o.unknownWorkflow(workflow, "Pause")
+	}
+	if _, err := o.store.SetPaused(ctx, workflow, true); err != nil {
+		return fmt.Errorf("batuta: pause %s: %w", workflow, err)
+	}
+	return nil
+}
+
+// Resume resumes a paused workflow (a no-op if it is not paused): its
+// waiting tasks start again, on every orchestrator sharing the store.
+// ErrUnknownWorkflow if the workflow is not registered here.
+func (o *Orchestrator) Resume(ctx context.Context, workflow string) error {
+	if !o.registered(workflow) {
+		return o.unknownWorkflow(workflow, "Resume")
+	}
+	if _, err := o.store.SetPaused(ctx, workflow, false); err != nil {
+		return fmt.Errorf("batuta: resume %s: %w", workflow, err)
+	}
+	if ex := o.ex.Load(); ex != nil {
+		ex.refreshDue()
+		ex.poke()
+	}
+	o.waitMu.Lock()
+	close(o.resumed)
+	o.resumed = make(chan struct{})
+	o.waitMu.Unlock()
+	return nil
+}
+
+// Paused lists the paused workflows, sorted (every workflow paused in the
+// store, including those this orchestrator does not register).
+func (o *Orchestrator) Paused(ctx context.Context) ([]string, error) {
+	ws, err := o.store.PausedWorkflows(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("batuta: paused workflows: %w", err)
+	}
+	return ws, nil
 }
 
 // Runs returns the Runs view of a workflow, as a TrackingTrigger gets it;

@@ -126,7 +126,7 @@ func TestRegisterRejectsBadWorkflows(t *testing.T) {
 		{"negative retries", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: -1}}}}, "Task.Retry.MaxAttempts must not be negative (got -1); use e.g. MaxAttempts: 5"},
 		{"bad multiplier", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, Retry: batuta.RetryPolicy{Multiplier: 0.5}}}}, "Retry.Multiplier"},
 		{"bad join rule", &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "a", Run: noop, When: 42}}}, "unknown join rule"},
-		{"negative concurrency", &batuta.Workflow{Name: "w", Concurrency: -1, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "Workflow.Concurrency must not be negative (got -1); use e.g. Concurrency: 4"},
+		{"zero concurrency", &batuta.Workflow{Name: "w", Concurrency: &batuta.Concurrency{}, Tasks: []batuta.Task{{Name: "a", Run: noop}}}, "Workflow.Concurrency.Max must be at least 1 (got 0)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -601,7 +601,7 @@ func TestHooksAndConcurrencyCap(t *testing.T) {
 	t.Parallel()
 	var cur, high atomic.Int32
 	h := &countingHooks{}
-	wf := &batuta.Workflow{Name: "w", Concurrency: 3, Tasks: []batuta.Task{{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) {
+	wf := &batuta.Workflow{Name: "w", Concurrency: &batuta.Concurrency{Max: 3}, Tasks: []batuta.Task{{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) {
 		n := cur.Add(1)
 		for {
 			m := high.Load()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -455,7 +456,12 @@ func (r *receiver) handle(ctx context.Context, ds []Delivery) {
 		if !ok {
 			continue // dead-lettered
 		}
-		runID, err := c.fire(ctx, ev)
+		opts, err := queueSubmitOptions(d)
+		if err != nil {
+			c.deadLetter(ctx, d, ev, DeadLetterMalformed, err.Error())
+			continue
+		}
+		runID, err := c.fire(WithSubmitOptions(ctx, opts...), ev)
 		if err == nil {
 			r.busy = 0
 			if c.waitFinish {
@@ -792,6 +798,66 @@ const (
 	HeaderDeadLetterBodySize   = "batuta-dead-letter-body-size"
 	HeaderDeadLetterBodySHA256 = "batuta-dead-letter-body-sha256"
 )
+
+// Message metadata (headers) the queue trigger reads to delay or prioritise
+// a message's run (not in batch mode, where one run serves many messages).
+// A malformed value makes the message malformed: it goes to the dead
+// letter destination with DeadLetterMalformed and the reason.
+const (
+	// HeaderDelay delays the run: a Go duration ("90s", "1h30m") or an
+	// integer number of milliseconds ("1500"), counted from the message's
+	// publish time (Message.Time; the receipt if unknown), so a
+	// redelivered message is not delayed again. Not negative.
+	HeaderDelay = "batuta-delay"
+	// HeaderStartAt sets the run's start time, RFC 3339
+	// ("2026-12-24T09:00:00Z"); a time in the past means now. It wins over
+	// HeaderDelay.
+	HeaderStartAt = "batuta-start-at"
+	// HeaderPriority sets the run's priority, an integer (see
+	// WithPriority).
+	HeaderPriority = "batuta-priority"
+)
+
+// queueSubmitOptions reads HeaderDelay, HeaderStartAt and HeaderPriority.
+func queueSubmitOptions(d Delivery) ([]SubmitOption, error) {
+	if len(d.Headers) == 0 {
+		return nil, nil
+	}
+	var opts []SubmitOption
+	if v, ok := d.Headers[HeaderDelay]; ok {
+		delay, err := time.ParseDuration(v)
+		if err != nil {
+			ms, ierr := strconv.ParseInt(v, 10, 64)
+			if ierr != nil || ms > math.MaxInt64/int64(time.Millisecond) || ms < math.MinInt64/int64(time.Millisecond) {
+				return nil, fmt.Errorf("header %s: %q is neither a Go duration (\"90s\") nor an integer number of milliseconds", HeaderDelay, clip(v))
+			}
+			delay = time.Duration(ms) * time.Millisecond
+		}
+		if delay < 0 {
+			return nil, fmt.Errorf("header %s: %q is negative", HeaderDelay, clip(v))
+		}
+		if d.Time.IsZero() {
+			opts = append(opts, StartAfter(delay))
+		} else {
+			opts = append(opts, StartAt(d.Time.Add(delay)))
+		}
+	}
+	if v, ok := d.Headers[HeaderStartAt]; ok {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return nil, fmt.Errorf("header %s: %q is not an RFC 3339 time such as \"2026-12-24T09:00:00Z\"", HeaderStartAt, clip(v))
+		}
+		opts = append(opts, StartAt(t))
+	}
+	if v, ok := d.Headers[HeaderPriority]; ok {
+		p, err := strconv.ParseInt(v, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("header %s: %q is not a 32-bit integer", HeaderPriority, clip(v))
+		}
+		opts = append(opts, WithPriority(int(p)))
+	}
+	return opts, nil
+}
 
 // MaxDeadLetterErrorBytes caps the batuta-dead-letter-error header: a
 // longer error is cut (at a UTF-8 boundary) and ends with "...". Brokers

@@ -27,10 +27,13 @@ type Workflow struct {
 	// When it passes, running tasks see their ctx canceled and tasks not
 	// yet started fail with ErrTimeout.
 	Timeout time.Duration
-	// Concurrency caps how many tasks of this workflow run at once in one
-	// orchestrator (a function's reserved concurrency). 0 means only the
-	// worker pool bounds it.
-	Concurrency int
+	// Concurrency, if not nil, limits the unfinished runs of this workflow
+	// per key, across every orchestrator sharing the store (see
+	// Concurrency and docs/flow.md). Nil: no limit.
+	Concurrency *Concurrency
+	// Debounce, if not nil, merges events of one key arriving within
+	// Debounce.Window into one run (see Debounce).
+	Debounce *Debounce
 	// StrictInput makes EventData, in this workflow's tasks, refuse event
 	// data that does not match T exactly: a field T does not have, a
 	// top-level null, or no data at all (EventDataStrict does the same for
@@ -42,6 +45,10 @@ type Workflow struct {
 	// where a typo in a field name or an empty body must not pass silently
 	// as the zero value.
 	StrictInput bool
+
+	// localCap caps the tasks of this workflow running at once in one
+	// orchestrator (FunctionConfig.Concurrency); 0: no cap.
+	localCap int
 }
 
 // A TaskFunc is the body of a task. It reads the triggering event and the
@@ -89,6 +96,14 @@ type Task struct {
 	// when the early task starts). Register rejects FireEarly with any
 	// other rule.
 	FireEarly bool
+	// Concurrency, if not nil, limits the running attempts of this task
+	// per key (computed from the run's event), across runs and every
+	// orchestrator sharing the store. Its Strategy must be
+	// ConcurrencyQueue: a task over the limit waits, holding no worker.
+	Concurrency *Concurrency
+	// RateLimit, if not nil, limits how fast attempts of this task (and of
+	// every task sharing RateLimit.Name) start. See RateLimit.
+	RateLimit *RateLimit
 }
 
 // JoinRule decides what becomes of a task whose dependencies have all
@@ -317,12 +332,13 @@ func (p RetryPolicy) Backoff(n int) time.Duration {
 // compiled forms, built by Register.
 
 type compiledWorkflow struct {
-	name        string
-	timeout     time.Duration
-	concurrency int
-	tasks       []compiledTask
-	specs       []TaskSpec
-	index       map[string]int
+	name     string
+	timeout  time.Duration
+	localCap int           // per-process cap on running tasks (FunctionConfig.Concurrency)
+	flow     *compiledFlow // nil without flow control
+	tasks    []compiledTask
+	specs    []TaskSpec
+	index    map[string]int
 }
 
 type compiledTask struct {
@@ -333,6 +349,8 @@ type compiledTask struct {
 	when    JoinRule
 	deps    []string // names, in declaration order
 	strict  bool     // Workflow.StrictInput
+	conc    *Concurrency
+	rate    *RateLimit
 
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
@@ -481,16 +499,16 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		return nil, bad("", `Workflow.Tasks is empty: no tasks; add at least one, e.g. Tasks: []batuta.Task{{Name: "charge", Run: charge}}`)
 	case wf.Timeout < 0:
 		return nil, bad("", fmt.Sprintf("Workflow.Timeout must not be negative (got %s); use e.g. Timeout: 10*time.Minute, or 0 for no limit", wf.Timeout))
-	case wf.Concurrency < 0:
-		return nil, bad("", fmt.Sprintf("Workflow.Concurrency must not be negative (got %d); use e.g. Concurrency: 4, or 0 for no cap", wf.Concurrency))
+	case wf.localCap < 0:
+		return nil, bad("", fmt.Sprintf("FunctionConfig.Concurrency must not be negative (got %d); use e.g. Concurrency: 10, or 0 for no cap", wf.localCap))
 	}
 	cw := &compiledWorkflow{
-		name:        wf.Name,
-		timeout:     wf.Timeout,
-		concurrency: wf.Concurrency,
-		tasks:       make([]compiledTask, len(wf.Tasks)),
-		specs:       make([]TaskSpec, len(wf.Tasks)),
-		index:       make(map[string]int, len(wf.Tasks)),
+		name:     wf.Name,
+		timeout:  wf.Timeout,
+		localCap: wf.localCap,
+		tasks:    make([]compiledTask, len(wf.Tasks)),
+		specs:    make([]TaskSpec, len(wf.Tasks)),
+		index:    make(map[string]int, len(wf.Tasks)),
 	}
 	for i, t := range wf.Tasks {
 		switch {
@@ -518,6 +536,16 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			errors.As(err, &ce)
 			return nil, bad(t.Name, ce.Field+" "+ce.Reason)
 		}
+		if t.Concurrency != nil {
+			if why := validateConcurrency("Task.Concurrency", t.Concurrency, true); why != "" {
+				return nil, bad(t.Name, why)
+			}
+		}
+		if t.RateLimit != nil {
+			if why := validateRateLimit(t.RateLimit); why != "" {
+				return nil, bad(t.Name, why)
+			}
+		}
 		cw.tasks[i] = compiledTask{
 			name:    t.Name,
 			fn:      t.Run,
@@ -526,6 +554,8 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			when:    t.When,
 			deps:    append([]string(nil), t.Deps...),
 			strict:  wf.StrictInput,
+			conc:    cloneConcurrency(t.Concurrency),
+			rate:    cloneRateLimit(t.RateLimit),
 			wf:      cw,
 			pos:     i,
 		}
@@ -560,6 +590,9 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 	}
 	if cyc := findCycle(cw.specs); cyc != nil {
 		return nil, &WorkflowError{Workflow: wf.Name, Task: cyc[0], Reason: "dependency cycle", Cycle: cyc}
+	}
+	if err := compileFlow(wf, cw); err != nil {
+		return nil, err
 	}
 	return cw, nil
 }
