@@ -40,6 +40,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -130,6 +131,10 @@ type Store struct {
 	queue []*writeReq // guarded by mu: writes waiting for a leader
 
 	work chan struct{}
+	// wake is set inside a write that freed a concurrency slot; the
+	// writer signals work once it committed.
+	wake       atomic.Bool
+	rateWrites atomic.Uint64
 
 	mu     sync.Mutex
 	closed bool
