@@ -104,27 +104,31 @@ func TestFlowMigrateFromVersion2(t *testing.T) {
 	created := fbase.UnixNano()
 	lead := fbase.Add(-newTaskLead).UnixNano()
 	retryAt := fbase.Add(time.Hour)
-	for _, q := range []string{
+	retryAttempt := `[{"number":1,"started_at":"2030-01-02T03:04:05Z","finished_at":"2030-01-02T03:04:05Z","outcome":"retry","error":"boom"}]`
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
 		// r1: a -> b, a ready.
-		fmt.Sprintf(`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, unfinished_tasks)
-			VALUES ('r1', 'wf', 'e1', '{"id":"e1"}', 'pending', %d, 2)`, created),
-		fmt.Sprintf(`INSERT INTO batuta_tasks (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at)
-			VALUES ('r1', 0, 'a', 'wf', '[]', '[1]', 'pending', 0, %d), ('r1', 1, 'b', 'wf', '[0]', '[]', 'pending', 1, %d)`, lead, lead),
+		{`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, unfinished_tasks)
+			VALUES ('r1', 'wf', 'e1', '{"id":"e1"}', 'pending', ?, 2)`, []any{created}},
+		{`INSERT INTO batuta_tasks (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at)
+			VALUES ('r1', 0, 'a', 'wf', '[]', '[1]', 'pending', 0, ?1), ('r1', 1, 'b', 'wf', '[0]', '[]', 'pending', 1, ?1)`, []any{lead}},
 		// r2: x failed once, retries in an hour.
-		fmt.Sprintf(`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, started_at, unfinished_tasks)
-			VALUES ('r2', 'wf', 'e2', '{"id":"e2"}', 'running', %d, %d, 1)`, created, created),
-		fmt.Sprintf(`INSERT INTO batuta_tasks (run_id, idx, name, workflow, state, pending_deps, due_at, attempts_spent, attempts)
-			VALUES ('r2', 0, 'x', 'wf', 'pending', 0, %d, 1, '[{"number":1,"started_at":"2030-01-02T03:04:05Z","finished_at":"2030-01-02T03:04:05Z","outcome":"retry","error":"boom"}]')`, retryAt.UnixNano()),
+		{`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, started_at, unfinished_tasks)
+			VALUES ('r2', 'wf', 'e2', '{"id":"e2"}', 'running', ?1, ?1, 1)`, []any{created}},
+		{`INSERT INTO batuta_tasks (run_id, idx, name, workflow, state, pending_deps, due_at, attempts_spent, attempts)
+			VALUES ('r2', 0, 'x', 'wf', 'pending', 0, ?, 1, ?)`, []any{retryAt.UnixNano(), retryAttempt}},
 		// r3: y was running when the old build stopped.
-		fmt.Sprintf(`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, started_at, unfinished_tasks)
-			VALUES ('r3', 'wf', 'e3', '{"id":"e3"}', 'running', %d, %d, 1)`, created, created),
-		fmt.Sprintf(`INSERT INTO batuta_tasks (run_id, idx, name, workflow, state, pending_deps, due_at, token, owner, lease_until)
-			VALUES ('r3', 0, 'y', 'wf', 'running', 0, %d, 5, 'old', %d)`, lead, fbase.Add(time.Minute).UnixNano()),
-		`UPDATE batuta_counters SET value = 3 WHERE name = 'active_runs'`,
-		`UPDATE batuta_counters SET value = 5 WHERE name = 'lease_token'`,
+		{`INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, started_at, unfinished_tasks)
+			VALUES ('r3', 'wf', 'e3', '{"id":"e3"}', 'running', ?1, ?1, 1)`, []any{created}},
+		{`INSERT INTO batuta_tasks (run_id, idx, name, workflow, state, pending_deps, due_at, token, owner, lease_until)
+			VALUES ('r3', 0, 'y', 'wf', 'running', 0, ?, 5, 'old', ?)`, []any{lead, fbase.Add(time.Minute).UnixNano()}},
+		{`UPDATE batuta_counters SET value = 3 WHERE name = 'active_runs'`, nil},
+		{`UPDATE batuta_counters SET value = 5 WHERE name = 'lease_token'`, nil},
 	} {
-		_, err := db.ExecContext(ctx, q)
-		require.NoError(t, err, q)
+		_, err := db.ExecContext(ctx, q.sql, q.args...)
+		require.NoError(t, err, q.sql)
 	}
 	require.NoError(t, db.Close())
 
