@@ -76,11 +76,16 @@ FROM batuta_groups g FULL JOIN m ON m.key = g.key
 WHERE g.key IS NULL OR m.key IS NULL OR g.admitted <> m.admitted OR g.eligible <> m.eligible
    OR g.members <> m.members OR g.admitted > g.max`)
 	query(`WITH m AS (
-    SELECT concurrency_key AS key, count(*) AS running FROM batuta_tasks
-    WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key)
-SELECT format('task group %s: stored %d, counted %d', coalesce(g.key, m.key), coalesce(g.running, -1), coalesce(m.running, 0))
+    SELECT concurrency_key AS key, count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'pending' AND gated = 2) AS parked
+    FROM batuta_tasks WHERE concurrency_key IS NOT NULL AND (state = 'running' OR gated = 2)
+    GROUP BY concurrency_key)
+SELECT format('task group %s: stored %d/%d, counted %d/%d', coalesce(g.key, m.key), coalesce(g.running, -1), coalesce(g.parked, -1),
+       coalesce(m.running, 0), coalesce(m.parked, 0))
 FROM batuta_task_groups g FULL JOIN m ON m.key = g.key
-WHERE g.key IS NULL OR m.key IS NULL OR g.running <> m.running`)
+WHERE g.key IS NULL OR m.key IS NULL OR g.running <> m.running OR g.parked <> m.parked`)
+	query(`SELECT format('task %s/%d: gated %d in state %s', run_id, idx, gated, state) FROM batuta_tasks
+WHERE gated = 2 AND state <> 'pending'`)
 	query(`SELECT format('active_runs %d, unfinished runs %d', value, (SELECT count(*) FROM batuta_runs WHERE finished_at IS NULL))
 FROM batuta_counters WHERE name = 'active_runs' AND value <> (SELECT count(*) FROM batuta_runs WHERE finished_at IS NULL)`)
 	query(`SELECT format('run %s finished with adm %d', id, adm) FROM batuta_runs WHERE finished_at IS NOT NULL AND adm <> 0`)
@@ -240,7 +245,7 @@ func TestFlowStateSurvivesReopen(t *testing.T) {
 	var groups, taskGroups int
 	require.NoError(t, s2.db.QueryRow(`SELECT (SELECT count(*) FROM batuta_groups), (SELECT count(*) FROM batuta_task_groups)`).Scan(&groups, &taskGroups))
 	require.Zero(t, groups, "a group without members is deleted")
-	require.Zero(t, taskGroups, "a task group with nothing running is deleted")
+	require.Zero(t, taskGroups, "a task group with nothing running or parked is deleted")
 }
 
 // TestFlowClaimIndexHoldsNoWaitingWork: delayed runs, runs waiting for a
@@ -301,6 +306,7 @@ func TestFlowClaimIndexHoldsNoWaitingWork(t *testing.T) {
 		{nextDueSQL, "batuta_tasks_delayed", []any{1, nil}},
 		{admitGroupsSQL, "batuta_groups_admit", []any{1}},
 		{groupHeadSQL, "batuta_runs_waiting", []any{"k"}},
+		{unparkSQL, "batuta_tasks_parked", []any{"k"}},
 		{flowProbeSQL, "batuta_tasks_delayed", []any{1}},
 		{flowProbeSQL, "batuta_groups_admit", []any{1}},
 	} {
@@ -308,4 +314,81 @@ func TestFlowClaimIndexHoldsNoWaitingWork(t *testing.T) {
 		require.Contains(t, p, c.index, "plan of %s", firstLine(c.sql))
 		require.NotContains(t, p, "TEMP B-TREE", "plan of %s sorts", firstLine(c.sql))
 	}
+}
+
+// TestFlowTaskGroupParks: a claim that finds a task-level group full parks
+// the group's waiting tasks (out of the claim index, read once), each freed
+// slot unparks one, in order; canceling a run whose task had just been
+// unparked passes the wake-up on, so no parked task is stranded.
+func TestFlowTaskGroupParks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	limited := []batuta.TaskSpec{{Name: "x", Concurrency: &batuta.ConcurrencySpec{Key: "tg/x", Max: 1}}}
+	var ids []string
+	for i := 0; i < 40; i++ {
+		id, _, err := s.CreateRun(ctx, newFlowRun("tg", fmt.Sprint(i), fbase.Add(time.Duration(i)*time.Millisecond), limited))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	inIndex := func() int {
+		var n int
+		require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_tasks INDEXED BY batuta_tasks_claim
+    WHERE state = 'pending' AND pending_deps = 0 AND delayed = 0 AND paused = 0 AND gated = 0`).Scan(&n))
+		return n
+	}
+	cs := claimAt(t, s, fbase, 10)
+	require.Len(t, cs, 1)
+	require.Equal(t, ids[0], cs[0].RunID)
+	require.Zero(t, inIndex(), "the full group's tasks are parked")
+	checkFlowCounters(t, s.db)
+
+	// Each completion unparks the next task, in creation order.
+	for i := 1; i < 5; i++ {
+		completeAll(t, s, cs, batuta.OutcomeSucceeded, fbase)
+		require.Equal(t, 1, inIndex())
+		cs = claimAt(t, s, fbase, 10)
+		require.Len(t, cs, 1)
+		require.Equal(t, ids[i], cs[0].RunID)
+		checkFlowCounters(t, s.db)
+	}
+	// The task unparked by this completion is canceled before anyone
+	// claims it: the next parked one takes its place.
+	completeAll(t, s, cs, batuta.OutcomeSucceeded, fbase)
+	ok, err := s.CancelRun(ctx, ids[5], "not needed", fbase)
+	require.NoError(t, err)
+	require.True(t, ok)
+	checkFlowCounters(t, s.db)
+	// A parked task's run canceled: it leaves the parked count.
+	ok, err = s.CancelRun(ctx, ids[7], "not needed", fbase)
+	require.NoError(t, err)
+	require.True(t, ok)
+	checkFlowCounters(t, s.db)
+	cs = claimAt(t, s, fbase, 10)
+	require.Len(t, cs, 1)
+	require.Equal(t, ids[6], cs[0].RunID)
+
+	// A rescue frees the slot too; then the rest runs one at a time.
+	n, _, err := s.RescueExpired(ctx, fbase.Add(2*time.Minute), 5)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	done := 0
+	now := fbase.Add(2 * time.Minute)
+	for round := 0; round < 100; round++ {
+		cs = claimAt(t, s, now, 10)
+		if len(cs) == 0 {
+			break
+		}
+		require.Len(t, cs, 1, "group over its Max")
+		for _, r := range completeAll(t, s, cs, batuta.OutcomeSucceeded, now) {
+			if r.RunFinished != "" {
+				done++
+			}
+		}
+	}
+	require.Equal(t, 40-6-1, done) // 5 finished before, 2 canceled
+	checkFlowCounters(t, s.db)
+	var groups int
+	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_task_groups`).Scan(&groups))
+	require.Zero(t, groups)
 }

@@ -63,9 +63,9 @@ type candidate struct {
 // claim runs inside the write transaction: it clears the delayed hold of
 // tasks that came due, admits waiting runs into groups with room, then
 // leases tasks from the claim index. A task of a task-level group takes a
-// slot of it first; when its group turns out full (several candidates of
-// one group in one read), it is skipped and the index is read again for
-// the rest.
+// slot of it first; if the group is full the task is parked (out of the
+// claim index until a slot frees) and the index is read again for the
+// rest, so a full group's backlog is read once, not at every claim.
 func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, wfs any) ([]batuta.Claim, error) {
 	var due, admissible bool
 	if err := s.st.flowProbe.QueryRowContext(ctx, now.UnixNano()).Scan(&due, &admissible); err != nil {
@@ -96,7 +96,10 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 				var running int
 				err := s.st.taskSlot.QueryRowContext(ctx, c.taskKey.String, c.taskMax).Scan(&running)
 				if errors.Is(err, sql.ErrNoRows) {
-					continue // the group filled up within this read
+					if err := s.parkTask(ctx, c); err != nil {
+						return nil, err
+					}
+					continue
 				}
 				if err != nil {
 					return nil, fmt.Errorf("batutasqlite: claim: task concurrency group %q: %w", c.taskKey.String, err)

@@ -519,15 +519,97 @@ func (s *Store) admit(ctx context.Context, budget int) error {
 }
 
 // releaseTaskSlot frees the task-level concurrency slot of a task of group
-// key that stops running.
+// key that stops running, and unparks one task of the group for it.
 func (s *Store) releaseTaskSlot(ctx context.Context, key string) error {
-	if _, err := s.st.taskUnslot.ExecContext(ctx, key); err != nil {
+	var parked int
+	if err := s.st.taskUnslot.QueryRowContext(ctx, key).Scan(&parked); err != nil {
 		return fmt.Errorf("batutasqlite: task concurrency group %q: %w", key, err)
+	}
+	if parked > 0 {
+		if err := s.unparkOne(ctx, key); err != nil {
+			return err
+		}
 	}
 	if _, err := s.st.taskGroupGC.ExecContext(ctx, key); err != nil {
 		return fmt.Errorf("batutasqlite: task concurrency group %q: %w", key, err)
 	}
+	return nil
+}
+
+// parkTask holds candidate c, whose task-level group is full, out of the
+// claim index until a slot of the group frees.
+func (s *Store) parkTask(ctx context.Context, c candidate) error {
+	if _, err := s.st.park.ExecContext(ctx, c.runID, c.idx); err != nil {
+		return fmt.Errorf("batutasqlite: park task %s/%s: %w", c.runID, c.name, err)
+	}
+	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked + 1 WHERE key = ?`, c.taskKey.String); err != nil {
+		return fmt.Errorf("batutasqlite: park task %s/%s: %w", c.runID, c.name, err)
+	}
+	return nil
+}
+
+// unparkOne returns the first parked task of group key (priority, then
+// due order) to the claim index, and wakes claimers.
+func (s *Store) unparkOne(ctx context.Context, key string) error {
+	var runID string
+	err := s.st.unpark.QueryRowContext(ctx, key).Scan(&runID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("batutasqlite: task concurrency group %q: unpark: %w", key, err)
+	}
+	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked - 1 WHERE key = ?`, key); err != nil {
+		return fmt.Errorf("batutasqlite: task concurrency group %q: unpark: %w", key, err)
+	}
 	s.wake.Store(true)
+	return nil
+}
+
+// cancelTaskGroups settles the task-level groups of the pending tasks of a
+// run about to be canceled: a parked task leaves its group's parked count;
+// an unparked one may have been woken by a freed slot, so it passes the
+// wake-up on to the next parked task of its group.
+func (s *Store) cancelTaskGroups(ctx context.Context, runID string) error {
+	rows, err := s.wconn.QueryContext(ctx, `SELECT concurrency_key, gated FROM batuta_tasks
+    WHERE run_id = ? AND state = 'pending' AND concurrency_key IS NOT NULL`, runID)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+	}
+	type pend struct {
+		key   string
+		gated int
+	}
+	var ps []pend
+	for rows.Next() {
+		var p pend
+		if err := rows.Scan(&p.key, &p.gated); err != nil {
+			_ = rows.Close()
+			return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+		}
+		ps = append(ps, p)
+	}
+	if err := rows.Close(); err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+	}
+	for _, p := range ps {
+		switch p.gated {
+		case 2:
+			if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked - 1 WHERE key = ?`, p.key); err != nil {
+				return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+			}
+			if _, err := s.st.taskGroupGC.ExecContext(ctx, p.key); err != nil {
+				return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+			}
+		case 0:
+			if err := s.unparkOne(ctx, p.key); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

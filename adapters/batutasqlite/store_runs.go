@@ -204,6 +204,9 @@ func (s *Store) cancelInTx(ctx context.Context, runID, reason string, now time.T
 	if _, err := s.st.cancelRun.ExecContext(ctx, reason, runID); err != nil {
 		return false, fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
 	}
+	if err := s.cancelTaskGroups(ctx, runID); err != nil {
+		return false, err
+	}
 	res, err := s.st.cancelTasks.ExecContext(ctx, reason, runID)
 	if err != nil {
 		return false, fmt.Errorf("batutasqlite: cancel tasks of run %s: %w", runID, err)

@@ -54,6 +54,8 @@ type statements struct {
 	taskSlot    *sql.Stmt
 	taskUnslot  *sql.Stmt
 	taskGroupGC *sql.Stmt
+	park        *sql.Stmt
+	unpark      *sql.Stmt
 	groupJoin   *sql.Stmt
 	groupLeave  *sql.Stmt
 	groupGC     *sql.Stmt
@@ -74,8 +76,6 @@ const (
     WHERE t.state = 'pending' AND t.pending_deps = 0 AND t.delayed = 0 AND t.paused = 0 AND t.gated = 0
       AND t.due_at <= ?1
       AND (?2 IS NULL OR t.workflow IN (SELECT value FROM json_each(?2)))
-      AND (t.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM batuta_task_groups g
-            WHERE g.key = t.concurrency_key AND g.running >= t.concurrency_max))
     ORDER BY t.priority DESC, t.due_at
     LIMIT ?3`
 	promoteSQL = `UPDATE batuta_tasks SET delayed = 0
@@ -92,6 +92,10 @@ const (
 	flowProbeSQL = `SELECT
     EXISTS (SELECT 1 FROM batuta_tasks WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at <= ?1),
     EXISTS (SELECT 1 FROM batuta_groups WHERE eligible > 0 AND admitted < max)`
+	unparkSQL = `UPDATE batuta_tasks SET gated = 0 WHERE rowid = (
+        SELECT rowid FROM batuta_tasks WHERE concurrency_key = ? AND gated = 2
+        ORDER BY priority DESC, due_at LIMIT 1)
+    RETURNING run_id`
 	nextDueSQL = `SELECT due_at FROM batuta_tasks
     WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at > ?1
       AND (?2 IS NULL OR workflow IN (SELECT value FROM json_each(?2)))
@@ -129,8 +133,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 
 		// The claimable set, higher priority first, then in due order.
 		// The terms on state, pending_deps and the holds select the
-		// partial index batuta_tasks_claim; tasks of a task-level group
-		// that is full are skipped.
+		// partial index batuta_tasks_claim.
 		{&st.claimReady, claimReadySQL},
 		{&st.claimTask, `UPDATE batuta_tasks SET state = 'running', token = ?, owner = ?, lease_until = ?, rate_reserved = 0
     WHERE run_id = ? AND idx = ?`},
@@ -181,7 +184,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     token = NULL, owner = NULL, lease_until = NULL
     WHERE run_id = ? AND idx = ?`},
 		{&st.cancelRun, `UPDATE batuta_runs SET canceled = 1, error = ? WHERE id = ?`},
-		{&st.cancelTasks, `UPDATE batuta_tasks SET state = 'canceled', error = ?
+		{&st.cancelTasks, `UPDATE batuta_tasks SET state = 'canceled', error = ?, gated = 0
     WHERE run_id = ? AND state = 'pending'`},
 		{&st.runState, `SELECT state, canceled FROM batuta_runs WHERE id = ?`},
 		{&st.recordTick, `INSERT INTO batuta_ticks (schedule, tick) VALUES (?, ?)
@@ -203,8 +206,11 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.taskSlot, `INSERT INTO batuta_task_groups (key, running) VALUES (?1, 1)
     ON CONFLICT (key) DO UPDATE SET running = running + 1 WHERE running < ?2
     RETURNING running`},
-		{&st.taskUnslot, `UPDATE batuta_task_groups SET running = running - 1 WHERE key = ?`},
-		{&st.taskGroupGC, `DELETE FROM batuta_task_groups WHERE key = ? AND running <= 0`},
+		{&st.taskUnslot, `UPDATE batuta_task_groups SET running = running - 1 WHERE key = ? RETURNING parked`},
+		{&st.taskGroupGC, `DELETE FROM batuta_task_groups WHERE key = ? AND running <= 0 AND parked <= 0`},
+		{&st.park, `UPDATE batuta_tasks SET gated = 2 WHERE run_id = ? AND idx = ?`},
+		// Unparks the first parked task of a group; no row: none parked.
+		{&st.unpark, unparkSQL},
 		// ?1 key, ?2 max, ?3 admitted (0/1), ?4 eligible (0/1).
 		{&st.groupJoin, `INSERT INTO batuta_groups (key, max, admitted, eligible, members) VALUES (?1, ?2, ?3, ?4, 1)
     ON CONFLICT (key) DO UPDATE SET max = excluded.max, admitted = admitted + excluded.admitted,
@@ -232,7 +238,7 @@ func (st *statements) close() {
 		st.claimedTask, st.finishTask, st.countDown, st.taskDone, st.finishRun,
 		st.expired, st.rescueTask, st.cancelRun, st.cancelTasks, st.runState, st.recordTick,
 		st.pausedWF, st.flowProbe, st.promote, st.admitGroups, st.groupHead, st.admitRun, st.ungate, st.groupAdmit,
-		st.taskSlot, st.taskUnslot, st.taskGroupGC, st.groupJoin, st.groupLeave, st.groupGC,
+		st.taskSlot, st.taskUnslot, st.taskGroupGC, st.park, st.unpark, st.groupJoin, st.groupLeave, st.groupGC,
 	} {
 		if s != nil {
 			_ = s.Close()

@@ -10,8 +10,10 @@
 --            work and NextDue is one index lookup.
 --   paused   its workflow is paused (batuta_paused); set on every unfinished
 --            task of the workflow by SetPaused and on new tasks by CreateRun.
---   gated    its run waits for admission into its concurrency group
+--   gated    1: its run waits for admission into its concurrency group
 --            (ConcurrencyQueue); cleared on all the run's tasks at admission.
+--            2: parked: a claim found its task-level group full; a freed
+--            slot of the group clears it on one parked task.
 ALTER TABLE batuta_runs ADD COLUMN start_at INTEGER;                          -- NULL: could start at once
 ALTER TABLE batuta_runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE batuta_runs ADD COLUMN concurrency_key TEXT;                      -- NULL: no workflow-level limit
@@ -70,12 +72,15 @@ CREATE TABLE batuta_groups (
 ) STRICT;
 CREATE INDEX batuta_groups_admit ON batuta_groups (last_admitted) WHERE eligible > 0 AND admitted < max;
 
--- Task-level concurrency groups: running (claimed, not completed) tasks.
--- The row is deleted when running drops to 0.
+-- Task-level concurrency groups: running (claimed, not completed) and
+-- parked (gated = 2) tasks. The row is deleted when both drop to 0.
 CREATE TABLE batuta_task_groups (
     key     TEXT    NOT NULL PRIMARY KEY,
-    running INTEGER NOT NULL
+    running INTEGER NOT NULL,
+    parked  INTEGER NOT NULL DEFAULT 0
 ) STRICT;
+-- Parked tasks of a task-level group, in claim order.
+CREATE INDEX batuta_tasks_parked ON batuta_tasks (concurrency_key, priority DESC, due_at) WHERE gated = 2;
 
 -- Paused workflows.
 CREATE TABLE batuta_paused (
