@@ -21,8 +21,9 @@ import (
 // The flow crash test: a child process (this test binary, running
 // TestFlowCrashChild) drives the store directly and keeps creating runs
 // that wait: delayed runs (an hour ahead), runs of a workflow-level group
-// (Max 2, two per CreateRuns batch, some claimed and left running), runs of
-// a paused workflow, and rate reservations. It appends a line to a log file
+// (Max 2, two per CreateRuns batch, some claimed and left running), runs
+// whose task is in a task-level group (Max 1: one claimed, the others
+// parked), runs of a paused workflow, and rate reservations. It appends a line to a log file
 // after each call returned, i.e. after its commit. The parent kills it with
 // SIGKILL in the middle, reopens the file and checks that everything the
 // child reported is there, that the flow counters agree with the rows, and
@@ -136,11 +137,16 @@ func TestFlowCrash(t *testing.T) {
 			resumed = true
 			continue
 		}
+		limited := 0
 		for _, c := range cs {
-			if c.Workflow == "fq" {
+			switch c.Workflow {
+			case "fq":
 				inflight[c.RunID] = true
+			case "ft":
+				limited++
 			}
 		}
+		require.LessOrEqual(t, limited, 1, "task-level group over its Max")
 		high = max(high, len(inflight))
 		require.LessOrEqual(t, len(inflight), flowCrashMax, "group over its Max")
 		for i, r := range completeAll(t, s, cs, batuta.OutcomeSucceeded, now) {
@@ -183,9 +189,10 @@ func TestFlowCrashChild(t *testing.T) {
 	_, err = s.SetPaused(ctx, "fp", true)
 	require.NoError(t, err)
 	group := &batuta.ConcurrencySpec{Key: "fq/k", Max: flowCrashMax}
+	limited := []batuta.TaskSpec{{Name: "x", Concurrency: &batuta.ConcurrencySpec{Key: "ft/x", Max: 1}}}
 	for i := 0; ; i++ {
 		at := fbase.Add(time.Duration(i) * time.Millisecond)
-		switch i % 4 {
+		switch i % 5 {
 		case 0:
 			nr := newFlowRun("fd", fmt.Sprint(i), at, []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}})
 			nr.StartAt = fbase.Add(time.Hour)
@@ -207,11 +214,15 @@ func TestFlowCrashChild(t *testing.T) {
 			slot, err := s.ReserveRate(ctx, batuta.RateSpec{Key: "fr", Limit: 1, Per: time.Second, Burst: 1}, fbase)
 			require.NoError(t, err)
 			logf("rate %d", slot.UnixNano())
-			cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "child", Workflows: []string{"fq"}, Limit: 1, Now: fbase, LeaseUntil: fbase.Add(time.Minute)})
+			cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "child", Workflows: []string{"fq", "ft"}, Limit: 2, Now: fbase, LeaseUntil: fbase.Add(time.Minute)})
 			require.NoError(t, err)
 			for _, c := range cs {
 				logf("claim %s", c.RunID)
 			}
+		case 4:
+			id, _, err := s.CreateRun(ctx, newFlowRun("ft", fmt.Sprint(i), at, limited))
+			require.NoError(t, err)
+			logf("run %s", id)
 		}
 	}
 }
