@@ -522,7 +522,14 @@ func (s *Store) admit(ctx context.Context, budget int) error {
 // key that stops running, and unparks one task of the group for it.
 func (s *Store) releaseTaskSlot(ctx context.Context, key string) error {
 	var parked int
-	if err := s.st.taskUnslot.QueryRowContext(ctx, key).Scan(&parked); err != nil {
+	err := s.st.taskUnslot.QueryRowContext(ctx, key).Scan(&parked)
+	if errors.Is(err, sql.ErrNoRows) {
+		// Never expected (a running task keeps its group's row); do not
+		// fail the completion over the bookkeeping.
+		s.log.WarnContext(ctx, "batutasqlite: a task finished in a task concurrency group the store has no row for", "group", key)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("batutasqlite: task concurrency group %q: %w", key, err)
 	}
 	if parked > 0 {
