@@ -29,6 +29,7 @@ type storeCase = struct {
 // others. Names are stable: stores' test filters may refer to them.
 var flowCases = []storeCase{
 	{"FlowStartAt", testFlowStartAt},
+	{"FlowCancelDelayedChain", testFlowCancelDelayedChain},
 	{"FlowNextDue", testFlowNextDue},
 	{"FlowPriorityOrder", testFlowPriority},
 	{"FlowQueueHighWaterMark", testFlowQueueHighWater},
@@ -254,7 +255,43 @@ func testFlowStartAt(t *testing.T, st *storeT) {
 	idn := st.createNew(nn)
 	c = st.claimOne(start.Add(time.Second), idn)
 	st.completeOK(c, batuta.OutcomeSucceeded, nil, start.Add(time.Second))
+	// Once due, it waits for the slot like any other run of its group.
+	nb := newRun("wf", "k-busy", start.Add(2*time.Second), one)
+	nb.Concurrency = k
+	idb := st.createNew(nb)
+	c = st.claimOne(start.Add(2*time.Second), idb)
+	st.claimNone(start.Add(time.Hour), "the delayed run is due but its group is full")
+	st.completeOK(c, batuta.OutcomeSucceeded, nil, start.Add(time.Hour))
 	st.claimOne(start.Add(time.Hour), idk)
+}
+
+// testFlowCancelDelayedChain: canceling a run none of whose tasks started
+// (a delayed chain) cancels every task and finishes the run once: the
+// store still counts its unfinished runs right (MaxActive).
+func testFlowCancelDelayedChain(t *testing.T, st *storeT) {
+	nd := newRun("wf", "chain", base, []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{1}}})
+	nd.StartAt = base.Add(time.Hour)
+	id := st.createNew(nd)
+	st.cancel(id, "not needed", base)
+	r := st.get(id)
+	if r.State != batuta.RunCanceled || r.FinishedAt.IsZero() {
+		t.Fatalf("canceled chain: %s finished %v", r.State, r.FinishedAt)
+	}
+	for _, tr := range r.Tasks {
+		if tr.State != batuta.TaskCanceled {
+			t.Fatalf("task %s: %s, want canceled", tr.Name, tr.State)
+		}
+	}
+	mk := func(ev string) error {
+		nr := newRun("wf", ev, base, one)
+		nr.MaxActive = 1
+		_, _, err := st.s.CreateRun(ctxT(t), nr)
+		return err
+	}
+	st.must(mk("m1"))
+	if err := mk("m2"); !errors.Is(err, batuta.ErrBusy) {
+		t.Fatalf("second run at MaxActive 1 after a canceled chain: %v, want ErrBusy (the canceled run counted once)", err)
+	}
 }
 
 // testFlowNextDue: NextDue reports the earliest due time strictly after
