@@ -302,7 +302,7 @@ func TestFlowClaimIndexHoldsNoWaitingWork(t *testing.T) {
 		args       []any
 	}{
 		{claimReadySQL, "batuta_tasks_claim", []any{1, nil, 1}},
-		{promoteSQL, "batuta_tasks_delayed", []any{1}},
+		{promoteSQL, "batuta_tasks_delayed", []any{1, 1}},
 		{nextDueSQL, "batuta_tasks_delayed", []any{1, nil}},
 		{admitGroupsSQL, "batuta_groups_admit", []any{1}},
 		{groupHeadSQL, "batuta_runs_waiting", []any{"k"}},
@@ -391,4 +391,62 @@ func TestFlowTaskGroupParks(t *testing.T) {
 	var groups int
 	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_task_groups`).Scan(&groups))
 	require.Zero(t, groups)
+}
+
+// TestFlowClaimWorkIsBounded: one claim promotes at most promoteBatch due
+// tasks (earliest first) and parks at most maxParks tasks of full groups;
+// the next claims go on where it stopped.
+func TestFlowClaimWorkIsBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	count := func(q string) int {
+		var n int
+		require.NoError(t, s.db.QueryRow(q).Scan(&n))
+		return n
+	}
+	var batch []batuta.NewRun
+	for i := 0; i < promoteBatch*2+100; i++ {
+		nr := newFlowRun("d", fmt.Sprint(i), fbase, oneTask("x"))
+		nr.StartAt = fbase.Add(time.Minute + time.Duration(i)*time.Microsecond)
+		batch = append(batch, nr)
+	}
+	_, err := s.CreateRuns(ctx, batch)
+	require.NoError(t, err)
+	due := fbase.Add(time.Hour)
+	delayed := `SELECT count(*) FROM batuta_tasks WHERE delayed = 1`
+	cs := claimAt(t, s, due, 10)
+	require.Len(t, cs, 10)
+	require.Equal(t, batch[0].ID, cs[0].RunID, "earliest start first")
+	require.Equal(t, promoteBatch+100, count(delayed))
+	claimAt(t, s, due, 10)
+	require.Equal(t, 100, count(delayed))
+	claimAt(t, s, due, 10)
+	require.Zero(t, count(delayed))
+
+	limited := []batuta.TaskSpec{{Name: "x", Concurrency: &batuta.ConcurrencySpec{Key: "tg/x", Max: 1}}}
+	batch = batch[:0]
+	for i := 0; i < maxParks+500; i++ {
+		batch = append(batch, newFlowRun("tg", fmt.Sprint(i), fbase.Add(-time.Hour), limited))
+	}
+	_, err = s.CreateRuns(ctx, batch)
+	require.NoError(t, err)
+	free, _, err := s.CreateRun(ctx, newFlowRun("free", "f", fbase.Add(-time.Hour+time.Millisecond), oneTask("y")))
+	require.NoError(t, err)
+	cs = claimAt(t, s, due, 1, "tg", "free")
+	require.Len(t, cs, 1)
+	require.Equal(t, batch[0].ID, cs[0].RunID)
+	// The next claim parks maxParks tasks, claims nothing and wakes
+	// claimers; the one after parks the rest and reaches the free task.
+	for len(s.WorkAvailable()) > 0 {
+		<-s.WorkAvailable()
+	}
+	require.Empty(t, claimAt(t, s, due, 1, "tg", "free"))
+	require.Equal(t, maxParks, count(`SELECT count(*) FROM batuta_tasks WHERE gated = 2`))
+	require.Len(t, s.WorkAvailable(), 1, "a claim that stopped parking early signals work")
+	cs = claimAt(t, s, due, 1, "tg", "free")
+	require.Len(t, cs, 1)
+	require.Equal(t, free, cs[0].RunID, "the free task behind a full group's backlog")
+	require.Equal(t, maxParks+499, count(`SELECT count(*) FROM batuta_tasks WHERE gated = 2`))
+	checkFlowCounters(t, s.db)
 }

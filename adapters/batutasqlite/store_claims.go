@@ -84,14 +84,21 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 	}
 	var claims []batuta.Claim
 	events := make(map[string]batuta.Event)
-	for len(claims) < p.Limit {
+	parks := 0
+	for len(claims) < p.Limit && parks < maxParks {
 		want := p.Limit - len(claims)
+		if parks > 0 {
+			want = max(want, 64) // a full group's backlog: read on in larger steps
+		}
 		cands, err := s.candidates(ctx, now, wfs, want)
 		if err != nil {
 			return nil, err
 		}
 		took := cands[:0]
 		for _, c := range cands {
+			if len(claims)+len(took) == p.Limit || parks == maxParks {
+				break // read ahead past a full group, or parked enough: the rest stays
+			}
 			if c.taskKey.Valid {
 				var running int
 				err := s.st.taskSlot.QueryRowContext(ctx, c.taskKey.String, c.taskMax).Scan(&running)
@@ -99,6 +106,7 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 					if err := s.parkTask(ctx, c); err != nil {
 						return nil, err
 					}
+					parks++
 					continue
 				}
 				if err != nil {
@@ -118,6 +126,9 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 		if len(cands) < want || len(took) == len(cands) {
 			break // the index has nothing more, or every candidate was taken
 		}
+	}
+	if parks >= maxParks {
+		s.wake.Store(true) // stopped parking early: claim again at once
 	}
 	return claims, nil
 }

@@ -425,10 +425,18 @@ func (s *Store) debounceMerge(ctx context.Context, p *preparedRun) (string, erro
 	return id, nil
 }
 
-// promoteDue clears the delayed hold of tasks due at now; a run waiting for
-// admission whose start came becomes eligible.
+// promoteBatch bounds the tasks one claim moves from the delayed index to
+// the claim index (earliest first), so that many runs coming due at once do
+// not hold the writer long; the next claims move the rest.
+const promoteBatch = 1000
+
+// maxParks bounds the tasks of full task-level groups one claim parks.
+const maxParks = 1000
+
+// promoteDue clears the delayed hold of up to promoteBatch tasks due at now;
+// a run waiting for admission whose start came becomes eligible.
 func (s *Store) promoteDue(ctx context.Context, now int64) error {
-	rows, err := s.st.promote.QueryContext(ctx, now)
+	rows, err := s.st.promote.QueryContext(ctx, now, promoteBatch)
 	if err != nil {
 		return fmt.Errorf("batutasqlite: claim: promote due tasks: %w", err)
 	}

@@ -78,8 +78,10 @@ const (
       AND (?2 IS NULL OR t.workflow IN (SELECT value FROM json_each(?2)))
     ORDER BY t.priority DESC, t.due_at
     LIMIT ?3`
-	promoteSQL = `UPDATE batuta_tasks SET delayed = 0
-    WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at <= ?
+	promoteSQL = `UPDATE batuta_tasks SET delayed = 0 WHERE rowid IN (
+        SELECT rowid FROM batuta_tasks
+        WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at <= ?1
+        ORDER BY due_at LIMIT ?2)
     RETURNING run_id, gated`
 	admitGroupsSQL = `SELECT key FROM batuta_groups
     WHERE eligible > 0 AND admitted < max
