@@ -41,7 +41,7 @@ type MemoryStore struct {
 	wfs      map[string]*memWF // per workflow: ready and delayed tasks, pause
 	wfOrder  []*memWF          // every workflow of wfs, for fair claiming
 	rr       int
-	seq      uint64                // orders runs and parked tasks (creation, parking)
+	seq      uint64                // creation order of runs with flow state (ties in group heaps)
 	groups   map[string]*memGroup  // workflow-level concurrency groups with runs
 	tgroups  map[string]*memTGroup // task-level concurrency groups with running tasks
 	debounce map[memKey]*memRun    // (workflow, debounce key) -> the pending run events merge into
@@ -252,10 +252,13 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 			continue
 		}
 		t.readied = true
-		if !start.IsZero() {
+		switch {
+		case !start.IsZero():
 			t.dueAt = start
 			heap.Push(&w.delayed, t)
-		} else {
+		case r.flow == nil:
+			w.ready.push(t)
+		default:
 			s.pushReadyLocked(t)
 		}
 	}
@@ -651,32 +654,32 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var rescued, failed int
-	for _, r := range s.runs {
-		if r.State.Finished() {
+	// Only running tasks hold a token: the scan is bounded by the claims
+	// in flight, not by the runs waiting (delayed, queued, paused).
+	var expired []*memTask
+	for _, t := range s.byToken {
+		if t.state == TaskRunning && t.leaseUntil.Before(now) {
+			expired = append(expired, t)
+		}
+	}
+	for _, t := range expired {
+		r := t.run
+		t.rescues++
+		if t.rescues > maxRescues {
+			var res CompleteResult
+			s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
+			failed++
 			continue
 		}
-		for i := range r.tasks {
-			t := &r.tasks[i]
-			if t.state != TaskRunning || !t.leaseUntil.Before(now) {
-				continue
-			}
-			t.rescues++
-			if t.rescues > maxRescues {
-				var res CompleteResult
-				s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
-				failed++
-				continue
-			}
-			t.state = TaskPending
-			s.dropToken(t)
-			if r.canceled {
-				var res CompleteResult
-				s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
-				continue
-			}
-			s.pushReadyLocked(t)
-			rescued++
+		t.state = TaskPending
+		s.dropToken(t)
+		if r.canceled {
+			var res CompleteResult
+			s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
+			continue
 		}
+		s.pushReadyLocked(t)
+		rescued++
 	}
 	if rescued > 0 || failed > 0 {
 		s.signal()
@@ -719,6 +722,11 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
+			if c := t.spec().Concurrency; c != nil {
+				if g := s.tgroups[c.Key]; g != nil {
+					s.unparkLocked(g) // drops t if it was parked there; forgets g once idle
+				}
+			}
 		}
 	}
 	if res.Ready > 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -36,6 +37,7 @@ var flowCases = []storeCase{
 	{"FlowQueueOrderPerKey", testFlowQueueOrder},
 	{"FlowQueueFairness", testFlowQueueFairness},
 	{"FlowQueueSlotFreed", testFlowQueueSlotFreed},
+	{"FlowLimitsUnderConcurrentClaimers", testFlowLimitsConcurrent},
 	{"FlowCancelInProgress", testFlowCancelInProgress},
 	{"FlowCancelNewest", testFlowCancelNewest},
 	{"FlowTaskConcurrency", testFlowTaskConcurrency},
@@ -457,6 +459,11 @@ func testFlowQueueOrder(t *testing.T, st *storeT) {
 	r1 := mk("r1", 1, 0, k)
 	r2 := mk("r2", 2, 5, k)
 	r3 := mk("r3", 3, 0, k)
+	gone := mk("gone", 3, 9, k) // canceled while waiting: never runs, takes no slot
+	st.cancel(gone, "not needed", now)
+	if r := st.get(gone); r.State != batuta.RunCanceled {
+		t.Fatalf("waiting run canceled: %s, want canceled at once", r.State)
+	}
 	other := mk("other", 4, 0, &batuta.ConcurrencySpec{Key: "wf/other", Max: 1})
 	free := mk("free", 5, 0, nil)
 	cs := st.claim(now, 10)
@@ -577,7 +584,7 @@ func testFlowQueueSlotFreed(t *testing.T, st *storeT) {
 		t.Fatalf("r2 finished %q, want canceled", res.RunFinished)
 	}
 	// Rescue: a requeued task keeps the slot; a failed one frees it.
-	c = st.claimOne(now, ids[3]) // lease until now+1m
+	st.claimOne(now, ids[3]) // lease until now+1m
 	t2 := now.Add(2 * time.Minute)
 	if n, f, err := st.s.RescueExpired(ctxT(t), t2, 1); err != nil || n != 1 || f != 0 {
 		t.Fatalf("first rescue: %d %d %v, want 1 0", n, f, err)
@@ -595,6 +602,100 @@ func testFlowQueueSlotFreed(t *testing.T, st *storeT) {
 	}
 	c = st.claimOne(t3, ids[4])
 	st.completeOK(c, batuta.OutcomeSucceeded, nil, t3)
+}
+
+// testFlowLimitsConcurrent: claimers racing on one store never exceed a
+// workflow-level or a task-level Max. The counts are taken after a claim
+// returns and before its completion is sent, so they never exceed what the
+// store holds.
+func testFlowLimitsConcurrent(t *testing.T, st *storeT) {
+	const runs, wfMax, taskMax, workers = 24, 3, 2, 6
+	tasks := []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}, Concurrency: &batuta.ConcurrencySpec{Key: "wf/b", Max: taskMax}}}
+	for i := 0; i < runs; i++ {
+		nr := newRun("wf", fmt.Sprintf("e%d", i), base.Add(time.Duration(i)*time.Millisecond), tasks)
+		nr.Concurrency = &batuta.ConcurrencySpec{Key: fmt.Sprintf("wf/k%d", i%2), Max: wfMax}
+		st.createNew(nr)
+	}
+	var mu sync.Mutex
+	in := map[string]int{} // runs started and not finished, by group
+	bRunning, finished := 0, 0
+	high, bHigh := 0, 0
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	deadline := time.Now().Add(20 * time.Second)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := ctxT(t)
+			for {
+				mu.Lock()
+				done := finished == runs
+				mu.Unlock()
+				if done {
+					return
+				}
+				if time.Now().After(deadline) {
+					errc <- fmt.Errorf("not every one of %d runs finished in 20s", runs)
+					return
+				}
+				cs, err := st.s.ClaimTasks(ctx, batuta.ClaimParams{Owner: fmt.Sprintf("w%d", w), Limit: 2, Now: base, LeaseUntil: base.Add(time.Hour)})
+				if err != nil {
+					errc <- err
+					return
+				}
+				keys := make([]string, len(cs))
+				mu.Lock()
+				for i, c := range cs {
+					var n int
+					if _, err := fmt.Sscanf(c.Event.ID, "e%d", &n); err != nil {
+						mu.Unlock()
+						errc <- fmt.Errorf("claim of unknown event %q", c.Event.ID)
+						return
+					}
+					keys[i] = fmt.Sprintf("wf/k%d", n%2)
+					if c.Task == "a" {
+						in[keys[i]]++
+						high = maxInt(high, in[keys[i]])
+					} else {
+						bRunning++
+						bHigh = maxInt(bHigh, bRunning)
+					}
+				}
+				mu.Unlock()
+				runtime.Gosched() // let other claimers in while these run
+				for i, c := range cs {
+					mu.Lock()
+					if c.Task == "b" { // b's completion finishes the run
+						bRunning--
+						in[keys[i]]--
+					}
+					mu.Unlock()
+					res, err := st.s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt, StartedAt: base, FinishedAt: base}})
+					if err == nil && (len(res) != 1 || res[0].Err != nil) {
+						err = fmt.Errorf("results %+v", res)
+					}
+					if err != nil {
+						errc <- fmt.Errorf("complete %s/%s: %w", c.RunID, c.Task, err)
+						return
+					}
+					if res[0].RunFinished != "" {
+						mu.Lock()
+						finished++
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if high > wfMax || bHigh > taskMax {
+		t.Fatalf("high-water marks: %d runs of a group (Max %d), %d b tasks (Max %d)", high, wfMax, bHigh, taskMax)
+	}
 }
 
 // testFlowCancelInProgress: a new run of a full group cancels the oldest
