@@ -248,10 +248,10 @@ func TestFlowStateSurvivesReopen(t *testing.T) {
 	require.Zero(t, taskGroups, "a task group with nothing running or parked is deleted")
 }
 
-// TestFlowClaimIndexHoldsNoWaitingWork: delayed runs, runs waiting for a
-// slot and runs of a paused workflow have no entry in the claim index, so a
-// claim reads none of them; the claim and NextDue statements use their
-// indexes.
+// TestFlowClaimIndexHoldsNoWaitingWork: delayed runs and runs waiting for a
+// slot have no entry in the claim index, and runs of a paused workflow have
+// none once a claim met them, so claims read none of them again; the claim,
+// promotion, admission and NextDue statements use their indexes.
 func TestFlowClaimIndexHoldsNoWaitingWork(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -303,7 +303,9 @@ func TestFlowClaimIndexHoldsNoWaitingWork(t *testing.T) {
 	}{
 		{claimReadySQL, "batuta_tasks_claim", []any{1, nil, 1}},
 		{promoteSQL, "batuta_tasks_delayed", []any{1, 1}},
-		{nextDueSQL, "batuta_tasks_delayed", []any{1, nil}},
+		{flowProbeSQL, "batuta_paused", []any{1}},
+		{nextDueSQL, "batuta_tasks_delayed_wf", []any{1, `["a","b"]`}},
+		{nextDueAllSQL, "batuta_tasks_delayed", []any{1}},
 		{admitGroupsSQL, "batuta_groups_admit", []any{1}},
 		{groupHeadSQL, "batuta_runs_waiting", []any{"k"}},
 		{unparkSQL, "batuta_tasks_parked", []any{"k"}},
@@ -448,5 +450,60 @@ func TestFlowClaimWorkIsBounded(t *testing.T) {
 	require.Len(t, cs, 1)
 	require.Equal(t, free, cs[0].RunID, "the free task behind a full group's backlog")
 	require.Equal(t, maxParks+499, count(`SELECT count(*) FROM batuta_tasks WHERE gated = 2`))
+	checkFlowCounters(t, s.db)
+}
+
+// TestFlowPauseHoldsLazily: a pause writes no task but the delayed ones;
+// tasks that become claimable while the workflow is paused (a retry coming
+// due, a release, a new run) are held by the claims and promotions that
+// meet them, never claimed, and NextDue ignores them; a resume releases
+// them all.
+func TestFlowPauseHoldsLazily(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	create := func(ev string, startAt time.Time) string {
+		nr := newFlowRun("wf", ev, fbase, oneTask("x"))
+		nr.StartAt = startAt
+		id, _, err := s.CreateRun(ctx, nr)
+		require.NoError(t, err)
+		return id
+	}
+	retried, released := create("retried", time.Time{}), create("released", time.Time{})
+	delayed := create("delayed", fbase.Add(time.Hour))
+	cs := claimAt(t, s, fbase, 10)
+	require.Len(t, cs, 2)
+	_, err := s.SetPaused(ctx, "wf", true)
+	require.NoError(t, err)
+	var held int
+	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_tasks WHERE paused = 1`).Scan(&held))
+	require.Equal(t, 1, held, "the pause holds the delayed task only")
+	fresh := create("fresh", time.Time{})
+	for _, c := range cs {
+		comp := batuta.Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: batuta.OutcomeRelease, FinishedAt: fbase}
+		if c.RunID == retried {
+			comp.Outcome, comp.StartedAt, comp.RetryAt, comp.Error = batuta.OutcomeRetry, fbase, fbase.Add(time.Minute), "again"
+		}
+		res, err := s.CompleteTasks(ctx, []batuta.Completion{comp})
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err)
+	}
+	due, err := s.NextDue(ctx, []string{"wf"}, fbase)
+	require.NoError(t, err)
+	require.True(t, due.IsZero(), "NextDue of a paused workflow: %v", due)
+	require.Empty(t, claimAt(t, s, fbase.Add(2*time.Hour), 10), "paused")
+	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_tasks WHERE paused = 1`).Scan(&held))
+	require.Equal(t, 4, held, "every task met while paused is held")
+	_, err = s.SetPaused(ctx, "wf", false)
+	require.NoError(t, err)
+	due, err = s.NextDue(ctx, []string{"wf"}, fbase)
+	require.NoError(t, err)
+	require.True(t, due.Equal(fbase.Add(time.Minute)), "NextDue after resume: %v", due)
+	cs = claimAt(t, s, fbase.Add(2*time.Hour), 10)
+	var got []string
+	for _, c := range cs {
+		got = append(got, c.RunID)
+	}
+	require.ElementsMatch(t, []string{retried, released, delayed, fresh}, got)
 	checkFlowCounters(t, s.db)
 }

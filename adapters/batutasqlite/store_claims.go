@@ -62,14 +62,22 @@ type candidate struct {
 
 // claim runs inside the write transaction: it clears the delayed hold of
 // tasks that came due, admits waiting runs into groups with room, then
-// leases tasks from the claim index. A task of a task-level group takes a
-// slot of it first; if the group is full the task is parked (out of the
-// claim index until a slot frees) and the index is read again for the
-// rest, so a full group's backlog is read once, not at every claim.
+// leases tasks from the claim index. A task of a paused workflow is held
+// (out of the claim index until the resume); a task of a task-level group
+// takes a slot of it first, and if the group is full the task is parked
+// (out of the claim index until a slot frees). Either way the index is read
+// again for the rest, so such a backlog is read once, not at every claim.
 func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, wfs any) ([]batuta.Claim, error) {
-	var due, admissible bool
-	if err := s.st.flowProbe.QueryRowContext(ctx, now.UnixNano()).Scan(&due, &admissible); err != nil {
+	var due, admissible, anyPaused bool
+	if err := s.st.flowProbe.QueryRowContext(ctx, now.UnixNano()).Scan(&due, &admissible, &anyPaused); err != nil {
 		return nil, fmt.Errorf("batutasqlite: claim: %w", err)
+	}
+	var paused map[string]bool
+	if anyPaused {
+		var err error
+		if paused, err = s.pausedSet(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if due {
 		if err := s.promoteDue(ctx, now.UnixNano()); err != nil {
@@ -97,7 +105,14 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 		took := cands[:0]
 		for _, c := range cands {
 			if len(claims)+len(took) == p.Limit || parks == maxParks {
-				break // read ahead past a full group, or parked enough: the rest stays
+				break // read ahead past held tasks, or held enough: the rest stays
+			}
+			if paused[c.workflow] {
+				if err := s.holdPaused(ctx, c); err != nil {
+					return nil, err
+				}
+				parks++
+				continue
 			}
 			if c.taskKey.Valid {
 				var running int

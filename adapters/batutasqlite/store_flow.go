@@ -209,10 +209,6 @@ func (s *Store) createOne(ctx context.Context, p *preparedRun) (batuta.CreateRes
 		}
 	}
 
-	var paused int
-	if err := s.st.pausedWF.QueryRowContext(ctx, run.Workflow).Scan(&paused); err != nil {
-		return batuta.CreateResult{}, fmt.Errorf("batutasqlite: paused workflows: %w", err)
-	}
 	delayed := !p.startAt.IsZero()
 	adm, gated, rejected := admNone, 0, false
 	if c := run.Concurrency; c != nil {
@@ -281,7 +277,7 @@ func (s *Store) createOne(ctx context.Context, p *preparedRun) (batuta.CreateRes
 		}
 		if _, err := s.st.insertTask.ExecContext(ctx, run.ID, i, t.Name, run.Workflow,
 			p.deps[i], p.dependents[i], string(taskState), p.pending[i], tdue, string(t.FireOn),
-			run.Priority, tdelayed, paused, gated, p.taskKeys[i], p.taskMax[i], taskErr); err != nil {
+			run.Priority, tdelayed, gated, p.taskKeys[i], p.taskMax[i], taskErr); err != nil {
 			return batuta.CreateResult{}, fmt.Errorf("batutasqlite: insert task %q: %w", t.Name, err)
 		}
 	}
@@ -443,14 +439,14 @@ func (s *Store) promoteDue(ctx context.Context, now int64) error {
 	var gatedRuns []string
 	for rows.Next() {
 		var (
-			runID string
-			gated bool
+			runID         string
+			gated, paused bool
 		)
-		if err := rows.Scan(&runID, &gated); err != nil {
+		if err := rows.Scan(&runID, &gated, &paused); err != nil {
 			_ = rows.Close()
 			return fmt.Errorf("batutasqlite: claim: promote due tasks: %w", err)
 		}
-		if gated {
+		if gated && !paused {
 			gatedRuns = append(gatedRuns, runID)
 		}
 	}
@@ -630,35 +626,39 @@ func (s *Store) cancelTaskGroups(ctx context.Context, runID string) error {
 
 // NextDue returns the earliest due time after now of a pending task of the
 // given workflows (of every workflow if empty) that waits for a time (its
-// run's start, a retry, a snooze or a deferral) and is not paused: one walk
-// of the index batuta_tasks_delayed from now on. Zero if there is none.
+// run's start, a retry, a snooze or a deferral), skipping paused workflows:
+// one seek per workflow in the index batuta_tasks_delayed_wf. Zero if there
+// is none.
 func (s *Store) NextDue(ctx context.Context, workflows []string, now time.Time) (time.Time, error) {
 	if s.isClosed() {
 		return time.Time{}, errClosed
 	}
-	var wfs any
-	if len(workflows) > 0 {
-		b, err := json.Marshal(workflows)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("batutasqlite: next due: %w", err)
+	var due sql.NullInt64
+	var err error
+	if len(workflows) == 0 {
+		err = s.db.QueryRowContext(ctx, nextDueAllSQL, now.UnixNano()).Scan(&due)
+	} else {
+		b, jerr := json.Marshal(workflows)
+		if jerr != nil {
+			return time.Time{}, fmt.Errorf("batutasqlite: next due: %w", jerr)
 		}
-		wfs = string(b)
+		err = s.db.QueryRowContext(ctx, nextDueSQL, now.UnixNano(), string(b)).Scan(&due)
 	}
-	var due int64
-	err := s.db.QueryRowContext(ctx, nextDueSQL, now.UnixNano(), wfs).Scan(&due)
 	if errors.Is(err, sql.ErrNoRows) {
 		return time.Time{}, nil
 	}
 	if err != nil {
 		return time.Time{}, s.wrapErr("next due", err)
 	}
-	return time.Unix(0, due).UTC(), nil
+	return fromNanos(due), nil
 }
 
-// SetPaused pauses or resumes workflow, durably: a pause holds every
-// unfinished task of the workflow (found through its unfinished runs) out of
-// the claim index, and CreateRun holds the tasks of new runs; a resume
-// releases them (index batuta_tasks_paused) and signals WorkAvailable. It
+// SetPaused pauses or resumes workflow, durably (batuta_paused). A pause
+// holds the workflow's delayed tasks out of the delayed index at once; a
+// ready task of it is held out of the claim index by the first claim that
+// meets it (and a due one by the promotion), so pausing costs no more than
+// the workflow's delayed tasks, however many runs it has. A resume releases
+// every held task (index batuta_tasks_paused) and signals WorkAvailable. It
 // reports whether the state changed.
 func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bool, error) {
 	if workflow == "" {
@@ -666,17 +666,16 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 	}
 	var changed bool
 	err := s.write(ctx, func(ctx context.Context) error {
-		var q string
+		var (
+			res sql.Result
+			err error
+		)
 		if paused {
-			q = `INSERT INTO batuta_paused (workflow, paused_at) VALUES (?, ?) ON CONFLICT (workflow) DO NOTHING`
+			res, err = s.wconn.ExecContext(ctx, `INSERT INTO batuta_paused (workflow, paused_at) VALUES (?, ?)
+    ON CONFLICT (workflow) DO NOTHING`, workflow, time.Now().UnixNano())
 		} else {
-			q = `DELETE FROM batuta_paused WHERE workflow = ?`
+			res, err = s.wconn.ExecContext(ctx, `DELETE FROM batuta_paused WHERE workflow = ?`, workflow)
 		}
-		args := []any{workflow}
-		if paused {
-			args = append(args, time.Now().UnixNano())
-		}
-		res, err := s.wconn.ExecContext(ctx, q, args...)
 		if err != nil {
 			return fmt.Errorf("batutasqlite: pause %s: %w", workflow, err)
 		}
@@ -690,8 +689,7 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 		}
 		if paused {
 			_, err = s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET paused = 1
-    WHERE run_id IN (SELECT id FROM batuta_runs WHERE workflow = ?1 AND finished_at IS NULL)
-      AND state IN ('pending', 'running')`, workflow)
+    WHERE workflow = ? AND state = 'pending' AND delayed = 1 AND paused = 0`, workflow)
 		} else {
 			_, err = s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET paused = 0 WHERE workflow = ? AND paused = 1`, workflow)
 		}
@@ -707,6 +705,32 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 		s.signalWork()
 	}
 	return changed, nil
+}
+
+// pausedSet reads the paused workflows inside the write transaction.
+func (s *Store) pausedSet(ctx context.Context) (map[string]bool, error) {
+	rows, err := s.wconn.QueryContext(ctx, `SELECT workflow FROM batuta_paused`)
+	if err != nil {
+		return nil, fmt.Errorf("batutasqlite: claim: paused workflows: %w", err)
+	}
+	ws, err := scanStrings(rows)
+	if err != nil {
+		return nil, fmt.Errorf("batutasqlite: claim: paused workflows: %w", err)
+	}
+	set := make(map[string]bool, len(ws))
+	for _, w := range ws {
+		set[w] = true
+	}
+	return set, nil
+}
+
+// holdPaused takes candidate c, a task of a paused workflow, out of the
+// claim index until the workflow is resumed.
+func (s *Store) holdPaused(ctx context.Context, c candidate) error {
+	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET paused = 1 WHERE run_id = ? AND idx = ?`, c.runID, c.idx); err != nil {
+		return fmt.Errorf("batutasqlite: claim: hold task %s/%s of a paused workflow: %w", c.runID, c.name, err)
+	}
+	return nil
 }
 
 // PausedWorkflows lists the paused workflows, sorted.

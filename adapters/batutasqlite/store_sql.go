@@ -43,7 +43,6 @@ type statements struct {
 	recordTick  *sql.Stmt
 
 	// Flow control (store_flow.go).
-	pausedWF    *sql.Stmt
 	flowProbe   *sql.Stmt
 	promote     *sql.Stmt
 	admitGroups *sql.Stmt
@@ -78,29 +77,43 @@ const (
       AND (?2 IS NULL OR t.workflow IN (SELECT value FROM json_each(?2)))
     ORDER BY t.priority DESC, t.due_at
     LIMIT ?3`
-	promoteSQL = `UPDATE batuta_tasks SET delayed = 0 WHERE rowid IN (
+	// A due task of a paused workflow keeps its delayed hold and gets the
+	// paused one (which takes it out of the delayed index until resumed).
+	promoteSQL = `UPDATE batuta_tasks SET
+        paused = workflow IN (SELECT workflow FROM batuta_paused),
+        delayed = workflow IN (SELECT workflow FROM batuta_paused)
+    WHERE rowid IN (
         SELECT rowid FROM batuta_tasks
         WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at <= ?1
         ORDER BY due_at LIMIT ?2)
-    RETURNING run_id, gated`
+    RETURNING run_id, gated, paused`
 	admitGroupsSQL = `SELECT key FROM batuta_groups
     WHERE eligible > 0 AND admitted < max
     ORDER BY last_admitted LIMIT ?`
 	groupHeadSQL = `SELECT id FROM batuta_runs
     WHERE concurrency_key = ? AND adm = 2
     ORDER BY priority DESC, created_at LIMIT 1`
-	// flowProbeSQL tells whether a claim has tasks to promote or runs to
-	// admit, so that a claim without either pays one indexed probe.
+	// flowProbeSQL tells whether a claim has tasks to promote, runs to
+	// admit or paused workflows to look out for, so that a claim with none
+	// of them pays one statement of three index lookups.
 	flowProbeSQL = `SELECT
     EXISTS (SELECT 1 FROM batuta_tasks WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at <= ?1),
-    EXISTS (SELECT 1 FROM batuta_groups WHERE eligible > 0 AND admitted < max)`
+    EXISTS (SELECT 1 FROM batuta_groups WHERE eligible > 0 AND admitted < max),
+    EXISTS (SELECT 1 FROM batuta_paused)`
 	unparkSQL = `UPDATE batuta_tasks SET gated = 0 WHERE rowid = (
         SELECT rowid FROM batuta_tasks WHERE concurrency_key = ? AND gated = 2
         ORDER BY priority DESC, due_at LIMIT 1)
     RETURNING run_id`
-	nextDueSQL = `SELECT due_at FROM batuta_tasks
+	// nextDueSQL: one seek per workflow of ?2 (a JSON array) that is not
+	// paused, in batuta_tasks_delayed_wf.
+	nextDueSQL = `SELECT min((SELECT t.due_at FROM batuta_tasks t
+        WHERE t.workflow = j.value AND t.state = 'pending' AND t.delayed = 1 AND t.paused = 0 AND t.due_at > ?1
+        ORDER BY t.due_at LIMIT 1))
+    FROM json_each(?2) j WHERE j.value NOT IN (SELECT workflow FROM batuta_paused)`
+	// nextDueAllSQL: NextDue over every workflow, in batuta_tasks_delayed.
+	nextDueAllSQL = `SELECT due_at FROM batuta_tasks
     WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at > ?1
-      AND (?2 IS NULL OR workflow IN (SELECT value FROM json_each(?2)))
+      AND workflow NOT IN (SELECT workflow FROM batuta_paused)
     ORDER BY due_at LIMIT 1`
 )
 
@@ -127,8 +140,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     ON CONFLICT (workflow, event_id) DO NOTHING`},
 		{&st.insertTask, `INSERT INTO batuta_tasks
     (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at, fire_on,
-     priority, delayed, paused, gated, concurrency_key, concurrency_max, error)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+     priority, delayed, gated, concurrency_key, concurrency_max, error)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.runByKey, `SELECT id FROM batuta_runs WHERE workflow = ? AND event_id = ?`},
 		{&st.activeRuns, `SELECT value FROM batuta_counters WHERE name = 'active_runs'`},
 		{&st.addActiveRuns, `UPDATE batuta_counters SET value = value + ? WHERE name = 'active_runs'`},
@@ -192,7 +205,6 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.recordTick, `INSERT INTO batuta_ticks (schedule, tick) VALUES (?, ?)
     ON CONFLICT (schedule) DO UPDATE SET tick = excluded.tick WHERE excluded.tick > batuta_ticks.tick`},
 
-		{&st.pausedWF, `SELECT count(*) FROM batuta_paused WHERE workflow = ?`},
 		{&st.flowProbe, flowProbeSQL},
 		// Tasks whose time came: they join the claim index (or, for a
 		// run waiting for admission, make it eligible).
@@ -239,7 +251,7 @@ func (st *statements) close() {
 		st.claimReady, st.claimTask, st.startRun, st.nextTokens, st.upstream, st.extendLease, st.runCanceled,
 		st.claimedTask, st.finishTask, st.countDown, st.taskDone, st.finishRun,
 		st.expired, st.rescueTask, st.cancelRun, st.cancelTasks, st.runState, st.recordTick,
-		st.pausedWF, st.flowProbe, st.promote, st.admitGroups, st.groupHead, st.admitRun, st.ungate, st.groupAdmit,
+		st.flowProbe, st.promote, st.admitGroups, st.groupHead, st.admitRun, st.ungate, st.groupAdmit,
 		st.taskSlot, st.taskUnslot, st.taskGroupGC, st.park, st.unpark, st.groupJoin, st.groupLeave, st.groupGC,
 	} {
 		if s != nil {

@@ -8,8 +8,10 @@
 --            first clears it on the tasks that came due (through
 --            batuta_tasks_delayed), so the claim index never holds waiting
 --            work and NextDue is one index lookup.
---   paused   its workflow is paused (batuta_paused); set on every unfinished
---            task of the workflow by SetPaused and on new tasks by CreateRun.
+--   paused   its workflow is paused (batuta_paused). Set lazily: by SetPaused
+--            on the workflow's delayed tasks, by a claim on a task of a paused
+--            workflow it meets in the claim index, and by the promotion of a
+--            due task of a paused workflow; cleared by the resume.
 --   gated    1: its run waits for admission into its concurrency group
 --            (ConcurrencyQueue); cleared on all the run's tasks at admission.
 --            2: parked: a claim found its task-level group full; a freed
@@ -48,6 +50,9 @@ CREATE INDEX batuta_tasks_claim ON batuta_tasks (priority DESC, due_at)
 -- Waiting for a time (and not paused: a paused task keeps its delayed
 -- hold until the workflow is resumed): promotion by ClaimTasks, and NextDue.
 CREATE INDEX batuta_tasks_delayed ON batuta_tasks (due_at) WHERE state = 'pending' AND delayed = 1 AND paused = 0;
+-- A workflow's delayed tasks: NextDue for the claimer's workflows, and the
+-- pause, which holds them out of the delayed index.
+CREATE INDEX batuta_tasks_delayed_wf ON batuta_tasks (workflow, due_at) WHERE state = 'pending' AND delayed = 1 AND paused = 0;
 -- Resume finds the paused tasks of a workflow.
 CREATE INDEX batuta_tasks_paused ON batuta_tasks (workflow) WHERE paused = 1;
 -- Members of a concurrency group: runs waiting for a slot in admission
