@@ -29,6 +29,16 @@
 // default). On restart an orchestrator picks up unfinished runs: tasks that
 // recorded success are not run again; tasks that were running when the
 // process died are rescued when their lease expires.
+//
+// # Flow control
+//
+// Delayed runs, priorities, workflow and task concurrency groups, debounce,
+// pause and rate reservations (batuta.Store's flow-control contract) are
+// kept in the database, each change in the write transaction of the call
+// that makes it, so every waiting state survives a crash and every limit is
+// exact: the single writer reads and updates each counter in one
+// transaction. Waiting work is held out of the claim index, so claims do
+// not read it. See docs/store-sqlite.md.
 package batutasqlite
 
 import (
