@@ -507,3 +507,35 @@ func TestFlowPauseHoldsLazily(t *testing.T) {
 	require.ElementsMatch(t, []string{retried, released, delayed, fresh}, got)
 	checkFlowCounters(t, s.db)
 }
+
+// TestFlowCancelInProgressSkipsCanceledRuns: a run of a CancelInProgress
+// group canceled by CancelRun while its task runs no longer counts: a new
+// run takes its place without canceling another.
+func TestFlowCancelInProgressSkipsCanceledRuns(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	spec := &batuta.ConcurrencySpec{Key: "wf/k", Max: 1, Strategy: batuta.ConcurrencyCancelInProgress}
+	r1 := newFlowRun("wf", "r1", fbase, oneTask("x"))
+	r1.Concurrency = spec
+	_, _, err := s.CreateRun(ctx, r1)
+	require.NoError(t, err)
+	cs := claimAt(t, s, fbase, 10)
+	require.Len(t, cs, 1)
+	ok, err := s.CancelRun(ctx, r1.ID, "stop", fbase)
+	require.NoError(t, err)
+	require.True(t, ok)
+	checkFlowCounters(t, s.db)
+	r2 := newFlowRun("wf", "r2", fbase.Add(time.Millisecond), oneTask("x"))
+	r2.Concurrency = spec
+	res, err := s.CreateRuns(ctx, []batuta.NewRun{r2})
+	require.NoError(t, err)
+	require.True(t, res[0].Created)
+	require.Empty(t, res[0].Canceled, "the canceled run still counted")
+	cs2 := claimAt(t, s, fbase, 10)
+	require.Len(t, cs2, 1)
+	require.Equal(t, r2.ID, cs2[0].RunID)
+	res2 := completeAll(t, s, cs, batuta.OutcomeCanceled, fbase)
+	require.Equal(t, batuta.RunCanceled, res2[0].RunFinished)
+	checkFlowCounters(t, s.db)
+}

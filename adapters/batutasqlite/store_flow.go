@@ -318,9 +318,9 @@ func (s *Store) groupAdmitted(ctx context.Context, key string) (int, error) {
 
 // cancelOldest cancels, as CancelRun would, the oldest admitted runs of the
 // new run's group until the group, with the new run, holds at most Max
-// (ConcurrencyCancelInProgress). The canceled runs leave the group at once,
-// even if a task of theirs still runs (its worker learns of the cancellation
-// through ExtendLeases).
+// (ConcurrencyCancelInProgress). A canceled run of such a group leaves it at
+// once, even if a task of it still runs (its worker learns of the
+// cancellation through ExtendLeases), so runs canceled before do not count.
 func (s *Store) cancelOldest(ctx context.Context, run *batuta.NewRun) ([]string, error) {
 	key, max := run.Concurrency.Key, run.Concurrency.Max
 	admitted, err := s.groupAdmitted(ctx, key)
@@ -342,9 +342,7 @@ func (s *Store) cancelOldest(ctx context.Context, run *batuta.NewRun) ([]string,
 	}
 	reason := cancelInProgressReason(run.ID)
 	for _, id := range ids {
-		if err := s.leaveGroup(ctx, id, key, admAdmitted); err != nil {
-			return nil, err
-		}
+		// cancelInTx takes the run out of the group.
 		if _, err := s.cancelInTx(ctx, id, reason, run.CreatedAt); err != nil {
 			return nil, err
 		}

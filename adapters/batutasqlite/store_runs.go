@@ -188,10 +188,12 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 // cancelInTx is CancelRun inside a write transaction.
 func (s *Store) cancelInTx(ctx context.Context, runID, reason string, now time.Time) (bool, error) {
 	var (
-		state    string
-		canceled bool
+		state         string
+		canceled      bool
+		key           sql.NullString
+		adm, strategy int
 	)
-	err := s.st.runState.QueryRowContext(ctx, runID).Scan(&state, &canceled)
+	err := s.st.runState.QueryRowContext(ctx, runID).Scan(&state, &canceled, &key, &adm, &strategy)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, fmt.Errorf("batutasqlite: run %s: %w", runID, batuta.ErrRunNotFound)
 	}
@@ -203,6 +205,14 @@ func (s *Store) cancelInTx(ctx context.Context, runID, reason string, now time.T
 	}
 	if _, err := s.st.cancelRun.ExecContext(ctx, reason, runID); err != nil {
 		return false, fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
+	}
+	if key.Valid && adm == admAdmitted && batuta.ConcurrencyStrategy(strategy) == batuta.ConcurrencyCancelInProgress {
+		// A canceled run no longer counts in a CancelInProgress group,
+		// even while a task of it still runs (its worker is told to
+		// stop): a new run takes its place at once.
+		if err := s.leaveGroup(ctx, runID, key.String, adm); err != nil {
+			return false, err
+		}
 	}
 	if err := s.cancelTaskGroups(ctx, runID); err != nil {
 		return false, err

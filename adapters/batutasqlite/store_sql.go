@@ -201,7 +201,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.cancelRun, `UPDATE batuta_runs SET canceled = 1, error = ? WHERE id = ?`},
 		{&st.cancelTasks, `UPDATE batuta_tasks SET state = 'canceled', error = ?, gated = 0
     WHERE run_id = ? AND state = 'pending'`},
-		{&st.runState, `SELECT state, canceled FROM batuta_runs WHERE id = ?`},
+		{&st.runState, `SELECT state, canceled, concurrency_key, adm, concurrency_strategy FROM batuta_runs WHERE id = ?`},
 		{&st.recordTick, `INSERT INTO batuta_ticks (schedule, tick) VALUES (?, ?)
     ON CONFLICT (schedule) DO UPDATE SET tick = excluded.tick WHERE excluded.tick > batuta_ticks.tick`},
 
