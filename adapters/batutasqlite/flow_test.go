@@ -539,3 +539,41 @@ func TestFlowCancelInProgressSkipsCanceledRuns(t *testing.T) {
 	require.Equal(t, batuta.RunCanceled, res2[0].RunFinished)
 	checkFlowCounters(t, s.db)
 }
+
+// TestFlowMaxActiveLetsMergesIn: at MaxActive an event merged into a
+// debounced run (or a duplicate) adds no run and is accepted, through
+// CreateRun and CreateRuns; a batch that would add a run is refused whole.
+func TestFlowMaxActiveLetsMergesIn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	mk := func(ev string, at time.Time, key string) batuta.NewRun {
+		nr := newFlowRun("wf", ev, at, oneTask("x"))
+		nr.MaxActive = 1
+		nr.Debounce = &batuta.DebounceSpec{Key: key, Window: time.Minute, MaxWait: time.Hour}
+		return nr
+	}
+	first := mk("e1", fbase, "d")
+	_, created, err := s.CreateRun(ctx, first)
+	require.NoError(t, err)
+	require.True(t, created)
+	id, created, err := s.CreateRun(ctx, mk("e2", fbase.Add(time.Second), "d"))
+	require.NoError(t, err, "a merge at MaxActive")
+	require.False(t, created)
+	require.Equal(t, first.ID, id)
+	_, _, err = s.CreateRun(ctx, mk("o1", fbase.Add(2*time.Second), "other"))
+	require.ErrorIs(t, err, batuta.ErrBusy, "a new debounced run at MaxActive")
+	res, err := s.CreateRuns(ctx, []batuta.NewRun{mk("e3", fbase.Add(3*time.Second), "d"), mk("e3", fbase.Add(3*time.Second), "d")})
+	require.NoError(t, err, "a batch of a merge and a duplicate at MaxActive")
+	require.True(t, res[0].Debounced)
+	require.False(t, res[1].Created)
+	_, err = s.CreateRuns(ctx, []batuta.NewRun{mk("e4", fbase.Add(4*time.Second), "d"), mk("o2", fbase.Add(4*time.Second), "other")})
+	require.ErrorIs(t, err, batuta.ErrBusy)
+	r, err := s.GetRun(ctx, first.ID)
+	require.NoError(t, err)
+	require.Equal(t, "e3", r.Event.ID, "the refused batch's merge was rolled back")
+	require.True(t, r.StartAt.Equal(fbase.Add(3*time.Second+time.Minute)))
+	_, err = s.FindRun(ctx, "wf", "o2")
+	require.ErrorIs(t, err, batuta.ErrRunNotFound)
+	checkFlowCounters(t, s.db)
+}

@@ -135,8 +135,10 @@ func validateFlow(run *batuta.NewRun) error {
 // CreateRuns records runs in one transaction, each as CreateRun would (a
 // run may deduplicate against, or debounce into, one earlier in the batch),
 // and returns one result per run. MaxActive, if the first run sets it, is
-// checked once against the unfinished runs before the batch. On error
-// nothing is recorded.
+// checked once against the unfinished runs before the batch: at the limit,
+// the batch is refused with ErrBusy unless no run of it would be added
+// (every one a duplicate or merged into a debounced run). On error nothing
+// is recorded.
 func (s *Store) CreateRuns(ctx context.Context, runs []batuta.NewRun) ([]batuta.CreateResult, error) {
 	if len(runs) == 0 {
 		return []batuta.CreateResult{}, nil
@@ -151,15 +153,19 @@ func (s *Store) CreateRuns(ctx context.Context, runs []batuta.NewRun) ([]batuta.
 	}
 	out := make([]batuta.CreateResult, len(runs))
 	err := s.write(ctx, func(ctx context.Context) error {
+		var busy error
 		if max := runs[0].MaxActive; max > 0 {
-			if err := s.checkActive(ctx, max); err != nil {
-				return err
+			if busy = s.checkActive(ctx, max); busy != nil && !errors.Is(busy, batuta.ErrBusy) {
+				return busy
 			}
 		}
 		for i, p := range preps {
 			r, err := s.createOne(ctx, p)
 			if err != nil {
 				return err
+			}
+			if busy != nil && r.Created {
+				return busy // the batch adds a run: refused, rolled back
 			}
 			out[i] = r
 		}
@@ -383,14 +389,16 @@ func (s *Store) groupLeft(ctx context.Context, key string, adm int) error {
 func (s *Store) debounceMerge(ctx context.Context, p *preparedRun) (string, error) {
 	run, d := p.run, p.run.Debounce
 	var (
-		id             string
-		created, start int64
-		adm            int
-		key            sql.NullString
+		id      string
+		created int64
 	)
-	err := s.wconn.QueryRowContext(ctx, `SELECT id, created_at, start_at, adm, concurrency_key FROM batuta_runs
-    WHERE workflow = ? AND debounce_key = ? AND state = 'pending' AND canceled = 0 AND start_at > ?
-    ORDER BY created_at LIMIT 1`, run.Workflow, d.Key, run.CreatedAt.UnixNano()).Scan(&id, &created, &start, &adm, &key)
+	// Not a run whose start a claimer with a later clock already saw come
+	// (a root task promoted): it is due, as if its start had passed.
+	err := s.wconn.QueryRowContext(ctx, `SELECT r.id, r.created_at FROM batuta_runs r
+    WHERE r.workflow = ? AND r.debounce_key = ? AND r.state = 'pending' AND r.canceled = 0 AND r.start_at > ?
+      AND NOT EXISTS (SELECT 1 FROM batuta_tasks t
+          WHERE t.run_id = r.id AND t.pending_deps = 0 AND (t.state <> 'pending' OR t.delayed = 0))
+    ORDER BY r.created_at LIMIT 1`, run.Workflow, d.Key, run.CreatedAt.UnixNano()).Scan(&id, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -405,16 +413,6 @@ func (s *Store) debounceMerge(ctx context.Context, p *preparedRun) (string, erro
 	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET due_at = ?, delayed = 1
     WHERE run_id = ? AND state = 'pending' AND pending_deps = 0`, newStart, id); err != nil {
 		return "", fmt.Errorf("batutasqlite: debounce into run %s: %w", id, err)
-	}
-	if adm == admEligible && key.Valid {
-		// A claimer with a clock ahead promoted it already: it waits for
-		// its (new) start again.
-		if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_runs SET adm = 3 WHERE id = ?`, id); err != nil {
-			return "", fmt.Errorf("batutasqlite: debounce into run %s: %w", id, err)
-		}
-		if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_groups SET eligible = eligible - 1 WHERE key = ?`, key.String); err != nil {
-			return "", fmt.Errorf("batutasqlite: debounce into run %s: %w", id, err)
-		}
 	}
 	return id, nil
 }

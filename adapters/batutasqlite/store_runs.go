@@ -38,27 +38,35 @@ func (s *Store) CreateRun(ctx context.Context, run batuta.NewRun) (string, bool,
 	}
 	var res batuta.CreateResult
 	err = s.write(ctx, func(ctx context.Context) error {
+		var busy error
 		if run.MaxActive > 0 {
-			if err := s.checkActive(ctx, run.MaxActive); err != nil {
-				if !errors.Is(err, batuta.ErrBusy) {
-					return err
+			if busy = s.checkActive(ctx, run.MaxActive); busy != nil {
+				if !errors.Is(busy, batuta.ErrBusy) {
+					return busy
 				}
 				// A duplicate is not new load.
 				var id string
-				switch err2 := s.st.runByKey.QueryRowContext(ctx, run.Workflow, run.Event.ID).Scan(&id); {
-				case err2 == nil:
+				switch err := s.st.runByKey.QueryRowContext(ctx, run.Workflow, run.Event.ID).Scan(&id); {
+				case err == nil:
 					res = batuta.CreateResult{ID: id}
 					return nil
-				case errors.Is(err2, sql.ErrNoRows):
-					return err
-				default:
-					return fmt.Errorf("batutasqlite: find run: %w", err2)
+				case !errors.Is(err, sql.ErrNoRows):
+					return fmt.Errorf("batutasqlite: find run: %w", err)
+				case run.Debounce == nil:
+					return busy
 				}
+				// Nor is an event merged into a debounced run: try,
+				// and refuse (rolling back) if it added a run.
 			}
 		}
 		var err error
-		res, err = s.createOne(ctx, p)
-		return err
+		if res, err = s.createOne(ctx, p); err != nil {
+			return err
+		}
+		if busy != nil && res.Created {
+			return busy
+		}
+		return nil
 	})
 	if err != nil {
 		return "", false, err
