@@ -569,52 +569,49 @@ func (s *Store) unparkOne(ctx context.Context, key string) error {
 	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked - 1 WHERE key = ?`, key); err != nil {
 		return fmt.Errorf("batutasqlite: task concurrency group %q: unpark: %w", key, err)
 	}
+	if _, err := s.st.taskGroupGC.ExecContext(ctx, key); err != nil {
+		return fmt.Errorf("batutasqlite: task concurrency group %q: unpark: %w", key, err)
+	}
 	s.wake.Store(true)
 	return nil
 }
 
 // cancelTaskGroups settles the task-level groups of the pending tasks of a
-// run about to be canceled: a parked task leaves its group's parked count;
-// an unparked one may have been woken by a freed slot, so it passes the
-// wake-up on to the next parked task of its group.
+// run about to be canceled: its parked tasks leave their groups' parked
+// counts; an unparked one may have been woken by a freed slot, so it passes
+// the wake-up on to the next parked task of its group (of another run: this
+// run's parked tasks are taken out first).
 func (s *Store) cancelTaskGroups(ctx context.Context, runID string) error {
-	rows, err := s.wconn.QueryContext(ctx, `SELECT concurrency_key, gated FROM batuta_tasks
-    WHERE run_id = ? AND state = 'pending' AND concurrency_key IS NOT NULL`, runID)
+	rows, err := s.wconn.QueryContext(ctx, `SELECT concurrency_key FROM batuta_tasks
+    WHERE run_id = ? AND state = 'pending' AND gated = 0 AND concurrency_key IS NOT NULL`, runID)
 	if err != nil {
 		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
 	}
-	type pend struct {
-		key   string
-		gated int
+	woken, err := scanStrings(rows)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
 	}
-	var ps []pend
-	for rows.Next() {
-		var p pend
-		if err := rows.Scan(&p.key, &p.gated); err != nil {
-			_ = rows.Close()
+	rows, err = s.wconn.QueryContext(ctx, `UPDATE batuta_tasks SET gated = 0
+    WHERE run_id = ? AND state = 'pending' AND gated = 2
+    RETURNING concurrency_key`, runID)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+	}
+	parked, err := scanStrings(rows)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+	}
+	for _, key := range parked {
+		if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked - 1 WHERE key = ?`, key); err != nil {
 			return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
 		}
-		ps = append(ps, p)
+		if _, err := s.st.taskGroupGC.ExecContext(ctx, key); err != nil {
+			return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
+		}
 	}
-	if err := rows.Close(); err != nil {
-		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
-	}
-	for _, p := range ps {
-		switch p.gated {
-		case 2:
-			if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_task_groups SET parked = parked - 1 WHERE key = ?`, p.key); err != nil {
-				return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
-			}
-			if _, err := s.st.taskGroupGC.ExecContext(ctx, p.key); err != nil {
-				return fmt.Errorf("batutasqlite: cancel run %s: task groups: %w", runID, err)
-			}
-		case 0:
-			if err := s.unparkOne(ctx, p.key); err != nil {
-				return err
-			}
+	for _, key := range woken {
+		if err := s.unparkOne(ctx, key); err != nil {
+			return err
 		}
 	}
 	return nil
