@@ -122,6 +122,12 @@ func checkVersion(ctx context.Context, conn *sql.Conn) error {
 // file at once apply each migration exactly once. A database whose schema is
 // newer than this package knows is refused rather than used.
 func migrate(ctx context.Context, conn *sql.Conn, logger *slog.Logger) error {
+	return migrateUpTo(ctx, conn, logger, 0)
+}
+
+// migrateUpTo is migrate stopping after version upTo (0: the newest). Tests
+// use it to build a database as an older build left it.
+func migrateUpTo(ctx context.Context, conn *sql.Conn, logger *slog.Logger, upTo int) error {
 	ms, err := loadMigrations()
 	if err != nil {
 		return err
@@ -144,7 +150,7 @@ func migrate(ctx context.Context, conn *sql.Conn, logger *slog.Logger) error {
 		return fmt.Errorf("batutasqlite: database schema version %d is newer than this build supports (%d); upgrade batutasqlite", current, latest)
 	}
 	for _, m := range ms {
-		if m.version <= current {
+		if m.version <= current || (upTo > 0 && m.version > upTo) {
 			continue
 		}
 		applied, err := applyMigration(ctx, conn, m)

@@ -29,6 +29,16 @@
 // default). On restart an orchestrator picks up unfinished runs: tasks that
 // recorded success are not run again; tasks that were running when the
 // process died are rescued when their lease expires.
+//
+// # Flow control
+//
+// Delayed runs, priorities, workflow and task concurrency groups, debounce,
+// pause and rate reservations (batuta.Store's flow-control contract) are
+// kept in the database, each change in the write transaction of the call
+// that makes it, so every waiting state survives a crash and every limit is
+// exact: the single writer reads and updates each counter in one
+// transaction. Waiting work is held out of the claim index, so claims do
+// not read it. See docs/store-sqlite.md.
 package batutasqlite
 
 import (
@@ -40,6 +50,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -130,6 +141,10 @@ type Store struct {
 	queue []*writeReq // guarded by mu: writes waiting for a leader
 
 	work chan struct{}
+	// wake is set inside a write that freed a concurrency slot; the
+	// writer signals work once it committed.
+	wake       atomic.Bool
+	rateWrites atomic.Uint64
 
 	mu     sync.Mutex
 	closed bool

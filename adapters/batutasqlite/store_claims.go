@@ -54,19 +54,111 @@ func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.
 
 type candidate struct {
 	runID, name, deps, workflow, event string
-	idx, spent, rescues                int
+	idx, spent, rescues, taskMax       int
+	rateReserved                       bool
+	taskKey                            sql.NullString
 	deadline                           sql.NullInt64
 }
 
+// claim runs inside the write transaction: it clears the delayed hold of
+// tasks that came due, admits waiting runs into groups with room, then
+// leases tasks from the claim index. A task of a paused workflow is held
+// (out of the claim index until the resume); a task of a task-level group
+// takes a slot of it first, and if the group is full the task is parked
+// (out of the claim index until a slot frees). Either way the index is read
+// again for the rest, so such a backlog is read once, not at every claim.
 func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, wfs any) ([]batuta.Claim, error) {
-	rows, err := s.st.claimReady.QueryContext(ctx, now.UnixNano(), wfs, p.Limit)
+	var due, admissible, anyPaused bool
+	if err := s.st.flowProbe.QueryRowContext(ctx, now.UnixNano()).Scan(&due, &admissible, &anyPaused); err != nil {
+		return nil, fmt.Errorf("batutasqlite: claim: %w", err)
+	}
+	var paused map[string]bool
+	if anyPaused {
+		var err error
+		if paused, err = s.pausedSet(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if due {
+		if err := s.promoteDue(ctx, now.UnixNano()); err != nil {
+			return nil, err
+		}
+		admissible = true // a promoted run may have become eligible
+	}
+	if admissible {
+		if err := s.admit(ctx, p.Limit); err != nil {
+			return nil, err
+		}
+	}
+	var claims []batuta.Claim
+	events := make(map[string]batuta.Event)
+	parks := 0
+	for len(claims) < p.Limit && parks < maxParks {
+		want := p.Limit - len(claims)
+		if parks > 0 {
+			want = max(want, 64) // a full group's backlog: read on in larger steps
+		}
+		cands, err := s.candidates(ctx, now, wfs, want)
+		if err != nil {
+			return nil, err
+		}
+		took := cands[:0]
+		for _, c := range cands {
+			if len(claims)+len(took) == p.Limit || parks == maxParks {
+				break // read ahead past held tasks, or held enough: the rest stays
+			}
+			if paused[c.workflow] {
+				if err := s.holdPaused(ctx, c); err != nil {
+					return nil, err
+				}
+				parks++
+				continue
+			}
+			if c.taskKey.Valid {
+				var running int
+				err := s.st.taskSlot.QueryRowContext(ctx, c.taskKey.String, c.taskMax).Scan(&running)
+				if errors.Is(err, sql.ErrNoRows) {
+					if err := s.parkTask(ctx, c); err != nil {
+						return nil, err
+					}
+					parks++
+					continue
+				}
+				if err != nil {
+					return nil, fmt.Errorf("batutasqlite: claim: task concurrency group %q: %w", c.taskKey.String, err)
+				}
+			}
+			took = append(took, c)
+		}
+		if len(took) > 0 {
+			if claims == nil {
+				claims = make([]batuta.Claim, 0, len(took))
+			}
+			if claims, err = s.lease(ctx, p, now, took, events, claims); err != nil {
+				return nil, err
+			}
+		}
+		if len(cands) < want || len(took) == len(cands) {
+			break // the index has nothing more, or every candidate was taken
+		}
+	}
+	if parks >= maxParks {
+		s.wake.Store(true) // stopped parking early: claim again at once
+	}
+	return claims, nil
+}
+
+// candidates reads up to n tasks from the claim index.
+func (s *Store) candidates(ctx context.Context, now time.Time, wfs any, n int) ([]candidate, error) {
+	rows, err := s.st.claimReady.QueryContext(ctx, now.UnixNano(), wfs, n)
 	if err != nil {
 		return nil, fmt.Errorf("batutasqlite: claim: %w", err)
 	}
 	var cands []candidate
 	for rows.Next() {
 		var c candidate
-		if err := rows.Scan(&c.runID, &c.idx, &c.name, &c.deps, &c.spent, &c.rescues, &c.workflow, &c.event, &c.deadline); err != nil {
+		if err := rows.Scan(&c.runID, &c.idx, &c.name, &c.deps, &c.spent, &c.rescues,
+			&c.rateReserved, &c.taskKey, &c.taskMax, &c.workflow, &c.event, &c.deadline); err != nil {
 			_ = rows.Close()
 			return nil, fmt.Errorf("batutasqlite: claim: %w", err)
 		}
@@ -78,17 +170,18 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("batutasqlite: claim: %w", err)
 	}
-	if len(cands) == 0 {
-		return nil, nil
-	}
+	return cands, nil
+}
+
+// lease marks cands running with fresh tokens and appends their claims.
+func (s *Store) lease(ctx context.Context, p batuta.ClaimParams, now time.Time, cands []candidate,
+	events map[string]batuta.Event, claims []batuta.Claim) ([]batuta.Claim, error) {
 	var last int64
 	if err := s.st.nextTokens.QueryRowContext(ctx, len(cands)).Scan(&last); err != nil {
 		return nil, fmt.Errorf("batutasqlite: claim: lease tokens: %w", err)
 	}
 	first := last - int64(len(cands)) + 1
 	leaseUntil := nanos(p.LeaseUntil)
-	events := make(map[string]batuta.Event)
-	claims := make([]batuta.Claim, 0, len(cands))
 	for i, c := range cands {
 		token := first + int64(i)
 		if _, err := s.st.claimTask.ExecContext(ctx, token, p.Owner, leaseUntil, c.runID, c.idx); err != nil {
@@ -109,15 +202,16 @@ func (s *Store) claim(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 			return nil, err
 		}
 		claims = append(claims, batuta.Claim{
-			RunID:       c.runID,
-			Workflow:    c.workflow,
-			Task:        c.name,
-			Attempt:     c.spent + 1,
-			Rescues:     c.rescues,
-			Token:       token,
-			Event:       ev,
-			RunDeadline: fromNanos(c.deadline),
-			Upstream:    up,
+			RunID:        c.runID,
+			Workflow:     c.workflow,
+			Task:         c.name,
+			Attempt:      c.spent + 1,
+			Rescues:      c.rescues,
+			Token:        token,
+			Event:        ev,
+			RunDeadline:  fromNanos(c.deadline),
+			Upstream:     up,
+			RateReserved: c.rateReserved,
 		})
 	}
 	return claims, nil
@@ -245,9 +339,10 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		idx, spent        int
 		state, dependents string
 		token             sql.NullInt64
+		taskKey           sql.NullString
 		canceled          bool
 	)
-	err := s.st.claimedTask.QueryRowContext(ctx, c.RunID, c.Task).Scan(&idx, &state, &token, &dependents, &spent, &canceled)
+	err := s.st.claimedTask.QueryRowContext(ctx, c.RunID, c.Task).Scan(&idx, &state, &token, &dependents, &spent, &taskKey, &canceled)
 	if errors.Is(err, sql.ErrNoRows) {
 		return batuta.CompleteResult{Err: fmt.Errorf("batutasqlite: task %s/%s does not exist: %w", c.RunID, c.Task, batuta.ErrLeaseLost)}, nil
 	}
@@ -259,11 +354,12 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 	}
 
 	var (
-		next    batuta.TaskState
-		output  any // NULL
-		errText = c.Error
-		due     any // NULL: unchanged
-		record  bool
+		next     batuta.TaskState
+		output   any // NULL
+		errText  = c.Error
+		due      any // NULL: unchanged
+		record   bool
+		reserved bool
 	)
 	switch c.Outcome {
 	case batuta.OutcomeSucceeded:
@@ -281,6 +377,8 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		next, spent, record, due = batuta.TaskPending, c.Attempt-1, true, nanos(c.RetryAt)
 	case batuta.OutcomeRelease:
 		next = batuta.TaskPending
+	case batuta.OutcomeDefer:
+		next, due, reserved = batuta.TaskPending, nanos(c.RetryAt), c.RateReserved && !c.RetryAt.IsZero()
 	case batuta.OutcomeSkipped:
 		next = batuta.TaskSkipped
 	case batuta.OutcomeUpstreamFailed:
@@ -296,7 +394,7 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 	if canceled && next == batuta.TaskPending {
 		// The run was canceled while the task ran: it does not go back
 		// to the ready set.
-		next, errText, due = batuta.TaskCanceled, "run canceled", nil
+		next, errText, due, reserved = batuta.TaskCanceled, "run canceled", nil, false
 	}
 	var attempt any
 	if record {
@@ -316,8 +414,13 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		}
 		attempt = string(b)
 	}
-	if _, err := s.st.finishTask.ExecContext(ctx, string(next), output, errText, spent, due, attempt, c.RunID, idx); err != nil {
+	if _, err := s.st.finishTask.ExecContext(ctx, string(next), output, errText, spent, due, attempt, c.RunID, idx, reserved); err != nil {
 		return batuta.CompleteResult{}, fmt.Errorf("batutasqlite: complete %s/%s: %w", c.RunID, c.Task, err)
+	}
+	if taskKey.Valid {
+		if err := s.releaseTaskSlot(ctx, taskKey.String); err != nil {
+			return batuta.CompleteResult{}, err
+		}
 	}
 	if !next.Finished() {
 		return batuta.CompleteResult{}, nil
@@ -431,6 +534,7 @@ func (s *Store) RescueExpired(ctx context.Context, now time.Time, maxRescues int
 type expiredTask struct {
 	runID, name, dependents string
 	idx, rescues            int
+	taskKey                 sql.NullString
 	canceled                bool
 }
 
@@ -444,7 +548,7 @@ func (s *Store) rescueBatch(ctx context.Context, now time.Time, maxRescues int) 
 		var ts []expiredTask
 		for rows.Next() {
 			var t expiredTask
-			if err := rows.Scan(&t.runID, &t.idx, &t.name, &t.rescues, &t.dependents, &t.canceled); err != nil {
+			if err := rows.Scan(&t.runID, &t.idx, &t.name, &t.rescues, &t.dependents, &t.taskKey, &t.canceled); err != nil {
 				_ = rows.Close()
 				return fmt.Errorf("batutasqlite: rescue: %w", err)
 			}
@@ -458,6 +562,11 @@ func (s *Store) rescueBatch(ctx context.Context, now time.Time, maxRescues int) 
 		}
 		seen = len(ts)
 		for _, t := range ts {
+			if t.taskKey.Valid {
+				if err := s.releaseTaskSlot(ctx, t.taskKey.String); err != nil {
+					return err
+				}
+			}
 			if t.rescues+1 <= maxRescues && !t.canceled {
 				if _, err := s.st.rescueTask.ExecContext(ctx, t.runID, t.idx); err != nil {
 					return fmt.Errorf("batutasqlite: rescue %s/%s: %w", t.runID, t.name, err)

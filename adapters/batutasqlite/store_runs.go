@@ -27,76 +27,54 @@ const newTaskLead = time.Minute
 // (workflow, event_id) constraint, and CreateRun returns the existing run's
 // ID with created=false. With run.MaxActive > 0 it returns batuta.ErrBusy
 // when MaxActive unfinished runs exist (counted exactly, in the same
-// transaction).
+// transaction). Delays, debounce and concurrency strategies are applied in
+// that transaction too (see CreateRuns); a debounced event returns the run
+// it was merged into with created=false, and a run recorded canceled at once
+// (ConcurrencyCancelNewest) returns created=true.
 func (s *Store) CreateRun(ctx context.Context, run batuta.NewRun) (string, bool, error) {
-	if err := validateNewRun(&run); err != nil {
+	p, err := prepareRun(&run)
+	if err != nil {
 		return "", false, err
 	}
-	event, err := json.Marshal(run.Event)
-	if err != nil {
-		return "", false, fmt.Errorf("batutasqlite: encode event: %w", err)
-	}
-	deps, dependents, pending := taskGraph(run.Tasks)
-	var (
-		id      string
-		created bool
-	)
+	var res batuta.CreateResult
 	err = s.write(ctx, func(ctx context.Context) error {
+		var busy error
 		if run.MaxActive > 0 {
-			var active int
-			if err := s.st.activeRuns.QueryRowContext(ctx).Scan(&active); err != nil {
-				return fmt.Errorf("batutasqlite: count active runs: %w", err)
-			}
-			if active >= run.MaxActive {
-				err := s.st.runByKey.QueryRowContext(ctx, run.Workflow, run.Event.ID).Scan(&id)
-				switch {
-				case err == nil:
-					return nil // a duplicate is not new load
-				case errors.Is(err, sql.ErrNoRows):
-					return fmt.Errorf("batutasqlite: %d unfinished runs (MaxActive %d): %w", active, run.MaxActive, batuta.ErrBusy)
-				default:
-					return fmt.Errorf("batutasqlite: find run: %w", err)
+			if busy = s.checkActive(ctx, run.MaxActive); busy != nil {
+				if !errors.Is(busy, batuta.ErrBusy) {
+					return busy
 				}
+				// A duplicate is not new load.
+				var id string
+				switch err := s.st.runByKey.QueryRowContext(ctx, run.Workflow, run.Event.ID).Scan(&id); {
+				case err == nil:
+					res = batuta.CreateResult{ID: id}
+					return nil
+				case !errors.Is(err, sql.ErrNoRows):
+					return fmt.Errorf("batutasqlite: find run: %w", err)
+				case run.Debounce == nil:
+					return busy
+				}
+				// Nor is an event merged into a debounced run: try,
+				// and refuse (rolling back) if it added a run.
 			}
 		}
-		res, err := s.st.insertRun.ExecContext(ctx, run.ID, run.Workflow, run.Event.ID, string(event),
-			run.CreatedAt.UnixNano(), nanos(run.Deadline), len(run.Tasks))
-		if err != nil {
-			return fmt.Errorf("batutasqlite: insert run: %w", err)
+		var err error
+		if res, err = s.createOne(ctx, p); err != nil {
+			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return fmt.Errorf("batutasqlite: insert run: %w", err)
-		} else if n == 0 {
-			if err := s.st.runByKey.QueryRowContext(ctx, run.Workflow, run.Event.ID).Scan(&id); err != nil {
-				return fmt.Errorf("batutasqlite: find duplicate run: %w", err)
-			}
-			return nil
+		if busy != nil && res.Created {
+			return busy
 		}
-		// A first attempt is due newTaskLead before the run was created:
-		// at once for any claimer whose clock is not that far behind, and
-		// ordered among retries by creation time, so that a retry due at T
-		// goes before the tasks of runs created after T+newTaskLead
-		// instead of starving behind all new work.
-		due := run.CreatedAt.Add(-newTaskLead).UnixNano()
-		for i, t := range run.Tasks {
-			if _, err := s.st.insertTask.ExecContext(ctx, run.ID, i, t.Name, run.Workflow,
-				deps[i], dependents[i], pending[i], due, string(t.FireOn)); err != nil {
-				return fmt.Errorf("batutasqlite: insert task %q: %w", t.Name, err)
-			}
-		}
-		if _, err := s.st.addActiveRuns.ExecContext(ctx, 1); err != nil {
-			return fmt.Errorf("batutasqlite: count active runs: %w", err)
-		}
-		id, created = run.ID, true
 		return nil
 	})
 	if err != nil {
 		return "", false, err
 	}
-	if created {
+	if res.Created && !res.Rejected {
 		s.signalWork()
 	}
-	return id, created, nil
+	return res.ID, res.Created, nil
 }
 
 func validateNewRun(run *batuta.NewRun) error {
@@ -120,7 +98,7 @@ func validateNewRun(run *batuta.NewRun) error {
 			}
 		}
 	}
-	return nil
+	return validateFlow(run)
 }
 
 // taskGraph returns, per task, its dependencies and dependents as JSON
@@ -159,12 +137,14 @@ func intsJSON(xs []int) string {
 // tasksDone counts finished tasks (failed of them failed) off the run and
 // finishes the run when none is left: canceled if it was canceled, failed if
 // any task failed or is upstream_failed, else succeeded (the order the in-memory store and
-// batutapg use). It returns the final state, or "" if
-// the run is still unfinished. It runs inside a write transaction.
+// batutapg use). A finished run leaves its concurrency group. It returns the
+// final state, or "" if the run is still unfinished. It runs inside a write
+// transaction.
 func (s *Store) tasksDone(ctx context.Context, runID string, finished, failed int, failErr string, now time.Time) (batuta.RunState, error) {
-	var unfinished, failedTasks int
+	var unfinished, failedTasks, adm int
 	var canceled bool
-	if err := s.st.taskDone.QueryRowContext(ctx, finished, failed, failErr, runID).Scan(&unfinished, &failedTasks, &canceled); err != nil {
+	var key sql.NullString
+	if err := s.st.taskDone.QueryRowContext(ctx, finished, failed, failErr, runID).Scan(&unfinished, &failedTasks, &canceled, &key, &adm); err != nil {
 		return "", fmt.Errorf("batutasqlite: update run %s: %w", runID, err)
 	}
 	if unfinished > 0 {
@@ -186,6 +166,11 @@ func (s *Store) tasksDone(ctx context.Context, runID string, finished, failed in
 	if _, err := s.st.addActiveRuns.ExecContext(ctx, -1); err != nil {
 		return "", fmt.Errorf("batutasqlite: count active runs: %w", err)
 	}
+	if adm != admNone && key.Valid {
+		if err := s.leaveGroup(ctx, runID, key.String, adm); err != nil {
+			return "", err
+		}
+	}
 	return state, nil
 }
 
@@ -201,40 +186,59 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 	}
 	var unfinished bool
 	err := s.write(ctx, func(ctx context.Context) error {
-		var (
-			state    string
-			canceled bool
-		)
-		err := s.st.runState.QueryRowContext(ctx, runID).Scan(&state, &canceled)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("batutasqlite: run %s: %w", runID, batuta.ErrRunNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
-		}
-		if batuta.RunState(state).Finished() || canceled {
-			return nil
-		}
-		unfinished = true
-		if _, err := s.st.cancelRun.ExecContext(ctx, reason, runID); err != nil {
-			return fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
-		}
-		res, err := s.st.cancelTasks.ExecContext(ctx, reason, runID)
-		if err != nil {
-			return fmt.Errorf("batutasqlite: cancel tasks of run %s: %w", runID, err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return fmt.Errorf("batutasqlite: cancel tasks of run %s: %w", runID, err)
-		}
-		if n > 0 {
-			if _, err := s.tasksDone(ctx, runID, int(n), 0, "", now); err != nil {
-				return err
-			}
-		}
-		return nil
+		var err error
+		unfinished, err = s.cancelInTx(ctx, runID, reason, now)
+		return err
 	})
 	return unfinished, err
+}
+
+// cancelInTx is CancelRun inside a write transaction.
+func (s *Store) cancelInTx(ctx context.Context, runID, reason string, now time.Time) (bool, error) {
+	var (
+		state         string
+		canceled      bool
+		key           sql.NullString
+		adm, strategy int
+	)
+	err := s.st.runState.QueryRowContext(ctx, runID).Scan(&state, &canceled, &key, &adm, &strategy)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("batutasqlite: run %s: %w", runID, batuta.ErrRunNotFound)
+	}
+	if err != nil {
+		return false, fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
+	}
+	if batuta.RunState(state).Finished() || canceled {
+		return false, nil
+	}
+	if _, err := s.st.cancelRun.ExecContext(ctx, reason, runID); err != nil {
+		return false, fmt.Errorf("batutasqlite: cancel run %s: %w", runID, err)
+	}
+	if key.Valid && adm == admAdmitted && batuta.ConcurrencyStrategy(strategy) == batuta.ConcurrencyCancelInProgress {
+		// A canceled run no longer counts in a CancelInProgress group,
+		// even while a task of it still runs (its worker is told to
+		// stop): a new run takes its place at once.
+		if err := s.leaveGroup(ctx, runID, key.String, adm); err != nil {
+			return false, err
+		}
+	}
+	if err := s.cancelTaskGroups(ctx, runID); err != nil {
+		return false, err
+	}
+	res, err := s.st.cancelTasks.ExecContext(ctx, reason, runID)
+	if err != nil {
+		return false, fmt.Errorf("batutasqlite: cancel tasks of run %s: %w", runID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("batutasqlite: cancel tasks of run %s: %w", runID, err)
+	}
+	if n > 0 {
+		if _, err := s.tasksDone(ctx, runID, int(n), 0, "", now); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // GetRun returns a snapshot of a run, read in one transaction.
@@ -312,12 +316,14 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 	)
 	for rows.Next() {
 		var (
-			r                           batuta.Run
-			event, state                string
-			created                     int64
-			started, finished, deadline sql.NullInt64
+			r                                    batuta.Run
+			event, state                         string
+			created                              int64
+			started, finished, deadline, startAt sql.NullInt64
+			key                                  sql.NullString
 		)
-		if err := rows.Scan(&r.ID, &r.Workflow, &event, &state, &created, &started, &finished, &deadline, &r.Error); err != nil {
+		if err := rows.Scan(&r.ID, &r.Workflow, &event, &state, &created, &started, &finished, &deadline, &r.Error,
+			&startAt, &r.Priority, &key); err != nil {
 			_ = rows.Close()
 			return nil, s.wrapErr("scan run", err)
 		}
@@ -330,6 +336,8 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 		r.StartedAt = fromNanos(started)
 		r.FinishedAt = fromNanos(finished)
 		r.Deadline = fromNanos(deadline)
+		r.StartAt = fromNanos(startAt)
+		r.ConcurrencyKey = key.String
 		runs = append(runs, &r)
 		ids = append(ids, r.ID)
 	}
@@ -358,9 +366,10 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 		var (
 			runID, name, state, depsJSON, errText, attempts string
 			idx, rescues                                    int
+			due                                             int64
 			output                                          sql.NullString
 		)
-		if err := trows.Scan(&runID, &idx, &name, &state, &depsJSON, &output, &errText, &attempts, &rescues); err != nil {
+		if err := trows.Scan(&runID, &idx, &name, &state, &depsJSON, &output, &errText, &attempts, &rescues, &due); err != nil {
 			return nil, s.wrapErr("scan task", err)
 		}
 		r := byID[runID]
@@ -368,6 +377,12 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 			return nil, fmt.Errorf("batutasqlite: run %s: task rows out of order", runID)
 		}
 		tr := batuta.TaskRun{Name: name, State: batuta.TaskState(state), Error: errText, Rescues: rescues}
+		// A pending task's due time is a not-before when it was set (a
+		// start, retry, snooze or deferral); a first attempt is due
+		// newTaskLead before the run's creation, which means "at once".
+		if tr.State == batuta.TaskPending && due >= r.CreatedAt.UnixNano() {
+			tr.NotBefore = time.Unix(0, due).UTC()
+		}
 		if output.Valid {
 			tr.Output = json.RawMessage(output.String)
 		}

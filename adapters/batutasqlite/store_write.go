@@ -30,6 +30,14 @@ type writeReq struct {
 // so a canceled ctx never leaves a half-known commit; the wait for the lock
 // held by other processes is bounded by Config.BusyTimeout.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context) error) error {
+	err := s.write1(ctx, fn)
+	if s.wake.Load() && s.wake.CompareAndSwap(true, false) {
+		s.signalWork()
+	}
+	return err
+}
+
+func (s *Store) write1(ctx context.Context, fn func(ctx context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("batutasqlite: %w", err)
 	}
