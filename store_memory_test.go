@@ -18,6 +18,11 @@ func TestMemoryStoreConformance(t *testing.T) {
 	})
 }
 
+func TestMemoryStoreFlow(t *testing.T) {
+	t.Parallel()
+	batutatest.TestFlow(t, func(t *testing.T) batuta.Store { return batuta.NewMemoryStore(batuta.MemoryStoreConfig{}) })
+}
+
 // BenchmarkMemoryStore measures the store alone: create a run of one task,
 // claim it and complete it, with many runs waiting (no flow control).
 func BenchmarkMemoryStore(b *testing.B) {

@@ -54,6 +54,16 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestFlow runs the flow controls end to end through an orchestrator on the
+// SQLite store.
+func TestFlow(t *testing.T) {
+	t.Parallel()
+	batutatest.TestFlow(t, func(t *testing.T) batuta.Store {
+		s, _ := openTemp(t)
+		return s
+	})
+}
+
 func TestOpenRejectsBadConfig(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
