@@ -28,6 +28,9 @@ type executor struct {
 	wake    chan struct{}
 	batch   chan batchReq // to the completers; nil for non-durable stores
 	durable bool
+	// fused: the store records a completion and claims the next task
+	// under one lock (the memory store); nil for others.
+	fused completeClaimer
 	busy    atomic.Int64 // claims handed to workers and not yet done
 	nwork   int64
 	// backlog: the latest claim got all it asked for, so more tasks are
@@ -46,9 +49,12 @@ type executor struct {
 	bgStop       chan struct{} // closed when shutdown stops the background services
 	bg           []*service    // heartbeat, rescuer, pruner, completers
 
+	// stopped: hard stop, every task ctx is canceled. Set before the
+	// slots are scanned; a worker checks it after publishing its attempt.
+	stopped atomic.Bool
+
 	mu       sync.Mutex
-	stopped  bool // hard stop: every task ctx is canceled
-	inflight map[int64]*slot
+	slots    []*slot        // every worker's slot (its running attempt, if any)
 	limited  map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
 	due      dueHeap
 	// askDue: ask the store for its next due time at the next idle moment
@@ -62,13 +68,30 @@ type executor struct {
 
 // slot is one worker's state, reused for each task it runs.
 type slot struct {
-	claim *Claim
+	mu    sync.Mutex // guards claim and tctx (read by heartbeat, cancel, stop)
+	claim *Claim     // the running attempt's claim, nil between attempts
 	tctx  *taskCtx
 	in    Input
 	comp  [1]Completion
 	reply chan batchResp
 	cur   Claim    // the claim handed over by the dispatcher
-	buf   [1]Claim // inline claims
+	buf   [2]Claim // inline claims: the next one is claimed while the current one is still read
+	// The fused path (memory store): the claim parameters, and the task
+	// claimed with the last completion (nil: none); claimed is set when
+	// that path claimed (or found nothing to claim).
+	params  ClaimParams
+	next    *Claim
+	claimed bool
+	// The last task run, to find the next one without a map lookup.
+	cw  *compiledWorkflow
+	pos int
+}
+
+// completeClaimer is a store that records a completion and claims the
+// next tasks under one lock, without allocating a result slice: the
+// memory store. The executor uses it from task to task.
+type completeClaimer interface {
+	completeAndClaim(c *Completion, p *ClaimParams) (CompleteResult, []Claim)
 }
 
 func newExecutor(o *Orchestrator) *executor {
@@ -85,12 +108,14 @@ func newExecutor(o *Orchestrator) *executor {
 		stopDispatch: make(chan struct{}),
 		dispatchDone: make(chan struct{}),
 		bgStop:       make(chan struct{}),
-		inflight:     make(map[int64]*slot),
 		limited:      make(map[string]int),
 		stuck:        make(map[*slot]string),
 		askDue:       true,
 	}
 	ex.durable = o.store.Durable()
+	if fc, ok := o.store.(completeClaimer); ok && !ex.durable {
+		ex.fused = fc
+	}
 	if ex.durable {
 		// Durable stores pay a round trip or a commit per call: batch.
 		ex.batch = make(chan batchReq, o.cfg.Workers)
@@ -172,13 +197,15 @@ func (ex *executor) shutdown() {
 // stopAll cancels every running attempt's ctx (and those started later).
 func (ex *executor) stopAll() {
 	ex.hardCancel(errShutdown)
+	ex.stopped.Store(true)
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
-	ex.stopped = true
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if sl.tctx != nil {
 			sl.tctx.cancel(errShutdown)
 		}
+		sl.mu.Unlock()
 	}
 }
 
@@ -186,10 +213,12 @@ func (ex *executor) runningNames() []string {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	var names []string
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if c := sl.claim; c != nil {
 			names = append(names, c.Workflow+"/"+c.Task+" (run "+c.RunID+")")
 		}
+		sl.mu.Unlock()
 	}
 	sort.Strings(names)
 	return names
@@ -400,11 +429,13 @@ func (ex *executor) cancelRun(runID string) bool {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	found := false
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if sl.claim != nil && sl.claim.RunID == runID && sl.tctx != nil {
 			sl.tctx.cancel(errRunCanceled)
 			found = true
 		}
+		sl.mu.Unlock()
 	}
 	return found
 }

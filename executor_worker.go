@@ -31,11 +31,23 @@ func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: stri
 func (ex *executor) worker() {
 	defer ex.workersWG.Done()
 	sl := &slot{}
+	ex.mu.Lock()
+	ex.slots = append(ex.slots, sl)
+	ex.mu.Unlock()
 	for sl.cur = range ex.work {
 		c := &sl.cur
+		var claimedAt time.Time // zero: read the clock when the task starts
 		for c != nil {
-			ready := ex.execute(sl, c)
-			c = nil
+			sl.next, sl.claimed = nil, false
+			ready := ex.execute(sl, c, claimedAt)
+			c, claimedAt = nil, time.Time{}
+			if sl.claimed {
+				// The store claimed with the completion (memory store).
+				if sl.next != nil {
+					c, claimedAt = sl.next, sl.params.Now
+				}
+				continue
+			}
 			// Take the next task here rather than through the dispatcher:
 			// always a task this completion made ready, with a store where
 			// an empty claim is cheap (not durable) any ready task, and with
@@ -43,9 +55,10 @@ func (ex *executor) worker() {
 			// dispatcher would claim them one round trip at a time).
 			if (ready || !ex.durable || ex.backlog.Load()) && !ex.draining.Load() {
 				// The clock read at the end of the task serves as now.
-				cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt)
+				now := sl.comp[0].FinishedAt
+				cs, err := ex.claimInto(sl.buf[:0], 1, now)
 				if err == nil && len(cs) == 1 {
-					c = &cs[0]
+					c, claimedAt = &cs[0], now
 				} else if !ready {
 					ex.backlog.Store(false)
 				}
@@ -59,15 +72,13 @@ func (ex *executor) worker() {
 
 // execute runs one claimed task (or skips, fails or releases it) and
 // records the outcome. It reports whether the completion made tasks ready.
-func (ex *executor) execute(sl *slot, c *Claim) bool {
+// claimedAt, if not zero, is the clock read the claim was made with, just
+// before: it serves as the attempt's start unless the task has a timeout,
+// a run deadline or a rate limit (then the clock is read again), so that a
+// task from task to task costs one clock read.
+func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 	o := ex.o
-	cw, _ := o.workflow(c.Workflow)
-	var ct *compiledTask
-	if cw != nil {
-		if i, ok := cw.index[c.Task]; ok {
-			ct = &cw.tasks[i]
-		}
-	}
+	cw, ct := ex.lookup(sl, c)
 	defer func() {
 		if cw != nil && cw.localCap > 0 {
 			ex.mu.Lock()
@@ -77,7 +88,10 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 		}
 	}()
 	comp := &sl.comp[0]
-	now := o.clock.Now()
+	now := claimedAt
+	if now.IsZero() || ct == nil || ct.timeout > 0 || ct.rate != nil || !c.RunDeadline.IsZero() {
+		now = o.clock.Now()
+	}
 	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, FinishedAt: now}
 	ranAttempt := false
 	var info AttemptInfo
@@ -138,18 +152,16 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		taskCtx, cancelD = context.WithTimeout(tc, deadline.Sub(start))
 		defer cancelD()
 	}
-	ex.mu.Lock()
+	sl.mu.Lock()
 	sl.claim, sl.tctx = c, tc
-	ex.inflight[c.Token] = sl
-	if ex.stopped {
+	sl.mu.Unlock()
+	if ex.stopped.Load() { // stopAll may have scanned the slots already
 		tc.cancel(errShutdown)
 	}
-	ex.mu.Unlock()
 	defer func() {
-		ex.mu.Lock()
-		delete(ex.inflight, c.Token)
+		sl.mu.Lock()
 		sl.claim, sl.tctx = nil, nil
-		ex.mu.Unlock()
+		sl.mu.Unlock()
 	}()
 	for _, h := range o.hooks {
 		taskCtx = h.AttemptStarted(taskCtx, *info)
@@ -217,7 +229,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	switch {
 	case err == nil && !abandoned:
 		comp.Outcome = OutcomeSucceeded
-		if ex.store.Durable() {
+		if ex.durable {
 			b, jerr := json.Marshal(out)
 			switch {
 			case jerr != nil:
@@ -347,6 +359,12 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		case <-ex.bgStop:
 			err = ErrClosed
 		}
+	} else if ex.fused != nil {
+		var cs []Claim
+		r, cs = ex.fused.completeAndClaim(&sl.comp[0], ex.inlineParams(sl, c))
+		if sl.claimed && len(cs) == 1 {
+			sl.next = &cs[0]
+		}
 	} else {
 		var res []CompleteResult
 		if res, err = ex.storeComplete(sl.comp[:]); err == nil {
@@ -374,4 +392,59 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		ex.poke() // more than the completing worker takes inline
 	}
 	return r.Ready > 0
+}
+
+// lookup returns the compiled workflow and task a claim names (nil if this
+// process has not registered them). A worker usually runs the task
+// declared after the one it ran last (a chain, a fan-out), which is tried
+// before the maps.
+func (ex *executor) lookup(sl *slot, c *Claim) (*compiledWorkflow, *compiledTask) {
+	cw := sl.cw
+	if cw == nil || cw.name != c.Workflow {
+		cw, _ = ex.o.workflow(c.Workflow)
+		if cw == nil {
+			return nil, nil
+		}
+		sl.cw, sl.pos = cw, -1 // registered workflows are never replaced
+	}
+	if i := sl.pos + 1; i < len(cw.tasks) && cw.tasks[i].name == c.Task {
+		sl.pos = i
+		return cw, &cw.tasks[i]
+	}
+	i, ok := cw.index[c.Task]
+	if !ok {
+		return cw, nil
+	}
+	sl.pos = i
+	return cw, &cw.tasks[i]
+}
+
+// inlineParams returns the parameters for claiming the worker's next task
+// along with the completion of c (fused path), or nil to claim apart: while
+// draining, or when a workflow has a per-process cap (claimInto reserves
+// room under it). It sets sl.claimed when it returns parameters.
+func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
+	if ex.draining.Load() {
+		return nil
+	}
+	o := ex.o
+	o.mu.RLock()
+	free, capped := o.uncapped, o.capped
+	o.mu.RUnlock()
+	if len(capped) > 0 || len(free) == 0 {
+		return nil
+	}
+	// The claim goes to the buffer c does not use: c is read until the
+	// worker moves on.
+	k := 0
+	if c == &sl.buf[0] {
+		k = 1
+	}
+	now := sl.comp[0].FinishedAt
+	sl.params = ClaimParams{
+		Owner: o.cfg.NodeID, Workflows: free, Limit: 1, Now: now,
+		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k:k:k+1],
+	}
+	sl.claimed = true
+	return &sl.params
 }

@@ -51,8 +51,7 @@ type MemoryStore struct {
 	finished []*memRun // in finish order (FIFO)
 	finHead  int
 	ticks    map[string]time.Time
-	token    int64
-	byToken  map[int64]*memTask // running tasks by lease token
+	tokens   memTokens // running tasks by lease token
 	notify   chan struct{}
 	watch    *runwatch.Set // Wait calls of any orchestrator using this store
 
@@ -63,6 +62,7 @@ type memKey struct{ workflow, eventID string }
 
 type memRun struct {
 	Run                   // snapshot fields kept up to date (Tasks unused)
+	wf        *memWF      // the run's workflow (s.wfs[Workflow]; never removed)
 	tasks     []memTask   // live task state
 	specs     []TaskSpec  // shared with the caller, never written
 	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
@@ -109,7 +109,6 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		tgroups:  make(map[string]*memTGroup),
 		debounce: make(map[memKey]*memRun),
 		ticks:    make(map[string]time.Time),
-		byToken:  make(map[int64]*memTask),
 		notify:   make(chan struct{}, 1),
 		watch:    runwatch.New(-1),
 		rates:    memRates{keys: make(map[string]memRate)},
@@ -240,6 +239,7 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 		}
 	}
 	w := s.wfLocked(nr.Workflow)
+	r.wf = w
 	s.runs[r.ID] = r
 	s.byKey[key] = r
 	s.active++
@@ -295,7 +295,7 @@ func (s *MemoryStore) pushReadyLocked(t *memTask) {
 		s.parkRunTaskLocked(r, t)
 		return
 	}
-	s.wfs[r.Workflow].ready.push(t)
+	r.wf.ready.push(t)
 }
 
 // ClaimTasks implements Store. Tasks are taken from the selected
@@ -313,6 +313,11 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.claimLocked(&p), nil
+}
+
+// claimLocked is ClaimTasks under s.mu.
+func (s *MemoryStore) claimLocked(p *ClaimParams) []Claim {
 	out := p.Buf[:0:cap(p.Buf)]
 	if cap(out) == 0 {
 		out = nil
@@ -320,9 +325,9 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	if len(p.Workflows) == 1 { // the orchestrator's usual call
 		if w := s.wfs[p.Workflows[0]]; w != nil && !w.paused {
 			s.promoteLocked(w, p.Now)
-			s.takeLocked(w, math.MinInt, &out, &p)
+			s.takeLocked(w, math.MinInt, &out, p)
 		}
-		return out, nil
+		return out
 	}
 	var wsBuf [8]*memWF
 	ws := wsBuf[:0]
@@ -340,7 +345,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 		}
 	}
 	if len(ws) == 0 {
-		return out, nil
+		return out
 	}
 	for _, w := range ws {
 		s.promoteLocked(w, p.Now)
@@ -358,10 +363,10 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 			break
 		}
 		for i := 0; i < len(ws) && len(out) < p.Limit; i++ {
-			s.takeLocked(ws[(start+i)%len(ws)], best, &out, &p)
+			s.takeLocked(ws[(start+i)%len(ws)], best, &out, p)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // promoteLocked moves w's delayed tasks due at now to the ready set.
@@ -394,9 +399,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		if spec.Concurrency != nil && !s.takeTaskSlotLocked(t, spec.Concurrency) {
 			continue // parked until a slot of its group frees
 		}
-		s.token++
-		t.token = s.token
-		s.byToken[t.token] = t
+		t.token = s.tokens.add(t)
 		t.state = TaskRunning
 		t.leaseUntil = p.LeaseUntil
 		r := t.run
@@ -426,7 +429,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 }
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
-	t := s.byToken[ref.Token]
+	t := s.tokens.get(ref.Token)
 	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
 		return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
 	}
@@ -437,7 +440,7 @@ func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
 // task-level concurrency slot if it has one.
 func (s *MemoryStore) dropToken(t *memTask) {
 	if t.token != 0 {
-		delete(s.byToken, t.token)
+		s.tokens.del(t.token)
 		t.token = 0
 		if c := t.spec().Concurrency; c != nil {
 			s.releaseTaskSlotLocked(c.Key)
@@ -476,68 +479,84 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]CompleteResult, len(cs))
-	signal := false
 	for i := range cs {
-		c := &cs[i]
-		t, err := s.task(c.ClaimRef)
-		if err != nil {
-			out[i].Err = err
-			continue
-		}
-		r := t.run
-		s.dropToken(t)
-		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
-			oc := c.Outcome
-			if c.TimedOut {
-				oc = OutcomeTimedOut
-			}
-			t.attempts = append(t.attempts, Attempt{
-				Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
-				Outcome: oc, Error: c.Error,
-			})
-		}
-		switch c.Outcome {
-		case OutcomeRetry, OutcomeSnooze, OutcomeRelease, OutcomeDefer:
-			if c.Outcome == OutcomeRetry {
-				t.spent++
-			}
-			t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
-			t.state = TaskPending
-			t.err = c.Error
-			if r.canceled {
-				s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, &out[i])
-				continue
-			}
-			if c.Outcome == OutcomeRelease || c.RetryAt.IsZero() {
-				s.pushReadyLocked(t)
-				signal = true
-			} else {
-				t.dueAt = c.RetryAt
-				heap.Push(&s.wfs[r.Workflow].delayed, t)
-			}
-		case OutcomeSucceeded:
-			t.spent++
-			t.output = c.Output
-			t.err = ""
-			s.finishTaskLocked(t, TaskSucceeded, "", c.FinishedAt, &out[i])
-		case OutcomeFailed:
-			t.spent++
-			s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, &out[i])
-		case OutcomeSkipped:
-			s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, &out[i])
-		case OutcomeUpstreamFailed:
-			s.finishTaskLocked(t, TaskUpstreamFailed, c.Error, c.FinishedAt, &out[i])
-		case OutcomeCanceled:
-			s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, &out[i])
-		default:
-			out[i].Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
-			continue
-		}
+		s.completeLocked(&cs[i], &out[i])
 	}
-	// Tasks made ready by a completion are reported in its result; the
-	// completing orchestrator picks them up without a signal.
-	_ = signal
 	return out, nil
+}
+
+// completeAndClaim records one completion and, if p is not nil, claims
+// up to p.Limit tasks as ClaimTasks(p) would, under one lock: the
+// executor's path from one task to the next with this store, without a
+// result slice to allocate. Tasks made ready by c are claimed through the
+// ready queues like any others (priorities and FIFO order hold).
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams) (CompleteResult, []Claim) {
+	var res CompleteResult
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.completeLocked(c, &res)
+	if p == nil {
+		return res, nil
+	}
+	return res, s.claimLocked(p)
+}
+
+// completeLocked records one completion into res. Tasks it makes ready
+// are reported in res; the completing orchestrator picks them up without
+// a signal.
+func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
+	t, err := s.task(c.ClaimRef)
+	if err != nil {
+		res.Err = err
+		return
+	}
+	r := t.run
+	s.dropToken(t)
+	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
+		oc := c.Outcome
+		if c.TimedOut {
+			oc = OutcomeTimedOut
+		}
+		t.attempts = append(t.attempts, Attempt{
+			Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
+			Outcome: oc, Error: c.Error,
+		})
+	}
+	switch c.Outcome {
+	case OutcomeRetry, OutcomeSnooze, OutcomeRelease, OutcomeDefer:
+		if c.Outcome == OutcomeRetry {
+			t.spent++
+		}
+		t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
+		t.state = TaskPending
+		t.err = c.Error
+		if r.canceled {
+			s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, res)
+			return
+		}
+		if c.Outcome == OutcomeRelease || c.RetryAt.IsZero() {
+			s.pushReadyLocked(t)
+		} else {
+			t.dueAt = c.RetryAt
+			heap.Push(&r.wf.delayed, t)
+		}
+	case OutcomeSucceeded:
+		t.spent++
+		t.output = c.Output
+		t.err = ""
+		s.finishTaskLocked(t, TaskSucceeded, "", c.FinishedAt, res)
+	case OutcomeFailed:
+		t.spent++
+		s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, res)
+	case OutcomeSkipped:
+		s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, res)
+	case OutcomeUpstreamFailed:
+		s.finishTaskLocked(t, TaskUpstreamFailed, c.Error, c.FinishedAt, res)
+	case OutcomeCanceled:
+		s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, res)
+	default:
+		res.Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
+	}
 }
 
 // finishTaskLocked moves t to a terminal state, counts its dependents down
@@ -666,8 +685,8 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	// Only running tasks hold a token: the scan is bounded by the claims
 	// in flight, not by the runs waiting (delayed, queued, paused).
 	var expired []*memTask
-	for _, t := range s.byToken {
-		if t.state == TaskRunning && t.leaseUntil.Before(now) {
+	for _, t := range s.tokens.slots {
+		if t != nil && t.state == TaskRunning && t.leaseUntil.Before(now) {
 			expired = append(expired, t)
 		}
 	}
@@ -728,7 +747,7 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 		t := &r.tasks[i]
 		if t.state == TaskPending {
 			if t.heapIdx >= 0 {
-				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
+				heap.Remove(&r.wf.delayed, t.heapIdx)
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
 			if c := t.spec().Concurrency; c != nil {
@@ -1019,4 +1038,68 @@ func (h *memDelayHeap) Pop() any {
 	*h = old[:len(old)-1]
 	t.heapIdx = -1
 	return t
+}
+
+// memTokens maps the lease tokens of running tasks to their tasks without
+// hashing: a table indexed by the token's low bits. Tokens are still
+// unique and increasing (a token whose slot is taken is skipped), and the
+// table stays at most half full, so a lookup is one index and a compare.
+// It grows with the most tasks running at once and is never shrunk.
+type memTokens struct {
+	slots []*memTask // len is 0 or a power of 2
+	live  int
+	last  int64 // the last token handed out
+}
+
+// add gives t a new token and records it.
+func (m *memTokens) add(t *memTask) int64 {
+	if (m.live+1)*2 > len(m.slots) {
+		m.grow()
+	}
+	mask := int64(len(m.slots) - 1)
+	for {
+		m.last++
+		if m.slots[m.last&mask] == nil {
+			break
+		}
+	}
+	m.slots[m.last&mask] = t
+	m.live++
+	return m.last
+}
+
+// grow doubles the table. Live tokens in distinct slots stay in distinct
+// slots: the new mask keeps every bit of the old one.
+func (m *memTokens) grow() {
+	old := m.slots
+	m.slots = make([]*memTask, max(2*len(old), 64))
+	mask := int64(len(m.slots) - 1)
+	for _, t := range old {
+		if t != nil {
+			m.slots[t.token&mask] = t
+		}
+	}
+}
+
+// get returns the running task holding token tok, or nil.
+func (m *memTokens) get(tok int64) *memTask {
+	if tok <= 0 || len(m.slots) == 0 {
+		return nil
+	}
+	if t := m.slots[tok&int64(len(m.slots)-1)]; t != nil && t.token == tok {
+		return t
+	}
+	return nil
+}
+
+// del forgets token tok.
+func (m *memTokens) del(tok int64) {
+	if len(m.slots) == 0 {
+		return
+	}
+	i := tok & int64(len(m.slots)-1)
+	if t := m.slots[i]; t != nil && t.token == tok {
+		m.slots[i] = nil
+		m.live--
+	}
 }

@@ -178,7 +178,7 @@ func (s *MemoryStore) parkRunTaskLocked(r *memRun, t *memTask) {
 		if g.admitted < g.max && len(g.waiters) == 0 {
 			f.admitted = true // room: admitted without waiting
 			g.admitted++
-			s.wfs[r.Workflow].ready.push(t)
+			r.wf.ready.push(t)
 			return
 		}
 		f.parked = append(f.parked, t)
@@ -200,7 +200,7 @@ func (s *MemoryStore) fillGroupLocked(g *memGroup) int {
 		g.admitted++
 		for _, t := range f.parked {
 			if t.state == TaskPending {
-				s.wfs[r.Workflow].ready.push(t)
+				r.wf.ready.push(t)
 				n++
 			}
 		}
@@ -271,7 +271,7 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 	for i := range m.tasks {
 		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 {
 			t.dueAt = start
-			heap.Fix(&s.wfs[m.Workflow].delayed, t.heapIdx)
+			heap.Fix(&m.wf.delayed, t.heapIdx)
 		}
 	}
 	return m
@@ -350,7 +350,7 @@ func (s *MemoryStore) unparkLocked(g *memTGroup) {
 		}
 		t.unparked = true
 		g.inReady++
-		s.wfs[t.run.Workflow].ready.push(t)
+		t.run.wf.ready.push(t)
 		s.signal()
 	}
 	if g.running <= 0 && g.inReady <= 0 && len(g.waiting) == 0 && s.tgroups[g.key] == g {
