@@ -31,8 +31,8 @@ type executor struct {
 	// fused: the store records a completion and claims the next task
 	// under one lock (the memory store); nil for others.
 	fused completeClaimer
-	busy    atomic.Int64 // claims handed to workers and not yet done
-	nwork   int64
+	busy  atomic.Int64 // claims handed to workers and not yet done
+	nwork int64
 	// backlog: the latest claim got all it asked for, so more tasks are
 	// likely ready. Workers of a durable store then claim their next task
 	// themselves, in parallel, instead of one by one through the dispatcher.
@@ -53,10 +53,10 @@ type executor struct {
 	// slots are scanned; a worker checks it after publishing its attempt.
 	stopped atomic.Bool
 
-	mu       sync.Mutex
-	slots    []*slot        // every worker's slot (its running attempt, if any)
-	limited  map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
-	due      dueHeap
+	mu      sync.Mutex
+	slots   []*slot        // every worker's slot (its running attempt, if any)
+	limited map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
+	due     dueHeap
 	// askDue: ask the store for its next due time at the next idle moment
 	// (set at start, on Resume, on a debounce merge, when the heap is full).
 	askDue    bool

@@ -443,7 +443,7 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	now := sl.comp[0].FinishedAt
 	sl.params = ClaimParams{
 		Owner: o.cfg.NodeID, Workflows: free, Limit: 1, Now: now,
-		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k:k:k+1],
+		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k : k : k+1],
 	}
 	sl.claimed = true
 	return &sl.params
