@@ -74,8 +74,10 @@ type slot struct {
 	in    Input
 	comp  [1]Completion
 	reply chan batchResp
-	cur   Claim    // the claim handed over by the dispatcher
-	buf   [2]Claim // inline claims: the next one is claimed while the current one is still read
+	cur   Claim               // the claim handed over by the dispatcher
+	buf   [2]Claim            // inline claims: the next one is claimed while the current one is still read
+	up    [2][]UpstreamResult // their Upstream (fused path)
+	upIdx int                 // the one for the next claim
 	// The fused path (memory store): the claim parameters, and the task
 	// claimed with the last completion (nil: none); claimed is set when
 	// that path claimed (or found nothing to claim).
@@ -91,7 +93,7 @@ type slot struct {
 // next tasks under one lock, without allocating a result slice: the
 // memory store. The executor uses it from task to task.
 type completeClaimer interface {
-	completeAndClaim(c *Completion, p *ClaimParams) (CompleteResult, []Claim)
+	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (CompleteResult, []Claim)
 }
 
 func newExecutor(o *Orchestrator) *executor {

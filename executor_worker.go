@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 )
 
@@ -182,6 +183,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		}
 		done := make(chan result, 1)
 		cc := *c // the worker reuses c's storage; an abandoned body keeps its own copy
+		cc.Upstream = slices.Clone(c.Upstream)
 		in := &Input{claim: &cc, task: ct, ctx: taskCtx, store: ex.store}
 		stuck := &slot{}
 		go func() {
@@ -223,7 +225,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	end := o.clock.Now()
 	comp.StartedAt, comp.FinishedAt = start, end
 	cause := tc.causeOf()
-	timedOut := cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
+	timedOut := !deadline.IsZero() && cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
 	info.Err = err
 
 	switch {
@@ -361,7 +363,8 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		}
 	} else if ex.fused != nil {
 		var cs []Claim
-		r, cs = ex.fused.completeAndClaim(&sl.comp[0], ex.inlineParams(sl, c))
+		p := ex.inlineParams(sl, c)
+		r, cs = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
 		if sl.claimed && len(cs) == 1 {
 			sl.next = &cs[0]
 		}
@@ -440,6 +443,7 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	if c == &sl.buf[0] {
 		k = 1
 	}
+	sl.upIdx = k
 	now := sl.comp[0].FinishedAt
 	sl.params = ClaimParams{
 		Owner: o.cfg.NodeID, Workflows: free, Limit: 1, Now: now,

@@ -71,25 +71,27 @@ type memRun struct {
 	dropped   bool
 }
 
+// memTask is one task's live state. Kept small (int32 counters, the
+// lease as UnixNano, no upstream storage): runs allocate one per task and
+// the GC scans them.
 type memTask struct {
 	run         *memRun
-	idx         int
-	dependents  []int
-	pendingDeps int
-	readied     bool // made ready by its dependencies (at most once: FireOn)
-	rateRsv     bool // deferred with a rate reservation: the next claim says so
-	unparked    bool // moved back from a full task-level group; a slot is kept for it
+	dependents  []int32
+	idx         int32
+	pendingDeps int32
+	spent       int32 // attempts that spent the budget
+	rescues     int32
+	heapIdx     int32 // index in its workflow's delayed heap, -1 if absent
+	readied     bool  // made ready by its dependencies (at most once: FireOn)
+	rateRsv     bool  // deferred with a rate reservation: the next claim says so
+	unparked    bool  // moved back from a full task-level group; a slot is kept for it
 	state       TaskState
-	spent       int // attempts that spent the budget
-	rescues     int
 	token       int64
-	leaseUntil  time.Time
+	leaseUntil  int64 // UnixNano
 	dueAt       time.Time
-	heapIdx     int // index in its workflow's delayed heap, -1 if absent
 	output      any
 	err         string
 	attempts    []Attempt
-	upstream    []UpstreamResult
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -185,25 +187,21 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	r.tasks = make([]memTask, n)
 	r.specs = nr.Tasks
 	r.remaining = int32(n)
-	// One slab each for first attempts and upstream views, so a task's
-	// first attempt and its claim allocate nothing.
+	// One slab for first attempts, so a task's first attempt allocates
+	// nothing. Upstream views are written at claim time into the
+	// claimer's storage (see takeLocked): no per-dependency slab here.
 	attemptSlab := make([]Attempt, n)
 	ndeps := 0
-	for i := range nr.Tasks {
-		ndeps += len(nr.Tasks[i].Deps)
-	}
-	upSlab := make([]UpstreamResult, ndeps)
 	for i, ts := range nr.Tasks {
+		ndeps += len(ts.Deps)
 		t := &r.tasks[i]
-		t.run, t.idx, t.state, t.heapIdx = r, i, TaskPending, -1
-		t.pendingDeps = len(ts.Deps)
+		t.run, t.idx, t.state, t.heapIdx = r, int32(i), TaskPending, -1
+		t.pendingDeps = int32(len(ts.Deps))
 		t.attempts = attemptSlab[i : i : i+1]
-		t.upstream, upSlab = upSlab[:len(ts.Deps):len(ts.Deps)], upSlab[len(ts.Deps):]
-		for k, d := range ts.Deps {
+		for _, d := range ts.Deps {
 			if d < 0 || d >= n || d == i {
 				return nil, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
 			}
-			t.upstream[k].Name = nr.Tasks[d].Name
 		}
 	}
 	// Dependents in one slab too: count, carve, fill.
@@ -213,14 +211,14 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 			ndependents[d]++
 		}
 	}
-	depSlab := make([]int, ndeps)
+	depSlab := make([]int32, ndeps)
 	for i := range r.tasks {
 		k := ndependents[i]
 		r.tasks[i].dependents, depSlab = depSlab[:0:k], depSlab[k:]
 	}
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			r.tasks[d].dependents = append(r.tasks[d].dependents, i)
+			r.tasks[d].dependents = append(r.tasks[d].dependents, int32(i))
 		}
 	}
 	return r, nil
@@ -313,11 +311,12 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.claimLocked(&p), nil
+	return s.claimLocked(&p, nil), nil
 }
 
-// claimLocked is ClaimTasks under s.mu.
-func (s *MemoryStore) claimLocked(p *ClaimParams) []Claim {
+// claimLocked is ClaimTasks under s.mu. up, if not nil, is storage for
+// the first claim's Upstream (see takeLocked).
+func (s *MemoryStore) claimLocked(p *ClaimParams, up *[]UpstreamResult) []Claim {
 	out := p.Buf[:0:cap(p.Buf)]
 	if cap(out) == 0 {
 		out = nil
@@ -325,7 +324,7 @@ func (s *MemoryStore) claimLocked(p *ClaimParams) []Claim {
 	if len(p.Workflows) == 1 { // the orchestrator's usual call
 		if w := s.wfs[p.Workflows[0]]; w != nil && !w.paused {
 			s.promoteLocked(w, p.Now)
-			s.takeLocked(w, math.MinInt, &out, p)
+			s.takeLocked(w, math.MinInt, &out, p, &up)
 		}
 		return out
 	}
@@ -363,7 +362,7 @@ func (s *MemoryStore) claimLocked(p *ClaimParams) []Claim {
 			break
 		}
 		for i := 0; i < len(ws) && len(out) < p.Limit; i++ {
-			s.takeLocked(ws[(start+i)%len(ws)], best, &out, p)
+			s.takeLocked(ws[(start+i)%len(ws)], best, &out, p, &up)
 		}
 	}
 	return out
@@ -378,8 +377,10 @@ func (s *MemoryStore) promoteLocked(w *memWF, now time.Time) {
 }
 
 // takeLocked claims ready tasks of w with a run priority of at least
-// minPrio into *out, up to p.Limit.
-func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimParams) {
+// minPrio into *out, up to p.Limit. A claim's Upstream goes to **up (the
+// executor's per-worker storage, reused once that claim is done) if *up
+// is not nil, which is then used up; otherwise to a new slice.
+func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimParams, up **[]UpstreamResult) {
 	for len(*out) < p.Limit {
 		t := w.ready.pop(minPrio)
 		if t == nil {
@@ -401,7 +402,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		}
 		t.token = s.tokens.add(t)
 		t.state = TaskRunning
-		t.leaseUntil = p.LeaseUntil
+		t.leaseUntil = p.LeaseUntil.UnixNano()
 		r := t.run
 		if r.State == RunPending {
 			r.State = RunRunning
@@ -410,18 +411,28 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 				s.runStartedLocked(r)
 			}
 		}
-		for k, d := range spec.Deps {
-			dt := &r.tasks[d]
-			u := &t.upstream[k]
-			u.State, u.Output, u.Error = dt.state, dt.output, dt.err
+		var ups []UpstreamResult
+		if n := len(spec.Deps); n > 0 {
+			if b := *up; b != nil {
+				if cap(*b) < n {
+					*b = make([]UpstreamResult, n)
+				}
+				ups, *up = (*b)[:n:n], nil
+			} else {
+				ups = make([]UpstreamResult, n)
+			}
+			for k, d := range spec.Deps {
+				dt := &r.tasks[d]
+				ups[k] = UpstreamResult{Name: r.specs[d].Name, State: dt.state, Output: dt.output, Error: dt.err}
+			}
 		}
 		if *out == nil {
 			*out = make([]Claim, 0, min(p.Limit, 16))
 		}
 		*out = append(*out, Claim{
 			RunID: r.ID, Workflow: r.Workflow, Task: spec.Name,
-			Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
-			Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
+			Attempt: int(t.spent) + 1, Rescues: int(t.rescues), Token: t.token,
+			Event: r.Event, RunDeadline: r.Deadline, Upstream: ups,
 			RateReserved: t.rateRsv,
 		})
 		t.rateRsv = false
@@ -462,7 +473,7 @@ func (s *MemoryStore) ExtendLeases(ctx context.Context, refs []ClaimRef, until t
 			out[i] = LeaseLost
 			continue
 		}
-		t.leaseUntil = until
+		t.leaseUntil = until.UnixNano()
 		out[i] = LeaseHeld
 		if t.run.canceled {
 			out[i] = LeaseCanceled
@@ -486,11 +497,12 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 }
 
 // completeAndClaim records one completion and, if p is not nil, claims
-// up to p.Limit tasks as ClaimTasks(p) would, under one lock: the
+// up to p.Limit tasks as ClaimTasks(p) would (the first claim's Upstream
+// in *up, grown as needed), under one lock: the
 // executor's path from one task to the next with this store, without a
 // result slice to allocate. Tasks made ready by c are claimed through the
 // ready queues like any others (priorities and FIFO order hold).
-func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams) (CompleteResult, []Claim) {
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (CompleteResult, []Claim) {
 	var res CompleteResult
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -498,7 +510,7 @@ func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams) (CompleteR
 	if p == nil {
 		return res, nil
 	}
-	return res, s.claimLocked(p)
+	return res, s.claimLocked(p, up)
 }
 
 // completeLocked records one completion into res. Tasks it makes ready
@@ -686,14 +698,14 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	// in flight, not by the runs waiting (delayed, queued, paused).
 	var expired []*memTask
 	for _, t := range s.tokens.slots {
-		if t != nil && t.state == TaskRunning && t.leaseUntil.Before(now) {
+		if t != nil && t.state == TaskRunning && t.leaseUntil < now.UnixNano() {
 			expired = append(expired, t)
 		}
 	}
 	for _, t := range expired {
 		r := t.run
 		t.rescues++
-		if t.rescues > maxRescues {
+		if int(t.rescues) > maxRescues {
 			var res CompleteResult
 			s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
 			failed++
@@ -747,7 +759,7 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 		t := &r.tasks[i]
 		if t.state == TaskPending {
 			if t.heapIdx >= 0 {
-				heap.Remove(&r.wf.delayed, t.heapIdx)
+				heap.Remove(&r.wf.delayed, int(t.heapIdx))
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
 			if c := t.spec().Concurrency; c != nil {
@@ -774,7 +786,7 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 		}
 		out.Tasks[i] = TaskRun{
 			Name: t.spec().Name, State: t.state, Deps: deps, Output: t.output,
-			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: t.rescues,
+			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: int(t.rescues),
 		}
 		if t.state == TaskPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
@@ -1024,11 +1036,11 @@ func (h memDelayHeap) Len() int           { return len(h) }
 func (h memDelayHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
 func (h memDelayHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
+	h[i].heapIdx, h[j].heapIdx = int32(i), int32(j)
 }
 func (h *memDelayHeap) Push(x any) {
 	t := x.(*memTask)
-	t.heapIdx = len(*h)
+	t.heapIdx = int32(len(*h))
 	*h = append(*h, t)
 }
 func (h *memDelayHeap) Pop() any {

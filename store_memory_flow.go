@@ -271,7 +271,7 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 	for i := range m.tasks {
 		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 {
 			t.dueAt = start
-			heap.Fix(&m.wf.delayed, t.heapIdx)
+			heap.Fix(&m.wf.delayed, int(t.heapIdx))
 		}
 	}
 	return m

@@ -3,6 +3,7 @@ package batuta
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,10 +15,14 @@ import (
 // context whose cancel func was deferred. Values come from parent.
 type taskCtx struct {
 	parent context.Context
-	mu     sync.Mutex
-	done   chan struct{}
-	err    error
-	cause  error
+	// canceled is set, under mu, once err and cause are: Err and causeOf
+	// of a live context (every call made while the task runs) then take
+	// no lock.
+	canceled atomic.Bool
+	mu       sync.Mutex
+	done     chan struct{}
+	err      error
+	cause    error
 }
 
 var closedChan = func() chan struct{} {
@@ -41,6 +46,9 @@ func (c *taskCtx) Done() <-chan struct{} {
 }
 
 func (c *taskCtx) Err() error {
+	if !c.canceled.Load() {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
@@ -56,6 +64,7 @@ func (c *taskCtx) cancel(cause error) {
 		return
 	}
 	c.err, c.cause = context.Canceled, cause
+	c.canceled.Store(true)
 	if c.done != nil {
 		close(c.done)
 	}
@@ -63,6 +72,9 @@ func (c *taskCtx) cancel(cause error) {
 
 // causeOf returns why the context was canceled (nil if it was not).
 func (c *taskCtx) causeOf() error {
+	if !c.canceled.Load() {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cause
