@@ -80,10 +80,13 @@ type slot struct {
 	upIdx int                 // the one for the next claim
 	// The fused path (memory store): the claim parameters, and the task
 	// claimed with the last completion (nil: none); claimed is set when
-	// that path claimed (or found nothing to claim).
-	params  ClaimParams
-	next    *Claim
-	claimed bool
+	// that path claimed (or found nothing to claim); successor when the
+	// claimed task's only dependency is the task just completed (its
+	// start may be the claim's now).
+	params    ClaimParams
+	next      *Claim
+	claimed   bool
+	successor bool
 	// The last task run, to find the next one without a map lookup.
 	cw  *compiledWorkflow
 	pos int
@@ -93,7 +96,7 @@ type slot struct {
 // next tasks under one lock, without allocating a result slice: the
 // memory store. The executor uses it from task to task.
 type completeClaimer interface {
-	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (CompleteResult, []Claim)
+	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, successor bool)
 }
 
 func newExecutor(o *Orchestrator) *executor {

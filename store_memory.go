@@ -498,19 +498,33 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 
 // completeAndClaim records one completion and, if p is not nil, claims
 // up to p.Limit tasks as ClaimTasks(p) would (the first claim's Upstream
-// in *up, grown as needed), under one lock: the
-// executor's path from one task to the next with this store, without a
-// result slice to allocate. Tasks made ready by c are claimed through the
-// ready queues like any others (priorities and FIFO order hold).
-func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (CompleteResult, []Claim) {
-	var res CompleteResult
+// in *up, grown as needed), under one lock: the executor's path from one
+// task to the next with this store, without a result slice to allocate.
+// Tasks made ready by c are claimed through the ready queues like any
+// others (priorities and FIFO order hold).
+//
+// successor reports that the first claim is a task whose only dependency
+// is c's task, made ready by c: nothing it waited for happened after
+// c.FinishedAt (= p.Now), so that time may serve as its start without
+// another clock read. Any other task may have become ready (promoted by
+// a later clock, made ready by another worker, created by a later
+// Submit) after p.Now.
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, successor bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	done := s.tokens.get(c.Token)
 	s.completeLocked(c, &res)
 	if p == nil {
-		return res, nil
+		return res, nil, false
 	}
-	return res, s.claimLocked(p, up)
+	cs = s.claimLocked(p, up)
+	if len(cs) > 0 && done != nil && res.Err == nil && done.state.Finished() {
+		if t := s.tokens.get(cs[0].Token); t != nil && t.run == done.run {
+			deps := t.spec().Deps
+			successor = len(deps) == 1 && deps[0] == int(done.idx)
+		}
+	}
+	return res, cs, successor
 }
 
 // completeLocked records one completion into res. Tasks it makes ready

@@ -15,13 +15,12 @@ import (
 // context whose cancel func was deferred. Values come from parent.
 type taskCtx struct {
 	parent context.Context
-	// canceled is set, under mu, once err and cause are: Err and causeOf
-	// of a live context (every call made while the task runs) then take
-	// no lock.
+	// canceled is set, under mu, with cause (Err is then
+	// context.Canceled): Err and causeOf of a live context (every call
+	// made while the task runs) take no lock.
 	canceled atomic.Bool
 	mu       sync.Mutex
 	done     chan struct{}
-	err      error
 	cause    error
 }
 
@@ -37,7 +36,7 @@ func (c *taskCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {
-		if c.err != nil {
+		if c.canceled.Load() {
 			return closedChan
 		}
 		c.done = make(chan struct{})
@@ -49,9 +48,7 @@ func (c *taskCtx) Err() error {
 	if !c.canceled.Load() {
 		return nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
+	return context.Canceled
 }
 
 func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
@@ -60,10 +57,10 @@ func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
 func (c *taskCtx) cancel(cause error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err != nil {
+	if c.canceled.Load() {
 		return
 	}
-	c.err, c.cause = context.Canceled, cause
+	c.cause = cause
 	c.canceled.Store(true)
 	if c.done != nil {
 		close(c.done)
