@@ -87,6 +87,9 @@ type slot struct {
 	next      *Claim
 	claimed   bool
 	successor bool
+	free      []string // the uncapped registered workflows, as last read
+	capped    bool     // some registered workflow has a per-process cap
+	freeTTL   int      // inline claims left before free is read again
 	// The last task run, to find the next one without a map lookup.
 	cw  *compiledWorkflow
 	pos int

@@ -369,8 +369,12 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		var cs []Claim
 		p := ex.inlineParams(sl, c)
 		r, cs, sl.successor = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
-		if sl.claimed && len(cs) == 1 {
-			sl.next = &cs[0]
+		if sl.claimed {
+			if len(cs) == 1 {
+				sl.next = &cs[0]
+			} else {
+				sl.freeTTL = 0 // idle: look for new workflows next time
+			}
 		}
 	} else {
 		var res []CompleteResult
@@ -430,15 +434,25 @@ func (ex *executor) lookup(sl *slot, c *Claim) (*compiledWorkflow, *compiledTask
 // along with the completion of c (fused path), or nil to claim apart: while
 // draining, or when a workflow has a per-process cap (claimInto reserves
 // room under it). It sets sl.claimed when it returns parameters.
+//
+// The registered workflows are read under the orchestrator's lock once per
+// freeEvery tasks, and after a claim that found nothing: a workflow
+// registered meanwhile is claimed by the dispatcher until then (workflows
+// are never unregistered, and a workflow's cap never changes).
 func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	if ex.draining.Load() {
 		return nil
 	}
 	o := ex.o
-	o.mu.RLock()
-	free, capped := o.uncapped, o.capped
-	o.mu.RUnlock()
-	if len(capped) > 0 || len(free) == 0 {
+	if sl.freeTTL <= 0 {
+		o.mu.RLock()
+		sl.free, sl.capped = o.uncapped, len(o.capped) > 0
+		o.mu.RUnlock()
+		sl.freeTTL = freeEvery
+	}
+	sl.freeTTL--
+	if sl.capped || len(sl.free) == 0 {
+		sl.freeTTL = 0
 		return nil
 	}
 	// The claim goes to the buffer c does not use: c is read until the
@@ -450,9 +464,13 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	sl.upIdx = k
 	now := sl.comp[0].FinishedAt
 	sl.params = ClaimParams{
-		Owner: o.cfg.NodeID, Workflows: free, Limit: 1, Now: now,
+		Owner: o.cfg.NodeID, Workflows: sl.free, Limit: 1, Now: now,
 		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k : k : k+1],
 	}
 	sl.claimed = true
 	return &sl.params
 }
+
+// freeEvery is how many inline claims a worker makes with the list of
+// registered workflows it read last.
+const freeEvery = 256

@@ -61,10 +61,12 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                   // snapshot fields kept up to date (Tasks unused)
-	wf        *memWF      // the run's workflow (s.wfs[Workflow]; never removed)
-	tasks     []memTask   // live task state
-	specs     []TaskSpec  // shared with the caller, never written
+	Run                  // snapshot fields kept up to date (Tasks unused)
+	wf        *memWF     // the run's workflow (s.wfs[Workflow]; never removed)
+	tasks     []memTask  // live task state
+	specs     []TaskSpec // shared with the caller, never written
+	depOff    []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
+	deps      []int32
 	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
 	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
 	canceled  bool
@@ -76,7 +78,6 @@ type memRun struct {
 // the GC scans them.
 type memTask struct {
 	run         *memRun
-	dependents  []int32
 	idx         int32
 	pendingDeps int32
 	spent       int32 // attempts that spent the budget
@@ -85,7 +86,7 @@ type memTask struct {
 	readied     bool  // made ready by its dependencies (at most once: FireOn)
 	rateRsv     bool  // deferred with a rate reservation: the next claim says so
 	unparked    bool  // moved back from a full task-level group; a slot is kept for it
-	state       TaskState
+	state       memTaskState
 	token       int64
 	leaseUntil  int64 // UnixNano
 	dueAt       time.Time
@@ -195,7 +196,7 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	for i, ts := range nr.Tasks {
 		ndeps += len(ts.Deps)
 		t := &r.tasks[i]
-		t.run, t.idx, t.state, t.heapIdx = r, int32(i), TaskPending, -1
+		t.run, t.idx, t.state, t.heapIdx = r, int32(i), msPending, -1
 		t.pendingDeps = int32(len(ts.Deps))
 		t.attempts = attemptSlab[i : i : i+1]
 		for _, d := range ts.Deps {
@@ -204,23 +205,28 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 			}
 		}
 	}
-	// Dependents in one slab too: count, carve, fill.
-	ndependents := make([]int, n)
+	// Dependents, compressed: task i's are deps[depOff[i]:depOff[i+1]].
+	// Count into depOff[i+1], sum, then fill with depOff[i] as cursor.
+	off := make([]int32, n+1)
 	for _, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			ndependents[d]++
+			off[d+1]++
 		}
 	}
-	depSlab := make([]int32, ndeps)
-	for i := range r.tasks {
-		k := ndependents[i]
-		r.tasks[i].dependents, depSlab = depSlab[:0:k], depSlab[k:]
+	for i := 1; i <= n; i++ {
+		off[i] += off[i-1]
 	}
+	deps := make([]int32, ndeps)
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			r.tasks[d].dependents = append(r.tasks[d].dependents, int32(i))
+			deps[off[d]] = int32(i)
+			off[d]++
 		}
 	}
+	// Each cursor ended at the next task's start: shift back.
+	copy(off[1:], off[:n])
+	off[0] = 0
+	r.depOff, r.deps = off, deps
 	return r, nil
 }
 
@@ -390,7 +396,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		if t.unparked {
 			kept = s.unparkedPoppedLocked(t)
 		}
-		if t.state != TaskPending || t.run.canceled || t.run.dropped {
+		if t.state != msPending || t.run.canceled || t.run.dropped {
 			if kept != nil {
 				s.unparkLocked(kept) // the slot kept for t goes to another
 			}
@@ -401,7 +407,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 			continue // parked until a slot of its group frees
 		}
 		t.token = s.tokens.add(t)
-		t.state = TaskRunning
+		t.state = msRunning
 		t.leaseUntil = p.LeaseUntil.UnixNano()
 		r := t.run
 		if r.State == RunPending {
@@ -423,7 +429,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 			}
 			for k, d := range spec.Deps {
 				dt := &r.tasks[d]
-				ups[k] = UpstreamResult{Name: r.specs[d].Name, State: dt.state, Output: dt.output, Error: dt.err}
+				ups[k] = UpstreamResult{Name: r.specs[d].Name, State: dt.state.ts(), Output: dt.output, Error: dt.err}
 			}
 		}
 		if *out == nil {
@@ -441,7 +447,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
 	t := s.tokens.get(ref.Token)
-	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
+	if t == nil || t.state != msRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
 		return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
 	}
 	return t, nil
@@ -518,7 +524,7 @@ func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]Upst
 		return res, nil, false
 	}
 	cs = s.claimLocked(p, up)
-	if len(cs) > 0 && done != nil && res.Err == nil && done.state.Finished() {
+	if len(cs) > 0 && done != nil && res.Err == nil && done.state.finished() {
 		if t := s.tokens.get(cs[0].Token); t != nil && t.run == done.run {
 			deps := t.spec().Deps
 			successor = len(deps) == 1 && deps[0] == int(done.idx)
@@ -554,7 +560,7 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 			t.spent++
 		}
 		t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
-		t.state = TaskPending
+		t.state = msPending
 		t.err = c.Error
 		if r.canceled {
 			s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, res)
@@ -589,7 +595,7 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 // (making ready those whose last dependency this was, and those that fire
 // early on st) and finishes the run when it was the last task.
 func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, now time.Time, res *CompleteResult) {
-	t.state = st
+	t.state = memStateOf(st)
 	t.err = errMsg
 	s.dropToken(t)
 	r := t.run
@@ -597,10 +603,10 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	if st == TaskFailed && r.Error == "" {
 		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
-	for _, d := range t.dependents {
+	for _, d := range r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]] {
 		dt := &r.tasks[d]
 		dt.pendingDeps--
-		if dt.state == TaskPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
+		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
 			dt.readied = true
 			if r.canceled {
 				// Cancel cascades: the dependents finish too.
@@ -631,7 +637,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 	default:
 		r.State = RunSucceeded
 		for i := range r.tasks {
-			if st := r.tasks[i].state; st == TaskFailed || st == TaskUpstreamFailed {
+			if st := r.tasks[i].state; st == msFailed || st == msUpstreamFailed {
 				r.State = RunFailed
 				break
 			}
@@ -712,7 +718,7 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	// in flight, not by the runs waiting (delayed, queued, paused).
 	var expired []*memTask
 	for _, t := range s.tokens.slots {
-		if t != nil && t.state == TaskRunning && t.leaseUntil < now.UnixNano() {
+		if t != nil && t.state == msRunning && t.leaseUntil < now.UnixNano() {
 			expired = append(expired, t)
 		}
 	}
@@ -725,7 +731,7 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 			failed++
 			continue
 		}
-		t.state = TaskPending
+		t.state = msPending
 		s.dropToken(t)
 		if r.canceled {
 			var res CompleteResult
@@ -771,7 +777,7 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 	var res CompleteResult
 	for i := range r.tasks {
 		t := &r.tasks[i]
-		if t.state == TaskPending {
+		if t.state == msPending {
 			if t.heapIdx >= 0 {
 				heap.Remove(&r.wf.delayed, int(t.heapIdx))
 			}
@@ -799,10 +805,10 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 			deps[k] = r.tasks[d].spec().Name
 		}
 		out.Tasks[i] = TaskRun{
-			Name: t.spec().Name, State: t.state, Deps: deps, Output: t.output,
+			Name: t.spec().Name, State: t.state.ts(), Deps: deps, Output: t.output,
 			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: int(t.rescues),
 		}
-		if t.state == TaskPending && t.heapIdx >= 0 {
+		if t.state == msPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
 		}
 	}
@@ -1128,4 +1134,39 @@ func (m *memTokens) del(tok int64) {
 		m.slots[i] = nil
 		m.live--
 	}
+}
+
+// memTaskState is a task's state in memTask: one byte where TaskState is a
+// string header.
+type memTaskState uint8
+
+const (
+	msPending memTaskState = iota
+	msRunning
+	msSucceeded
+	msFailed
+	msSkipped
+	msUpstreamFailed
+	msCanceled
+)
+
+var memStateNames = [...]TaskState{
+	msPending: TaskPending, msRunning: TaskRunning, msSucceeded: TaskSucceeded, msFailed: TaskFailed,
+	msSkipped: TaskSkipped, msUpstreamFailed: TaskUpstreamFailed, msCanceled: TaskCanceled,
+}
+
+// ts returns the state as the Store API spells it.
+func (m memTaskState) ts() TaskState { return memStateNames[m] }
+
+// finished reports whether the state is terminal.
+func (m memTaskState) finished() bool { return m >= msSucceeded }
+
+// memStateOf returns the memTaskState of st (pending for an unknown state).
+func memStateOf(st TaskState) memTaskState {
+	for m, n := range memStateNames {
+		if n == st {
+			return memTaskState(m)
+		}
+	}
+	return msPending
 }

@@ -199,7 +199,7 @@ func (s *MemoryStore) fillGroupLocked(g *memGroup) int {
 		f.admitted = true
 		g.admitted++
 		for _, t := range f.parked {
-			if t.state == TaskPending {
+			if t.state == msPending {
 				r.wf.ready.push(t)
 				n++
 			}
@@ -284,7 +284,7 @@ func (s *MemoryStore) debounceTargetLocked(nr *NewRun) *memRun {
 		return nil
 	}
 	for i := range m.tasks {
-		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
+		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != msPending || t.heapIdx < 0) {
 			return nil // already due (promoted by a claim with a later clock)
 		}
 	}
@@ -345,7 +345,7 @@ func (s *MemoryStore) releaseTaskSlotLocked(key string) {
 func (s *MemoryStore) unparkLocked(g *memTGroup) {
 	for g.running+g.inReady < g.max && len(g.waiting) > 0 {
 		t := heap.Pop(&g.waiting).(*memTask)
-		if t.state != TaskPending || t.run.canceled || t.run.dropped {
+		if t.state != msPending || t.run.canceled || t.run.dropped {
 			continue
 		}
 		t.unparked = true
