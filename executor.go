@@ -87,9 +87,10 @@ type slot struct {
 	next      *Claim
 	claimed   bool
 	successor bool
-	free      []string // the uncapped registered workflows, as last read
-	capped    bool     // some registered workflow has a per-process cap
-	freeTTL   int      // inline claims left before free is read again
+	free      []string  // the uncapped registered workflows, as last read
+	capped    bool      // some registered workflow has a per-process cap
+	freeTTL   int       // inline claims left before free is read again
+	ctxs      []taskCtx // attempt contexts not handed out yet (newTaskCtx)
 	// The last task run, to find the next one without a map lookup.
 	cw  *compiledWorkflow
 	pos int

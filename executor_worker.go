@@ -147,7 +147,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	if runDeadline {
 		deadline = c.RunDeadline
 	}
-	tc := &taskCtx{parent: ex.bgCtx}
+	tc := sl.newTaskCtx(ex.bgCtx)
 	defer tc.cancel(errAttemptDone)
 	var taskCtx context.Context = tc
 	if !deadline.IsZero() {
@@ -474,3 +474,20 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 // freeEvery is how many inline claims a worker makes with the list of
 // registered workflows it read last.
 const freeEvery = 256
+
+// taskCtxChunk is how many attempt contexts a worker allocates at once.
+const taskCtxChunk = 32
+
+// newTaskCtx returns a fresh context for an attempt, carved from a chunk
+// the worker allocates every taskCtxChunk attempts (one allocation instead
+// of one per attempt). A context is never reused: one kept by a task after
+// its attempt keeps its chunk alive, and stays canceled.
+func (sl *slot) newTaskCtx(parent context.Context) *taskCtx {
+	if len(sl.ctxs) == 0 {
+		sl.ctxs = make([]taskCtx, taskCtxChunk)
+	}
+	tc := &sl.ctxs[0]
+	sl.ctxs = sl.ctxs[1:]
+	tc.parent = parent
+	return tc
+}
