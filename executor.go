@@ -80,13 +80,13 @@ type slot struct {
 	upIdx int                 // the one for the next claim
 	// The fused path (memory store): the claim parameters, and the task
 	// claimed with the last completion (nil: none); claimed is set when
-	// that path claimed (or found nothing to claim); successor when the
-	// claimed task's only dependency is the task just completed (its
-	// start may be the claim's now).
+	// that path claimed (or found nothing to claim); nowStarts when the
+	// claim's now may serve as the claimed task's start (the store saw
+	// nothing it waited for happen later).
 	params    ClaimParams
 	next      *Claim
 	claimed   bool
-	successor bool
+	nowStarts bool
 	free      []string  // the uncapped registered workflows, as last read
 	capped    bool      // some registered workflow has a per-process cap
 	freeTTL   int       // inline claims left before free is read again
@@ -100,7 +100,7 @@ type slot struct {
 // next tasks under one lock, without allocating a result slice: the
 // memory store. The executor uses it from task to task.
 type completeClaimer interface {
-	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, successor bool)
+	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, nowStarts bool)
 }
 
 func newExecutor(o *Orchestrator) *executor {

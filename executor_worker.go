@@ -39,14 +39,14 @@ func (ex *executor) worker() {
 		c := &sl.cur
 		var claimedAt time.Time // zero: read the clock when the task starts
 		for c != nil {
-			sl.next, sl.claimed, sl.successor = nil, false, false
+			sl.next, sl.claimed, sl.nowStarts = nil, false, false
 			ready := ex.execute(sl, c, claimedAt)
 			c, claimedAt = nil, time.Time{}
 			if sl.claimed {
 				// The store claimed with the completion (memory store).
 				if sl.next != nil {
 					c = sl.next
-					if sl.successor {
+					if sl.nowStarts {
 						claimedAt = sl.params.Now
 					}
 				}
@@ -77,10 +77,10 @@ func (ex *executor) worker() {
 // execute runs one claimed task (or skips, fails or releases it) and
 // records the outcome. It reports whether the completion made tasks ready.
 // claimedAt, if not zero, is the clock read the claim was made with, just
-// before, when the claimed task's only dependency is the task that ended
-// then (a chain): it serves as the attempt's start unless the task has a
-// timeout, a run deadline or a rate limit (then the clock is read again),
-// so that a chain costs one clock read per task.
+// before, when the store saw nothing the claimed task waited for happen
+// later (see MemoryStore.startsByLocked): it serves as the attempt's start
+// unless the task has a timeout, a run deadline or a rate limit (then the
+// clock is read again), so that such a task costs one clock read.
 func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 	o := ex.o
 	cw, ct := ex.lookup(sl, c)
@@ -368,7 +368,7 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	} else if ex.fused != nil {
 		var cs []Claim
 		p := ex.inlineParams(sl, c)
-		r, cs, sl.successor = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
+		r, cs, sl.nowStarts = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
 		if sl.claimed {
 			if len(cs) == 1 {
 				sl.next = &cs[0]

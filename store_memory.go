@@ -509,28 +509,49 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 // Tasks made ready by c are claimed through the ready queues like any
 // others (priorities and FIFO order hold).
 //
-// successor reports that the first claim is a task whose only dependency
-// is c's task, made ready by c: nothing it waited for happened after
-// c.FinishedAt (= p.Now), so that time may serve as its start without
-// another clock read. Any other task may have become ready (promoted by
-// a later clock, made ready by another worker, created by a later
-// Submit) after p.Now.
-func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, successor bool) {
+// nowStarts reports that p.Now may serve as the first claim's attempt
+// start without another clock read: nothing recorded about what the task
+// waited for is later than p.Now (see startsByLocked).
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, nowStarts bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	done := s.tokens.get(c.Token)
 	s.completeLocked(c, &res)
 	if p == nil {
 		return res, nil, false
 	}
 	cs = s.claimLocked(p, up)
-	if len(cs) > 0 && done != nil && res.Err == nil && done.state.finished() {
-		if t := s.tokens.get(cs[0].Token); t != nil && t.run == done.run {
-			deps := t.spec().Deps
-			successor = len(deps) == 1 && deps[0] == int(done.idx)
+	if len(cs) > 0 {
+		if t := s.tokens.get(cs[0].Token); t != nil {
+			nowStarts = s.startsByLocked(t, p.Now)
 		}
 	}
-	return res, cs, successor
+	return res, cs, nowStarts
+}
+
+// startsByLocked reports whether the claimed task t became ready through
+// events whose recorded times are all at or before now: its first attempt
+// (no earlier attempt, rescue, delay or deferral), a run without flow
+// control and without a start time, and either no dependencies and a run
+// created by now, or dependencies that all finished with an attempt that
+// ended by now. A claim made with an older clock than the events that made
+// its task ready (a task promoted by a later clock, made ready by another
+// worker, created by a later Submit) must read the clock for its start.
+func (s *MemoryStore) startsByLocked(t *memTask, now time.Time) bool {
+	r := t.run
+	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || !r.StartAt.IsZero() {
+		return false
+	}
+	deps := t.spec().Deps
+	if len(deps) == 0 {
+		return !r.CreatedAt.After(now)
+	}
+	for _, d := range deps {
+		dt := &r.tasks[d]
+		if !dt.state.finished() || len(dt.attempts) == 0 || dt.attempts[len(dt.attempts)-1].FinishedAt.After(now) {
+			return false
+		}
+	}
+	return true
 }
 
 // completeLocked records one completion into res. Tasks it makes ready
