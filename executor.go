@@ -80,17 +80,16 @@ type slot struct {
 	upIdx int                 // the one for the next claim
 	// The fused path (memory store): the claim parameters, and the task
 	// claimed with the last completion (nil: none); claimed is set when
-	// that path claimed (or found nothing to claim); nowStarts when the
-	// claim's now may serve as the claimed task's start (the store saw
-	// nothing it waited for happen later).
-	params    ClaimParams
-	next      *Claim
-	claimed   bool
-	nowStarts bool
-	free      []string  // the uncapped registered workflows, as last read
-	capped    bool      // some registered workflow has a per-process cap
-	freeTTL   int       // inline claims left before free is read again
-	ctxs      []taskCtx // attempt contexts not handed out yet (newTaskCtx)
+	// that path claimed (or found nothing to claim); hint what the store
+	// told about that claim.
+	params  ClaimParams
+	next    *Claim
+	claimed bool
+	hint    claimHint
+	free    []string  // the uncapped registered workflows, as last read
+	capped  bool      // some registered workflow has a per-process cap
+	freeTTL int       // inline claims left before free is read again
+	ctxs    []taskCtx // attempt contexts not handed out yet (newTaskCtx)
 	// The last task run, to find the next one without a map lookup.
 	cw  *compiledWorkflow
 	pos int
@@ -100,7 +99,14 @@ type slot struct {
 // next tasks under one lock, without allocating a result slice: the
 // memory store. The executor uses it from task to task.
 type completeClaimer interface {
-	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, nowStarts bool)
+	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, hint claimHint)
+}
+
+// claimHint is what the memory store tells about a claim it made with a
+// completion.
+type claimHint struct {
+	pos       int  // the task's position in the workflow (-1: unknown)
+	nowStarts bool // the claim's now may serve as the attempt's start
 }
 
 func newExecutor(o *Orchestrator) *executor {

@@ -37,16 +37,17 @@ func (ex *executor) worker() {
 	ex.mu.Unlock()
 	for sl.cur = range ex.work {
 		c := &sl.cur
-		var claimedAt time.Time // zero: read the clock when the task starts
+		sl.hint = claimHint{pos: -1} // set by the fused path for the claims it makes
+		var claimedAt time.Time      // zero: read the clock when the task starts
 		for c != nil {
-			sl.next, sl.claimed, sl.nowStarts = nil, false, false
+			sl.next, sl.claimed = nil, false
 			ready := ex.execute(sl, c, claimedAt)
 			c, claimedAt = nil, time.Time{}
 			if sl.claimed {
 				// The store claimed with the completion (memory store).
 				if sl.next != nil {
 					c = sl.next
-					if sl.nowStarts {
+					if sl.hint.nowStarts {
 						claimedAt = sl.params.Now
 					}
 				}
@@ -62,7 +63,7 @@ func (ex *executor) worker() {
 				now := sl.comp[0].FinishedAt
 				cs, err := ex.claimInto(sl.buf[:0], 1, now)
 				if err == nil && len(cs) == 1 {
-					c = &cs[0]
+					c, sl.hint = &cs[0], claimHint{pos: -1}
 				} else if !ready {
 					ex.backlog.Store(false)
 				}
@@ -368,7 +369,7 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	} else if ex.fused != nil {
 		var cs []Claim
 		p := ex.inlineParams(sl, c)
-		r, cs, sl.nowStarts = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
+		r, cs, sl.hint = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
 		if sl.claimed {
 			if len(cs) == 1 {
 				sl.next = &cs[0]
@@ -417,6 +418,10 @@ func (ex *executor) lookup(sl *slot, c *Claim) (*compiledWorkflow, *compiledTask
 			return nil, nil
 		}
 		sl.cw, sl.pos = cw, -1 // registered workflows are never replaced
+	}
+	if i := sl.hint.pos; i >= 0 && i < len(cw.tasks) && cw.tasks[i].name == c.Task {
+		sl.pos = i // the store said where
+		return cw, &cw.tasks[i]
 	}
 	if i := sl.pos + 1; i < len(cw.tasks) && cw.tasks[i].name == c.Task {
 		sl.pos = i

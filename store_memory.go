@@ -509,23 +509,26 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 // Tasks made ready by c are claimed through the ready queues like any
 // others (priorities and FIFO order hold).
 //
-// nowStarts reports that p.Now may serve as the first claim's attempt
-// start without another clock read: nothing recorded about what the task
-// waited for is later than p.Now (see startsByLocked).
-func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, nowStarts bool) {
+// hint tells about the first claim: its task's position in the run
+// (NewRun.Tasks), and whether p.Now may serve as its attempt's start
+// without another clock read: nothing recorded about what the task waited
+// for is later than p.Now (see startsByLocked).
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, hint claimHint) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.completeLocked(c, &res)
 	if p == nil {
-		return res, nil, false
+		return res, nil, claimHint{pos: -1}
 	}
 	cs = s.claimLocked(p, up)
+	hint.pos = -1
 	if len(cs) > 0 {
 		if t := s.tokens.get(cs[0].Token); t != nil {
-			nowStarts = s.startsByLocked(t, p.Now)
+			hint.pos = int(t.idx)
+			hint.nowStarts = s.startsByLocked(t, p.Now)
 		}
 	}
-	return res, cs, nowStarts
+	return res, cs, hint
 }
 
 // startsByLocked reports whether the claimed task t became ready through
