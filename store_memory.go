@@ -55,6 +55,8 @@ type MemoryStore struct {
 	notify   chan struct{}
 	watch    *runwatch.Set // Wait calls of any orchestrator using this store
 
+	pool memPool // per-task arrays of dropped runs, for new runs
+
 	pruneHook func(deleted int) // tests: called after each Prune batch, outside the lock
 }
 
@@ -67,6 +69,8 @@ type memRun struct {
 	specs     []TaskSpec // shared with the caller, never written
 	depOff    []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
 	deps      []int32
+	slabs     memSlabs    // the arrays above, handed to the pool when the run is dropped
+	recycle   bool        // no flow control: nothing points at its tasks once it finished
 	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
 	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
 	canceled  bool
@@ -153,7 +157,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	if err := ctx.Err(); err != nil {
 		return "", false, err
 	}
-	r, err := buildMemRun(&nr) // outside the lock: it touches nothing shared
+	r, err := buildMemRun(&nr, &s.pool) // outside the lock: it touches nothing shared
 	if err != nil {
 		return "", false, err
 	}
@@ -167,8 +171,10 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	return res.ID, res.Created, nil
 }
 
-// buildMemRun allocates the run's live state and checks its tasks.
-func buildMemRun(nr *NewRun) (*memRun, error) {
+// buildMemRun allocates the run's live state and checks its tasks. Its
+// per-task arrays come from pool when a dropped run of the same shape left
+// some.
+func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 	if len(nr.Tasks) == 0 {
 		return nil, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
 	}
@@ -185,16 +191,25 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline, Priority: nr.Priority,
 	}
 	n := len(nr.Tasks)
-	r.tasks = make([]memTask, n)
+	ndeps := 0
+	recycle := nr.Concurrency == nil && nr.Debounce == nil
+	for i := range nr.Tasks {
+		ndeps += len(nr.Tasks[i].Deps)
+		if nr.Tasks[i].Concurrency != nil {
+			recycle = false // parked in a group's heap, a task may be pointed at after its run is gone
+		}
+	}
+	sl := pool.get(n, ndeps)
+	r.recycle = recycle
+	r.slabs = sl
+	r.tasks = sl.tasks
 	r.specs = nr.Tasks
 	r.remaining = int32(n)
 	// One slab for first attempts, so a task's first attempt allocates
 	// nothing. Upstream views are written at claim time into the
 	// claimer's storage (see takeLocked): no per-dependency slab here.
-	attemptSlab := make([]Attempt, n)
-	ndeps := 0
+	attemptSlab := sl.attempts
 	for i, ts := range nr.Tasks {
-		ndeps += len(ts.Deps)
 		t := &r.tasks[i]
 		t.run, t.idx, t.state, t.heapIdx = r, int32(i), msPending, -1
 		t.pendingDeps = int32(len(ts.Deps))
@@ -207,7 +222,7 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	}
 	// Dependents, compressed: task i's are deps[depOff[i]:depOff[i+1]].
 	// Count into depOff[i+1], sum, then fill with depOff[i] as cursor.
-	off := make([]int32, n+1)
+	off := sl.depOff
 	for _, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
 			off[d+1]++
@@ -216,7 +231,7 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	for i := 1; i <= n; i++ {
 		off[i] += off[i-1]
 	}
-	deps := make([]int32, ndeps)
+	deps := sl.deps
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
 			deps[off[d]] = int32(i)
@@ -704,6 +719,18 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 	delete(s.runs, r.ID)
 	if cur := s.byKey[memKey{r.Workflow, r.Event.ID}]; cur == r {
 		delete(s.byKey, memKey{r.Workflow, r.Event.ID})
+	}
+	if r.recycle && !r.canceled && r.State.Finished() {
+		// Every task finished and none was canceled: no ready queue,
+		// heap or group holds a pointer to them, claims and snapshots
+		// hold copies. The arrays go to the next run of the same shape.
+		for i := range r.tasks {
+			if r.tasks[i].token != 0 {
+				return // running still (cannot happen for a finished run): keep
+			}
+		}
+		s.pool.put(r.slabs)
+		r.tasks, r.slabs = nil, memSlabs{}
 	}
 }
 
@@ -1193,4 +1220,59 @@ func memStateOf(st TaskState) memTaskState {
 		}
 	}
 	return msPending
+}
+
+// memSlabs are a run's per-task arrays.
+type memSlabs struct {
+	tasks    []memTask
+	attempts []Attempt // first attempts
+	depOff   []int32
+	deps     []int32
+}
+
+// memPool keeps the arrays of a few dropped runs for new runs of the same
+// shape (task and dependency counts): a workflow's runs then reuse memory
+// instead of allocating (and having the GC scan and sweep) some 300 bytes
+// per task. It has its own lock: runs are built outside the store's.
+type memPool struct {
+	mu   sync.Mutex
+	free []memSlabs // at most memPoolSize, the most recent last
+}
+
+// memPoolSize bounds the arrays kept: the shapes of a few workflows.
+const memPoolSize = 4
+
+// get returns cleared arrays for n tasks with ndeps dependencies.
+func (p *memPool) get(n, ndeps int) memSlabs {
+	p.mu.Lock()
+	for i := len(p.free) - 1; i >= 0; i-- {
+		if sl := p.free[i]; len(sl.tasks) == n && len(sl.deps) == ndeps {
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			p.free[len(p.free) : len(p.free)+1][0] = memSlabs{}
+			p.mu.Unlock()
+			clear(sl.tasks)
+			clear(sl.attempts)
+			clear(sl.depOff)
+			return sl
+		}
+	}
+	p.mu.Unlock()
+	return memSlabs{
+		tasks: make([]memTask, n), attempts: make([]Attempt, n),
+		depOff: make([]int32, n+1), deps: make([]int32, ndeps),
+	}
+}
+
+// put keeps sl for a later run, dropping the oldest kept if full.
+func (p *memPool) put(sl memSlabs) {
+	if len(sl.tasks) < 64 {
+		return // small runs: allocating is as cheap
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) == memPoolSize {
+		copy(p.free, p.free[1:])
+		p.free = p.free[:memPoolSize-1]
+	}
+	p.free = append(p.free, sl)
 }

@@ -371,7 +371,7 @@ func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateRe
 	built := make([]*memRun, len(runs))
 	maxActive := 0
 	for i := range runs {
-		r, err := buildMemRun(&runs[i])
+		r, err := buildMemRun(&runs[i], &s.pool)
 		if err != nil {
 			return nil, err
 		}
