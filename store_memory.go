@@ -63,18 +63,18 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                  // snapshot fields kept up to date (Tasks unused)
-	wf        *memWF     // the run's workflow (s.wfs[Workflow]; never removed)
-	tasks     []memTask  // live task state
-	specs     []TaskSpec // shared with the caller, never written
-	depOff    []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
-	deps      []int32
-	slabs     memSlabs    // the arrays above, handed to the pool when the run is dropped
-	recycle   bool        // no flow control: nothing points at its tasks once it finished
-	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
-	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
-	canceled  bool
-	dropped   bool
+	Run                    // snapshot fields kept up to date (Tasks unused)
+	wf          *memWF     // the run's workflow (s.wfs[Workflow]; never removed)
+	tasks       []memTask  // live task state
+	specs       []TaskSpec // shared with the caller, never written
+	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
+	deps        []int32
+	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
+	recycle     bool        // no flow control: nothing points at its tasks once it finished
+	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
+	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
+	canceled    bool
+	dropped     bool
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the
@@ -201,7 +201,7 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 	}
 	sl := pool.get(n, ndeps)
 	r.recycle = recycle
-	r.slabs = sl
+	r.attemptSlab = sl.attempts
 	r.tasks = sl.tasks
 	r.specs = nr.Tasks
 	r.remaining = int32(n)
@@ -222,7 +222,11 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 	}
 	// Dependents, compressed: task i's are deps[depOff[i]:depOff[i+1]].
 	// Count into depOff[i+1], sum, then fill with depOff[i] as cursor.
+	// No dependencies at all (a one-task run): no index.
 	off := sl.depOff
+	if ndeps == 0 {
+		return r, nil
+	}
 	for _, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
 			off[d+1]++
@@ -642,7 +646,11 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	if st == TaskFailed && r.Error == "" {
 		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
-	for _, d := range r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]] {
+	var dependents []int32
+	if r.depOff != nil {
+		dependents = r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]]
+	}
+	for _, d := range dependents {
 		dt := &r.tasks[d]
 		dt.pendingDeps--
 		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
@@ -729,8 +737,8 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 				return // running still (cannot happen for a finished run): keep
 			}
 		}
-		s.pool.put(r.slabs)
-		r.tasks, r.slabs = nil, memSlabs{}
+		s.pool.put(memSlabs{tasks: r.tasks, attempts: r.attemptSlab, depOff: r.depOff, deps: r.deps})
+		r.tasks, r.attemptSlab, r.depOff, r.deps = nil, nil, nil, nil
 	}
 }
 
@@ -1253,14 +1261,18 @@ func (p *memPool) get(n, ndeps int) memSlabs {
 			clear(sl.tasks)
 			clear(sl.attempts)
 			clear(sl.depOff)
+			if ndeps == 0 {
+				sl.depOff = nil // buildMemRun builds no index
+			}
 			return sl
 		}
 	}
 	p.mu.Unlock()
-	return memSlabs{
-		tasks: make([]memTask, n), attempts: make([]Attempt, n),
-		depOff: make([]int32, n+1), deps: make([]int32, ndeps),
+	sl := memSlabs{tasks: make([]memTask, n), attempts: make([]Attempt, n)}
+	if ndeps > 0 {
+		sl.depOff, sl.deps = make([]int32, n+1), make([]int32, ndeps)
 	}
+	return sl
 }
 
 // put keeps sl for a later run, dropping the oldest kept if full.
