@@ -400,8 +400,11 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	if r.RunFinished != "" {
 		o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
 	}
-	if r.Ready > 1 || sl.comp[0].Outcome == OutcomeRelease {
-		ex.poke() // more than the completing worker takes inline
+	if sl.comp[0].Outcome == OutcomeRelease || r.Ready > 1 && ex.busy.Load() < ex.nwork {
+		// More than the completing worker takes inline, and a worker is
+		// free to take it (with none free the dispatcher would claim
+		// nothing; the next worker to free up pokes it).
+		ex.poke()
 	}
 	return r.Ready > 0
 }
