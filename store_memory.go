@@ -210,10 +210,11 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 	// claimer's storage (see takeLocked): no per-dependency slab here.
 	attemptSlab := sl.attempts
 	for i, ts := range nr.Tasks {
-		t := &r.tasks[i]
-		t.run, t.idx, t.state, t.heapIdx = r, int32(i), msPending, -1
-		t.pendingDeps = int32(len(ts.Deps))
-		t.attempts = attemptSlab[i : i : i+1]
+		// Every field written: a reused array is not cleared first.
+		r.tasks[i] = memTask{
+			run: r, idx: int32(i), state: msPending, heapIdx: -1,
+			pendingDeps: int32(len(ts.Deps)), attempts: attemptSlab[i : i : i+1],
+		}
 		for _, d := range ts.Deps {
 			if d < 0 || d >= n || d == i {
 				return nil, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
@@ -1258,8 +1259,8 @@ func (p *memPool) get(n, ndeps int) memSlabs {
 			p.free = append(p.free[:i], p.free[i+1:]...)
 			p.free[len(p.free) : len(p.free)+1][0] = memSlabs{}
 			p.mu.Unlock()
-			clear(sl.tasks)
-			clear(sl.attempts)
+			// tasks are overwritten whole by buildMemRun; first attempts
+			// are written by append before they are read.
 			clear(sl.depOff)
 			if ndeps == 0 {
 				sl.depOff = nil // buildMemRun builds no index
