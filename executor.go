@@ -28,8 +28,11 @@ type executor struct {
 	wake    chan struct{}
 	batch   chan batchReq // to the completers; nil for non-durable stores
 	durable bool
-	busy    atomic.Int64 // claims handed to workers and not yet done
-	nwork   int64
+	// fused: the store records a completion and claims the next task
+	// under one lock (the memory store); nil for others.
+	fused completeClaimer
+	busy  atomic.Int64 // claims handed to workers and not yet done
+	nwork int64
 	// backlog: the latest claim got all it asked for, so more tasks are
 	// likely ready. Workers of a durable store then claim their next task
 	// themselves, in parallel, instead of one by one through the dispatcher.
@@ -46,11 +49,14 @@ type executor struct {
 	bgStop       chan struct{} // closed when shutdown stops the background services
 	bg           []*service    // heartbeat, rescuer, pruner, completers
 
-	mu       sync.Mutex
-	stopped  bool // hard stop: every task ctx is canceled
-	inflight map[int64]*slot
-	limited  map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
-	due      dueHeap
+	// stopped: hard stop, every task ctx is canceled. Set before the
+	// slots are scanned; a worker checks it after publishing its attempt.
+	stopped atomic.Bool
+
+	mu      sync.Mutex
+	slots   []*slot        // every worker's slot (its running attempt, if any)
+	limited map[string]int // running tasks of workflows with a per-process cap (FunctionConfig.Concurrency)
+	due     dueHeap
 	// askDue: ask the store for its next due time at the next idle moment
 	// (set at start, on Resume, on a debounce merge, when the heap is full).
 	askDue    bool
@@ -62,13 +68,45 @@ type executor struct {
 
 // slot is one worker's state, reused for each task it runs.
 type slot struct {
-	claim *Claim
+	mu    sync.Mutex // guards claim and tctx (read by heartbeat, cancel, stop)
+	claim *Claim     // the running attempt's claim, nil between attempts
 	tctx  *taskCtx
 	in    Input
 	comp  [1]Completion
 	reply chan batchResp
-	cur   Claim    // the claim handed over by the dispatcher
-	buf   [1]Claim // inline claims
+	cur   Claim               // the claim handed over by the dispatcher
+	buf   [2]Claim            // inline claims: the next one is claimed while the current one is still read
+	up    [2][]UpstreamResult // their Upstream (fused path)
+	upIdx int                 // the one for the next claim
+	// The fused path (memory store): the claim parameters, and the task
+	// claimed with the last completion (nil: none); claimed is set when
+	// that path claimed (or found nothing to claim); hint what the store
+	// told about that claim.
+	params  ClaimParams
+	next    *Claim
+	claimed bool
+	hint    claimHint
+	free    []string  // the uncapped registered workflows, as last read
+	capped  bool      // some registered workflow has a per-process cap
+	freeTTL int       // inline claims left before free is read again
+	ctxs    []taskCtx // attempt contexts not handed out yet (newTaskCtx)
+	// The last task run, to find the next one without a map lookup.
+	cw  *compiledWorkflow
+	pos int
+}
+
+// completeClaimer is a store that records a completion and claims the
+// next tasks under one lock, without allocating a result slice: the
+// memory store. The executor uses it from task to task.
+type completeClaimer interface {
+	completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, hint claimHint)
+}
+
+// claimHint is what the memory store tells about a claim it made with a
+// completion.
+type claimHint struct {
+	pos       int  // the task's position in the workflow (-1: unknown)
+	nowStarts bool // the claim's now may serve as the attempt's start
 }
 
 func newExecutor(o *Orchestrator) *executor {
@@ -85,12 +123,14 @@ func newExecutor(o *Orchestrator) *executor {
 		stopDispatch: make(chan struct{}),
 		dispatchDone: make(chan struct{}),
 		bgStop:       make(chan struct{}),
-		inflight:     make(map[int64]*slot),
 		limited:      make(map[string]int),
 		stuck:        make(map[*slot]string),
 		askDue:       true,
 	}
 	ex.durable = o.store.Durable()
+	if fc, ok := o.store.(completeClaimer); ok && !ex.durable {
+		ex.fused = fc
+	}
 	if ex.durable {
 		// Durable stores pay a round trip or a commit per call: batch.
 		ex.batch = make(chan batchReq, o.cfg.Workers)
@@ -172,13 +212,15 @@ func (ex *executor) shutdown() {
 // stopAll cancels every running attempt's ctx (and those started later).
 func (ex *executor) stopAll() {
 	ex.hardCancel(errShutdown)
+	ex.stopped.Store(true)
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
-	ex.stopped = true
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if sl.tctx != nil {
 			sl.tctx.cancel(errShutdown)
 		}
+		sl.mu.Unlock()
 	}
 }
 
@@ -186,10 +228,12 @@ func (ex *executor) runningNames() []string {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	var names []string
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if c := sl.claim; c != nil {
 			names = append(names, c.Workflow+"/"+c.Task+" (run "+c.RunID+")")
 		}
+		sl.mu.Unlock()
 	}
 	sort.Strings(names)
 	return names
@@ -400,11 +444,13 @@ func (ex *executor) cancelRun(runID string) bool {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	found := false
-	for _, sl := range ex.inflight {
+	for _, sl := range ex.slots {
+		sl.mu.Lock()
 		if sl.claim != nil && sl.claim.RunID == runID && sl.tctx != nil {
 			sl.tctx.cancel(errRunCanceled)
 			found = true
 		}
+		sl.mu.Unlock()
 	}
 	return found
 }

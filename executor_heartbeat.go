@@ -11,13 +11,18 @@ func (ex *executor) heartbeat(ctx context.Context) {
 	o := ex.o
 	everyTick(ctx, max(o.cfg.LeaseDuration/3, time.Millisecond), func() {
 		ex.mu.Lock()
-		refs := make([]ClaimRef, 0, len(ex.inflight))
-		for _, sl := range ex.inflight {
+		slots := append([]*slot(nil), ex.slots...)
+		ex.mu.Unlock()
+		refs := make([]ClaimRef, 0, len(slots))
+		held := make([]*slot, 0, len(slots))
+		for _, sl := range slots {
+			sl.mu.Lock()
 			if sl.claim != nil {
 				refs = append(refs, sl.claim.Ref())
+				held = append(held, sl)
 			}
+			sl.mu.Unlock()
 		}
-		ex.mu.Unlock()
 		if len(refs) == 0 {
 			return
 		}
@@ -28,23 +33,23 @@ func (ex *executor) heartbeat(ctx context.Context) {
 			}
 			return
 		}
-		ex.mu.Lock()
 		for i, st := range sts {
 			if i >= len(refs) {
 				break
 			}
-			sl := ex.inflight[refs[i].Token]
-			if sl == nil || sl.tctx == nil {
-				continue
+			sl := held[i]
+			sl.mu.Lock()
+			// The slot may have moved on to another attempt meanwhile.
+			if sl.claim != nil && sl.claim.Token == refs[i].Token && sl.tctx != nil {
+				switch st {
+				case LeaseLost:
+					sl.tctx.cancel(errLeaseLost)
+				case LeaseCanceled:
+					sl.tctx.cancel(errRunCanceled)
+				}
 			}
-			switch st {
-			case LeaseLost:
-				sl.tctx.cancel(errLeaseLost)
-			case LeaseCanceled:
-				sl.tctx.cancel(errRunCanceled)
-			}
+			sl.mu.Unlock()
 		}
-		ex.mu.Unlock()
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 )
 
@@ -31,11 +32,27 @@ func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: stri
 func (ex *executor) worker() {
 	defer ex.workersWG.Done()
 	sl := &slot{}
+	ex.mu.Lock()
+	ex.slots = append(ex.slots, sl)
+	ex.mu.Unlock()
 	for sl.cur = range ex.work {
 		c := &sl.cur
+		sl.hint = claimHint{pos: -1} // set by the fused path for the claims it makes
+		var claimedAt time.Time      // zero: read the clock when the task starts
 		for c != nil {
-			ready := ex.execute(sl, c)
-			c = nil
+			sl.next, sl.claimed = nil, false
+			ready := ex.execute(sl, c, claimedAt)
+			c, claimedAt = nil, time.Time{}
+			if sl.claimed {
+				// The store claimed with the completion (memory store).
+				if sl.next != nil {
+					c = sl.next
+					if sl.hint.nowStarts {
+						claimedAt = sl.params.Now
+					}
+				}
+				continue
+			}
 			// Take the next task here rather than through the dispatcher:
 			// always a task this completion made ready, with a store where
 			// an empty claim is cheap (not durable) any ready task, and with
@@ -43,9 +60,10 @@ func (ex *executor) worker() {
 			// dispatcher would claim them one round trip at a time).
 			if (ready || !ex.durable || ex.backlog.Load()) && !ex.draining.Load() {
 				// The clock read at the end of the task serves as now.
-				cs, err := ex.claimInto(sl.buf[:0], 1, sl.comp[0].FinishedAt)
+				now := sl.comp[0].FinishedAt
+				cs, err := ex.claimInto(sl.buf[:0], 1, now)
 				if err == nil && len(cs) == 1 {
-					c = &cs[0]
+					c, sl.hint = &cs[0], claimHint{pos: -1}
 				} else if !ready {
 					ex.backlog.Store(false)
 				}
@@ -59,15 +77,14 @@ func (ex *executor) worker() {
 
 // execute runs one claimed task (or skips, fails or releases it) and
 // records the outcome. It reports whether the completion made tasks ready.
-func (ex *executor) execute(sl *slot, c *Claim) bool {
+// claimedAt, if not zero, is the clock read the claim was made with, just
+// before, when the store saw nothing the claimed task waited for happen
+// later (see MemoryStore.startsByLocked): it serves as the attempt's start
+// unless the task has a timeout, a run deadline or a rate limit (then the
+// clock is read again), so that such a task costs one clock read.
+func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 	o := ex.o
-	cw, _ := o.workflow(c.Workflow)
-	var ct *compiledTask
-	if cw != nil {
-		if i, ok := cw.index[c.Task]; ok {
-			ct = &cw.tasks[i]
-		}
-	}
+	cw, ct := ex.lookup(sl, c)
 	defer func() {
 		if cw != nil && cw.localCap > 0 {
 			ex.mu.Lock()
@@ -77,7 +94,10 @@ func (ex *executor) execute(sl *slot, c *Claim) bool {
 		}
 	}()
 	comp := &sl.comp[0]
-	now := o.clock.Now()
+	now := claimedAt
+	if now.IsZero() || ct == nil || ct.timeout > 0 || ct.rate != nil || !c.RunDeadline.IsZero() {
+		now = o.clock.Now()
+	}
 	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, FinishedAt: now}
 	ranAttempt := false
 	var info AttemptInfo
@@ -128,7 +148,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	if runDeadline {
 		deadline = c.RunDeadline
 	}
-	tc := &taskCtx{parent: ex.bgCtx}
+	tc := sl.newTaskCtx(ex.bgCtx)
 	defer tc.cancel(errAttemptDone)
 	var taskCtx context.Context = tc
 	if !deadline.IsZero() {
@@ -138,18 +158,16 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		taskCtx, cancelD = context.WithTimeout(tc, deadline.Sub(start))
 		defer cancelD()
 	}
-	ex.mu.Lock()
+	sl.mu.Lock()
 	sl.claim, sl.tctx = c, tc
-	ex.inflight[c.Token] = sl
-	if ex.stopped {
+	sl.mu.Unlock()
+	if ex.stopped.Load() { // stopAll may have scanned the slots already
 		tc.cancel(errShutdown)
 	}
-	ex.mu.Unlock()
 	defer func() {
-		ex.mu.Lock()
-		delete(ex.inflight, c.Token)
+		sl.mu.Lock()
 		sl.claim, sl.tctx = nil, nil
-		ex.mu.Unlock()
+		sl.mu.Unlock()
 	}()
 	for _, h := range o.hooks {
 		taskCtx = h.AttemptStarted(taskCtx, *info)
@@ -170,6 +188,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 		}
 		done := make(chan result, 1)
 		cc := *c // the worker reuses c's storage; an abandoned body keeps its own copy
+		cc.Upstream = slices.Clone(c.Upstream)
 		in := &Input{claim: &cc, task: ct, ctx: taskCtx, store: ex.store}
 		stuck := &slot{}
 		go func() {
@@ -211,13 +230,13 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	end := o.clock.Now()
 	comp.StartedAt, comp.FinishedAt = start, end
 	cause := tc.causeOf()
-	timedOut := cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
+	timedOut := !deadline.IsZero() && cause == nil && errors.Is(taskCtx.Err(), context.DeadlineExceeded)
 	info.Err = err
 
 	switch {
 	case err == nil && !abandoned:
 		comp.Outcome = OutcomeSucceeded
-		if ex.store.Durable() {
+		if ex.durable {
 			b, jerr := json.Marshal(out)
 			switch {
 			case jerr != nil:
@@ -347,6 +366,17 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		case <-ex.bgStop:
 			err = ErrClosed
 		}
+	} else if ex.fused != nil {
+		var cs []Claim
+		p := ex.inlineParams(sl, c)
+		r, cs, sl.hint = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
+		if sl.claimed {
+			if len(cs) == 1 {
+				sl.next = &cs[0]
+			} else {
+				sl.freeTTL = 0 // idle: look for new workflows next time
+			}
+		}
 	} else {
 		var res []CompleteResult
 		if res, err = ex.storeComplete(sl.comp[:]); err == nil {
@@ -370,8 +400,102 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	if r.RunFinished != "" {
 		o.runFinished(ex.bgCtx, c.RunID, c.Workflow, r.RunFinished)
 	}
-	if r.Ready > 1 || sl.comp[0].Outcome == OutcomeRelease {
-		ex.poke() // more than the completing worker takes inline
+	if sl.comp[0].Outcome == OutcomeRelease || r.Ready > 1 && ex.busy.Load() < ex.nwork {
+		// More than the completing worker takes inline, and a worker is
+		// free to take it (with none free the dispatcher would claim
+		// nothing; the next worker to free up pokes it).
+		ex.poke()
 	}
 	return r.Ready > 0
+}
+
+// lookup returns the compiled workflow and task a claim names (nil if this
+// process has not registered them). A worker usually runs the task
+// declared after the one it ran last (a chain, a fan-out), which is tried
+// before the maps.
+func (ex *executor) lookup(sl *slot, c *Claim) (*compiledWorkflow, *compiledTask) {
+	cw := sl.cw
+	if cw == nil || cw.name != c.Workflow {
+		cw, _ = ex.o.workflow(c.Workflow)
+		if cw == nil {
+			return nil, nil
+		}
+		sl.cw, sl.pos = cw, -1 // registered workflows are never replaced
+	}
+	if i := sl.hint.pos; i >= 0 && i < len(cw.tasks) && cw.tasks[i].name == c.Task {
+		sl.pos = i // the store said where
+		return cw, &cw.tasks[i]
+	}
+	if i := sl.pos + 1; i < len(cw.tasks) && cw.tasks[i].name == c.Task {
+		sl.pos = i
+		return cw, &cw.tasks[i]
+	}
+	i, ok := cw.index[c.Task]
+	if !ok {
+		return cw, nil
+	}
+	sl.pos = i
+	return cw, &cw.tasks[i]
+}
+
+// inlineParams returns the parameters for claiming the worker's next task
+// along with the completion of c (fused path), or nil to claim apart: while
+// draining, or when a workflow has a per-process cap (claimInto reserves
+// room under it). It sets sl.claimed when it returns parameters.
+//
+// The registered workflows are read under the orchestrator's lock once per
+// freeEvery tasks, and after a claim that found nothing: a workflow
+// registered meanwhile is claimed by the dispatcher until then (workflows
+// are never unregistered, and a workflow's cap never changes).
+func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
+	if ex.draining.Load() {
+		return nil
+	}
+	o := ex.o
+	if sl.freeTTL <= 0 {
+		o.mu.RLock()
+		sl.free, sl.capped = o.uncapped, len(o.capped) > 0
+		o.mu.RUnlock()
+		sl.freeTTL = freeEvery
+	}
+	sl.freeTTL--
+	if sl.capped || len(sl.free) == 0 {
+		sl.freeTTL = 0
+		return nil
+	}
+	// The claim goes to the buffer c does not use: c is read until the
+	// worker moves on.
+	k := 0
+	if c == &sl.buf[0] {
+		k = 1
+	}
+	sl.upIdx = k
+	now := sl.comp[0].FinishedAt
+	sl.params = ClaimParams{
+		Owner: o.cfg.NodeID, Workflows: sl.free, Limit: 1, Now: now,
+		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k : k : k+1],
+	}
+	sl.claimed = true
+	return &sl.params
+}
+
+// freeEvery is how many inline claims a worker makes with the list of
+// registered workflows it read last.
+const freeEvery = 256
+
+// taskCtxChunk is how many attempt contexts a worker allocates at once.
+const taskCtxChunk = 32
+
+// newTaskCtx returns a fresh context for an attempt, carved from a chunk
+// the worker allocates every taskCtxChunk attempts (one allocation instead
+// of one per attempt). A context is never reused: one kept by a task after
+// its attempt keeps its chunk alive, and stays canceled.
+func (sl *slot) newTaskCtx(parent context.Context) *taskCtx {
+	if len(sl.ctxs) == 0 {
+		sl.ctxs = make([]taskCtx, taskCtxChunk)
+	}
+	tc := &sl.ctxs[0]
+	sl.ctxs = sl.ctxs[1:]
+	tc.parent = parent
+	return tc
 }

@@ -51,10 +51,11 @@ type MemoryStore struct {
 	finished []*memRun // in finish order (FIFO)
 	finHead  int
 	ticks    map[string]time.Time
-	token    int64
-	byToken  map[int64]*memTask // running tasks by lease token
+	tokens   memTokens // running tasks by lease token
 	notify   chan struct{}
 	watch    *runwatch.Set // Wait calls of any orchestrator using this store
+
+	pool memPool // per-task arrays of dropped runs, for new runs
 
 	pruneHook func(deleted int) // tests: called after each Prune batch, outside the lock
 }
@@ -62,34 +63,40 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                   // snapshot fields kept up to date (Tasks unused)
-	tasks     []memTask   // live task state
-	specs     []TaskSpec  // shared with the caller, never written
-	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
-	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
-	canceled  bool
-	dropped   bool
+	Run                    // snapshot fields kept up to date (Tasks unused)
+	wf          *memWF     // the run's workflow (s.wfs[Workflow]; never removed)
+	tasks       []memTask  // live task state
+	specs       []TaskSpec // shared with the caller, never written
+	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
+	deps        []int32
+	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
+	recycle     bool        // no flow control: nothing points at its tasks once it finished
+	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
+	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
+	canceled    bool
+	dropped     bool
 }
 
+// memTask is one task's live state. Kept small (int32 counters, the
+// lease as UnixNano, no upstream storage): runs allocate one per task and
+// the GC scans them.
 type memTask struct {
 	run         *memRun
-	idx         int
-	dependents  []int
-	pendingDeps int
-	readied     bool // made ready by its dependencies (at most once: FireOn)
-	rateRsv     bool // deferred with a rate reservation: the next claim says so
-	unparked    bool // moved back from a full task-level group; a slot is kept for it
-	state       TaskState
-	spent       int // attempts that spent the budget
-	rescues     int
+	idx         int32
+	pendingDeps int32
+	spent       int32 // attempts that spent the budget
+	rescues     int32
+	heapIdx     int32 // index in its workflow's delayed heap, -1 if absent
+	readied     bool  // made ready by its dependencies (at most once: FireOn)
+	rateRsv     bool  // deferred with a rate reservation: the next claim says so
+	unparked    bool  // moved back from a full task-level group; a slot is kept for it
+	state       memTaskState
 	token       int64
-	leaseUntil  time.Time
+	leaseUntil  int64 // UnixNano
 	dueAt       time.Time
-	heapIdx     int // index in its workflow's delayed heap, -1 if absent
 	output      any
 	err         string
 	attempts    []Attempt
-	upstream    []UpstreamResult
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -109,7 +116,6 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		tgroups:  make(map[string]*memTGroup),
 		debounce: make(map[memKey]*memRun),
 		ticks:    make(map[string]time.Time),
-		byToken:  make(map[int64]*memTask),
 		notify:   make(chan struct{}, 1),
 		watch:    runwatch.New(-1),
 		rates:    memRates{keys: make(map[string]memRate)},
@@ -151,7 +157,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	if err := ctx.Err(); err != nil {
 		return "", false, err
 	}
-	r, err := buildMemRun(&nr) // outside the lock: it touches nothing shared
+	r, err := buildMemRun(&nr, &s.pool) // outside the lock: it touches nothing shared
 	if err != nil {
 		return "", false, err
 	}
@@ -165,8 +171,10 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	return res.ID, res.Created, nil
 }
 
-// buildMemRun allocates the run's live state and checks its tasks.
-func buildMemRun(nr *NewRun) (*memRun, error) {
+// buildMemRun allocates the run's live state and checks its tasks. Its
+// per-task arrays come from pool when a dropped run of the same shape left
+// some.
+func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 	if len(nr.Tasks) == 0 {
 		return nil, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
 	}
@@ -183,47 +191,62 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline, Priority: nr.Priority,
 	}
 	n := len(nr.Tasks)
-	r.tasks = make([]memTask, n)
-	r.specs = nr.Tasks
-	r.remaining = int32(n)
-	// One slab each for first attempts and upstream views, so a task's
-	// first attempt and its claim allocate nothing.
-	attemptSlab := make([]Attempt, n)
 	ndeps := 0
+	recycle := nr.Concurrency == nil && nr.Debounce == nil
 	for i := range nr.Tasks {
 		ndeps += len(nr.Tasks[i].Deps)
+		if nr.Tasks[i].Concurrency != nil {
+			recycle = false // parked in a group's heap, a task may be pointed at after its run is gone
+		}
 	}
-	upSlab := make([]UpstreamResult, ndeps)
+	sl := pool.get(n, ndeps)
+	r.recycle = recycle
+	r.attemptSlab = sl.attempts
+	r.tasks = sl.tasks
+	r.specs = nr.Tasks
+	r.remaining = int32(n)
+	// One slab for first attempts, so a task's first attempt allocates
+	// nothing. Upstream views are written at claim time into the
+	// claimer's storage (see takeLocked): no per-dependency slab here.
+	attemptSlab := sl.attempts
 	for i, ts := range nr.Tasks {
-		t := &r.tasks[i]
-		t.run, t.idx, t.state, t.heapIdx = r, i, TaskPending, -1
-		t.pendingDeps = len(ts.Deps)
-		t.attempts = attemptSlab[i : i : i+1]
-		t.upstream, upSlab = upSlab[:len(ts.Deps):len(ts.Deps)], upSlab[len(ts.Deps):]
-		for k, d := range ts.Deps {
+		// Every field written: a reused array is not cleared first.
+		r.tasks[i] = memTask{
+			run: r, idx: int32(i), state: msPending, heapIdx: -1,
+			pendingDeps: int32(len(ts.Deps)), attempts: attemptSlab[i : i : i+1],
+		}
+		for _, d := range ts.Deps {
 			if d < 0 || d >= n || d == i {
 				return nil, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
 			}
-			t.upstream[k].Name = nr.Tasks[d].Name
 		}
 	}
-	// Dependents in one slab too: count, carve, fill.
-	ndependents := make([]int, n)
+	// Dependents, compressed: task i's are deps[depOff[i]:depOff[i+1]].
+	// Count into depOff[i+1], sum, then fill with depOff[i] as cursor.
+	// No dependencies at all (a one-task run): no index.
+	off := sl.depOff
+	if ndeps == 0 {
+		return r, nil
+	}
 	for _, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			ndependents[d]++
+			off[d+1]++
 		}
 	}
-	depSlab := make([]int, ndeps)
-	for i := range r.tasks {
-		k := ndependents[i]
-		r.tasks[i].dependents, depSlab = depSlab[:0:k], depSlab[k:]
+	for i := 1; i <= n; i++ {
+		off[i] += off[i-1]
 	}
+	deps := sl.deps
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			r.tasks[d].dependents = append(r.tasks[d].dependents, i)
+			deps[off[d]] = int32(i)
+			off[d]++
 		}
 	}
+	// Each cursor ended at the next task's start: shift back.
+	copy(off[1:], off[:n])
+	off[0] = 0
+	r.depOff, r.deps = off, deps
 	return r, nil
 }
 
@@ -240,6 +263,7 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 		}
 	}
 	w := s.wfLocked(nr.Workflow)
+	r.wf = w
 	s.runs[r.ID] = r
 	s.byKey[key] = r
 	s.active++
@@ -295,7 +319,7 @@ func (s *MemoryStore) pushReadyLocked(t *memTask) {
 		s.parkRunTaskLocked(r, t)
 		return
 	}
-	s.wfs[r.Workflow].ready.push(t)
+	r.wf.ready.push(t)
 }
 
 // ClaimTasks implements Store. Tasks are taken from the selected
@@ -313,6 +337,12 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.claimLocked(&p, nil), nil
+}
+
+// claimLocked is ClaimTasks under s.mu. up, if not nil, is storage for
+// the first claim's Upstream (see takeLocked).
+func (s *MemoryStore) claimLocked(p *ClaimParams, up *[]UpstreamResult) []Claim {
 	out := p.Buf[:0:cap(p.Buf)]
 	if cap(out) == 0 {
 		out = nil
@@ -320,9 +350,9 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	if len(p.Workflows) == 1 { // the orchestrator's usual call
 		if w := s.wfs[p.Workflows[0]]; w != nil && !w.paused {
 			s.promoteLocked(w, p.Now)
-			s.takeLocked(w, math.MinInt, &out, &p)
+			s.takeLocked(w, math.MinInt, &out, p, &up)
 		}
-		return out, nil
+		return out
 	}
 	var wsBuf [8]*memWF
 	ws := wsBuf[:0]
@@ -340,7 +370,7 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 		}
 	}
 	if len(ws) == 0 {
-		return out, nil
+		return out
 	}
 	for _, w := range ws {
 		s.promoteLocked(w, p.Now)
@@ -358,10 +388,10 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 			break
 		}
 		for i := 0; i < len(ws) && len(out) < p.Limit; i++ {
-			s.takeLocked(ws[(start+i)%len(ws)], best, &out, &p)
+			s.takeLocked(ws[(start+i)%len(ws)], best, &out, p, &up)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // promoteLocked moves w's delayed tasks due at now to the ready set.
@@ -373,8 +403,10 @@ func (s *MemoryStore) promoteLocked(w *memWF, now time.Time) {
 }
 
 // takeLocked claims ready tasks of w with a run priority of at least
-// minPrio into *out, up to p.Limit.
-func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimParams) {
+// minPrio into *out, up to p.Limit. A claim's Upstream goes to **up (the
+// executor's per-worker storage, reused once that claim is done) if *up
+// is not nil, which is then used up; otherwise to a new slice.
+func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimParams, up **[]UpstreamResult) {
 	for len(*out) < p.Limit {
 		t := w.ready.pop(minPrio)
 		if t == nil {
@@ -384,7 +416,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		if t.unparked {
 			kept = s.unparkedPoppedLocked(t)
 		}
-		if t.state != TaskPending || t.run.canceled || t.run.dropped {
+		if t.state != msPending || t.run.canceled || t.run.dropped {
 			if kept != nil {
 				s.unparkLocked(kept) // the slot kept for t goes to another
 			}
@@ -394,11 +426,9 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		if spec.Concurrency != nil && !s.takeTaskSlotLocked(t, spec.Concurrency) {
 			continue // parked until a slot of its group frees
 		}
-		s.token++
-		t.token = s.token
-		s.byToken[t.token] = t
-		t.state = TaskRunning
-		t.leaseUntil = p.LeaseUntil
+		t.token = s.tokens.add(t)
+		t.state = msRunning
+		t.leaseUntil = p.LeaseUntil.UnixNano()
 		r := t.run
 		if r.State == RunPending {
 			r.State = RunRunning
@@ -407,18 +437,28 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 				s.runStartedLocked(r)
 			}
 		}
-		for k, d := range spec.Deps {
-			dt := &r.tasks[d]
-			u := &t.upstream[k]
-			u.State, u.Output, u.Error = dt.state, dt.output, dt.err
+		var ups []UpstreamResult
+		if n := len(spec.Deps); n > 0 {
+			if b := *up; b != nil {
+				if cap(*b) < n {
+					*b = make([]UpstreamResult, n)
+				}
+				ups, *up = (*b)[:n:n], nil
+			} else {
+				ups = make([]UpstreamResult, n)
+			}
+			for k, d := range spec.Deps {
+				dt := &r.tasks[d]
+				ups[k] = UpstreamResult{Name: r.specs[d].Name, State: dt.state.ts(), Output: dt.output, Error: dt.err}
+			}
 		}
 		if *out == nil {
 			*out = make([]Claim, 0, min(p.Limit, 16))
 		}
 		*out = append(*out, Claim{
 			RunID: r.ID, Workflow: r.Workflow, Task: spec.Name,
-			Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
-			Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
+			Attempt: int(t.spent) + 1, Rescues: int(t.rescues), Token: t.token,
+			Event: r.Event, RunDeadline: r.Deadline, Upstream: ups,
 			RateReserved: t.rateRsv,
 		})
 		t.rateRsv = false
@@ -426,8 +466,8 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 }
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
-	t := s.byToken[ref.Token]
-	if t == nil || t.state != TaskRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
+	t := s.tokens.get(ref.Token)
+	if t == nil || t.state != msRunning || t.run.ID != ref.RunID || t.spec().Name != ref.Task {
 		return nil, fmt.Errorf("%w: run %s task %s", ErrLeaseLost, ref.RunID, ref.Task)
 	}
 	return t, nil
@@ -437,7 +477,7 @@ func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
 // task-level concurrency slot if it has one.
 func (s *MemoryStore) dropToken(t *memTask) {
 	if t.token != 0 {
-		delete(s.byToken, t.token)
+		s.tokens.del(t.token)
 		t.token = 0
 		if c := t.spec().Concurrency; c != nil {
 			s.releaseTaskSlotLocked(c.Key)
@@ -459,7 +499,7 @@ func (s *MemoryStore) ExtendLeases(ctx context.Context, refs []ClaimRef, until t
 			out[i] = LeaseLost
 			continue
 		}
-		t.leaseUntil = until
+		t.leaseUntil = until.UnixNano()
 		out[i] = LeaseHeld
 		if t.run.canceled {
 			out[i] = LeaseCanceled
@@ -476,75 +516,130 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]CompleteResult, len(cs))
-	signal := false
 	for i := range cs {
-		c := &cs[i]
-		t, err := s.task(c.ClaimRef)
-		if err != nil {
-			out[i].Err = err
-			continue
-		}
-		r := t.run
-		s.dropToken(t)
-		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
-			oc := c.Outcome
-			if c.TimedOut {
-				oc = OutcomeTimedOut
-			}
-			t.attempts = append(t.attempts, Attempt{
-				Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
-				Outcome: oc, Error: c.Error,
-			})
-		}
-		switch c.Outcome {
-		case OutcomeRetry, OutcomeSnooze, OutcomeRelease, OutcomeDefer:
-			if c.Outcome == OutcomeRetry {
-				t.spent++
-			}
-			t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
-			t.state = TaskPending
-			t.err = c.Error
-			if r.canceled {
-				s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, &out[i])
-				continue
-			}
-			if c.Outcome == OutcomeRelease || c.RetryAt.IsZero() {
-				s.pushReadyLocked(t)
-				signal = true
-			} else {
-				t.dueAt = c.RetryAt
-				heap.Push(&s.wfs[r.Workflow].delayed, t)
-			}
-		case OutcomeSucceeded:
-			t.spent++
-			t.output = c.Output
-			t.err = ""
-			s.finishTaskLocked(t, TaskSucceeded, "", c.FinishedAt, &out[i])
-		case OutcomeFailed:
-			t.spent++
-			s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, &out[i])
-		case OutcomeSkipped:
-			s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, &out[i])
-		case OutcomeUpstreamFailed:
-			s.finishTaskLocked(t, TaskUpstreamFailed, c.Error, c.FinishedAt, &out[i])
-		case OutcomeCanceled:
-			s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, &out[i])
-		default:
-			out[i].Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
-			continue
+		s.completeLocked(&cs[i], &out[i])
+	}
+	return out, nil
+}
+
+// completeAndClaim records one completion and, if p is not nil, claims
+// up to p.Limit tasks as ClaimTasks(p) would (the first claim's Upstream
+// in *up, grown as needed), under one lock: the executor's path from one
+// task to the next with this store, without a result slice to allocate.
+// Tasks made ready by c are claimed through the ready queues like any
+// others (priorities and FIFO order hold).
+//
+// hint tells about the first claim: its task's position in the run
+// (NewRun.Tasks), and whether p.Now may serve as its attempt's start
+// without another clock read: nothing recorded about what the task waited
+// for is later than p.Now (see startsByLocked).
+func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]UpstreamResult) (res CompleteResult, cs []Claim, hint claimHint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.completeLocked(c, &res)
+	if p == nil {
+		return res, nil, claimHint{pos: -1}
+	}
+	cs = s.claimLocked(p, up)
+	hint.pos = -1
+	if len(cs) > 0 {
+		if t := s.tokens.get(cs[0].Token); t != nil {
+			hint.pos = int(t.idx)
+			hint.nowStarts = s.startsByLocked(t, p.Now)
 		}
 	}
-	// Tasks made ready by a completion are reported in its result; the
-	// completing orchestrator picks them up without a signal.
-	_ = signal
-	return out, nil
+	return res, cs, hint
+}
+
+// startsByLocked reports whether the claimed task t became ready through
+// events whose recorded times are all at or before now: its first attempt
+// (no earlier attempt, rescue, delay or deferral), a run without flow
+// control and without a start time, and either no dependencies and a run
+// created by now, or dependencies that all finished with an attempt that
+// ended by now. A claim made with an older clock than the events that made
+// its task ready (a task promoted by a later clock, made ready by another
+// worker, created by a later Submit) must read the clock for its start.
+func (s *MemoryStore) startsByLocked(t *memTask, now time.Time) bool {
+	r := t.run
+	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || !r.StartAt.IsZero() {
+		return false
+	}
+	deps := t.spec().Deps
+	if len(deps) == 0 {
+		return !r.CreatedAt.After(now)
+	}
+	for _, d := range deps {
+		dt := &r.tasks[d]
+		if !dt.state.finished() || len(dt.attempts) == 0 || dt.attempts[len(dt.attempts)-1].FinishedAt.After(now) {
+			return false
+		}
+	}
+	return true
+}
+
+// completeLocked records one completion into res. Tasks it makes ready
+// are reported in res; the completing orchestrator picks them up without
+// a signal.
+func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
+	t, err := s.task(c.ClaimRef)
+	if err != nil {
+		res.Err = err
+		return
+	}
+	r := t.run
+	s.dropToken(t)
+	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
+		oc := c.Outcome
+		if c.TimedOut {
+			oc = OutcomeTimedOut
+		}
+		t.attempts = append(t.attempts, Attempt{
+			Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
+			Outcome: oc, Error: c.Error,
+		})
+	}
+	switch c.Outcome {
+	case OutcomeRetry, OutcomeSnooze, OutcomeRelease, OutcomeDefer:
+		if c.Outcome == OutcomeRetry {
+			t.spent++
+		}
+		t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
+		t.state = msPending
+		t.err = c.Error
+		if r.canceled {
+			s.finishTaskLocked(t, TaskCanceled, "run canceled", c.FinishedAt, res)
+			return
+		}
+		if c.Outcome == OutcomeRelease || c.RetryAt.IsZero() {
+			s.pushReadyLocked(t)
+		} else {
+			t.dueAt = c.RetryAt
+			heap.Push(&r.wf.delayed, t)
+		}
+	case OutcomeSucceeded:
+		t.spent++
+		t.output = c.Output
+		t.err = ""
+		s.finishTaskLocked(t, TaskSucceeded, "", c.FinishedAt, res)
+	case OutcomeFailed:
+		t.spent++
+		s.finishTaskLocked(t, TaskFailed, c.Error, c.FinishedAt, res)
+	case OutcomeSkipped:
+		s.finishTaskLocked(t, TaskSkipped, c.Error, c.FinishedAt, res)
+	case OutcomeUpstreamFailed:
+		s.finishTaskLocked(t, TaskUpstreamFailed, c.Error, c.FinishedAt, res)
+	case OutcomeCanceled:
+		s.finishTaskLocked(t, TaskCanceled, c.Error, c.FinishedAt, res)
+	default:
+		res.Err = fmt.Errorf("batuta: memory store: unknown outcome %q", c.Outcome)
+	}
 }
 
 // finishTaskLocked moves t to a terminal state, counts its dependents down
 // (making ready those whose last dependency this was, and those that fire
 // early on st) and finishes the run when it was the last task.
 func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, now time.Time, res *CompleteResult) {
-	t.state = st
+	t.state = memStateOf(st)
 	t.err = errMsg
 	s.dropToken(t)
 	r := t.run
@@ -552,10 +647,14 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	if st == TaskFailed && r.Error == "" {
 		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
-	for _, d := range t.dependents {
+	var dependents []int32
+	if r.depOff != nil {
+		dependents = r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]]
+	}
+	for _, d := range dependents {
 		dt := &r.tasks[d]
 		dt.pendingDeps--
-		if dt.state == TaskPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
+		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
 			dt.readied = true
 			if r.canceled {
 				// Cancel cascades: the dependents finish too.
@@ -586,7 +685,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 	default:
 		r.State = RunSucceeded
 		for i := range r.tasks {
-			if st := r.tasks[i].state; st == TaskFailed || st == TaskUpstreamFailed {
+			if st := r.tasks[i].state; st == msFailed || st == msUpstreamFailed {
 				r.State = RunFailed
 				break
 			}
@@ -630,6 +729,18 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 	if cur := s.byKey[memKey{r.Workflow, r.Event.ID}]; cur == r {
 		delete(s.byKey, memKey{r.Workflow, r.Event.ID})
 	}
+	if r.recycle && !r.canceled && r.State.Finished() {
+		// Every task finished and none was canceled: no ready queue,
+		// heap or group holds a pointer to them, claims and snapshots
+		// hold copies. The arrays go to the next run of the same shape.
+		for i := range r.tasks {
+			if r.tasks[i].token != 0 {
+				return // running still (cannot happen for a finished run): keep
+			}
+		}
+		s.pool.put(memSlabs{tasks: r.tasks, attempts: r.attemptSlab, depOff: r.depOff, deps: r.deps})
+		r.tasks, r.attemptSlab, r.depOff, r.deps = nil, nil, nil, nil
+	}
 }
 
 // maxExpire bounds the finished runs one CreateRun drops for the TTL, so
@@ -666,21 +777,21 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	// Only running tasks hold a token: the scan is bounded by the claims
 	// in flight, not by the runs waiting (delayed, queued, paused).
 	var expired []*memTask
-	for _, t := range s.byToken {
-		if t.state == TaskRunning && t.leaseUntil.Before(now) {
+	for _, t := range s.tokens.slots {
+		if t != nil && t.state == msRunning && t.leaseUntil < now.UnixNano() {
 			expired = append(expired, t)
 		}
 	}
 	for _, t := range expired {
 		r := t.run
 		t.rescues++
-		if t.rescues > maxRescues {
+		if int(t.rescues) > maxRescues {
 			var res CompleteResult
 			s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
 			failed++
 			continue
 		}
-		t.state = TaskPending
+		t.state = msPending
 		s.dropToken(t)
 		if r.canceled {
 			var res CompleteResult
@@ -726,9 +837,9 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 	var res CompleteResult
 	for i := range r.tasks {
 		t := &r.tasks[i]
-		if t.state == TaskPending {
+		if t.state == msPending {
 			if t.heapIdx >= 0 {
-				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
+				heap.Remove(&r.wf.delayed, int(t.heapIdx))
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
 			if c := t.spec().Concurrency; c != nil {
@@ -754,10 +865,10 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 			deps[k] = r.tasks[d].spec().Name
 		}
 		out.Tasks[i] = TaskRun{
-			Name: t.spec().Name, State: t.state, Deps: deps, Output: t.output,
-			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: t.rescues,
+			Name: t.spec().Name, State: t.state.ts(), Deps: deps, Output: t.output,
+			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: int(t.rescues),
 		}
-		if t.state == TaskPending && t.heapIdx >= 0 {
+		if t.state == msPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
 		}
 	}
@@ -1005,11 +1116,11 @@ func (h memDelayHeap) Len() int           { return len(h) }
 func (h memDelayHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
 func (h memDelayHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
+	h[i].heapIdx, h[j].heapIdx = int32(i), int32(j)
 }
 func (h *memDelayHeap) Push(x any) {
 	t := x.(*memTask)
-	t.heapIdx = len(*h)
+	t.heapIdx = int32(len(*h))
 	*h = append(*h, t)
 }
 func (h *memDelayHeap) Pop() any {
@@ -1019,4 +1130,162 @@ func (h *memDelayHeap) Pop() any {
 	*h = old[:len(old)-1]
 	t.heapIdx = -1
 	return t
+}
+
+// memTokens maps the lease tokens of running tasks to their tasks without
+// hashing: a table indexed by the token's low bits. Tokens are still
+// unique and increasing (a token whose slot is taken is skipped), and the
+// table stays at most half full, so a lookup is one index and a compare.
+// It grows with the most tasks running at once and is never shrunk.
+type memTokens struct {
+	slots []*memTask // len is 0 or a power of 2
+	live  int
+	last  int64 // the last token handed out
+}
+
+// add gives t a new token and records it.
+func (m *memTokens) add(t *memTask) int64 {
+	if (m.live+1)*2 > len(m.slots) {
+		m.grow()
+	}
+	mask := int64(len(m.slots) - 1)
+	for {
+		m.last++
+		if m.slots[m.last&mask] == nil {
+			break
+		}
+	}
+	m.slots[m.last&mask] = t
+	m.live++
+	return m.last
+}
+
+// grow doubles the table. Live tokens in distinct slots stay in distinct
+// slots: the new mask keeps every bit of the old one.
+func (m *memTokens) grow() {
+	old := m.slots
+	m.slots = make([]*memTask, max(2*len(old), 64))
+	mask := int64(len(m.slots) - 1)
+	for _, t := range old {
+		if t != nil {
+			m.slots[t.token&mask] = t
+		}
+	}
+}
+
+// get returns the running task holding token tok, or nil.
+func (m *memTokens) get(tok int64) *memTask {
+	if tok <= 0 || len(m.slots) == 0 {
+		return nil
+	}
+	if t := m.slots[tok&int64(len(m.slots)-1)]; t != nil && t.token == tok {
+		return t
+	}
+	return nil
+}
+
+// del forgets token tok.
+func (m *memTokens) del(tok int64) {
+	if len(m.slots) == 0 {
+		return
+	}
+	i := tok & int64(len(m.slots)-1)
+	if t := m.slots[i]; t != nil && t.token == tok {
+		m.slots[i] = nil
+		m.live--
+	}
+}
+
+// memTaskState is a task's state in memTask: one byte where TaskState is a
+// string header.
+type memTaskState uint8
+
+const (
+	msPending memTaskState = iota
+	msRunning
+	msSucceeded
+	msFailed
+	msSkipped
+	msUpstreamFailed
+	msCanceled
+)
+
+var memStateNames = [...]TaskState{
+	msPending: TaskPending, msRunning: TaskRunning, msSucceeded: TaskSucceeded, msFailed: TaskFailed,
+	msSkipped: TaskSkipped, msUpstreamFailed: TaskUpstreamFailed, msCanceled: TaskCanceled,
+}
+
+// ts returns the state as the Store API spells it.
+func (m memTaskState) ts() TaskState { return memStateNames[m] }
+
+// finished reports whether the state is terminal.
+func (m memTaskState) finished() bool { return m >= msSucceeded }
+
+// memStateOf returns the memTaskState of st (pending for an unknown state).
+func memStateOf(st TaskState) memTaskState {
+	for m, n := range memStateNames {
+		if n == st {
+			return memTaskState(m)
+		}
+	}
+	return msPending
+}
+
+// memSlabs are a run's per-task arrays.
+type memSlabs struct {
+	tasks    []memTask
+	attempts []Attempt // first attempts
+	depOff   []int32
+	deps     []int32
+}
+
+// memPool keeps the arrays of a few dropped runs for new runs of the same
+// shape (task and dependency counts): a workflow's runs then reuse memory
+// instead of allocating (and having the GC scan and sweep) some 300 bytes
+// per task. It has its own lock: runs are built outside the store's.
+type memPool struct {
+	mu   sync.Mutex
+	free []memSlabs // at most memPoolSize, the most recent last
+}
+
+// memPoolSize bounds the arrays kept: the shapes of a few workflows.
+const memPoolSize = 4
+
+// get returns cleared arrays for n tasks with ndeps dependencies.
+func (p *memPool) get(n, ndeps int) memSlabs {
+	p.mu.Lock()
+	for i := len(p.free) - 1; i >= 0; i-- {
+		if sl := p.free[i]; len(sl.tasks) == n && len(sl.deps) == ndeps {
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			p.free[len(p.free) : len(p.free)+1][0] = memSlabs{}
+			p.mu.Unlock()
+			// tasks are overwritten whole by buildMemRun; first attempts
+			// are written by append before they are read.
+			clear(sl.depOff)
+			if ndeps == 0 {
+				sl.depOff = nil // buildMemRun builds no index
+			}
+			return sl
+		}
+	}
+	p.mu.Unlock()
+	sl := memSlabs{tasks: make([]memTask, n), attempts: make([]Attempt, n)}
+	if ndeps > 0 {
+		sl.depOff, sl.deps = make([]int32, n+1), make([]int32, ndeps)
+	}
+	return sl
+}
+
+// put keeps sl for a later run, dropping the oldest kept if full.
+func (p *memPool) put(sl memSlabs) {
+	if len(sl.tasks) < 64 {
+		return // small runs: allocating is as cheap
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) == memPoolSize {
+		copy(p.free, p.free[1:])
+		p.free = p.free[:memPoolSize-1]
+	}
+	p.free = append(p.free, sl)
 }

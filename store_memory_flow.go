@@ -178,7 +178,7 @@ func (s *MemoryStore) parkRunTaskLocked(r *memRun, t *memTask) {
 		if g.admitted < g.max && len(g.waiters) == 0 {
 			f.admitted = true // room: admitted without waiting
 			g.admitted++
-			s.wfs[r.Workflow].ready.push(t)
+			r.wf.ready.push(t)
 			return
 		}
 		f.parked = append(f.parked, t)
@@ -199,8 +199,8 @@ func (s *MemoryStore) fillGroupLocked(g *memGroup) int {
 		f.admitted = true
 		g.admitted++
 		for _, t := range f.parked {
-			if t.state == TaskPending {
-				s.wfs[r.Workflow].ready.push(t)
+			if t.state == msPending {
+				r.wf.ready.push(t)
 				n++
 			}
 		}
@@ -271,7 +271,7 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 	for i := range m.tasks {
 		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 {
 			t.dueAt = start
-			heap.Fix(&s.wfs[m.Workflow].delayed, t.heapIdx)
+			heap.Fix(&m.wf.delayed, int(t.heapIdx))
 		}
 	}
 	return m
@@ -284,7 +284,7 @@ func (s *MemoryStore) debounceTargetLocked(nr *NewRun) *memRun {
 		return nil
 	}
 	for i := range m.tasks {
-		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
+		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != msPending || t.heapIdx < 0) {
 			return nil // already due (promoted by a claim with a later clock)
 		}
 	}
@@ -345,12 +345,12 @@ func (s *MemoryStore) releaseTaskSlotLocked(key string) {
 func (s *MemoryStore) unparkLocked(g *memTGroup) {
 	for g.running+g.inReady < g.max && len(g.waiting) > 0 {
 		t := heap.Pop(&g.waiting).(*memTask)
-		if t.state != TaskPending || t.run.canceled || t.run.dropped {
+		if t.state != msPending || t.run.canceled || t.run.dropped {
 			continue
 		}
 		t.unparked = true
 		g.inReady++
-		s.wfs[t.run.Workflow].ready.push(t)
+		t.run.wf.ready.push(t)
 		s.signal()
 	}
 	if g.running <= 0 && g.inReady <= 0 && len(g.waiting) == 0 && s.tgroups[g.key] == g {
@@ -371,7 +371,7 @@ func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateRe
 	built := make([]*memRun, len(runs))
 	maxActive := 0
 	for i := range runs {
-		r, err := buildMemRun(&runs[i])
+		r, err := buildMemRun(&runs[i], &s.pool)
 		if err != nil {
 			return nil, err
 		}

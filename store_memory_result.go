@@ -30,5 +30,5 @@ func (s *MemoryStore) taskResult(ctx context.Context, runID string, pos int, nam
 		return UpstreamResult{}, fmt.Errorf("batuta: run %s has no task %q at position %d", runID, name, pos)
 	}
 	t := &r.tasks[pos]
-	return UpstreamResult{Name: name, State: t.state, Output: t.output, Error: t.err}, nil
+	return UpstreamResult{Name: name, State: t.state.ts(), Output: t.output, Error: t.err}, nil
 }

@@ -3,6 +3,7 @@ package batuta
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,10 +15,13 @@ import (
 // context whose cancel func was deferred. Values come from parent.
 type taskCtx struct {
 	parent context.Context
-	mu     sync.Mutex
-	done   chan struct{}
-	err    error
-	cause  error
+	// canceled is set, under mu, with cause (Err is then
+	// context.Canceled): Err and causeOf of a live context (every call
+	// made while the task runs) take no lock.
+	canceled atomic.Bool
+	mu       sync.Mutex
+	done     chan struct{}
+	cause    error
 }
 
 var closedChan = func() chan struct{} {
@@ -32,7 +36,7 @@ func (c *taskCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {
-		if c.err != nil {
+		if c.canceled.Load() {
 			return closedChan
 		}
 		c.done = make(chan struct{})
@@ -41,9 +45,10 @@ func (c *taskCtx) Done() <-chan struct{} {
 }
 
 func (c *taskCtx) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
+	if !c.canceled.Load() {
+		return nil
+	}
+	return context.Canceled
 }
 
 func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
@@ -52,10 +57,11 @@ func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
 func (c *taskCtx) cancel(cause error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err != nil {
+	if c.canceled.Load() {
 		return
 	}
-	c.err, c.cause = context.Canceled, cause
+	c.cause = cause
+	c.canceled.Store(true)
 	if c.done != nil {
 		close(c.done)
 	}
@@ -63,6 +69,9 @@ func (c *taskCtx) cancel(cause error) {
 
 // causeOf returns why the context was canceled (nil if it was not).
 func (c *taskCtx) causeOf() error {
+	if !c.canceled.Load() {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cause
