@@ -77,7 +77,7 @@ func randomFlow(t *testing.T, seed uint64) {
 				}
 			}
 			for i := range r.tasks {
-				if tk := &r.tasks[i]; tk.state == TaskRunning {
+				if tk := &r.tasks[i]; tk.state == msRunning {
 					if c := tk.spec().Concurrency; c != nil {
 						tasksRunning[c.Key]++
 					}
@@ -204,8 +204,8 @@ func randomFlow(t *testing.T, seed uint64) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.groups) != 0 || len(s.tgroups) != 0 || len(s.debounce) != 0 || len(s.byToken) != 0 {
-		t.Fatalf("left behind: %d groups, %d task groups, %d debounce entries, %d tokens", len(s.groups), len(s.tgroups), len(s.debounce), len(s.byToken))
+	if len(s.groups) != 0 || len(s.tgroups) != 0 || len(s.debounce) != 0 || s.tokens.live != 0 {
+		t.Fatalf("left behind: %d groups, %d task groups, %d debounce entries, %d tokens", len(s.groups), len(s.tgroups), len(s.debounce), s.tokens.live)
 	}
 	for _, r := range s.runs {
 		if !r.State.Finished() {
