@@ -36,6 +36,9 @@ func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.
 	return res[0], nil
 }
 
+// promoteBatch bounds the delayed tasks one claim moves to the ready set.
+const promoteBatch = 1000
+
 // claimMergeWindow is how far apart the Now of two claims may be for them
 // to share a statement.
 const claimMergeWindow = 5 * time.Millisecond
@@ -91,11 +94,21 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 				if len(g.p.Workflows) > 0 {
 					wfs = g.p.Workflows
 				}
+				// Delayed tasks that came due, then queued runs of
+				// groups with room, join the ready set first.
+				b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+				b.Queue(s.q.admit, g.p.Now, wfs, g.p.Limit)
 				// The lease is kept on the database's clock.
 				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
+				if _, err := br.Exec(); err != nil {
+					return err
+				}
+				if _, err := br.Exec(); err != nil {
+					return err
+				}
 				cs, err := readClaims(br, g.p.Limit)
 				if err != nil {
 					return err
@@ -162,7 +175,7 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 			event, upstream []byte
 			deadline        pgtype.Timestamptz
 		)
-		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &upstream); err != nil {
+		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &c.RateReserved, &upstream); err != nil {
 			return nil, err
 		}
 		c.RunID = formatUUID(runID)

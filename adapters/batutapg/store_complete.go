@@ -144,6 +144,7 @@ type compInput struct {
 	retryAt     []pgtype.Timestamptz
 	leaseBefore []pgtype.Timestamptz
 	at          []pgtype.Timestamptz
+	rateRes     []bool
 }
 
 func newCompInput(n int) *compInput {
@@ -152,6 +153,7 @@ func newCompInput(n int) *compInput {
 		outcomes: make([]string, 0, n), outputs: make([][]byte, 0, n), errs: make([]string, 0, n),
 		recs: make([]pgtype.Text, 0, n), retryAt: make([]pgtype.Timestamptz, 0, n),
 		leaseBefore: make([]pgtype.Timestamptz, 0, n), at: make([]pgtype.Timestamptz, 0, n),
+		rateRes: make([]bool, 0, n),
 	}
 }
 
@@ -191,7 +193,7 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 		if err != nil {
 			return fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, err)
 		}
-	case batuta.OutcomeSkipped, batuta.OutcomeUpstreamFailed, batuta.OutcomeCanceled, batuta.OutcomeRelease, outcomeRescue:
+	case batuta.OutcomeSkipped, batuta.OutcomeUpstreamFailed, batuta.OutcomeCanceled, batuta.OutcomeRelease, batuta.OutcomeDefer, outcomeRescue:
 	default:
 		return fmt.Errorf("batutapg: complete run %s task %s: unknown outcome %q", c.RunID, c.Task, c.Outcome)
 	}
@@ -205,6 +207,7 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 	in.retryAt = append(in.retryAt, ts(c.RetryAt))
 	in.leaseBefore = append(in.leaseBefore, ts(leaseBefore))
 	in.at = append(in.at, ts(c.FinishedAt))
+	in.rateRes = append(in.rateRes, c.Outcome == batuta.OutcomeDefer && c.RateReserved)
 	return nil
 }
 
@@ -336,7 +339,7 @@ func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now
 		b.Queue(s.q.lockRuns, runs)
 	}
 	b.Queue(s.q.complete, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
-		in.retryAt, in.leaseBefore, in.at, maxRescues, now)
+		in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes)
 	return len(runs) > 0
 }
 
@@ -612,6 +615,7 @@ func (in *compInput) subset(idx []int) *compInput {
 		out.retryAt = append(out.retryAt, in.retryAt[i])
 		out.leaseBefore = append(out.leaseBefore, in.leaseBefore[i])
 		out.at = append(out.at, in.at[i])
+		out.rateRes = append(out.rateRes, in.rateRes[i])
 	}
 	return out
 }

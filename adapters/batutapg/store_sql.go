@@ -6,7 +6,7 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
-	claim, extend                          string
+	claim, extend, promote, admit          string
 	lockRuns, complete, expired, taskForTx string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
@@ -24,19 +24,47 @@ func buildQueries(schema string) queries {
 		// uncommitted keys cannot deadlock.
 		createRuns: `
 WITH r AS (
-    INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left)
-    SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, u.n
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[])
-        AS u(id, wf, eid, ev, ca, dl, n)
+    INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left,
+        start_at, priority, ckey, admit, dkey, state, canceled, error, finished_at)
+    SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, CASE WHEN u.rej IS NULL THEN u.n ELSE 0 END,
+        u.sa, u.prio, u.ckey, u.admit, u.dkey, CASE WHEN u.rej IS NULL THEN 'active' ELSE 'canceled' END,
+        u.rej IS NOT NULL, coalesce(u.rej, ''), CASE WHEN u.rej IS NOT NULL THEN u.ca END
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[],
+                $18::timestamptz[], $19::int[], $20::text[], $21::smallint[], $22::text[], $23::text[])
+        AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej)
     ORDER BY u.wf, u.eid
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, ckey, admit
 ), t AS (
-    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on)
-    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo, 'pending', v.due, v.fire_on
-    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[])
-        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on)
+    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
+        priority, hold, tkey, error)
+    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo,
+        CASE WHEN v.rej IS NULL THEN 'pending' ELSE 'canceled' END, v.due, v.fire_on, v.prio,
+        CASE WHEN v.hold = 0 AND v.ndeps = 0 AND v.rej IS NULL
+            AND v.wf = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3 ELSE v.hold END,
+        v.tkey, v.rej
+    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[],
+                $24::int[], $25::smallint[], $26::text[], $27::text[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej)
     WHERE v.run_id IN (SELECT id FROM r)
+), g AS (
+    -- the workflow-level groups of the runs created: queued (admit 1) and
+    -- admitted (admit 2, CancelInProgress and CancelNewest) runs counted
+    INSERT INTO {s}.run_groups AS g (key, workflow, max, waiting, active)
+    SELECT c.key, c.wf, c.max, x.w, x.a
+    FROM unnest($28::text[], $29::text[], $30::int[]) AS c(key, wf, max)
+    JOIN (SELECT ckey, count(*) FILTER (WHERE admit = 1) AS w, count(*) FILTER (WHERE admit = 2) AS a
+          FROM r WHERE ckey IS NOT NULL GROUP BY ckey) x ON x.ckey = c.key
+    ORDER BY c.key
+    ON CONFLICT (key) DO UPDATE SET waiting = g.waiting + EXCLUDED.waiting, active = g.active + EXCLUDED.active, max = EXCLUDED.max
+), tg AS (
+    -- task-level groups, written only when new or their Max changed (so
+    -- creating runs does not lock rows the claims use)
+    INSERT INTO {s}.task_groups AS g (key, max)
+    SELECT c.key, c.max FROM unnest($31::text[], $32::int[]) AS c(key, max)
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.task_groups x WHERE x.key = c.key AND x.max = c.max)
+    ORDER BY c.key
+    ON CONFLICT (key) DO UPDATE SET max = EXCLUDED.max
 )
 SELECT r.id FROM r`,
 
@@ -52,7 +80,13 @@ JOIN {s}.runs r ON r.workflow = u.wf AND r.event_id = u.eid`,
 		// those are exactly the two partial indexes of tasks.
 		countActive: `
 SELECT count(DISTINCT run_id) FROM (
-    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4)
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND hold = 3
+    UNION ALL
+    SELECT id FROM {s}.runs WHERE admit = 1
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'running'
 ) a`,
@@ -61,29 +95,110 @@ SELECT count(DISTINCT run_id) FROM (
 		// LOCKED (an IN (subquery) could claim more than the limit), lease
 		// them, and return each with its run's event and its direct
 		// dependencies' results.
+		//
+		// Paused workflows are filtered here (their ready tasks are mostly
+		// moved out of the ready set, but one made ready while the pause
+		// committed may remain). A task of a task-level concurrency group
+		// is claimed only while the group, locked here (SKIP LOCKED: a
+		// group another transaction holds waits for the next claim), has
+		// room, and the claim takes the slot in the same statement.
 		claim: `
-WITH picked AS (
-    SELECT run_id, idx FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND due_at <= $1
+WITH picked AS MATERIALIZED (
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1
       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-    ORDER BY due_at
+      AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
+    ORDER BY priority DESC, due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), tg AS MATERIALIZED (
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL) AND active < max
+    FOR NO KEY UPDATE SKIP LOCKED
+), ok AS MATERIALIZED (
+    SELECT run_id, idx, tkey, rate_reserved FROM picked WHERE tkey IS NULL
+    UNION ALL
+    SELECT q.run_id, q.idx, q.tkey, q.rate_reserved FROM (
+        SELECT p.*, row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
+        FROM picked p WHERE p.tkey IS NOT NULL
+    ) q JOIN tg ON tg.key = q.tkey
+    WHERE q.rn <= tg.room
+), tgu AS (
+    UPDATE {s}.task_groups g SET active = g.active + c.n
+    FROM (SELECT tkey, count(*) AS n FROM ok WHERE tkey IS NOT NULL GROUP BY tkey) c
+    WHERE g.key = c.tkey
 ), claimed AS (
     UPDATE {s}.tasks t
     SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6
-    FROM picked p
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false
+    FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved
 )
-SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline,
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
     CASE WHEN cardinality(c.deps) > 0 THEN (
         SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
         JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
     ) END
 FROM claimed c JOIN {s}.runs r ON r.id = c.run_id`,
+
+		// Before each claim, in its transaction: delayed tasks that came due
+		// move to the ready set (or, for a run queued for admission, to
+		// its group's queue). A claim never waits for them: SKIP LOCKED.
+		promote: `
+WITH d AS (
+    SELECT run_id, idx FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.tasks t SET hold = CASE
+        WHEN t.hold = 4 THEN 2
+        WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
+        ELSE 0 END
+FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)`,
+
+		// Then runs queued for admission are admitted: groups with room and
+		// queued runs take turns, the one served least recently first (a
+		// group whose turn came is moved to the back even if it admitted
+		// nothing, so groups with only delayed runs queued cannot hold the
+		// others up); each admits its first runs (priority, then creation)
+		// up to its room. The group row is locked (SKIP LOCKED) and active
+		// grows in the same statement, so no group exceeds max, whatever
+		// the number of processes.
+		admit: `
+WITH g AS MATERIALIZED (
+    SELECT key, max - active AS room FROM {s}.run_groups
+    WHERE waiting > 0 AND active < max
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+      AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
+    ORDER BY last_admit
+    LIMIT $3
+    FOR NO KEY UPDATE SKIP LOCKED
+), a AS MATERIALIZED (
+    SELECT x.id, g.key FROM g CROSS JOIN LATERAL (
+        SELECT r.id FROM {s}.runs r
+        WHERE r.ckey = g.key AND r.admit = 1 AND (r.start_at IS NULL OR r.start_at <= $1)
+        ORDER BY r.priority DESC, r.created_at, r.id
+        LIMIT g.room
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) x
+), ru AS (
+    UPDATE {s}.runs r SET admit = 2 FROM a WHERE r.id = a.id AND r.admit = 1
+    RETURNING r.id, a.key
+), gu AS (
+    UPDATE {s}.run_groups x SET active = x.active + coalesce(c.n, 0), waiting = x.waiting - coalesce(c.n, 0),
+        last_admit = clock_timestamp()
+    FROM g LEFT JOIN (SELECT key, count(*) AS n FROM ru GROUP BY key) c ON c.key = g.key
+    WHERE x.key = g.key
+), tu AS (
+    UPDATE {s}.tasks t SET hold = CASE WHEN t.hold = 4 THEN 1 ELSE 0 END
+    FROM ru WHERE t.run_id = ru.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+)
+SELECT count(*) FROM ru`,
 
 		// Lease extension never waits: a task row locked by someone else is
 		// being completed, rescued or canceled right now; it is reported
@@ -136,8 +251,8 @@ FROM i LEFT JOIN {s}.runs r ON r.id = i.run_id`,
 		complete: `
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::json[], $6::text[],
-                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, ord)
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $13::bool[])
+        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, rr, ord)
 ), m AS MATERIALIZED (
     SELECT i.*, t.idx,
         CASE
@@ -150,7 +265,7 @@ WITH i AS (
     JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
     WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
       AND (i.lease_before IS NULL OR t.lease_until < i.lease_before)
-      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'rescue')
+      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer', 'rescue')
 ), done AS (
     UPDATE {s}.tasks t SET
         state = m.new_state,
@@ -172,6 +287,9 @@ WITH i AS (
             ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
         END,
         due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
+        -- due later: the delayed set, out of the claims' way
+        hold = CASE WHEN m.new_state = 'pending' AND m.retry_at > $12 THEN 1 ELSE 0 END,
+        rate_reserved = m.new_state = 'pending' AND m.outcome = 'defer' AND coalesce(m.rr, false),
         -- kept on terminal states, so a repeated completion is recognised
         token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
         owner = NULL,
@@ -181,7 +299,12 @@ WITH i AS (
     FROM m
     WHERE t.run_id = m.run_id AND t.idx = m.idx AND t.lease_until IS NOT NULL AND t.token = m.token
       AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
-    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at
+    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at, t.tkey
+), tgu AS (
+    -- every completion of a claimed task frees its task-level slot
+    UPDATE {s}.task_groups g SET active = g.active - c.n
+    FROM (SELECT tkey, count(*) AS n FROM done WHERE tkey IS NOT NULL GROUP BY tkey) c
+    WHERE g.key = c.tkey
 ), cnt AS (
     -- ok/bad: a dependency finished as succeeded / as a failure, for
     -- the dependents that fire early on it (fire_on)
@@ -222,10 +345,16 @@ WITH i AS (
             ELSE 'succeeded'
         END,
         finished_at = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE coalesce(rc.at, $12) END,
-        finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END
+        finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END,
+        admit = CASE WHEN r.tasks_left <= rc.n AND r.admit = 2 THEN 3 ELSE r.admit END
     FROM rc
     WHERE r.id = rc.run_id
-    RETURNING rc.ord, r.state
+    RETURNING rc.ord, r.state, r.ckey, r.admit
+), rgu AS (
+    -- a run that held a workflow-level slot frees it as it finishes
+    UPDATE {s}.run_groups g SET active = g.active - c.n
+    FROM (SELECT ckey, count(*) AS n FROM ru WHERE state <> 'active' AND admit = 3 GROUP BY ckey) c
+    WHERE g.key = c.ckey
 )
 -- One row per fact, no joins between the parts (they would be quadratic
 -- in the batch size): d = applied (new state), r = tasks made ready,
@@ -249,7 +378,7 @@ SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token T
 FROM i
 JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
 JOIN {s}.runs r0 ON r0.id = i.run_id
-WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release') AND i.ord NOT IN (SELECT ord FROM done)
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer') AND i.ord NOT IN (SELECT ord FROM done)
   AND t0.name = i.task
   AND ((t0.token = i.token AND t0.state = i.outcome) OR (t0.last_token = i.token AND t0.last_outcome = i.outcome))
 UNION ALL
@@ -276,7 +405,7 @@ WHERE run_id = $1 AND idx = ($3::bigint & 32767)::smallint AND name = $2 AND tok
 		// their workers report.
 		cancel: `
 WITH r AS (
-    SELECT id FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
+    SELECT id, admit FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
 ), c AS (
     UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
     FROM r WHERE t.run_id = r.id AND t.state = 'pending'
@@ -289,9 +418,17 @@ WITH r AS (
         error = $2,
         tasks_left = x.tasks_left - n.n,
         state = CASE WHEN x.tasks_left = n.n THEN 'canceled' ELSE x.state END,
-        finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END
+        finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END,
+        admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN x.admit = 2 THEN 3 WHEN x.admit = 1 THEN 0 ELSE x.admit END
     FROM r, n WHERE x.id = r.id
-    RETURNING x.state
+    RETURNING x.state, x.ckey, r.admit AS was
+), gu AS (
+    -- a finished run leaves its group: its slot (admitted) or its place
+    -- in the queue
+    UPDATE {s}.run_groups g SET
+        active = g.active - CASE WHEN ru.was = 2 THEN 1 ELSE 0 END,
+        waiting = g.waiting - CASE WHEN ru.was = 1 THEN 1 ELSE 0 END
+    FROM ru WHERE g.key = ru.ckey AND ru.state <> 'active' AND ru.was IN (1, 2)
 )
 SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
 
@@ -299,11 +436,12 @@ SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
 		// attempts verbatim) in one statement, so the two agree.
 		runSelect: `
 SELECT r.id, r.workflow, r.event_id, r.event, r.created_at, r.deadline, r.state, r.error, r.finished_at,
-    x.started, x.tasks
+    x.started, x.tasks, r.start_at, r.priority, r.ckey
 FROM {s}.runs r
 CROSS JOIN LATERAL (
     SELECT min(t.first_claimed_at) AS started,
-        json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues) ORDER BY t.idx) AS tasks
+        json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues,
+            CASE WHEN t.state = 'pending' AND t.due_at > r.created_at THEN t.due_at END) ORDER BY t.idx) AS tasks
     FROM {s}.tasks t WHERE t.run_id = r.id
 ) x`,
 
@@ -350,7 +488,7 @@ RETURNING s.name`,
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
-		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.lockRuns,
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.promote, &q.admit, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {

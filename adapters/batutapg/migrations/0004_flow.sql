@@ -1,0 +1,77 @@
+-- batuta Store schema, version 4: flow control (delayed runs, priorities,
+-- concurrency groups, debounce, pause, rate limits).
+--
+-- The claim only scans tasks that are claimable now: a pending task whose
+-- dependencies are done is in exactly one of these sets, by tasks.hold:
+--   0  ready: claimable (tasks_ready, in claim order)
+--   1  delayed: due_at in the future (tasks_delayed)
+--   2  waiting for its run's admission to a full concurrency group
+--   3  its workflow is paused (tasks_paused)
+--   4  delayed, and its run waits for admission once due
+-- A claim first promotes the delayed tasks that came due (1 -> 0 or 3,
+-- 4 -> 2), then admits queued runs of groups with room (2 -> 0, 4 -> 1),
+-- then claims from the ready set.
+
+ALTER TABLE runs ADD COLUMN start_at timestamptz;          -- NewRun.StartAt / debounce (null: at once)
+ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN ckey text COLLATE "C";          -- workflow-level concurrency group
+-- admit: 0 no group, 1 queued for admission, 2 admitted (holds a slot),
+-- 3 finished after holding a slot (slot freed).
+ALTER TABLE runs ADD COLUMN admit smallint NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN dkey text COLLATE "C";          -- debounce group
+
+-- The queue of each group, in admission order. Only admit is in an index
+-- predicate, so a run outside any group keeps getting HOT updates.
+CREATE INDEX runs_queue ON runs (ckey, priority DESC, created_at, id) WHERE admit = 1;
+CREATE INDEX runs_admitted ON runs (ckey, created_at, id) WHERE admit = 2;
+CREATE INDEX runs_debounce ON runs (workflow, dkey, start_at) WHERE dkey IS NOT NULL;
+
+ALTER TABLE tasks ADD COLUMN priority integer NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN hold smallint NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN tkey text COLLATE "C";         -- task-level concurrency group
+ALTER TABLE tasks ADD COLUMN rate_reserved boolean NOT NULL DEFAULT false;
+
+-- Existing retries due later move to the delayed set.
+UPDATE tasks SET hold = 1 WHERE state = 'pending' AND pending_deps = 0 AND due_at > now();
+
+DROP INDEX tasks_ready;
+CREATE INDEX tasks_ready ON tasks (priority DESC, due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 0;
+CREATE INDEX tasks_delayed ON tasks (due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4);
+CREATE INDEX tasks_paused ON tasks (workflow) WHERE state = 'pending' AND hold = 3;
+
+-- Workflow-level concurrency groups: active counts admitted unfinished
+-- runs, waiting the queued ones. active only grows under the row lock and
+-- while active < max, in the claim (admission) or the create
+-- (CancelInProgress, CancelNewest) transaction; it shrinks in the
+-- transaction that finishes the run.
+CREATE TABLE run_groups (
+    key        text COLLATE "C" PRIMARY KEY,
+    workflow   text COLLATE "C" NOT NULL,
+    max        integer NOT NULL,
+    active     integer NOT NULL DEFAULT 0,
+    waiting    integer NOT NULL DEFAULT 0,
+    last_admit timestamptz NOT NULL DEFAULT '-infinity' -- round-robin turn
+);
+CREATE INDEX run_groups_turn ON run_groups (last_admit) WHERE waiting > 0 AND active < max;
+
+-- Task-level concurrency groups: active counts running tasks, grown by the
+-- claim (conditionally, under the row lock), shrunk by every completion.
+CREATE TABLE task_groups (
+    key    text COLLATE "C" PRIMARY KEY,
+    max    integer NOT NULL,
+    active integer NOT NULL DEFAULT 0
+);
+
+CREATE TABLE paused (
+    workflow  text COLLATE "C" PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- GCRA state per rate key: the theoretical arrival time, and the slot the
+-- last reservation got. A row whose tat has passed says nothing a missing
+-- row would not, so such rows are deleted now and then.
+CREATE TABLE rates (
+    key  text COLLATE "C" PRIMARY KEY,
+    tat  timestamptz NOT NULL,
+    slot timestamptz NOT NULL
+);
