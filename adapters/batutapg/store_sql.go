@@ -116,9 +116,9 @@ WITH picked AS MATERIALIZED (
     WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL) AND active < max
     FOR NO KEY UPDATE SKIP LOCKED
 ), ok AS MATERIALIZED (
-    SELECT run_id, idx, tkey, rate_reserved FROM picked WHERE tkey IS NULL
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM picked WHERE tkey IS NULL
     UNION ALL
-    SELECT q.run_id, q.idx, q.tkey, q.rate_reserved FROM (
+    SELECT q.run_id, q.idx, q.tkey, q.rate_reserved, q.priority, q.due_at FROM (
         SELECT p.*, row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
         FROM picked p WHERE p.tkey IS NOT NULL
     ) q JOIN tg ON tg.key = q.tkey
@@ -133,7 +133,7 @@ WITH picked AS MATERIALIZED (
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false
     FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
 )
 SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
     CASE WHEN cardinality(c.deps) > 0 THEN (
@@ -141,7 +141,8 @@ SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, 
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
         JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
     ) END
-FROM claimed c JOIN {s}.runs r ON r.id = c.run_id`,
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`,
 
 		// Before each claim, in its transaction: delayed tasks that came due
 		// move to the ready set (or, for a run queued for admission, to
