@@ -104,10 +104,9 @@ SELECT count(DISTINCT run_id) FROM (
 		// room, and the claim takes the slot in the same statement.
 		claim: `
 WITH picked AS MATERIALIZED (
-    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM {s}.tasks
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at, workflow FROM {s}.tasks
     WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1
       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-      AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
     ORDER BY priority DESC, due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -115,12 +114,15 @@ WITH picked AS MATERIALIZED (
     SELECT key, max - active AS room FROM {s}.task_groups
     WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL) AND active < max
     FOR NO KEY UPDATE SKIP LOCKED
+), pz AS (
+    SELECT coalesce(array_agg(p.workflow), '{}') AS wfs FROM {s}.paused p
 ), ok AS MATERIALIZED (
-    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM picked WHERE tkey IS NULL
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM picked
+    WHERE tkey IS NULL AND NOT (workflow = ANY((SELECT wfs FROM pz)::text[]))
     UNION ALL
     SELECT q.run_id, q.idx, q.tkey, q.rate_reserved, q.priority, q.due_at FROM (
         SELECT p.*, row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
-        FROM picked p WHERE p.tkey IS NOT NULL
+        FROM picked p WHERE p.tkey IS NOT NULL AND NOT (p.workflow = ANY((SELECT wfs FROM pz)::text[]))
     ) q JOIN tg ON tg.key = q.tkey
     WHERE q.rn <= tg.room
 ), tgu AS (
