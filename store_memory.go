@@ -4,7 +4,9 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -36,10 +38,14 @@ type MemoryStore struct {
 	mu       sync.Mutex
 	runs     map[string]*memRun
 	byKey    map[memKey]*memRun
-	ready    map[string]*memQueue // per workflow
-	wfOrder  []string             // workflows with a ready queue, for fair claiming
+	wfs      map[string]*memWF // per workflow: ready and delayed tasks, pause
+	wfOrder  []*memWF          // every workflow of wfs, for fair claiming
 	rr       int
-	delayed  memDelayHeap
+	seq      uint64                // creation order of runs with flow state (ties in group heaps)
+	groups   map[string]*memGroup  // workflow-level concurrency groups with runs
+	tgroups  map[string]*memTGroup // task-level concurrency groups with running tasks
+	debounce map[memKey]*memRun    // (workflow, debounce key) -> the pending run events merge into
+	rates    memRates
 	active   int
 	finished []*memRun // in finish order (FIFO)
 	finHead  int
@@ -55,10 +61,11 @@ type MemoryStore struct {
 type memKey struct{ workflow, eventID string }
 
 type memRun struct {
-	Run                  // snapshot fields kept up to date (Tasks unused)
-	tasks     []memTask  // live task state
-	specs     []TaskSpec // shared with the caller, never written
-	remaining int        // tasks not yet finished
+	Run                   // snapshot fields kept up to date (Tasks unused)
+	tasks     []memTask   // live task state
+	specs     []TaskSpec  // shared with the caller, never written
+	flow      *memRunFlow // nil unless the run uses a concurrency group or debounce
+	remaining int32       // tasks not yet finished (int32: keeps memRun in its size class)
 	canceled  bool
 	dropped   bool
 }
@@ -69,13 +76,15 @@ type memTask struct {
 	dependents  []int
 	pendingDeps int
 	readied     bool // made ready by its dependencies (at most once: FireOn)
+	rateRsv     bool // deferred with a rate reservation: the next claim says so
+	unparked    bool // moved back from a full task-level group; a slot is kept for it
 	state       TaskState
 	spent       int // attempts that spent the budget
 	rescues     int
 	token       int64
 	leaseUntil  time.Time
 	dueAt       time.Time
-	heapIdx     int // index in delayed heap, -1 if absent
+	heapIdx     int // index in its workflow's delayed heap, -1 if absent
 	output      any
 	err         string
 	attempts    []Attempt
@@ -91,14 +100,18 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		cfg.FinishedTTL = 24 * time.Hour
 	}
 	return &MemoryStore{
-		cfg:     cfg,
-		runs:    make(map[string]*memRun),
-		byKey:   make(map[memKey]*memRun),
-		ready:   make(map[string]*memQueue),
-		ticks:   make(map[string]time.Time),
-		byToken: make(map[int64]*memTask),
-		notify:  make(chan struct{}, 1),
-		watch:   runwatch.New(-1),
+		cfg:      cfg,
+		runs:     make(map[string]*memRun),
+		byKey:    make(map[memKey]*memRun),
+		wfs:      make(map[string]*memWF),
+		groups:   make(map[string]*memGroup),
+		tgroups:  make(map[string]*memTGroup),
+		debounce: make(map[memKey]*memRun),
+		ticks:    make(map[string]time.Time),
+		byToken:  make(map[int64]*memTask),
+		notify:   make(chan struct{}, 1),
+		watch:    runwatch.New(-1),
+		rates:    memRates{keys: make(map[string]memRate)},
 	}
 }
 
@@ -137,27 +150,33 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	if err := ctx.Err(); err != nil {
 		return "", false, err
 	}
-	if len(nr.Tasks) == 0 {
-		return "", false, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
+	r, err := buildMemRun(&nr) // outside the lock: it touches nothing shared
+	if err != nil {
+		return "", false, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	key := memKey{nr.Workflow, nr.Event.ID}
-	if r, ok := s.byKey[key]; ok {
-		return r.ID, false, nil
-	}
 	s.expireLocked(nr.CreatedAt)
-	if nr.MaxActive > 0 && s.active >= nr.MaxActive {
+	if nr.MaxActive > 0 && s.active >= nr.MaxActive && s.byKey[memKey{nr.Workflow, nr.Event.ID}] == nil {
 		return "", false, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
+	}
+	res := s.createLocked(&nr, r)
+	return res.ID, res.Created, nil
+}
+
+// buildMemRun allocates the run's live state and checks its tasks.
+func buildMemRun(nr *NewRun) (*memRun, error) {
+	if len(nr.Tasks) == 0 {
+		return nil, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
 	}
 	r := &memRun{Run: Run{
 		ID: nr.ID, Workflow: nr.Workflow, Event: nr.Event, State: RunPending,
-		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline,
+		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline, Priority: nr.Priority,
 	}}
 	n := len(nr.Tasks)
 	r.tasks = make([]memTask, n)
 	r.specs = nr.Tasks
-	r.remaining = n
+	r.remaining = int32(n)
 	// One slab each for first attempts and upstream views, so a task's
 	// first attempt and its claim allocate nothing.
 	attemptSlab := make([]Attempt, n)
@@ -174,7 +193,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 		t.upstream, upSlab = upSlab[:len(ts.Deps):len(ts.Deps)], upSlab[len(ts.Deps):]
 		for k, d := range ts.Deps {
 			if d < 0 || d >= n || d == i {
-				return "", false, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
+				return nil, fmt.Errorf("batuta: memory store: task %q has invalid dependency index %d", ts.Name, d)
 			}
 			t.upstream[k].Name = nr.Tasks[d].Name
 		}
@@ -196,30 +215,86 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 			r.tasks[d].dependents = append(r.tasks[d].dependents, i)
 		}
 	}
+	return r, nil
+}
+
+// createLocked records the built run r for nr, or finds its duplicate or
+// the pending run it debounces into. MaxActive is the caller's.
+func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
+	key := memKey{nr.Workflow, nr.Event.ID}
+	if old, ok := s.byKey[key]; ok {
+		return CreateResult{ID: old.ID}
+	}
+	if nr.Debounce != nil {
+		if m := s.debounceLocked(nr); m != nil {
+			return CreateResult{ID: m.ID, Debounced: true}
+		}
+	}
+	w := s.wfLocked(nr.Workflow)
 	s.runs[r.ID] = r
 	s.byKey[key] = r
 	s.active++
+	res := CreateResult{ID: r.ID, Created: true}
+	var start time.Time
+	if nr.StartAt.After(nr.CreatedAt) {
+		start = nr.StartAt
+	}
+	if nr.Debounce != nil || nr.Concurrency != nil {
+		start = s.createFlowLocked(nr, r, start, &res)
+		if res.Rejected {
+			return res
+		}
+	}
+	r.StartAt = start
 	for i := range r.tasks {
-		if r.tasks[i].pendingDeps == 0 {
-			r.tasks[i].readied = true
-			s.pushReadyLocked(&r.tasks[i])
+		t := &r.tasks[i]
+		if t.pendingDeps != 0 {
+			continue
+		}
+		t.readied = true
+		switch {
+		case !start.IsZero():
+			t.dueAt = start
+			heap.Push(&w.delayed, t)
+		case r.flow == nil:
+			w.ready.push(t)
+		default:
+			s.pushReadyLocked(t)
 		}
 	}
 	s.signal()
-	return r.ID, true, nil
+	return res
 }
 
-func (s *MemoryStore) pushReadyLocked(t *memTask) {
-	q := s.ready[t.run.Workflow]
-	if q == nil {
-		q = &memQueue{}
-		s.ready[t.run.Workflow] = q
-		s.wfOrder = append(s.wfOrder, t.run.Workflow)
+// wfLocked returns the state of workflow name, creating it.
+func (s *MemoryStore) wfLocked(name string) *memWF {
+	w := s.wfs[name]
+	if w == nil {
+		w = &memWF{name: name}
+		s.wfs[name] = w
+		s.wfOrder = append(s.wfOrder, w)
 	}
-	q.push(t)
+	return w
 }
 
-// ClaimTasks implements Store.
+// pushReadyLocked makes t claimable: into its workflow's ready queue, or,
+// for a run not yet admitted by its concurrency group, parked with the
+// run until the group admits it.
+func (s *MemoryStore) pushReadyLocked(t *memTask) {
+	r := t.run
+	if f := r.flow; f != nil && f.max > 0 && !f.admitted {
+		s.parkRunTaskLocked(r, t)
+		return
+	}
+	s.wfs[r.Workflow].ready.push(t)
+}
+
+// ClaimTasks implements Store. Tasks are taken from the selected
+// workflows' ready queues, highest run priority first, then in the order
+// they became ready; workflows of equal priority are served round-robin.
+// Waiting work is never scanned: delayed tasks sit in a heap per workflow,
+// runs waiting for admission with their concurrency group, tasks waiting
+// for a task-level slot with theirs.
 func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -229,64 +304,116 @@ func (s *MemoryStore) ClaimTasks(ctx context.Context, p ClaimParams) ([]Claim, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.delayed) > 0 && !s.delayed[0].dueAt.After(p.Now) {
-		t := heap.Pop(&s.delayed).(*memTask)
-		s.pushReadyLocked(t)
-	}
 	out := p.Buf[:0:cap(p.Buf)]
 	if cap(out) == 0 {
 		out = nil
 	}
-	take := func(q *memQueue) {
-		for len(out) < p.Limit {
-			t := q.pop()
-			if t == nil {
-				return
-			}
-			if t.state != TaskPending || t.run.canceled || t.run.dropped {
-				continue // stale entry
-			}
-			s.token++
-			t.token = s.token
-			s.byToken[t.token] = t
-			t.state = TaskRunning
-			t.leaseUntil = p.LeaseUntil
-			r := t.run
-			if r.State == RunPending {
-				r.State = RunRunning
-				r.StartedAt = p.Now
-			}
-			for k, d := range t.spec().Deps {
-				dt := &r.tasks[d]
-				u := &t.upstream[k]
-				u.State, u.Output, u.Error = dt.state, dt.output, dt.err
-			}
-			if out == nil {
-				out = make([]Claim, 0, min(p.Limit, 16))
-			}
-			out = append(out, Claim{
-				RunID: r.ID, Workflow: r.Workflow, Task: t.spec().Name,
-				Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
-				Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
-			})
+	if len(p.Workflows) == 1 { // the orchestrator's usual call
+		if w := s.wfs[p.Workflows[0]]; w != nil && !w.paused {
+			s.promoteLocked(w, p.Now)
+			s.takeLocked(w, math.MinInt, &out, &p)
 		}
+		return out, nil
 	}
+	var wsBuf [8]*memWF
+	ws := wsBuf[:0]
 	if len(p.Workflows) == 0 {
-		for i := 0; i < len(s.wfOrder) && len(out) < p.Limit; i++ {
-			s.rr = (s.rr + 1) % len(s.wfOrder)
-			take(s.ready[s.wfOrder[s.rr]])
+		for _, w := range s.wfOrder {
+			if !w.paused {
+				ws = append(ws, w)
+			}
 		}
 	} else {
-		n := len(p.Workflows)
-		start := s.rr
-		s.rr++
-		for i := 0; i < n && len(out) < p.Limit; i++ {
-			if q := s.ready[p.Workflows[(start+i)%n]]; q != nil {
-				take(q)
+		for _, name := range p.Workflows {
+			if w := s.wfs[name]; w != nil && !w.paused {
+				ws = append(ws, w)
 			}
+		}
+	}
+	if len(ws) == 0 {
+		return out, nil
+	}
+	for _, w := range ws {
+		s.promoteLocked(w, p.Now)
+	}
+	start := s.rr % len(ws)
+	s.rr++
+	for len(out) < p.Limit {
+		best, found := 0, false
+		for _, w := range ws {
+			if pr, ok := w.ready.top(); ok && (!found || pr > best) {
+				best, found = pr, true
+			}
+		}
+		if !found {
+			break
+		}
+		for i := 0; i < len(ws) && len(out) < p.Limit; i++ {
+			s.takeLocked(ws[(start+i)%len(ws)], best, &out, &p)
 		}
 	}
 	return out, nil
+}
+
+// promoteLocked moves w's delayed tasks due at now to the ready set.
+func (s *MemoryStore) promoteLocked(w *memWF, now time.Time) {
+	for len(w.delayed) > 0 && !w.delayed[0].dueAt.After(now) {
+		t := heap.Pop(&w.delayed).(*memTask)
+		s.pushReadyLocked(t)
+	}
+}
+
+// takeLocked claims ready tasks of w with a run priority of at least
+// minPrio into *out, up to p.Limit.
+func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimParams) {
+	for len(*out) < p.Limit {
+		t := w.ready.pop(minPrio)
+		if t == nil {
+			return
+		}
+		var kept *memTGroup
+		if t.unparked {
+			kept = s.unparkedPoppedLocked(t)
+		}
+		if t.state != TaskPending || t.run.canceled || t.run.dropped {
+			if kept != nil {
+				s.unparkLocked(kept) // the slot kept for t goes to another
+			}
+			continue // stale entry
+		}
+		spec := t.spec()
+		if spec.Concurrency != nil && !s.takeTaskSlotLocked(t, spec.Concurrency) {
+			continue // parked until a slot of its group frees
+		}
+		s.token++
+		t.token = s.token
+		s.byToken[t.token] = t
+		t.state = TaskRunning
+		t.leaseUntil = p.LeaseUntil
+		r := t.run
+		if r.State == RunPending {
+			r.State = RunRunning
+			r.StartedAt = p.Now
+			if r.flow != nil {
+				s.runStartedLocked(r)
+			}
+		}
+		for k, d := range spec.Deps {
+			dt := &r.tasks[d]
+			u := &t.upstream[k]
+			u.State, u.Output, u.Error = dt.state, dt.output, dt.err
+		}
+		if *out == nil {
+			*out = make([]Claim, 0, min(p.Limit, 16))
+		}
+		*out = append(*out, Claim{
+			RunID: r.ID, Workflow: r.Workflow, Task: spec.Name,
+			Attempt: t.spent + 1, Rescues: t.rescues, Token: t.token,
+			Event: r.Event, RunDeadline: r.Deadline, Upstream: t.upstream,
+			RateReserved: t.rateRsv,
+		})
+		t.rateRsv = false
+	}
 }
 
 func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
@@ -297,11 +424,15 @@ func (s *MemoryStore) task(ref ClaimRef) (*memTask, error) {
 	return t, nil
 }
 
-// dropToken forgets t's lease token.
+// dropToken forgets t's lease token: t no longer runs, and frees its
+// task-level concurrency slot if it has one.
 func (s *MemoryStore) dropToken(t *memTask) {
 	if t.token != 0 {
 		delete(s.byToken, t.token)
 		t.token = 0
+		if c := t.spec().Concurrency; c != nil {
+			s.releaseTaskSlotLocked(c.Key)
+		}
 	}
 }
 
@@ -346,7 +477,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 		}
 		r := t.run
 		s.dropToken(t)
-		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease {
+		if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
 			oc := c.Outcome
 			if c.TimedOut {
 				oc = OutcomeTimedOut
@@ -357,10 +488,11 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 			})
 		}
 		switch c.Outcome {
-		case OutcomeRetry, OutcomeSnooze, OutcomeRelease:
+		case OutcomeRetry, OutcomeSnooze, OutcomeRelease, OutcomeDefer:
 			if c.Outcome == OutcomeRetry {
 				t.spent++
 			}
+			t.rateRsv = c.Outcome == OutcomeDefer && c.RateReserved
 			t.state = TaskPending
 			t.err = c.Error
 			if r.canceled {
@@ -372,7 +504,7 @@ func (s *MemoryStore) CompleteTasks(ctx context.Context, cs []Completion) ([]Com
 				signal = true
 			} else {
 				t.dueAt = c.RetryAt
-				heap.Push(&s.delayed, t)
+				heap.Push(&s.wfs[r.Workflow].delayed, t)
 			}
 		case OutcomeSucceeded:
 			t.spent++
@@ -429,13 +561,16 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 			res.Ready++
 		}
 	}
-	if r.remaining == 0 {
-		s.finishRunLocked(r, now)
+	// A cancel cascading to the last task finished the run already.
+	if r.remaining == 0 && !r.State.Finished() {
+		res.Ready += s.finishRunLocked(r, now)
 		res.RunFinished = r.State
 	}
 }
 
-func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
+// finishRunLocked records r's end and returns how many tasks of other runs
+// its concurrency slot made ready.
+func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 	switch {
 	case r.canceled:
 		r.State = RunCanceled
@@ -453,6 +588,10 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
 	}
 	r.FinishedAt = now
 	s.active--
+	ready := 0
+	if r.flow != nil {
+		ready = s.runFinishedFlowLocked(r)
+	}
 	s.watch.Finished(r.ID)
 	s.finished = append(s.finished, r)
 	if s.cfg.KeepFinished >= 0 {
@@ -463,6 +602,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) {
 		}
 	}
 	s.compactFinishedLocked()
+	return ready
 }
 
 func (s *MemoryStore) compactFinishedLocked() {
@@ -514,32 +654,32 @@ func (s *MemoryStore) RescueExpired(ctx context.Context, now time.Time, maxRescu
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var rescued, failed int
-	for _, r := range s.runs {
-		if r.State.Finished() {
+	// Only running tasks hold a token: the scan is bounded by the claims
+	// in flight, not by the runs waiting (delayed, queued, paused).
+	var expired []*memTask
+	for _, t := range s.byToken {
+		if t.state == TaskRunning && t.leaseUntil.Before(now) {
+			expired = append(expired, t)
+		}
+	}
+	for _, t := range expired {
+		r := t.run
+		t.rescues++
+		if t.rescues > maxRescues {
+			var res CompleteResult
+			s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
+			failed++
 			continue
 		}
-		for i := range r.tasks {
-			t := &r.tasks[i]
-			if t.state != TaskRunning || !t.leaseUntil.Before(now) {
-				continue
-			}
-			t.rescues++
-			if t.rescues > maxRescues {
-				var res CompleteResult
-				s.finishTaskLocked(t, TaskFailed, fmt.Sprintf("lease expired %d times (worker lost each time); giving up", t.rescues), now, &res)
-				failed++
-				continue
-			}
-			t.state = TaskPending
-			s.dropToken(t)
-			if r.canceled {
-				var res CompleteResult
-				s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
-				continue
-			}
-			s.pushReadyLocked(t)
-			rescued++
+		t.state = TaskPending
+		s.dropToken(t)
+		if r.canceled {
+			var res CompleteResult
+			s.finishTaskLocked(t, TaskCanceled, "run canceled", now, &res)
+			continue
 		}
+		s.pushReadyLocked(t)
+		rescued++
 	}
 	if rescued > 0 || failed > 0 {
 		s.signal()
@@ -561,22 +701,33 @@ func (s *MemoryStore) CancelRun(ctx context.Context, runID, reason string, now t
 	if r.State.Finished() || r.canceled {
 		return false, nil
 	}
-	r.canceled = true
 	if reason == "" {
 		reason = "canceled"
 	}
+	s.cancelLocked(r, reason, now)
+	return true, nil
+}
+
+// cancelLocked cancels the unfinished run r: its pending tasks at once,
+// its running ones when they report. It returns how many tasks of other
+// runs became ready (the run's concurrency slot freed).
+func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int {
+	r.canceled = true
 	r.Error = reason
+	var res CompleteResult
 	for i := range r.tasks {
 		t := &r.tasks[i]
 		if t.state == TaskPending {
 			if t.heapIdx >= 0 {
-				heap.Remove(&s.delayed, t.heapIdx)
+				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
 			}
-			var res CompleteResult
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
 		}
 	}
-	return true, nil
+	if res.Ready > 0 {
+		s.signal()
+	}
+	return res.Ready
 }
 
 func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
@@ -591,6 +742,9 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 		out.Tasks[i] = TaskRun{
 			Name: t.spec().Name, State: t.state, Deps: deps, Output: t.output,
 			Error: t.err, Attempts: append([]Attempt(nil), t.attempts...), Rescues: t.rescues,
+		}
+		if t.state == TaskPending && t.heapIdx >= 0 {
+			out.Tasks[i].NotBefore = t.dueAt
 		}
 	}
 	return &out
@@ -736,6 +890,74 @@ func (s *MemoryStore) RecordTick(ctx context.Context, schedule string, tick time
 }
 
 func (t *memTask) spec() *TaskSpec { return &t.run.specs[t.idx] }
+
+// memWF is one workflow's share of the store.
+type memWF struct {
+	name    string
+	ready   memReadyQ    // claimable tasks by priority
+	delayed memDelayHeap // pending tasks due later (start, retry, snooze, deferral)
+	paused  bool
+}
+
+// memReadyQ holds a workflow's claimable tasks: one FIFO per run priority,
+// highest first. Runs without a priority use a single level.
+type memReadyQ struct {
+	levels []memLevel // by priority, descending
+}
+
+type memLevel struct {
+	prio int
+	q    memQueue
+}
+
+func (m *memReadyQ) push(t *memTask) {
+	p := t.run.Priority
+	for i := range m.levels {
+		if l := &m.levels[i]; l.prio == p {
+			l.q.push(t)
+			return
+		} else if l.prio < p {
+			m.levels = append(m.levels, memLevel{})
+			copy(m.levels[i+1:], m.levels[i:])
+			m.levels[i] = memLevel{prio: p}
+			m.levels[i].q.push(t)
+			return
+		}
+	}
+	m.levels = append(m.levels, memLevel{prio: p})
+	m.levels[len(m.levels)-1].q.push(t)
+}
+
+// pop removes the oldest task of the highest non-empty level whose
+// priority is at least minPrio (stale entries included: the caller skips
+// them). Empty levels other than priority 0 are dropped.
+func (m *memReadyQ) pop(minPrio int) *memTask {
+	for i := 0; i < len(m.levels); {
+		l := &m.levels[i]
+		if l.prio < minPrio {
+			return nil
+		}
+		if t := l.q.pop(); t != nil {
+			return t
+		}
+		if l.prio != 0 {
+			m.levels = slices.Delete(m.levels, i, i+1)
+			continue
+		}
+		i++
+	}
+	return nil
+}
+
+// top returns the priority of the highest non-empty level.
+func (m *memReadyQ) top() (int, bool) {
+	for i := range m.levels {
+		if l := &m.levels[i]; l.q.head < len(l.q.items) {
+			return l.prio, true
+		}
+	}
+	return 0, false
+}
 
 // memQueue is a FIFO of ready tasks.
 type memQueue struct {

@@ -71,6 +71,7 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		{"LargeAndUnicodePayloads", testPayloads},
 		{"BatchCompletion", testBatchCompletion},
 	}
+	tests = append(tests, flowCases...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, &storeT{t: t, s: suite.New(t), suite: suite})
@@ -79,6 +80,9 @@ func TestStore(t *testing.T, suite StoreSuite) {
 	if suite.Reopen != nil {
 		t.Run("SurvivesReopen", func(t *testing.T) {
 			testReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
+		})
+		t.Run("FlowSurvivesReopen", func(t *testing.T) {
+			testFlowReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
 		})
 	}
 }
