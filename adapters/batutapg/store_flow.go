@@ -36,13 +36,14 @@ WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1
 ORDER BY due_at LIMIT 1`),
 		pause: s(`INSERT INTO {s}.paused (workflow) VALUES ($1) ON CONFLICT DO NOTHING`),
 		// The paused workflow's ready tasks leave the ready set, so claims
-		// do not scan them.
+		// do not scan them; on resume they go to the delayed set, whence
+		// the next claim promotes those due by its clock.
 		pauseTasks: s(`
 UPDATE {s}.tasks SET hold = 3
 WHERE workflow = $1 AND state = 'pending' AND pending_deps = 0 AND hold = 0`),
 		resume: s(`DELETE FROM {s}.paused WHERE workflow = $1`),
 		resumeTasks: s(`
-UPDATE {s}.tasks SET hold = CASE WHEN due_at > $2 THEN 1 ELSE 0 END
+UPDATE {s}.tasks SET hold = 1
 WHERE workflow = $1 AND state = 'pending' AND hold = 3`),
 		paused: s(`SELECT workflow FROM {s}.paused ORDER BY workflow`),
 		// GCRA in one statement: the UPDATE's expressions all read the
@@ -347,7 +348,6 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 		return false, err
 	}
 	var changed bool
-	now := s.cfg.Clock.Now()
 	err := withRetry(ctx, func() error {
 		return s.conns.with(ctx, func(c *pgx.Conn) error {
 			tx, err := c.Begin(ctx)
@@ -357,7 +357,7 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 			defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 			q, qt, args := s.fq.pause, s.fq.pauseTasks, []any{workflow}
 			if !paused {
-				q, qt, args = s.fq.resume, s.fq.resumeTasks, []any{workflow, now}
+				q, qt = s.fq.resume, s.fq.resumeTasks
 			}
 			tag, err := tx.Exec(ctx, q, workflow)
 			if err != nil {

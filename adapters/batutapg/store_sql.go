@@ -290,8 +290,9 @@ WITH i AS (
             ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
         END,
         due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
-        -- due later: the delayed set, out of the claims' way
-        hold = CASE WHEN m.new_state = 'pending' AND m.retry_at > $12 THEN 1 ELSE 0 END,
+        -- due at a given time: the delayed set, out of the claims' way
+        -- until a claim whose clock reached it promotes it
+        hold = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN 1 ELSE 0 END,
         rate_reserved = m.new_state = 'pending' AND m.outcome = 'defer' AND coalesce(m.rr, false),
         -- kept on terminal states, so a repeated completion is recognised
         token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
