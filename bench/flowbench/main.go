@@ -472,5 +472,3 @@ func delayed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 	fmt.Printf("  median: lateness p50 %v, p99 %v\n", time.Duration(median(p50s)).Round(time.Microsecond), time.Duration(median(p99s)).Round(time.Microsecond))
 	return nil
 }
-
-
