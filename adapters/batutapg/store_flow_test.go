@@ -459,3 +459,53 @@ func drainWork(c <-chan struct{}) {
 		}
 	}
 }
+
+// TestFlowTaskGroupParks: the tasks of a full task-level group are parked
+// out of the ready set by the claim that meets them, and unparked, one
+// slot at a time, as slots free up; the counts come back to zero.
+func TestFlowTaskGroupParks(t *testing.T) {
+	t.Parallel()
+	s := flowStores(t, 1)[0]
+	ctx := testCtx(t)
+	now := time.Now()
+	var runs []batuta.NewRun
+	for i := 0; i < 10; i++ {
+		runs = append(runs, newRunFor("park", fmt.Sprint(i), now.Add(time.Duration(i)*time.Millisecond),
+			batuta.TaskSpec{Name: "t", Concurrency: &batuta.ConcurrencySpec{Key: "park/t", Max: 2}}))
+	}
+	_, err := s.CreateRuns(ctx, runs)
+	require.NoError(t, err)
+	count := func(q string) int {
+		var n int
+		require.NoError(t, s.queryRow(ctx, q, nil, &n))
+		return n
+	}
+	parked := func() (int, int) {
+		return count("SELECT count(*) FROM " + s.schema + ".tasks WHERE hold = 5 AND state = 'pending'"),
+			count("SELECT parked FROM " + s.schema + ".task_groups WHERE key = 'park/t'")
+	}
+	cs := flowClaim(t, s, "park", now.Add(time.Second), 10)
+	require.Len(t, cs, 2, "Max 2")
+	rows, counted := parked()
+	require.Equal(t, 8, rows, "the others are parked")
+	require.Equal(t, 8, counted)
+	require.Empty(t, flowClaim(t, s, "park", now.Add(time.Second), 10), "group full")
+	var order []string
+	for _, c := range cs {
+		order = append(order, c.Event.ID)
+	}
+	for len(cs) > 0 {
+		flowComplete(t, s, cs[:1], now)
+		next := flowClaim(t, s, "park", now.Add(time.Second), 10)
+		require.LessOrEqual(t, len(next)+len(cs)-1, 2, "never more than Max running")
+		for _, c := range next {
+			order = append(order, c.Event.ID)
+		}
+		cs = append(cs[1:], next...)
+	}
+	require.Equal(t, []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}, order, "parked tasks come back in order")
+	rows, counted = parked()
+	require.Zero(t, rows)
+	require.Zero(t, counted)
+	require.Zero(t, count("SELECT active FROM "+s.schema+".task_groups WHERE key = 'park/t'"))
+}

@@ -55,6 +55,8 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 	if state == string(batuta.RunCanceled) {
 		s.active.add(-1)
 		s.runsFinished([]string{formatUUID(id)})
+		// Its concurrency slot (if any) may admit a queued run.
+		s.workAppeared()
 	}
 	return changed, nil
 }

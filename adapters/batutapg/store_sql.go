@@ -86,6 +86,8 @@ SELECT count(DISTINCT run_id) FROM (
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND hold = 3
     UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 5
+    UNION ALL
     SELECT id FROM {s}.runs WHERE admit = 1
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'running'
@@ -96,12 +98,15 @@ SELECT count(DISTINCT run_id) FROM (
 		// them, and return each with its run's event and its direct
 		// dependencies' results.
 		//
-		// Paused workflows are filtered here (their ready tasks are mostly
-		// moved out of the ready set, but one made ready while the pause
-		// committed may remain). A task of a task-level concurrency group
-		// is claimed only while the group, locked here (SKIP LOCKED: a
-		// group another transaction holds waits for the next claim), has
-		// room, and the claim takes the slot in the same statement.
+		// Paused workflows are filtered after the scan (their ready tasks
+		// are mostly moved out of the ready set, but one made ready while
+		// the pause committed may remain; in the scan's WHERE the filter
+		// spoils the generic plan's estimate). A task of a task-level
+		// concurrency group is claimed only while the group, locked here
+		// (SKIP LOCKED: a group another transaction holds waits for the
+		// next claim), has room, and the claim takes the slot in the same
+		// statement; the tasks of a full group it met are parked (out of
+		// the ready set) until a claim finds the group with room.
 		claim: `
 WITH picked AS MATERIALIZED (
     SELECT run_id, idx, tkey, rate_reserved, priority, due_at, workflow FROM {s}.tasks
@@ -110,24 +115,30 @@ WITH picked AS MATERIALIZED (
     ORDER BY priority DESC, due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-), tg AS MATERIALIZED (
-    SELECT key, max - active AS room FROM {s}.task_groups
-    WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL) AND active < max
-    FOR NO KEY UPDATE SKIP LOCKED
 ), pz AS (
     SELECT coalesce(array_agg(p.workflow), '{}') AS wfs FROM {s}.paused p
-), ok AS MATERIALIZED (
+), tg AS MATERIALIZED (
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL)
+    FOR NO KEY UPDATE SKIP LOCKED
+), rk AS MATERIALIZED (
+    SELECT p.run_id, p.idx, p.tkey, p.rate_reserved, p.priority, p.due_at, tg.room,
+        row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
+    FROM picked p JOIN tg ON tg.key = p.tkey
+    WHERE NOT (p.workflow = ANY((SELECT wfs FROM pz)::text[]))
+), ok AS (
     SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM picked
     WHERE tkey IS NULL AND NOT (workflow = ANY((SELECT wfs FROM pz)::text[]))
     UNION ALL
-    SELECT q.run_id, q.idx, q.tkey, q.rate_reserved, q.priority, q.due_at FROM (
-        SELECT p.*, row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
-        FROM picked p WHERE p.tkey IS NOT NULL AND NOT (p.workflow = ANY((SELECT wfs FROM pz)::text[]))
-    ) q JOIN tg ON tg.key = q.tkey
-    WHERE q.rn <= tg.room
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM rk WHERE rn <= room
+), pk AS (
+    UPDATE {s}.tasks t SET hold = 5 FROM rk
+    WHERE rk.rn > rk.room AND t.run_id = rk.run_id AND t.idx = rk.idx
+    RETURNING rk.tkey
 ), tgu AS (
-    UPDATE {s}.task_groups g SET active = g.active + c.n
-    FROM (SELECT tkey, count(*) AS n FROM ok WHERE tkey IS NOT NULL GROUP BY tkey) c
+    UPDATE {s}.task_groups g SET active = g.active + c.n, parked = g.parked + c.k
+    FROM (SELECT tkey, count(*) FILTER (WHERE rn <= room) AS n, count(*) FILTER (WHERE rn > room) AS k
+          FROM rk GROUP BY tkey) c
     WHERE g.key = c.tkey
 ), claimed AS (
     UPDATE {s}.tasks t
@@ -200,6 +211,30 @@ WITH g AS MATERIALIZED (
 ), tu AS (
     UPDATE {s}.tasks t SET hold = CASE WHEN t.hold = 4 THEN 1 ELSE 0 END
     FROM ru WHERE t.run_id = ru.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+), tk AS MATERIALIZED (
+    -- task groups with parked tasks and room: their first parked tasks
+    -- go back to the ready set (the claim that follows takes the slots)
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE parked > 0 AND active < max
+    ORDER BY key LIMIT $3
+    FOR NO KEY UPDATE SKIP LOCKED
+), up AS (
+    UPDATE {s}.tasks t SET hold = 0
+    FROM (
+        SELECT x.run_id, x.idx, tk.key FROM tk CROSS JOIN LATERAL (
+            SELECT run_id, idx FROM {s}.tasks
+            WHERE tkey = tk.key AND state = 'pending' AND pending_deps = 0 AND hold = 5
+            ORDER BY priority DESC, due_at
+            LIMIT tk.room
+            FOR UPDATE SKIP LOCKED
+        ) x
+    ) w
+    WHERE t.run_id = w.run_id AND t.idx = w.idx AND t.hold = 5
+    RETURNING w.key
+), upg AS (
+    UPDATE {s}.task_groups g SET parked = g.parked - c.n
+    FROM (SELECT key, count(*) AS n FROM up GROUP BY key) c
+    WHERE g.key = c.key
 )
 SELECT count(*) FROM ru`,
 
@@ -309,6 +344,7 @@ WITH i AS (
     UPDATE {s}.task_groups g SET active = g.active - c.n
     FROM (SELECT tkey, count(*) AS n FROM done WHERE tkey IS NOT NULL GROUP BY tkey) c
     WHERE g.key = c.tkey
+    RETURNING g.parked > 0 AS wake
 ), cnt AS (
     -- ok/bad: a dependency finished as succeeded / as a failure, for
     -- the dependents that fire early on it (fire_on)
@@ -359,6 +395,7 @@ WITH i AS (
     UPDATE {s}.run_groups g SET active = g.active - c.n
     FROM (SELECT ckey, count(*) AS n FROM ru WHERE state <> 'active' AND admit = 3 GROUP BY ckey) c
     WHERE g.key = c.ckey
+    RETURNING g.waiting > 0 AS wake
 )
 -- One row per fact, no joins between the parts (they would be quadratic
 -- in the batch size): d = applied (new state), r = tasks made ready,
@@ -388,7 +425,12 @@ WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'cancel
 UNION ALL
 SELECT 'n', 0, '', count(*) FROM (
     SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12)
-    LIMIT 1) x`,
+    LIMIT 1) x
+UNION ALL
+-- a slot freed in a group whose runs or tasks wait: work for any instance
+SELECT 'n', 0, '', count(*) FROM (
+    SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake
+    LIMIT 1) y`,
 
 		// Running tasks whose lease expired before $1.
 		expired: `
@@ -413,7 +455,11 @@ WITH r AS (
 ), c AS (
     UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
     FROM r WHERE t.run_id = r.id AND t.state = 'pending'
-    RETURNING t.idx
+    RETURNING t.idx, t.hold, t.tkey
+), cp AS (
+    UPDATE {s}.task_groups g SET parked = g.parked - x.n
+    FROM (SELECT tkey, count(*) AS n FROM c WHERE hold = 5 GROUP BY tkey) x
+    WHERE g.key = x.tkey
 ), n AS (
     SELECT count(*) AS n FROM c
 ), ru AS (

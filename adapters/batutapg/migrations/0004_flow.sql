@@ -8,9 +8,12 @@
 --   2  waiting for its run's admission to a full concurrency group
 --   3  its workflow is paused (tasks_paused)
 --   4  delayed, and its run waits for admission once due
+--   5  parked: its task-level concurrency group was full when a claim
+--      met it (tasks_parked)
 -- A claim first promotes the delayed tasks that came due (1 -> 0 or 3,
--- 4 -> 2), then admits queued runs of groups with room (2 -> 0, 4 -> 1),
--- then claims from the ready set.
+-- 4 -> 2), then admits queued runs of groups with room (2 -> 0, 4 -> 1)
+-- and unparks tasks of task groups with room (5 -> 0), then claims from
+-- the ready set.
 
 ALTER TABLE runs ADD COLUMN start_at timestamptz;          -- NewRun.StartAt / debounce (null: at once)
 ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
@@ -38,6 +41,7 @@ DROP INDEX tasks_ready;
 CREATE INDEX tasks_ready ON tasks (priority DESC, due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 0;
 CREATE INDEX tasks_delayed ON tasks (due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4);
 CREATE INDEX tasks_paused ON tasks (workflow) WHERE state = 'pending' AND hold = 3;
+CREATE INDEX tasks_parked ON tasks (tkey, priority DESC, due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 5;
 
 -- Workflow-level concurrency groups: active counts admitted unfinished
 -- runs, waiting the queued ones. active only grows under the row lock and
@@ -55,12 +59,16 @@ CREATE TABLE run_groups (
 CREATE INDEX run_groups_turn ON run_groups (last_admit) WHERE waiting > 0 AND active < max;
 
 -- Task-level concurrency groups: active counts running tasks, grown by the
--- claim (conditionally, under the row lock), shrunk by every completion.
+-- claim (conditionally, under the row lock), shrunk by every completion;
+-- parked counts the group's parked tasks (hold 5), which claims unpark
+-- while the group has room.
 CREATE TABLE task_groups (
     key    text COLLATE "C" PRIMARY KEY,
     max    integer NOT NULL,
-    active integer NOT NULL DEFAULT 0
+    active integer NOT NULL DEFAULT 0,
+    parked integer NOT NULL DEFAULT 0
 );
+CREATE INDEX task_groups_unpark ON task_groups (key) WHERE parked > 0 AND active < max;
 
 CREATE TABLE paused (
     workflow  text COLLATE "C" PRIMARY KEY,
