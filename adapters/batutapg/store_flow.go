@@ -66,7 +66,9 @@ WHERE r.workflow = $1 AND r.dkey = $2 AND r.start_at > $3 AND r.state = 'active'
   AND NOT EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.first_claimed_at IS NOT NULL)
 ORDER BY r.start_at DESC LIMIT 1
 FOR NO KEY UPDATE`),
-		debounceMove: s(`UPDATE {s}.runs SET event_id = $2, event = $3, start_at = $4 WHERE id = $1`),
+		debounceMove: s(`
+WITH q AS (UPDATE {s}.run_queue SET start_at = $4 WHERE run_id = $1)
+UPDATE {s}.runs SET event_id = $2, event = $3, start_at = $4 WHERE id = $1`),
 		debounceTasks: s(`
 UPDATE {s}.tasks SET due_at = $2, hold = CASE hold WHEN 0 THEN 1 WHEN 2 THEN 4 ELSE hold END
 WHERE run_id = $1 AND state = 'pending' AND pending_deps = 0 AND cardinality(deps) = 0`),

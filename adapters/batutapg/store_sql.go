@@ -34,7 +34,10 @@ WITH r AS (
         AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej)
     ORDER BY u.wf, u.eid
     ON CONFLICT DO NOTHING
-    RETURNING id, ckey, admit
+    RETURNING id, ckey, admit, priority, created_at, start_at
+), q AS (
+    INSERT INTO {s}.run_queue (ckey, priority, created_at, run_id, start_at)
+    SELECT ckey, priority, created_at, id, start_at FROM r WHERE admit = 1
 ), t AS (
     INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
         priority, hold, tkey, error)
@@ -88,7 +91,7 @@ SELECT count(DISTINCT run_id) FROM (
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 5
     UNION ALL
-    SELECT id FROM {s}.runs WHERE admit = 1
+    SELECT run_id FROM {s}.run_queue
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'running'
 ) a`,
@@ -194,12 +197,14 @@ WITH g AS MATERIALIZED (
     FOR NO KEY UPDATE SKIP LOCKED
 ), a AS MATERIALIZED (
     SELECT x.id, g.key FROM g CROSS JOIN LATERAL (
-        SELECT r.id FROM {s}.runs r
-        WHERE r.ckey = g.key AND r.admit = 1 AND (r.start_at IS NULL OR r.start_at <= $1)
-        ORDER BY r.priority DESC, r.created_at, r.id
+        SELECT r.id FROM {s}.run_queue q JOIN {s}.runs r ON r.id = q.run_id
+        WHERE q.ckey = g.key AND (q.start_at IS NULL OR q.start_at <= $1) AND r.admit = 1
+        ORDER BY q.priority DESC, q.created_at, q.run_id
         LIMIT g.room
-        FOR NO KEY UPDATE SKIP LOCKED
+        FOR UPDATE OF q SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED
     ) x
+), dq AS (
+    DELETE FROM {s}.run_queue q USING a WHERE q.run_id = a.id
 ), ru AS (
     UPDATE {s}.runs r SET admit = 2 FROM a WHERE r.id = a.id AND r.admit = 1
     RETURNING r.id, a.key
@@ -472,6 +477,8 @@ WITH r AS (
         admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN x.admit = 2 THEN 3 WHEN x.admit = 1 THEN 0 ELSE x.admit END
     FROM r, n WHERE x.id = r.id
     RETURNING x.state, x.ckey, r.admit AS was
+), dq AS (
+    DELETE FROM {s}.run_queue q USING ru WHERE q.run_id = $1 AND ru.was = 1 AND ru.state <> 'active'
 ), gu AS (
     -- a finished run leaves its group: its slot (admitted) or its place
     -- in the queue

@@ -23,11 +23,22 @@ ALTER TABLE runs ADD COLUMN ckey text COLLATE "C";          -- workflow-level co
 ALTER TABLE runs ADD COLUMN admit smallint NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN dkey text COLLATE "C";          -- debounce group
 
--- The queue of each group, in admission order. Only admit is in an index
--- predicate, so a run outside any group keeps getting HOT updates.
-CREATE INDEX runs_queue ON runs (ckey, priority DESC, created_at, id) WHERE admit = 1;
-CREATE INDEX runs_admitted ON runs (ckey, created_at, id) WHERE admit = 2;
+-- Only columns that never change are indexed (admit is not), so the
+-- updates a run gets, admission and finish included, stay HOT.
+CREATE INDEX runs_group ON runs (ckey, created_at, id) WHERE ckey IS NOT NULL;
 CREATE INDEX runs_debounce ON runs (workflow, dkey, start_at) WHERE dkey IS NOT NULL;
+
+-- The queue of each group, in admission order: a row per queued run
+-- (admit 1), deleted when the run is admitted or canceled.
+CREATE TABLE run_queue (
+    ckey       text COLLATE "C" NOT NULL,
+    priority   integer NOT NULL,
+    created_at timestamptz NOT NULL,
+    run_id     uuid NOT NULL,
+    start_at   timestamptz
+);
+CREATE UNIQUE INDEX run_queue_order ON run_queue (ckey, priority DESC, created_at, run_id);
+CREATE UNIQUE INDEX run_queue_run ON run_queue (run_id);
 
 ALTER TABLE tasks ADD COLUMN priority integer NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN hold smallint NOT NULL DEFAULT 0;
