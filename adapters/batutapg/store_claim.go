@@ -94,18 +94,15 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 				if len(g.p.Workflows) > 0 {
 					wfs = g.p.Workflows
 				}
-				// Delayed tasks that came due, then queued runs of
-				// groups with room, join the ready set first.
+				// Delayed tasks that came due, and parked tasks of
+				// groups with room, join the ready set first (the claim
+				// itself admits queued runs).
 				b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
-				b.Queue(s.q.admit, g.p.Now, wfs, g.p.Limit)
 				// The lease is kept on the database's clock.
 				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
-				if _, err := br.Exec(); err != nil {
-					return err
-				}
 				if _, err := br.Exec(); err != nil {
 					return err
 				}

@@ -6,7 +6,7 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
-	claim, extend, promote, admit          string
+	claim, extend, promote                 string
 	lockRuns, complete, expired, taskForTx string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
@@ -111,83 +111,13 @@ SELECT count(DISTINCT run_id) FROM (
 		// statement; the tasks of a full group it met are parked (out of
 		// the ready set) until a claim finds the group with room.
 		claim: `
-WITH picked AS MATERIALIZED (
-    SELECT run_id, idx, tkey, rate_reserved, priority, due_at, workflow FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1
-      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-    ORDER BY priority DESC, due_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-), pz AS (
-    SELECT coalesce(array_agg(p.workflow), '{}') AS wfs FROM {s}.paused p
-), tg AS MATERIALIZED (
-    SELECT key, max - active AS room FROM {s}.task_groups
-    WHERE key IN (SELECT tkey FROM picked WHERE tkey IS NOT NULL)
-    FOR NO KEY UPDATE SKIP LOCKED
-), rk AS MATERIALIZED (
-    SELECT p.run_id, p.idx, p.tkey, p.rate_reserved, p.priority, p.due_at, tg.room,
-        row_number() OVER (PARTITION BY p.tkey ORDER BY p.priority DESC, p.due_at) AS rn
-    FROM picked p JOIN tg ON tg.key = p.tkey
-    WHERE NOT (p.workflow = ANY((SELECT wfs FROM pz)::text[]))
-), ok AS (
-    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM picked
-    WHERE tkey IS NULL AND NOT (workflow = ANY((SELECT wfs FROM pz)::text[]))
-    UNION ALL
-    SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM rk WHERE rn <= room
-), pk AS (
-    UPDATE {s}.tasks t SET hold = 5 FROM rk
-    WHERE rk.rn > rk.room AND t.run_id = rk.run_id AND t.idx = rk.idx
-    RETURNING rk.tkey
-), tgu AS (
-    UPDATE {s}.task_groups g SET active = g.active + c.n, parked = g.parked + c.k
-    FROM (SELECT tkey, count(*) FILTER (WHERE rn <= room) AS n, count(*) FILTER (WHERE rn > room) AS k
-          FROM rk GROUP BY tkey) c
-    WHERE g.key = c.tkey
-), claimed AS (
-    UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false
-    FROM ok p
-    WHERE t.run_id = p.run_id AND t.idx = p.idx
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
-)
-SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
-    CASE WHEN cardinality(c.deps) > 0 THEN (
-        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
-        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
-        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
-    ) END
-FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
-ORDER BY c.priority DESC, c.due_at`,
-
-		// Before each claim, in its transaction: delayed tasks that came due
-		// move to the ready set (or, for a run queued for admission, to
-		// its group's queue). A claim never waits for them: SKIP LOCKED.
-		promote: `
-WITH d AS (
-    SELECT run_id, idx FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1
-      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-    ORDER BY due_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {s}.tasks t SET hold = CASE
-        WHEN t.hold = 4 THEN 2
-        WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
-        ELSE 0 END
-FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)`,
-
-		// Then runs queued for admission are admitted: groups with room and
-		// queued runs take turns, the one served least recently first (a
-		// group whose turn came is moved to the back even if it admitted
-		// nothing, so groups with only delayed runs queued cannot hold the
-		// others up); each admits its first runs (priority, then creation)
-		// up to its room. The group row is locked (SKIP LOCKED) and active
-		// grows in the same statement, so no group exceeds max, whatever
-		// the number of processes.
-		admit: `
 WITH g AS MATERIALIZED (
+    -- admission: groups with queued runs and room take turns, the one
+    -- served least recently first (a group whose turn came goes to the
+    -- back even if it admitted nothing, so groups with only delayed runs
+    -- queued cannot hold the others up); each admits its first runs
+    -- (priority, then creation) up to its room, and active grows in this
+    -- statement, under the group row's lock
     SELECT key, max - active AS room FROM {s}.run_groups
     WHERE waiting > 0 AND active < max
       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
@@ -203,6 +133,7 @@ WITH g AS MATERIALIZED (
         LIMIT g.room
         FOR UPDATE OF q SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED
     ) x
+    LIMIT $3
 ), dq AS (
     DELETE FROM {s}.run_queue q USING a WHERE q.run_id = a.id
 ), ru AS (
@@ -213,10 +144,82 @@ WITH g AS MATERIALIZED (
         last_admit = clock_timestamp()
     FROM g LEFT JOIN (SELECT key, count(*) AS n FROM ru GROUP BY key) c ON c.key = g.key
     WHERE x.key = g.key
-), tu AS (
-    UPDATE {s}.tasks t SET hold = CASE WHEN t.hold = 4 THEN 1 ELSE 0 END
-    FROM ru WHERE t.run_id = ru.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
-), tk AS MATERIALIZED (
+), at AS MATERIALIZED (
+    -- the first tasks of the runs admitted now: claimed here with the
+    -- ready ones, or put in the ready set
+    SELECT t.run_id, t.idx, t.tkey, t.rate_reserved, t.priority, t.due_at, t.workflow
+    FROM ru JOIN {s}.tasks t ON t.run_id = ru.id
+    WHERE t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+), picked AS MATERIALIZED (
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at, workflow FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), cand AS MATERIALIZED (
+    SELECT * FROM picked UNION ALL SELECT * FROM at
+), pz AS (
+    SELECT coalesce(array_agg(p.workflow), '{}') AS wfs FROM {s}.paused p
+), tg AS MATERIALIZED (
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE key IN (SELECT tkey FROM cand WHERE tkey IS NOT NULL)
+    FOR NO KEY UPDATE SKIP LOCKED
+), rk AS MATERIALIZED (
+    SELECT c.run_id, c.idx, c.tkey, c.rate_reserved, c.priority, c.due_at, tg.room,
+        row_number() OVER (PARTITION BY c.tkey ORDER BY c.priority DESC, c.due_at) AS rn
+    FROM cand c JOIN tg ON tg.key = c.tkey
+    WHERE NOT (c.workflow = ANY((SELECT wfs FROM pz)::text[]))
+), ok AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM cand
+        WHERE tkey IS NULL AND NOT (workflow = ANY((SELECT wfs FROM pz)::text[]))
+        UNION ALL
+        SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM rk WHERE rn <= room
+    ) e
+    ORDER BY priority DESC, due_at
+    LIMIT $3
+), pk AS (
+    UPDATE {s}.tasks t SET hold = 5 FROM rk
+    WHERE rk.rn > rk.room AND t.run_id = rk.run_id AND t.idx = rk.idx
+), rest AS (
+    -- admitted now, not claimed now: to the ready set
+    UPDATE {s}.tasks t SET hold = CASE WHEN t.workflow = ANY((SELECT wfs FROM pz)::text[]) THEN 3 ELSE 0 END
+    FROM at
+    WHERE t.run_id = at.run_id AND t.idx = at.idx
+      AND NOT EXISTS (SELECT 1 FROM ok WHERE ok.run_id = at.run_id AND ok.idx = at.idx)
+      AND NOT EXISTS (SELECT 1 FROM rk WHERE rk.run_id = at.run_id AND rk.idx = at.idx AND rk.rn > rk.room)
+), tgu AS (
+    UPDATE {s}.task_groups x SET active = x.active + coalesce(c.n, 0), parked = x.parked + coalesce(k.n, 0)
+    FROM tg
+    LEFT JOIN (SELECT tkey, count(*) AS n FROM ok WHERE tkey IS NOT NULL GROUP BY tkey) c ON c.tkey = tg.key
+    LEFT JOIN (SELECT tkey, count(*) AS n FROM rk WHERE rn > room GROUP BY tkey) k ON k.tkey = tg.key
+    WHERE x.key = tg.key AND (c.n IS NOT NULL OR k.n IS NOT NULL)
+), claimed AS (
+    UPDATE {s}.tasks t
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
+    FROM ok p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx AND t.state = 'pending'
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
+)
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`,
+
+		// Before each claim, in its transaction: delayed tasks that came due
+		// move to the ready set (or, for a run queued for admission, to
+		// its group's queue). A claim never waits for them: SKIP LOCKED.
+		//
+		// The same statement unparks tasks of task-level groups with room
+		// (their first parked tasks, up to the room, back to the ready set).
+		promote: `
+WITH tk AS MATERIALIZED (
     -- task groups with parked tasks and room: their first parked tasks
     -- go back to the ready set (the claim that follows takes the slots)
     SELECT key, max - active AS room FROM {s}.task_groups
@@ -240,8 +243,19 @@ WITH g AS MATERIALIZED (
     UPDATE {s}.task_groups g SET parked = g.parked - c.n
     FROM (SELECT key, count(*) AS n FROM up GROUP BY key) c
     WHERE g.key = c.key
+), d AS (
+    SELECT run_id, idx FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
 )
-SELECT count(*) FROM ru`,
+UPDATE {s}.tasks t SET hold = CASE
+        WHEN t.hold = 4 THEN 2
+        WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
+        ELSE 0 END
+FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)`,
 
 		// Lease extension never waits: a task row locked by someone else is
 		// being completed, rescued or canceled right now; it is reported
@@ -545,7 +559,7 @@ RETURNING s.name`,
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
-		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.promote, &q.admit, &q.lockRuns,
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.promote, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
