@@ -254,6 +254,12 @@ type Store struct {
 
 	active activeEstimate
 
+	// flowWork: the last claim found concurrency work (a group that can
+	// admit, ready tasks of task-level groups); flowCreated: this Store
+	// created runs under a limit since. Either makes the next claim use
+	// the full statement (see queries.claimPlain).
+	flowWork, flowCreated atomic.Bool
+
 	live liveness
 
 	listening   atomic.Bool   // LISTEN connection up and self-check passed
@@ -315,6 +321,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		notifyReq:   make(chan struct{}, 1),
 	}
 	s.q = buildQueries(s.schema)
+	s.flowWork.Store(true)
 	s.lq = buildLiveQueries(s.schema)
 	s.fq = buildFlowQueries(s.schema)
 	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",

@@ -50,6 +50,12 @@ type claimGroup struct {
 }
 
 func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]batuta.Claim, error) {
+	return s.flushClaimsDepth(ctx, ps, 0)
+}
+
+// flushClaimsDepth is flushClaims; depth counts the second tries with the
+// full claim statement after the plain one was chosen on a stale hint.
+func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, depth int) ([][]batuta.Claim, error) {
 	var groups []*claimGroup
 	for i := range ps {
 		p := &ps[i]
@@ -83,7 +89,12 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 	}
 	out := make([][]batuta.Claim, len(ps))
 	reqs := make([]int64, len(groups))
+	// The plain claim serves while no concurrency step can apply (see
+	// queries.claimPlain); the hint is refreshed by every claim.
+	plain := !s.flowWork.Load()
+	var flow bool
 	err := withRetry(ctx, func() error {
+		flow = false
 		clear(out)
 		for i := range reqs {
 			reqs[i] = claimRequest()
@@ -99,13 +110,19 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 				// itself admits queued runs).
 				b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
 				// The lease is kept on the database's clock.
-				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
+				q := s.q.claim
+				if plain {
+					q = s.q.claimPlain
+				}
+				b.Queue(q, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
-				if _, err := br.Exec(); err != nil {
+				var f bool
+				if err := br.QueryRow().Scan(&f); err != nil {
 					return err
 				}
+				flow = flow || f
 				cs, err := readClaims(br, g.p.Limit)
 				if err != nil {
 					return err
@@ -128,6 +145,30 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 	})
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
+	}
+	s.flowWork.Store(flow || s.flowCreated.Swap(false))
+	if plain && flow && depth < 2 {
+		// The plain claim ran on a stale hint: the calls it left short
+		// try again with the full claim.
+		var again []batuta.ClaimParams
+		var idx []int
+		for i := range ps {
+			if n := ps[i].Limit - len(out[i]); n > 0 {
+				p := ps[i]
+				p.Limit = n
+				again = append(again, p)
+				idx = append(idx, i)
+			}
+		}
+		if len(again) > 0 {
+			more, err := s.flushClaimsDepth(ctx, again, depth+1)
+			if err != nil {
+				return out, nil // what the first statement claimed stands
+			}
+			for k, i := range idx {
+				out[i] = append(out[i], more[k]...)
+			}
+		}
 	}
 	return out, nil
 }

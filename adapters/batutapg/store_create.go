@@ -131,6 +131,17 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 	if c := nr.Concurrency; c != nil && c.Strategy == batuta.ConcurrencyQueue {
 		it.admit = 1
 	}
+	if nr.Concurrency != nil {
+		s.flowCreated.Store(true)
+		s.flowWork.Store(true)
+	}
+	for _, ts := range nr.Tasks {
+		if ts.Concurrency != nil {
+			s.flowCreated.Store(true)
+			s.flowWork.Store(true)
+			break
+		}
+	}
 	return it, nil
 }
 

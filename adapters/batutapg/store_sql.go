@@ -6,7 +6,7 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
-	claim, extend, promote                 string
+	claim, claimPlain, extend, promote     string
 	lockRuns, complete, expired, taskForTx string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
@@ -212,6 +212,37 @@ SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, 
 FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
 ORDER BY c.priority DESC, c.due_at`,
 
+		// The claim when no concurrency group can admit and no ready task
+		// has a task-level group (the store learns it from the promote
+		// statement of each claim): the ready set's first tasks, without
+		// the concurrency steps (tasks of a task-level group are left to
+		// the full claim).
+		claimPlain: `
+WITH ok AS MATERIALIZED (
+    SELECT run_id, idx, rate_reserved, priority, due_at, workflow FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1 AND tkey IS NULL
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {s}.tasks t
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
+    FROM ok p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx
+      AND NOT (p.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[]))
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
+)
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`,
+
 		// Before each claim, in its transaction: delayed tasks that came due
 		// move to the ready set (or, for a run queued for admission, to
 		// its group's queue). A claim never waits for them: SKIP LOCKED.
@@ -250,12 +281,19 @@ WITH tk AS MATERIALIZED (
     ORDER BY due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), pr AS (
+    UPDATE {s}.tasks t SET hold = CASE
+            WHEN t.hold = 4 THEN 2
+            WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
+            ELSE 0 END
+    FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)
+    RETURNING t.hold
 )
-UPDATE {s}.tasks t SET hold = CASE
-        WHEN t.hold = 4 THEN 2
-        WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
-        ELSE 0 END
-FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)`,
+-- whether the claim needs its concurrency steps: a group can admit, a
+-- ready task belongs to a task-level group, or was just unparked or queued
+SELECT EXISTS (SELECT 1 FROM {s}.run_groups WHERE waiting > 0 AND active < max)
+    OR EXISTS (SELECT 1 FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
 
 		// Lease extension never waits: a task row locked by someone else is
 		// being completed, rescued or canceled right now; it is reported
@@ -559,7 +597,7 @@ RETURNING s.name`,
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
-		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.promote, &q.lockRuns,
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.extend, &q.promote, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {

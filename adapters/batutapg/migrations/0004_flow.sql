@@ -52,6 +52,8 @@ DROP INDEX tasks_ready;
 CREATE INDEX tasks_ready ON tasks (priority DESC, due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 0;
 CREATE INDEX tasks_delayed ON tasks (due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4);
 CREATE INDEX tasks_paused ON tasks (workflow) WHERE state = 'pending' AND hold = 3;
+-- Ready tasks of task-level groups (the claim checks whether any exists).
+CREATE INDEX tasks_limited ON tasks (due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL;
 CREATE INDEX tasks_parked ON tasks (tkey, priority DESC, due_at) WHERE state = 'pending' AND pending_deps = 0 AND hold = 5;
 
 -- Workflow-level concurrency groups: active counts admitted unfinished
