@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -259,6 +260,12 @@ type Store struct {
 	// created runs under a limit since. Either makes the next claim use
 	// the full statement (see queries.claimPlain).
 	flowWork, flowCreated atomic.Bool
+	// nextDelayed is when the earliest delayed task is due (Unix ns; the
+	// last claim's probe, lowered by delayed tasks this Store wrote
+	// since, delayedCreated), and unpark whether a task-level group had
+	// parked tasks and room: the next claim promotes when either says so.
+	nextDelayed, delayedCreated atomic.Int64
+	unpark                      atomic.Bool
 
 	live liveness
 
@@ -322,6 +329,8 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	}
 	s.q = buildQueries(s.schema)
 	s.flowWork.Store(true)
+	s.unpark.Store(true)
+	s.delayedCreated.Store(math.MaxInt64)
 	s.lq = buildLiveQueries(s.schema)
 	s.fq = buildFlowQueries(s.schema)
 	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -90,11 +92,15 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 	out := make([][]batuta.Claim, len(ps))
 	reqs := make([]int64, len(groups))
 	// The plain claim serves while no concurrency step can apply (see
-	// queries.claimPlain); the hint is refreshed by every claim.
+	// queries.claimPlain), and the promote statement runs only when a
+	// delayed task may be due or a parked task may be unparked; the hints
+	// are refreshed by the probe of every claim.
 	plain := !s.flowWork.Load()
-	var flow bool
+	promote := depth > 0 || s.unpark.Load() || needPromote(s.nextDelayed.Load(), ps)
+	var flow, unpark bool
+	next := int64(math.MaxInt64)
 	err := withRetry(ctx, func() error {
-		flow = false
+		flow, unpark, next = false, false, math.MaxInt64
 		clear(out)
 		for i := range reqs {
 			reqs[i] = claimRequest()
@@ -108,7 +114,10 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 				// Delayed tasks that came due, and parked tasks of
 				// groups with room, join the ready set first (the claim
 				// itself admits queued runs).
-				b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+				if promote {
+					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+				}
+				b.Queue(s.q.probe)
 				// The lease is kept on the database's clock.
 				q := s.q.claim
 				if plain {
@@ -118,11 +127,22 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
-				var f bool
-				if err := br.QueryRow().Scan(&f); err != nil {
+				var f, u bool
+				if promote {
+					if err := br.QueryRow().Scan(&f); err != nil {
+						return err
+					}
+				}
+				var due pgtype.Timestamptz
+				var fl bool
+				if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
 					return err
 				}
-				flow = flow || f
+				flow = flow || f || fl
+				unpark = unpark || u
+				if due.Valid {
+					next = min(next, due.Time.UnixNano())
+				}
 				cs, err := readClaims(br, g.p.Limit)
 				if err != nil {
 					return err
@@ -147,7 +167,9 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
 	}
 	s.flowWork.Store(flow || s.flowCreated.Swap(false))
-	if plain && flow && depth < 2 {
+	s.unpark.Store(unpark)
+	s.nextDelayed.Store(min(next, s.delayedCreated.Swap(math.MaxInt64)))
+	if ((plain && flow) || (!promote && (unpark || needPromote(next, ps)))) && depth < 2 {
 		// The plain claim ran on a stale hint: the calls it left short
 		// try again with the full claim.
 		var again []batuta.ClaimParams
@@ -171,6 +193,31 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 		}
 	}
 	return out, nil
+}
+
+// noteDelayed records that this Store wrote a delayed task due at t, so
+// the next claim whose clock reached t promotes it.
+func (s *Store) noteDelayed(t time.Time) {
+	n := t.UnixNano()
+	for _, a := range []*atomic.Int64{&s.delayedCreated, &s.nextDelayed} {
+		for {
+			old := a.Load()
+			if n >= old || a.CompareAndSwap(old, n) {
+				break
+			}
+		}
+	}
+}
+
+// needPromote reports whether a delayed task due at next (Unix ns) is due
+// by the clock of any of the claims.
+func needPromote(next int64, ps []batuta.ClaimParams) bool {
+	for i := range ps {
+		if ps[i].Now.UnixNano() >= next {
+			return true
+		}
+	}
+	return false
 }
 
 // claimRequest returns a random claim request number (never 0).

@@ -145,6 +145,7 @@ type compInput struct {
 	leaseBefore []pgtype.Timestamptz
 	at          []pgtype.Timestamptz
 	rateRes     []bool
+	delayed     []time.Time // RetryAt of the items (any order)
 }
 
 func newCompInput(n int) *compInput {
@@ -208,6 +209,9 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 	in.leaseBefore = append(in.leaseBefore, ts(leaseBefore))
 	in.at = append(in.at, ts(c.FinishedAt))
 	in.rateRes = append(in.rateRes, c.Outcome == batuta.OutcomeDefer && c.RateReserved)
+	if !c.RetryAt.IsZero() {
+		in.delayed = append(in.delayed, c.RetryAt)
+	}
 	return nil
 }
 
@@ -328,6 +332,11 @@ const (
 // task row of a run's only task serialises its writers) and the
 // completion statement. It reports whether it queued the locks.
 func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now time.Time) bool {
+	// Tasks due at a RetryAt go to the delayed set: the claim whose clock
+	// reaches it must promote them.
+	for _, t := range in.delayed {
+		s.noteDelayed(t)
+	}
 	var runs [][16]byte
 	for i, tok := range in.tokens {
 		if tok&tokenSoloBit == 0 {

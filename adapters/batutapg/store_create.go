@@ -128,6 +128,9 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 			it.startAt = st
 		}
 	}
+	if !it.startAt.IsZero() {
+		s.noteDelayed(it.startAt)
+	}
 	if c := nr.Concurrency; c != nil && c.Strategy == batuta.ConcurrencyQueue {
 		it.admit = 1
 	}

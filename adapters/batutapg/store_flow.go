@@ -231,6 +231,7 @@ func (s *Store) createOneTx(ctx context.Context, tx pgx.Tx, it *createItem) (bat
 			if _, err := tx.Exec(ctx, s.fq.debounceTasks, pid, start); err != nil {
 				return batuta.CreateResult{}, nil, err
 			}
+			s.noteDelayed(start)
 			return batuta.CreateResult{ID: formatUUID(pid), Debounced: true}, nil, nil
 		case !errors.Is(err, pgx.ErrNoRows):
 			return batuta.CreateResult{}, nil, err
@@ -338,6 +339,7 @@ func (s *Store) NextDue(ctx context.Context, workflows []string, now time.Time) 
 	if err != nil {
 		return time.Time{}, fmt.Errorf("batutapg: next due: %w", err)
 	}
+	s.noteDelayed(t) // perhaps another process's: the claim at t promotes it
 	return t, nil
 }
 
@@ -378,6 +380,7 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 		return false, fmt.Errorf("batutapg: set paused %s: %w", workflow, err)
 	}
 	if changed && !paused {
+		s.noteDelayed(time.Time{}) // the resumed tasks are in the delayed set, due
 		s.workAppeared()
 	}
 	return changed, nil

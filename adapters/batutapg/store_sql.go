@@ -7,6 +7,7 @@ import "strings"
 type queries struct {
 	createRuns, findExisting, countActive  string
 	claim, claimPlain, extend, promote     string
+	probe                                  string
 	lockRuns, complete, expired, taskForTx string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
@@ -289,11 +290,20 @@ WITH tk AS MATERIALIZED (
     FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)
     RETURNING t.hold
 )
--- whether the claim needs its concurrency steps: a group can admit, a
--- ready task belongs to a task-level group, or was just unparked or queued
-SELECT EXISTS (SELECT 1 FROM {s}.run_groups WHERE waiting > 0 AND active < max)
-    OR EXISTS (SELECT 1 FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL)
-    OR EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
+SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
+
+		// Read before each claim (and after the promote statement, if
+		// any), in its transaction: when the next delayed task is due,
+		// whether a task-level group has parked tasks and room, and
+		// whether the claim needs its concurrency steps (a group can
+		// admit, or a ready task belongs to a task-level group). The
+		// store runs the promote statement and the full claim only when
+		// the previous probe (or this one, for a second try) says so.
+		probe: `
+SELECT (SELECT min(due_at) FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4)),
+    EXISTS (SELECT 1 FROM {s}.task_groups WHERE parked > 0 AND active < max),
+    EXISTS (SELECT 1 FROM {s}.run_groups WHERE waiting > 0 AND active < max)
+    OR EXISTS (SELECT 1 FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL)`,
 
 		// Lease extension never waits: a task row locked by someone else is
 		// being completed, rescued or canceled right now; it is reported
@@ -597,7 +607,7 @@ RETURNING s.name`,
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
-		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.extend, &q.promote, &q.lockRuns,
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.probe, &q.extend, &q.promote, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
