@@ -320,10 +320,13 @@ func finishedRuns(runs [][16]byte, res []compResult) []string {
 	return ids
 }
 
-// Lease tokens are nextval(tokens) * 65536 + soloBit (the run has no other
+// Lease tokens are nextval(tokens) * 131072 + flowBit (the task or its run
+// is in a concurrency group: its completion has group slots to free) +
+// soloBit (the run has no other
 // task) + the task's index: a completion finds its task by primary key and
 // knows, before asking the database, whether its run must be locked.
 const (
+	tokenFlowBit  = 1 << 16
 	tokenSoloBit  = 1 << 15
 	tokenIndexMax = tokenSoloBit - 1
 )
@@ -347,7 +350,14 @@ func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now
 		sort.Slice(runs, func(i, j int) bool { return string(runs[i][:]) < string(runs[j][:]) })
 		b.Queue(s.q.lockRuns, runs)
 	}
-	b.Queue(s.q.complete, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
+	q := s.q.completePlain
+	for _, tok := range in.tokens {
+		if tok&tokenFlowBit != 0 {
+			q = s.q.complete
+			break
+		}
+	}
+	b.Queue(q, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
 		in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes)
 	return len(runs) > 0
 }

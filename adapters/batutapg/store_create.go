@@ -354,6 +354,7 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 	tHold := make([]int16, 0, ntasks)
 	tKey := make([]pgtype.Text, 0, ntasks)
 	tRej := make([]pgtype.Text, 0, ntasks)
+	tRGroup := make([]bool, 0, ntasks)
 	var gKeys, gWfs []string
 	var gMax []int32
 	var tgKeys []string
@@ -407,6 +408,7 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 			tFire = append(tFire, string(ts.FireOn))
 			tPrio = append(tPrio, int32(nr.Priority))
 			tRej = append(tRej, rej)
+			tRGroup = append(tRGroup, nr.Concurrency != nil)
 			// A root task waits for the run's start time, then (queued)
 			// for its admission.
 			d, hold := due, int16(0)
@@ -438,7 +440,7 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 		tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue, tFire,
 		sas, prios, ckeys, admits, dkeys, rejs,
 		tPrio, tHold, tKey, tRej,
-		gKeys, gWfs, gMax, tgKeys, tgMax}
+		gKeys, gWfs, gMax, tgKeys, tgMax, tRGroup}
 }
 
 // intArrayLiteral renders ints as a PostgreSQL array literal ("{1,2}").

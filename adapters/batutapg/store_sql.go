@@ -9,6 +9,7 @@ type queries struct {
 	claim, claimPlain, extend, promote     string
 	probe                                  string
 	lockRuns, complete, expired, taskForTx string
+	completePlain                          string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
@@ -41,15 +42,15 @@ WITH r AS (
     SELECT ckey, priority, created_at, id, start_at FROM r WHERE admit = 1
 ), t AS (
     INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
-        priority, hold, tkey, error)
+        priority, hold, tkey, error, rgroup)
     SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo,
         CASE WHEN v.rej IS NULL THEN 'pending' ELSE 'canceled' END, v.due, v.fire_on, v.prio,
         CASE WHEN v.hold = 0 AND v.ndeps = 0 AND v.rej IS NULL
             AND v.wf = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3 ELSE v.hold END,
-        v.tkey, v.rej
+        v.tkey, v.rej, v.rgroup
     FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[],
-                $24::int[], $25::smallint[], $26::text[], $27::text[])
-        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej)
+                $24::int[], $25::smallint[], $26::text[], $27::text[], $33::bool[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej, rgroup)
     WHERE v.run_id IN (SELECT id FROM r)
 ), g AS (
     -- the workflow-level groups of the runs created: queued (admit 1) and
@@ -198,7 +199,7 @@ WITH g AS MATERIALIZED (
     WHERE x.key = tg.key AND (c.n IS NOT NULL OR k.n IS NOT NULL)
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
     FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx AND t.state = 'pending'
@@ -228,7 +229,7 @@ WITH ok AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
     FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
@@ -613,7 +614,29 @@ RETURNING s.name`,
 	} {
 		*p = r.Replace(*p)
 	}
+	q.completePlain = plainCompletion(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
 	q.findRun = q.runSelect + "\nWHERE r.workflow = $1 AND r.event_id = $2"
 	return q
+}
+
+// plainCompletion returns the completion statement without its
+// concurrency-group steps, for batches whose tokens say no task belongs to
+// a group (see tokenFlowBit).
+func plainCompletion(full string) string {
+	cut := func(s, from, to string) string {
+		i := strings.Index(s, from)
+		j := strings.Index(s[i+len(from):], to)
+		if i < 0 || j < 0 {
+			panic("batutapg: completion statement layout changed: " + from)
+		}
+		return s[:i] + s[i+len(from)+j:]
+	}
+	s := cut(full, "\n), tgu AS (", "\n), cnt AS (")
+	s = cut(s, "\n), rgu AS (", "\n)\n-- One row per fact")
+	i := strings.Index(s, "\nUNION ALL\n-- a slot freed")
+	if i < 0 {
+		panic("batutapg: completion statement layout changed: slot freed")
+	}
+	return s[:i]
 }

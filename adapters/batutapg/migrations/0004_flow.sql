@@ -44,6 +44,7 @@ ALTER TABLE tasks ADD COLUMN priority integer NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN hold smallint NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN tkey text COLLATE "C";         -- task-level concurrency group
 ALTER TABLE tasks ADD COLUMN rate_reserved boolean NOT NULL DEFAULT false;
+ALTER TABLE tasks ADD COLUMN rgroup boolean NOT NULL DEFAULT false;   -- its run is in a workflow-level group
 
 -- Existing retries due later move to the delayed set.
 UPDATE tasks SET hold = 1 WHERE state = 'pending' AND pending_deps = 0 AND due_at > now();
