@@ -314,7 +314,8 @@ type NewRun struct {
 	// when it finishes (however it finishes). With ConcurrencyCancelInProgress
 	// CreateRun, atomically with the insert, cancels the oldest unfinished
 	// runs of the group (as CancelRun would) until the group, with the
-	// new run, holds at most Max; the new run is admitted. With
+	// new run, holds at most Max (a run already canceled no longer counts,
+	// even while a task of it still runs); the new run is admitted. With
 	// ConcurrencyCancelNewest, if the group already holds Max unfinished
 	// runs, the new run is recorded finished as RunCanceled (every task
 	// canceled, Run.Error saying the limit was reached) and CreateResult
@@ -563,7 +564,8 @@ type Store interface {
 	// CreateRuns records many runs in one round trip (one transaction for
 	// a durable store), each as CreateRun would, and returns one result
 	// per run, in order. An error means nothing was recorded. MaxActive
-	// is checked once, for the whole batch.
+	// is checked once, for the whole batch, against the unfinished runs
+	// before it (so a batch may go past it).
 	CreateRuns(ctx context.Context, runs []NewRun) ([]CreateResult, error)
 
 	// NextDue returns the earliest time after now at which a pending task
@@ -589,7 +591,9 @@ type Store interface {
 	// "start now"; later means the caller defers the task to that time
 	// (OutcomeDefer with RateReserved). Reservations are atomic across
 	// every process sharing the store, so concurrent callers get distinct
-	// slots. State for a key idle longer than Per may be forgotten.
+	// slots. State for a key idle longer than Per may be forgotten. An
+	// invalid spec (Limit < 1, Per <= 0, Burst < 1) is refused with an
+	// error and reserves nothing.
 	ReserveRate(ctx context.Context, spec RateSpec, now time.Time) (time.Time, error)
 }
 

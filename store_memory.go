@@ -42,6 +42,7 @@ type MemoryStore struct {
 	wfOrder  []*memWF          // every workflow of wfs, for fair claiming
 	rr       int
 	seq      uint64                // creation order of runs with flow state (ties in group heaps)
+	freeGrps []*memGroup           // forgotten groups kept for reuse (keys come and go)
 	groups   map[string]*memGroup  // workflow-level concurrency groups with runs
 	tgroups  map[string]*memTGroup // task-level concurrency groups with running tasks
 	debounce map[memKey]*memRun    // (workflow, debounce key) -> the pending run events merge into
@@ -157,7 +158,7 @@ func (s *MemoryStore) CreateRun(ctx context.Context, nr NewRun) (string, bool, e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expireLocked(nr.CreatedAt)
-	if nr.MaxActive > 0 && s.active >= nr.MaxActive && s.byKey[memKey{nr.Workflow, nr.Event.ID}] == nil {
+	if nr.MaxActive > 0 && s.active >= nr.MaxActive && s.addsRunLocked(&nr) {
 		return "", false, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
 	}
 	res := s.createLocked(&nr, r)
@@ -169,10 +170,18 @@ func buildMemRun(nr *NewRun) (*memRun, error) {
 	if len(nr.Tasks) == 0 {
 		return nil, fmt.Errorf("batuta: memory store: run %s has no tasks", nr.ID)
 	}
-	r := &memRun{Run: Run{
+	var r *memRun
+	if nr.Concurrency != nil || nr.Debounce != nil {
+		x := &memRunAndFlow{flow: memRunFlow{gIdx: -1}} // one allocation for both
+		r = &x.memRun
+		r.flow = &x.flow
+	} else {
+		r = &memRun{}
+	}
+	r.Run = Run{
 		ID: nr.ID, Workflow: nr.Workflow, Event: nr.Event, State: RunPending,
 		CreatedAt: nr.CreatedAt, Deadline: nr.Deadline, Priority: nr.Priority,
-	}}
+	}
 	n := len(nr.Tasks)
 	r.tasks = make([]memTask, n)
 	r.specs = nr.Tasks
@@ -722,6 +731,11 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 				heap.Remove(&s.wfs[r.Workflow].delayed, t.heapIdx)
 			}
 			s.finishTaskLocked(t, TaskCanceled, reason, now, &res)
+			if c := t.spec().Concurrency; c != nil {
+				if g := s.tgroups[c.Key]; g != nil {
+					s.unparkLocked(g) // drops t if it was parked there; forgets g once idle
+				}
+			}
 		}
 	}
 	if res.Ready > 0 {

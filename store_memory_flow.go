@@ -44,6 +44,12 @@ type memRunFlow struct {
 	debounced bool       // s.debounce may name this run
 }
 
+// memRunAndFlow allocates a run that uses flow control with its state.
+type memRunAndFlow struct {
+	memRun
+	flow memRunFlow
+}
+
 // memGroup is a workflow-level concurrency group with unfinished runs.
 type memGroup struct {
 	key      string
@@ -80,8 +86,8 @@ type memRate struct {
 // sets res.Rejected.
 func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, res *CreateResult) time.Time {
 	s.seq++
-	f := &memRunFlow{gIdx: -1, seq: s.seq}
-	r.flow = f
+	f := r.flow // allocated with r (buildMemRun)
+	f.seq = s.seq
 	if d := nr.Debounce; d != nil {
 		if ws := nr.CreatedAt.Add(d.Window); ws.After(nr.CreatedAt) && ws.After(start) {
 			start = ws
@@ -135,25 +141,52 @@ func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, r
 func (s *MemoryStore) groupLocked(key string, max int) *memGroup {
 	g := s.groups[key]
 	if g == nil {
-		g = &memGroup{key: key}
+		if n := len(s.freeGrps); n > 0 {
+			g, s.freeGrps = s.freeGrps[n-1], s.freeGrps[:n-1]
+			g.key = key
+		} else {
+			g = &memGroup{key: key}
+		}
 		s.groups[key] = g
 	}
 	g.max = max
 	return g
 }
 
+// forgetGroupLocked drops the idle group g, keeping it for reuse.
+func (s *MemoryStore) forgetGroupLocked(g *memGroup) {
+	if s.groups[g.key] != g {
+		return
+	}
+	delete(s.groups, g.key)
+	if len(s.freeGrps) < 256 {
+		clear(g.cip)
+		*g = memGroup{waiters: g.waiters[:0], cip: g.cip[:0]}
+		s.freeGrps = append(s.freeGrps, g)
+	}
+}
+
 // parkRunTaskLocked holds the due task t of the unadmitted run r and puts
 // r in its group's waiting heap, admitting it at once if there is room.
 func (s *MemoryStore) parkRunTaskLocked(r *memRun, t *memTask) {
 	f := r.flow
-	f.parked = append(f.parked, t)
 	if f.gIdx < 0 {
 		// Looked up now, not kept from CreateRun: an idle group is
 		// forgotten, and a delayed run may be due long after.
-		f.group = s.groupLocked(r.ConcurrencyKey, f.max)
-		heap.Push(&f.group.waiters, r)
-		s.fillGroupLocked(f.group)
+		g := s.groupLocked(r.ConcurrencyKey, f.max)
+		f.group = g
+		if g.admitted < g.max && len(g.waiters) == 0 {
+			f.admitted = true // room: admitted without waiting
+			g.admitted++
+			s.wfs[r.Workflow].ready.push(t)
+			return
+		}
+		f.parked = append(f.parked, t)
+		heap.Push(&g.waiters, r)
+		s.fillGroupLocked(g)
+		return
 	}
+	f.parked = append(f.parked, t)
 }
 
 // fillGroupLocked admits waiting runs while g has room and returns how
@@ -210,8 +243,8 @@ func (s *MemoryStore) runFinishedFlowLocked(r *memRun) int {
 		g.admitted--
 	}
 	n := s.fillGroupLocked(g)
-	if g.admitted == 0 && len(g.waiters) == 0 && s.groups[g.key] == g {
-		delete(s.groups, g.key)
+	if g.admitted == 0 && len(g.waiters) == 0 {
+		s.forgetGroupLocked(g)
 	}
 	return n
 }
@@ -220,16 +253,11 @@ func (s *MemoryStore) runFinishedFlowLocked(r *memRun) int {
 // there is one whose tasks have not started and whose start time is after
 // nr.CreatedAt, and returns that run; nil if nr starts a run of its own.
 func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
-	d := nr.Debounce
-	m := s.debounce[memKey{nr.Workflow, d.Key}]
-	if m == nil || m.dropped || m.canceled || m.State != RunPending || !m.StartAt.After(nr.CreatedAt) {
+	m := s.debounceTargetLocked(nr)
+	if m == nil {
 		return nil
 	}
-	for i := range m.tasks {
-		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
-			return nil // already due (promoted by a claim with a later clock)
-		}
-	}
+	d := nr.Debounce
 	start := nr.CreatedAt.Add(d.Window)
 	if limit := m.CreatedAt.Add(d.MaxWait); limit.Before(start) {
 		start = limit
@@ -247,6 +275,30 @@ func (s *MemoryStore) debounceLocked(nr *NewRun) *memRun {
 		}
 	}
 	return m
+}
+
+// debounceTargetLocked returns the pending run nr would merge into, or nil.
+func (s *MemoryStore) debounceTargetLocked(nr *NewRun) *memRun {
+	m := s.debounce[memKey{nr.Workflow, nr.Debounce.Key}]
+	if m == nil || m.dropped || m.canceled || m.State != RunPending || !m.StartAt.After(nr.CreatedAt) {
+		return nil
+	}
+	for i := range m.tasks {
+		if t := &m.tasks[i]; len(m.specs[i].Deps) == 0 && (t.state != TaskPending || t.heapIdx < 0) {
+			return nil // already due (promoted by a claim with a later clock)
+		}
+	}
+	return m
+}
+
+// addsRunLocked reports whether recording nr would add a run: it is not a
+// duplicate and does not merge into a debounced one. MaxActive refuses
+// only those.
+func (s *MemoryStore) addsRunLocked(nr *NewRun) bool {
+	if s.byKey[memKey{nr.Workflow, nr.Event.ID}] != nil {
+		return false
+	}
+	return nr.Debounce == nil || s.debounceTargetLocked(nr) == nil
 }
 
 // takeTaskSlotLocked takes a slot of t's task-level group c for a claim,
@@ -307,7 +359,7 @@ func (s *MemoryStore) unparkLocked(g *memTGroup) {
 }
 
 // CreateRuns implements Store: the batch is checked first (tasks, then
-// MaxActive once, unless every run is a duplicate), then recorded under
+// MaxActive once, unless no run of it would be added), then recorded under
 // one lock, item by item as CreateRun would.
 func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateResult, error) {
 	if err := ctx.Err(); err != nil {
@@ -333,7 +385,7 @@ func (s *MemoryStore) CreateRuns(ctx context.Context, runs []NewRun) ([]CreateRe
 	s.expireLocked(runs[0].CreatedAt)
 	if maxActive > 0 && s.active >= maxActive {
 		for i := range runs {
-			if s.byKey[memKey{runs[i].Workflow, runs[i].Event.ID}] == nil {
+			if s.addsRunLocked(&runs[i]) {
 				return nil, fmt.Errorf("%w: %d runs in flight", ErrBusy, s.active)
 			}
 		}

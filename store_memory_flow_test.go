@@ -210,3 +210,140 @@ func BenchmarkMemoryStoreWaiting(b *testing.B) {
 		}
 	}
 }
+
+// TestMemoryStoreFairnessAtScale: one key with 10,000 queued runs and 100
+// quiet keys with 10 runs each (every key Max 1), claimed 16 at a time:
+// the quiet keys finish while the noisy key has run about its share (one
+// run per turn of the keys), not its backlog.
+func TestMemoryStoreFairnessAtScale(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := NewMemoryStore(MemoryStoreConfig{KeepFinished: -1})
+	one := []TaskSpec{{Name: "x"}}
+	const noisy, quietKeys, perQuiet = 10000, 100, 10
+	var batch []NewRun
+	id := 0
+	add := func(key string) {
+		nr := flowRun(id, "wf", flowT0.Add(time.Duration(id)*time.Microsecond), one)
+		nr.Concurrency = &ConcurrencySpec{Key: key, Max: 1}
+		batch = append(batch, nr)
+		id++
+	}
+	for i := 0; i < noisy; i++ {
+		add("wf/noisy")
+	}
+	for q := 0; q < quietKeys; q++ {
+		for i := 0; i < perQuiet; i++ {
+			add(fmt.Sprintf("wf/q%d", q))
+		}
+	}
+	if _, err := s.CreateRuns(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	quietLeft, noisyDone := quietKeys*perQuiet, 0
+	for round := 0; quietLeft > 0; round++ {
+		if round > 1000 {
+			t.Fatalf("%d quiet runs left after %d rounds", quietLeft, round)
+		}
+		cs, err := s.ClaimTasks(ctx, ClaimParams{Owner: "w", Workflows: []string{"wf"}, Limit: 16, Now: flowT0.Add(time.Second), LeaseUntil: flowT0.Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if _, err := s.CompleteTasks(ctx, []Completion{{ClaimRef: c.Ref(), Outcome: OutcomeSucceeded, Attempt: 1, StartedAt: flowT0, FinishedAt: flowT0}}); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if _, err := fmt.Sscan(c.Event.ID, &n); err != nil {
+				t.Fatal(err)
+			}
+			if n < noisy {
+				noisyDone++
+			} else {
+				quietLeft--
+			}
+		}
+	}
+	// Each turn of the 101 keys runs one run of each: the quiet keys' 10
+	// runs take 10 turns, in which the noisy key runs about 10.
+	if noisyDone > 2*perQuiet {
+		t.Fatalf("the noisy key ran %d runs before the quiet keys finished, want about %d", noisyDone, perQuiet)
+	}
+}
+
+// BenchmarkMemoryStoreQueueKeys: runs created, claimed and completed in
+// batches of 64, under a workflow limit of Max 1 over 1,000 keys ("max1")
+// and without limits ("none"), to price admission.
+func BenchmarkMemoryStoreQueueKeys(b *testing.B) {
+	for _, limited := range []bool{true, false} {
+		name := "none"
+		if limited {
+			name = "max1"
+		}
+		b.Run(name, func(b *testing.B) { benchQueueKeys(b, limited) })
+	}
+}
+
+func benchQueueKeys(b *testing.B, limited bool) {
+	ctx := context.Background()
+	s := NewMemoryStore(MemoryStoreConfig{KeepFinished: 1000})
+	one := []TaskSpec{{Name: "x"}}
+	specs := make([]*ConcurrencySpec, 1000)
+	for i := range specs {
+		specs[i] = &ConcurrencySpec{Key: fmt.Sprintf("wf/k%d", i), Max: 1}
+	}
+	buf := make([]Claim, 0, 64)
+	comps := make([]Completion, 0, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		nr := flowRun(i, "wf", flowT0, one)
+		if limited {
+			nr.Concurrency = specs[i%len(specs)]
+		}
+		if _, _, err := s.CreateRun(ctx, nr); err != nil {
+			b.Fatal(err)
+		}
+		if i%64 != 63 {
+			continue
+		}
+		cs, err := s.ClaimTasks(ctx, ClaimParams{Owner: "w", Workflows: []string{"wf"}, Limit: 64, Now: flowT0, LeaseUntil: flowT0.Add(time.Minute), Buf: buf})
+		if err != nil {
+			b.Fatal(err)
+		}
+		comps = comps[:0]
+		for _, c := range cs {
+			comps = append(comps, Completion{ClaimRef: c.Ref(), Outcome: OutcomeSucceeded, Attempt: 1, StartedAt: flowT0, FinishedAt: flowT0})
+		}
+		if _, err := s.CompleteTasks(ctx, comps); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestMemoryStoreMaxActiveLetsMergesIn: at MaxActive an event that merges
+// into a debounced run adds no run and is not refused; one that would add
+// a run is.
+func TestMemoryStoreMaxActiveLetsMergesIn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := NewMemoryStore(MemoryStoreConfig{})
+	one := []TaskSpec{{Name: "x"}}
+	db := &DebounceSpec{Key: "d", Window: time.Minute, MaxWait: time.Hour}
+	mk := func(id int, key string) NewRun {
+		nr := flowRun(id, "wf", flowT0.Add(time.Duration(id)*time.Second), one)
+		nr.MaxActive = 1
+		nr.Debounce = &DebounceSpec{Key: key, Window: db.Window, MaxWait: db.MaxWait}
+		return nr
+	}
+	if _, created, err := s.CreateRun(ctx, mk(1, "d")); err != nil || !created {
+		t.Fatalf("first: %v %v", created, err)
+	}
+	res, err := s.CreateRuns(ctx, []NewRun{mk(2, "d")})
+	if err != nil || !res[0].Debounced {
+		t.Fatalf("merge at MaxActive: %+v, %v; want merged", res, err)
+	}
+	if _, _, err := s.CreateRun(ctx, mk(3, "other")); !errors.Is(err, ErrBusy) {
+		t.Fatalf("new run at MaxActive: %v, want ErrBusy", err)
+	}
+}

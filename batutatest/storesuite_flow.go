@@ -584,7 +584,7 @@ func testFlowQueueSlotFreed(t *testing.T, st *storeT) {
 		t.Fatalf("r2 finished %q, want canceled", res.RunFinished)
 	}
 	// Rescue: a requeued task keeps the slot; a failed one frees it.
-	c = st.claimOne(now, ids[3]) // lease until now+1m
+	st.claimOne(now, ids[3]) // lease until now+1m
 	t2 := now.Add(2 * time.Minute)
 	if n, f, err := st.s.RescueExpired(ctxT(t), t2, 1); err != nil || n != 1 || f != 0 {
 		t.Fatalf("first rescue: %d %d %v, want 1 0", n, f, err)
@@ -672,8 +672,11 @@ func testFlowLimitsConcurrent(t *testing.T, st *storeT) {
 					}
 					mu.Unlock()
 					res, err := st.s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt, StartedAt: base, FinishedAt: base}})
-					if err != nil || len(res) != 1 || res[0].Err != nil {
-						errc <- fmt.Errorf("complete %s/%s: %v %+v", c.RunID, c.Task, err, res)
+					if err == nil && (len(res) != 1 || res[0].Err != nil) {
+						err = fmt.Errorf("results %+v", res)
+					}
+					if err != nil {
+						errc <- fmt.Errorf("complete %s/%s: %w", c.RunID, c.Task, err)
 						return
 					}
 					if res[0].RunFinished != "" {
