@@ -10,10 +10,11 @@
 --   4  delayed, and its run waits for admission once due
 --   5  parked: its task-level concurrency group was full when a claim
 --      met it (tasks_parked)
--- A claim first promotes the delayed tasks that came due (1 -> 0 or 3,
--- 4 -> 2), then admits queued runs of groups with room (2 -> 0, 4 -> 1)
--- and unparks tasks of task groups with room (5 -> 0), then claims from
--- the ready set.
+-- A claim transaction first promotes the delayed tasks that came due
+-- (1 -> 0 or 3, 4 -> 2) and unparks tasks of task groups with room
+-- (5 -> 0), then claims from the ready set, admitting queued runs of
+-- groups with room in the same statement (their first tasks: 2 -> claimed
+-- or ready, 4 -> 1).
 
 ALTER TABLE runs ADD COLUMN start_at timestamptz;          -- NewRun.StartAt / debounce (null: at once)
 ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
