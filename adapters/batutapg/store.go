@@ -266,6 +266,7 @@ type Store struct {
 	// parked tasks and room: the next claim promotes when either says so.
 	nextDelayed, delayedCreated atomic.Int64
 	unpark                      atomic.Bool
+	lastProbe                   atomic.Int64 // when the last probe was sent (Unix ns)
 
 	live liveness
 

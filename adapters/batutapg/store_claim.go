@@ -38,6 +38,10 @@ func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.
 	return res[0], nil
 }
 
+// probeEvery is how often (at most) a Store's claims read the hints that
+// choose their statements (see queries.probe).
+const probeEvery = 2 * time.Millisecond
+
 // promoteBatch bounds the delayed tasks one claim moves to the ready set.
 const promoteBatch = 1000
 
@@ -97,6 +101,10 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 	// are refreshed by the probe of every claim.
 	plain := !s.flowWork.Load()
 	promote := depth > 0 || s.unpark.Load() || needPromote(s.nextDelayed.Load(), ps)
+	// The probe runs at most every probeEvery per Store (and always for a
+	// second try): under a stream of claims the hints are that fresh.
+	started := time.Now()
+	probe := depth > 0 || started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
 	var flow, unpark bool
 	next := int64(math.MaxInt64)
 	err := withRetry(ctx, func() error {
@@ -117,7 +125,9 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 				if promote {
 					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
 				}
-				b.Queue(s.q.probe)
+				if probe {
+					b.Queue(s.q.probe)
+				}
 				// The lease is kept on the database's clock.
 				q := s.q.claim
 				if plain {
@@ -135,8 +145,10 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 				}
 				var due pgtype.Timestamptz
 				var fl bool
-				if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
-					return err
+				if probe {
+					if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
+						return err
+					}
 				}
 				flow = flow || f || fl
 				unpark = unpark || u
@@ -166,10 +178,27 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
 	}
-	s.flowWork.Store(flow || s.flowCreated.Swap(false))
-	s.unpark.Store(unpark)
-	s.nextDelayed.Store(min(next, s.delayedCreated.Swap(math.MaxInt64)))
-	if ((plain && flow) || (!promote && (unpark || needPromote(next, ps)))) && depth < 2 {
+	// A claim without a probe that came back empty looks again, with one
+	// (its caller would go idle on a stale hint); one that came back
+	// short makes the next claim probe.
+	again := false
+	if !probe {
+		for i := range ps {
+			if len(out[i]) == 0 {
+				again = true
+			} else if len(out[i]) < ps[i].Limit {
+				s.lastProbe.Store(0)
+			}
+		}
+	}
+	if probe {
+		s.lastProbe.Store(started.UnixNano())
+		s.flowWork.Store(flow || s.flowCreated.Swap(false))
+		s.unpark.Store(unpark)
+		s.nextDelayed.Store(min(next, s.delayedCreated.Swap(math.MaxInt64)))
+		again = (plain && flow) || (!promote && (unpark || needPromote(next, ps)))
+	}
+	if again && depth < 2 {
 		// The plain claim ran on a stale hint: the calls it left short
 		// try again with the full claim.
 		var again []batuta.ClaimParams
