@@ -212,12 +212,14 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 			}
 		}
 		if len(again) > 0 {
-			more, err := s.flushClaimsDepth(ctx, again, depth+1)
-			if err != nil {
-				return out, nil // what the first statement claimed stands
-			}
-			for k, i := range idx {
-				out[i] = append(out[i], more[k]...)
+			// On error, what the first statement claimed stands (the
+			// second try's own lost claims are released by it).
+			if more, err := s.flushClaimsDepth(ctx, again, depth+1); err == nil {
+				for k, i := range idx {
+					out[i] = append(out[i], more[k]...)
+				}
+			} else {
+				s.log.Debug("batutapg: second claim try failed", "schema", s.cfg.Schema, "error", err)
 			}
 		}
 	}
