@@ -140,17 +140,8 @@ func (s *Store) relay(n *pgconn.Notification) {
 		}
 		return
 	}
-	if n != nil && n.Payload == sweepPayload {
-		// Another instance resumed a workflow: its tasks wait in the
-		// delayed set with due times from before the pause.
-		s.lastSweep.Store(0)
-	}
 	s.signal()
 }
-
-// sweepPayload is the work notification of a resume: the next claim of
-// every instance scans the whole delayed set.
-const sweepPayload = "sweep"
 
 // errNotifyBroken ends the listener: notifications do not round-trip.
 var errNotifyBroken = errors.New("batutapg: notifications do not round-trip")

@@ -267,7 +267,6 @@ type Store struct {
 	nextDelayed, delayedCreated atomic.Int64
 	unpark                      atomic.Bool
 	lastProbe                   atomic.Int64 // when the last probe was sent (Unix ns)
-	lastSweep                   atomic.Int64 // when the last unbounded promotion was sent (Unix ns)
 
 	live liveness
 

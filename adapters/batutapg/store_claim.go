@@ -42,12 +42,6 @@ func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.
 // choose their statements (see queries.probe).
 const probeEvery = 2 * time.Millisecond
 
-// sweepBack and sweepEvery bound the delayed-set scans (see flushClaims).
-const (
-	sweepBack  = 2 * time.Second
-	sweepEvery = time.Second
-)
-
 // promoteBatch bounds the delayed tasks one claim moves to the ready set.
 const promoteBatch = 1000
 
@@ -111,15 +105,6 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 	// second try): under a stream of claims the hints are that fresh.
 	started := time.Now()
 	probe := depth > 0 || started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
-	// The delayed index's head holds the entries of tasks promoted lately
-	// (dead until vacuum): the scans start sweepBack before the claimer's
-	// clock, except a full sweep every sweepEvery (tasks overdue longer,
-	// a busy moment's backlog, are promoted by it).
-	floor := pgtype.Timestamptz{Time: ps[0].Now.Add(-sweepBack), Valid: true}
-	if last := s.lastSweep.Load(); started.UnixNano()-last >= int64(sweepEvery) && s.lastSweep.CompareAndSwap(last, started.UnixNano()) {
-		floor = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
-		promote = true
-	}
 	var flow, unpark bool
 	next := int64(math.MaxInt64)
 	err := withRetry(ctx, func() error {
@@ -138,10 +123,10 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 				// groups with room, join the ready set first (the claim
 				// itself admits queued runs).
 				if promote {
-					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch, floor)
+					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
 				}
 				if probe {
-					b.Queue(s.q.probe, floor)
+					b.Queue(s.q.probe)
 				}
 				// The lease is kept on the database's clock.
 				q := s.q.claim
@@ -244,9 +229,6 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 // noteDelayed records that this Store wrote a delayed task due at t, so
 // the next claim whose clock reached t promotes it.
 func (s *Store) noteDelayed(t time.Time) {
-	if t.Before(time.Now().Add(-sweepBack)) {
-		s.lastSweep.Store(0) // due long ago: the next claim sweeps it all
-	}
 	n := t.UnixNano()
 	for _, a := range []*atomic.Int64{&s.delayedCreated, &s.nextDelayed} {
 		for {

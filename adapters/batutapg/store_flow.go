@@ -382,13 +382,6 @@ func (s *Store) SetPaused(ctx context.Context, workflow string, paused bool) (bo
 	if changed && !paused {
 		s.noteDelayed(time.Time{}) // the resumed tasks are in the delayed set, due
 		s.workAppeared()
-		// Other instances sweep the delayed set on their next claim.
-		if err := s.conns.with(ctx, func(c *pgx.Conn) error {
-			_, err := c.Exec(ctx, s.q.notify, s.channel, sweepPayload)
-			return err
-		}); err != nil {
-			s.log.Debug("batutapg: resume notification failed; other instances find the tasks within a second", "schema", s.cfg.Schema, "error", err)
-		}
 	}
 	return changed, nil
 }

@@ -278,7 +278,7 @@ WITH tk AS MATERIALIZED (
     WHERE g.key = c.key
 ), d AS (
     SELECT run_id, idx FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1 AND due_at > $4
+    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1
       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
     ORDER BY due_at
     LIMIT $3
@@ -301,7 +301,7 @@ SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
 		// store runs the promote statement and the full claim only when
 		// the previous probe (or this one, for a second try) says so.
 		probe: `
-SELECT (SELECT min(due_at) FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1),
+SELECT (SELECT min(due_at) FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4)),
     EXISTS (SELECT 1 FROM {s}.task_groups WHERE parked > 0 AND active < max),
     EXISTS (SELECT 1 FROM {s}.run_groups WHERE waiting > 0 AND active < max)
     OR EXISTS (SELECT 1 FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL)`,
