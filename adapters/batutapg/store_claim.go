@@ -100,7 +100,9 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 	// delayed task may be due or a parked task may be unparked; the hints
 	// are refreshed by the probe of every claim.
 	plain := !s.flowWork.Load()
-	promote := depth > 0 || s.unpark.Load() || needPromote(s.nextDelayed.Load(), ps)
+	// (While any delayed task is known, every claim promotes: a promotion
+	// that finds nothing due is one index probe.)
+	promote := depth > 0 || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
 	// The probe runs at most every probeEvery per Store (and always for a
 	// second try): under a stream of claims the hints are that fresh.
 	started := time.Now()
