@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -234,6 +235,7 @@ type Store struct {
 	doneChannel string
 	q           queries
 	lq          liveQueries
+	fq          flowQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.
@@ -252,6 +254,19 @@ type Store struct {
 	ticks     *combiner[tickItem, bool]
 
 	active activeEstimate
+
+	// flowWork: the last claim found concurrency work (a group that can
+	// admit, ready tasks of task-level groups); flowCreated: this Store
+	// created runs under a limit since. Either makes the next claim use
+	// the full statement (see queries.claimPlain).
+	flowWork, flowCreated atomic.Bool
+	// nextDelayed is when the earliest delayed task is due (Unix ns; the
+	// last claim's probe, lowered by delayed tasks this Store wrote
+	// since, delayedCreated), and unpark whether a task-level group had
+	// parked tasks and room: the next claim promotes when either says so.
+	nextDelayed, delayedCreated atomic.Int64
+	unpark                      atomic.Bool
+	lastProbe                   atomic.Int64 // when the last probe was sent (Unix ns)
 
 	live liveness
 
@@ -314,7 +329,11 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		notifyReq:   make(chan struct{}, 1),
 	}
 	s.q = buildQueries(s.schema)
+	s.flowWork.Store(true)
+	s.unpark.Store(true)
+	s.delayedCreated.Store(math.MaxInt64)
 	s.lq = buildLiveQueries(s.schema)
+	s.fq = buildFlowQueries(s.schema)
 	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",
 		max(cfg.CompletionLockWait.Milliseconds(), 1))
 	err := cs.with(ctx, func(c *pgx.Conn) error {

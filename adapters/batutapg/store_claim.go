@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -36,6 +38,13 @@ func (s *Store) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.
 	return res[0], nil
 }
 
+// probeEvery is how often (at most) a Store's claims read the hints that
+// choose their statements (see queries.probe).
+const probeEvery = 2 * time.Millisecond
+
+// promoteBatch bounds the delayed tasks one claim moves to the ready set.
+const promoteBatch = 1000
+
 // claimMergeWindow is how far apart the Now of two claims may be for them
 // to share a statement.
 const claimMergeWindow = 5 * time.Millisecond
@@ -47,6 +56,12 @@ type claimGroup struct {
 }
 
 func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]batuta.Claim, error) {
+	return s.flushClaimsDepth(ctx, ps, 0)
+}
+
+// flushClaimsDepth is flushClaims; depth counts the second tries with the
+// full claim statement after the plain one was chosen on a stale hint.
+func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, depth int) ([][]batuta.Claim, error) {
 	var groups []*claimGroup
 	for i := range ps {
 		p := &ps[i]
@@ -80,7 +95,22 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 	}
 	out := make([][]batuta.Claim, len(ps))
 	reqs := make([]int64, len(groups))
+	// The plain claim serves while no concurrency step can apply (see
+	// queries.claimPlain), and the promote statement runs only when a
+	// delayed task may be due or a parked task may be unparked; the hints
+	// are refreshed by the probe of every claim.
+	plain := !s.flowWork.Load()
+	// (While any delayed task is known, every claim promotes: a promotion
+	// that finds nothing due is one index probe.)
+	promote := depth > 0 || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
+	// The probe runs at most every probeEvery per Store (and always for a
+	// second try): under a stream of claims the hints are that fresh.
+	started := time.Now()
+	probe := depth > 0 || started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
+	var flow, unpark bool
+	next := int64(math.MaxInt64)
 	err := withRetry(ctx, func() error {
+		flow, unpark, next = false, false, math.MaxInt64
 		clear(out)
 		for i := range reqs {
 			reqs[i] = claimRequest()
@@ -91,11 +121,42 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 				if len(g.p.Workflows) > 0 {
 					wfs = g.p.Workflows
 				}
+				// Delayed tasks that came due, and parked tasks of
+				// groups with room, join the ready set first (the claim
+				// itself admits queued runs).
+				if promote {
+					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+				}
+				if probe {
+					b.Queue(s.q.probe)
+				}
 				// The lease is kept on the database's clock.
-				b.Queue(s.q.claim, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
+				q := s.q.claim
+				if plain {
+					q = s.q.claimPlain
+				}
+				b.Queue(q, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
 			}
 		}, func(br pgx.BatchResults) error {
 			for _, g := range groups {
+				var f, u bool
+				if promote {
+					if err := br.QueryRow().Scan(&f); err != nil {
+						return err
+					}
+				}
+				var due pgtype.Timestamptz
+				var fl bool
+				if probe {
+					if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
+						return err
+					}
+				}
+				flow = flow || f || fl
+				unpark = unpark || u
+				if due.Valid {
+					next = min(next, due.Time.UnixNano())
+				}
 				cs, err := readClaims(br, g.p.Limit)
 				if err != nil {
 					return err
@@ -119,7 +180,77 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
 	}
+	// A claim without a probe that came back empty looks again, with one
+	// (its caller would go idle on a stale hint); one that came back
+	// short makes the next claim probe.
+	again := false
+	if !probe {
+		for i := range ps {
+			if len(out[i]) == 0 {
+				again = true
+			} else if len(out[i]) < ps[i].Limit {
+				s.lastProbe.Store(0)
+			}
+		}
+	}
+	if probe {
+		s.lastProbe.Store(started.UnixNano())
+		s.flowWork.Store(flow || s.flowCreated.Swap(false))
+		s.unpark.Store(unpark)
+		s.nextDelayed.Store(min(next, s.delayedCreated.Swap(math.MaxInt64)))
+		again = (plain && flow) || (!promote && (unpark || needPromote(next, ps)))
+	}
+	if again && depth < 2 {
+		// The plain claim ran on a stale hint: the calls it left short
+		// try again with the full claim.
+		var again []batuta.ClaimParams
+		var idx []int
+		for i := range ps {
+			if n := ps[i].Limit - len(out[i]); n > 0 {
+				p := ps[i]
+				p.Limit = n
+				again = append(again, p)
+				idx = append(idx, i)
+			}
+		}
+		if len(again) > 0 {
+			// On error, what the first statement claimed stands (the
+			// second try's own lost claims are released by it).
+			if more, err := s.flushClaimsDepth(ctx, again, depth+1); err == nil {
+				for k, i := range idx {
+					out[i] = append(out[i], more[k]...)
+				}
+			} else {
+				s.log.Debug("batutapg: second claim try failed", "schema", s.cfg.Schema, "error", err)
+			}
+		}
+	}
 	return out, nil
+}
+
+// noteDelayed records that this Store wrote a delayed task due at t, so
+// the next claim whose clock reached t promotes it.
+func (s *Store) noteDelayed(t time.Time) {
+	n := t.UnixNano()
+	for _, a := range []*atomic.Int64{&s.delayedCreated, &s.nextDelayed} {
+		for {
+			old := a.Load()
+			if n >= old || a.CompareAndSwap(old, n) {
+				break
+			}
+		}
+	}
+}
+
+// needPromote reports whether a delayed task due at next (Unix ns) is due
+// by the clock of any of the claims.
+func needPromote(next int64, ps []batuta.ClaimParams) bool {
+	for i := range ps {
+		if ps[i].Now.UnixNano() >= next {
+			return true
+		}
+	}
+	return false
 }
 
 // claimRequest returns a random claim request number (never 0).
@@ -162,7 +293,7 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 			event, upstream []byte
 			deadline        pgtype.Timestamptz
 		)
-		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &upstream); err != nil {
+		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &c.RateReserved, &upstream); err != nil {
 			return nil, err
 		}
 		c.RunID = formatUUID(runID)

@@ -144,6 +144,8 @@ type compInput struct {
 	retryAt     []pgtype.Timestamptz
 	leaseBefore []pgtype.Timestamptz
 	at          []pgtype.Timestamptz
+	rateRes     []bool
+	delayed     []time.Time // RetryAt of the items (any order)
 }
 
 func newCompInput(n int) *compInput {
@@ -152,6 +154,7 @@ func newCompInput(n int) *compInput {
 		outcomes: make([]string, 0, n), outputs: make([][]byte, 0, n), errs: make([]string, 0, n),
 		recs: make([]pgtype.Text, 0, n), retryAt: make([]pgtype.Timestamptz, 0, n),
 		leaseBefore: make([]pgtype.Timestamptz, 0, n), at: make([]pgtype.Timestamptz, 0, n),
+		rateRes: make([]bool, 0, n),
 	}
 }
 
@@ -191,7 +194,7 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 		if err != nil {
 			return fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, err)
 		}
-	case batuta.OutcomeSkipped, batuta.OutcomeUpstreamFailed, batuta.OutcomeCanceled, batuta.OutcomeRelease, outcomeRescue:
+	case batuta.OutcomeSkipped, batuta.OutcomeUpstreamFailed, batuta.OutcomeCanceled, batuta.OutcomeRelease, batuta.OutcomeDefer, outcomeRescue:
 	default:
 		return fmt.Errorf("batutapg: complete run %s task %s: unknown outcome %q", c.RunID, c.Task, c.Outcome)
 	}
@@ -205,6 +208,10 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 	in.retryAt = append(in.retryAt, ts(c.RetryAt))
 	in.leaseBefore = append(in.leaseBefore, ts(leaseBefore))
 	in.at = append(in.at, ts(c.FinishedAt))
+	in.rateRes = append(in.rateRes, c.Outcome == batuta.OutcomeDefer && c.RateReserved)
+	if !c.RetryAt.IsZero() {
+		in.delayed = append(in.delayed, c.RetryAt)
+	}
 	return nil
 }
 
@@ -313,10 +320,13 @@ func finishedRuns(runs [][16]byte, res []compResult) []string {
 	return ids
 }
 
-// Lease tokens are nextval(tokens) * 65536 + soloBit (the run has no other
+// Lease tokens are nextval(tokens) * 131072 + flowBit (the task or its run
+// is in a concurrency group: its completion has group slots to free) +
+// soloBit (the run has no other
 // task) + the task's index: a completion finds its task by primary key and
 // knows, before asking the database, whether its run must be locked.
 const (
+	tokenFlowBit  = 1 << 16
 	tokenSoloBit  = 1 << 15
 	tokenIndexMax = tokenSoloBit - 1
 )
@@ -325,6 +335,11 @@ const (
 // task row of a run's only task serialises its writers) and the
 // completion statement. It reports whether it queued the locks.
 func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now time.Time) bool {
+	// Tasks due at a RetryAt go to the delayed set: the claim whose clock
+	// reaches it must promote them.
+	for _, t := range in.delayed {
+		s.noteDelayed(t)
+	}
 	var runs [][16]byte
 	for i, tok := range in.tokens {
 		if tok&tokenSoloBit == 0 {
@@ -335,8 +350,15 @@ func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now
 		sort.Slice(runs, func(i, j int) bool { return string(runs[i][:]) < string(runs[j][:]) })
 		b.Queue(s.q.lockRuns, runs)
 	}
-	b.Queue(s.q.complete, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
-		in.retryAt, in.leaseBefore, in.at, maxRescues, now)
+	q := s.q.completePlain
+	for _, tok := range in.tokens {
+		if tok&tokenFlowBit != 0 {
+			q = s.q.complete
+			break
+		}
+	}
+	b.Queue(q, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
+		in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes)
 	return len(runs) > 0
 }
 
@@ -612,6 +634,7 @@ func (in *compInput) subset(idx []int) *compInput {
 		out.retryAt = append(out.retryAt, in.retryAt[i])
 		out.leaseBefore = append(out.leaseBefore, in.leaseBefore[i])
 		out.at = append(out.at, in.at[i])
+		out.rateRes = append(out.rateRes, in.rateRes[i])
 	}
 	return out
 }

@@ -20,6 +20,22 @@ type createItem struct {
 	run   *batuta.NewRun
 	id    [16]byte
 	event []byte
+	// startAt is when the run's root tasks become due (zero: at once).
+	startAt time.Time
+	// admit is the run's place in its workflow-level group: 0 none, 1
+	// queued for admission, 2 admitted at creation.
+	admit int16
+	// rejected, if not empty, records the run canceled at once
+	// (ConcurrencyCancelNewest) with this reason.
+	rejected string
+}
+
+// slow reports whether the item needs a transaction of its own (a group
+// row or debounce key locked, runs looked up) rather than the combined
+// insert.
+func (it *createItem) slow() bool {
+	nr := it.run
+	return nr.Debounce != nil || (nr.Concurrency != nil && nr.Concurrency.Strategy != batuta.ConcurrencyQueue)
 }
 
 type createResult struct {
@@ -40,6 +56,13 @@ func (s *Store) CreateRun(ctx context.Context, nr batuta.NewRun) (string, bool, 
 	it, err := s.prepareRun(&nr)
 	if err != nil {
 		return "", false, err
+	}
+	if it.slow() {
+		res, err := s.createSlow(ctx, []createItem{it}, nr.MaxActive)
+		if err != nil {
+			return "", false, err
+		}
+		return res[0].ID, res[0].Created, nil
 	}
 	if nr.MaxActive > 0 {
 		busy, err := s.overCap(ctx, nr.MaxActive)
@@ -89,11 +112,83 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 			}
 		}
 	}
+	if err := checkFlow(nr); err != nil {
+		return createItem{}, err
+	}
 	ev, err := encodeEvent(&nr.Event)
 	if err != nil {
 		return createItem{}, err
 	}
-	return createItem{run: nr, id: id, event: ev}, nil
+	it := createItem{run: nr, id: id, event: ev}
+	if nr.StartAt.After(nr.CreatedAt) {
+		it.startAt = nr.StartAt
+	}
+	if nr.Debounce != nil {
+		if st := nr.CreatedAt.Add(nr.Debounce.Window); st.After(it.startAt) {
+			it.startAt = st
+		}
+	}
+	if !it.startAt.IsZero() {
+		s.noteDelayed(it.startAt)
+	}
+	if c := nr.Concurrency; c != nil && c.Strategy == batuta.ConcurrencyQueue {
+		it.admit = 1
+	}
+	if nr.Concurrency != nil {
+		s.flowCreated.Store(true)
+		s.flowWork.Store(true)
+	}
+	for _, ts := range nr.Tasks {
+		if ts.Concurrency != nil {
+			s.flowCreated.Store(true)
+			s.flowWork.Store(true)
+			break
+		}
+	}
+	return it, nil
+}
+
+// maxKeyLen bounds concurrency, debounce and rate keys.
+const maxKeyLen = 255
+
+// checkFlow refuses bad flow-control fields of a new run.
+func checkFlow(nr *batuta.NewRun) error {
+	checkKey := func(what, key string) error {
+		if len(key) > maxKeyLen {
+			return fmt.Errorf("batutapg: %w: %s is %d bytes, over %d", batuta.ErrInvalidPayload, what, len(key), maxKeyLen)
+		}
+		return checkText(what, key)
+	}
+	if c := nr.Concurrency; c != nil {
+		if c.Max < 1 {
+			return fmt.Errorf("batutapg: %w: run %s: concurrency Max %d, must be at least 1", batuta.ErrInvalidConfig, nr.ID, c.Max)
+		}
+		if c.Strategy > batuta.ConcurrencyCancelNewest {
+			return fmt.Errorf("batutapg: %w: run %s: unknown concurrency strategy %v", batuta.ErrInvalidConfig, nr.ID, c.Strategy)
+		}
+		if err := checkKey("concurrency key", c.Key); err != nil {
+			return err
+		}
+	}
+	if d := nr.Debounce; d != nil {
+		if d.Window <= 0 || d.MaxWait < d.Window {
+			return fmt.Errorf("batutapg: %w: run %s: debounce window %v and MaxWait %v (need 0 < Window <= MaxWait)", batuta.ErrInvalidConfig, nr.ID, d.Window, d.MaxWait)
+		}
+		if err := checkKey("debounce key", d.Key); err != nil {
+			return err
+		}
+	}
+	for _, ts := range nr.Tasks {
+		if c := ts.Concurrency; c != nil {
+			if c.Max < 1 {
+				return fmt.Errorf("batutapg: %w: task %s: concurrency Max %d, must be at least 1", batuta.ErrInvalidConfig, ts.Name, c.Max)
+			}
+			if err := checkKey("task concurrency key", c.Key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // checkText refuses strings a text column cannot hold.
@@ -191,6 +286,42 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 
 // insertRuns inserts items[idx...] and returns the IDs of the runs created.
 func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (map[[16]byte]bool, error) {
+	args := s.createArgs(items, idx)
+	created := make(map[[16]byte]bool, len(idx))
+	err := withRetry(ctx, func() error {
+		clear(created)
+		return s.sendHot(ctx, false, func(b *pgx.Batch) {
+			b.Queue(s.q.createRuns, args...)
+		}, func(br pgx.BatchResults) error {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			return readCreated(rows, created)
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("batutapg: create runs: %w", err)
+	}
+	return created, nil
+}
+
+// readCreated reads the run IDs the create statement returns into created.
+func readCreated(rows pgx.Rows, created map[[16]byte]bool) error {
+	defer rows.Close()
+	for rows.Next() {
+		var u [16]byte
+		if err := rows.Scan(&u); err != nil {
+			return err
+		}
+		created[u] = true
+	}
+	return rows.Err()
+}
+
+// createArgs returns the arguments of the create statement for
+// items[idx...].
+func (s *Store) createArgs(items []createItem, idx []int) []any {
 	n := len(idx)
 	ids := make([][16]byte, n)
 	wfs := make([]string, n)
@@ -199,6 +330,12 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 	cas := make([]time.Time, n)
 	dls := make([]pgtype.Timestamptz, n)
 	counts := make([]int32, n)
+	sas := make([]pgtype.Timestamptz, n)
+	prios := make([]int32, n)
+	ckeys := make([]pgtype.Text, n)
+	admits := make([]int16, n)
+	dkeys := make([]pgtype.Text, n)
+	rejs := make([]pgtype.Text, n)
 	ntasks := 0
 	for _, i := range idx {
 		ntasks += len(items[i].run.Tasks)
@@ -213,6 +350,17 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 	tSolo := make([]bool, 0, ntasks)
 	tDue := make([]time.Time, 0, ntasks)
 	tFire := make([]string, 0, ntasks)
+	tPrio := make([]int32, 0, ntasks)
+	tHold := make([]int16, 0, ntasks)
+	tKey := make([]pgtype.Text, 0, ntasks)
+	tRej := make([]pgtype.Text, 0, ntasks)
+	tRGroup := make([]bool, 0, ntasks)
+	var gKeys, gWfs []string
+	var gMax []int32
+	var tgKeys []string
+	var tgMax []int32
+	gSeen := map[string]bool{}
+	tgSeen := map[string]bool{}
 	var dependents [][]int
 	for k, i := range idx {
 		it := &items[i]
@@ -223,6 +371,21 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 			dls[k] = pgtype.Timestamptz{Time: nr.Deadline, Valid: true}
 		}
 		counts[k] = int32(len(nr.Tasks))
+		sas[k] = ts(it.startAt)
+		prios[k] = int32(nr.Priority)
+		admits[k] = it.admit
+		if c := nr.Concurrency; c != nil {
+			ckeys[k] = pgtype.Text{String: c.Key, Valid: true}
+			if !gSeen[c.Key] {
+				gSeen[c.Key] = true
+				gKeys, gWfs, gMax = append(gKeys, c.Key), append(gWfs, nr.Workflow), append(gMax, int32(c.Max))
+			}
+		}
+		if d := nr.Debounce; d != nil {
+			dkeys[k] = pgtype.Text{String: d.Key, Valid: true}
+		}
+		rej := pgtype.Text{String: it.rejected, Valid: it.rejected != ""}
+		rejs[k] = rej
 		dependents = dependents[:0]
 		for range nr.Tasks {
 			dependents = append(dependents, nil)
@@ -242,36 +405,42 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (
 			tDependents = append(tDependents, intArrayLiteral(dependents[t]))
 			tNDeps = append(tNDeps, int32(len(ts.Deps)))
 			tSolo = append(tSolo, len(nr.Tasks) == 1)
-			tDue = append(tDue, due)
 			tFire = append(tFire, string(ts.FireOn))
+			tPrio = append(tPrio, int32(nr.Priority))
+			tRej = append(tRej, rej)
+			tRGroup = append(tRGroup, nr.Concurrency != nil)
+			// A root task waits for the run's start time, then (queued)
+			// for its admission.
+			d, hold := due, int16(0)
+			if len(ts.Deps) == 0 {
+				if !it.startAt.IsZero() {
+					d, hold = it.startAt, 1
+				}
+				if it.admit == 1 {
+					hold += 2 // 2: queued, 4: delayed, then queued
+					if hold == 3 {
+						hold = 4
+					}
+				}
+			}
+			tDue = append(tDue, d)
+			tHold = append(tHold, hold)
+			if c := ts.Concurrency; c != nil {
+				tKey = append(tKey, pgtype.Text{String: c.Key, Valid: true})
+				if !tgSeen[c.Key] {
+					tgSeen[c.Key] = true
+					tgKeys, tgMax = append(tgKeys, c.Key), append(tgMax, int32(c.Max))
+				}
+			} else {
+				tKey = append(tKey, pgtype.Text{})
+			}
 		}
 	}
-	created := make(map[[16]byte]bool, n)
-	err := withRetry(ctx, func() error {
-		clear(created)
-		return s.sendHot(ctx, false, func(b *pgx.Batch) {
-			b.Queue(s.q.createRuns, ids, wfs, eids, evs, cas, dls, counts,
-				tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue, tFire)
-		}, func(br pgx.BatchResults) error {
-			rows, err := br.Query()
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				var u [16]byte
-				if err := rows.Scan(&u); err != nil {
-					return err
-				}
-				created[u] = true
-			}
-			return rows.Err()
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("batutapg: create runs: %w", err)
-	}
-	return created, nil
+	return []any{ids, wfs, eids, evs, cas, dls, counts,
+		tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue, tFire,
+		sas, prios, ckeys, admits, dkeys, rejs,
+		tPrio, tHold, tKey, tRej,
+		gKeys, gWfs, gMax, tgKeys, tgMax, tRGroup}
 }
 
 // intArrayLiteral renders ints as a PostgreSQL array literal ("{1,2}").

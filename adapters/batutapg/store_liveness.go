@@ -203,7 +203,10 @@ func (s *Store) beatOnce(ctx context.Context, full bool) error {
 	}
 	if s.live.beats++; liveOn && s.live.beats%300 == 0 {
 		err := s.conns.with(ctx, func(c *pgx.Conn) error {
-			_, err := c.Exec(ctx, s.lq.pruneOwners)
+			if _, err := c.Exec(ctx, s.lq.pruneOwners); err != nil {
+				return err
+			}
+			_, err := c.Exec(ctx, s.fq.pruneRates)
 			return err
 		})
 		if err != nil {

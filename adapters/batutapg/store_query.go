@@ -55,6 +55,8 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 	if state == string(batuta.RunCanceled) {
 		s.active.add(-1)
 		s.runsFinished([]string{formatUUID(id)})
+		// Its concurrency slot (if any) may admit a queued run.
+		s.workAppeared()
 	}
 	return changed, nil
 }
@@ -132,8 +134,12 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 			eventID, state              string
 			event, tasks                []byte
 			deadline, finished, started pgtype.Timestamptz
+			startAt                     pgtype.Timestamptz
+			prio                        int32
+			ckey                        pgtype.Text
 		)
-		err := rows.Scan(&id, &r.Workflow, &eventID, &event, &r.CreatedAt, &deadline, &state, &r.Error, &finished, &started, &tasks)
+		err := rows.Scan(&id, &r.Workflow, &eventID, &event, &r.CreatedAt, &deadline, &state, &r.Error, &finished, &started, &tasks,
+			&startAt, &prio, &ckey)
 		if err != nil {
 			return err
 		}
@@ -142,6 +148,7 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 			return err
 		}
 		r.Deadline, r.FinishedAt, r.StartedAt = deadline.Time, finished.Time, started.Time
+		r.StartAt, r.Priority, r.ConcurrencyKey = startAt.Time, int(prio), ckey.String
 		switch {
 		case state != "active":
 			r.State = batuta.RunState(state)
@@ -160,9 +167,9 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 }
 
 // decodeTasks reads the [[name, state, deps, output, error, attempts,
-// rescues], ...] array of runSelect.
+// rescues, not_before], ...] array of runSelect.
 func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
-	var rows [][7]json.RawMessage
+	var rows [][8]json.RawMessage
 	if err := json.Unmarshal(b, &rows); err != nil {
 		return nil, fmt.Errorf("decode tasks: %w", err)
 	}
@@ -180,6 +187,7 @@ func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
 			json.Unmarshal(r[4], &errMsg),
 			json.Unmarshal(r[5], &t.Attempts),
 			json.Unmarshal(r[6], &t.Rescues),
+			unmarshalTime(r[7], &t.NotBefore),
 		); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
 		}
@@ -315,4 +323,12 @@ func (s *Store) flushTicks(ctx context.Context, items []tickItem) ([]bool, error
 		out[i] = stored[it.name] && it.tick.Equal(latest[it.name])
 	}
 	return out, nil
+}
+
+// unmarshalTime reads a JSON timestamp, or null (the zero time).
+func unmarshalTime(b json.RawMessage, t *time.Time) error {
+	if len(b) == 0 || string(b) == "null" {
+		return nil
+	}
+	return json.Unmarshal(b, t)
 }

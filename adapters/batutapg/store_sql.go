@@ -6,8 +6,10 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
-	claim, extend                          string
+	claim, claimPlain, extend, promote     string
+	probe                                  string
 	lockRuns, complete, expired, taskForTx string
+	completePlain                          string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
@@ -24,19 +26,50 @@ func buildQueries(schema string) queries {
 		// uncommitted keys cannot deadlock.
 		createRuns: `
 WITH r AS (
-    INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left)
-    SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, u.n
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[])
-        AS u(id, wf, eid, ev, ca, dl, n)
+    INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left,
+        start_at, priority, ckey, admit, dkey, state, canceled, error, finished_at)
+    SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, CASE WHEN u.rej IS NULL THEN u.n ELSE 0 END,
+        u.sa, u.prio, u.ckey, u.admit, u.dkey, CASE WHEN u.rej IS NULL THEN 'active' ELSE 'canceled' END,
+        u.rej IS NOT NULL, coalesce(u.rej, ''), CASE WHEN u.rej IS NOT NULL THEN u.ca END
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[],
+                $18::timestamptz[], $19::int[], $20::text[], $21::smallint[], $22::text[], $23::text[])
+        AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej)
     ORDER BY u.wf, u.eid
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, ckey, admit, priority, created_at, start_at
+), q AS (
+    INSERT INTO {s}.run_queue (ckey, priority, created_at, run_id, start_at)
+    SELECT ckey, priority, created_at, id, start_at FROM r WHERE admit = 1
 ), t AS (
-    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on)
-    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo, 'pending', v.due, v.fire_on
-    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[])
-        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on)
+    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
+        priority, hold, tkey, error, rgroup)
+    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo,
+        CASE WHEN v.rej IS NULL THEN 'pending' ELSE 'canceled' END, v.due, v.fire_on, v.prio,
+        CASE WHEN v.hold = 0 AND v.ndeps = 0 AND v.rej IS NULL
+            AND v.wf = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3 ELSE v.hold END,
+        v.tkey, v.rej, v.rgroup
+    FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[],
+                $24::int[], $25::smallint[], $26::text[], $27::text[], $33::bool[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej, rgroup)
     WHERE v.run_id IN (SELECT id FROM r)
+), g AS (
+    -- the workflow-level groups of the runs created: queued (admit 1) and
+    -- admitted (admit 2, CancelInProgress and CancelNewest) runs counted
+    INSERT INTO {s}.run_groups AS g (key, workflow, max, waiting, active)
+    SELECT c.key, c.wf, c.max, x.w, x.a
+    FROM unnest($28::text[], $29::text[], $30::int[]) AS c(key, wf, max)
+    JOIN (SELECT ckey, count(*) FILTER (WHERE admit = 1) AS w, count(*) FILTER (WHERE admit = 2) AS a
+          FROM r WHERE ckey IS NOT NULL GROUP BY ckey) x ON x.ckey = c.key
+    ORDER BY c.key
+    ON CONFLICT (key) DO UPDATE SET waiting = g.waiting + EXCLUDED.waiting, active = g.active + EXCLUDED.active, max = EXCLUDED.max
+), tg AS (
+    -- task-level groups, written only when new or their Max changed (so
+    -- creating runs does not lock rows the claims use)
+    INSERT INTO {s}.task_groups AS g (key, max)
+    SELECT c.key, c.max FROM unnest($31::text[], $32::int[]) AS c(key, max)
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.task_groups x WHERE x.key = c.key AND x.max = c.max)
+    ORDER BY c.key
+    ON CONFLICT (key) DO UPDATE SET max = EXCLUDED.max
 )
 SELECT r.id FROM r`,
 
@@ -52,7 +85,15 @@ JOIN {s}.runs r ON r.workflow = u.wf AND r.event_id = u.eid`,
 		// those are exactly the two partial indexes of tasks.
 		countActive: `
 SELECT count(DISTINCT run_id) FROM (
-    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4)
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND hold = 3
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 5
+    UNION ALL
+    SELECT run_id FROM {s}.run_queue
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'running'
 ) a`,
@@ -61,29 +102,209 @@ SELECT count(DISTINCT run_id) FROM (
 		// LOCKED (an IN (subquery) could claim more than the limit), lease
 		// them, and return each with its run's event and its direct
 		// dependencies' results.
+		//
+		// Paused workflows are filtered after the scan (their ready tasks
+		// are mostly moved out of the ready set, but one made ready while
+		// the pause committed may remain; in the scan's WHERE the filter
+		// spoils the generic plan's estimate). A task of a task-level
+		// concurrency group is claimed only while the group, locked here
+		// (SKIP LOCKED: a group another transaction holds waits for the
+		// next claim), has room, and the claim takes the slot in the same
+		// statement; the tasks of a full group it met are parked (out of
+		// the ready set) until a claim finds the group with room.
 		claim: `
-WITH picked AS (
-    SELECT run_id, idx FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND due_at <= $1
+WITH g AS MATERIALIZED (
+    -- admission: groups with queued runs and room take turns, the one
+    -- served least recently first (a group whose turn came goes to the
+    -- back even if it admitted nothing, so groups with only delayed runs
+    -- queued cannot hold the others up); each admits its first runs
+    -- (priority, then creation) up to its room, and active grows in this
+    -- statement, under the group row's lock
+    SELECT key, max - active AS room FROM {s}.run_groups
+    WHERE waiting > 0 AND active < max
       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-    ORDER BY due_at
+      AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
+    ORDER BY last_admit
+    LIMIT $3
+    FOR NO KEY UPDATE SKIP LOCKED
+), a AS MATERIALIZED (
+    SELECT x.id, g.key FROM g CROSS JOIN LATERAL (
+        SELECT r.id FROM {s}.run_queue q JOIN {s}.runs r ON r.id = q.run_id
+        WHERE q.ckey = g.key AND (q.start_at IS NULL OR q.start_at <= $1) AND r.admit = 1
+        ORDER BY q.priority DESC, q.created_at, q.run_id
+        LIMIT g.room
+        FOR UPDATE OF q SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED
+    ) x
+    LIMIT $3
+), dq AS (
+    DELETE FROM {s}.run_queue q USING a WHERE q.run_id = a.id
+), ru AS (
+    UPDATE {s}.runs r SET admit = 2 FROM a WHERE r.id = a.id AND r.admit = 1
+    RETURNING r.id, a.key
+), gu AS (
+    UPDATE {s}.run_groups x SET active = x.active + coalesce(c.n, 0), waiting = x.waiting - coalesce(c.n, 0),
+        last_admit = clock_timestamp()
+    FROM g LEFT JOIN (SELECT key, count(*) AS n FROM ru GROUP BY key) c ON c.key = g.key
+    WHERE x.key = g.key
+), at AS MATERIALIZED (
+    -- the first tasks of the runs admitted now: claimed here with the
+    -- ready ones, or put in the ready set
+    SELECT t.run_id, t.idx, t.tkey, t.rate_reserved, t.priority, t.due_at, t.workflow
+    FROM ru JOIN {s}.tasks t ON t.run_id = ru.id
+    WHERE t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+), picked AS MATERIALIZED (
+    SELECT run_id, idx, tkey, rate_reserved, priority, due_at, workflow FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY priority DESC, due_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), cand AS MATERIALIZED (
+    SELECT * FROM picked UNION ALL SELECT * FROM at
+), pz AS (
+    SELECT coalesce(array_agg(p.workflow), '{}') AS wfs FROM {s}.paused p
+), tg AS MATERIALIZED (
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE key IN (SELECT tkey FROM cand WHERE tkey IS NOT NULL)
+    FOR NO KEY UPDATE SKIP LOCKED
+), rk AS MATERIALIZED (
+    SELECT c.run_id, c.idx, c.tkey, c.rate_reserved, c.priority, c.due_at, tg.room,
+        row_number() OVER (PARTITION BY c.tkey ORDER BY c.priority DESC, c.due_at) AS rn
+    FROM cand c JOIN tg ON tg.key = c.tkey
+    WHERE NOT (c.workflow = ANY((SELECT wfs FROM pz)::text[]))
+), ok AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM cand
+        WHERE tkey IS NULL AND NOT (workflow = ANY((SELECT wfs FROM pz)::text[]))
+        UNION ALL
+        SELECT run_id, idx, tkey, rate_reserved, priority, due_at FROM rk WHERE rn <= room
+    ) e
+    ORDER BY priority DESC, due_at
+    LIMIT $3
+), pk AS (
+    UPDATE {s}.tasks t SET hold = 5 FROM rk
+    WHERE rk.rn > rk.room AND t.run_id = rk.run_id AND t.idx = rk.idx
+), rest AS (
+    -- admitted now, not claimed now: to the ready set
+    UPDATE {s}.tasks t SET hold = CASE WHEN t.workflow = ANY((SELECT wfs FROM pz)::text[]) THEN 3 ELSE 0 END
+    FROM at
+    WHERE t.run_id = at.run_id AND t.idx = at.idx
+      AND NOT EXISTS (SELECT 1 FROM ok WHERE ok.run_id = at.run_id AND ok.idx = at.idx)
+      AND NOT EXISTS (SELECT 1 FROM rk WHERE rk.run_id = at.run_id AND rk.idx = at.idx AND rk.rn > rk.room)
+), tgu AS (
+    UPDATE {s}.task_groups x SET active = x.active + coalesce(c.n, 0), parked = x.parked + coalesce(k.n, 0)
+    FROM tg
+    LEFT JOIN (SELECT tkey, count(*) AS n FROM ok WHERE tkey IS NOT NULL GROUP BY tkey) c ON c.tkey = tg.key
+    LEFT JOIN (SELECT tkey, count(*) AS n FROM rk WHERE rn > room GROUP BY tkey) k ON k.tkey = tg.key
+    WHERE x.key = tg.key AND (c.n IS NOT NULL OR k.n IS NOT NULL)
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 65536 + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6
-    FROM picked p
-    WHERE t.run_id = p.run_id AND t.idx = p.idx
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
+    FROM ok p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx AND t.state = 'pending'
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
 )
-SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline,
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
     CASE WHEN cardinality(c.deps) > 0 THEN (
         SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
         JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
     ) END
-FROM claimed c JOIN {s}.runs r ON r.id = c.run_id`,
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`,
+
+		// The claim when no concurrency group can admit and no ready task
+		// has a task-level group (the store learns it from the promote
+		// statement of each claim): the ready set's first tasks, without
+		// the concurrency steps (tasks of a task-level group are left to
+		// the full claim).
+		claimPlain: `
+WITH ok AS MATERIALIZED (
+    SELECT run_id, idx, rate_reserved, priority, due_at, workflow FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $1 AND tkey IS NULL
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {s}.tasks t
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
+    FROM ok p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx
+      AND NOT (p.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[]))
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
+)
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`,
+
+		// Before each claim, in its transaction: delayed tasks that came due
+		// move to the ready set (or, for a run queued for admission, to
+		// its group's queue). A claim never waits for them: SKIP LOCKED.
+		//
+		// The same statement unparks tasks of task-level groups with room
+		// (their first parked tasks, up to the room, back to the ready set).
+		promote: `
+WITH tk AS MATERIALIZED (
+    -- task groups with parked tasks and room: their first parked tasks
+    -- go back to the ready set (the claim that follows takes the slots)
+    SELECT key, max - active AS room FROM {s}.task_groups
+    WHERE parked > 0 AND active < max
+    ORDER BY key LIMIT $3
+    FOR NO KEY UPDATE SKIP LOCKED
+), up AS (
+    UPDATE {s}.tasks t SET hold = 0
+    FROM (
+        SELECT x.run_id, x.idx, tk.key FROM tk CROSS JOIN LATERAL (
+            SELECT run_id, idx FROM {s}.tasks
+            WHERE tkey = tk.key AND state = 'pending' AND pending_deps = 0 AND hold = 5
+            ORDER BY priority DESC, due_at
+            LIMIT tk.room
+            FOR UPDATE SKIP LOCKED
+        ) x
+    ) w
+    WHERE t.run_id = w.run_id AND t.idx = w.idx AND t.hold = 5
+    RETURNING w.key
+), upg AS (
+    UPDATE {s}.task_groups g SET parked = g.parked - c.n
+    FROM (SELECT key, count(*) AS n FROM up GROUP BY key) c
+    WHERE g.key = c.key
+), d AS (
+    SELECT run_id, idx FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at <= $1
+      AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), pr AS (
+    UPDATE {s}.tasks t SET hold = CASE
+            WHEN t.hold = 4 THEN 2
+            WHEN t.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3
+            ELSE 0 END
+    FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)
+    RETURNING t.hold
+)
+SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
+
+		// Read before each claim (and after the promote statement, if
+		// any), in its transaction: when the next delayed task is due,
+		// whether a task-level group has parked tasks and room, and
+		// whether the claim needs its concurrency steps (a group can
+		// admit, or a ready task belongs to a task-level group). The
+		// store runs the promote statement and the full claim only when
+		// the previous probe (or this one, for a second try) says so.
+		probe: `
+SELECT (SELECT min(due_at) FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4)),
+    EXISTS (SELECT 1 FROM {s}.task_groups WHERE parked > 0 AND active < max),
+    EXISTS (SELECT 1 FROM {s}.run_groups WHERE waiting > 0 AND active < max)
+    OR EXISTS (SELECT 1 FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND tkey IS NOT NULL)`,
 
 		// Lease extension never waits: a task row locked by someone else is
 		// being completed, rescued or canceled right now; it is reported
@@ -136,8 +357,8 @@ FROM i LEFT JOIN {s}.runs r ON r.id = i.run_id`,
 		complete: `
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::json[], $6::text[],
-                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, ord)
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $13::bool[])
+        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, rr, ord)
 ), m AS MATERIALIZED (
     SELECT i.*, t.idx,
         CASE
@@ -150,7 +371,7 @@ WITH i AS (
     JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
     WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
       AND (i.lease_before IS NULL OR t.lease_until < i.lease_before)
-      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'rescue')
+      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer', 'rescue')
 ), done AS (
     UPDATE {s}.tasks t SET
         state = m.new_state,
@@ -172,6 +393,10 @@ WITH i AS (
             ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
         END,
         due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
+        -- due at a given time: the delayed set, out of the claims' way
+        -- until a claim whose clock reached it promotes it
+        hold = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN 1 ELSE 0 END,
+        rate_reserved = m.new_state = 'pending' AND m.outcome = 'defer' AND coalesce(m.rr, false),
         -- kept on terminal states, so a repeated completion is recognised
         token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
         owner = NULL,
@@ -181,7 +406,13 @@ WITH i AS (
     FROM m
     WHERE t.run_id = m.run_id AND t.idx = m.idx AND t.lease_until IS NOT NULL AND t.token = m.token
       AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
-    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at
+    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at, t.tkey
+), tgu AS (
+    -- every completion of a claimed task frees its task-level slot
+    UPDATE {s}.task_groups g SET active = g.active - c.n
+    FROM (SELECT tkey, count(*) AS n FROM done WHERE tkey IS NOT NULL GROUP BY tkey) c
+    WHERE g.key = c.tkey
+    RETURNING g.parked > 0 AS wake
 ), cnt AS (
     -- ok/bad: a dependency finished as succeeded / as a failure, for
     -- the dependents that fire early on it (fire_on)
@@ -222,10 +453,17 @@ WITH i AS (
             ELSE 'succeeded'
         END,
         finished_at = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE coalesce(rc.at, $12) END,
-        finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END
+        finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END,
+        admit = CASE WHEN r.tasks_left <= rc.n AND r.admit = 2 THEN 3 ELSE r.admit END
     FROM rc
     WHERE r.id = rc.run_id
-    RETURNING rc.ord, r.state
+    RETURNING rc.ord, r.state, r.ckey, r.admit
+), rgu AS (
+    -- a run that held a workflow-level slot frees it as it finishes
+    UPDATE {s}.run_groups g SET active = g.active - c.n
+    FROM (SELECT ckey, count(*) AS n FROM ru WHERE state <> 'active' AND admit = 3 GROUP BY ckey) c
+    WHERE g.key = c.ckey
+    RETURNING g.waiting > 0 AS wake
 )
 -- One row per fact, no joins between the parts (they would be quadratic
 -- in the batch size): d = applied (new state), r = tasks made ready,
@@ -249,13 +487,18 @@ SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token T
 FROM i
 JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
 JOIN {s}.runs r0 ON r0.id = i.run_id
-WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release') AND i.ord NOT IN (SELECT ord FROM done)
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer') AND i.ord NOT IN (SELECT ord FROM done)
   AND t0.name = i.task
   AND ((t0.token = i.token AND t0.state = i.outcome) OR (t0.last_token = i.token AND t0.last_outcome = i.outcome))
 UNION ALL
 SELECT 'n', 0, '', count(*) FROM (
     SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12)
-    LIMIT 1) x`,
+    LIMIT 1) x
+UNION ALL
+-- a slot freed in a group whose runs or tasks wait: work for any instance
+SELECT 'n', 0, '', count(*) FROM (
+    SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake
+    LIMIT 1) y`,
 
 		// Running tasks whose lease expired before $1.
 		expired: `
@@ -276,11 +519,15 @@ WHERE run_id = $1 AND idx = ($3::bigint & 32767)::smallint AND name = $2 AND tok
 		// their workers report.
 		cancel: `
 WITH r AS (
-    SELECT id FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
+    SELECT id, admit FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
 ), c AS (
     UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
     FROM r WHERE t.run_id = r.id AND t.state = 'pending'
-    RETURNING t.idx
+    RETURNING t.idx, t.hold, t.tkey
+), cp AS (
+    UPDATE {s}.task_groups g SET parked = g.parked - x.n
+    FROM (SELECT tkey, count(*) AS n FROM c WHERE hold = 5 GROUP BY tkey) x
+    WHERE g.key = x.tkey
 ), n AS (
     SELECT count(*) AS n FROM c
 ), ru AS (
@@ -289,9 +536,19 @@ WITH r AS (
         error = $2,
         tasks_left = x.tasks_left - n.n,
         state = CASE WHEN x.tasks_left = n.n THEN 'canceled' ELSE x.state END,
-        finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END
+        finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END,
+        admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN x.admit = 2 THEN 3 WHEN x.admit = 1 THEN 0 ELSE x.admit END
     FROM r, n WHERE x.id = r.id
-    RETURNING x.state
+    RETURNING x.state, x.ckey, r.admit AS was
+), dq AS (
+    DELETE FROM {s}.run_queue q USING ru WHERE q.run_id = $1 AND ru.was = 1 AND ru.state <> 'active'
+), gu AS (
+    -- a finished run leaves its group: its slot (admitted) or its place
+    -- in the queue
+    UPDATE {s}.run_groups g SET
+        active = g.active - CASE WHEN ru.was = 2 THEN 1 ELSE 0 END,
+        waiting = g.waiting - CASE WHEN ru.was = 1 THEN 1 ELSE 0 END
+    FROM ru WHERE g.key = ru.ckey AND ru.state <> 'active' AND ru.was IN (1, 2)
 )
 SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
 
@@ -299,11 +556,12 @@ SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
 		// attempts verbatim) in one statement, so the two agree.
 		runSelect: `
 SELECT r.id, r.workflow, r.event_id, r.event, r.created_at, r.deadline, r.state, r.error, r.finished_at,
-    x.started, x.tasks
+    x.started, x.tasks, r.start_at, r.priority, r.ckey
 FROM {s}.runs r
 CROSS JOIN LATERAL (
     SELECT min(t.first_claimed_at) AS started,
-        json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues) ORDER BY t.idx) AS tasks
+        json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues,
+            CASE WHEN t.state = 'pending' AND t.due_at > r.created_at THEN t.due_at END) ORDER BY t.idx) AS tasks
     FROM {s}.tasks t WHERE t.run_id = r.id
 ) x`,
 
@@ -350,13 +608,35 @@ RETURNING s.name`,
 		notify: `SELECT pg_notify($1, $2)`,
 	}
 	for _, p := range []*string{
-		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.extend, &q.lockRuns,
+		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.probe, &q.extend, &q.promote, &q.lockRuns,
 		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
 		*p = r.Replace(*p)
 	}
+	q.completePlain = plainCompletion(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
 	q.findRun = q.runSelect + "\nWHERE r.workflow = $1 AND r.event_id = $2"
 	return q
+}
+
+// plainCompletion returns the completion statement without its
+// concurrency-group steps, for batches whose tokens say no task belongs to
+// a group (see tokenFlowBit).
+func plainCompletion(full string) string {
+	cut := func(s, from, to string) string {
+		i := strings.Index(s, from)
+		j := strings.Index(s[i+len(from):], to)
+		if i < 0 || j < 0 {
+			panic("batutapg: completion statement layout changed: " + from)
+		}
+		return s[:i] + s[i+len(from)+j:]
+	}
+	s := cut(full, "\n), tgu AS (", "\n), cnt AS (")
+	s = cut(s, "\n), rgu AS (", "\n)\n-- One row per fact")
+	i := strings.Index(s, "\nUNION ALL\n-- a slot freed")
+	if i < 0 {
+		panic("batutapg: completion statement layout changed: slot freed")
+	}
+	return s[:i]
 }

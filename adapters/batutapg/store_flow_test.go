@@ -1,0 +1,511 @@
+package batutapg
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+)
+
+// Flow control on the PostgreSQL store across processes: several Store
+// instances on one schema stand for several processes (each has its own
+// pool, listener and liveness loop; they share nothing but the database).
+
+// flowStores returns n Stores on one fresh schema, each on its own pool.
+func flowStores(t *testing.T, n int) []*Store {
+	t.Helper()
+	first := storeTestPool(t, 8)
+	schema := "batuta_fl_" + storeSuffix()
+	dropSchemaAtCleanup(t, first, schema)
+	out := make([]*Store, n)
+	for i := range out {
+		pool := first
+		if i > 0 {
+			pool = storeTestPool(t, 8)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s, err := New(ctx, pool, Config{Schema: schema, Logger: quiet()})
+		cancel()
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, s.Close()) })
+		out[i] = s
+	}
+	return out
+}
+
+// highWater tracks the most holders of each key at once.
+type highWater struct {
+	mu   sync.Mutex
+	cur  map[string]int
+	high map[string]int
+}
+
+func newHighWater() *highWater { return &highWater{cur: map[string]int{}, high: map[string]int{}} }
+
+func (h *highWater) enter(k string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cur[k]++
+	if h.cur[k] > h.high[k] {
+		h.high[k] = h.cur[k]
+	}
+}
+
+func (h *highWater) leave(k string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cur[k]--
+}
+
+func (h *highWater) max() (string, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	best, n := "", 0
+	for k, v := range h.high {
+		if v > n {
+			best, n = k, v
+		}
+	}
+	return best, n
+}
+
+// TestFlowLimitsAcrossInstances: three Store instances on one database,
+// four claimers each: the runs of each workflow-level key held at once
+// (from the claim of their task to its completion, as the claimers see
+// it) never exceed Max, nor do the running tasks of a task-level key, and
+// every run finishes.
+func TestFlowLimitsAcrossInstances(t *testing.T) {
+	t.Parallel()
+	stores := flowStores(t, 3)
+	ctx := testCtx(t)
+	const keys, perKey, wfMax, taskMax = 8, 12, 2, 3
+	now := time.Now()
+	var runs []batuta.NewRun
+	for k := 0; k < keys; k++ {
+		for i := 0; i < perKey; i++ {
+			nr := newRunFor("limited", fmt.Sprintf("k%d-%d", k, i), now,
+				batuta.TaskSpec{Name: "a", Concurrency: &batuta.ConcurrencySpec{Key: "limited/a", Max: taskMax}},
+				batuta.TaskSpec{Name: "b", Deps: []int{0}})
+			nr.Concurrency = &batuta.ConcurrencySpec{Key: fmt.Sprintf("limited:k%d", k), Max: wfMax}
+			runs = append(runs, nr)
+		}
+	}
+	// Created through all three instances, in batches.
+	for i := 0; i < len(runs); i += 16 {
+		_, err := stores[(i/16)%3].CreateRuns(ctx, runs[i:min(i+16, len(runs))])
+		require.NoError(t, err)
+	}
+	keyOf := map[string]string{}
+	for _, nr := range runs {
+		keyOf[nr.ID] = nr.Concurrency.Key
+	}
+	runHW, taskHW := newHighWater(), newHighWater()
+	var finished atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(45 * time.Second)
+	for w := 0; w < 12; w++ {
+		s := stores[w%3]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for finished.Load() < int64(len(runs)) && time.Now().Before(deadline) {
+				n := time.Now()
+				cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: fmt.Sprintf("w%d", w), Workflows: []string{"limited"},
+					Limit: 3, Now: n, LeaseUntil: n.Add(time.Minute)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(cs) == 0 {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				for _, c := range cs {
+					if c.Task == "a" { // the run's first claim: it holds a slot until b is done
+						runHW.enter(keyOf[c.RunID])
+						taskHW.enter("limited/a")
+					}
+				}
+				time.Sleep(time.Millisecond) // the work
+				var comps []batuta.Completion
+				for _, c := range cs {
+					if c.Task == "a" {
+						taskHW.leave("limited/a")
+					}
+					comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
+						StartedAt: n, FinishedAt: time.Now()})
+				}
+				// Leave before completing: the measured count is a lower
+				// bound of what the store holds, so a breach is real.
+				for _, c := range cs {
+					if c.Task == "b" {
+						runHW.leave(keyOf[c.RunID])
+					}
+				}
+				res, err := s.CompleteTasks(ctx, comps)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, r := range res {
+					if r.Err != nil {
+						t.Error(r.Err)
+					}
+					if r.RunFinished != "" {
+						finished.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.EqualValues(t, len(runs), finished.Load(), "every run finished")
+	k, n := runHW.max()
+	require.LessOrEqual(t, n, wfMax, "workflow-level key %s held %d runs at once", k, n)
+	require.Equal(t, wfMax, n, "the limit was reached (the test exercised it)")
+	_, n = taskHW.max()
+	require.LessOrEqual(t, n, taskMax, "task-level key held %d running tasks", n)
+	t.Logf("high-water marks: %d runs per key (Max %d), %d running tasks of the task key (Max %d)", wfMax, wfMax, n, taskMax)
+	var active, waiting int
+	require.NoError(t, stores[0].queryRow(ctx, "SELECT coalesce(sum(active), 0), coalesce(sum(waiting), 0) FROM "+stores[0].schema+".run_groups", nil, &active, &waiting))
+	require.Zero(t, active+waiting, "every slot was given back")
+	require.NoError(t, stores[0].queryRow(ctx, "SELECT coalesce(sum(active), 0) FROM "+stores[0].schema+".task_groups", nil, &active))
+	require.Zero(t, active)
+}
+
+// TestFlowRateAcrossInstances: concurrent reservations through three
+// instances get slots that never exceed the GCRA bound in any window of
+// length Per.
+func TestFlowRateAcrossInstances(t *testing.T) {
+	t.Parallel()
+	stores := flowStores(t, 3)
+	ctx := testCtx(t)
+	spec := batuta.RateSpec{Key: "api", Limit: 20, Per: 200 * time.Millisecond, Burst: 4}
+	var mu sync.Mutex
+	var slots []time.Time
+	var wg sync.WaitGroup
+	for w := 0; w < 9; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 30; i++ {
+				slot, err := stores[w%3].ReserveRate(ctx, spec, time.Now())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				slots = append(slots, slot)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(slots, func(i, j int) bool { return slots[i].Before(slots[j]) })
+	bound := spec.Limit + spec.Burst - 1
+	worst := 0
+	for i := range slots {
+		j := i
+		for j < len(slots) && slots[j].Sub(slots[i]) < spec.Per {
+			j++
+		}
+		worst = max(worst, j-i)
+	}
+	require.LessOrEqual(t, worst, bound, "starts in a window of %v", spec.Per)
+	t.Logf("%d reservations; at most %d in any %v window (bound %d)", len(slots), worst, spec.Per, bound)
+
+	_, err := stores[0].ReserveRate(ctx, batuta.RateSpec{Key: "x", Limit: 0, Per: time.Second, Burst: 1}, time.Now())
+	require.ErrorIs(t, err, batuta.ErrInvalidConfig)
+}
+
+func flowClaim(t *testing.T, s *Store, wf string, now time.Time, limit int) []batuta.Claim {
+	t.Helper()
+	cs, err := s.ClaimTasks(testCtx(t), batuta.ClaimParams{Owner: "w", Workflows: []string{wf}, Limit: limit, Now: now, LeaseUntil: now.Add(time.Minute)})
+	require.NoError(t, err)
+	return cs
+}
+
+func flowComplete(t *testing.T, s *Store, cs []batuta.Claim, at time.Time) []batuta.CompleteResult {
+	t.Helper()
+	var comps []batuta.Completion
+	for _, c := range cs {
+		comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt, StartedAt: at, FinishedAt: at})
+	}
+	res, err := s.CompleteTasks(testCtx(t), comps)
+	require.NoError(t, err)
+	return res
+}
+
+// TestFlowDelayPriorityPause: delayed runs are not claimed before their
+// time and NextDue names it; priorities order claims; a paused workflow's
+// tasks are not claimed, on any instance, until it is resumed.
+func TestFlowDelayPriorityPause(t *testing.T) {
+	t.Parallel()
+	stores := flowStores(t, 2)
+	s, other := stores[0], stores[1]
+	ctx := testCtx(t)
+	now := time.Now()
+	later := now.Add(time.Hour)
+	d := newRunFor("wf", "delayed", now)
+	d.StartAt = later
+	_, _, err := s.CreateRun(ctx, d)
+	require.NoError(t, err)
+	for i, p := range []int{0, 5, -1, 5} {
+		nr := newRunFor("wf", fmt.Sprintf("p%d", i), now.Add(time.Duration(i)*time.Millisecond))
+		nr.Priority = p
+		_, _, err := s.CreateRun(ctx, nr)
+		require.NoError(t, err)
+	}
+	var order []string
+	for {
+		cs := flowClaim(t, other, "wf", now.Add(time.Second), 1)
+		if len(cs) == 0 {
+			break
+		}
+		order = append(order, cs[0].Event.ID)
+	}
+	require.Equal(t, []string{"p1", "p3", "p0", "p2"}, order, "priority first, then due time; the delayed run waits")
+	due, err := other.NextDue(ctx, []string{"wf"}, now)
+	require.NoError(t, err)
+	require.WithinDuration(t, later, due, time.Millisecond)
+	r, err := other.GetRun(ctx, d.ID)
+	require.NoError(t, err)
+	require.WithinDuration(t, later, r.StartAt, time.Millisecond)
+	require.WithinDuration(t, later, r.Tasks[0].NotBefore, time.Millisecond)
+
+	changed, err := s.SetPaused(ctx, "wf", true)
+	require.NoError(t, err)
+	require.True(t, changed)
+	changed, err = other.SetPaused(ctx, "wf", true)
+	require.NoError(t, err)
+	require.False(t, changed)
+	p, err := other.PausedWorkflows(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{"wf"}, p)
+	due, err = other.NextDue(ctx, []string{"wf"}, now)
+	require.NoError(t, err)
+	require.True(t, due.IsZero(), "NextDue ignores paused workflows")
+	require.Empty(t, flowClaim(t, other, "wf", later.Add(time.Second), 10), "paused: nothing claimed, not even the due delayed run")
+	_, _, err = s.CreateRun(ctx, newRunFor("wf", "while-paused", now))
+	require.NoError(t, err)
+	require.Empty(t, flowClaim(t, other, "wf", later.Add(time.Second), 10))
+
+	// Resuming wakes the other instance.
+	drainWork(other.WorkAvailable())
+	changed, err = s.SetPaused(ctx, "wf", false)
+	require.NoError(t, err)
+	require.True(t, changed)
+	select {
+	case <-other.WorkAvailable():
+	case <-time.After(10 * time.Second):
+		t.Fatal("resume did not notify the other instance")
+	}
+	cs := flowClaim(t, other, "wf", later.Add(time.Second), 10)
+	require.Len(t, cs, 2, "the delayed run (now due) and the one created while paused")
+}
+
+// TestFlowFairness: one key with many queued runs and many quiet keys
+// (Max 1 each): groups take turns, so the quiet keys finish while the busy
+// one has done only a few runs.
+func TestFlowFairness(t *testing.T) {
+	t.Parallel()
+	s := flowStores(t, 1)[0]
+	ctx := testCtx(t)
+	now := time.Now()
+	var runs []batuta.NewRun
+	key := map[string]string{}
+	add := func(k string, n int) {
+		for i := 0; i < n; i++ {
+			nr := newRunFor("fair", fmt.Sprintf("%s-%d", k, i), now)
+			nr.Concurrency = &batuta.ConcurrencySpec{Key: "fair:" + k, Max: 1}
+			runs = append(runs, nr)
+			key[nr.ID] = k
+		}
+	}
+	add("busy", 300) // created first: the oldest runs
+	for q := 0; q < 20; q++ {
+		add(fmt.Sprintf("q%d", q), 3)
+	}
+	_, err := s.CreateRuns(ctx, runs)
+	require.NoError(t, err)
+	busyDone, quietLeft := 0, 60
+	for quietLeft > 0 {
+		cs := flowClaim(t, s, "fair", time.Now(), 8)
+		require.NotEmpty(t, cs)
+		for i, r := range flowComplete(t, s, cs, time.Now()) {
+			require.NoError(t, r.Err)
+			if key[cs[i].RunID] == "busy" {
+				busyDone++
+			} else {
+				quietLeft--
+			}
+		}
+	}
+	require.LessOrEqual(t, busyDone, 6, "the busy key did %d runs while 20 quiet keys did 3 each", busyDone)
+	t.Logf("busy key: %d runs done when the quiet keys had finished", busyDone)
+}
+
+// TestFlowDebounceAndCancelStrategies: debounce merges into the pending
+// run; CancelNewest rejects over the limit; CancelInProgress cancels the
+// oldest.
+func TestFlowDebounceAndCancelStrategies(t *testing.T) {
+	t.Parallel()
+	s := flowStores(t, 1)[0]
+	ctx := testCtx(t)
+	now := time.Now()
+	deb := &batuta.DebounceSpec{Key: "user1", Window: time.Second, MaxWait: 3 * time.Second}
+	r1 := newRunFor("deb", "e1", now)
+	r1.Debounce = deb
+	res, err := s.CreateRuns(ctx, []batuta.NewRun{r1})
+	require.NoError(t, err)
+	require.True(t, res[0].Created)
+	r2 := newRunFor("deb", "e2", now.Add(500*time.Millisecond))
+	r2.Event.Data = []byte(`"second"`)
+	r2.Debounce = deb
+	res, err = s.CreateRuns(ctx, []batuta.NewRun{r2})
+	require.NoError(t, err)
+	require.Equal(t, batuta.CreateResult{ID: r1.ID, Debounced: true}, res[0])
+	got, err := s.GetRun(ctx, r1.ID)
+	require.NoError(t, err)
+	require.Equal(t, "e2", got.Event.ID)
+	require.WithinDuration(t, now.Add(1500*time.Millisecond), got.StartAt, time.Millisecond)
+	for i, at := range []time.Duration{1400 * time.Millisecond, 2300 * time.Millisecond} {
+		r := newRunFor("deb", fmt.Sprintf("e%d", i+3), now.Add(at))
+		r.Debounce = deb
+		id, created, err := s.CreateRun(ctx, r)
+		require.NoError(t, err)
+		require.False(t, created)
+		require.Equal(t, r1.ID, id)
+	}
+	got, err = s.GetRun(ctx, r1.ID)
+	require.NoError(t, err)
+	require.WithinDuration(t, now.Add(3*time.Second), got.StartAt, time.Millisecond, "MaxWait bounds the wait")
+
+	spec := func(st batuta.ConcurrencyStrategy) *batuta.ConcurrencySpec {
+		return &batuta.ConcurrencySpec{Key: "g:" + st.String(), Max: 1, Strategy: st}
+	}
+	a := newRunFor("cn", "a", now)
+	a.Concurrency = spec(batuta.ConcurrencyCancelNewest)
+	b := newRunFor("cn", "b", now)
+	b.Concurrency = spec(batuta.ConcurrencyCancelNewest)
+	res, err = s.CreateRuns(ctx, []batuta.NewRun{a, b})
+	require.NoError(t, err)
+	require.False(t, res[0].Rejected)
+	require.True(t, res[1].Rejected && res[1].Created)
+	got, err = s.GetRun(ctx, b.ID)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunCanceled, got.State)
+	require.Contains(t, got.Error, "concurrency limit")
+
+	c1 := newRunFor("cip", "c1", now)
+	c1.Concurrency = spec(batuta.ConcurrencyCancelInProgress)
+	_, _, err = s.CreateRun(ctx, c1)
+	require.NoError(t, err)
+	require.Len(t, flowClaim(t, s, "cip", now, 10), 1)
+	c2 := newRunFor("cip", "c2", now.Add(time.Millisecond))
+	c2.Concurrency = spec(batuta.ConcurrencyCancelInProgress)
+	res, err = s.CreateRuns(ctx, []batuta.NewRun{c2})
+	require.NoError(t, err)
+	require.Equal(t, []string{c1.ID}, res[0].Canceled)
+	st, err := s.ExtendLeases(ctx, []batuta.ClaimRef{{RunID: c1.ID, Task: "t", Token: 0}}, now.Add(time.Minute))
+	require.NoError(t, err)
+	require.Len(t, st, 1)
+	cs := flowClaim(t, s, "cip", now.Add(time.Second), 10)
+	require.Len(t, cs, 1)
+	require.Equal(t, c2.ID, cs[0].RunID)
+}
+
+// TestFlowDeferKeepsReservation: OutcomeDefer hands the task back due
+// later, records no attempt, and the next claim reports RateReserved.
+func TestFlowDeferKeepsReservation(t *testing.T) {
+	t.Parallel()
+	s := flowStores(t, 1)[0]
+	ctx := testCtx(t)
+	now := time.Now()
+	nr := newRunFor("rl", "e", now, batuta.TaskSpec{Name: "t", Concurrency: &batuta.ConcurrencySpec{Key: "rl/t", Max: 1}})
+	_, _, err := s.CreateRun(ctx, nr)
+	require.NoError(t, err)
+	cs := flowClaim(t, s, "rl", now, 1)
+	require.Len(t, cs, 1)
+	at := now.Add(time.Hour)
+	res, err := s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeDefer, RetryAt: at, RateReserved: true, FinishedAt: now}})
+	require.NoError(t, err)
+	require.NoError(t, res[0].Err)
+	require.Empty(t, flowClaim(t, s, "rl", now, 1))
+	due, err := s.NextDue(ctx, []string{"rl"}, now)
+	require.NoError(t, err)
+	require.WithinDuration(t, at, due, time.Millisecond)
+	cs = flowClaim(t, s, "rl", at, 1)
+	require.Len(t, cs, 1, "the deferred task freed its task-level slot")
+	require.True(t, cs[0].RateReserved)
+	require.Equal(t, 1, cs[0].Attempt, "no attempt spent")
+}
+
+var _ = pgxpool.Pool{}
+
+func drainWork(c <-chan struct{}) {
+	for {
+		select {
+		case <-c:
+		default:
+			return
+		}
+	}
+}
+
+// TestFlowTaskGroupParks: the tasks of a full task-level group are parked
+// out of the ready set by the claim that meets them, and unparked, one
+// slot at a time, as slots free up; the counts come back to zero.
+func TestFlowTaskGroupParks(t *testing.T) {
+	t.Parallel()
+	s := flowStores(t, 1)[0]
+	ctx := testCtx(t)
+	now := time.Now()
+	var runs []batuta.NewRun
+	for i := 0; i < 10; i++ {
+		runs = append(runs, newRunFor("park", fmt.Sprint(i), now.Add(time.Duration(i)*time.Millisecond),
+			batuta.TaskSpec{Name: "t", Concurrency: &batuta.ConcurrencySpec{Key: "park/t", Max: 2}}))
+	}
+	_, err := s.CreateRuns(ctx, runs)
+	require.NoError(t, err)
+	count := func(q string) int {
+		var n int
+		require.NoError(t, s.queryRow(ctx, q, nil, &n))
+		return n
+	}
+	parked := func() (int, int) {
+		return count("SELECT count(*) FROM " + s.schema + ".tasks WHERE hold = 5 AND state = 'pending'"),
+			count("SELECT parked FROM " + s.schema + ".task_groups WHERE key = 'park/t'")
+	}
+	cs := flowClaim(t, s, "park", now.Add(time.Second), 10)
+	require.Len(t, cs, 2, "Max 2")
+	rows, counted := parked()
+	require.Equal(t, 8, rows, "the others are parked")
+	require.Equal(t, 8, counted)
+	require.Empty(t, flowClaim(t, s, "park", now.Add(time.Second), 10), "group full")
+	var order []string
+	for _, c := range cs {
+		order = append(order, c.Event.ID)
+	}
+	for len(cs) > 0 {
+		flowComplete(t, s, cs[:1], now)
+		next := flowClaim(t, s, "park", now.Add(time.Second), 10)
+		require.LessOrEqual(t, len(next)+len(cs)-1, 2, "never more than Max running")
+		for _, c := range next {
+			order = append(order, c.Event.ID)
+		}
+		cs = append(cs[1:], next...)
+	}
+	require.Equal(t, []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}, order, "parked tasks come back in order")
+	rows, counted = parked()
+	require.Zero(t, rows)
+	require.Zero(t, counted)
+	require.Zero(t, count("SELECT active FROM "+s.schema+".task_groups WHERE key = 'park/t'"))
+}
