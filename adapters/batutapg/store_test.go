@@ -115,6 +115,13 @@ func TestNewFromDBRefusesOtherDrivers(t *testing.T) {
 	require.Equal(t, "db", ce.Field)
 }
 
+// TestFlow runs the flow controls end to end through an orchestrator on the
+// PostgreSQL store.
+func TestFlow(t *testing.T) {
+	pool := storeTestPool(t, 16)
+	batutatest.TestFlow(t, func(t *testing.T) batuta.Store { return newTestStore(t, pool, Config{}) })
+}
+
 func TestConformance(t *testing.T) {
 	pool := storeTestPool(t, 16)
 	batutatest.TestStore(t, batutatest.StoreSuite{
