@@ -191,6 +191,9 @@ type Orchestrator struct {
 	ex atomic.Pointer[executor]
 
 	functions functionSet // workflows registered by RegisterFunc
+
+	fleet     cronFleet   // the instances sharing this one's cron ticks (cron_fleet.go)
+	fireBatch fireBatcher // cron fires of one instant combined (cron_batch.go)
 }
 
 // waiter wakes the Wait calls of one run; n counts them, so the entry goes
@@ -354,6 +357,12 @@ func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev E
 }
 
 func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event) (string, bool, error) {
+	return o.submitWith(ctx, workflow, ev, nil)
+}
+
+// submitWith is submit with create, if not nil, recording the run instead
+// of the store's CreateRun (the combiner of cron fires, cron_batch.go).
+func (o *Orchestrator) submitWith(ctx context.Context, workflow string, ev Event, create func(context.Context, NewRun) (string, bool, error)) (string, bool, error) {
 	cw, err := o.workflow(workflow)
 	if err != nil {
 		return "", false, err
@@ -379,7 +388,13 @@ func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event) (s
 	if cw.timeout > 0 {
 		nr.Deadline = now.Add(cw.timeout)
 	}
-	id, created, err := o.store.CreateRun(ctx, nr)
+	var id string
+	var created bool
+	if create != nil {
+		id, created, err = create(ctx, nr)
+	} else {
+		id, created, err = o.store.CreateRun(ctx, nr)
+	}
 	if err != nil {
 		return "", false, fmt.Errorf("batuta: submit %s: %w", workflow, err)
 	}
