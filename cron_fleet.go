@@ -25,7 +25,8 @@ type PeerLister interface {
 	// LivePeers records member as alive in group, for as long as the
 	// Store is open or until LeavePeers, and returns the members of group
 	// seen alive recently, sorted (member included once its record is
-	// written). group and member are short ASCII strings without '/'.
+	// written). group and member are 1 to 200 printable ASCII characters, without
+	// spaces or '/'.
 	LivePeers(ctx context.Context, group, member string) ([]string, error)
 	// LeavePeers removes member from group.
 	LeavePeers(ctx context.Context, group, member string) error

@@ -73,11 +73,12 @@ func (s *Store) LeavePeers(ctx context.Context, group, member string) error {
 
 func checkPeerName(group, member string) error {
 	for _, f := range []struct{ what, v string }{{"peer group", group}, {"peer member", member}} {
-		if f.v == "" || strings.IndexByte(f.v, '/') >= 0 {
-			return fmt.Errorf("batutapg: %w: %s %q: want a non-empty name without '/'", batuta.ErrInvalidConfig, f.what, f.v)
+		ok := f.v != "" && len(f.v) <= 200
+		for i := 0; ok && i < len(f.v); i++ {
+			ok = f.v[i] > ' ' && f.v[i] < 0x7f && f.v[i] != '/'
 		}
-		if err := checkText(f.what, f.v); err != nil {
-			return err
+		if !ok {
+			return fmt.Errorf("batutapg: %w: %s %q: want 1 to 200 printable ASCII characters, no space or '/'", batuta.ErrInvalidConfig, f.what, f.v)
 		}
 	}
 	return nil
