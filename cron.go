@@ -478,7 +478,7 @@ func (l *cronLoop) run(ctx context.Context) error {
 		}
 		if len(l.queue) > 0 {
 			err := l.handle(ctx, l.queue[0])
-			if l.ticket != nil && l.ticket.at == l.queue[0].at.UnixNano() {
+			if l.ticket != nil && l.ticket.key.at == l.queue[0].at.UnixNano() {
 				l.ticket.release() // the tick was dropped or failed
 				l.ticket = nil
 			}
@@ -514,7 +514,7 @@ func (l *cronLoop) run(ctx context.Context) error {
 		}
 		if l.batch != nil && l.rng == nil {
 			l.ticket.release()
-			l.ticket = l.batch.expectFire(next)
+			l.ticket = l.batch.expectFire(next, false)
 		}
 		timer := l.clock.NewTimer(delay)
 		if err := l.idle(ctx, timer); err != nil {
@@ -709,19 +709,24 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 		Metadata: meta,
 	}
 	var ticket *fireTicket
-	if l.ticket != nil && l.ticket.at == t.at.UnixNano() {
+	if l.ticket != nil && l.ticket.key.at == t.at.UnixNano() {
 		ticket, l.ticket = l.ticket, nil
 	}
 	if l.pref != nil {
 		if d := l.pref.fireDelay(l.cfg.Name, t.at, l.sched.Next(t.at)); d > 0 {
-			ticket.release() // not part of this instant's batch
+			// Not part of this instant's batch: of the fallback fires'.
+			ticket.release()
 			ticket = nil
+			if l.batch != nil {
+				ticket = l.batch.expectFire(t.at, true)
+			}
 			// Another live instance fires this tick at once; fire it
 			// too (the store dedupes it) only in case that one is gone.
 			timer := l.clock.NewTimer(d)
 			select {
 			case <-ctx.Done():
 				timer.Stop()
+				ticket.release()
 				return ctx.Err()
 			case <-timer.C():
 			}

@@ -28,11 +28,19 @@ type fireBatcher struct {
 	linger time.Duration // 0: cronBatchLinger (tests set it)
 
 	mu     sync.Mutex
-	groups map[int64]*fireGroup // by instant, UnixNano
+	groups map[fireKey]*fireGroup
+}
+
+// fireKey names a group: the tick's instant, and whether the fires are the
+// fallback ones of instances not preferred for the tick (see PeerLister),
+// which come later.
+type fireKey struct {
+	at       int64 // UnixNano
+	fallback bool
 }
 
 type fireGroup struct {
-	at      int64
+	key     fireKey
 	tickets int // out: expected fires not yet joined or released
 	items   []*fireItem
 	ready   chan struct{} // closed when tickets reaches 0 with items waiting
@@ -52,25 +60,26 @@ type fireItem struct {
 // fireTicket is one loop's expected fire of one instant.
 type fireTicket struct {
 	b    *fireBatcher
-	at   int64
+	key  fireKey
 	used bool // joined or released (guarded by b.mu)
 }
 
-// expect takes a ticket for a fire at instant at.
-func (b *fireBatcher) expect(at time.Time) *fireTicket {
-	k := at.UnixNano()
+// expect takes a ticket for a fire of the tick at instant at (fallback:
+// a fallback fire of it).
+func (b *fireBatcher) expect(at time.Time, fallback bool) *fireTicket {
+	k := fireKey{at.UnixNano(), fallback}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.groups == nil {
-		b.groups = make(map[int64]*fireGroup)
+		b.groups = make(map[fireKey]*fireGroup)
 	}
 	g := b.groups[k]
 	if g == nil {
-		g = &fireGroup{at: k, ready: make(chan struct{})}
+		g = &fireGroup{key: k, ready: make(chan struct{})}
 		b.groups[k] = g
 	}
 	g.tickets++
-	return &fireTicket{b: b, at: k}
+	return &fireTicket{b: b, key: k}
 }
 
 // release gives the ticket back unused (no-op if it was used). Safe on nil.
@@ -85,7 +94,7 @@ func (t *fireTicket) release() {
 		return
 	}
 	t.used = true
-	if g := b.groups[t.at]; g != nil {
+	if g := b.groups[t.key]; g != nil {
 		g.tickets--
 		b.settleLocked(g)
 	}
@@ -98,7 +107,7 @@ func (b *fireBatcher) settleLocked(g *fireGroup) {
 		return
 	}
 	if len(g.items) == 0 {
-		delete(b.groups, g.at)
+		delete(b.groups, g.key)
 		return
 	}
 	if !g.closed {
@@ -114,13 +123,13 @@ func (b *fireBatcher) create(ctx context.Context, o *Orchestrator, t *fireTicket
 		t.release()
 		return "", false, err
 	}
-	if t == nil || t.at != nr.Event.Time.UnixNano() {
+	if t == nil || t.key.at != nr.Event.Time.UnixNano() {
 		t.release()
 		return o.store.CreateRun(ctx, nr)
 	}
 	it := &fireItem{ctx: ctx, nr: nr, done: make(chan struct{})}
 	b.mu.Lock()
-	g := b.groups[t.at]
+	g := b.groups[t.key]
 	if t.used || g == nil {
 		b.mu.Unlock()
 		return o.store.CreateRun(ctx, nr)
@@ -145,8 +154,8 @@ func (b *fireBatcher) create(ctx context.Context, o *Orchestrator, t *fireTicket
 		}
 		timer.Stop()
 		b.mu.Lock()
-		if b.groups[g.at] == g {
-			delete(b.groups, g.at) // later fires of the instant record at once
+		if b.groups[g.key] == g {
+			delete(b.groups, g.key) // later fires of the instant record at once
 		}
 		items := g.items
 		g.items = nil
@@ -223,15 +232,15 @@ var errWrongResults = errors.New("batuta: CreateRuns returned a wrong number of 
 // batchFirer is implemented by the orchestrator's Runs: Fire with the
 // loop's ticket for the tick's instant (see fireBatcher).
 type batchFirer interface {
-	expectFire(at time.Time) *fireTicket
+	expectFire(at time.Time, fallback bool) *fireTicket
 	fireBatched(ctx context.Context, t *fireTicket, ev Event) (string, error)
 }
 
-func (r *runsView) expectFire(at time.Time) *fireTicket {
+func (r *runsView) expectFire(at time.Time, fallback bool) *fireTicket {
 	if !r.o.store.Durable() {
 		return nil // an in-memory CreateRun costs no round trip
 	}
-	return r.o.fireBatch.expect(at)
+	return r.o.fireBatch.expect(at, fallback)
 }
 
 func (r *runsView) fireBatched(ctx context.Context, t *fireTicket, ev Event) (string, error) {

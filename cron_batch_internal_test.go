@@ -59,7 +59,7 @@ func fireAll(t *testing.T, o *Orchestrator, at time.Time, names []string, ctxs [
 	t.Helper()
 	tickets := make([]*fireTicket, len(names))
 	for i := range names {
-		tickets[i] = o.fireBatch.expect(at)
+		tickets[i] = o.fireBatch.expect(at, false)
 	}
 	ids := make([]string, len(names))
 	errs := make([]error, len(names))
@@ -148,24 +148,24 @@ func TestFireBatcherCancel(t *testing.T) {
 	// Already canceled: nothing is recorded, the ticket is given back.
 	dead, cancel := context.WithCancel(context.Background())
 	cancel()
-	tk := o.fireBatch.expect(at)
+	tk := o.fireBatch.expect(at, false)
 	_, err := v.fireBatched(dead, tk, Event{ID: "dead", Time: at})
 	require.ErrorIs(t, err, context.Canceled)
 	_, err = o.store.FindRun(context.Background(), "wf", "dead")
 	require.ErrorIs(t, err, ErrRunNotFound)
 
 	// A leader waiting for an outstanding ticket, canceled.
-	other := o.fireBatch.expect(at)
+	other := o.fireBatch.expect(at, false)
 	lctx, lcancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() {
-		_, err := v.fireBatched(lctx, o.fireBatch.expect(at), Event{ID: "leader", Time: at})
+		_, err := v.fireBatched(lctx, o.fireBatch.expect(at, false), Event{ID: "leader", Time: at})
 		res <- err
 	}()
 	require.Eventually(t, func() bool {
 		o.fireBatch.mu.Lock()
 		defer o.fireBatch.mu.Unlock()
-		g := o.fireBatch.groups[at.UnixNano()]
+		g := o.fireBatch.groups[fireKey{at: at.UnixNano()}]
 		return g != nil && len(g.items) == 1
 	}, 10*time.Second, time.Millisecond)
 	lcancel()
@@ -177,7 +177,7 @@ func TestFireBatcherCancel(t *testing.T) {
 	require.NoError(t, err)
 
 	// A released ticket counts as arrived: the group goes without it.
-	t1, t2 := o.fireBatch.expect(at.Add(time.Second)), o.fireBatch.expect(at.Add(time.Second))
+	t1, t2 := o.fireBatch.expect(at.Add(time.Second), false), o.fireBatch.expect(at.Add(time.Second), false)
 	done := make(chan error, 1)
 	go func() {
 		_, err := v.fireBatched(context.Background(), t1, Event{ID: "kept", Time: at.Add(time.Second)})
