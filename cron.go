@@ -712,7 +712,7 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 	if l.ticket != nil && l.ticket.key.at == t.at.UnixNano() {
 		ticket, l.ticket = l.ticket, nil
 	}
-	if l.pref != nil {
+	if l.pref != nil && !t.catchUp { // catch-up after downtime: everyone at once, as before
 		if d := l.pref.fireDelay(l.cfg.Name, t.at, l.sched.Next(t.at)); d > 0 {
 			// Not part of this instant's batch: of the fallback fires'.
 			ticket.release()
