@@ -160,7 +160,7 @@ func (b *fireBatcher) create(ctx context.Context, o *Orchestrator, t *fireTicket
 		items := g.items
 		g.items = nil
 		b.mu.Unlock()
-		b.flush(o, items)
+		b.flush(o, items) //nolint:contextcheck // the batch runs until every caller in it gave up, not only the leader
 	}
 	select {
 	case <-it.done:
@@ -175,7 +175,8 @@ func (b *fireBatcher) create(ctx context.Context, o *Orchestrator, t *fireTicket
 // flush records items: one CreateRuns call for several, CreateRun for one.
 // If CreateRuns fails (it records nothing then), each item is tried alone,
 // so that each gets its own answer (a duplicate, say, is not refused as
-// busy). The store call runs until every caller in items has given up.
+// busy). The store call runs with the first item's ctx values until every
+// caller in items has given up.
 func (b *fireBatcher) flush(o *Orchestrator, items []*fireItem) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(items[0].ctx))
 	defer cancel()
