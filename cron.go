@@ -393,7 +393,15 @@ func (c *CronTrigger) RunTracking(ctx context.Context, runs Runs) error {
 	if c.cfg.Jitter > 0 {
 		l.rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
+	if p, ok := runs.(tickPreferrer); ok {
+		l.pref = p
+		p.joinFleet()
+	}
+	if b, ok := runs.(batchFirer); ok {
+		l.batch = b
+	}
 	defer func() {
+		l.ticket.release()
 		cancel()
 		l.wg.Wait()
 	}()
@@ -409,6 +417,14 @@ type cronLoop struct {
 	clock Clock
 	log   *slog.Logger
 	rng   *rand.Rand
+	// pref, if set, delays the ticks another instance fires at once
+	// (see PeerLister).
+	pref tickPreferrer
+	// batch, if set, combines this loop's on-time fires with those of
+	// other schedules due at the same instant; ticket is the loop's place
+	// in the instant it sleeps toward (see fireBatcher).
+	batch  batchFirer
+	ticket *fireTicket
 
 	// cursor: the latest tick known due (handled, queued or dropped), or
 	// the start time.
@@ -467,7 +483,12 @@ func (l *cronLoop) run(ctx context.Context) error {
 			continue
 		}
 		if len(l.queue) > 0 {
-			if err := l.handle(ctx, l.queue[0]); err != nil {
+			err := l.handle(ctx, l.queue[0])
+			if l.ticket != nil && l.ticket.key.at == l.queue[0].at.UnixNano() {
+				l.ticket.release() // the tick was dropped or failed
+				l.ticket = nil
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -496,6 +517,10 @@ func (l *cronLoop) run(ctx context.Context) error {
 		delay := next.Sub(l.clock.Now())
 		if l.rng != nil {
 			delay += time.Duration(l.rng.Int64N(int64(l.cfg.Jitter)))
+		}
+		if l.batch != nil && l.rng == nil {
+			l.ticket.release()
+			l.ticket = l.batch.expectFire(next, false)
 		}
 		timer := l.clock.NewTimer(delay)
 		if err := l.idle(ctx, timer); err != nil {
@@ -753,7 +778,37 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 		Data:     bytes.Clone(l.cfg.Data),
 		Metadata: meta,
 	}
-	id, err := l.runs.Fire(ctx, ev)
+	var ticket *fireTicket
+	if l.ticket != nil && l.ticket.key.at == t.at.UnixNano() {
+		ticket, l.ticket = l.ticket, nil
+	}
+	if l.pref != nil && !t.catchUp { // catch-up after downtime: everyone at once, as before
+		if d := l.pref.fireDelay(l.cfg.Name, t.at, l.sched.Next(t.at)); d > 0 {
+			// Not part of this instant's batch: of the fallback fires'.
+			ticket.release()
+			ticket = nil
+			if l.batch != nil {
+				ticket = l.batch.expectFire(t.at, true)
+			}
+			// Another live instance fires this tick at once; fire it
+			// too (the store dedupes it) only in case that one is gone.
+			timer := l.clock.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				ticket.release()
+				return ctx.Err()
+			case <-timer.C():
+			}
+		}
+	}
+	var id string
+	var err error
+	if ticket != nil {
+		id, err = l.batch.fireBatched(ctx, ticket, ev)
+	} else {
+		id, err = l.runs.Fire(ctx, ev)
+	}
 	if err != nil {
 		return err
 	}

@@ -190,12 +190,22 @@ type Orchestrator struct {
 	freed   chan struct{} // closed and replaced whenever a run finishes (SubmitBlocking)
 	resumed chan struct{} // closed and replaced whenever this process resumes a workflow
 
+	// pausedMu guards a short-lived copy of the store's paused workflows
+	// for cron ticks (see pausedCached); held across the store call, so
+	// the ticks of one instant share one read.
+	pausedMu sync.Mutex
+	pausedWs []string
+	pausedAt time.Time // zero: no copy
+
 	rateMu sync.Mutex
 	rates  map[string]*RateLimit // RateLimit by Name across registered workflows
 
 	ex atomic.Pointer[executor]
 
 	functions functionSet // workflows registered by RegisterFunc
+
+	fleet     cronFleet   // the instances sharing this one's cron ticks (cron_fleet.go)
+	fireBatch fireBatcher // cron fires of one instant combined (cron_batch.go)
 }
 
 // waiter wakes the Wait calls of one run; n counts them, so the entry goes
@@ -452,6 +462,15 @@ func (o *Orchestrator) newRun(nr *NewRun, cw *compiledWorkflow, ev Event, so sub
 }
 
 func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event, opts []SubmitOption) (string, bool, error) {
+	return o.submitWith(ctx, workflow, ev, opts, nil)
+}
+
+// submitWith is submit with create, if not nil, recording a run of a
+// workflow without flow controls instead of the store's CreateRun (the
+// combiner of cron fires, cron_batch.go). A workflow with flow controls
+// always goes through CreateRuns, whose answer says what a concurrency
+// strategy or a debounce did.
+func (o *Orchestrator) submitWith(ctx context.Context, workflow string, ev Event, opts []SubmitOption, create func(context.Context, NewRun) (string, bool, error)) (string, bool, error) {
 	cw, err := o.workflow(workflow)
 	if err != nil {
 		return "", false, err
@@ -468,9 +487,12 @@ func (o *Orchestrator) submit(ctx context.Context, workflow string, ev Event, op
 		return "", false, err
 	}
 	var res CreateResult
-	if cw.flow == nil {
+	switch {
+	case cw.flow == nil && create != nil:
+		res.ID, res.Created, err = create(ctx, nr)
+	case cw.flow == nil:
 		res.ID, res.Created, err = o.store.CreateRun(ctx, nr)
-	} else {
+	default:
 		// CreateRuns tells what a concurrency strategy or a debounce did.
 		var rs []CreateResult
 		if rs, err = o.store.CreateRuns(ctx, []NewRun{nr}); err == nil {
@@ -807,16 +829,26 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 // fire submits an event a trigger fired for binding b (nil: none), with
 // the options the trigger set (WithSubmitOptions) and then SubmitWith's.
 func (o *Orchestrator) fire(ctx context.Context, b *binding, ev Event) (string, error) {
+	opts, err := fireOptions(ctx, b, ev)
+	if err != nil {
+		return "", err
+	}
+	id, _, err := o.submit(ctx, b.workflow, ev, opts)
+	return id, err
+}
+
+// fireOptions returns the submit options of an event fired for binding b:
+// the trigger's (WithSubmitOptions), then SubmitWith's.
+func fireOptions(ctx context.Context, b *binding, ev Event) ([]SubmitOption, error) {
 	opts, _ := ctx.Value(submitOptsKey{}).([]SubmitOption)
 	if b.submitWith != nil {
 		more, err := callSubmitWith(b.submitWith, ev)
 		if err != nil {
-			return "", fmt.Errorf("batuta: submit %s: %w: SubmitWith: %w", b.workflow, ErrInvalidPayload, err)
+			return nil, fmt.Errorf("batuta: submit %s: %w: SubmitWith: %w", b.workflow, ErrInvalidPayload, err)
 		}
 		opts = append(opts[:len(opts):len(opts)], more...)
 	}
-	id, _, err := o.submit(ctx, b.workflow, ev, opts)
-	return id, err
+	return opts, nil
 }
 
 func callSubmitWith(fn func(Event) ([]SubmitOption, error), ev Event) (opts []SubmitOption, err error) {
@@ -867,7 +899,7 @@ func (r *runsView) pauseState(ctx context.Context) (bool, <-chan struct{}, error
 	r.o.waitMu.Lock()
 	ch := r.o.resumed
 	r.o.waitMu.Unlock()
-	ws, err := r.o.store.PausedWorkflows(ctx)
+	ws, err := r.o.pausedCached(ctx)
 	if err != nil {
 		return false, ch, err
 	}
@@ -910,6 +942,7 @@ func (o *Orchestrator) Pause(ctx context.Context, workflow string) error {
 	if _, err := o.store.SetPaused(ctx, workflow, true); err != nil {
 		return fmt.Errorf("batuta: pause %s: %w", workflow, err)
 	}
+	o.forgetPaused()
 	return nil
 }
 
@@ -923,6 +956,7 @@ func (o *Orchestrator) Resume(ctx context.Context, workflow string) error {
 	if _, err := o.store.SetPaused(ctx, workflow, false); err != nil {
 		return fmt.Errorf("batuta: resume %s: %w", workflow, err)
 	}
+	o.forgetPaused()
 	if ex := o.ex.Load(); ex != nil {
 		ex.refreshDue()
 		ex.poke()
@@ -932,6 +966,37 @@ func (o *Orchestrator) Resume(ctx context.Context, workflow string) error {
 	o.resumed = make(chan struct{})
 	o.waitMu.Unlock()
 	return nil
+}
+
+// pausedTTL is how long a cron tick trusts the copy of the paused
+// workflows read by an earlier tick. A cron fleet asks on every tick of
+// every schedule; without the copy, 200 schedules firing at one instant
+// cost 200 reads per instance. A pause made by another process therefore
+// reaches this process's cron ticks within pausedTTL (its task claims see
+// it at once, in the store); one made here, at once.
+const pausedTTL = 500 * time.Millisecond
+
+// pausedCached returns the paused workflows, sorted, from a copy at most
+// pausedTTL old.
+func (o *Orchestrator) pausedCached(ctx context.Context) ([]string, error) {
+	o.pausedMu.Lock()
+	defer o.pausedMu.Unlock()
+	if !o.pausedAt.IsZero() && time.Since(o.pausedAt) < pausedTTL {
+		return o.pausedWs, nil
+	}
+	ws, err := o.store.PausedWorkflows(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o.pausedWs, o.pausedAt = ws, time.Now()
+	return ws, nil
+}
+
+// forgetPaused drops the copy after a Pause or Resume made here.
+func (o *Orchestrator) forgetPaused() {
+	o.pausedMu.Lock()
+	o.pausedAt = time.Time{}
+	o.pausedMu.Unlock()
 }
 
 // Paused lists the paused workflows, sorted (every workflow paused in the
