@@ -44,6 +44,16 @@ var (
 	// ErrInvalidIdentifier: a table, schema, column, channel, queue or stream
 	// name was refused as unsafe.
 	ErrInvalidIdentifier = errors.New("batuta: invalid identifier")
+	// ErrNoWaiter: a signal no task of the run waits or will wait for (the
+	// run finished, or has no unfinished task waiting for that name), or a
+	// correlated signal that matched no run.
+	ErrNoWaiter = errors.New("batuta: no task waits for this signal")
+	// ErrSignalBufferFull: a signal to a run that already holds its
+	// maximum of unconsumed signals.
+	ErrSignalBufferFull = errors.New("batuta: signal buffer full")
+	// ErrNotRetryable: Retry of a run that is unfinished or succeeded, or
+	// from a task the run does not have.
+	ErrNotRetryable = errors.New("batuta: run cannot be retried")
 )
 
 // PayloadTooLargeError reports a payload over its size cap.

@@ -82,6 +82,11 @@ type Run struct {
 	// ConcurrencyKey is the run's workflow-level concurrency group (see
 	// ConcurrencySpec.Key); empty if the workflow has no limit.
 	ConcurrencyKey string `json:"concurrency_key,omitempty"`
+	// Parent, for a child run (a child workflow or a fan-out item), is the
+	// run and task that started it; nil otherwise.
+	Parent *RunLink `json:"parent,omitempty"`
+	// Retries counts how often the run was reopened by Store.RetryRun.
+	Retries int `json:"retries,omitempty"`
 	// Error summarises why the run failed or was canceled.
 	Error string `json:"error,omitempty"`
 	// Tasks lists every task of the run in the workflow's declaration order.
@@ -119,9 +124,23 @@ type TaskRun struct {
 	// worker died or stalled). Counted apart from attempts.
 	Rescues int `json:"rescues,omitempty"`
 	// NotBefore is, for a pending task, when it may start at the earliest
-	// (its run's start time, its next retry, a snooze or a rate-limit
-	// reservation); zero when it may start at once or is not pending.
+	// (its run's start time, its next retry, a snooze, a rate-limit
+	// reservation or, for a waiting task, when its wait times out or its
+	// timer fires); zero when it may start at once, is not pending, or
+	// waits with no time limit.
 	NotBefore time.Time `json:"not_before,omitzero"`
+	// WaitingSince is when the task first handed itself back to wait
+	// (OutcomeWait): a timer, a signal, a child run or fan-out items. Zero
+	// if it never waited. It is kept once the task finished, as a record.
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	// WaitingFor says what the task waits (or waited) for, as the
+	// orchestrator described it in its last OutcomeWait, e.g. "timer",
+	// "signal shipped", "run <id>", "120 items".
+	WaitingFor string `json:"waiting_for,omitempty"`
+	// Child is the run ID of the child workflow run this task started
+	// (Completion.Child); empty otherwise. The child's Run.Parent links
+	// back.
+	Child string `json:"child,omitempty"`
 }
 
 // Duration returns the time spent in attempts.
@@ -166,6 +185,16 @@ const (
 	// RetryAt (a rate limit); no attempt is spent or recorded. With
 	// Completion.RateReserved the next claim reports Claim.RateReserved.
 	OutcomeDefer Outcome = "defer"
+	// OutcomeWait: the task hands itself back to wait (a timer, a signal,
+	// a child run or fan-out items): it becomes pending again, due at
+	// RetryAt (zero: never by time, only when woken), holding no worker; no
+	// attempt is spent or recorded. The store records WaitFor and Child,
+	// and sets TaskRun.WaitingSince to FinishedAt the first time. The task
+	// is due at once instead if, when the completion is recorded, (a) its
+	// TaskSpec.Signal names a signal already buffered for the run, or (b)
+	// runs whose Parent is this run and task exist and all have finished
+	// (so a wake that came while the task was claimed is not lost).
+	OutcomeWait Outcome = "wait"
 	// OutcomeSkipped: the task's join condition was not met; it never ran.
 	OutcomeSkipped Outcome = "skipped"
 	// OutcomeUpstreamFailed: the task's join condition was not met because
@@ -198,6 +227,11 @@ type TaskSpec struct {
 	// that key are running (claimed and not yet completed, released,
 	// deferred or rescued). Its Strategy is always ConcurrencyQueue.
 	Concurrency *ConcurrencySpec
+	// Signal, if not empty, names the signal this task waits for
+	// (Store.SendSignal): claims of it carry the oldest signal of that name
+	// buffered for the run (Claim.Signal), and a signal sent while the task
+	// waits (pending after an OutcomeWait) completes it at once.
+	Signal string
 }
 
 // ConcurrencyStrategy says what a workflow-level concurrency limit does with
@@ -321,6 +355,14 @@ type NewRun struct {
 	// canceled, Run.Error saying the limit was reached) and CreateResult
 	// tells so.
 	Concurrency *ConcurrencySpec
+	// Parent, if not nil, makes the run a child of that run and task. When
+	// a child run finishes (however it finishes: its last task, CancelRun,
+	// a rescue that fails it) and no other unfinished run has the same
+	// Parent, the parent's task, if pending, becomes due at once (its
+	// not-before time is set to the finish time) and workers are signalled
+	// (WorkNotifier). CancelRun of the parent cancels its unfinished child
+	// runs, recursively, in the same transaction.
+	Parent *RunLink
 	// Debounce, if not nil, merges the run into a pending run of the same
 	// workflow and Debounce.Key if one exists that has not started and
 	// whose start time is still in the future (after CreatedAt): that
@@ -393,6 +435,12 @@ type Claim struct {
 	// OutcomeDefer with RateReserved: it already holds a rate-limit slot
 	// for this start and must not take another.
 	RateReserved bool
+	// WaitingSince is TaskRun.WaitingSince: when the task first handed
+	// itself back with OutcomeWait (zero: it never waited yet).
+	WaitingSince time.Time
+	// Signal is, for a task whose TaskSpec.Signal is set, the oldest
+	// signal of that name buffered for the run; nil if none.
+	Signal *SignalRecord
 }
 
 // Ref returns the claim's identity for CompleteTasks and ExtendLeases.
@@ -440,6 +488,16 @@ type Completion struct {
 	// slot at RetryAt for the task's next start; the store keeps the flag
 	// and reports it in the next Claim, then forgets it.
 	RateReserved bool
+	// WaitFor (OutcomeWait) describes what the task waits for; the store
+	// keeps it as TaskRun.WaitingFor.
+	WaitFor string
+	// Child (OutcomeWait) is the child run the task started; the store
+	// keeps it as TaskRun.Child (it is not cleared by later completions).
+	Child string
+	// ConsumeSignal, if not zero, is the Seq of the buffered signal
+	// (Claim.Signal) this completion consumed: the store deletes it in the
+	// same transaction, only if the completion is accepted.
+	ConsumeSignal int64
 }
 
 // CompleteResult is the Store's answer to one Completion.
@@ -464,11 +522,38 @@ const (
 	LeaseCanceled LeaseStatus = "canceled" // extended, but the run was canceled: stop the task
 )
 
-// RunFilter selects runs for ListRuns. Zero fields do not filter.
+// RunFilter selects runs for ListRuns. Zero fields do not filter; the
+// fields that are set must all match.
 type RunFilter struct {
 	Workflow string
 	State    RunState
-	// Limit caps the result (0: a store-defined default of 100).
+	// States, if not empty, selects runs in any of these states (and State,
+	// if also set, must be one of them).
+	States []RunState
+	// EventID and Subject select by the run's event (exact match).
+	EventID string
+	Subject string
+	// CreatedAfter and CreatedBefore bound the run's CreatedAt
+	// (inclusive, exclusive).
+	CreatedAfter  time.Time
+	CreatedBefore time.Time
+	// ErrorContains selects runs whose Run.Error contains this text
+	// (case-insensitive).
+	ErrorContains string
+	// Parent selects the child runs of this run ID (and, with ParentTask,
+	// of that task of it).
+	Parent     string
+	ParentTask string
+	// Ascending lists oldest first (by ID, a UUIDv7) instead of newest
+	// first.
+	Ascending bool
+	// After is a cursor: only runs strictly after this run ID in the
+	// listing order (keyset pagination: pass the last ID of the previous
+	// page). A durable store answers a page without scanning the runs
+	// before the cursor.
+	After string
+	// Limit caps the result (0: a store-defined default of 100; at most
+	// 10000).
 	Limit int
 }
 
@@ -595,6 +680,28 @@ type Store interface {
 	// invalid spec (Limit < 1, Per <= 0, Burst < 1) is refused with an
 	// error and reserves nothing.
 	ReserveRate(ctx context.Context, spec RateSpec, now time.Time) (time.Time, error)
+
+	// SendSignal sends a signal to a run (see SignalSend for the rules):
+	// it completes at once a task of the run that waits for it, or keeps
+	// it buffered for a task that will. ErrRunNotFound if there is no such
+	// run; ErrNoWaiter if the run finished or has no unfinished task whose
+	// TaskSpec.Signal is s.Name; ErrSignalBufferFull if the run already
+	// holds s.MaxBuffered unconsumed signals.
+	SendSignal(ctx context.Context, s SignalSend) (SignalResult, error)
+
+	// RetryRun reopens a finished run that failed or was canceled (see
+	// RetryParams). ErrRunNotFound if there is no such run;
+	// ErrNotRetryable if it is unfinished or succeeded (with p.From empty),
+	// or p.From names no task of it. The run keeps its ID, its event, the
+	// outputs of the tasks not reset, and every attempt record.
+	RetryRun(ctx context.Context, runID string, p RetryParams) (RetryResult, error)
+
+	// WorkflowStats summarises runs per workflow, for dashboards: the runs
+	// finished in [since, now) and the unfinished runs now. Workflows with
+	// nothing to report are left out; the result is sorted by workflow. A
+	// durable store answers from indexes (finished_at, state), without
+	// scanning every run it holds.
+	WorkflowStats(ctx context.Context, since, now time.Time) ([]WorkflowStats, error)
 }
 
 // A WorkNotifier is a Store that can tell idle workers that work may have

@@ -68,7 +68,9 @@ type Task struct {
 	Name string
 	// Deps names the tasks that must finish before this one starts.
 	Deps []string
-	// Run is the body. Required.
+	// Run is the body. Required, except for a task that only waits (Delay
+	// without a body, Signal, Child), where it must be nil. With ForEach it
+	// is the body run once per item.
 	Run TaskFunc
 	// Retry says how failed attempts are retried. The zero value means the
 	// defaults of RetryPolicy.
@@ -104,6 +106,30 @@ type Task struct {
 	// RateLimit, if not nil, limits how fast attempts of this task (and of
 	// every task sharing RateLimit.Name) start. See RateLimit.
 	RateLimit *RateLimit
+
+	// Durable waits (docs/waits.md). A waiting task holds no worker,
+	// goroutine or connection: it is handed back to the store
+	// (OutcomeWait) and claimed again when its time comes or it is woken.
+
+	// StartAt, if set, computes from the task's inputs when the task may
+	// start: its body runs not before that time (a durable timer). A time
+	// in the past starts it at once.
+	StartAt func(in *Input) (time.Time, error)
+	// Delay makes the task start Delay after it became ready (its
+	// dependencies finished). With Run nil the task is a pure sleep step
+	// (output nil). With StartAt, the later of the two applies.
+	Delay time.Duration
+	// Signal, if not nil, makes the task wait for a signal
+	// (Orchestrator.Signal); its output is the signal's data. Run must be
+	// nil.
+	Signal *SignalWait
+	// Child, if not nil, makes the task run another registered workflow
+	// as a child run and finish with its outcome. Run must be nil.
+	Child *ChildWorkflow
+	// ForEach, if not nil, runs Run once per item of a list computed at
+	// run time, each item with its own retries (Retry, Timeout); the
+	// task's output is the items' outputs, in order.
+	ForEach *ForEach
 }
 
 // JoinRule decides what becomes of a task whose dependencies have all
