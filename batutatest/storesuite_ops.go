@@ -32,6 +32,9 @@ var opsCases = []storeCase{
 	{"OpsChildLastWakes", testOpsChildLastWakes},
 	{"OpsChildFinishedBeforeWait", testOpsChildFinishedBeforeWait},
 	{"OpsCancelCascades", testOpsCancelCascades},
+	{"OpsRunFilter", testOpsRunFilter},
+	{"OpsRunFilterPaging", testOpsRunFilterPaging},
+	{"OpsRunFilterLimitCap", testOpsRunFilterLimitCap},
 }
 
 // raw is JSON data as the orchestrator hands it to a durable store.
@@ -515,4 +518,145 @@ func testOpsCancelCascades(t *testing.T, st *storeT) {
 		t.Fatalf("unrelated run: %s, want pending", r.State)
 	}
 	st.claimOne(base.Add(time.Second), other, "other")
+}
+
+// createBatch records n one-task runs of wf through CreateRuns, created
+// one millisecond apart from at, and returns their IDs in creation order.
+func (st *storeT) createBatch(wf string, n int, at time.Time) []string {
+	st.t.Helper()
+	ids := make([]string, 0, n)
+	for len(ids) < n {
+		batch := make([]batuta.NewRun, 0, min(1000, n-len(ids)))
+		for len(ids)+len(batch) < n && len(batch) < cap(batch) {
+			i := len(ids) + len(batch)
+			batch = append(batch, newRun(wf, fmt.Sprintf("%s-%d", wf, i), at.Add(time.Duration(i)*time.Millisecond), one))
+		}
+		res, err := st.s.CreateRuns(ctxT(st.t), batch)
+		st.must(err)
+		for i, r := range res {
+			if !r.Created || r.ID != batch[i].ID {
+				st.fatalf("CreateRuns item %d: %+v, want created %s", i, r, batch[i].ID)
+			}
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// testOpsRunFilter: RunFilter's fields select by states, event ID and
+// subject, creation time (inclusive, exclusive), error text (any case),
+// together; Ascending lists oldest first; After is a cursor in either
+// order.
+func testOpsRunFilter(t *testing.T, st *storeT) {
+	mk := func(wf, ev, subject string, minute int, startLater bool) string {
+		nr := newRun(wf, ev, base.Add(time.Duration(minute)*time.Minute), one)
+		nr.Event.Subject = subject
+		if startLater {
+			nr.StartAt = base.Add(time.Hour)
+		}
+		return st.createNew(nr)
+	}
+	r0 := mk("a", "e0", "order-1", 0, false)
+	r1 := mk("a", "e1", "order-2", 1, false)
+	r2 := mk("b", "e2", "order-1", 2, true)
+	r3 := mk("a", "e3", "order-1", 3, true)
+	for _, c := range st.claim(base.Add(5*time.Minute), 10, "a") {
+		switch c.RunID {
+		case r0:
+			st.completeOK(c, batuta.OutcomeSucceeded, nil, base.Add(5*time.Minute))
+		case r1:
+			st.complete(c, batuta.OutcomeFailed, nil, "Payment GATEWAY timeout", base.Add(5*time.Minute))
+		default:
+			t.Fatalf("claimed %s/%s, want r0 and r1 only", c.RunID, c.Task)
+		}
+	}
+	st.cancel(r2, "Stopped by operator", base.Add(5*time.Minute))
+	cases := []struct {
+		name string
+		f    batuta.RunFilter
+		want []string
+	}{
+		{"EventID", batuta.RunFilter{EventID: "e1"}, []string{r1}},
+		{"Subject", batuta.RunFilter{Subject: "order-1"}, []string{r3, r2, r0}},
+		{"Subject+Workflow", batuta.RunFilter{Subject: "order-1", Workflow: "a"}, []string{r3, r0}},
+		{"Created", batuta.RunFilter{CreatedAfter: base.Add(time.Minute), CreatedBefore: base.Add(3 * time.Minute)}, []string{r2, r1}},
+		{"States", batuta.RunFilter{States: []batuta.RunState{batuta.RunFailed, batuta.RunCanceled}}, []string{r2, r1}},
+		{"State+States", batuta.RunFilter{State: batuta.RunFailed, States: []batuta.RunState{batuta.RunFailed, batuta.RunCanceled}}, []string{r1}},
+		{"StateNotInStates", batuta.RunFilter{State: batuta.RunSucceeded, States: []batuta.RunState{batuta.RunFailed}}, nil},
+		{"ErrorContains", batuta.RunFilter{ErrorContains: "gateway"}, []string{r1}},
+		{"ErrorContainsCase", batuta.RunFilter{ErrorContains: "STOPPED by"}, []string{r2}},
+		{"ErrorContainsNone", batuta.RunFilter{ErrorContains: "nothing like it"}, nil},
+		{"Ascending", batuta.RunFilter{Ascending: true}, []string{r0, r1, r2, r3}},
+		{"AscendingLimit", batuta.RunFilter{Ascending: true, Limit: 2}, []string{r0, r1}},
+		{"After", batuta.RunFilter{After: r2}, []string{r1, r0}},
+		{"AfterAscending", batuta.RunFilter{After: r1, Ascending: true}, []string{r2, r3}},
+		{"AfterLast", batuta.RunFilter{After: r0}, nil},
+		{"Everything", batuta.RunFilter{Workflow: "a", Subject: "order-1", States: []batuta.RunState{batuta.RunSucceeded, batuta.RunPending},
+			CreatedAfter: base, CreatedBefore: base.Add(4 * time.Minute), Ascending: true, After: r0}, []string{r3}},
+	}
+	for _, tc := range cases {
+		got := runIDs(st.list(tc.f))
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: ListRuns(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
+		}
+	}
+}
+
+// testOpsRunFilterPaging: paging with After and Limit through 250 runs of
+// a workflow (among others), newest first and oldest first, finds each
+// run exactly once, in order; Limit 0 means 100.
+func testOpsRunFilterPaging(t *testing.T, st *storeT) {
+	ids := st.createBatch("paged", 250, base)
+	st.createBatch("noise", 30, base)
+	if n := len(st.list(batuta.RunFilter{Workflow: "paged"})); n != 100 {
+		t.Fatalf("ListRuns with no Limit = %d runs, want the default 100", n)
+	}
+	for _, asc := range []bool{false, true} {
+		seen := map[string]bool{}
+		var order []string
+		after := ""
+		for pages := 0; ; pages++ {
+			if pages > 40 {
+				t.Fatalf("ascending=%v: more than 40 pages of 7 for 250 runs", asc)
+			}
+			page := st.list(batuta.RunFilter{Workflow: "paged", Ascending: asc, After: after, Limit: 7})
+			if len(page) > 7 {
+				t.Fatalf("ascending=%v: page of %d, want at most 7", asc, len(page))
+			}
+			for _, r := range page {
+				if r.Workflow != "paged" || seen[r.ID] {
+					t.Fatalf("ascending=%v: run %s (workflow %s) twice or from the wrong workflow", asc, r.ID, r.Workflow)
+				}
+				seen[r.ID] = true
+				order = append(order, r.ID)
+			}
+			if len(page) < 7 {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		if len(order) != 250 {
+			t.Fatalf("ascending=%v: paged through %d runs, want 250", asc, len(order))
+		}
+		for i, id := range order {
+			want := ids[len(ids)-1-i]
+			if asc {
+				want = ids[i]
+			}
+			if id != want {
+				t.Fatalf("ascending=%v: run %d of the listing is %s, want %s", asc, i, id, want)
+			}
+		}
+	}
+}
+
+// testOpsRunFilterLimitCap: a Limit over 10000 lists 10000 runs.
+func testOpsRunFilterLimitCap(t *testing.T, st *storeT) {
+	st.createBatch("many", 10005, base)
+	if n := len(st.list(batuta.RunFilter{Limit: 20000})); n != 10000 {
+		t.Fatalf("ListRuns(Limit 20000) over 10005 runs = %d, want the cap 10000", n)
+	}
+	if n := len(st.list(batuta.RunFilter{Limit: 10000, Ascending: true})); n != 10000 {
+		t.Fatalf("ListRuns(Limit 10000) = %d, want 10000", n)
+	}
 }
