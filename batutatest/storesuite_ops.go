@@ -993,3 +993,49 @@ func testOpsWorkflowStats(t *testing.T, st *storeT) {
 		t.Fatalf("WorkflowStats of an empty window = %+v, want beta's 5 unfinished runs only", ws)
 	}
 }
+
+// testOpsReopen (durable stores): waits, buffered signals, child links and
+// retries survive a restart, and work after it.
+func testOpsReopen(t *testing.T, st *storeT) {
+	p := st.create("parent", "p", []batuta.TaskSpec{{Name: "call"}, {Name: "w", Signal: "go"}})
+	pc := st.byTask(st.claim(base, 10, "parent"))
+	kid := st.child("child", "k", base, one, p, "call")
+	st.waitOn(pc["call"], base, time.Time{}, "run "+kid, kid)
+	st.waitOn(pc["w"], base, base.Add(time.Hour), "signal go", "")
+	q := st.create("sig", "q", []batuta.TaskSpec{{Name: "s", Signal: "s"}})
+	st.sendOK(q, "s", raw(`{"x":1}`), base)
+	f := st.create("fail", "f", one)
+	st.complete(st.claimOne(base, f, "fail"), batuta.OutcomeFailed, nil, "boom", base)
+	st.retry(f, batuta.RetryParams{Now: base})
+
+	st.s = st.suite.Reopen(t, st.s)
+
+	r := st.get(p)
+	if c := r.Task("call"); c.Child != kid || c.WaitingFor != "run "+kid || !near(c.WaitingSince, base) || c.State != batuta.TaskPending {
+		t.Fatalf("waiting parent task after reopen: %+v", *c)
+	}
+	if w := r.Task("w"); !near(w.NotBefore, base.Add(time.Hour)) || w.WaitingFor != "signal go" {
+		t.Fatalf("timed wait after reopen: %+v", *w)
+	}
+	if k := st.get(kid); k.Parent == nil || k.Parent.RunID != p || k.Parent.Task != "call" {
+		t.Fatalf("child's Parent after reopen: %+v", k.Parent)
+	}
+	if nd := st.nextDue(base, "parent"); !near(nd, base.Add(time.Hour)) {
+		t.Fatalf("NextDue after reopen = %v, want the timed wait's %v", nd, base.Add(time.Hour))
+	}
+	if fr := st.get(f); fr.Retries != 1 || fr.State != batuta.RunPending {
+		t.Fatalf("retried run after reopen: %s retries %d", fr.State, fr.Retries)
+	}
+	c := st.claimOne(base, q, "sig")
+	if c.Signal == nil || !sameJSON(c.Signal.Data, `{"x":1}`) {
+		t.Fatalf("buffered signal after reopen: %+v", c.Signal)
+	}
+	st.claimNone(base.Add(time.Minute), "the parent's tasks wait", "parent")
+	st.completeOK(st.claimOne(base.Add(time.Minute), kid, "child"), batuta.OutcomeSucceeded, nil, base.Add(time.Minute))
+	if c := st.claimOne(base.Add(time.Minute), p, "parent"); c.Task != "call" {
+		t.Fatalf("woken after reopen: %s, want call", c.Task)
+	}
+	if res := st.sendOK(p, "go", raw(`"now"`), base.Add(time.Minute)); !res.Delivered || res.Task != "w" {
+		t.Fatalf("signal after reopen: %+v, want delivered to w", res)
+	}
+}
