@@ -400,6 +400,10 @@ func (s *MemoryStore) RetryRun(ctx context.Context, runID string, p RetryParams)
 			r.ops.waits[i] = nil
 		}
 	}
+	// Out of the finished FIFO: retention no longer applies to it.
+	if i := r.finAt - s.finBase; i >= s.finHead && i < len(s.finished) && s.finished[i] == r {
+		s.finished[i] = memFinGone
+	}
 	r.State = RunPending
 	r.Error = ""
 	r.FinishedAt = time.Time{}
