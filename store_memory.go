@@ -71,13 +71,15 @@ type memRun struct {
 	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
 	deps        []int32
 	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
-	recycle     bool        // no flow control: nothing points at its tasks once it finished
 	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
-	ops         *memRunOps  // nil unless the run has buffered signals or child runs
-	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
+	ops         *memRunOps  // nil unless the run waits, has buffered signals or child runs
 	finAt       int         // its position in the finished FIFO, counted from the store's start (finBase)
-	canceled    bool
-	dropped     bool
+	// The small fields last, together: memRun (and memRunAndFlow) stay in
+	// their size classes.
+	remaining int32 // tasks not yet finished
+	recycle   bool  // no flow control: nothing points at its tasks once it finished
+	canceled  bool
+	dropped   bool
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the

@@ -121,6 +121,7 @@ func (s *MemoryStore) waitLocked(t *memTask, c *Completion, res *CompleteResult)
 	switch {
 	case s.wakesAtOnceLocked(t):
 		s.pushReadyLocked(t)
+		s.signal()
 	case !c.RetryAt.IsZero():
 		t.dueAt = c.RetryAt
 		heap.Push(&r.wf.delayed, t)
