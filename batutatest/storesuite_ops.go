@@ -603,7 +603,7 @@ func testOpsRunFilter(t *testing.T, st *storeT) {
 	for _, tc := range cases {
 		got := runIDs(st.list(tc.f))
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
-			t.Errorf("%s: ListRuns(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
+			t.Errorf("%s: ListRuns = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
