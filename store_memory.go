@@ -7,7 +7,6 @@ import (
 	"math"
 	"runtime"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -50,6 +49,8 @@ type MemoryStore struct {
 	active   int
 	finished []*memRun // in finish order (FIFO)
 	finHead  int
+	finBase  int   // entries compacted away before finished[0]: memRun.finAt - finBase indexes finished
+	sigSeq   int64 // the last SignalRecord.Seq handed out
 	ticks    map[string]time.Time
 	tokens   memTokens // running tasks by lease token
 	notify   chan struct{}
@@ -70,11 +71,15 @@ type memRun struct {
 	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
 	deps        []int32
 	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
-	recycle     bool        // no flow control: nothing points at its tasks once it finished
 	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
-	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
-	canceled    bool
-	dropped     bool
+	ops         *memRunOps  // nil unless the run waits, has buffered signals or child runs
+	finAt       int         // its position in the finished FIFO, counted from the store's start (finBase)
+	// The small fields last, together: memRun (and memRunAndFlow) stay in
+	// their size classes.
+	remaining int32 // tasks not yet finished
+	recycle   bool  // no flow control: nothing points at its tasks once it finished
+	canceled  bool
+	dropped   bool
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the
@@ -98,6 +103,10 @@ type memTask struct {
 	err         string
 	attempts    []Attempt
 }
+
+// memFinGone replaces, in the finished runs' FIFO, the entry of a run that
+// RetryRun reopened: those who read the FIFO skip it as a dropped run.
+var memFinGone = &memRun{dropped: true}
 
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
@@ -268,6 +277,9 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 	s.byKey[key] = r
 	s.active++
 	res := CreateResult{ID: r.ID, Created: true}
+	if nr.Parent != nil {
+		s.addChildLocked(r, *nr.Parent)
+	}
 	var start time.Time
 	if nr.StartAt.After(nr.CreatedAt) {
 		start = nr.StartAt
@@ -432,7 +444,9 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		r := t.run
 		if r.State == RunPending {
 			r.State = RunRunning
-			r.StartedAt = p.Now
+			if r.StartedAt.IsZero() { // kept by RetryRun
+				r.StartedAt = p.Now
+			}
 			if r.flow != nil {
 				s.runStartedLocked(r)
 			}
@@ -461,6 +475,9 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 			Event: r.Event, RunDeadline: r.Deadline, Upstream: ups,
 			RateReserved: t.rateRsv,
 		})
+		if r.ops != nil || spec.Signal != "" {
+			s.claimWaitLocked(t, &(*out)[len(*out)-1])
+		}
 		t.rateRsv = false
 	}
 }
@@ -558,10 +575,11 @@ func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]Upst
 // created by now, or dependencies that all finished with an attempt that
 // ended by now. A claim made with an older clock than the events that made
 // its task ready (a task promoted by a later clock, made ready by another
-// worker, created by a later Submit) must read the clock for its start.
+// worker, created by a later Submit, woken by a signal or a child run)
+// must read the clock for its start.
 func (s *MemoryStore) startsByLocked(t *memTask, now time.Time) bool {
 	r := t.run
-	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || !r.StartAt.IsZero() {
+	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || r.ops != nil || !r.StartAt.IsZero() {
 		return false
 	}
 	deps := t.spec().Deps
@@ -588,7 +606,10 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 	}
 	r := t.run
 	s.dropToken(t)
-	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
+	if c.ConsumeSignal != 0 && r.ops != nil {
+		r.ops.consume(c.ConsumeSignal)
+	}
+	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer && c.Outcome != OutcomeWait {
 		oc := c.Outcome
 		if c.TimedOut {
 			oc = OutcomeTimedOut
@@ -616,6 +637,8 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 			t.dueAt = c.RetryAt
 			heap.Push(&r.wf.delayed, t)
 		}
+	case OutcomeWait:
+		s.waitLocked(t, c, res)
 	case OutcomeSucceeded:
 		t.spent++
 		t.output = c.Output
@@ -700,7 +723,11 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 	if r.flow != nil {
 		ready = s.runFinishedFlowLocked(r)
 	}
+	if r.Parent != nil {
+		s.childFinishedLocked(r, now)
+	}
 	s.watch.Finished(r.ID)
+	r.finAt = s.finBase + len(s.finished)
 	s.finished = append(s.finished, r)
 	if s.cfg.KeepFinished >= 0 {
 		for len(s.finished)-s.finHead > s.cfg.KeepFinished {
@@ -716,6 +743,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 func (s *MemoryStore) compactFinishedLocked() {
 	if s.finHead > 1024 && s.finHead*2 > len(s.finished) {
 		s.finished = append(s.finished[:0:0], s.finished[s.finHead:]...)
+		s.finBase += s.finHead
 		s.finHead = 0
 	}
 }
@@ -849,6 +877,9 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 			}
 		}
 	}
+	if r.ops != nil && len(r.ops.kids) > 0 {
+		res.Ready += s.cancelChildrenLocked(r, reason, now)
+	}
 	if res.Ready > 0 {
 		s.signal()
 	}
@@ -857,6 +888,10 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 
 func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 	out := r.Run
+	if out.Parent != nil {
+		p := *out.Parent
+		out.Parent = &p
+	}
 	out.Tasks = make([]TaskRun, len(r.tasks))
 	for i := range r.tasks {
 		t := &r.tasks[i]
@@ -870,6 +905,9 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 		}
 		if t.state == msPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
+		}
+		if w := t.waitState(); w != nil {
+			out.Tasks[i].WaitingSince, out.Tasks[i].WaitingFor, out.Tasks[i].Child = w.since, w.what, w.child
 		}
 	}
 	return &out
@@ -901,34 +939,6 @@ func (s *MemoryStore) FindRun(ctx context.Context, workflow, eventID string) (*R
 		return nil, fmt.Errorf("%w: workflow %s event %s", ErrRunNotFound, workflow, eventID)
 	}
 	return s.snapshotLocked(r), nil
-}
-
-// ListRuns implements Store.
-func (s *MemoryStore) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var sel []*memRun
-	for _, r := range s.runs {
-		if (f.Workflow == "" || r.Workflow == f.Workflow) && (f.State == "" || r.State == f.State) {
-			sel = append(sel, r)
-		}
-	}
-	sort.Slice(sel, func(i, j int) bool { return sel[i].ID > sel[j].ID }) // UUIDv7: newest first
-	if len(sel) > limit {
-		sel = sel[:limit]
-	}
-	out := make([]*Run, len(sel))
-	for i, r := range sel {
-		out[i] = s.snapshotLocked(r)
-	}
-	return out, nil
 }
 
 // Prune implements Store. It deletes the oldest finished runs first, in

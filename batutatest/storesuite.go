@@ -72,6 +72,7 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		{"BatchCompletion", testBatchCompletion},
 	}
 	tests = append(tests, flowCases...)
+	tests = append(tests, opsCases...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, &storeT{t: t, s: suite.New(t), suite: suite})
@@ -83,6 +84,9 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		})
 		t.Run("FlowSurvivesReopen", func(t *testing.T) {
 			testFlowReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
+		})
+		t.Run("OpsSurvivesReopen", func(t *testing.T) {
+			testOpsReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
 		})
 	}
 }
