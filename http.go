@@ -132,6 +132,13 @@ const maxEcho = 64
 //	                                 and a Location header (GET it for the status)
 //	POST /workflows/{name}/runs     start a workflow run; 202 as above
 //	GET  /runs/{id}                 200 with the run and its task states
+//	POST /runs/{id}/signals/{name}  signal the run (Orchestrator.Signal); the
+//	                                 body is the signal's data; 202
+//	                                 {"run_id", "signal", "delivered", "task"}
+//	POST /workflows/{name}/signals/{signal}?subject=KEY
+//	                                 signal the unfinished runs whose event
+//	                                 Subject is KEY (or the Ce-Subject header;
+//	                                 Orchestrator.SignalWhere); 202 {"runs": n, ...}
 //
 // HEAD is answered wherever GET is, with the same status and no body.
 //
@@ -147,7 +154,8 @@ const maxEcho = 64
 // (malformed JSON, JSON that does not decode into the function's input, or
 // bad event fields), 401/403 (Authorize), 404 (unknown function, workflow,
 // run or route), 405 (wrong method, with Allow), 413 (body over
-// MaxBodyBytes or the payload cap), 422 (Idempotency-Key reused with a
+// MaxBodyBytes or the payload cap), 409 (a signal no task waits for:
+// ErrNoWaiter; a full signal buffer is a 429), 422 (Idempotency-Key reused with a
 // different body), 429 (busy, with Retry-After), 502 (the function failed;
 // the body carries its error and run ID) and 504 (the function timed out,
 // or InvokeTimeout passed; the run goes on). An error never repeats more
@@ -173,6 +181,8 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 	mux.HandleFunc("/functions/{name}/async", h.method(http.MethodPost, h.invokeAsync))
 	mux.HandleFunc("/workflows/{name}/runs", h.method(http.MethodPost, h.submit))
 	mux.HandleFunc("/runs/{id}", h.method(http.MethodGet, h.getRun))
+	mux.HandleFunc("/runs/{id}/signals/{name}", h.method(http.MethodPost, h.signalRun))
+	mux.HandleFunc("/workflows/{name}/signals/{signal}", h.method(http.MethodPost, h.signalWhere))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.error(w, r, http.StatusNotFound, "no such route "+quote(r.URL.Path), nil)
 	})

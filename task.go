@@ -377,6 +377,7 @@ type compiledTask struct {
 	strict  bool     // Workflow.StrictInput
 	conc    *Concurrency
 	rate    *RateLimit
+	wait    *compiledWait // timer or signal wait (wait.go); nil if none
 
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
@@ -548,7 +549,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		}
 		cw.index[t.Name] = i
 		switch {
-		case t.Run == nil:
+		case t.Run == nil && !waitsOnly(&t):
 			return nil, bad(t.Name, "nil Run func: Task.Run is nil; set it to a func(ctx context.Context, in *batuta.Input) (any, error)")
 		case t.Timeout < 0:
 			return nil, bad(t.Name, fmt.Sprintf("Task.Timeout must not be negative (got %s); use e.g. Timeout: 30*time.Second, or 0 for no limit", t.Timeout))
@@ -572,7 +573,12 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 				return nil, bad(t.Name, why)
 			}
 		}
+		wait, why := compileWait(&t)
+		if why != "" {
+			return nil, bad(t.Name, why)
+		}
 		cw.tasks[i] = compiledTask{
+			wait:    wait,
 			name:    t.Name,
 			fn:      t.Run,
 			retry:   t.Retry.withDefaults(),
@@ -612,7 +618,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			seen[d] = true
 			deps = append(deps, j)
 		}
-		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps, FireOn: fireOn(&wf.Tasks[i])}
+		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps, FireOn: fireOn(&wf.Tasks[i]), Signal: signalName(&wf.Tasks[i])}
 	}
 	if cyc := findCycle(cw.specs); cyc != nil {
 		return nil, &WorkflowError{Workflow: wf.Name, Task: cyc[0], Reason: "dependency cycle", Cycle: cyc}
