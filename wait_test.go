@@ -54,7 +54,7 @@ func TestTimerStartAtFiresNotBeforeDueAndSpendsNoAttempt(t *testing.T) {
 		}},
 	}}
 	o := setup(t, batuta.Config{}, wf)
-	due := time.Now().Add(150 * time.Millisecond)
+	due := time.Now().Add(500 * time.Millisecond)
 	data, _ := json.Marshal(dueData{Due: due})
 	id, err := o.Submit(context.Background(), "remind", batuta.Event{Data: data})
 	require.NoError(t, err)
@@ -211,7 +211,7 @@ func TestTimerSurvivesRestart(t *testing.T) {
 	ctx1, stop1 := context.WithCancel(context.Background())
 	done1 := make(chan error, 1)
 	go func() { done1 <- o1.Run(ctx1) }()
-	due := time.Now().Add(300 * time.Millisecond)
+	due := time.Now().Add(time.Second) // o1 must claim it, wait, and stop before
 	data, _ := json.Marshal(dueData{Due: due})
 	id, err := o1.Submit(context.Background(), "restart", batuta.Event{Data: data})
 	require.NoError(t, err)
