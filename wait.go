@@ -66,7 +66,7 @@ type compiledWait struct {
 // waitsOnly reports whether t is a task whose Run may be nil: a pure
 // timer (StartAt or Delay) or a signal wait.
 func waitsOnly(t *Task) bool {
-	return t.StartAt != nil || t.Delay > 0 || t.Signal != nil
+	return t.StartAt != nil || t.Delay != 0 || t.Signal != nil
 }
 
 // signalName is the TaskSpec.Signal of t.
