@@ -491,4 +491,3 @@ func TestSignalTrigger(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorIs(t, o.BindSignal("qsig", "shipped", onFinish), batuta.ErrInvalidConfig)
 }
-
