@@ -147,7 +147,7 @@ func TestKillAndResumeSQLite(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	const n = 16
-	args := []string{"-store", "sqlite", "-dsn", dsn, "-hour", "100ms"}
+	args := []string{"-store", "sqlite", "-dsn", dsn, "-hour", "200ms"}
 
 	// First run: killed after the third reminder line.
 	first := exec.Command(bin, append(args, "-orders", strconv.Itoa(n))...)
