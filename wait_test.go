@@ -491,3 +491,39 @@ func TestSignalTrigger(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorIs(t, o.BindSignal("qsig", "shipped", onFinish), batuta.ErrInvalidConfig)
 }
+
+// On the durable path (a store that says it is durable) signal data, a
+// timeout's Default and a sleep step's output are JSON, and Output
+// decodes them.
+func TestWaitsOnTheDurablePath(t *testing.T) {
+	t.Parallel()
+	store := &durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}
+	wf := shipWorkflow("dship", nil, batuta.SignalWait{
+		Name: "shipped", Timeout: time.Second, OnTimeout: batuta.TimeoutSucceed,
+		Default: shipment{Carrier: "none", Track: "-"},
+	})
+	wf.Tasks[0] = batuta.Task{Name: "order", Delay: 10 * time.Millisecond}
+	o := setup(t, batuta.Config{Store: store}, wf)
+	ctx := context.Background()
+	signaled, err := o.Submit(ctx, "dship", batuta.Event{})
+	require.NoError(t, err)
+	early, err := o.Submit(ctx, "dship", batuta.Event{})
+	require.NoError(t, err)
+	timedOut, err := o.Submit(ctx, "dship", batuta.Event{})
+	require.NoError(t, err)
+	// Kept until the run gets to its wait (it is still sleeping, or just
+	// past it).
+	require.NoError(t, o.Signal(ctx, early, "shipped", shipment{Carrier: "dhl", Track: "E"}))
+	waitUntilWaiting(t, o, signaled, "ship", batuta.WaitForSignal("shipped"))
+	require.NoError(t, o.Signal(ctx, signaled, "shipped", shipment{Carrier: "ups", Track: "S"}))
+	for id, want := range map[string]string{signaled: "shipped by ups as S", early: "shipped by dhl as E", timedOut: "shipped by none as -"} {
+		r, err := o.Wait(waitCtx(t), id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, r.State, r.Error)
+		out, err := batuta.OutputAs[string](r.Task("notify").Output)
+		require.NoError(t, err)
+		require.Equal(t, want, out)
+		require.IsType(t, json.RawMessage(nil), r.Task("ship").Output, "JSON on the durable path")
+		require.JSONEq(t, "null", string(r.Task("order").Output.(json.RawMessage)))
+	}
+}
