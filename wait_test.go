@@ -54,7 +54,7 @@ func TestTimerStartAtFiresNotBeforeDueAndSpendsNoAttempt(t *testing.T) {
 		}},
 	}}
 	o := setup(t, batuta.Config{}, wf)
-	due := time.Now().Add(500 * time.Millisecond)
+	due := time.Now().Add(time.Second)
 	data, _ := json.Marshal(dueData{Due: due})
 	id, err := o.Submit(context.Background(), "remind", batuta.Event{Data: data})
 	require.NoError(t, err)
