@@ -115,12 +115,12 @@ func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 		comp.Outcome, comp.Error = OutcomeSkipped, joinWhy
 	case join == joinUpstreamFailed:
 		comp.Outcome, comp.Error = OutcomeUpstreamFailed, joinWhy
+	case ct.wait != nil && (c.RunDeadline.IsZero() || now.Before(c.RunDeadline)) && ex.waited(sl, c, ct, comp, now):
+		// A timer or a signal wait (wait.go): handed back to wait, or
+		// finished without a body. No attempt is spent.
 	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
 		comp.StartedAt, comp.FinishedAt = now, now
-	case ct.wait != nil && ex.waited(sl, c, ct, comp, now):
-		// A timer or a signal wait (wait.go): handed back to wait, or
-		// finished without a body. No attempt is spent.
 	case ct.rate != nil && !c.RateReserved && ex.rateDeferred(sl, c, ct, comp, now):
 		// Handed back until its rate-limit slot: no attempt spent.
 	default:

@@ -377,7 +377,6 @@ type compiledTask struct {
 	strict  bool     // Workflow.StrictInput
 	conc    *Concurrency
 	rate    *RateLimit
-	wait    *compiledWait // timer or signal wait (wait.go); nil if none
 
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
@@ -387,6 +386,8 @@ type compiledTask struct {
 	// direct dependencies.
 	reachMu sync.Mutex
 	reach   map[int]bool
+
+	wait *compiledWait // Task.StartAt, Delay or Signal (wait.go); nil if none
 }
 
 // isAncestor reports whether the task at position j of the workflow is an

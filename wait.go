@@ -160,8 +160,7 @@ func (ex *executor) waited(sl *slot, c *Claim, ct *compiledTask, comp *Completio
 	}
 	if due.After(now) {
 		comp.Outcome, comp.RetryAt, comp.WaitFor = OutcomeWait, due, WaitForTimer
-		ex.addDue(due)
-		ex.poke() // the dispatcher's timer may be set for later
+		ex.waitUntil(c, comp)
 		return true
 	}
 	if ct.fn != nil {
@@ -207,8 +206,20 @@ func (ex *executor) signalWaited(c *Claim, ct *compiledTask, comp *Completion, n
 			since = now
 		}
 		comp.RetryAt = since.Add(s.Timeout)
+	}
+	ex.waitUntil(c, comp)
+}
+
+// waitUntil bounds a wait's due time (comp.RetryAt, zero: none) by the
+// run's deadline, so a run whose Workflow.Timeout passes while it waits
+// is claimed then and fails, and makes the dispatcher wake at it.
+func (ex *executor) waitUntil(c *Claim, comp *Completion) {
+	if d := c.RunDeadline; !d.IsZero() && (comp.RetryAt.IsZero() || d.Before(comp.RetryAt)) {
+		comp.RetryAt = d
+	}
+	if !comp.RetryAt.IsZero() {
 		ex.addDue(comp.RetryAt)
-		ex.poke()
+		ex.poke() // the dispatcher's timer may be set for later
 	}
 }
 

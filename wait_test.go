@@ -527,3 +527,22 @@ func TestWaitsOnTheDurablePath(t *testing.T) {
 		require.JSONEq(t, "null", string(r.Task("order").Output.(json.RawMessage)))
 	}
 }
+
+// Workflow.Timeout ends a run that waits: the wait's due time is bounded
+// by the run's deadline, so a signal wait with no time limit still fails
+// then.
+func TestWorkflowTimeoutEndsAWait(t *testing.T) {
+	t.Parallel()
+	wf := shipWorkflow("deadline", nil, batuta.SignalWait{Name: "shipped"})
+	wf.Timeout = 100 * time.Millisecond
+	o := setup(t, batuta.Config{}, wf)
+	id, err := o.Submit(context.Background(), "deadline", batuta.Event{})
+	require.NoError(t, err)
+	r, err := o.Wait(waitCtx(t), id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunFailed, r.State)
+	ship := r.Task("ship")
+	require.Equal(t, batuta.TaskFailed, ship.State)
+	require.Contains(t, ship.Error, "workflow timeout")
+	require.Equal(t, batuta.WaitForSignal("shipped"), ship.WaitingFor, "it was waiting")
+}
