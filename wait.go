@@ -86,6 +86,9 @@ func compileWait(t *Task) (*compiledWait, string) {
 	if t.StartAt == nil && t.Delay == 0 && t.Signal == nil {
 		return nil, ""
 	}
+	if t.Signal == nil && (t.Child != nil || t.ForEach != nil) {
+		return nil, "Task.StartAt and Task.Delay cannot be combined with Task.Child or Task.ForEach; put the timer in a task this one depends on (a Delay with no Run is a sleep step)"
+	}
 	w := &compiledWait{startAt: t.StartAt, delay: t.Delay}
 	if s := t.Signal; s != nil {
 		switch {

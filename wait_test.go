@@ -401,6 +401,9 @@ func TestRegisterRejectsBadWaits(t *testing.T) {
 		{batuta.Task{Name: "a", Signal: &batuta.SignalWait{Name: "s", OnTimeout: batuta.TimeoutSucceed}}, "never applies"},
 		{batuta.Task{Name: "a", Signal: &batuta.SignalWait{Name: "s", Timeout: time.Second, Default: 1}}, "Default is set but OnTimeout"},
 		{batuta.Task{Name: "a", Signal: &batuta.SignalWait{Name: "s", Timeout: time.Second, OnTimeout: batuta.TimeoutSucceed, Default: func() {}}}, "not JSON-encodable"},
+		{batuta.Task{Name: "a", Delay: time.Second, ForEach: &batuta.ForEach{}, Run: noop}, "cannot be combined with Task.Child or Task.ForEach"},
+		{batuta.Task{Name: "a", StartAt: startAtFromEvent, Child: &batuta.ChildWorkflow{Workflow: "w"}}, "cannot be combined with Task.Child or Task.ForEach"},
+		{batuta.Task{Name: "a", Signal: &batuta.SignalWait{Name: "s"}, Child: &batuta.ChildWorkflow{Workflow: "w"}}, "cannot be combined with Task.Child or Task.ForEach"},
 		{batuta.Task{Name: "a"}, "nil Run func"},
 	} {
 		err := o.Register(&batuta.Workflow{Name: "w", Tasks: []batuta.Task{c.task}})
