@@ -470,6 +470,10 @@ type httpTask struct {
 	Error    string          `json:"error,omitempty"`
 	Attempts []Attempt       `json:"attempts,omitempty"`
 	Output   json.RawMessage `json:"output,omitempty"`
+	// A wait (docs/waits.md): since when, for what, until when.
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	WaitingFor   string    `json:"waiting_for,omitempty"`
+	NotBefore    time.Time `json:"not_before,omitzero"`
 }
 
 func newHTTPRun(r *Run) httpRun {
@@ -479,7 +483,8 @@ func newHTTPRun(r *Run) httpRun {
 		Tasks: make([]httpTask, len(r.Tasks)),
 	}
 	for i, t := range r.Tasks {
-		ht := httpTask{Name: t.Name, State: t.State, Error: t.Error, Attempts: t.Attempts}
+		ht := httpTask{Name: t.Name, State: t.State, Error: t.Error, Attempts: t.Attempts,
+			WaitingSince: t.WaitingSince, WaitingFor: t.WaitingFor, NotBefore: t.NotBefore}
 		switch v := t.Output.(type) {
 		case nil:
 		case json.RawMessage:

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -47,6 +48,25 @@ func TestHTTPSignalRoutes(t *testing.T) {
 	require.NoError(t, err)
 	waitUntilWaiting(t, o, id, "ship", batuta.WaitForSignal("shipped"))
 	waitUntilWaiting(t, o, other, "ship", batuta.WaitForSignal("shipped"))
+
+	// GET /runs/{id} shows the wait.
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/runs/"+id, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", testToken)
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	var snap struct {
+		Tasks []struct {
+			Name         string    `json:"name"`
+			WaitingFor   string    `json:"waiting_for"`
+			WaitingSince time.Time `json:"waiting_since"`
+		} `json:"tasks"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&snap))
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, "ship", snap.Tasks[1].Name)
+	require.Equal(t, "signal shipped", snap.Tasks[1].WaitingFor)
+	require.False(t, snap.Tasks[1].WaitingSince.IsZero())
 
 	st, m := postSignal(t, srv, "/runs/"+id+"/signals/shipped", `{"carrier":"ups","track":"9"}`, nil)
 	require.Equal(t, http.StatusUnauthorized, st, "same auth as every route: %v", m)
