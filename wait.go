@@ -302,25 +302,45 @@ func (o *Orchestrator) sendSignal(ctx context.Context, runID, name string, data 
 	return res, nil
 }
 
-// signalPage is how many runs SignalWhere lists at a time.
-const signalPage = 500
-
 // SignalWhere signals (as Signal) every unfinished run of workflow whose
 // event Subject is subject, for webhooks that know only a business key. It
 // returns how many runs took the signal; ErrNoWaiter if none did (no such
 // run, or none waits for name). A run that finishes meanwhile, or whose
 // buffer is full, is passed over; ErrSignalBufferFull is returned only if
 // every run that matched was full. A Store error stops it, with the count
-// so far.
+// so far. The runs are found by the store's index on the event subject.
 func (o *Orchestrator) SignalWhere(ctx context.Context, workflow, subject, name string, data any) (int, error) {
-	if !o.registered(workflow) {
-		return 0, o.unknownWorkflow(workflow, "SignalWhere")
-	}
-	fail := func(err error) error {
-		return fmt.Errorf("batuta: signal %s to %s runs with subject %s: %w", quote(name), workflow, quote(subject), err)
-	}
 	if subject == "" {
-		return 0, fail(fmt.Errorf("%w: empty subject; pass the business key the runs' events carry in Event.Subject", ErrInvalidPayload))
+		return 0, fmt.Errorf("batuta: signal %s to %s runs: %w: empty subject; pass the business key the runs' events carry in Event.Subject",
+			quote(name), workflow, ErrInvalidPayload)
+	}
+	return o.signalRuns(ctx, "SignalWhere", workflow, "with subject "+quote(subject), subject, nil, name, data)
+}
+
+// SignalMatching is SignalWhere with a key function: it signals every
+// unfinished run of workflow whose event match accepts (e.g. an order ID
+// inside the event's data). It reads every unfinished run of the workflow,
+// a page at a time, so prefer SignalWhere (an index lookup) when the key
+// can be the event's Subject.
+func (o *Orchestrator) SignalMatching(ctx context.Context, workflow string, match func(Event) bool, name string, data any) (int, error) {
+	if match == nil {
+		return 0, fmt.Errorf("batuta: signal %s to %s runs: %w: nil match func", quote(name), workflow, ErrInvalidPayload)
+	}
+	return o.signalRuns(ctx, "SignalMatching", workflow, "matching", "", match, name, data)
+}
+
+// signalPage is how many runs SignalWhere and SignalMatching list at a
+// time.
+const signalPage = 500
+
+// signalRuns signals the unfinished runs of workflow with the subject (if
+// not empty) that match accepts (if not nil).
+func (o *Orchestrator) signalRuns(ctx context.Context, call, workflow, what, subject string, match func(Event) bool, name string, data any) (int, error) {
+	fail := func(err error) error {
+		return fmt.Errorf("batuta: signal %s to %s runs %s: %w", quote(name), workflow, what, err)
+	}
+	if !o.registered(workflow) {
+		return 0, o.unknownWorkflow(workflow, call)
 	}
 	v, err := o.signalData(name, data)
 	if err != nil {
@@ -334,6 +354,15 @@ func (o *Orchestrator) SignalWhere(ctx context.Context, workflow, subject, name 
 			return n, fail(err)
 		}
 		for _, r := range runs {
+			if match != nil {
+				ok, err := callMatch(match, r.Event)
+				if err != nil {
+					return n, fail(fmt.Errorf("match func: %w", err))
+				}
+				if !ok {
+					continue
+				}
+			}
 			_, err := o.sendSignal(ctx, r.ID, name, v)
 			switch {
 			case err == nil:
@@ -357,6 +386,15 @@ func (o *Orchestrator) SignalWhere(ctx context.Context, workflow, subject, name 
 		return 0, fail(ErrSignalBufferFull)
 	}
 	return 0, fail(ErrNoWaiter)
+}
+
+func callMatch(match func(Event) bool, ev Event) (ok bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok, err = false, newPanicError(p)
+		}
+	}()
+	return match(ev), nil
 }
 
 // BindSignal makes t signal runs of workflow instead of starting them:

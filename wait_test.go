@@ -549,3 +549,46 @@ func TestWorkflowTimeoutEndsAWait(t *testing.T) {
 	require.Contains(t, ship.Error, "workflow timeout")
 	require.Equal(t, batuta.WaitForSignal("shipped"), ship.WaitingFor, "it was waiting")
 }
+
+// SignalMatching selects the runs with a key function over their events.
+func TestSignalMatchingByKeyFunction(t *testing.T) {
+	t.Parallel()
+	o := setup(t, batuta.Config{}, shipWorkflow("keyed", nil, batuta.SignalWait{Name: "shipped"}))
+	ctx := context.Background()
+	type order struct {
+		ID string `json:"id"`
+	}
+	ids := map[string]string{}
+	for _, oid := range []string{"A-1", "A-2", "B-1"} {
+		data, _ := json.Marshal(order{ID: oid})
+		id, err := o.Submit(ctx, "keyed", batuta.Event{Data: data})
+		require.NoError(t, err)
+		ids[oid] = id
+	}
+	byOrder := func(want string) func(batuta.Event) bool {
+		return func(ev batuta.Event) bool {
+			var o order
+			return json.Unmarshal(ev.Data, &o) == nil && o.ID == want
+		}
+	}
+	n, err := o.SignalMatching(ctx, "keyed", byOrder("A-2"), "shipped", shipment{Carrier: "ups", Track: "A2"})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	r, err := o.Wait(waitCtx(t), ids["A-2"])
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State)
+	for _, oid := range []string{"A-1", "B-1"} {
+		r, err := o.GetRun(ctx, ids[oid])
+		require.NoError(t, err)
+		require.False(t, r.Finished(), "run of %s is not signaled", oid)
+	}
+	_, err = o.SignalMatching(ctx, "keyed", byOrder("C-1"), "shipped", nil)
+	require.ErrorIs(t, err, batuta.ErrNoWaiter)
+	_, err = o.SignalMatching(ctx, "keyed", func(batuta.Event) bool { panic("boom") }, "shipped", nil)
+	var pe *batuta.PanicError
+	require.ErrorAs(t, err, &pe)
+	_, err = o.SignalMatching(ctx, "keyed", nil, "shipped", nil)
+	require.ErrorIs(t, err, batuta.ErrInvalidPayload)
+	_, err = o.SignalMatching(ctx, "nope", byOrder("A-1"), "shipped", nil)
+	require.ErrorIs(t, err, batuta.ErrUnknownWorkflow)
+}
