@@ -153,10 +153,10 @@ const maxEcho = 64
 // Errors are JSON {"error": "...", "run_id": ...} with status 400
 // (malformed JSON, JSON that does not decode into the function's input, or
 // bad event fields), 401/403 (Authorize), 404 (unknown function, workflow,
-// run or route), 405 (wrong method, with Allow), 413 (body over
-// MaxBodyBytes or the payload cap), 409 (a signal no task waits for:
-// ErrNoWaiter; a full signal buffer is a 429), 422 (Idempotency-Key reused with a
-// different body), 429 (busy, with Retry-After), 502 (the function failed;
+// run or route), 405 (wrong method, with Allow), 409 (a signal no task
+// waits for: ErrNoWaiter), 413 (body over MaxBodyBytes or the payload cap),
+// 422 (Idempotency-Key reused with a different body), 429 (busy, or a
+// run's signal buffer full; with Retry-After), 502 (the function failed;
 // the body carries its error and run ID) and 504 (the function timed out,
 // or InvokeTimeout passed; the run goes on). An error never repeats more
 // than the first 64 bytes of anything the caller sent (names, paths, keys),
