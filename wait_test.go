@@ -592,3 +592,23 @@ func TestSignalMatchingByKeyFunction(t *testing.T) {
 	_, err = o.SignalMatching(ctx, "nope", byOrder("A-1"), "shipped", nil)
 	require.ErrorIs(t, err, batuta.ErrUnknownWorkflow)
 }
+
+// A signal that completes a run's last task finishes the run: Wait
+// returns and the RunFinished hook runs.
+func TestSignalFinishesTheRun(t *testing.T) {
+	t.Parallel()
+	h := &countingHooks{}
+	o := setup(t, batuta.Config{Hooks: []batuta.Hooks{h}}, &batuta.Workflow{Name: "last", Tasks: []batuta.Task{
+		{Name: "approved", Signal: &batuta.SignalWait{Name: "approve"}},
+	}})
+	id, err := o.Submit(context.Background(), "last", batuta.Event{})
+	require.NoError(t, err)
+	waitUntilWaiting(t, o, id, "approved", batuta.WaitForSignal("approve"))
+	require.NoError(t, o.Signal(context.Background(), id, "approve", "yes"))
+	r, err := o.Wait(waitCtx(t), id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State)
+	require.Equal(t, "yes", r.Task("approved").Output)
+	// The hooks run right after Wait's wake-up.
+	require.Eventually(t, func() bool { return h.finished.Load() == 1 }, 20*time.Second, time.Millisecond)
+}
