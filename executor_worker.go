@@ -95,7 +95,7 @@ func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 	}()
 	comp := &sl.comp[0]
 	now := claimedAt
-	if now.IsZero() || ct == nil || ct.timeout > 0 || ct.rate != nil || !c.RunDeadline.IsZero() {
+	if now.IsZero() || ct == nil || ct.timeout > 0 || ct.rate != nil || ct.wait != nil || !c.RunDeadline.IsZero() {
 		now = o.clock.Now()
 	}
 	*comp = Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, FinishedAt: now}
@@ -115,6 +115,9 @@ func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 		comp.Outcome, comp.Error = OutcomeSkipped, joinWhy
 	case join == joinUpstreamFailed:
 		comp.Outcome, comp.Error = OutcomeUpstreamFailed, joinWhy
+	case ct.wait != nil && (c.RunDeadline.IsZero() || now.Before(c.RunDeadline)) && ex.waited(sl, c, ct, comp, now):
+		// A timer or a signal wait (wait.go): handed back to wait, or
+		// finished without a body. No attempt is spent.
 	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
 		comp.StartedAt, comp.FinishedAt = now, now

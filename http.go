@@ -132,6 +132,13 @@ const maxEcho = 64
 //	                                 and a Location header (GET it for the status)
 //	POST /workflows/{name}/runs     start a workflow run; 202 as above
 //	GET  /runs/{id}                 200 with the run and its task states
+//	POST /runs/{id}/signals/{name}  signal the run (Orchestrator.Signal); the
+//	                                 body is the signal's data; 202
+//	                                 {"run_id", "signal", "delivered", "task"}
+//	POST /workflows/{name}/signals/{signal}?subject=KEY
+//	                                 signal the unfinished runs whose event
+//	                                 Subject is KEY (or the Ce-Subject header;
+//	                                 Orchestrator.SignalWhere); 202 {"runs": n, ...}
 //
 // HEAD is answered wherever GET is, with the same status and no body.
 //
@@ -146,9 +153,10 @@ const maxEcho = 64
 // Errors are JSON {"error": "...", "run_id": ...} with status 400
 // (malformed JSON, JSON that does not decode into the function's input, or
 // bad event fields), 401/403 (Authorize), 404 (unknown function, workflow,
-// run or route), 405 (wrong method, with Allow), 413 (body over
-// MaxBodyBytes or the payload cap), 422 (Idempotency-Key reused with a
-// different body), 429 (busy, with Retry-After), 502 (the function failed;
+// run or route), 405 (wrong method, with Allow), 409 (a signal no task
+// waits for: ErrNoWaiter), 413 (body over MaxBodyBytes or the payload cap),
+// 422 (Idempotency-Key reused with a different body), 429 (busy, or a
+// run's signal buffer full; with Retry-After), 502 (the function failed;
 // the body carries its error and run ID) and 504 (the function timed out,
 // or InvokeTimeout passed; the run goes on). An error never repeats more
 // than the first 64 bytes of anything the caller sent (names, paths, keys),
@@ -173,6 +181,8 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 	mux.HandleFunc("/functions/{name}/async", h.method(http.MethodPost, h.invokeAsync))
 	mux.HandleFunc("/workflows/{name}/runs", h.method(http.MethodPost, h.submit))
 	mux.HandleFunc("/runs/{id}", h.method(http.MethodGet, h.getRun))
+	mux.HandleFunc("/runs/{id}/signals/{name}", h.method(http.MethodPost, h.signalRun))
+	mux.HandleFunc("/workflows/{name}/signals/{signal}", h.method(http.MethodPost, h.signalWhere))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.error(w, r, http.StatusNotFound, "no such route "+quote(r.URL.Path), nil)
 	})
@@ -460,6 +470,10 @@ type httpTask struct {
 	Error    string          `json:"error,omitempty"`
 	Attempts []Attempt       `json:"attempts,omitempty"`
 	Output   json.RawMessage `json:"output,omitempty"`
+	// A wait (docs/waits.md): since when, for what, until when.
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	WaitingFor   string    `json:"waiting_for,omitempty"`
+	NotBefore    time.Time `json:"not_before,omitzero"`
 }
 
 func newHTTPRun(r *Run) httpRun {
@@ -469,7 +483,8 @@ func newHTTPRun(r *Run) httpRun {
 		Tasks: make([]httpTask, len(r.Tasks)),
 	}
 	for i, t := range r.Tasks {
-		ht := httpTask{Name: t.Name, State: t.State, Error: t.Error, Attempts: t.Attempts}
+		ht := httpTask{Name: t.Name, State: t.State, Error: t.Error, Attempts: t.Attempts,
+			WaitingSince: t.WaitingSince, WaitingFor: t.WaitingFor, NotBefore: t.NotBefore}
 		switch v := t.Output.(type) {
 		case nil:
 		case json.RawMessage:

@@ -386,6 +386,8 @@ type compiledTask struct {
 	// direct dependencies.
 	reachMu sync.Mutex
 	reach   map[int]bool
+
+	wait *compiledWait // Task.StartAt, Delay or Signal (wait.go); nil if none
 }
 
 // isAncestor reports whether the task at position j of the workflow is an
@@ -548,7 +550,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		}
 		cw.index[t.Name] = i
 		switch {
-		case t.Run == nil:
+		case t.Run == nil && !waitsOnly(&t):
 			return nil, bad(t.Name, "nil Run func: Task.Run is nil; set it to a func(ctx context.Context, in *batuta.Input) (any, error)")
 		case t.Timeout < 0:
 			return nil, bad(t.Name, fmt.Sprintf("Task.Timeout must not be negative (got %s); use e.g. Timeout: 30*time.Second, or 0 for no limit", t.Timeout))
@@ -572,7 +574,12 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 				return nil, bad(t.Name, why)
 			}
 		}
+		wait, why := compileWait(&t)
+		if why != "" {
+			return nil, bad(t.Name, why)
+		}
 		cw.tasks[i] = compiledTask{
+			wait:    wait,
 			name:    t.Name,
 			fn:      t.Run,
 			retry:   t.Retry.withDefaults(),
@@ -612,7 +619,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			seen[d] = true
 			deps = append(deps, j)
 		}
-		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps, FireOn: fireOn(&wf.Tasks[i])}
+		cw.specs[i] = TaskSpec{Name: t.Name, Deps: deps, FireOn: fireOn(&wf.Tasks[i]), Signal: signalName(&wf.Tasks[i])}
 	}
 	if cyc := findCycle(cw.specs); cyc != nil {
 		return nil, &WorkflowError{Workflow: wf.Name, Task: cyc[0], Reason: "dependency cycle", Cycle: cyc}
