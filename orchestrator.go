@@ -220,6 +220,7 @@ type binding struct {
 	trigger    Trigger
 	started    bool
 	submitWith func(Event) ([]SubmitOption, error) // SubmitWith; nil if none
+	status     bindingStatus                       // for Bindings (introspect.go)
 }
 
 // New returns an Orchestrator configured by cfg, or a *ConfigError.
@@ -795,6 +796,7 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 	for {
 		start := time.Now()
 		var err error
+		b.status.started()
 		func() {
 			defer func() {
 				if p := recover(); p != nil {
@@ -808,8 +810,13 @@ func (o *Orchestrator) superviseTrigger(ctx context.Context, b *binding) {
 			}
 		}()
 		if ctx.Err() != nil {
+			b.status.stopped(nil, time.Time{})
 			return
 		}
+		if err == nil {
+			err = errors.New("returned nil before the orchestrator stopped")
+		}
+		b.status.stopped(err, o.clock.Now())
 		if time.Since(start) > time.Minute {
 			backoff = 100 * time.Millisecond
 		}
