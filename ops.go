@@ -168,12 +168,15 @@ func (o *Orchestrator) retryChildren(ctx context.Context, runID, task string, de
 			return fmt.Errorf("listing the child runs of task %q: %w", task, err)
 		}
 		for _, k := range kids {
+			if k.Parent == nil || k.Parent.RunID != runID || k.Parent.Task != task {
+				continue // a store that ignored the filter
+			}
 			err := o.retry(ctx, k.ID, retryOptions{}, depth+1)
 			if err != nil && !errors.Is(err, ErrNotRetryable) {
 				return fmt.Errorf("child run %s of task %q: %w", k.ID, task, err)
 			}
 		}
-		if len(kids) < 100 {
+		if len(kids) < 100 || kids[len(kids)-1].ID == after {
 			return nil
 		}
 		after = kids[len(kids)-1].ID
@@ -345,6 +348,9 @@ func (o *Orchestrator) bulk(ctx context.Context, f RunFilter, bo bulkOptions, ac
 		}
 		if len(page) < f.Limit || total > 0 && res.Matched >= total {
 			return res, nil
+		}
+		if page[len(page)-1].ID == f.After {
+			return res, fmt.Errorf("the store listed run %s again after it (it ignores RunFilter.After)", f.After)
 		}
 		f.After = page[len(page)-1].ID
 	}
