@@ -65,9 +65,10 @@ type Config struct {
 	Challenge string
 	// ReadOnly hides every action and refuses them (403).
 	ReadOnly bool
-	// DeadLetters are the dead-letter boxes the dead-letters page lists
-	// and redrives (none: the page says so).
-	DeadLetters []DeadLetterBox
+	// DeadLetters are dead-letter boxes to show besides those of the
+	// triggers bound to the Orchestrator (Orchestrator.DeadLetterBoxes,
+	// always shown), e.g. an outbox's dead rows read by another process.
+	DeadLetters []batuta.DeadLetterBox
 	// Title names the deployment in the header and the page titles.
 	// Default "batuta".
 	Title string
@@ -270,10 +271,19 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.URL.Path == "" { // mounted as StripPrefix("/ops", h) and asked for "/ops"
-		http.Redirect(w, r, lastSegment(r.RequestURI)+"/", http.StatusMovedPermanently)
+		hd.Set("Location", lastSegment(r.RequestURI)+"/")
+		w.WriteHeader(http.StatusMovedPermanently)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// seeOther redirects to target, a path relative to the request's URL.
+// (http.Redirect would make it absolute from the path after StripPrefix,
+// losing the prefix.)
+func seeOther(w http.ResponseWriter, target string) {
+	w.Header().Set("Location", target)
+	w.WriteHeader(http.StatusSeeOther)
 }
 
 func lastSegment(uri string) string {
@@ -365,7 +375,7 @@ func (h *handler) action(fn func(r *http.Request) (msg, target string, err error
 			h.cfg.Logger.Warn("batuta: dashboard action failed", "path", r.URL.Path, "error", err)
 		}
 		setFlash(w, kind, msg)
-		http.Redirect(w, r, rootOf(r.URL.Path)+target, http.StatusSeeOther)
+		seeOther(w, rootOf(r.URL.Path)+target)
 	}
 }
 
@@ -440,7 +450,7 @@ func (h *handler) view(name string, fn func(r *http.Request, p *page) (status in
 		if err != nil {
 			var rt redirectTo
 			if errors.As(err, &rt) {
-				http.Redirect(w, r, p.Root+rt.target, http.StatusSeeOther)
+				seeOther(w, p.Root+rt.target)
 				return
 			}
 			var nf notFound

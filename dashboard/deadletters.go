@@ -6,44 +6,16 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/batuta-dev/batuta"
 )
 
-// A DeadLetterBox is a place dead letters are kept: an outbox's dead
-// rows, a queue trigger's dead-letter destination, a workflow's
-// DeadLetter handler's store. The dashboard lists its letters, redrives
-// them (back to their source, which starts their workflow again) and
-// deletes them. Every method must be idempotent: redriving or deleting a
-// letter that is already gone is not an error (it is not counted).
-//
-// This interface is the dashboard's own: the core's dead-letter API was
-// not merged when the dashboard was written; an adapter from the core's
-// type is a few lines.
-type DeadLetterBox interface {
-	// Name names the box on the page (e.g. "orders outbox").
-	Name() string
-	// List returns up to limit letters, oldest first, after the letter
-	// whose ID is after ("" for the first page).
-	List(ctx context.Context, after string, limit int) ([]DeadLetterEntry, error)
-	// Redrive hands the letters back to their source and removes them
-	// from the box; it returns how many it redrove.
-	Redrive(ctx context.Context, ids []string) (int, error)
-	// Delete removes the letters; it returns how many it deleted.
-	Delete(ctx context.Context, ids []string) (int, error)
-}
-
-// DeadLetterEntry is one letter of a DeadLetterBox.
-type DeadLetterEntry struct {
-	// ID identifies the letter within its box.
-	ID string
-	batuta.DeadLetter
-}
-
 type boxView struct {
 	Index    int
 	Name     string
+	Workflow string
 	Letters  []deadLetterView
 	Err      string
 	NextLink string
@@ -51,18 +23,36 @@ type boxView struct {
 }
 
 type deadLetterView struct {
-	DeadLetterEntry
+	batuta.DeadLetterItem
 	Data preview
+}
+
+// boxes returns the boxes the page shows: those of the triggers bound to
+// the orchestrator, then Config.DeadLetters.
+func (h *handler) boxes() []boxRef {
+	var out []boxRef
+	for _, b := range h.o.DeadLetterBoxes() {
+		out = append(out, boxRef{name: b.DeadLetterSource(), workflow: b.Workflow, box: b.DeadLetterBox})
+	}
+	for _, b := range h.cfg.DeadLetters {
+		out = append(out, boxRef{name: b.DeadLetterSource(), box: b})
+	}
+	return out
+}
+
+type boxRef struct {
+	name, workflow string
+	box            batuta.DeadLetterBox
 }
 
 func (h *handler) deadLetters(r *http.Request, p *page) (int, error) {
 	var boxes []boxView
 	q := r.URL.Query()
-	for i, b := range h.cfg.DeadLetters {
-		bv := boxView{Index: i, Name: b.Name()}
+	for i, b := range h.boxes() {
+		bv := boxView{Index: i, Name: b.name, Workflow: b.workflow}
 		key := fmt.Sprintf("after%d", i)
 		bv.Cursor = q.Get(key)
-		ls, err := b.List(r.Context(), bv.Cursor, h.cfg.PageSize+1)
+		ls, err := b.box.DeadLetters(r.Context(), batuta.DeadLetterQuery{After: bv.Cursor, Limit: h.cfg.PageSize + 1})
 		if err != nil {
 			bv.Err = err.Error()
 		}
@@ -72,7 +62,7 @@ func (h *handler) deadLetters(r *http.Request, p *page) (int, error) {
 			bv.NextLink = "dead-letters?" + key + "=" + urlQuery(ls[len(ls)-1].ID)
 		}
 		for _, l := range ls {
-			bv.Letters = append(bv.Letters, deadLetterView{DeadLetterEntry: l, Data: makePreview(l.Event.Data, min(h.cfg.MaxPreviewBytes, 4<<10))})
+			bv.Letters = append(bv.Letters, deadLetterView{DeadLetterItem: l, Data: makePreview(l.Event.Data, min(h.cfg.MaxPreviewBytes, 4<<10))})
 		}
 		boxes = append(boxes, bv)
 	}
@@ -83,28 +73,29 @@ func (h *handler) deadLetters(r *http.Request, p *page) (int, error) {
 func (h *handler) deadLetterAction(redrive bool) func(r *http.Request) (string, string, error) {
 	return func(r *http.Request) (string, string, error) {
 		const target = "dead-letters"
-		var i int
-		if _, err := fmt.Sscan(r.PostFormValue("box"), &i); err != nil || i < 0 || i >= len(h.cfg.DeadLetters) {
-			return "", target, errors.New("unknown dead-letter box")
+		boxes := h.boxes()
+		i, err := strconv.Atoi(r.PostFormValue("box"))
+		if err != nil || i < 0 || i >= len(boxes) || boxes[i].name != r.PostFormValue("source") {
+			return "", target, errors.New("unknown dead-letter box (the bindings changed?): reload the page")
 		}
-		box := h.cfg.DeadLetters[i]
+		box, name := boxes[i].box, boxes[i].name
 		ids := r.PostForm["id"]
 		if len(ids) == 0 {
 			return "", target, errors.New("select at least one letter")
 		}
 		ctx := context.WithoutCancel(r.Context())
 		if redrive {
-			n, err := box.Redrive(ctx, ids)
+			n, err := box.Redrive(ctx, ids...)
 			if err != nil {
-				return "", target, fmt.Errorf("%s: redrove %d of %d letters, then: %w", box.Name(), n, len(ids), err)
+				return "", target, fmt.Errorf("%s: redrove %d of %d letters, then: %w", name, n, len(ids), err)
 			}
-			return fmt.Sprintf("%s: %d of %d letters redriven (the others were already gone).", box.Name(), n, len(ids)), target, nil
+			return fmt.Sprintf("%s: %d of %d letters redriven (the others were already gone).", name, n, len(ids)), target, nil
 		}
-		n, err := box.Delete(ctx, ids)
+		n, err := box.Delete(ctx, ids...)
 		if err != nil {
-			return "", target, fmt.Errorf("%s: deleted %d of %d letters, then: %w", box.Name(), n, len(ids), err)
+			return "", target, fmt.Errorf("%s: deleted %d of %d letters, then: %w", name, n, len(ids), err)
 		}
-		return fmt.Sprintf("%s: %d of %d letters deleted.", box.Name(), n, len(ids)), target, nil
+		return fmt.Sprintf("%s: %d of %d letters deleted.", name, n, len(ids)), target, nil
 	}
 }
 
