@@ -99,10 +99,14 @@ func fmtDuration(d time.Duration) string {
 		return "0s"
 	case d < time.Millisecond:
 		return strconv.FormatInt(d.Microseconds(), 10) + "µs"
+	case d < 10*time.Millisecond:
+		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + "ms"
 	case d < time.Second:
 		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
 	case d < time.Minute:
 		return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s"
+	case d < time.Hour && d%time.Minute == 0:
+		return strconv.Itoa(int(d.Minutes())) + "m"
 	case d < time.Hour:
 		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
 	case d < 48*time.Hour:
@@ -179,7 +183,7 @@ var funcs = template.FuncMap{
 		case "upstream_failed":
 			return "⤓"
 		case "wait":
-			return "⏸"
+			return "‖"
 		}
 		return "•"
 	},
