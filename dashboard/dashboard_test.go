@@ -135,9 +135,9 @@ func TestActionsRequireCSRFTokenAndSameOrigin(t *testing.T) {
 		form url.Values
 		hdr  map[string]string
 	}{
-		"no token":    {url.Values{}, nil},
-		"wrong token": {url.Values{"csrf": {token[:len(token)-2] + "xx"}}, nil},
-		"cross-site":  {url.Values{"csrf": {token}}, map[string]string{"Sec-Fetch-Site": "cross-site"}},
+		"no token":     {url.Values{}, nil},
+		"wrong token":  {url.Values{"csrf": {token[:len(token)-2] + "xx"}}, nil},
+		"cross-site":   {url.Values{"csrf": {token}}, map[string]string{"Sec-Fetch-Site": "cross-site"}},
 		"other origin": {url.Values{"csrf": {token}}, map[string]string{"Origin": "https://evil.example"}},
 	} {
 		resp, body := c.do(http.MethodPost, action, tc.form, tc.hdr)
