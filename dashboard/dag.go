@@ -14,7 +14,7 @@ import (
 // keeps most graphs free of crossings.
 
 const (
-	nodeW, nodeH = 176, 54
+	nodeW, nodeH = 200, 54
 	gapX, gapY   = 56, 18
 	padDAG       = 12
 )
@@ -121,8 +121,8 @@ func layoutDAG(tasks []taskView) dag {
 	for i, t := range tasks {
 		x, y := pos[i][0], pos[i][1]
 		label := t.Name
-		if r := []rune(label); len(r) > 20 {
-			label = string(r[:19]) + "…"
+		if r := []rune(label); len(r) > 22 {
+			label = string(r[:21]) + "…"
 		}
 		g.Nodes = append(g.Nodes, dagNode{Index: t.Index, Name: t.Name, Label: label, State: t.State, Detail: taskDetail(t),
 			X: x, Y: y, TextX: x + 30, NameY: y + 22, DetailY: y + 41, IconX: x + 15})
@@ -179,8 +179,9 @@ type timelineRow struct {
 }
 
 type timelineTick struct {
-	X     int
-	Label string
+	X      int
+	Label  string
+	Anchor string // text-anchor of the label
 }
 
 const (
@@ -241,7 +242,11 @@ func makeTimeline(run *batuta.Run, now time.Time) timeline {
 		r.TextX = tlLabelW - 8
 	}
 	for i := 0; i <= 4; i++ {
-		tl.Ticks = append(tl.Ticks, timelineTick{X: tlLabelW + tlW*i/4, Label: "+" + fmtDuration(span*time.Duration(i)/4)})
+		anchor := "middle"
+		if i == 4 {
+			anchor = "end"
+		}
+		tl.Ticks = append(tl.Ticks, timelineTick{X: tlLabelW + tlW*i/4, Label: "+" + fmtDuration(span*time.Duration(i)/4), Anchor: anchor})
 	}
 	tl.Rows = rows
 	tl.Height = tlTop + len(rows)*tlRowH + 8
