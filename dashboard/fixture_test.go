@@ -210,3 +210,5 @@ func serve(t *testing.T, cfg dashboard.Config) *httptest.Server {
 	})
 	return srv
 }
+
+func noop(context.Context, *batuta.Input) (any, error) { return nil, nil }

@@ -20,6 +20,7 @@ type overviewRow struct {
 	Tasks               int
 	Paused              bool
 	Registered          bool
+	Hidden              bool // a workflow's hidden OnFailure/DeadLetter workflow
 	Finished            int
 	RunsPerMin          float64
 	SuccessRate         float64 // 0..100; -1 if nothing finished
@@ -61,7 +62,7 @@ func (h *handler) overview(r *http.Request, p *page) (int, error) {
 		if row, ok := byName[name]; ok {
 			return row
 		}
-		row := &overviewRow{Name: name, SuccessRate: -1, Paused: slices.Contains(paused, name)}
+		row := &overviewRow{Name: name, SuccessRate: -1, Paused: slices.Contains(paused, name), Hidden: batuta.IsFailureWorkflow(name)}
 		byName[name] = row
 		order = append(order, name)
 		return row
