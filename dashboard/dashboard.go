@@ -319,13 +319,14 @@ const (
 
 func (h *handler) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	c, err := r.Cookie(csrfCookie)
-	v := ""
+	var v string
 	if err == nil && len(c.Value) >= 32 {
 		v = c.Value
 	} else {
 		b := make([]byte, 32)
 		_, _ = rand.Read(b)
 		v = base64.RawURLEncoding.EncodeToString(b)
+		//nolint:gosec // Secure only over TLS: a dashboard served over plain HTTP (localhost, a LAN) must still get its cookie.
 		http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: v, Path: "/", HttpOnly: true,
 			Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	}
@@ -383,6 +384,7 @@ func setFlash(w http.ResponseWriter, kind, msg string) {
 	if len(msg) > 600 {
 		msg = msg[:600] + "…"
 	}
+	//nolint:gosec // not secret (a message shown once); HttpOnly and SameSite=Strict, Secure would lose it over plain HTTP.
 	http.SetCookie(w, &http.Cookie{Name: flashName, Value: url.QueryEscape(kind + ":" + msg), Path: "/",
 		MaxAge: 60, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 }
@@ -394,6 +396,7 @@ func takeFlash(w http.ResponseWriter, r *http.Request) *flash {
 	if err != nil {
 		return nil
 	}
+	//nolint:gosec // deletes the flash cookie (see setFlash).
 	http.SetCookie(w, &http.Cookie{Name: flashName, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	v, err := url.QueryUnescape(c.Value)
 	if err != nil {

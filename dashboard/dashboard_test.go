@@ -35,7 +35,13 @@ func newClient(t *testing.T, srv string) *client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
-func (c *client) do(method, path string, form url.Values, hdr map[string]string) (*http.Response, string) {
+// reply is what do returns of a response (whose body it read and closed).
+type reply struct {
+	StatusCode int
+	Header     http.Header
+}
+
+func (c *client) do(method, path string, form url.Values, hdr map[string]string) (*reply, string) {
 	c.t.Helper()
 	var body io.Reader
 	if form != nil {
@@ -54,10 +60,10 @@ func (c *client) do(method, path string, form url.Values, hdr map[string]string)
 	}
 	resp, err := c.hc.Do(req)
 	require.NoError(c.t, err)
+	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(c.t, err)
-	resp.Body.Close()
-	return resp, string(b)
+	return &reply{StatusCode: resp.StatusCode, Header: resp.Header}, string(b)
 }
 
 func (c *client) get(path string) string {

@@ -158,10 +158,7 @@ func newFixture(t *testing.T) *fixture {
 	require.NoError(t, o.Pause(wctx, "held"))
 	submit("paused", "held", batuta.Event{ID: "held-1"})
 	require.NoError(t, f.in.Publish(wctx, batuta.Message{ID: "msg-poison", Body: []byte("poison")}))
-	for {
-		if f.dlq.Len() > 0 {
-			break
-		}
+	for f.dlq.Len() == 0 {
 		select {
 		case <-wctx.Done():
 			t.Fatal("the poison message never reached the dead-letter queue")

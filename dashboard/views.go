@@ -171,6 +171,15 @@ func (q runsQuery) filter(now time.Time) (batuta.RunFilter, error) {
 	return f, nil
 }
 
+// check is filter for the runs page, which shows what is wrong.
+func (q runsQuery) check(now time.Time) (batuta.RunFilter, string) {
+	f, err := q.filter(now)
+	if err != nil {
+		return f, err.Error()
+	}
+	return f, ""
+}
+
 // values encodes the filter (without cursors) for links and forms.
 func (q runsQuery) values() url.Values {
 	v := url.Values{}
@@ -228,9 +237,9 @@ func (h *handler) runs(r *http.Request, p *page) (int, error) {
 		d.Workflows = append(d.Workflows, w.Name)
 	}
 	p.Title = "Runs"
-	f, err := q.filter(p.Now)
-	if err != nil {
-		d.FilterErr = err.Error()
+	f, why := q.check(p.Now)
+	if why != "" {
+		d.FilterErr = why
 		p.Data = d
 		return http.StatusBadRequest, nil
 	}
