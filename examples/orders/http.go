@@ -34,7 +34,7 @@ func (opt options) checkHTTP() error {
 
 // serveHTTP serves the dashboard at / and batuta's HTTP front door under
 // /api/ on opt.http until stop is called.
-func serveHTTP(opt options, o *batuta.Orchestrator, logger *slog.Logger, out io.Writer) (stop func(), err error) {
+func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, logger *slog.Logger, out io.Writer) (stop func(), err error) {
 	var authorize func(*http.Request) error
 	if !opt.httpInsecure {
 		authorize = dashboard.BasicAuth(opt.httpUser, opt.httpPassword)
@@ -74,7 +74,7 @@ func serveHTTP(opt options, o *batuta.Orchestrator, logger *slog.Logger, out io.
 	fmt.Fprintf(out, "dashboard: http://%s/ (%s); front door: http://%s/api/\n", ln.Addr(), auth, ln.Addr())
 	return func() {
 		// Live pages hold event streams open: give them a moment, then close.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			srv.Close()

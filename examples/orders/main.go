@@ -336,7 +336,7 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 	}()
 	defer func() { cancel(); wg.Wait() }()
 	if opt.http != "" {
-		stopHTTP, err := serveHTTP(opt, o, logger, out)
+		stopHTTP, err := serveHTTP(ctx, opt, o, logger, out)
 		if err != nil {
 			return err
 		}
