@@ -391,6 +391,28 @@ func TestDeadLettersRedriveAndPause(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.Contains(t, c.get("dead-letters"), "0 of 1 letters deleted", "idempotent")
 
+	// Redrive: the letter goes back to the source queue, whose trigger
+	// rejects it again, so a new letter appears.
+	require.NoError(t, f.in.Publish(context.Background(), batuta.Message{ID: "msg-poison-2", Body: []byte("poison")}))
+	letterRe := regexp.MustCompile(`name="id" value="([^"]+)"`)
+	var id2 string
+	require.Eventually(t, func() bool {
+		if m := letterRe.FindStringSubmatch(c.get("dead-letters")); m != nil {
+			id2 = m[1]
+		}
+		return id2 != ""
+	}, 30*time.Second, 5*time.Millisecond, "the second poison message was never dead-lettered")
+	resp, _ = c.do(http.MethodPost, "dead-letters/redrive", url.Values{"csrf": {token}, "box": {"0"}, "source": {src[1]}, "id": {id2}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Contains(t, c.get("dead-letters"), "1 of 1 letters redriven")
+	require.Eventually(t, func() bool {
+		m := letterRe.FindStringSubmatch(c.get("dead-letters"))
+		return m != nil && m[1] != id2 // consumed again from the source, and dead-lettered again
+	}, 30*time.Second, 5*time.Millisecond, "the redriven letter never came back from the source")
+	resp, _ = c.do(http.MethodPost, "dead-letters/redrive", url.Values{"csrf": {token}, "box": {"7"}, "source": {src[1]}, "id": {id2}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Contains(t, c.get("dead-letters"), "unknown dead-letter box")
+
 	resp, _ = c.do(http.MethodPost, "workflows/held/resume", url.Values{"csrf": {token}}, nil)
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	waitState(t, f.o, f.runs["paused"], batuta.RunSucceeded)
