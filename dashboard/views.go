@@ -314,6 +314,8 @@ type runData struct {
 	Duration   time.Duration
 	TaskNames  []string
 	Registered bool
+	ErrorFirst string // the run error's first line
+	ErrorMore  bool   // it has more (a stack)
 }
 
 func (h *handler) run(r *http.Request, p *page) (int, error) {
@@ -334,6 +336,7 @@ func (h *handler) run(r *http.Request, p *page) (int, error) {
 		CanRetry:  run.State == batuta.RunFailed || run.State == batuta.RunCanceled,
 		CanCancel: !run.Finished(), CanFork: run.Finished() && registered}
 	d.Event = makePreview(run.Event.Data, h.cfg.MaxPreviewBytes)
+	d.ErrorFirst, _, d.ErrorMore = strings.Cut(strings.TrimSpace(run.Error), "\n")
 	for i, t := range run.Tasks {
 		if len(t.Deps) == 0 {
 			t.Deps = info[t.Name].Deps
