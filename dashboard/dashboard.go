@@ -421,7 +421,8 @@ type page struct {
 	Live     bool
 	Refresh  int // seconds, for the no-JS refresh
 	Flash    *flash
-	Version  string // of <main>, so the event stream sends only changes
+	Version  string        // of <main>, so the event stream sends only changes
+	Main     template.HTML // <main>, rendered
 	Now      time.Time
 	Data     any
 }
@@ -479,14 +480,17 @@ func (h *handler) render(w http.ResponseWriter, r *http.Request, name string, st
 	if r.Context().Value(partialKey{}) != nil {
 		tmpl = "main"
 	}
+	// <main> is rendered once: the event stream sends it alone, and its
+	// hash is the version the stream compares.
 	var buf bytes.Buffer
-	if tmpl == "layout" && p.Live {
-		if err := t.ExecuteTemplate(&buf, "main", p); err == nil {
-			p.Version = version(buf.Bytes())
-		}
+	err := t.ExecuteTemplate(&buf, "main", p)
+	if err == nil && tmpl == "layout" {
+		p.Version = version(buf.Bytes())
+		p.Main = template.HTML(buf.String()) //nolint:gosec // the output of our own html/template, escaped there
 		buf.Reset()
+		err = t.ExecuteTemplate(&buf, "layout", p)
 	}
-	if err := t.ExecuteTemplate(&buf, tmpl, p); err != nil {
+	if err != nil {
 		h.cfg.Logger.Error("batuta: dashboard template failed", "page", name, "error", err)
 		http.Error(w, "template error", http.StatusInternalServerError)
 		return
