@@ -430,3 +430,27 @@ func TestDeadLettersRedriveAndPause(t *testing.T) {
 	assert.Contains(t, c.get("runs"), "2 of 2 matching runs retried")
 	waitState(t, f.o, f.runs["failed"], batuta.RunSucceeded)
 }
+
+func TestRerunFromTaskAndBadRetry(t *testing.T) {
+	f := newFixture(t)
+	srv := serve(t, dashboard.Config{Orchestrator: f.o})
+	c := newClient(t, srv.URL)
+	id := f.runs["succeeded"]
+	page := c.get("runs/" + id)
+	assert.Contains(t, page, `name="from"`, "a succeeded run offers a re-run from a task")
+	assert.NotContains(t, page, `id="retry"`, "but no retry of failed tasks")
+	token := csrfOf(t, page)
+	resp, _ := c.do(http.MethodPost, "runs/"+id+"/retry", url.Values{"csrf": {token}, "from": {"build"}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	r := waitState(t, f.o, id, batuta.RunSucceeded)
+	assert.Equal(t, 1, r.Retries)
+	assert.Len(t, r.Task("build").Attempts, 2, "the old attempt is kept, a new one ran")
+	assert.Contains(t, c.get("runs/"+id), "reopened from task build")
+
+	// Retrying a running run is refused with the core's reason, shown.
+	resp, _ = c.do(http.MethodPost, "runs/"+f.runs["running"]+"/retry", url.Values{"csrf": {token}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	page = c.get("runs/" + f.runs["running"])
+	assert.Contains(t, page, "flash-error")
+	assert.Contains(t, page, "cannot be retried")
+}

@@ -433,7 +433,7 @@ func (h *handler) retryRun(r *http.Request) (string, string, error) {
 		opts = append(opts, batuta.FromTask(from))
 	}
 	if err := h.o.Retry(r.Context(), id, opts...); err != nil {
-		return "", target, fmt.Errorf("retry %s: %w", shortID(id), err)
+		return "", target, err // the core's error names the run and the reason
 	}
 	if from != "" {
 		return "Run " + shortID(id) + " reopened from task " + from + ".", target, nil
