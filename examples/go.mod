@@ -42,6 +42,7 @@ require (
 	github.com/batuta-dev/batuta/adapters/batutamysql v0.0.0
 	github.com/batuta-dev/batuta/adapters/batutapg v0.0.0
 	github.com/batuta-dev/batuta/adapters/batutasqlite v0.0.0
+	github.com/batuta-dev/batuta/dashboard v0.0.0
 	github.com/google/uuid v1.6.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.6 // indirect
 )
@@ -59,3 +60,5 @@ replace github.com/batuta-dev/batuta/adapters/batutaredis => ../adapters/batutar
 replace github.com/batuta-dev/batuta/adapters/batutanats => ../adapters/batutanats
 
 replace github.com/batuta-dev/batuta/adapters/batutaamqp => ../adapters/batutaamqp
+
+replace github.com/batuta-dev/batuta/dashboard => ../dashboard

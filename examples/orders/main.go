@@ -15,6 +15,16 @@
 //	go run ./examples/orders -db postgres -store postgres -serve   # keep consuming
 //	go run ./examples/orders -db mysql -dsn 'root@tcp(127.0.0.1:3306)/test?parseTime=true'
 //	go run ./examples/orders -dsn app.db -store sqlite -store-dsn runs.db  # files kept between starts
+//	go run ./examples/orders -http 127.0.0.1:8080 -http-user ops -http-password secret -payment-outage 30s
+//
+// With -http it serves, until interrupted, the operations dashboard at /
+// (package dashboard: runs, their task graphs, retry, cancel, pause) and
+// batuta's HTTP front door under /api/ (POST /api/workflows/order-placed/runs,
+// GET /api/runs/{id}), both behind basic auth from -http-user and
+// -http-password; it refuses to start without them unless -http-insecure.
+// -payment-outage makes every charge fail for that long after the start:
+// the runs fail, and once it is over "Retry" on a run's page (or "Retry
+// all matching runs" on the failed runs) makes them succeed.
 //
 // Without -serve the program prints only the orders it inserted (an order
 // left in a database given with -dsn by an earlier start, or inserted by
@@ -72,6 +82,12 @@ type options struct {
 	n       int
 	serve   bool
 	timeout time.Duration
+	// http serves the dashboard and the HTTP front door (http.go).
+	http, httpUser, httpPassword string
+	httpInsecure                 bool
+	// outage makes the payment provider fail every charge for that long
+	// after the start.
+	outage time.Duration
 }
 
 func main() {
@@ -99,13 +115,27 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&opt.n, "n", 5, "orders to insert")
 	fs.BoolVar(&opt.serve, "serve", false, "keep consuming orders until interrupted")
 	fs.DurationVar(&opt.timeout, "timeout", time.Minute, "how long to wait for the runs (without -serve)")
-	err := fs.Parse(args)
-	return opt, err
+	fs.StringVar(&opt.http, "http", "", "serve the dashboard at / and the HTTP front door at /api/ on this address (e.g. 127.0.0.1:8080); implies -serve")
+	fs.StringVar(&opt.httpUser, "http-user", "", "basic-auth user for -http")
+	fs.StringVar(&opt.httpPassword, "http-password", "", "basic-auth password for -http")
+	fs.BoolVar(&opt.httpInsecure, "http-insecure", false, "serve -http without authentication (anyone who reaches it can retry, cancel and submit)")
+	fs.DurationVar(&opt.outage, "payment-outage", 0, "make every charge fail for this long after the start (to see failed runs, then retry them)")
+	if err := fs.Parse(args); err != nil {
+		return opt, err
+	}
+	if opt.http != "" {
+		if err := opt.checkHTTP(); err != nil {
+			fmt.Fprintln(fs.Output(), "orders:", err)
+			return opt, err
+		}
+		opt.serve = true
+	}
+	return opt, nil
 }
 
 // orderWorkflow builds the order-placed workflow. The payment provider
 // fails the first try of every third order, to show retries.
-func orderWorkflow(db orderDB, retries *atomic.Int64) *batuta.Workflow {
+func orderWorkflow(db orderDB, retries *atomic.Int64, outageUntil ...time.Time) *batuta.Workflow {
 	return &batuta.Workflow{
 		Name:    "order-placed",
 		Timeout: time.Minute,
@@ -130,6 +160,9 @@ func orderWorkflow(db orderDB, retries *atomic.Int64) *batuta.Workflow {
 					o, err := batuta.Output[Order](in, "validate")
 					if err != nil {
 						return nil, err
+					}
+					if len(outageUntil) > 0 && time.Now().Before(outageUntil[0]) {
+						return nil, fmt.Errorf("payment provider unavailable (503) for order %d", o.ID)
 					}
 					if o.ID%3 == 0 && in.Attempt() == 1 {
 						retries.Add(1)
@@ -283,7 +316,7 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := o.Register(orderWorkflow(db, &retries)); err != nil {
+	if err := o.Register(orderWorkflow(db, &retries, time.Now().Add(opt.outage))); err != nil {
 		return err
 	}
 	trig, err := db.trigger()
@@ -302,6 +335,13 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 		runErr <- o.Run(runCtx)
 	}()
 	defer func() { cancel(); wg.Wait() }()
+	if opt.http != "" {
+		stopHTTP, err := serveHTTP(ctx, opt, o, logger, out)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+	}
 
 	fmt.Fprintf(out, "orders: db=%s store=%s\n", opt.db, opt.store)
 	want := map[int64]bool{}
