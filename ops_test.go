@@ -74,7 +74,7 @@ func TestRetryResumesFromTheFailedTask(t *testing.T) {
 	assert.Equal(t, "pushed body of order-1", r.Task("push").Output)
 	push := r.Task("push")
 	require.Len(t, push.Attempts, 3, "the failed attempts are kept, the new one follows")
-	assert.Equal(t, batuta.OutcomeFailed, push.Attempts[0].Outcome)
+	assert.Equal(t, batuta.OutcomeFailed, push.Attempts[1].Outcome, "the last attempt before the retry failed")
 	assert.Equal(t, batuta.OutcomeSucceeded, push.Attempts[2].Outcome)
 	assert.Equal(t, batuta.TaskSucceeded, r.Task("audit").State)
 
