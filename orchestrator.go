@@ -258,27 +258,45 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 	if err != nil {
 		return err
 	}
+	// With the hidden item workflows of its ForEach tasks (child.go), all
+	// or nothing.
+	all := append([]*compiledWorkflow{cw}, cw.hiddenWorkflows()...)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, dup := o.workflows[cw.name]; dup {
-		return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
+	for _, w := range all {
+		if _, dup := o.workflows[w.name]; dup {
+			if w != cw {
+				return &WorkflowError{Workflow: cw.name, Reason: fmt.Sprintf("the hidden item workflow %q of a ForEach task is already registered as a workflow; rename that workflow, or the task", w.name)}
+			}
+			return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
+		}
 	}
-	if cw.flow != nil && cw.flow.hasRate {
-		o.rateMu.Lock()
-		for name, r := range cw.flow.rateNames {
+	o.rateMu.Lock()
+	for _, w := range all {
+		if w.flow == nil || !w.flow.hasRate {
+			continue
+		}
+		for name, r := range w.flow.rateNames {
 			if other, ok := o.rates[name]; ok && !sameRate(other, r) {
 				o.rateMu.Unlock()
 				return &WorkflowError{Workflow: cw.name, Reason: fmt.Sprintf("Task.RateLimit %q: Limit %d per %s (burst %d) differs from %d per %s (burst %d) declared by another registered workflow under the same Name; tasks sharing a Name share one limit: give them the same numbers, or another Name",
 					name, r.Limit, r.Per, r.Burst, other.Limit, other.Per, other.Burst)}
 			}
 		}
-		for name, r := range cw.flow.rateNames {
-			o.rates[name] = r
-		}
-		o.rateMu.Unlock()
 	}
-	o.workflows[cw.name] = cw
-	names := append(append([]string(nil), o.wfNames...), cw.name)
+	for _, w := range all {
+		if w.flow != nil {
+			for name, r := range w.flow.rateNames {
+				o.rates[name] = r
+			}
+		}
+	}
+	o.rateMu.Unlock()
+	names := append([]string(nil), o.wfNames...)
+	for _, w := range all {
+		o.workflows[w.name] = w
+		names = append(names, w.name)
+	}
 	sort.Strings(names)
 	var uncapped []string
 	var capped []*compiledWorkflow
