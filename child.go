@@ -376,7 +376,6 @@ func itemEventID(runID, task string, i int) string {
 	return runID + "/" + task + "/" + strconv.Itoa(i)
 }
 
-
 // storeRetryDelay is how long a child or fan-out task is handed back after
 // a store error (no attempt spent).
 const storeRetryDelay = time.Second
