@@ -210,7 +210,7 @@ func itemsAs[T any](v any, task string) ([]T, error) {
 	case []any:
 		out := make([]T, len(x))
 		for i, e := range x {
-			t, err := convertOutput[T](e, fmt.Sprintf("%s[%d]", task, i))
+			t, err := convertLoose[T](e, fmt.Sprintf("%s[%d]", task, i))
 			if err != nil {
 				return nil, err
 			}
@@ -219,6 +219,28 @@ func itemsAs[T any](v any, task string) ([]T, error) {
 		return out, nil
 	}
 	return convertOutput[[]T](v, task)
+}
+
+// convertLoose is convertOutput, and for a Go value of another type (the
+// in-memory store keeps the values the bodies returned) a conversion
+// through JSON: an int item read as a *int, a struct as a map.
+func convertLoose[T any](v any, what string) (T, error) {
+	var zero T
+	if t, ok := v.(T); ok || v == nil {
+		return t, nil
+	}
+	if _, ok := v.(json.RawMessage); ok {
+		return convertOutput[T](v, what)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return zero, fmt.Errorf("%w: output of %q is a %T, not a %T: %w", ErrTypeMismatch, what, v, zero, err)
+	}
+	var t T
+	if err := json.Unmarshal(b, &t); err != nil {
+		return zero, fmt.Errorf("%w: output of %q is a %T, not a %T: %w", ErrTypeMismatch, what, v, zero, err)
+	}
+	return t, nil
 }
 
 // ChildOutput returns the output of childTask in the child run of task, a
@@ -248,7 +270,7 @@ func childOutputAs[T any](v any, task, childTask string) (T, error) {
 		if !ok {
 			return zero, fmt.Errorf("%w: output of %q: the child run has no output for task %q", ErrNoOutput, task, childTask)
 		}
-		return convertOutput[T](o, what)
+		return convertLoose[T](o, what)
 	case json.RawMessage:
 		var m map[string]json.RawMessage
 		if err := json.Unmarshal(x, &m); err != nil {
@@ -525,6 +547,14 @@ func (s *subCall) child() error {
 		return s.startChild(cw)
 	case err != nil:
 		return err
+	}
+	if c.WaitingSince.IsZero() {
+		// Found before the task ever waited (a crash after the child was
+		// recorded, or a retry of the parent run): record the wait, and
+		// with it the link; the store makes the task due at once if the
+		// child has finished.
+		s.wait("run "+child.ID, child.ID)
+		return nil
 	}
 	switch child.State {
 	case RunSucceeded:

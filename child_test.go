@@ -19,7 +19,8 @@ import (
 type errHooks struct {
 	batuta.NopHooks
 	mu   sync.Mutex
-	errs map[string]error // by task
+	errs map[string]error // by workflow/task
+	more chan struct{}    // closed and replaced at each record
 }
 
 func (h *errHooks) AttemptFinished(_ context.Context, a batuta.AttemptInfo) {
@@ -31,13 +32,35 @@ func (h *errHooks) AttemptFinished(_ context.Context, a batuta.AttemptInfo) {
 	if h.errs == nil {
 		h.errs = map[string]error{}
 	}
-	h.errs[a.Task] = a.Err
+	h.errs[a.Workflow+"/"+a.Task] = a.Err
+	if h.more != nil {
+		close(h.more)
+	}
+	h.more = make(chan struct{})
 }
 
-func (h *errHooks) err(task string) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.errs[task]
+// err returns the last error of task ("workflow/task"), waiting for it: Hooks run after the
+// outcome is recorded, so after Wait may have returned.
+func (h *errHooks) err(t *testing.T, task string) error {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		h.mu.Lock()
+		err := h.errs[task]
+		if h.more == nil {
+			h.more = make(chan struct{})
+		}
+		more := h.more
+		h.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-more:
+		case <-deadline:
+			t.Fatalf("no failed attempt of task %s reached the hooks", task)
+		}
+	}
 }
 
 // shippingWorkflow is a child workflow of two tasks: label reads the event
@@ -164,8 +187,8 @@ func TestChildWorkflowFailureIsRetriedThenFails(t *testing.T) {
 	require.Contains(t, call.Error, "child run "+call.Child+" of workflow flaky failed (ran 2 times)")
 	require.Contains(t, call.Error, "boom")
 	var ce *batuta.ChildError
-	require.ErrorAs(t, hooks.err("call"), &ce, "Hooks see a *ChildError")
-	require.ErrorIs(t, hooks.err("call"), batuta.ErrChildFailed)
+	require.ErrorAs(t, hooks.err(t, "twice/call"), &ce, "Hooks see a *ChildError")
+	require.ErrorIs(t, hooks.err(t, "twice/call"), batuta.ErrChildFailed)
 	require.Equal(t, call.Child, ce.RunID)
 	require.Equal(t, batuta.RunFailed, ce.State)
 	require.Equal(t, 2, ce.Runs)
@@ -345,7 +368,7 @@ func TestRegisterRejectsBadChildAndForEachTasks(t *testing.T) {
 		{"foreach tolerate", batuta.Task{Name: "a", Run: noop, ForEach: &batuta.ForEach{Items: items, Tolerate: -2}}, "Task.ForEach.Tolerate must be -1"},
 		{"foreach delay", batuta.Task{Name: "a", Run: noop, Delay: time.Second, ForEach: &batuta.ForEach{Items: items}}, "Task.Delay cannot be combined with Task.ForEach"},
 		{"foreach item retry", batuta.Task{Name: "a", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: -1}, ForEach: &batuta.ForEach{Items: items}}, "Retry.MaxAttempts must not be negative"},
-		{"foreach long name", batuta.Task{Name: strings.Repeat("t", 120), Run: noop, ForEach: &batuta.ForEach{Items: items}}, "is longer than 128 bytes"},
+		{"foreach long name", batuta.Task{Name: strings.Repeat("t", 125), Run: noop, ForEach: &batuta.ForEach{Items: items}}, "is longer than 128 bytes"},
 	}
 	for _, tc := range cases {
 		o, err := batuta.New(batuta.Config{Logger: quiet})
@@ -521,8 +544,8 @@ func TestForEachTolerate(t *testing.T) {
 	require.Contains(t, each.Error, "item 3 is bad")
 	require.Contains(t, each.Error, "item 11 is bad")
 	var ie *batuta.ItemsError
-	require.ErrorAs(t, hooks.err("each"), &ie)
-	require.ErrorIs(t, hooks.err("each"), batuta.ErrChildFailed)
+	require.ErrorAs(t, hooks.err(t, "strict/each"), &ie)
+	require.ErrorIs(t, hooks.err(t, "strict/each"), batuta.ErrChildFailed)
 	require.Equal(t, 3, ie.Failed)
 	require.Equal(t, 12, ie.Total)
 	require.Equal(t, []int{3, 7, 11}, []int{ie.First[0].Index, ie.First[1].Index, ie.First[2].Index})
