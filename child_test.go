@@ -626,3 +626,53 @@ func TestCancelingAFanOutCancelsItsItems(t *testing.T) {
 		require.Equal(t, batuta.RunCanceled, it.State, it.ID)
 	}
 }
+
+// Store.RetryRun of a parent (what Orchestrator.Retry does) runs its failed
+// child, and its failed items, once more, in the same runs.
+func TestRetryOfTheParentReopensItsChildren(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	runs := map[string]int{} // by run: the first run of each fails
+	body := func(_ context.Context, in *batuta.Input) (any, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		runs[in.RunID()]++
+		if runs[in.RunID()] == 1 {
+			return nil, errors.New("first run fails")
+		}
+		return "ok", nil
+	}
+	st := batuta.NewMemoryStore(batuta.MemoryStoreConfig{})
+	child := &batuta.Workflow{Name: "once", Tasks: []batuta.Task{{Name: "work", Retry: batuta.RetryPolicy{MaxAttempts: 1}, Run: body}}}
+	parent := &batuta.Workflow{Name: "p", Tasks: []batuta.Task{
+		{Name: "c", Retry: batuta.RetryPolicy{MaxAttempts: 1}, Child: &batuta.ChildWorkflow{Workflow: "once"}},
+		{Name: "each", Retry: batuta.RetryPolicy{MaxAttempts: 1}, Run: body, ForEach: &batuta.ForEach{
+			Items: func(*batuta.Input) ([]any, error) { return []any{"a", "b", "c"}, nil }}},
+	}}
+	o := setup(t, batuta.Config{Store: st, PollInterval: 10 * time.Millisecond}, parent, child)
+	ctx := waitCtx(t)
+	id, err := o.Submit(ctx, "p", batuta.Event{})
+	require.NoError(t, err)
+	r, err := o.Wait(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunFailed, r.State)
+	require.Equal(t, batuta.TaskFailed, r.Task("c").State)
+	require.Equal(t, batuta.TaskFailed, r.Task("each").State)
+	require.Contains(t, r.Task("each").Error, "3 of 3 items of task each failed")
+
+	res, err := st.RetryRun(ctx, id, batuta.RetryParams{Now: time.Now()})
+	require.NoError(t, err)
+	require.Equal(t, []string{"c", "each"}, res.Reset)
+	r, err = o.Wait(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State, r.Error)
+	require.Equal(t, map[string]any{"work": "ok"}, r.Task("c").Output)
+	require.Equal(t, []any{"ok", "ok", "ok"}, r.Task("each").Output)
+	kids, err := o.ListRuns(ctx, batuta.RunFilter{Parent: id, Limit: 100})
+	require.NoError(t, err)
+	require.Len(t, kids, 4, "the same child and item runs, reopened")
+	for _, k := range kids {
+		require.Equal(t, 1, k.Retries, k.Workflow)
+		require.Equal(t, batuta.RunSucceeded, k.State)
+	}
+}
