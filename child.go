@@ -325,6 +325,8 @@ func compileSubTask(wf *Workflow, t *Task, ct *compiledTask) error {
 			return bad("Task.Run must be nil with Task.Child: the task's work is the child run; drop Run, or move it to a task of the child workflow")
 		case other != "":
 			return bad(other + " cannot be combined with Task.Child; put the wait in a task of its own, and list it in Task.Deps")
+		case t.RateLimit != nil || t.Concurrency != nil:
+			return bad("Task.RateLimit and Task.Concurrency cannot be combined with Task.Child (the task only starts the child); limit the child workflow (Workflow.Concurrency) or its tasks instead")
 		case t.Timeout != 0:
 			return bad("Task.Timeout cannot be combined with Task.Child (the task holds no attempt while the child runs); bound the child with its Workflow.Timeout, or the parent's")
 		case c.Workflow == "":

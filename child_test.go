@@ -360,6 +360,7 @@ func TestRegisterRejectsBadChildAndForEachTasks(t *testing.T) {
 		{"child empty name", batuta.Task{Name: "a", Child: &batuta.ChildWorkflow{}}, "Task.Child.Workflow is empty"},
 		{"child bad name", batuta.Task{Name: "a", Child: &batuta.ChildWorkflow{Workflow: "a b"}}, "Task.Child.Workflow: name must be"},
 		{"child timeout", batuta.Task{Name: "a", Timeout: time.Second, Child: &batuta.ChildWorkflow{Workflow: "x"}}, "Task.Timeout cannot be combined with Task.Child"},
+		{"child rate limit", batuta.Task{Name: "a", RateLimit: &batuta.RateLimit{Name: "r", Limit: 1, Per: time.Second}, Child: &batuta.ChildWorkflow{Workflow: "x"}}, "Task.RateLimit and Task.Concurrency cannot be combined with Task.Child"},
 		{"child and foreach", batuta.Task{Name: "a", Run: noop, Child: &batuta.ChildWorkflow{Workflow: "x"}, ForEach: &batuta.ForEach{Items: items}}, "Task.Child and Task.ForEach are both set"},
 		{"child and signal", batuta.Task{Name: "a", Child: &batuta.ChildWorkflow{Workflow: "x"}, Signal: &batuta.SignalWait{Name: "s"}}, "Task.Signal cannot be combined with Task.Child"},
 		{"foreach no items", batuta.Task{Name: "a", Run: noop, ForEach: &batuta.ForEach{}}, "Task.ForEach.Items is nil"},

@@ -499,7 +499,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 func format(k string, v float64) string {
 	if strings.Contains(k, "ms") {
-		return fmt.Sprintf("%.2f ms", v)
+		return fmt.Sprintf("%.3f ms", v)
 	}
 	if strings.Contains(k, "%") {
 		return fmt.Sprintf("%.3f%%", v)
