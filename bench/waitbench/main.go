@@ -391,6 +391,7 @@ func (b *bench) timerRound(ctx context.Context, round int, record func(string, f
 	}
 	var mu sync.Mutex
 	late := make([]time.Duration, 0, n)
+	fired := make([]time.Duration, 0, n)
 	var last time.Time
 	all := make(chan struct{})
 	stop, err := orchestrator(st, func(in *batuta.Input, at time.Time) {
@@ -398,6 +399,7 @@ func (b *bench) timerRound(ctx context.Context, round int, record func(string, f
 		mu.Lock()
 		defer mu.Unlock()
 		late = append(late, at.Sub(time.Unix(0, ns)))
+		fired = append(fired, at.Sub(T))
 		if at.After(last) {
 			last = at
 		}
@@ -425,6 +427,13 @@ func (b *bench) timerRound(ctx context.Context, round int, record func(string, f
 	ls := slices.Clone(late)
 	span := last.Sub(T)
 	mu.Unlock()
+	if os.Getenv("WAITBENCH_DEBUG") != "" {
+		var hist [30]int
+		for _, f := range fired {
+			hist[min(max(int(f/(100*time.Millisecond)), 0), len(hist)-1)]++
+		}
+		fmt.Println("  firings per 100 ms after T:", hist)
+	}
 	early := 0
 	for _, l := range ls {
 		if l < 0 {
