@@ -50,6 +50,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +72,7 @@ type options struct {
 	n, timers, signals, rds int
 	idle                    time.Duration
 	lead                    time.Duration
+	cpuprofile              string
 }
 
 func main() {
@@ -82,6 +85,7 @@ func main() {
 	flag.IntVar(&o.rds, "rounds", 3, "rounds of each scenario")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "waiting: how long the CPU is measured")
 	flag.DurationVar(&o.lead, "lead", 3*time.Second, "timers: T is this long after the timers are in place")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "waiting: write a CPU profile of the idle window to this file")
 	scenarios := flag.String("scenarios", "waiting,timers,signals", "scenarios to run")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -303,18 +307,34 @@ func (b *bench) waiting(ctx context.Context, round int, record func(string, floa
 	if err != nil {
 		return err
 	}
-	// Let it start (ask the store for the next due time, listen), then
-	// measure.
+	// Let it start (ask the store for the next due time, listen), and
+	// return the setup's garbage to the OS now (else the runtime's
+	// scavenger does it during the window: CPU that is not the wait's),
+	// then measure.
 	time.Sleep(time.Second)
+	debug.FreeOSMemory()
 	var pids []int
 	if b.pool != nil {
 		pids = backendPIDs(ctx, b.pool)
+	}
+	if b.o.cpuprofile != "" {
+		f, err := os.Create(b.o.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
 	}
 	self0, srv0 := selfCPU(), serverCPU(pids)
 	w0 := time.Now()
 	time.Sleep(b.o.idle)
 	wall := time.Since(w0)
 	self, srv := selfCPU()-self0, serverCPU(pids)-srv0
+	if b.o.cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err := stop(); err != nil {
 		return err
 	}
