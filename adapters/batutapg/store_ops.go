@@ -78,13 +78,16 @@ UPDATE {s}.tasks t SET due_at = $3,
 WHERE t.run_id = $1 AND t.signal = $2 AND t.state = 'pending' AND t.pending_deps = 0 AND t.waiting_since IS NOT NULL`,
 		retryTasks: `
 SELECT idx, name, state, deps, dependents, cardinality(deps) FROM {s}.tasks WHERE run_id = $1 ORDER BY idx FOR UPDATE`,
-		// One reset task: a fresh budget, no output, error, lease, wait
-		// or child count; due at once (to the ready set, the paused set,
-		// or the run's admission queue) once its dependencies are done.
+		// One reset task: a fresh budget, no output, error, lease or wait;
+		// due at once (to the ready set, the paused set, or the run's
+		// admission queue) once its dependencies are done. Its child runs
+		// (kids, Child) stay: they still exist, and a retried child task
+		// that finds its child run (by its event ID) waits for it as
+		// before.
 		retryTask: `
 UPDATE {s}.tasks t SET state = 'pending', output = NULL, error = NULL, attempt = 0, rescues = 0,
     token = NULL, owner = NULL, lease_until = NULL, claim_req = NULL, last_token = NULL, last_outcome = NULL,
-    rate_reserved = false, waiting_since = NULL, waiting_for = NULL, kids = 0, kids_open = 0,
+    rate_reserved = false, waiting_since = NULL, waiting_for = NULL,
     pending_deps = $3, due_at = $4,
     hold = CASE WHEN $3 > 0 THEN 0 WHEN $5 THEN 2 WHEN {paused} THEN 3 ELSE 0 END
 WHERE t.run_id = $1 AND t.idx = $2`,
@@ -715,7 +718,15 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 	if len(where) > 0 {
 		sql += "\nWHERE " + strings.Join(where, " AND ")
 	}
-	sql += "\nORDER BY r.id " + order + " LIMIT " + arg(limit)
+	key := "r.id"
+	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() {
+		// A bounded creation range: read it from runs_created_at and
+		// sort it (the same order: a UUID's text compares as its bytes),
+		// rather than walk the primary key from one end to the range,
+		// which the planner's LIMIT estimate would prefer.
+		key = `(r.id::text COLLATE "C")`
+	}
+	sql += "\nORDER BY " + key + " " + order + " LIMIT " + arg(limit)
 	return sql, args, true, nil
 }
 
