@@ -613,6 +613,12 @@ func intervalDuration(iv pgtype.Interval) time.Duration {
 	return time.Duration(iv.Microseconds)*time.Microsecond + time.Duration(iv.Days)*24*time.Hour
 }
 
+// liveExpr is true when the run r is running (a task was claimed since it
+// was last reopened), as runSelect's x.live; {s} is the schema.
+const liveExpr = `(CASE WHEN r.reopened_at IS NULL
+        THEN EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.first_claimed_at IS NOT NULL)
+        ELSE EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.claimed_at >= r.reopened_at) END)`
+
 // maxListLimit caps RunFilter.Limit.
 const maxListLimit = 10000
 
@@ -622,12 +628,13 @@ const maxListLimit = 10000
 // chosen index, or the primary key, in ID order from the cursor, so no
 // page scans the runs before it. It reports ok=false when f matches
 // nothing (contradictory states, a malformed parent ID).
-func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error) {
+func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, maxListLimit)
+	live := strings.ReplaceAll(liveExpr, "{s}", schema)
 	var where []string
 	var args []any
 	arg := func(v any) string {
@@ -670,9 +677,9 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 		case pending && running:
 			or = append(or, "r.state = 'active'")
 		case pending:
-			or = append(or, "(r.state = 'active' AND NOT x.live)")
+			or = append(or, "(r.state = 'active' AND NOT "+live+")")
 		case running:
-			or = append(or, "(r.state = 'active' AND x.live)")
+			or = append(or, "(r.state = 'active' AND "+live+")")
 		}
 		where = append(where, "("+strings.Join(or, " OR ")+")")
 	}
@@ -714,9 +721,11 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 		}
 		where = append(where, "r.id "+cmp+" "+arg(after))
 	}
-	sql := base
+	// The page is chosen first, from runs alone; the snapshots (each
+	// with its tasks) are read for its rows only.
+	page := "SELECT r.id FROM " + schema + ".runs r"
 	if len(where) > 0 {
-		sql += "\nWHERE " + strings.Join(where, " AND ")
+		page += "\n    WHERE " + strings.Join(where, " AND ")
 	}
 	key := "r.id"
 	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() {
@@ -726,7 +735,8 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 		// which the planner's LIMIT estimate would prefer.
 		key = `(r.id::text COLLATE "C")`
 	}
-	sql += "\nORDER BY " + key + " " + order + " LIMIT " + arg(limit)
+	page += "\n    ORDER BY " + key + " " + order + " LIMIT " + arg(limit)
+	sql := base + "\nWHERE r.id IN (\n    " + page + "\n)\nORDER BY r.id " + order
 	return sql, args, true, nil
 }
 
