@@ -73,6 +73,7 @@ type options struct {
 	idle                    time.Duration
 	lead                    time.Duration
 	cpuprofile              string
+	workers                 int
 }
 
 func main() {
@@ -85,6 +86,7 @@ func main() {
 	flag.IntVar(&o.rds, "rounds", 3, "rounds of each scenario")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "waiting: how long the CPU is measured")
 	flag.DurationVar(&o.lead, "lead", 3*time.Second, "timers: T is this long after the timers are in place")
+	flag.IntVar(&o.workers, "workers", 0, "the orchestrator's Config.Workers (and so ClaimBatch); 0: the default, max(16, 4*GOMAXPROCS)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "waiting: write a CPU profile of the idle window to this file")
 	scenarios := flag.String("scenarios", "waiting,timers,signals", "scenarios to run")
 	flag.Parse()
@@ -110,7 +112,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "waitbench: -store must be memory or postgres")
 		os.Exit(2)
 	}
-	fmt.Printf("waitbench: store %s, GOMAXPROCS %d, %d rounds\n", o.store, runtime.GOMAXPROCS(0), o.rds)
+	fmt.Printf("waitbench: store %s, GOMAXPROCS %d, %d rounds, Workers %d (0: default)\n", o.store, runtime.GOMAXPROCS(0), o.rds, o.workers)
 	results := map[string][]float64{}
 	var order []string
 	record := func(k string, v float64) {
@@ -243,8 +245,8 @@ func startWaits(ctx context.Context, st batuta.Store, due []time.Time, alone boo
 // orchestrator returns a running orchestrator on st with the workflow
 // registered: onWait runs as the body of a woken "wait" task (a timer
 // fired), onNext as the body of "next"; stop stops it.
-func orchestrator(st batuta.Store, onWait, onNext func(*batuta.Input, time.Time)) (stop func() error, err error) {
-	o, err := batuta.New(batuta.Config{Store: st, Logger: quiet(), MaxInFlightRuns: -1})
+func orchestrator(st batuta.Store, workers int, onWait, onNext func(*batuta.Input, time.Time)) (stop func() error, err error) {
+	o, err := batuta.New(batuta.Config{Store: st, Logger: quiet(), MaxInFlightRuns: -1, Workers: workers})
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +309,7 @@ func (b *bench) waiting(ctx context.Context, round int, record func(string, floa
 		record("waiting: rows per run (postgres)", float64(rows)/float64(n))
 		record("waiting: bytes per run (postgres)", float64(bytes)/float64(n))
 	}
-	stop, err := orchestrator(st, nil, nil)
+	stop, err := orchestrator(st, b.o.workers, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -418,7 +420,7 @@ func (b *bench) timerRound(ctx context.Context, round int, record func(string, f
 	fired := make([]time.Duration, 0, n)
 	var last time.Time
 	all := make(chan struct{})
-	stop, err := orchestrator(st, func(in *batuta.Input, at time.Time) {
+	stop, err := orchestrator(st, b.o.workers, func(in *batuta.Input, at time.Time) {
 		ns, _ := strconv.ParseInt(string(in.Event().Data), 10, 64)
 		mu.Lock()
 		defer mu.Unlock()
@@ -488,7 +490,7 @@ func (b *bench) signalRound(ctx context.Context, round int, record func(string, 
 		return err
 	}
 	started := make(chan time.Time, 1)
-	stop, err := orchestrator(st, nil, func(_ *batuta.Input, at time.Time) { started <- at })
+	stop, err := orchestrator(st, b.o.workers, nil, func(_ *batuta.Input, at time.Time) { started <- at })
 	if err != nil {
 		return err
 	}
