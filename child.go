@@ -664,40 +664,41 @@ func (s *subCall) startItems() error {
 	parent := &RunLink{RunID: c.RunID, Task: c.Task}
 	deadline := s.deadline(iw)
 	count := strconv.Itoa(len(items))
-	existing := false
-	for lo := 0; lo < len(items); lo += itemBatch {
-		hi := min(lo+itemBatch, len(items))
-		nrs := make([]NewRun, hi-lo)
-		for i := lo; i < hi; i++ {
-			data, err := json.Marshal(items[i])
-			if err != nil {
-				s.fail(fmt.Errorf("%w: task %s: item %d is not JSON-encodable: %w", ErrInvalidPayload, c.Task, i, err))
-				return nil
-			}
-			md := make(map[string]string, len(c.Event.Metadata)+1)
-			for k, v := range c.Event.Metadata {
-				md[k] = v
-			}
-			md[itemMeta] = strconv.Itoa(i) + "/" + count
-			ev := Event{ID: itemEventID(c.RunID, c.Task, i), Source: c.Event.Source, Type: c.Event.Type,
-				Subject: c.Event.Subject, Time: s.now, Data: data, Metadata: md}
-			nr := &nrs[i-lo]
-			if err := ex.o.newRun(nr, iw, ev, submitOpts{}, s.now); err != nil {
-				s.fail(fmt.Errorf("batuta: task %s: item %d: %w", c.Task, i, err))
-				return nil
-			}
-			nr.Parent, nr.Concurrency, nr.Deadline, nr.MaxActive = parent, conc, deadline, 0
+	// Build every run before creating any: a bad item starts none.
+	nrs := make([]NewRun, len(items))
+	for i, it := range items {
+		data, err := json.Marshal(it)
+		if err != nil {
+			s.fail(fmt.Errorf("%w: task %s: item %d is not JSON-encodable: %w", ErrInvalidPayload, c.Task, i, err))
+			return nil
 		}
-		res, err := ex.store.CreateRuns(ex.bgCtx, nrs)
+		md := make(map[string]string, len(c.Event.Metadata)+1)
+		for k, v := range c.Event.Metadata {
+			md[k] = v
+		}
+		md[itemMeta] = strconv.Itoa(i) + "/" + count
+		ev := Event{ID: itemEventID(c.RunID, c.Task, i), Source: c.Event.Source, Type: c.Event.Type,
+			Subject: c.Event.Subject, Time: s.now, Data: data, Metadata: md}
+		nr := &nrs[i]
+		if err := ex.o.newRun(nr, iw, ev, submitOpts{}, s.now); err != nil {
+			s.fail(fmt.Errorf("batuta: task %s: item %d: %w", c.Task, i, err))
+			return nil
+		}
+		nr.Parent, nr.Concurrency, nr.Deadline, nr.MaxActive = parent, conc, deadline, 0
+	}
+	existing := false
+	for lo := 0; lo < len(nrs); lo += itemBatch {
+		batch := nrs[lo:min(lo+itemBatch, len(nrs))]
+		res, err := ex.store.CreateRuns(ex.bgCtx, batch)
 		if err != nil {
 			return err
 		}
-		if len(res) != len(nrs) {
-			return fmt.Errorf("the store answered %d results for %d runs", len(res), len(nrs))
+		if len(res) != len(batch) {
+			return fmt.Errorf("the store answered %d results for %d runs", len(res), len(batch))
 		}
 		for i := range res {
 			if res[i].Created {
-				ex.o.created(ex.bgCtx, &nrs[i], res[i], s.now)
+				ex.o.created(ex.bgCtx, &batch[i], res[i], s.now)
 			} else {
 				existing = true
 			}

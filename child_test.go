@@ -677,3 +677,41 @@ func TestRetryOfTheParentReopensItsChildren(t *testing.T) {
 		require.Equal(t, batuta.RunSucceeded, k.State)
 	}
 }
+
+func TestChildAndForEachInputErrors(t *testing.T) {
+	t.Parallel()
+	var itemsCalls atomic.Int32
+	wfs := []*batuta.Workflow{
+		shippingWorkflow(nil),
+		{Name: "bad-event", Tasks: []batuta.Task{{Name: "c", Child: &batuta.ChildWorkflow{Workflow: "shipping",
+			Event: func(*batuta.Input) (batuta.Event, error) {
+				return batuta.Event{}, batuta.Permanent(errors.New("no address"))
+			}}}}},
+		{Name: "bad-items", Tasks: []batuta.Task{{Name: "each", Run: noop,
+			Retry: batuta.RetryPolicy{MaxAttempts: 2, InitialDelay: time.Millisecond},
+			ForEach: &batuta.ForEach{Items: func(*batuta.Input) ([]any, error) {
+				itemsCalls.Add(1)
+				return nil, errors.New("catalog down")
+			}}}}},
+		{Name: "bad-item", Tasks: []batuta.Task{{Name: "each", Run: noop,
+			ForEach: &batuta.ForEach{Items: func(*batuta.Input) ([]any, error) { return []any{1, make(chan int)}, nil }}}}},
+	}
+	o := setup(t, batuta.Config{PollInterval: 10 * time.Millisecond}, wfs...)
+	ctx := waitCtx(t)
+	for _, tc := range []struct{ wf, task, want string }{
+		{"bad-event", "c", "batuta: Task.Child.Event of task c: no address"},
+		{"bad-items", "each", "batuta: Task.ForEach.Items of task each: catalog down"},
+		{"bad-item", "each", "invalid payload: task each: item 1 is not JSON-encodable"},
+	} {
+		id, err := o.Submit(ctx, tc.wf, batuta.Event{})
+		require.NoError(t, err)
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunFailed, r.State, tc.wf)
+		require.Contains(t, r.Task(tc.task).Error, tc.want, tc.wf)
+		kids, err := o.ListRuns(ctx, batuta.RunFilter{Parent: id})
+		require.NoError(t, err)
+		require.Empty(t, kids, "%s: nothing was started", tc.wf)
+	}
+	require.Equal(t, int32(2), itemsCalls.Load(), "Items errors are retried per Task.Retry")
+}
