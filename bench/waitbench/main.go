@@ -242,10 +242,10 @@ func startWaits(ctx context.Context, st batuta.Store, due []time.Time, alone boo
 	return ids, nil
 }
 
-// orchestrator returns a running orchestrator on st with the workflow
-// registered: onWait runs as the body of a woken "wait" task (a timer
-// fired), onNext as the body of "next"; stop stops it.
-func orchestrator(st batuta.Store, workers int, onWait, onNext func(*batuta.Input, time.Time)) (stop func() error, err error) {
+// orchestrator returns an orchestrator running on st, with the workflow
+// registered, until ctx ends or stop is called: onWait runs as the body of
+// a woken "wait" task (a timer fired), onNext as the body of "next".
+func orchestrator(ctx context.Context, st batuta.Store, workers int, onWait, onNext func(*batuta.Input, time.Time)) (stop func() error, err error) {
 	o, err := batuta.New(batuta.Config{Store: st, Logger: quiet(), MaxInFlightRuns: -1, Workers: workers})
 	if err != nil {
 		return nil, err
@@ -265,7 +265,7 @@ func orchestrator(st batuta.Store, workers int, onWait, onNext func(*batuta.Inpu
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- o.Run(ctx) }()
 	return func() error { cancel(); return <-done }, nil
@@ -309,7 +309,7 @@ func (b *bench) waiting(ctx context.Context, round int, record func(string, floa
 		record("waiting: rows per run (postgres)", float64(rows)/float64(n))
 		record("waiting: bytes per run (postgres)", float64(bytes)/float64(n))
 	}
-	stop, err := orchestrator(st, b.o.workers, nil, nil)
+	stop, err := orchestrator(ctx, st, b.o.workers, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -420,7 +420,7 @@ func (b *bench) timerRound(ctx context.Context, round int, record func(string, f
 	fired := make([]time.Duration, 0, n)
 	var last time.Time
 	all := make(chan struct{})
-	stop, err := orchestrator(st, b.o.workers, func(in *batuta.Input, at time.Time) {
+	stop, err := orchestrator(ctx, st, b.o.workers, func(in *batuta.Input, at time.Time) {
 		ns, _ := strconv.ParseInt(string(in.Event().Data), 10, 64)
 		mu.Lock()
 		defer mu.Unlock()
@@ -490,7 +490,7 @@ func (b *bench) signalRound(ctx context.Context, round int, record func(string, 
 		return err
 	}
 	started := make(chan time.Time, 1)
-	stop, err := orchestrator(st, b.o.workers, nil, func(_ *batuta.Input, at time.Time) { started <- at })
+	stop, err := orchestrator(ctx, st, b.o.workers, nil, func(_ *batuta.Input, at time.Time) { started <- at })
 	if err != nil {
 		return err
 	}
