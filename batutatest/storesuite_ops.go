@@ -40,6 +40,7 @@ var opsCases = []storeCase{
 	{"OpsRetryRunFrom", testOpsRetryRunFrom},
 	{"OpsRetryRunCanceled", testOpsRetryRunCanceled},
 	{"OpsRetryRunConcurrency", testOpsRetryRunConcurrency},
+	{"OpsRetryRunChild", testOpsRetryRunChild},
 	{"OpsWorkflowStats", testOpsWorkflowStats},
 }
 
@@ -603,7 +604,7 @@ func testOpsRunFilter(t *testing.T, st *storeT) {
 	for _, tc := range cases {
 		got := runIDs(st.list(tc.f))
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
-			t.Errorf("%s: ListRuns(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
+			t.Errorf("%s: ListRuns = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
@@ -827,12 +828,13 @@ func testOpsRetryRunFrom(t *testing.T, st *storeT) {
 // whose tasks all succeeded has nothing to retry (ErrNotRetryable).
 func testOpsRetryRunCanceled(t *testing.T, st *storeT) {
 	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "p"}, {Name: "q"}, {Name: "r", Deps: []int{0, 1}}})
-	p := st.byTask(st.claim(base, 1))["p"]
-	if p.Task != "p" {
-		t.Fatalf("claimed %q first, want p", p.Task)
+	cs1 := st.claim(base, 1) // p or q; the other is ready, never claimed
+	if len(cs1) != 1 {
+		t.Fatalf("claim 1: %s", claimRuns(cs1))
 	}
-	st.cancel(id, "operator", base) // q was ready, never claimed
-	st.completeWith(p, batuta.Completion{Outcome: batuta.OutcomeCanceled, Error: "run canceled", StartedAt: base})
+	first := cs1[0]
+	st.cancel(id, "operator", base)
+	st.completeWith(first, batuta.Completion{Outcome: batuta.OutcomeCanceled, Error: "run canceled", StartedAt: base})
 	r := st.get(id)
 	if r.State != batuta.RunCanceled {
 		t.Fatalf("canceled run: %s", r.State)
@@ -1037,5 +1039,25 @@ func testOpsReopen(t *testing.T, st *storeT) {
 	}
 	if res := st.sendOK(p, "go", raw(`"now"`), base.Add(time.Minute)); !res.Delivered || res.Task != "w" {
 		t.Fatalf("signal after reopen: %+v, want delivered to w", res)
+	}
+}
+
+// testOpsRetryRunChild: a retried child run is unfinished again for its
+// parent's task: the task's wait is not due at once while it runs, and is
+// woken when it finishes again.
+func testOpsRetryRunChild(t *testing.T, st *storeT) {
+	p := st.create("parent", "e1", []batuta.TaskSpec{{Name: "call"}})
+	c := st.claimOne(base, p, "parent")
+	kid := st.child("child", "k1", base, one, p, "call")
+	st.waitOn(c, base, time.Time{}, "run "+kid, kid)
+	st.complete(st.claimOne(base, kid, "child"), batuta.OutcomeFailed, nil, "boom", base.Add(time.Second))
+	st.retry(kid, batuta.RetryParams{Now: base.Add(2 * time.Second)})
+	c = st.claimOne(base.Add(2*time.Second), p, "parent") // woken by the first finish
+	st.waitOn(c, base.Add(2*time.Second), time.Time{}, "run "+kid, kid)
+	st.claimNone(base.Add(time.Hour), "the retried child runs again", "parent")
+	done := base.Add(2 * time.Hour)
+	st.completeOK(st.claimOne(done, kid, "child"), batuta.OutcomeSucceeded, nil, done)
+	if c := st.claimOne(done, p, "parent"); c.Task != "call" {
+		t.Fatalf("woken after the retried child finished: %s", c.Task)
 	}
 }
