@@ -472,11 +472,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 				if int(t.idx) != i {
 					return fmt.Errorf("run %s: task index %d at position %d", runID, t.idx, i)
 				}
-				seed := false
+				seed := batuta.TaskState(t.state).CountsAsFailure()
 				if p.From != "" {
 					seed = t.name == p.From
-				} else {
-					seed = batuta.TaskState(t.state).CountsAsFailure()
 				}
 				if seed {
 					reset[i] = true

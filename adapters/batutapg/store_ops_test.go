@@ -314,11 +314,9 @@ func TestChildRunsFinishTogether(t *testing.T) {
 	ctx := testCtx(t)
 	now := time.Now().Truncate(time.Millisecond)
 	const parents, kidsPer = 10, 6
-	var pids []string
 	for p := 0; p < parents; p++ {
-		pid, _, err := s.CreateRun(ctx, newRunFor("parent", fmt.Sprint("p", p), now, batuta.TaskSpec{Name: "spawn"}))
+		_, _, err := s.CreateRun(ctx, newRunFor("parent", fmt.Sprint("p", p), now, batuta.TaskSpec{Name: "spawn"}))
 		require.NoError(t, err)
-		pids = append(pids, pid)
 	}
 	cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "w", Workflows: []string{"parent"}, Limit: parents, Now: now, LeaseUntil: now.Add(time.Minute)})
 	require.NoError(t, err)
