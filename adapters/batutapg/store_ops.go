@@ -25,7 +25,7 @@ type opsQueries struct {
 	wakeParents, descendants                     string
 	sigTasks, sigCount, sigInsert, sigDue        string
 	retryTasks, retryTask, retryRun, retryParent string
-	retryQueue                                   string
+	retryQueue, retryClaims                      string
 	statsFinished, statsOpen                     string
 }
 
@@ -78,6 +78,9 @@ UPDATE {s}.tasks t SET due_at = $3,
 WHERE t.run_id = $1 AND t.signal = $2 AND t.state = 'pending' AND t.pending_deps = 0 AND t.waiting_since IS NOT NULL`,
 		retryTasks: `
 SELECT idx, name, state, deps, dependents, cardinality(deps) FROM {s}.tasks WHERE run_id = $1 ORDER BY idx FOR UPDATE`,
+		// A reopened run is pending until a task of it is claimed again:
+		// claims set claimed_at (no task of a finished run is running).
+		retryClaims: `UPDATE {s}.tasks SET claimed_at = NULL WHERE run_id = $1 AND claimed_at IS NOT NULL`,
 		// One reset task: a fresh budget, no output, error, lease or wait;
 		// due at once (to the ready set, the paused set, or the run's
 		// admission queue) once its dependencies are done. Its child runs
@@ -127,7 +130,7 @@ SELECT r.workflow,
 FROM {s}.runs r
 CROSS JOIN LATERAL (
     SELECT CASE WHEN r.reopened_at IS NULL THEN coalesce(bool_or(t.first_claimed_at IS NOT NULL), false)
-            ELSE coalesce(max(t.claimed_at) >= r.reopened_at, false) END AS started,
+            ELSE max(t.claimed_at) IS NOT NULL END AS started,
         coalesce(bool_or(t.state = 'pending' AND t.waiting_since IS NOT NULL AND t.hold IN (1, 6))
             AND NOT bool_or(t.state = 'running' OR (t.state = 'pending' AND t.pending_deps = 0
                 AND NOT (t.waiting_since IS NOT NULL AND t.hold IN (1, 6)))), false) AS waiting
@@ -137,7 +140,7 @@ WHERE r.state = 'active'
 GROUP BY r.workflow`,
 	}
 	for _, p := range []*string{&q.wakeParents, &q.descendants, &q.sigTasks, &q.sigCount, &q.sigInsert, &q.sigDue,
-		&q.retryTasks, &q.retryTask, &q.retryRun, &q.retryParent, &q.retryQueue, &q.statsFinished, &q.statsOpen} {
+		&q.retryTasks, &q.retryClaims, &q.retryTask, &q.retryRun, &q.retryParent, &q.retryQueue, &q.statsFinished, &q.statsOpen} {
 		*p = r(s(*p))
 	}
 	return q
@@ -469,11 +472,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 				if int(t.idx) != i {
 					return fmt.Errorf("run %s: task index %d at position %d", runID, t.idx, i)
 				}
-				seed := false
+				seed := batuta.TaskState(t.state).CountsAsFailure()
 				if p.From != "" {
 					seed = t.name == p.From
-				} else {
-					seed = batuta.TaskState(t.state).CountsAsFailure()
 				}
 				if seed {
 					reset[i] = true
@@ -482,6 +483,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 			}
 			if p.From != "" && len(stack) == 0 {
 				return fmt.Errorf("%w: it has no task %q", batuta.ErrNotRetryable, p.From)
+			}
+			if len(stack) == 0 {
+				return fmt.Errorf("%w: no task of it failed or was canceled", batuta.ErrNotRetryable)
 			}
 			for len(stack) > 0 {
 				i := stack[len(stack)-1]
@@ -511,6 +515,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 				return err
 			}
 			queued = ckey.Valid
+			if _, err := tx.Exec(ctx, s.oq.retryClaims, id); err != nil {
+				return err
+			}
 			for i, t := range tasks {
 				if !reset[i] {
 					continue
@@ -617,7 +624,7 @@ func intervalDuration(iv pgtype.Interval) time.Duration {
 // was last reopened), as runSelect's x.live; {s} is the schema.
 const liveExpr = `(CASE WHEN r.reopened_at IS NULL
         THEN EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.first_claimed_at IS NOT NULL)
-        ELSE EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.claimed_at >= r.reopened_at) END)`
+        ELSE EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.claimed_at IS NOT NULL) END)`
 
 // maxListLimit caps RunFilter.Limit.
 const maxListLimit = 10000
@@ -666,12 +673,14 @@ func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool
 				return "", nil, false, fmt.Errorf("batutapg: list runs: %w: unknown run state %q", batuta.ErrInvalidPayload, st)
 			}
 		}
+		// The states are literals (each one of the three names above), so
+		// the planner can prove the partial index runs_state applies.
 		var or []string
 		switch {
 		case len(finals) == 1:
-			or = append(or, "r.state = "+arg(finals[0]))
+			or = append(or, "r.state = '"+finals[0]+"'")
 		case len(finals) > 1:
-			or = append(or, "r.state = ANY("+arg(finals)+"::text[])")
+			or = append(or, "r.state IN ('"+strings.Join(finals, "', '")+"')")
 		}
 		switch {
 		case pending && running:
