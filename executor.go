@@ -334,7 +334,14 @@ func (ex *executor) dispatch() {
 		}
 		var dueC <-chan time.Time
 		var dueT Timer
-		if d, ok := ex.nextDue(); ok && errBackoff == 0 {
+		d, ok, passed := ex.nextDue()
+		if passed && errBackoff == 0 {
+			// A due time passed since the claim above (one the store
+			// just told, microseconds away): claim again rather than
+			// sleep until the next poll.
+			continue
+		}
+		if ok && errBackoff == 0 {
 			dueT = o.clock.NewTimer(d.Sub(o.clock.Now()))
 			dueC = dueT.C()
 		}
@@ -358,18 +365,20 @@ func (ex *executor) dispatch() {
 	}
 }
 
-// nextDue pops due times that passed and returns the earliest future one.
-func (ex *executor) nextDue() (time.Time, bool) {
+// nextDue pops due times that passed and returns the earliest future one;
+// passed reports whether it popped one.
+func (ex *executor) nextDue() (next time.Time, ok, passed bool) {
 	now := ex.o.clock.Now()
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	for len(ex.due) > 0 && !ex.due[0].After(now) {
 		heap.Pop(&ex.due)
+		passed = true
 	}
 	if len(ex.due) == 0 {
-		return time.Time{}, false
+		return time.Time{}, false, passed
 	}
-	return ex.due[0], true
+	return ex.due[0], true, passed
 }
 
 // maxDue bounds the due heap: past it, due times are left to the store

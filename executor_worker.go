@@ -121,6 +121,8 @@ func (ex *executor) execute(sl *slot, c *Claim, claimedAt time.Time) bool {
 	case !c.RunDeadline.IsZero() && !now.Before(c.RunDeadline):
 		comp.Outcome, comp.Error = OutcomeFailed, fmt.Sprintf("%v: run exceeded its workflow timeout before the task started", ErrTimeout)
 		comp.StartedAt, comp.FinishedAt = now, now
+	case ct.sub != nil && !ct.sub.item:
+		ranAttempt, hookCtx = ex.subStep(sl, c, ct, comp, &info, now)
 	case ct.rate != nil && !c.RateReserved && ex.rateDeferred(sl, c, ct, comp, now):
 		// Handed back until its rate-limit slot: no attempt spent.
 	default:

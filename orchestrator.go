@@ -259,50 +259,58 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 	if err != nil {
 		return err
 	}
-	// OnFailure and DeadLetter run in a hidden workflow (onfailure.go),
-	// registered with wf or not at all.
-	var fw *compiledWorkflow
+	// With its hidden workflows, all or nothing: the item workflows of its
+	// ForEach tasks (child.go) and the one that runs its OnFailure and
+	// DeadLetter (onfailure.go).
+	all := append([]*compiledWorkflow{cw}, cw.hiddenWorkflows()...)
 	if hw := o.failureWorkflow(wf); hw != nil {
-		if fw, err = compileWorkflow(hw); err != nil {
+		fw, err := compileWorkflow(hw)
+		if err != nil {
 			return err
 		}
 		cw.failures = fw.name
+		all = append(all, fw)
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if fw != nil {
-		if _, dup := o.workflows[fw.name]; dup {
-			return &WorkflowError{Workflow: fw.name, Reason: fmt.Sprintf("already registered: it is the hidden workflow of %s's OnFailure/DeadLetter; do not register a workflow under that name", cw.name)}
+	for _, w := range all {
+		if _, dup := o.workflows[w.name]; dup {
+			switch {
+			case w == cw:
+				return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
+			case w.name == cw.failures:
+				return &WorkflowError{Workflow: w.name, Reason: fmt.Sprintf("already registered: it is the hidden workflow of %s's OnFailure/DeadLetter; do not register a workflow under that name", cw.name)}
+			default:
+				return &WorkflowError{Workflow: cw.name, Reason: fmt.Sprintf("the hidden item workflow %q of a ForEach task is already registered as a workflow; rename that workflow, or the task", w.name)}
+			}
 		}
-		if err := o.registerLocked(cw); err != nil {
-			return err
+	}
+	o.rateMu.Lock()
+	for _, w := range all {
+		if w.flow == nil || !w.flow.hasRate {
+			continue
 		}
-		return o.registerLocked(fw)
-	}
-	return o.registerLocked(cw)
-}
-
-// registerLocked adds cw to the registry; o.mu is held.
-func (o *Orchestrator) registerLocked(cw *compiledWorkflow) error {
-	if _, dup := o.workflows[cw.name]; dup {
-		return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
-	}
-	if cw.flow != nil && cw.flow.hasRate {
-		o.rateMu.Lock()
-		for name, r := range cw.flow.rateNames {
+		for name, r := range w.flow.rateNames {
 			if other, ok := o.rates[name]; ok && !sameRate(other, r) {
 				o.rateMu.Unlock()
 				return &WorkflowError{Workflow: cw.name, Reason: fmt.Sprintf("Task.RateLimit %q: Limit %d per %s (burst %d) differs from %d per %s (burst %d) declared by another registered workflow under the same Name; tasks sharing a Name share one limit: give them the same numbers, or another Name",
 					name, r.Limit, r.Per, r.Burst, other.Limit, other.Per, other.Burst)}
 			}
 		}
-		for name, r := range cw.flow.rateNames {
-			o.rates[name] = r
-		}
-		o.rateMu.Unlock()
 	}
-	o.workflows[cw.name] = cw
-	names := append(append([]string(nil), o.wfNames...), cw.name)
+	for _, w := range all {
+		if w.flow != nil {
+			for name, r := range w.flow.rateNames {
+				o.rates[name] = r
+			}
+		}
+	}
+	o.rateMu.Unlock()
+	names := append([]string(nil), o.wfNames...)
+	for _, w := range all {
+		o.workflows[w.name] = w
+		names = append(names, w.name)
+	}
 	sort.Strings(names)
 	var uncapped []string
 	var capped []*compiledWorkflow

@@ -409,6 +409,7 @@ type compiledTask struct {
 	strict  bool     // Workflow.StrictInput
 	conc    *Concurrency
 	rate    *RateLimit
+	sub     *subTask // Task.Child or Task.ForEach (child.go)
 
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
@@ -586,7 +587,7 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		}
 		cw.index[t.Name] = i
 		switch {
-		case t.Run == nil && !waitsOnly(&t):
+		case t.Run == nil && t.Child == nil && !waitsOnly(&t):
 			return nil, bad(t.Name, "nil Run func: Task.Run is nil; set it to a func(ctx context.Context, in *batuta.Input) (any, error)")
 		case t.Timeout < 0:
 			return nil, bad(t.Name, fmt.Sprintf("Task.Timeout must not be negative (got %s); use e.g. Timeout: 30*time.Second, or 0 for no limit", t.Timeout))
@@ -627,6 +628,9 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 			rate:    cloneRateLimit(t.RateLimit),
 			wf:      cw,
 			pos:     i,
+		}
+		if err := compileSubTask(wf, &wf.Tasks[i], &cw.tasks[i]); err != nil {
+			return nil, err
 		}
 	}
 	for i, t := range wf.Tasks {
