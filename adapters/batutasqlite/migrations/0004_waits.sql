@@ -31,6 +31,7 @@ CREATE INDEX batuta_signals_run ON batuta_signals (run_id, name, seq);
 -- Child runs: ListRuns by parent, and the wake of the parent's task when
 -- its last unfinished child finishes (batuta_runs_children_open).
 CREATE INDEX batuta_runs_parent ON batuta_runs (parent_run, parent_task, id) WHERE parent_run IS NOT NULL;
+CREATE INDEX batuta_runs_parent_any ON batuta_runs (parent_run, id) WHERE parent_run IS NOT NULL;
 CREATE INDEX batuta_runs_children_open ON batuta_runs (parent_run, parent_task)
     WHERE parent_run IS NOT NULL AND finished_at IS NULL;
 
