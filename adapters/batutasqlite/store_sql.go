@@ -173,7 +173,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.claimReady, claimReadySQL},
 		{&st.claimTask, `UPDATE batuta_tasks SET state = 'running', token = ?, owner = ?, lease_until = ?, rate_reserved = 0
     WHERE run_id = ? AND idx = ?`},
-		{&st.startRun, `UPDATE batuta_runs SET state = 'running', started_at = ?
+		// A run reopened by RetryRun keeps its first start.
+		{&st.startRun, `UPDATE batuta_runs SET state = 'running', started_at = coalesce(started_at, ?)
     WHERE id = ? AND state = 'pending'`},
 		{&st.nextTokens, `UPDATE batuta_counters SET value = value + ? WHERE name = 'lease_token' RETURNING value`},
 		{&st.upstream, `SELECT idx, name, state, output, error FROM batuta_tasks
