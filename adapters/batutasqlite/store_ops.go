@@ -443,6 +443,26 @@ func (s *Store) retryRun(ctx context.Context, runID string, p batuta.RetryParams
 	return out, nil
 }
 
+// WorkflowStats' statements (their plans are checked by TestWorkflowStats).
+const (
+	// The runs finished in [?1, ?2), in batuta_runs_finished.
+	statsFinishedSQL = `SELECT workflow, state, finished_at - created_at FROM batuta_runs
+    WHERE finished_at >= ? AND finished_at < ?`
+	// The unfinished runs by workflow and class, in batuta_runs_open.
+	statsOpenSQL = `SELECT r.workflow,
+    CASE
+        WHEN r.state = 'pending' AND r.start_at > ?1 THEN 'waiting'
+        WHEN r.state = 'pending' THEN 'pending'
+        WHEN NOT EXISTS (SELECT 1 FROM batuta_tasks t WHERE t.run_id = r.id AND t.state IN ('pending', 'running')
+                AND NOT (t.state = 'pending' AND (t.pending_deps > 0 OR (t.waiting_since IS NOT NULL AND t.due_at > ?1)))) THEN 'waiting'
+        ELSE 'running'
+    END AS class,
+    count(*),
+    min(CASE WHEN r.state = 'pending' AND (r.start_at IS NULL OR r.start_at <= ?1) THEN r.created_at END)
+    FROM batuta_runs r WHERE r.finished_at IS NULL
+    GROUP BY r.workflow, class`
+)
+
 // WorkflowStats implements batuta.Store from two indexes: the runs finished
 // in [since, now) through batuta_runs_finished (their durations are sorted
 // here for the percentiles), the unfinished runs through batuta_runs_open.
@@ -466,8 +486,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 	}
 	durations := make(map[string][]int64)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT workflow, state, finished_at - created_at FROM batuta_runs
-    WHERE finished_at >= ? AND finished_at < ?`, since.UnixNano(), now.UnixNano())
+		rows, err := tx.QueryContext(ctx, statsFinishedSQL, since.UnixNano(), now.UnixNano())
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
@@ -495,20 +514,10 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 			return s.wrapErr("workflow stats", err)
 		}
 		// Unfinished runs: pending ones split by start time; running ones
-		// whose every unfinished task waits (pending after OutcomeWait,
-		// not due yet) count as waiting.
-		rows, err = tx.QueryContext(ctx, `SELECT r.workflow,
-    CASE
-        WHEN r.state = 'pending' AND r.start_at > ?1 THEN 'waiting'
-        WHEN r.state = 'pending' THEN 'pending'
-        WHEN NOT EXISTS (SELECT 1 FROM batuta_tasks t WHERE t.run_id = r.id AND t.state IN ('pending', 'running')
-                AND NOT (t.state = 'pending' AND t.waiting_since IS NOT NULL AND t.due_at > ?1)) THEN 'waiting'
-        ELSE 'running'
-    END AS class,
-    count(*),
-    min(CASE WHEN r.state = 'pending' AND (r.start_at IS NULL OR r.start_at <= ?1) THEN r.created_at END)
-    FROM batuta_runs r WHERE r.finished_at IS NULL
-    GROUP BY r.workflow, class`, now.UnixNano())
+		// count as waiting when every unfinished task of theirs waits
+		// (pending after OutcomeWait, not due yet) or waits for its
+		// dependencies.
+		rows, err = tx.QueryContext(ctx, statsOpenSQL, now.UnixNano())
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}

@@ -474,6 +474,13 @@ func TestWorkflowStats(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, st[0].Failed)
 	require.Zero(t, st[0].Succeeded)
+
+	// From indexes: the window's finished runs, the unfinished runs.
+	p := queryPlan(t, s, statsFinishedSQL, 1, 2)
+	require.Contains(t, p, "batuta_runs_finished", p)
+	p = queryPlan(t, s, statsOpenSQL, 1)
+	require.Contains(t, p, "batuta_runs_open", p)
+	require.NotContains(t, p, "SCAN r\n", p)
 }
 
 // TestListRunsFilters: each RunFilter field, keyset pages in both orders,
@@ -539,18 +546,7 @@ func TestListRunsFilters(t *testing.T) {
 	plan := func(f batuta.RunFilter) string {
 		q, args, ok := listRunsQuery(f)
 		require.True(t, ok)
-		rows, err := s.db.Query("EXPLAIN QUERY PLAN "+q, args...)
-		require.NoError(t, err)
-		defer func() { _ = rows.Close() }()
-		var b strings.Builder
-		for rows.Next() {
-			var id, parent, notused int
-			var detail string
-			require.NoError(t, rows.Scan(&id, &parent, &notused, &detail))
-			b.WriteString(detail + "\n")
-		}
-		require.NoError(t, rows.Err())
-		return b.String()
+		return queryPlan(t, s, q, args...)
 	}
 	for _, c := range []struct {
 		f     batuta.RunFilter
@@ -579,6 +575,23 @@ func TestListRunsFilters(t *testing.T) {
 			require.NotContains(t, p, "TEMP B-TREE", "plan of %+v sorts:\n%s", c.f, p)
 		}
 	}
+}
+
+// queryPlan returns SQLite's plan of q, one line per step.
+func queryPlan(t *testing.T, s *Store, q string, args ...any) string {
+	t.Helper()
+	rows, err := s.db.Query("EXPLAIN QUERY PLAN "+q, args...)
+	require.NoError(t, err)
+	defer func() { _ = rows.Close() }()
+	var b strings.Builder
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &notused, &detail))
+		b.WriteString(detail + "\n")
+	}
+	require.NoError(t, rows.Err())
+	return b.String()
 }
 
 // TestPruneDeletesSignals: signals are deleted with their run.
