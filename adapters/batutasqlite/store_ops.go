@@ -486,7 +486,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 	}
 	durations := make(map[string][]int64)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, statsFinishedSQL, since.UnixNano(), now.UnixNano())
+		rows, err := tx.QueryContext(ctx, statsFinishedSQL, clampNanos(since), clampNanos(now))
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
@@ -517,7 +517,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 		// count as waiting when every unfinished task of theirs waits
 		// (pending after OutcomeWait, not due yet) or waits for its
 		// dependencies.
-		rows, err = tx.QueryContext(ctx, statsOpenSQL, now.UnixNano())
+		rows, err = tx.QueryContext(ctx, statsOpenSQL, clampNanos(now))
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
@@ -565,6 +565,18 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Workflow < out[j].Workflow })
 	return out, nil
+}
+
+// clampNanos returns t as unix nanoseconds, clamped to the int64 range
+// (the zero time is the smallest).
+func clampNanos(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // percentile returns the p-th percentile of sorted (nearest rank).
