@@ -448,7 +448,7 @@ const (
 	// The runs finished in [?1, ?2), in batuta_runs_finished.
 	statsFinishedSQL = `SELECT workflow, state, finished_at - created_at FROM batuta_runs
     WHERE finished_at >= ? AND finished_at < ?`
-	// The unfinished runs by workflow and class, in batuta_runs_open.
+	// The unfinished runs by workflow and class, in batuta_runs_state.
 	statsOpenSQL = `SELECT r.workflow,
     CASE
         WHEN r.state = 'pending' AND r.start_at > ?1 THEN 'waiting'
@@ -459,13 +459,14 @@ const (
     END AS class,
     count(*),
     min(CASE WHEN r.state = 'pending' AND (r.start_at IS NULL OR r.start_at <= ?1) THEN r.created_at END)
-    FROM batuta_runs r WHERE r.finished_at IS NULL
+    FROM batuta_runs r WHERE r.state IN ('pending', 'running')
     GROUP BY r.workflow, class`
 )
 
 // WorkflowStats implements batuta.Store from two indexes: the runs finished
 // in [since, now) through batuta_runs_finished (their durations are sorted
-// here for the percentiles), the unfinished runs through batuta_runs_open.
+// here for the percentiles), the unfinished runs (pending and running)
+// through batuta_runs_state.
 // A running run whose every unfinished task waits after an OutcomeWait is
 // counted as Waiting.
 func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batuta.WorkflowStats, error) {

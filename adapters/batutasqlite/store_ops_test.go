@@ -481,7 +481,7 @@ func TestWorkflowStats(t *testing.T) {
 	p := queryPlan(t, s, statsFinishedSQL, 1, 2)
 	require.Contains(t, p, "batuta_runs_finished", p)
 	p = queryPlan(t, s, statsOpenSQL, 1)
-	require.Contains(t, p, "batuta_runs_open", p)
+	require.Contains(t, p, "batuta_runs_state", p)
 	require.NotContains(t, p, "SCAN r\n", p)
 }
 

@@ -356,7 +356,7 @@ func listRunsQuery(f batuta.RunFilter) (q string, args []any, ok bool) {
 		add("event_id = ?", f.EventID)
 	}
 	if f.Subject != "" {
-		add("json_extract(event, '$.subject') = ?", f.Subject)
+		add("subject = ?", f.Subject)
 	}
 	if !f.CreatedAfter.IsZero() {
 		add("created_at >= ?", clampNanos(f.CreatedAfter))
