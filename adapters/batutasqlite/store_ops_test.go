@@ -663,3 +663,57 @@ func TestWaitsMigrateFromVersion3(t *testing.T) {
 	require.Equal(t, []string{"a"}, res.Reset)
 	checkFlowCounters(t, s.db)
 }
+
+// TestWakesSignalWork: what makes a task due without a claim (a signal's
+// delivery, the end of a parent task's last child, a retry) signals
+// WorkAvailable after its commit.
+func TestWakesSignalWork(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	drain := func() {
+		select {
+		case <-s.WorkAvailable():
+		default:
+		}
+	}
+	signalled := func(what string) {
+		t.Helper()
+		select {
+		case <-s.WorkAvailable():
+		default:
+			t.Fatalf("%s did not signal WorkAvailable", what)
+		}
+	}
+	run := newFlowRun("wf", "e", fbase, []batuta.TaskSpec{{Name: "w", Signal: "go"}, {Name: "z", Deps: []int{0}}})
+	_, _, err := s.CreateRun(ctx, run)
+	require.NoError(t, err)
+	cs := claimAt(t, s, fbase, 1)
+	waitClaim(t, s, cs[0], fbase, time.Time{}, "signal go", "")
+	drain()
+	res, err := s.SendSignal(ctx, batuta.SignalSend{RunID: run.ID, Name: "go", SentAt: fbase})
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Ready)
+	signalled("a delivery")
+
+	parent := newFlowRun("p", "p", fbase, oneTask("spawn"))
+	_, _, err = s.CreateRun(ctx, parent)
+	require.NoError(t, err)
+	cs = claimAt(t, s, fbase, 1, "p")
+	kid := childRun(parent.ID, "spawn", "k", fbase, oneTask("x"))
+	_, _, err = s.CreateRun(ctx, kid)
+	require.NoError(t, err)
+	waitClaim(t, s, cs[0], fbase, time.Time{}, "run", kid.ID)
+	drain()
+	_, err = s.CancelRun(ctx, kid.ID, "", fbase)
+	require.NoError(t, err)
+	signalled("the end of the last child")
+
+	cs = claimAt(t, s, fbase, 1, "p")
+	require.Len(t, cs, 1)
+	completeAll(t, s, cs, batuta.OutcomeFailed, fbase)
+	drain()
+	_, err = s.RetryRun(ctx, parent.ID, batuta.RetryParams{Now: fbase})
+	require.NoError(t, err)
+	signalled("a retry")
+}
