@@ -260,7 +260,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		// OutcomeWait: ?1 due_at (neverDue: no time limit), ?2 the
 		// completion's FinishedAt (WaitingSince the first time), ?3
 		// WaitFor, ?4 Child (NULL: unchanged), ?7 the completion's Error (as
-	// the other outcomes that leave the task pending).
+		// the other outcomes that leave the task pending).
 		{&st.waitTask, waitTaskSQL},
 		{&st.oldestSignal, `SELECT seq, data, sent_at FROM batuta_signals
     WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1`},
