@@ -367,7 +367,7 @@ func TestRegisterRejectsBadChildAndForEachTasks(t *testing.T) {
 		{"foreach no run", batuta.Task{Name: "a", ForEach: &batuta.ForEach{Items: items}}, "nil Run func"},
 		{"foreach max parallel", batuta.Task{Name: "a", Run: noop, ForEach: &batuta.ForEach{Items: items, MaxParallel: -1}}, "Task.ForEach.MaxParallel must not be negative"},
 		{"foreach tolerate", batuta.Task{Name: "a", Run: noop, ForEach: &batuta.ForEach{Items: items, Tolerate: -2}}, "Task.ForEach.Tolerate must be -1"},
-		{"foreach delay", batuta.Task{Name: "a", Run: noop, Delay: time.Second, ForEach: &batuta.ForEach{Items: items}}, "Task.Delay cannot be combined with Task.ForEach"},
+		{"foreach delay", batuta.Task{Name: "a", Run: noop, Delay: time.Second, ForEach: &batuta.ForEach{Items: items}}, "Task.Delay cannot be combined with Task.Child or Task.ForEach"},
 		{"foreach item retry", batuta.Task{Name: "a", Run: noop, Retry: batuta.RetryPolicy{MaxAttempts: -1}, ForEach: &batuta.ForEach{Items: items}}, "Retry.MaxAttempts must not be negative"},
 		{"foreach long name", batuta.Task{Name: strings.Repeat("t", 125), Run: noop, ForEach: &batuta.ForEach{Items: items}}, "is longer than 128 bytes"},
 	}
