@@ -29,7 +29,11 @@ type app struct {
 }
 
 func newApp(e env) *app {
-	return &app{env: e, now: time.Now}
+	a := &app{env: e, now: e.now}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	return a
 }
 
 const rootLong = `batuta inspects and operates the runs of a batuta store (PostgreSQL or SQLite)
@@ -75,14 +79,15 @@ func (a *app) rootCommand() *cobra.Command {
 			}
 			return usageErrorf("a command is needed: %s", subcommandNames(cmd))
 		},
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if a.dsn == "" {
 				a.dsn = a.getenv("BATUTA_DSN")
 			}
-			if !cmd.Flags().Changed("schema") {
-				if s := a.getenv("BATUTA_SCHEMA"); s != "" {
-					a.schema = s
-				}
+			if a.schema == "" {
+				a.schema = a.getenv("BATUTA_SCHEMA")
+			}
+			if a.schema == "" {
+				a.schema = "batuta"
 			}
 			var h slog.Handler = slog.DiscardHandler
 			if a.verbose {
@@ -95,7 +100,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.dsn, "dsn", "", "the store: postgres://... or sqlite:PATH (default $BATUTA_DSN)")
-	pf.StringVar(&a.schema, "schema", "batuta", "PostgreSQL schema of the store (default $BATUTA_SCHEMA, else batuta)")
+	pf.StringVar(&a.schema, "schema", "", "PostgreSQL schema of the store (default $BATUTA_SCHEMA, else batuta)")
 	pf.BoolVar(&a.json, "json", false, "print JSON instead of a table")
 	pf.DurationVar(&a.timeout, "timeout", 0, "give up after this long (0: no limit)")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log the store adapters' messages to stderr")

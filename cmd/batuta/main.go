@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -72,6 +73,8 @@ type env struct {
 	getenv         func(string) string
 	// tty reports whether stderr is a terminal (progress bars).
 	tty bool
+	// now is the clock; nil: time.Now.
+	now func() time.Time
 }
 
 func main() {
