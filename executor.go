@@ -154,7 +154,7 @@ func (ex *executor) start() {
 		go ex.worker()
 	}
 	go ex.dispatch()
-	ex.bg = []*service{{run: ex.heartbeat}, {run: ex.rescuer}, {run: ex.pruner}}
+	ex.bg = []*service{{run: ex.heartbeat}, {run: ex.rescuer}, {run: ex.pruner}, {run: ex.failureSweeper}}
 	if ex.batch != nil {
 		for i := 0; i < completers; i++ {
 			ex.bg = append(ex.bg, &service{run: ex.completer})

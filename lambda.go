@@ -136,18 +136,9 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 		}},
 	}
 	if cfg.DeadLetter != nil {
-		retry := cfg.DeadLetterRetry
-		if retry == (RetryPolicy{}) {
-			retry = RetryPolicy{MaxAttempts: 10, InitialDelay: time.Second, MaxDelay: time.Minute}
-		}
-		wf.Tasks = append(wf.Tasks, Task{
-			Name:    FunctionDeadLetterTask,
-			Deps:    []string{FunctionTask},
-			When:    OneFailed,
-			Retry:   retry,
-			Timeout: deadLetterTimeout,
-			Run:     deadLetterTask(o, cfg.DeadLetter),
-		})
+		t := deadLetterTaskOf(cfg.DeadLetterRetry, deadLetterTask(o, cfg.DeadLetter))
+		t.Deps, t.When = []string{FunctionTask}, OneFailed
+		wf.Tasks = append(wf.Tasks, t)
 	}
 	if err := o.Register(wf); err != nil {
 		return err
@@ -159,6 +150,24 @@ func RegisterFunc[In, Out any](o *Orchestrator, cfg FunctionConfig, h func(ctx c
 // deadLetterTimeout bounds each attempt to hand a failure to a function's
 // dead-letter destination, so a hung destination is retried, not waited on.
 const deadLetterTimeout = 30 * time.Second
+
+// deadLetterTaskOf is the task handing failures to a dead-letter
+// destination (a function's, a workflow's): retried per retry (default 10
+// attempts, 1 s to 1 min apart), each attempt bounded by deadLetterTimeout.
+func deadLetterTaskOf(retry RetryPolicy, run TaskFunc) Task {
+	if retry == (RetryPolicy{}) {
+		retry = RetryPolicy{MaxAttempts: 10, InitialDelay: time.Second, MaxDelay: time.Minute}
+	}
+	return Task{Name: FunctionDeadLetterTask, Retry: retry, Timeout: deadLetterTimeout, Run: run}
+}
+
+// handDeadLetter is one hand-off of dl to its destination.
+func handDeadLetter(ctx context.Context, h DeadLetterHandler, dl DeadLetter) error {
+	if err := h.HandleDeadLetter(ctx, dl); err != nil {
+		return fmt.Errorf("batuta: dead-letter destination of %s: %w", dl.Workflow, err)
+	}
+	return nil
+}
 
 // deadLetterTask hands the failed handler's event and error to dl.
 func deadLetterTask(o *Orchestrator, dl DeadLetterHandler) TaskFunc {
@@ -173,7 +182,7 @@ func deadLetterTask(o *Orchestrator, dl DeadLetterHandler) TaskFunc {
 				attempts = len(t.Attempts)
 			}
 		}
-		err := dl.HandleDeadLetter(ctx, DeadLetter{
+		return nil, handDeadLetter(ctx, dl, DeadLetter{
 			Event:    in.Event(),
 			Reason:   DeadLetterFailed,
 			Error:    up[0].Error,
@@ -182,10 +191,6 @@ func deadLetterTask(o *Orchestrator, dl DeadLetterHandler) TaskFunc {
 			RunID:    in.RunID(),
 			Time:     o.clock.Now(),
 		})
-		if err != nil {
-			return nil, fmt.Errorf("batuta: dead-letter destination of %s: %w", in.Workflow(), err)
-		}
-		return nil, nil
 	}
 }
 

@@ -258,8 +258,31 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 	if err != nil {
 		return err
 	}
+	// OnFailure and DeadLetter run in a hidden workflow (onfailure.go),
+	// registered with wf or not at all.
+	var fw *compiledWorkflow
+	if hw := o.failureWorkflow(wf); hw != nil {
+		if fw, err = compileWorkflow(hw); err != nil {
+			return err
+		}
+		cw.failures = fw.name
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if fw != nil {
+		if _, dup := o.workflows[fw.name]; dup {
+			return &WorkflowError{Workflow: fw.name, Reason: fmt.Sprintf("already registered: it is the hidden workflow of %s's OnFailure/DeadLetter; do not register a workflow under that name", cw.name)}
+		}
+		if err := o.registerLocked(cw); err != nil {
+			return err
+		}
+		return o.registerLocked(fw)
+	}
+	return o.registerLocked(cw)
+}
+
+// registerLocked adds cw to the registry; o.mu is held.
+func (o *Orchestrator) registerLocked(cw *compiledWorkflow) error {
 	if _, dup := o.workflows[cw.name]; dup {
 		return &WorkflowError{Workflow: cw.name, Reason: "already registered: Register each workflow once, and give another workflow its own Workflow.Name"}
 	}
@@ -686,8 +709,12 @@ func (o *Orchestrator) await(ctx context.Context, runID string, snapshot bool) (
 	}
 }
 
-// runFinished wakes Wait callers and SubmitBlocking.
+// runFinished wakes Wait callers and SubmitBlocking, and starts the
+// failure handling of a failed run (onfailure.go).
 func (o *Orchestrator) runFinished(ctx context.Context, runID, workflow string, st RunState) {
+	if st == RunFailed {
+		o.failed(ctx, runID, workflow)
+	}
 	o.waitMu.Lock()
 	if w := o.waiters[runID]; w != nil {
 		close(w.ch)

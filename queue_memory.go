@@ -1,10 +1,13 @@
 package batuta
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"fmt"
 	"maps"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -498,3 +501,122 @@ func cloneBytes(b []byte) []byte {
 }
 
 var _ Queue = (*MemoryQueue)(nil)
+
+var _ BrowsableQueue = (*MemoryQueue)(nil)
+
+// entriesLocked returns the messages not acked, by publish order. Called
+// with b.mu held.
+func (b *memBroker) entriesLocked() []*memEntry {
+	out := make([]*memEntry, 0, b.count)
+	out = append(out, b.ready[b.head:]...)
+	out = append(out, b.delayed...)
+	out = append(out, b.expiries...)
+	slices.SortFunc(out, func(x, y *memEntry) int { return cmp.Compare(x.seq, y.seq) })
+	return out
+}
+
+func memQueueKey(k string) (uint64, error) {
+	n, err := strconv.ParseUint(k, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q is not a memory queue key (a decimal sequence number)", ErrBadDeadLetterID, k)
+	}
+	return n, nil
+}
+
+func queued(e *memEntry) QueuedMessage {
+	m := e.msg
+	m.Body = cloneBytes(m.Body)
+	m.Headers = maps.Clone(m.Headers)
+	return QueuedMessage{Key: strconv.FormatUint(e.seq, 10), Message: m}
+}
+
+// Browse lists up to limit messages (limit < 1 counts as 1) whose key
+// (their publish sequence number, in decimal) is after after, oldest
+// first, whatever their state (ready, delayed, in flight).
+func (q *MemoryQueue) Browse(ctx context.Context, after string, limit int) ([]QueuedMessage, error) {
+	var from uint64
+	if after != "" {
+		var err error
+		if from, err = memQueueKey(after); err != nil {
+			return nil, err
+		}
+	}
+	limit = max(limit, 1)
+	b := q.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []QueuedMessage
+	for _, e := range b.entriesLocked() {
+		if e.seq > from {
+			out = append(out, queued(e))
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// Lookup returns the messages with these keys still in the queue.
+func (q *MemoryQueue) Lookup(ctx context.Context, keys ...string) ([]QueuedMessage, error) {
+	want, err := memKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	b := q.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []QueuedMessage
+	for _, e := range b.entriesLocked() {
+		if want[e.seq] {
+			out = append(out, queued(e))
+		}
+	}
+	return out, nil
+}
+
+func memKeys(keys []string) (map[uint64]bool, error) {
+	want := make(map[uint64]bool, len(keys))
+	for _, k := range keys {
+		n, err := memQueueKey(k)
+		if err != nil {
+			return nil, err
+		}
+		want[n] = true
+	}
+	return want, nil
+}
+
+// Remove deletes the messages with these keys (a consumer holding one
+// gets ErrLeaseLost when it settles it) and returns how many were there.
+func (q *MemoryQueue) Remove(ctx context.Context, keys ...string) (int, error) {
+	want, err := memKeys(keys)
+	if err != nil {
+		return 0, err
+	}
+	b := q.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, e := range b.entriesLocked() {
+		if !want[e.seq] {
+			continue
+		}
+		switch e.state {
+		case memReady:
+			i := b.head + slices.Index(b.ready[b.head:], e)
+			b.ready = slices.Delete(b.ready, i, i+1)
+		case memDelayed:
+			heap.Remove(&b.delayed, e.idx)
+		case memInFlight:
+			b.unhold(e)
+		}
+		e.state = memGone
+		b.count--
+		n++
+	}
+	if n > 0 {
+		b.signal()
+	}
+	return n, nil
+}

@@ -938,8 +938,12 @@ func cutUTF8(s string, n int) string {
 // the limit (TruncateDeadLetter: the reason, the original size and SHA-256
 // in headers), so an oversized message still reaches the destination in a
 // form it accepts instead of failing its hand-off forever.
+//
+// A QueueTrigger whose DeadLetter is a DeadLetterQueue of a BrowsableQueue
+// is a DeadLetterBox: its dead letters can be listed, redriven and deleted
+// (deadletters.go).
 func DeadLetterQueue(q Queue) DeadLetterHandler {
-	return DeadLetterFunc(func(ctx context.Context, dl DeadLetter) error {
+	return &deadLetterQueue{q: q, DeadLetterFunc: func(ctx context.Context, dl DeadLetter) error {
 		msg := DeadLetterMessage(dl)
 		err := q.Publish(ctx, msg)
 		var tooLarge *PayloadTooLargeError
@@ -959,7 +963,7 @@ func DeadLetterQueue(q Queue) DeadLetterHandler {
 			return fmt.Errorf("batuta: dead-letter queue: %w", err)
 		}
 		return nil
-	})
+	}}
 }
 
 var (

@@ -7,7 +7,6 @@ import (
 	"math"
 	"runtime"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -48,8 +47,9 @@ type MemoryStore struct {
 	debounce map[memKey]*memRun    // (workflow, debounce key) -> the pending run events merge into
 	rates    memRates
 	active   int
-	finished []*memRun // in finish order (FIFO)
+	finished []memFin // in finish order (FIFO)
 	finHead  int
+	sigSeq   int64 // the last SignalRecord.Seq handed out
 	ticks    map[string]time.Time
 	tokens   memTokens // running tasks by lease token
 	notify   chan struct{}
@@ -72,6 +72,7 @@ type memRun struct {
 	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
 	recycle     bool        // no flow control: nothing points at its tasks once it finished
 	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
+	ops         *memRunOps  // nil unless the run has buffered signals or child runs
 	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
 	canceled    bool
 	dropped     bool
@@ -97,6 +98,20 @@ type memTask struct {
 	output      any
 	err         string
 	attempts    []Attempt
+	wait        *memWait // nil until the task first waits (OutcomeWait)
+}
+
+// memFin is an entry of the finished runs' FIFO: the run and its
+// Run.Retries when it finished. A run reopened by RetryRun leaves a stale
+// entry behind (its Retries moved on), skipped by those who read the FIFO.
+type memFin struct {
+	r   *memRun
+	gen int
+}
+
+// live reports whether e still names a finished run to keep or drop.
+func (e memFin) live() bool {
+	return !e.r.dropped && e.r.Retries == e.gen && e.r.State.Finished()
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -268,6 +283,9 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 	s.byKey[key] = r
 	s.active++
 	res := CreateResult{ID: r.ID, Created: true}
+	if nr.Parent != nil {
+		s.addChildLocked(r, *nr.Parent)
+	}
 	var start time.Time
 	if nr.StartAt.After(nr.CreatedAt) {
 		start = nr.StartAt
@@ -432,7 +450,9 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 		r := t.run
 		if r.State == RunPending {
 			r.State = RunRunning
-			r.StartedAt = p.Now
+			if r.StartedAt.IsZero() { // kept by RetryRun
+				r.StartedAt = p.Now
+			}
 			if r.flow != nil {
 				s.runStartedLocked(r)
 			}
@@ -461,6 +481,9 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 			Event: r.Event, RunDeadline: r.Deadline, Upstream: ups,
 			RateReserved: t.rateRsv,
 		})
+		if t.wait != nil || spec.Signal != "" {
+			s.claimWaitLocked(t, &(*out)[len(*out)-1])
+		}
 		t.rateRsv = false
 	}
 }
@@ -588,7 +611,10 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 	}
 	r := t.run
 	s.dropToken(t)
-	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer {
+	if c.ConsumeSignal != 0 && r.ops != nil {
+		r.ops.consume(c.ConsumeSignal)
+	}
+	if c.Outcome != OutcomeSkipped && c.Outcome != OutcomeUpstreamFailed && c.Outcome != OutcomeCanceled && c.Outcome != OutcomeRelease && c.Outcome != OutcomeDefer && c.Outcome != OutcomeWait {
 		oc := c.Outcome
 		if c.TimedOut {
 			oc = OutcomeTimedOut
@@ -616,6 +642,8 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 			t.dueAt = c.RetryAt
 			heap.Push(&r.wf.delayed, t)
 		}
+	case OutcomeWait:
+		s.waitLocked(t, c, res)
 	case OutcomeSucceeded:
 		t.spent++
 		t.output = c.Output
@@ -700,12 +728,17 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 	if r.flow != nil {
 		ready = s.runFinishedFlowLocked(r)
 	}
+	if r.Parent != nil {
+		s.childFinishedLocked(r, now)
+	}
 	s.watch.Finished(r.ID)
-	s.finished = append(s.finished, r)
+	s.finished = append(s.finished, memFin{r, r.Retries})
 	if s.cfg.KeepFinished >= 0 {
 		for len(s.finished)-s.finHead > s.cfg.KeepFinished {
-			s.dropLocked(s.finished[s.finHead])
-			s.finished[s.finHead] = nil
+			if e := s.finished[s.finHead]; e.live() {
+				s.dropLocked(e.r)
+			}
+			s.finished[s.finHead] = memFin{}
 			s.finHead++
 		}
 	}
@@ -755,12 +788,14 @@ func (s *MemoryStore) expireLocked(now time.Time) {
 	}
 	cut := now.Add(-s.cfg.FinishedTTL)
 	for n := 0; s.finHead < len(s.finished) && n < maxExpire; n++ {
-		r := s.finished[s.finHead]
-		if !r.dropped && !r.FinishedAt.Before(cut) {
-			break
+		e := s.finished[s.finHead]
+		if e.live() {
+			if !e.r.FinishedAt.Before(cut) {
+				break
+			}
+			s.dropLocked(e.r)
 		}
-		s.dropLocked(r)
-		s.finished[s.finHead] = nil
+		s.finished[s.finHead] = memFin{}
 		s.finHead++
 	}
 	s.compactFinishedLocked()
@@ -849,6 +884,9 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 			}
 		}
 	}
+	if r.ops != nil && len(r.ops.kids) > 0 {
+		res.Ready += s.cancelChildrenLocked(r, reason, now)
+	}
 	if res.Ready > 0 {
 		s.signal()
 	}
@@ -857,6 +895,10 @@ func (s *MemoryStore) cancelLocked(r *memRun, reason string, now time.Time) int 
 
 func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 	out := r.Run
+	if out.Parent != nil {
+		p := *out.Parent
+		out.Parent = &p
+	}
 	out.Tasks = make([]TaskRun, len(r.tasks))
 	for i := range r.tasks {
 		t := &r.tasks[i]
@@ -870,6 +912,9 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 		}
 		if t.state == msPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
+		}
+		if w := t.wait; w != nil {
+			out.Tasks[i].WaitingSince, out.Tasks[i].WaitingFor, out.Tasks[i].Child = w.since, w.what, w.child
 		}
 	}
 	return &out
@@ -901,34 +946,6 @@ func (s *MemoryStore) FindRun(ctx context.Context, workflow, eventID string) (*R
 		return nil, fmt.Errorf("%w: workflow %s event %s", ErrRunNotFound, workflow, eventID)
 	}
 	return s.snapshotLocked(r), nil
-}
-
-// ListRuns implements Store.
-func (s *MemoryStore) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var sel []*memRun
-	for _, r := range s.runs {
-		if (f.Workflow == "" || r.Workflow == f.Workflow) && (f.State == "" || r.State == f.State) {
-			sel = append(sel, r)
-		}
-	}
-	sort.Slice(sel, func(i, j int) bool { return sel[i].ID > sel[j].ID }) // UUIDv7: newest first
-	if len(sel) > limit {
-		sel = sel[:limit]
-	}
-	out := make([]*Run, len(sel))
-	for i, r := range sel {
-		out[i] = s.snapshotLocked(r)
-	}
-	return out, nil
 }
 
 // Prune implements Store. It deletes the oldest finished runs first, in
@@ -973,8 +990,8 @@ func (s *MemoryStore) pruneBatch(p PrunePolicy, bs int) (int, bool) {
 		if n == bs || looked == 4*bs {
 			return n, true
 		}
-		r := s.finished[s.finHead]
-		if !r.dropped {
+		e := s.finished[s.finHead]
+		if r := e.r; e.live() {
 			newer := len(s.finished) - s.finHead - 1 // finished after r (upper bound)
 			byAge := !p.Before.IsZero() && r.FinishedAt.Before(p.Before)
 			byCount := p.KeepLast > 0 && newer >= p.KeepLast
@@ -984,7 +1001,7 @@ func (s *MemoryStore) pruneBatch(p PrunePolicy, bs int) (int, bool) {
 			s.dropLocked(r)
 			n++
 		}
-		s.finished[s.finHead] = nil
+		s.finished[s.finHead] = memFin{}
 		s.finHead++
 	}
 	return n, false

@@ -42,6 +42,7 @@ type memRunFlow struct {
 	seq       uint64     // creation order, for ties in the waiting heap
 	debKey    memKey     // (workflow, debounce key)
 	debounced bool       // s.debounce may name this run
+	strategy  ConcurrencyStrategy
 }
 
 // memRunAndFlow allocates a run that uses flow control with its state.
@@ -101,6 +102,7 @@ func (s *MemoryStore) createFlowLocked(nr *NewRun, r *memRun, start time.Time, r
 	}
 	r.ConcurrencyKey = c.Key
 	f.max = max(c.Max, 1)
+	f.strategy = c.Strategy
 	switch c.Strategy {
 	case ConcurrencyCancelNewest:
 		if g := s.groups[c.Key]; g != nil && g.admitted >= f.max {

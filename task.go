@@ -46,6 +46,35 @@ type Workflow struct {
 	// as the zero value.
 	StrictInput bool
 
+	// OnFailure, if not nil, is called once each time a run of this
+	// workflow fails for good (RunFailed: every retry spent, a permanent
+	// error, its Timeout; not a cancellation), with a snapshot of the
+	// failed run: Hatchet's on-failure step. A Retry that fails again
+	// calls it again (once per failure: per run ID and Run.Retries).
+	//
+	// It runs as a run of a hidden workflow registered along with this one
+	// (FailureWorkflow(Name), task FailureTask), whose event is the failed
+	// run's ID; see docs/operations.md for the guarantee: at least once per
+	// failure, deduplicated by the failed run's ID and Retries, surviving a
+	// crash between the failure and the hand-off. An error retries it per
+	// OnFailureRetry.
+	OnFailure func(ctx context.Context, run *Run) error
+	// OnFailureRetry retries OnFailure (each attempt bounded by
+	// OnFailureTimeout, default 1 min). Default: 10 attempts, from 1 s up
+	// to 1 min apart.
+	OnFailureRetry   RetryPolicy
+	OnFailureTimeout time.Duration
+	// DeadLetter, if not nil, receives each failed run (as OnFailure is
+	// called, by the same hidden workflow, task FunctionDeadLetterTask), as
+	// a DeadLetter with the run's event, Reason DeadLetterFailed, the run's
+	// error, the failed task's attempts, the workflow and the run ID: hand
+	// it to a queue (DeadLetterQueue) to keep it for a later redrive, as
+	// FunctionConfig.DeadLetter does for functions.
+	DeadLetter DeadLetterHandler
+	// DeadLetterRetry retries the hand-off to DeadLetter (each attempt is
+	// bounded by 30 s). Default: 10 attempts, from 1 s up to 1 min apart.
+	DeadLetterRetry RetryPolicy
+
 	// localCap caps the tasks of this workflow running at once in one
 	// orchestrator (FunctionConfig.Concurrency); 0: no cap.
 	localCap int
@@ -365,6 +394,9 @@ type compiledWorkflow struct {
 	tasks    []compiledTask
 	specs    []TaskSpec
 	index    map[string]int
+	// failures names the hidden workflow running OnFailure and
+	// DeadLetter (onfailure.go); empty without them.
+	failures string
 }
 
 type compiledTask struct {
@@ -525,6 +557,10 @@ func compileWorkflow(wf *Workflow) (*compiledWorkflow, error) {
 		return nil, bad("", `Workflow.Tasks is empty: no tasks; add at least one, e.g. Tasks: []batuta.Task{{Name: "charge", Run: charge}}`)
 	case wf.Timeout < 0:
 		return nil, bad("", fmt.Sprintf("Workflow.Timeout must not be negative (got %s); use e.g. Timeout: 10*time.Minute, or 0 for no limit", wf.Timeout))
+	case wf.OnFailureTimeout < 0:
+		return nil, bad("", fmt.Sprintf("Workflow.OnFailureTimeout must not be negative (got %s); use e.g. OnFailureTimeout: time.Minute, or 0 for the default", wf.OnFailureTimeout))
+	case (wf.OnFailure != nil || wf.DeadLetter != nil) && len(FailureWorkflow(wf.Name)) > 128:
+		return nil, bad("", fmt.Sprintf("Workflow.Name is %d bytes: with OnFailure or DeadLetter it must be at most %d bytes (the hidden workflow %s... adds a prefix)", len(wf.Name), 128-len(FailureWorkflow("")), FailureWorkflow("")))
 	case wf.localCap < 0:
 		return nil, bad("", fmt.Sprintf("FunctionConfig.Concurrency must not be negative (got %d); use e.g. Concurrency: 10, or 0 for no cap", wf.localCap))
 	}

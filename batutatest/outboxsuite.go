@@ -33,6 +33,11 @@
 //   - a fire refused with batuta.ErrBusy is retried, and a row whose event
 //     can never be accepted (batuta.ErrPayloadTooLarge) is kept and marked
 //     dead with the reason, while the others are delivered;
+//   - the Trigger is a batuta.DeadLetterBox: its dead rows are listed
+//     (paginated, with their reason, last error and event), redriven
+//     (delivered again once the cause is gone) and deleted, each
+//     operation idempotent, a malformed ID refused with
+//     batuta.ErrBadDeadLetterID;
 //   - Run without RunTracking delivers and deletes; it refuses an outbox
 //     that is not installed; Wake (when the Trigger has it) cuts the idle
 //     poll short;
@@ -180,6 +185,7 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 		{"BacklogDeliveredAfterStart", testOutboxBacklog},
 		{"TwoConsumersNeverFireOneRowTwice", testOutboxTwoConsumers},
 		{"FireErrors", testOutboxFireErrors},
+		{"DeadLetterBox", testOutboxDeadLetterBox},
 		{"RunWithoutTracking", testOutboxRunWithoutTracking},
 		{"StoreDownKeepsRows", testOutboxStoreDown},
 		{"TriggerConformance", testOutboxTriggerConformance},
@@ -892,5 +898,92 @@ func testOutboxEmitIsNoRowChange(t *testing.T, s OutboxSuite, f OutboxFixture) {
 		if _, err := batuta.QueueMessageFrom(ev); !errors.Is(err, batuta.ErrWrongSource) {
 			t.Errorf("batuta.QueueMessageFrom of an emitted event: %v, want batuta.ErrWrongSource", err)
 		}
+	}
+}
+
+func testOutboxDeadLetterBox(t *testing.T, s OutboxSuite, f OutboxFixture) {
+	ctx := context.Background()
+	must(t, f.InstallCapture(ctx), "install capture")
+	insertRows(t, f, "dead", 5)
+	ids, err := f.RowIDs(ctx)
+	must(t, err, "row ids")
+	idPrefix, _ := f.Derived()
+	poison := map[string]bool{idPrefix + strconv.FormatInt(ids[1], 10): true, idPrefix + strconv.FormatInt(ids[3], 10): true}
+	var fixed sync.Map // event ID -> true once its cause is gone
+	runs := NewOutboxRuns(true)
+	runs.FireErr = func(ev batuta.Event) error {
+		if _, ok := fixed.Load(ev.ID); poison[ev.ID] && !ok {
+			return &batuta.PayloadTooLargeError{What: "event data", Size: 10, Limit: 1}
+		}
+		return nil
+	}
+	trig := f.Trigger(t, OutboxTriggerOptions{FastPoll: true})
+	box, ok := trig.(batuta.DeadLetterBox)
+	if !ok {
+		t.Fatalf("%T is not a batuta.DeadLetterBox", trig)
+	}
+	if box.DeadLetterSource() == "" {
+		t.Error("DeadLetterSource is empty")
+	}
+	StartTracking(t, trig, runs)
+	Eventually(t, s.Timeout, "three rows delivered, two dead", func() bool { return runs.AcceptedCount() == 3 && outboxCount(t, f) == 2 })
+
+	items, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{})
+	must(t, err, "DeadLetters")
+	want := []string{strconv.FormatInt(ids[1], 10), strconv.FormatInt(ids[3], 10)}
+	if len(items) != 2 || items[0].ID != want[0] || items[1].ID != want[1] {
+		t.Fatalf("dead letters %+v, want rows %v", items, want)
+	}
+	for _, it := range items {
+		if !poison[it.Event.ID] || it.Reason != batuta.DeadLetterPermanent || !strings.Contains(it.Error, "over the limit") ||
+			it.Attempts < 1 || it.Time.IsZero() || len(it.Event.Data) == 0 {
+			t.Errorf("dead letter %s: event %q, reason %q, error %q, attempts %d, time %v, data %q: want the poison event, permanent, over the limit",
+				it.ID, it.Event.ID, it.Reason, it.Error, it.Attempts, it.Time, it.Event.Data)
+		}
+	}
+	// Pages.
+	p1, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{Limit: 1})
+	must(t, err, "DeadLetters page 1")
+	p2, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{Limit: 1, After: want[0]})
+	must(t, err, "DeadLetters page 2")
+	p3, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{Limit: 1, After: want[1]})
+	must(t, err, "DeadLetters page 3")
+	if len(p1) != 1 || p1[0].ID != want[0] || len(p2) != 1 || p2[0].ID != want[1] || len(p3) != 0 {
+		t.Errorf("pages %v %v %v, want [%s] [%s] []", p1, p2, p3, want[0], want[1])
+	}
+	if _, err := box.Redrive(ctx, "row-1"); !errors.Is(err, batuta.ErrBadDeadLetterID) {
+		t.Errorf("Redrive of a malformed ID: %v, want ErrBadDeadLetterID", err)
+	}
+	if _, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{After: "x"}); !errors.Is(err, batuta.ErrBadDeadLetterID) {
+		t.Errorf("DeadLetters after a malformed ID: %v, want ErrBadDeadLetterID", err)
+	}
+
+	// Redrive the first once its cause is gone: delivered; twice: nothing.
+	fixed.Store(items[0].Event.ID, true)
+	n, err := box.Redrive(ctx, want[0], want[0])
+	must(t, err, "Redrive")
+	if n != 1 {
+		t.Errorf("Redrive redrove %d rows, want 1", n)
+	}
+	Eventually(t, s.Timeout, "the redriven row delivered", func() bool { return runs.AcceptedCount() == 4 && outboxCount(t, f) == 1 })
+	if n, err := box.Redrive(ctx, want[0]); err != nil || n != 0 {
+		t.Errorf("second Redrive: %d, %v; want 0, nil", n, err)
+	}
+	// Delete the second; twice: nothing; redriving it then: nothing.
+	if n, err := box.Delete(ctx, want[1]); err != nil || n != 1 {
+		t.Errorf("Delete: %d, %v; want 1, nil", n, err)
+	}
+	for _, op := range []func(context.Context, ...string) (int, error){box.Delete, box.Redrive} {
+		if n, err := op(ctx, want[1]); err != nil || n != 0 {
+			t.Errorf("Delete or Redrive of a deleted row: %d, %v; want 0, nil", n, err)
+		}
+	}
+	if n := outboxCount(t, f); n != 0 {
+		t.Errorf("%d rows left, want 0", n)
+	}
+	items, err = box.DeadLetters(ctx, batuta.DeadLetterQuery{})
+	must(t, err, "DeadLetters")
+	if len(items) != 0 {
+		t.Errorf("dead letters left: %v", items)
 	}
 }

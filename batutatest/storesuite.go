@@ -72,6 +72,7 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		{"BatchCompletion", testBatchCompletion},
 	}
 	tests = append(tests, flowCases...)
+	tests = append(tests, opsCases...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, &storeT{t: t, s: suite.New(t), suite: suite})

@@ -1,0 +1,266 @@
+package batuta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+)
+
+// Dead letters are the events a trigger gave up on (a queue message past
+// its deliveries, an outbox row that can never be an event). A
+// DeadLetterBox lets an operator see them with their reason, send them back
+// to their source (redrive) or drop them: the dashboard and the CLI work
+// through it, for every trigger bound to an orchestrator that has one
+// (Orchestrator.DeadLetterBoxes). docs/operations.md lists which triggers
+// have one.
+
+// ErrBadDeadLetterID: an ID given to DeadLetterBox.Redrive or Delete is
+// not of the form that box uses (an ID that is well formed but unknown is
+// not an error: it was redriven or deleted already).
+var ErrBadDeadLetterID = errors.New("batuta: malformed dead letter ID")
+
+// DeadLetterQuery selects a page of a DeadLetterBox.
+type DeadLetterQuery struct {
+	// After is a cursor: only the dead letters after this ID in the box's
+	// order (oldest first); pass the last ID of the previous page.
+	After string
+	// Limit caps the page (0: DefaultDeadLetterLimit; at most
+	// MaxDeadLetterLimit).
+	Limit int
+}
+
+// Page sizes of DeadLetterBox.DeadLetters.
+const (
+	DefaultDeadLetterLimit = 100
+	MaxDeadLetterLimit     = 1000
+)
+
+// PageLimit returns q.Limit bounded to (0, MaxDeadLetterLimit], 0 meaning
+// DefaultDeadLetterLimit: what a box answers at most.
+func (q DeadLetterQuery) PageLimit() int {
+	if q.Limit <= 0 {
+		return DefaultDeadLetterLimit
+	}
+	return min(q.Limit, MaxDeadLetterLimit)
+}
+
+// A DeadLetterItem is one dead letter kept in a box.
+type DeadLetterItem struct {
+	// ID identifies the dead letter within its box (an outbox row id, a
+	// queue position); it orders the box's listing.
+	ID string `json:"id"`
+	DeadLetter
+}
+
+// A DeadLetterBox is where a trigger keeps what it gave up on, browsable
+// and redrivable. Each operation is idempotent: redriving or deleting an
+// ID that is no longer there does nothing and is not an error (the count
+// says what was done). Implementations are safe for concurrent use.
+type DeadLetterBox interface {
+	// DeadLetterSource describes the box for people ("postgres outbox
+	// public.batuta_outbox", "queue orders-dlq").
+	DeadLetterSource() string
+	// DeadLetters lists a page of dead letters, oldest first.
+	DeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterItem, error)
+	// Redrive sends the dead letters ids back to their source, to be
+	// consumed again as new (with a fresh delivery count), and removes
+	// them from the box. It returns how many it redrove.
+	Redrive(ctx context.Context, ids ...string) (int, error)
+	// Delete removes the dead letters ids for good and returns how many
+	// it removed.
+	Delete(ctx context.Context, ids ...string) (int, error)
+}
+
+// A DeadLetterBoxer is a trigger that may have a DeadLetterBox, depending
+// on its configuration (a QueueTrigger has one when its dead letters go to
+// a BrowsableQueue).
+type DeadLetterBoxer interface {
+	DeadLetterBox() (DeadLetterBox, bool)
+}
+
+// BoundDeadLetterBox is the DeadLetterBox of a trigger bound to a
+// workflow.
+type BoundDeadLetterBox struct {
+	// Workflow is the workflow the trigger is bound to.
+	Workflow string
+	DeadLetterBox
+}
+
+// DeadLetterBoxes returns the dead-letter boxes of the triggers bound to o
+// (those implementing DeadLetterBox, or DeadLetterBoxer with a box), in
+// the order they were bound. A trigger bound to several workflows is
+// listed once, with the first.
+func (o *Orchestrator) DeadLetterBoxes() []BoundDeadLetterBox {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	var out []BoundDeadLetterBox
+	seen := map[DeadLetterBox]bool{}
+	for _, b := range o.bindings {
+		var box DeadLetterBox
+		switch t := b.trigger.(type) {
+		case DeadLetterBox:
+			box = t
+		case DeadLetterBoxer:
+			if bx, ok := t.DeadLetterBox(); ok {
+				box = bx
+			}
+		}
+		if box != nil && !seen[box] {
+			seen[box] = true
+			out = append(out, BoundDeadLetterBox{Workflow: b.workflow, DeadLetterBox: box})
+		}
+	}
+	return out
+}
+
+// A QueuedMessage is a message as a BrowsableQueue lists it.
+type QueuedMessage struct {
+	// Key is the message's position in the queue (a sequence number, a
+	// stream entry ID): ordered, unique within the queue.
+	Key string
+	Message
+}
+
+// A BrowsableQueue is a Queue whose messages can be read and removed
+// without receiving them: a dead-letter queue an operator looks into.
+type BrowsableQueue interface {
+	Queue
+	// Browse lists up to limit messages after the key after ("": from the
+	// start), in queue order, whether ready, delayed or in flight.
+	Browse(ctx context.Context, after string, limit int) ([]QueuedMessage, error)
+	// Lookup returns the messages with these keys that are still there.
+	Lookup(ctx context.Context, keys ...string) ([]QueuedMessage, error)
+	// Remove deletes the messages with these keys and returns how many
+	// were there (a consumer holding one fails its settlement with
+	// ErrLeaseLost).
+	Remove(ctx context.Context, keys ...string) (int, error)
+}
+
+// deadLetterQueue is the handler DeadLetterQueue returns: it remembers q
+// so that a QueueTrigger can browse it.
+type deadLetterQueue struct {
+	DeadLetterFunc
+	q Queue
+}
+
+// DeadLetterBox returns t's box: the dead letters t handed to a
+// DeadLetterQueue whose queue is a BrowsableQueue (the memory queue, the
+// Redis Streams queue). Redrive publishes a message back to t's source
+// queue (QueueTriggerConfig.Queue) with its ID, body, time and headers,
+// without the batuta-dead-letter-* headers, then removes it from the
+// dead-letter queue; a crash between the two leaves it in both, and the
+// orchestrator deduplicates the second consumption by the message ID.
+func (t *QueueTrigger) DeadLetterBox() (DeadLetterBox, bool) {
+	dq, ok := t.cfg.DeadLetter.(*deadLetterQueue)
+	if !ok {
+		return nil, false
+	}
+	bq, ok := dq.q.(BrowsableQueue)
+	if !ok {
+		return nil, false
+	}
+	return &queueDeadLetters{t: t, dlq: bq}, true
+}
+
+type queueDeadLetters struct {
+	t   *QueueTrigger
+	dlq BrowsableQueue
+}
+
+func (b *queueDeadLetters) DeadLetterSource() string {
+	if b.t.cfg.Source != "" {
+		return "dead letters of queue " + b.t.cfg.Source
+	}
+	return "dead-letter queue"
+}
+
+func (b *queueDeadLetters) DeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterItem, error) {
+	ms, err := b.dlq.Browse(ctx, q.After, q.PageLimit())
+	if err != nil {
+		return nil, fmt.Errorf("batuta: listing dead letters: %w", err)
+	}
+	out := make([]DeadLetterItem, len(ms))
+	for i, m := range ms {
+		out[i] = DeadLetterItem{ID: m.Key, DeadLetter: ParseDeadLetterMessage(m.Message)}
+	}
+	return out, nil
+}
+
+func (b *queueDeadLetters) Redrive(ctx context.Context, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	ms, err := b.dlq.Lookup(ctx, ids...)
+	if err != nil {
+		return 0, fmt.Errorf("batuta: redrive: %w", err)
+	}
+	n := 0
+	for _, m := range ms {
+		if err := b.t.cfg.Queue.Publish(ctx, redriveMessage(m.Message)); err != nil {
+			return n, fmt.Errorf("batuta: redrive %s: publishing to the source queue: %w", m.Key, err)
+		}
+		k, err := b.dlq.Remove(ctx, m.Key)
+		if err != nil {
+			return n, fmt.Errorf("batuta: redrive %s: removing it from the dead-letter queue (it was published again): %w", m.Key, err)
+		}
+		n += k
+	}
+	return n, nil
+}
+
+func (b *queueDeadLetters) Delete(ctx context.Context, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	n, err := b.dlq.Remove(ctx, ids...)
+	if err != nil {
+		return n, fmt.Errorf("batuta: deleting dead letters: %w", err)
+	}
+	return n, nil
+}
+
+// ParseDeadLetterMessage is the inverse of DeadLetterMessage: the dead
+// letter a message of a dead-letter queue holds (Time is left zero: the
+// message does not record when it was dead-lettered).
+func ParseDeadLetterMessage(m Message) DeadLetter {
+	h := m.Headers
+	attempts, _ := strconv.Atoi(h[HeaderDeadLetterAttempts])
+	return DeadLetter{
+		Event: Event{
+			ID: m.ID, Source: h[HeaderDeadLetterSource], Type: h[HeaderDeadLetterType], Subject: h[HeaderDeadLetterSubject],
+			Time: m.Time, Data: m.Body, Metadata: plainHeaders(h),
+		},
+		Reason:   DeadLetterReason(h[HeaderDeadLetterReason]),
+		Error:    h[HeaderDeadLetterError],
+		Attempts: attempts,
+		Workflow: h[HeaderDeadLetterWorkflow],
+		RunID:    h[HeaderDeadLetterRun],
+	}
+}
+
+// deadLetterHeaderPrefix starts every header DeadLetterMessage adds.
+const deadLetterHeaderPrefix = "batuta-dead-letter-"
+
+// plainHeaders returns h without the dead-letter headers (nil if none is
+// left).
+func plainHeaders(h map[string]string) map[string]string {
+	out := maps.Clone(h)
+	for k := range out {
+		if strings.HasPrefix(k, deadLetterHeaderPrefix) {
+			delete(out, k)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// redriveMessage is the message a redrive publishes for a dead letter:
+// the original, without the dead-letter headers.
+func redriveMessage(m Message) Message {
+	return Message{ID: m.ID, Body: m.Body, Time: m.Time, Headers: plainHeaders(m.Headers)}
+}
