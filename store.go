@@ -692,7 +692,8 @@ type Store interface {
 	// RetryRun reopens a finished run that failed or was canceled (see
 	// RetryParams). ErrRunNotFound if there is no such run;
 	// ErrNotRetryable if it is unfinished or succeeded (with p.From empty),
-	// or p.From names no task of it. The run keeps its ID, its event, the
+	// p.From names no task of it, or (p.From empty) no task of it is
+	// failed, canceled or upstream_failed. The run keeps its ID, its event, the
 	// outputs of the tasks not reset, and every attempt record.
 	RetryRun(ctx context.Context, runID string, p RetryParams) (RetryResult, error)
 

@@ -81,6 +81,11 @@ type SignalResult struct {
 // and FinishedAt cleared, Retries incremented, Deadline set to p.Deadline;
 // it re-enters its concurrency group as a new run would (a ConcurrencyQueue
 // run waits for room again). Workers are signalled (WorkNotifier).
+//
+// A run with nothing to reset (a canceled run whose tasks all succeeded:
+// it was canceled while its last tasks ran, and they finished well) is
+// refused with ErrNotRetryable, as it would otherwise stay pending with no
+// task to run.
 type RetryParams struct {
 	// From, if not empty, resets that task and its downstream tasks, which
 	// also allows retrying a succeeded run (DBOS's fork from a step).

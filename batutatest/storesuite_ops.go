@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,10 @@ var opsCases = []storeCase{
 	{"OpsRunFilter", testOpsRunFilter},
 	{"OpsRunFilterPaging", testOpsRunFilterPaging},
 	{"OpsRunFilterLimitCap", testOpsRunFilterLimitCap},
+	{"OpsRetryRun", testOpsRetryRun},
+	{"OpsRetryRunFrom", testOpsRetryRunFrom},
+	{"OpsRetryRunCanceled", testOpsRetryRunCanceled},
+	{"OpsRetryRunConcurrency", testOpsRetryRunConcurrency},
 }
 
 // raw is JSON data as the orchestrator hands it to a durable store.
@@ -659,4 +664,244 @@ func testOpsRunFilterLimitCap(t *testing.T, st *storeT) {
 	if n := len(st.list(batuta.RunFilter{Limit: 10000, Ascending: true})); n != 10000 {
 		t.Fatalf("ListRuns(Limit 10000) = %d, want 10000", n)
 	}
+}
+
+func (st *storeT) retry(id string, p batuta.RetryParams) batuta.RetryResult {
+	st.t.Helper()
+	res, err := st.s.RetryRun(ctxT(st.t), id, p)
+	if err != nil {
+		st.fatalf("RetryRun(%s, %+v): %v", id, p, err)
+	}
+	return res
+}
+
+func attemptNumbers(tr *batuta.TaskRun) []int {
+	var out []int
+	for _, a := range tr.Attempts {
+		out = append(out, a.Number)
+	}
+	return out
+}
+
+// testOpsRetryRun: RetryRun reopens a failed run: its failed and
+// upstream_failed tasks and everything downstream (a compensation that ran
+// because of the failure included) become pending with a fresh retry
+// budget and their attempt records kept; the others keep their state and
+// output; the run is pending with Retries 1, no error, its start kept and
+// the new deadline, and finishes again once the reset tasks complete.
+func testOpsRetryRun(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{
+		{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0}},
+		{Name: "d", Deps: []int{1, 2}}, {Name: "comp", Deps: []int{1}},
+	})
+	st.completeOK(st.claimOne(base, id), batuta.OutcomeSucceeded, raw(`"A"`), base)
+	cs := st.byTask(st.claim(base, 10))
+	st.completeWith(cs["b"], batuta.Completion{Outcome: batuta.OutcomeRetry, Error: "flaky", StartedAt: base, RetryAt: base.Add(time.Second)})
+	st.completeOK(cs["c"], batuta.OutcomeSucceeded, raw(`"C"`), base)
+	b := st.claimOne(base.Add(time.Second), id)
+	if b.Attempt != 2 {
+		t.Fatalf("b's second claim: attempt %d", b.Attempt)
+	}
+	st.complete(b, batuta.OutcomeFailed, nil, "down", base.Add(time.Second))
+	cs = st.byTask(st.claim(base.Add(time.Second), 10))
+	st.completeWith(cs["d"], batuta.Completion{Outcome: batuta.OutcomeUpstreamFailed, Error: "b failed", StartedAt: base.Add(time.Second)})
+	res := st.completeOK(cs["comp"], batuta.OutcomeSucceeded, raw(`"undone"`), base.Add(2*time.Second))
+	if res.RunFinished != batuta.RunFailed {
+		t.Fatalf("first run: %q, want failed", res.RunFinished)
+	}
+	before := st.get(id)
+
+	now, deadline := base.Add(time.Hour), base.Add(2*time.Hour)
+	rr := st.retry(id, batuta.RetryParams{Now: now, Deadline: deadline})
+	if fmt.Sprint(rr.Reset) != "[b d comp]" {
+		t.Fatalf("Reset = %v, want [b d comp] (declaration order)", rr.Reset)
+	}
+	r := st.get(id)
+	if r.State != batuta.RunPending || r.Retries != 1 || r.Error != "" || !r.FinishedAt.IsZero() ||
+		!near(r.StartedAt, before.StartedAt) || !near(r.Deadline, deadline) {
+		t.Fatalf("reopened run: state %s retries %d error %q finished %v started %v deadline %v", r.State, r.Retries, r.Error, r.FinishedAt, r.StartedAt, r.Deadline)
+	}
+	for _, name := range []string{"a", "c"} {
+		if tr := r.Task(name); tr.State != batuta.TaskSucceeded || !sameJSON(tr.Output, `"`+strings.ToUpper(name)+`"`) || len(tr.Attempts) != 1 {
+			t.Fatalf("task %s not reset: %+v, want succeeded with its output and attempt", name, *tr)
+		}
+	}
+	for _, name := range []string{"b", "d", "comp"} {
+		tr := r.Task(name)
+		if tr.State != batuta.TaskPending || tr.Output != nil || tr.Error != "" || len(tr.Attempts) != len(before.Task(name).Attempts) {
+			t.Fatalf("reset task %s: %+v, want pending, no output or error, attempts kept", name, *tr)
+		}
+	}
+	b = st.claimOne(now, id)
+	if b.Task != "b" || b.Attempt != 1 || !near(b.RunDeadline, deadline) || len(b.Upstream) != 1 || !sameJSON(b.Upstream[0].Output, `"A"`) {
+		t.Fatalf("claim after the retry: %s attempt %d deadline %v upstream %+v, want b, attempt 1 (a fresh budget), the new deadline, a's output", b.Task, b.Attempt, b.RunDeadline, b.Upstream)
+	}
+	if r := st.get(id); r.State != batuta.RunRunning || !near(r.StartedAt, before.StartedAt) {
+		t.Fatalf("run after the claim: %s started %v, want running, started at first %v", r.State, r.StartedAt, before.StartedAt)
+	}
+	st.claimNone(now.Add(time.Hour), "d and comp wait for b again")
+	if res := st.completeOK(b, batuta.OutcomeSucceeded, raw(`"B"`), now); res.Ready != 2 {
+		t.Fatalf("b done: ready %d, want 2 (d and comp)", res.Ready)
+	}
+	cs = st.byTask(st.claim(now, 10))
+	if len(cs) != 2 || cs["d"].Upstream == nil || cs["comp"].Upstream == nil {
+		t.Fatalf("after b: %v, want d and comp", claimNames(st.claim(now, 10)))
+	}
+	if cs["comp"].Upstream[0].State != batuta.TaskSucceeded {
+		t.Fatalf("comp's upstream b: %s, want succeeded (decided again)", cs["comp"].Upstream[0].State)
+	}
+	st.completeWith(cs["comp"], batuta.Completion{Outcome: batuta.OutcomeSkipped, Error: "b succeeded", StartedAt: now})
+	res = st.completeOK(cs["d"], batuta.OutcomeSucceeded, nil, now.Add(time.Minute))
+	r = st.get(id)
+	if res.RunFinished != batuta.RunSucceeded || r.State != batuta.RunSucceeded || !near(r.FinishedAt, now.Add(time.Minute)) || r.Retries != 1 {
+		t.Fatalf("run after the retried tasks: %q %s finished %v retries %d", res.RunFinished, r.State, r.FinishedAt, r.Retries)
+	}
+	if got := attemptNumbers(r.Task("b")); fmt.Sprint(got) != "[1 2 1]" {
+		t.Fatalf("b's attempts: %v, want [1 2 1] (old ones kept, new ones numbered from 1)", got)
+	}
+	if tr := r.Task("comp"); tr.State != batuta.TaskSkipped || len(tr.Attempts) != 1 {
+		t.Fatalf("comp: %+v, want skipped this time, its first attempt kept", *tr)
+	}
+	if _, err := st.s.RetryRun(ctxT(t), id, batuta.RetryParams{Now: now}); !errors.Is(err, batuta.ErrNotRetryable) {
+		t.Fatalf("RetryRun of the succeeded run: %v, want ErrNotRetryable", err)
+	}
+}
+
+// testOpsRetryRunFrom: with From, the task and its downstream tasks are
+// reset whatever their state, which retries a succeeded run; From naming
+// no task, an unfinished run and an unknown run are refused, changing
+// nothing.
+func testOpsRetryRunFrom(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "x"}, {Name: "y", Deps: []int{0}}, {Name: "z", Deps: []int{1}}, {Name: "w", Deps: []int{0}}})
+	if _, err := st.s.RetryRun(ctxT(t), newID(base), batuta.RetryParams{Now: base}); !errors.Is(err, batuta.ErrRunNotFound) {
+		t.Fatalf("RetryRun of no run: %v, want ErrRunNotFound", err)
+	}
+	for _, from := range []string{"", "y"} {
+		if _, err := st.s.RetryRun(ctxT(t), id, batuta.RetryParams{From: from, Now: base}); !errors.Is(err, batuta.ErrNotRetryable) {
+			t.Fatalf("RetryRun(From %q) of an unfinished run: %v, want ErrNotRetryable", from, err)
+		}
+	}
+	now := base
+	for i := 0; i < 4; i++ {
+		for _, c := range st.claim(now, 10) {
+			st.completeOK(c, batuta.OutcomeSucceeded, raw(fmt.Sprintf("%q", c.Task+"1")), now)
+		}
+	}
+	if r := st.get(id); r.State != batuta.RunSucceeded {
+		t.Fatalf("run: %s", r.State)
+	}
+	if _, err := st.s.RetryRun(ctxT(t), id, batuta.RetryParams{From: "nope", Now: now}); !errors.Is(err, batuta.ErrNotRetryable) {
+		t.Fatalf("RetryRun(From nope): %v, want ErrNotRetryable", err)
+	}
+	if r := st.get(id); r.State != batuta.RunSucceeded || r.Retries != 0 || taskState(r, "y") != batuta.TaskSucceeded {
+		t.Fatalf("after refused retries: %s retries %d y %s, want unchanged", r.State, r.Retries, taskState(r, "y"))
+	}
+	for round := 1; round <= 2; round++ {
+		now = base.Add(time.Duration(round) * time.Hour)
+		if rr := st.retry(id, batuta.RetryParams{From: "y", Now: now}); fmt.Sprint(rr.Reset) != "[y z]" {
+			t.Fatalf("round %d: Reset %v, want [y z]", round, rr.Reset)
+		}
+		r := st.get(id)
+		if r.Retries != round || !r.Deadline.IsZero() || !sameJSON(r.Task("x").Output, `"x1"`) || !sameJSON(r.Task("w").Output, `"w1"`) {
+			t.Fatalf("round %d: retries %d deadline %v x %v w %v", round, r.Retries, r.Deadline, r.Task("x").Output, r.Task("w").Output)
+		}
+		c := st.claimOne(now, id)
+		if c.Task != "y" || c.Attempt != 1 {
+			t.Fatalf("round %d: claim %s attempt %d, want y attempt 1", round, c.Task, c.Attempt)
+		}
+		st.completeOK(c, batuta.OutcomeSucceeded, raw(`"y2"`), now)
+		c = st.claimOne(now, id)
+		if res := st.completeOK(c, batuta.OutcomeSucceeded, nil, now); c.Task != "z" || res.RunFinished != batuta.RunSucceeded {
+			t.Fatalf("round %d: %s finished %q, want z finishing the run", round, c.Task, res.RunFinished)
+		}
+	}
+	if got := attemptNumbers(st.get(id).Task("y")); fmt.Sprint(got) != "[1 1 1]" {
+		t.Fatalf("y's attempts: %v, want [1 1 1]", got)
+	}
+}
+
+// testOpsRetryRunCanceled: a canceled run is retried from its canceled
+// tasks; a reset task runs once and its retry backoff holds (no leftover of
+// its first, canceled life makes it claimable early). A canceled run
+// whose tasks all succeeded has nothing to retry (ErrNotRetryable).
+func testOpsRetryRunCanceled(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "p"}, {Name: "q"}, {Name: "r", Deps: []int{0, 1}}})
+	p := st.byTask(st.claim(base, 1))["p"]
+	if p.Task != "p" {
+		t.Fatalf("claimed %q first, want p", p.Task)
+	}
+	st.cancel(id, "operator", base) // q was ready, never claimed
+	st.completeWith(p, batuta.Completion{Outcome: batuta.OutcomeCanceled, Error: "run canceled", StartedAt: base})
+	r := st.get(id)
+	if r.State != batuta.RunCanceled {
+		t.Fatalf("canceled run: %s", r.State)
+	}
+	now := base.Add(time.Minute)
+	if rr := st.retry(id, batuta.RetryParams{Now: now}); fmt.Sprint(rr.Reset) != "[p q r]" {
+		t.Fatalf("Reset = %v, want [p q r]", rr.Reset)
+	}
+	if r := st.get(id); r.State != batuta.RunPending || r.Error != "" {
+		t.Fatalf("reopened: %s error %q", r.State, r.Error)
+	}
+	// One claim at a time, so that a leftover entry of q would be
+	// claimed after q's retry was scheduled.
+	seen := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		cs := st.claim(now, 1)
+		if len(cs) != 1 || seen[cs[0].Task] || cs[0].Attempt != 1 {
+			t.Fatalf("claim %d after the retry: %s, want p and q once each at attempt 1", i, claimNames(cs))
+		}
+		seen[cs[0].Task] = true
+		switch cs[0].Task {
+		case "p":
+			st.completeOK(cs[0], batuta.OutcomeSucceeded, nil, now)
+		case "q":
+			st.completeWith(cs[0], batuta.Completion{Outcome: batuta.OutcomeRetry, Error: "again", StartedAt: now, RetryAt: now.Add(time.Minute)})
+		default:
+			t.Fatalf("claimed %s before p and q finished", cs[0].Task)
+		}
+	}
+	st.claimNone(now.Add(59*time.Second), "q's retry is due in a minute")
+	q := st.claimOne(now.Add(time.Minute), id)
+	if q.Task != "q" || q.Attempt != 2 {
+		t.Fatalf("q: %s attempt %d", q.Task, q.Attempt)
+	}
+	st.completeOK(q, batuta.OutcomeSucceeded, nil, now.Add(time.Minute))
+	if res := st.completeOK(st.claimOne(now.Add(time.Minute), id), batuta.OutcomeSucceeded, nil, now.Add(time.Minute)); res.RunFinished != batuta.RunSucceeded {
+		t.Fatalf("run after r: %q, want succeeded", res.RunFinished)
+	}
+
+	id2 := st.create("wf", "e2", one)
+	c := st.claimOne(base, id2)
+	st.cancel(id2, "late", base)
+	st.completeOK(c, batuta.OutcomeSucceeded, nil, base)
+	if r := st.get(id2); r.State != batuta.RunCanceled {
+		t.Fatalf("run canceled while its only task succeeded: %s", r.State)
+	}
+	if _, err := st.s.RetryRun(ctxT(t), id2, batuta.RetryParams{Now: now}); !errors.Is(err, batuta.ErrNotRetryable) {
+		t.Fatalf("RetryRun with nothing to reset: %v, want ErrNotRetryable", err)
+	}
+}
+
+// testOpsRetryRunConcurrency: a retried run re-enters its workflow
+// concurrency group as a new run would: with Queue it waits for room.
+func testOpsRetryRunConcurrency(t *testing.T, st *storeT) {
+	k := &batuta.ConcurrencySpec{Key: "wf/k", Max: 1}
+	na := newRun("wf", "a", base, one)
+	na.Concurrency = k
+	a := st.createNew(na)
+	st.complete(st.claimOne(base, a), batuta.OutcomeFailed, nil, "boom", base)
+	nb := newRun("wf", "b", base.Add(time.Second), one)
+	nb.Concurrency = k
+	b := st.createNew(nb)
+	cb := st.claimOne(base.Add(time.Second), b)
+	st.retry(a, batuta.RetryParams{Now: base.Add(2 * time.Second)})
+	st.claimNone(base.Add(time.Hour), "the retried run waits for its group's slot")
+	st.completeOK(cb, batuta.OutcomeSucceeded, nil, base.Add(time.Hour))
+	if res := st.completeOK(st.claimOne(base.Add(time.Hour), a), batuta.OutcomeSucceeded, nil, base.Add(time.Hour)); res.RunFinished != batuta.RunSucceeded {
+		t.Fatalf("retried run: %q, want succeeded", res.RunFinished)
+	}
+	nc := newRun("wf", "c", base.Add(time.Hour), one)
+	nc.Concurrency = k
+	st.claimOne(base.Add(time.Hour), st.createNew(nc)) // the slot is free again
 }

@@ -56,8 +56,8 @@ type candidate struct {
 	runID, name, deps, workflow, event string
 	idx, spent, rescues, taskMax       int
 	rateReserved                       bool
-	taskKey                            sql.NullString
-	deadline                           sql.NullInt64
+	taskKey, signal                    sql.NullString
+	deadline, waitingSince             sql.NullInt64
 }
 
 // claim runs inside the write transaction: it clears the delayed hold of
@@ -158,7 +158,7 @@ func (s *Store) candidates(ctx context.Context, now time.Time, wfs any, n int) (
 	for rows.Next() {
 		var c candidate
 		if err := rows.Scan(&c.runID, &c.idx, &c.name, &c.deps, &c.spent, &c.rescues,
-			&c.rateReserved, &c.taskKey, &c.taskMax, &c.workflow, &c.event, &c.deadline); err != nil {
+			&c.rateReserved, &c.taskKey, &c.taskMax, &c.signal, &c.waitingSince, &c.workflow, &c.event, &c.deadline); err != nil {
 			_ = rows.Close()
 			return nil, fmt.Errorf("batutasqlite: claim: %w", err)
 		}
@@ -201,6 +201,12 @@ func (s *Store) lease(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 		if err != nil {
 			return nil, err
 		}
+		var sig *batuta.SignalRecord
+		if c.signal.Valid {
+			if sig, err = s.bufferedSignal(ctx, c.runID, c.signal.String); err != nil {
+				return nil, err
+			}
+		}
 		claims = append(claims, batuta.Claim{
 			RunID:        c.runID,
 			Workflow:     c.workflow,
@@ -212,6 +218,8 @@ func (s *Store) lease(ctx context.Context, p batuta.ClaimParams, now time.Time, 
 			RunDeadline:  fromNanos(c.deadline),
 			Upstream:     up,
 			RateReserved: c.rateReserved,
+			WaitingSince: fromNanos(c.waitingSince),
+			Signal:       sig,
 		})
 	}
 	return claims, nil
@@ -339,10 +347,10 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		idx, spent        int
 		state, dependents string
 		token             sql.NullInt64
-		taskKey           sql.NullString
+		taskKey, signal   sql.NullString
 		canceled          bool
 	)
-	err := s.st.claimedTask.QueryRowContext(ctx, c.RunID, c.Task).Scan(&idx, &state, &token, &dependents, &spent, &taskKey, &canceled)
+	err := s.st.claimedTask.QueryRowContext(ctx, c.RunID, c.Task).Scan(&idx, &state, &token, &dependents, &spent, &taskKey, &signal, &canceled)
 	if errors.Is(err, sql.ErrNoRows) {
 		return batuta.CompleteResult{Err: fmt.Errorf("batutasqlite: task %s/%s does not exist: %w", c.RunID, c.Task, batuta.ErrLeaseLost)}, nil
 	}
@@ -379,6 +387,11 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		next = batuta.TaskPending
 	case batuta.OutcomeDefer:
 		next, due, reserved = batuta.TaskPending, nanos(c.RetryAt), c.RateReserved && !c.RetryAt.IsZero()
+	case batuta.OutcomeWait:
+		if !canceled {
+			return s.completeWait(ctx, c, idx, taskKey, signal)
+		}
+		next = batuta.TaskPending // canceled below
 	case batuta.OutcomeSkipped:
 		next = batuta.TaskSkipped
 	case batuta.OutcomeUpstreamFailed:
@@ -419,6 +432,11 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 	}
 	if taskKey.Valid {
 		if err := s.releaseTaskSlot(ctx, taskKey.String); err != nil {
+			return batuta.CompleteResult{}, err
+		}
+	}
+	if c.ConsumeSignal != 0 {
+		if err := s.consumeSignal(ctx, c.RunID, c.ConsumeSignal); err != nil {
 			return batuta.CompleteResult{}, err
 		}
 	}

@@ -58,6 +58,8 @@ type preparedRun struct {
 	concKey            any       // NULL or the key
 	concMax, concStrat int
 	debounceKey        any // NULL or the key
+	parentRun          any // NULL or NewRun.Parent.RunID
+	parentTask         any // NULL or NewRun.Parent.Task
 	taskKeys           []any
 	taskMax            []int
 }
@@ -93,6 +95,9 @@ func prepareRun(run *batuta.NewRun) (*preparedRun, error) {
 	}
 	if c := run.Concurrency; c != nil {
 		p.concKey, p.concMax, p.concStrat = c.Key, c.Max, int(c.Strategy)
+	}
+	if pr := run.Parent; pr != nil {
+		p.parentRun, p.parentTask = pr.RunID, pr.Task
 	}
 	return p, nil
 }
@@ -249,7 +254,7 @@ func (s *Store) createOne(ctx context.Context, p *preparedRun) (batuta.CreateRes
 	res, err := s.st.insertRun.ExecContext(ctx, run.ID, run.Workflow, run.Event.ID, p.event, string(state),
 		run.CreatedAt.UnixNano(), nanos(run.Deadline), unfinished,
 		nanos(p.startAt), run.Priority, p.concKey, p.concMax, p.concStrat, adm, p.debounceKey,
-		canceled, errText, finished)
+		canceled, errText, finished, p.parentRun, p.parentTask)
 	if err != nil {
 		return batuta.CreateResult{}, fmt.Errorf("batutasqlite: insert run: %w", err)
 	}
@@ -283,11 +288,18 @@ func (s *Store) createOne(ctx context.Context, p *preparedRun) (batuta.CreateRes
 		}
 		if _, err := s.st.insertTask.ExecContext(ctx, run.ID, i, t.Name, run.Workflow,
 			p.deps[i], p.dependents[i], string(taskState), p.pending[i], tdue, string(t.FireOn),
-			run.Priority, tdelayed, gated, p.taskKeys[i], p.taskMax[i], taskErr); err != nil {
+			run.Priority, tdelayed, gated, p.taskKeys[i], p.taskMax[i], taskErr, nullString(t.Signal)); err != nil {
 			return batuta.CreateResult{}, fmt.Errorf("batutasqlite: insert task %q: %w", t.Name, err)
 		}
 	}
 	if rejected {
+		if run.Parent != nil {
+			// A child run recorded finished at once may be its
+			// parent task's last unfinished child.
+			if err := s.wakeParent(ctx, run.Parent.RunID, run.Parent.Task, run.CreatedAt); err != nil {
+				return batuta.CreateResult{}, err
+			}
+		}
 		return out, nil
 	}
 	if _, err := s.st.addActiveRuns.ExecContext(ctx, 1); err != nil {

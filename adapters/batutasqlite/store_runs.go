@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -98,6 +99,9 @@ func validateNewRun(run *batuta.NewRun) error {
 			}
 		}
 	}
+	if pr := run.Parent; pr != nil && (pr.RunID == "" || pr.Task == "") {
+		return fmt.Errorf("batutasqlite: create run %s: Parent names no run and task (%q, %q): %w", run.ID, pr.RunID, pr.Task, batuta.ErrInvalidConfig)
+	}
 	return validateFlow(run)
 }
 
@@ -143,8 +147,9 @@ func intsJSON(xs []int) string {
 func (s *Store) tasksDone(ctx context.Context, runID string, finished, failed int, failErr string, now time.Time) (batuta.RunState, error) {
 	var unfinished, failedTasks, adm int
 	var canceled bool
-	var key sql.NullString
-	if err := s.st.taskDone.QueryRowContext(ctx, finished, failed, failErr, runID).Scan(&unfinished, &failedTasks, &canceled, &key, &adm); err != nil {
+	var key, parentRun, parentTask sql.NullString
+	if err := s.st.taskDone.QueryRowContext(ctx, finished, failed, failErr, runID).Scan(&unfinished, &failedTasks, &canceled, &key, &adm,
+		&parentRun, &parentTask); err != nil {
 		return "", fmt.Errorf("batutasqlite: update run %s: %w", runID, err)
 	}
 	if unfinished > 0 {
@@ -168,6 +173,11 @@ func (s *Store) tasksDone(ctx context.Context, runID string, finished, failed in
 	}
 	if adm != admNone && key.Valid {
 		if err := s.leaveGroup(ctx, runID, key.String, adm); err != nil {
+			return "", err
+		}
+	}
+	if parentRun.Valid {
+		if err := s.wakeParent(ctx, parentRun.String, parentTask.String, now); err != nil {
 			return "", err
 		}
 	}
@@ -238,7 +248,31 @@ func (s *Store) cancelInTx(ctx context.Context, runID, reason string, now time.T
 			return false, err
 		}
 	}
+	if err := s.cancelChildren(ctx, runID, reason, now); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// cancelChildren cancels the unfinished child runs of runID (those whose
+// Parent is a task of it), and theirs, recursively, inside the write
+// transaction (batuta_runs_children_open).
+func (s *Store) cancelChildren(ctx context.Context, runID, reason string, now time.Time) error {
+	rows, err := s.wconn.QueryContext(ctx, `SELECT id FROM batuta_runs
+    WHERE parent_run = ? AND finished_at IS NULL AND canceled = 0`, runID)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: child runs: %w", runID, err)
+	}
+	ids, err := scanStrings(rows)
+	if err != nil {
+		return fmt.Errorf("batutasqlite: cancel run %s: child runs: %w", runID, err)
+	}
+	for _, id := range ids {
+		if _, err := s.cancelInTx(ctx, id, reason, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // GetRun returns a snapshot of a run, read in one transaction.
@@ -269,31 +303,16 @@ func (s *Store) findOne(ctx context.Context, query string, args ...any) (*batuta
 	return run, err
 }
 
-// ListRuns returns runs newest first (by ID, a UUIDv7), each with its
-// tasks, read in one transaction.
+// ListRuns returns the runs f selects, newest first (by ID, a UUIDv7) or
+// oldest first with f.Ascending, each with its tasks, read in one
+// transaction. Every filter is a seek in an index of migration 0004 and a
+// page is one range of it after f.After (keyset pagination): see
+// listRunsQuery.
 func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = defaultListLimit
+	q, args, ok := listRunsQuery(f)
+	if !ok {
+		return nil, nil
 	}
-	var (
-		where []string
-		args  []any
-	)
-	if f.Workflow != "" {
-		where = append(where, "workflow = ?")
-		args = append(args, f.Workflow)
-	}
-	if f.State != "" {
-		where = append(where, "state = ?")
-		args = append(args, string(f.State))
-	}
-	q := `SELECT ` + runColumns + ` FROM batuta_runs`
-	if len(where) > 0 {
-		q += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	q += ` ORDER BY id DESC LIMIT ?` // UUIDv7: newest first
-	args = append(args, limit)
 	var runs []*batuta.Run
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -301,6 +320,94 @@ func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run
 		return err
 	})
 	return runs, err
+}
+
+// listRunsQuery builds ListRuns' query; ok is false when f selects nothing
+// (State not among States). Several states are read as one ordered range per
+// state, merged (UNION ALL of indexed subqueries, each bounded by the
+// limit), so a page never sorts every run of those states.
+func listRunsQuery(f batuta.RunFilter) (q string, args []any, ok bool) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = defaultListLimit
+	}
+	limit = min(limit, maxListLimit)
+	states := f.States
+	if f.State != "" {
+		if len(states) > 0 && !slices.Contains(states, f.State) {
+			return "", nil, false
+		}
+		states = []batuta.RunState{f.State}
+	}
+	states = slices.Compact(slices.Sorted(slices.Values(states)))
+	var (
+		where []string
+		wargs []any
+	)
+	add := func(cond string, v any) {
+		where = append(where, cond)
+		wargs = append(wargs, v)
+	}
+	if f.Workflow != "" {
+		add("workflow = ?", f.Workflow)
+	}
+	if f.EventID != "" {
+		add("event_id = ?", f.EventID)
+	}
+	if f.Subject != "" {
+		add("json_extract(event, '$.subject') = ?", f.Subject)
+	}
+	if !f.CreatedAfter.IsZero() {
+		add("created_at >= ?", f.CreatedAfter.UnixNano())
+	}
+	if !f.CreatedBefore.IsZero() {
+		add("created_at < ?", f.CreatedBefore.UnixNano())
+	}
+	if f.ErrorContains != "" {
+		add("instr(lower(error), lower(?)) > 0", f.ErrorContains)
+	}
+	if f.Parent != "" {
+		add("parent_run = ?", f.Parent)
+		if f.ParentTask != "" {
+			add("parent_task = ?", f.ParentTask)
+		}
+	}
+	order, cmp := "DESC", "<"
+	if f.Ascending {
+		order, cmp = "ASC", ">"
+	}
+	if f.After != "" {
+		add("id "+cmp+" ?", f.After)
+	}
+	one := func(state string) (string, []any) {
+		w := slices.Clone(where)
+		a := slices.Clone(wargs)
+		if state != "" {
+			w = append(w, "state = ?")
+			a = append(a, state)
+		}
+		sub := `SELECT ` + runColumns + ` FROM batuta_runs`
+		if len(w) > 0 {
+			sub += ` WHERE ` + strings.Join(w, " AND ")
+		}
+		return sub + ` ORDER BY id ` + order + ` LIMIT ?`, append(a, limit)
+	}
+	switch len(states) {
+	case 0:
+		q, args = one("")
+	case 1:
+		q, args = one(string(states[0]))
+	default:
+		parts := make([]string, len(states))
+		for i, st := range states {
+			sub, a := one(string(st))
+			parts[i] = `SELECT * FROM (` + sub + `)`
+			args = append(args, a...)
+		}
+		q = `SELECT * FROM (` + strings.Join(parts, " UNION ALL ") + `) ORDER BY id ` + order + ` LIMIT ?`
+		args = append(args, limit)
+	}
+	return q, args, true
 }
 
 // queryRuns runs a query selecting runColumns and loads the tasks of the
@@ -320,10 +427,10 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 			event, state                         string
 			created                              int64
 			started, finished, deadline, startAt sql.NullInt64
-			key                                  sql.NullString
+			key, parentRun, parentTask           sql.NullString
 		)
 		if err := rows.Scan(&r.ID, &r.Workflow, &event, &state, &created, &started, &finished, &deadline, &r.Error,
-			&startAt, &r.Priority, &key); err != nil {
+			&startAt, &r.Priority, &key, &parentRun, &parentTask, &r.Retries); err != nil {
 			_ = rows.Close()
 			return nil, s.wrapErr("scan run", err)
 		}
@@ -338,6 +445,9 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 		r.Deadline = fromNanos(deadline)
 		r.StartAt = fromNanos(startAt)
 		r.ConcurrencyKey = key.String
+		if parentRun.Valid {
+			r.Parent = &batuta.RunLink{RunID: parentRun.String, Task: parentTask.String}
+		}
 		runs = append(runs, &r)
 		ids = append(ids, r.ID)
 	}
@@ -367,20 +477,24 @@ func (s *Store) queryRuns(ctx context.Context, tx *sql.Tx, query string, args ..
 			runID, name, state, depsJSON, errText, attempts string
 			idx, rescues                                    int
 			due                                             int64
-			output                                          sql.NullString
+			output, waitingFor, child                       sql.NullString
+			waitingSince                                    sql.NullInt64
 		)
-		if err := trows.Scan(&runID, &idx, &name, &state, &depsJSON, &output, &errText, &attempts, &rescues, &due); err != nil {
+		if err := trows.Scan(&runID, &idx, &name, &state, &depsJSON, &output, &errText, &attempts, &rescues, &due,
+			&waitingSince, &waitingFor, &child); err != nil {
 			return nil, s.wrapErr("scan task", err)
 		}
 		r := byID[runID]
 		if r == nil || idx != len(r.Tasks) {
 			return nil, fmt.Errorf("batutasqlite: run %s: task rows out of order", runID)
 		}
-		tr := batuta.TaskRun{Name: name, State: batuta.TaskState(state), Error: errText, Rescues: rescues}
+		tr := batuta.TaskRun{Name: name, State: batuta.TaskState(state), Error: errText, Rescues: rescues,
+			WaitingSince: fromNanos(waitingSince), WaitingFor: waitingFor.String, Child: child.String}
 		// A pending task's due time is a not-before when it was set (a
-		// start, retry, snooze or deferral); a first attempt is due
-		// newTaskLead before the run's creation, which means "at once".
-		if tr.State == batuta.TaskPending && due >= r.CreatedAt.UnixNano() {
+		// start, retry, snooze, deferral or wait); a first attempt is due
+		// newTaskLead before the run's creation, which means "at once",
+		// and a wait with no time limit is due never.
+		if tr.State == batuta.TaskPending && due >= r.CreatedAt.UnixNano() && due != neverDue {
 			tr.NotBefore = time.Unix(0, due).UTC()
 		}
 		if output.Valid {
@@ -492,6 +606,9 @@ func (s *Store) pruneBatch(ctx context.Context, query string, args ...any) (int,
 		idsJSON, _ := json.Marshal(ids)
 		if _, err := s.wconn.ExecContext(ctx, `DELETE FROM batuta_tasks WHERE run_id IN (SELECT value FROM json_each(?))`, string(idsJSON)); err != nil {
 			return fmt.Errorf("batutasqlite: prune tasks: %w", err)
+		}
+		if _, err := s.wconn.ExecContext(ctx, `DELETE FROM batuta_signals WHERE run_id IN (SELECT value FROM json_each(?))`, string(idsJSON)); err != nil {
+			return fmt.Errorf("batutasqlite: prune signals: %w", err)
 		}
 		res, err := s.wconn.ExecContext(ctx, `DELETE FROM batuta_runs WHERE id IN (SELECT value FROM json_each(?))`, string(idsJSON))
 		if err != nil {

@@ -58,18 +58,23 @@ type statements struct {
 	groupJoin   *sql.Stmt
 	groupLeave  *sql.Stmt
 	groupGC     *sql.Stmt
+
+	// Durable waits (store_ops.go).
+	waitTask     *sql.Stmt
+	oldestSignal *sql.Stmt
+	wakeParent   *sql.Stmt
 }
 
 // Column lists shared by the statements and the scanners.
 const (
-	runColumns  = `id, workflow, event, state, created_at, started_at, finished_at, deadline, error, start_at, priority, concurrency_key`
-	taskColumns = `run_id, idx, name, state, deps, output, error, attempts, rescues, due_at`
+	runColumns  = `id, workflow, event, state, created_at, started_at, finished_at, deadline, error, start_at, priority, concurrency_key, parent_run, parent_task, retries`
+	taskColumns = `run_id, idx, name, state, deps, output, error, attempts, rescues, due_at, waiting_since, waiting_for, child`
 )
 
 // Statements whose plans TestFlowClaimIndexHoldsNoWaitingWork checks.
 const (
 	claimReadySQL = `SELECT t.run_id, t.idx, t.name, t.deps, t.attempts_spent, t.rescues,
-       t.rate_reserved, t.concurrency_key, t.concurrency_max,
+       t.rate_reserved, t.concurrency_key, t.concurrency_max, t.signal, t.waiting_since,
        r.workflow, r.event, r.deadline
     FROM batuta_tasks t JOIN batuta_runs r ON r.id = t.run_id
     WHERE t.state = 'pending' AND t.pending_deps = 0 AND t.delayed = 0 AND t.paused = 0 AND t.gated = 0
@@ -108,13 +113,29 @@ const (
 	// paused, in batuta_tasks_delayed_wf.
 	nextDueSQL = `SELECT min((SELECT t.due_at FROM batuta_tasks t
         WHERE t.workflow = j.value AND t.state = 'pending' AND t.delayed = 1 AND t.paused = 0 AND t.due_at > ?1
+          AND t.due_at < 9223372036854775807
         ORDER BY t.due_at LIMIT 1))
     FROM json_each(?2) j WHERE j.value NOT IN (SELECT workflow FROM batuta_paused)`
 	// nextDueAllSQL: NextDue over every workflow, in batuta_tasks_delayed.
 	nextDueAllSQL = `SELECT due_at FROM batuta_tasks
-    WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at > ?1
+    WHERE state = 'pending' AND delayed = 1 AND paused = 0 AND due_at > ?1 AND due_at < 9223372036854775807
       AND workflow NOT IN (SELECT workflow FROM batuta_paused)
     ORDER BY due_at LIMIT 1`
+)
+
+// Statements of the durable waits (store_ops.go).
+const (
+	waitTaskSQL = `UPDATE batuta_tasks SET
+    state = 'pending', due_at = ?1, delayed = 1, rate_reserved = 0,
+    waiting_since = coalesce(waiting_since, ?2), waiting_for = ?3, child = coalesce(?4, child),
+    token = NULL, owner = NULL, lease_until = NULL
+    WHERE run_id = ?5 AND idx = ?6`
+	// The parent's task of a child run that finished, if pending and no
+	// other child of it is unfinished, becomes due at ?3 (the finish time).
+	wakeParentSQL = `UPDATE batuta_tasks SET due_at = ?3, delayed = 1
+    WHERE run_id = ?1 AND name = ?2 AND state = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM batuta_runs
+          WHERE parent_run = ?1 AND parent_task = ?2 AND finished_at IS NULL)`
 )
 
 func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
@@ -135,13 +156,13 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.insertRun, `INSERT INTO batuta_runs
     (id, workflow, event_id, event, state, created_at, deadline, unfinished_tasks,
      start_at, priority, concurrency_key, concurrency_max, concurrency_strategy, adm, debounce_key,
-     canceled, error, finished_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     canceled, error, finished_at, parent_run, parent_task)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (workflow, event_id) DO NOTHING`},
 		{&st.insertTask, `INSERT INTO batuta_tasks
     (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at, fire_on,
-     priority, delayed, gated, concurrency_key, concurrency_max, error)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+     priority, delayed, gated, concurrency_key, concurrency_max, error, signal)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.runByKey, `SELECT id FROM batuta_runs WHERE workflow = ? AND event_id = ?`},
 		{&st.activeRuns, `SELECT value FROM batuta_counters WHERE name = 'active_runs'`},
 		{&st.addActiveRuns, `UPDATE batuta_counters SET value = value + ? WHERE name = 'active_runs'`},
@@ -152,7 +173,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.claimReady, claimReadySQL},
 		{&st.claimTask, `UPDATE batuta_tasks SET state = 'running', token = ?, owner = ?, lease_until = ?, rate_reserved = 0
     WHERE run_id = ? AND idx = ?`},
-		{&st.startRun, `UPDATE batuta_runs SET state = 'running', started_at = ?
+		// A run reopened by RetryRun keeps its first start.
+		{&st.startRun, `UPDATE batuta_runs SET state = 'running', started_at = coalesce(started_at, ?)
     WHERE id = ? AND state = 'pending'`},
 		{&st.nextTokens, `UPDATE batuta_counters SET value = value + ? WHERE name = 'lease_token' RETURNING value`},
 		{&st.upstream, `SELECT idx, name, state, output, error FROM batuta_tasks
@@ -161,7 +183,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     WHERE run_id = ? AND name = ? AND token = ? AND state = 'running'`},
 		{&st.runCanceled, `SELECT canceled FROM batuta_runs WHERE id = ?`},
 
-		{&st.claimedTask, `SELECT t.idx, t.state, t.token, t.dependents, t.attempts_spent, t.concurrency_key, r.canceled
+		{&st.claimedTask, `SELECT t.idx, t.state, t.token, t.dependents, t.attempts_spent, t.concurrency_key, t.signal, r.canceled
     FROM batuta_tasks t JOIN batuta_runs r ON r.id = t.run_id
     WHERE t.run_id = ? AND t.name = ?`},
 		// ?1 state, ?2 output, ?3 error, ?4 attempts spent, ?5 due_at
@@ -187,7 +209,7 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
     failed_tasks = failed_tasks + ?2,
     error = CASE WHEN error = '' THEN ?3 ELSE error END
     WHERE id = ?4
-    RETURNING unfinished_tasks, failed_tasks, canceled, concurrency_key, adm`},
+    RETURNING unfinished_tasks, failed_tasks, canceled, concurrency_key, adm, parent_run, parent_task`},
 		{&st.finishRun, `UPDATE batuta_runs SET state = ?, finished_at = ? WHERE id = ?`},
 
 		{&st.expired, `SELECT t.run_id, t.idx, t.name, t.rescues, t.dependents, t.concurrency_key, r.canceled
@@ -233,6 +255,14 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.groupLeave, `UPDATE batuta_groups SET admitted = admitted - ?2, eligible = eligible - ?3, members = members - 1
     WHERE key = ?1`},
 		{&st.groupGC, `DELETE FROM batuta_groups WHERE key = ? AND members <= 0`},
+
+		// OutcomeWait: ?1 due_at (neverDue: no time limit), ?2 the
+		// completion's FinishedAt (WaitingSince the first time), ?3
+		// WaitFor, ?4 Child (NULL: unchanged).
+		{&st.waitTask, waitTaskSQL},
+		{&st.oldestSignal, `SELECT seq, data, sent_at FROM batuta_signals
+    WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1`},
+		{&st.wakeParent, wakeParentSQL},
 	}
 	for _, p := range list {
 		stmt, err := c.PrepareContext(ctx, p.sql)
@@ -253,6 +283,7 @@ func (st *statements) close() {
 		st.expired, st.rescueTask, st.cancelRun, st.cancelTasks, st.runState, st.recordTick,
 		st.flowProbe, st.promote, st.admitGroups, st.groupHead, st.admitRun, st.ungate, st.groupAdmit,
 		st.taskSlot, st.taskUnslot, st.taskGroupGC, st.park, st.unpark, st.groupJoin, st.groupLeave, st.groupGC,
+		st.waitTask, st.oldestSignal, st.wakeParent,
 	} {
 		if s != nil {
 			_ = s.Close()
