@@ -236,6 +236,7 @@ type Store struct {
 	q           queries
 	lq          liveQueries
 	fq          flowQueries
+	oq          opsQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.
@@ -334,6 +335,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.delayedCreated.Store(math.MaxInt64)
 	s.lq = buildLiveQueries(s.schema)
 	s.fq = buildFlowQueries(s.schema)
+	s.oq = buildOpsQueries(s.schema)
 	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",
 		max(cfg.CompletionLockWait.Milliseconds(), 1))
 	err := cs.with(ctx, func(c *pgx.Conn) error {

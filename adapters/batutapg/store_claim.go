@@ -292,10 +292,14 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 			eventID         string
 			event, upstream []byte
 			deadline        pgtype.Timestamptz
+			waitingSince    pgtype.Timestamptz
+			signal          []byte
 		)
-		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &c.RateReserved, &upstream); err != nil {
+		if err := rows.Scan(&runID, &c.Task, &c.Workflow, &attempt, &resc, &c.Token, &eventID, &event, &deadline, &c.RateReserved, &upstream,
+			&waitingSince, &signal); err != nil {
 			return nil, err
 		}
+		c.WaitingSince = waitingSince.Time
 		c.RunID = formatUUID(runID)
 		c.Attempt, c.Rescues = int(attempt)+1, int(resc)
 		if deadline.Valid {
@@ -306,6 +310,11 @@ func readClaims(br pgx.BatchResults, limit int) ([]batuta.Claim, error) {
 		}
 		if len(upstream) > 0 {
 			if c.Upstream, err = decodeUpstream(upstream); err != nil {
+				return nil, fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, err)
+			}
+		}
+		if len(signal) > 0 {
+			if c.Signal, err = decodeSignal(signal); err != nil {
 				return nil, fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, err)
 			}
 		}

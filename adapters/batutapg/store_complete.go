@@ -145,8 +145,19 @@ type compInput struct {
 	leaseBefore []pgtype.Timestamptz
 	at          []pgtype.Timestamptz
 	rateRes     []bool
+	waitFor     []string
+	child       []string
+	consume     []int64
 	delayed     []time.Time // RetryAt of the items (any order)
+	// ops: an item needs the full statement's wait and signal steps
+	// (OutcomeWait, a signal delivered, a signal consumed).
+	ops bool
 }
+
+// outcomeSignal is the internal outcome SendSignal feeds the completion
+// statement: a signal completes the waiting task it names (by index, in the
+// low bits of the token), which holds no lease.
+const outcomeSignal batuta.Outcome = "signal"
 
 func newCompInput(n int) *compInput {
 	return &compInput{
@@ -154,7 +165,8 @@ func newCompInput(n int) *compInput {
 		outcomes: make([]string, 0, n), outputs: make([][]byte, 0, n), errs: make([]string, 0, n),
 		recs: make([]pgtype.Text, 0, n), retryAt: make([]pgtype.Timestamptz, 0, n),
 		leaseBefore: make([]pgtype.Timestamptz, 0, n), at: make([]pgtype.Timestamptz, 0, n),
-		rateRes: make([]bool, 0, n),
+		rateRes: make([]bool, 0, n), waitFor: make([]string, 0, n), child: make([]string, 0, n),
+		consume: make([]int64, 0, n),
 	}
 }
 
@@ -176,6 +188,14 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 	var output []byte
 	var rec []byte
 	switch c.Outcome {
+	case outcomeSignal:
+		var err error
+		if output, err = encodeOutput(c.Output, c.Task); err != nil {
+			return err
+		}
+		in.ops = true
+	case batuta.OutcomeWait:
+		in.ops = true
 	case batuta.OutcomeSucceeded:
 		var err error
 		if output, err = encodeOutput(c.Output, c.Task); err != nil {
@@ -209,6 +229,12 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 	in.leaseBefore = append(in.leaseBefore, ts(leaseBefore))
 	in.at = append(in.at, ts(c.FinishedAt))
 	in.rateRes = append(in.rateRes, c.Outcome == batuta.OutcomeDefer && c.RateReserved)
+	in.waitFor = append(in.waitFor, cleanText(c.WaitFor))
+	in.child = append(in.child, cleanText(c.Child))
+	in.consume = append(in.consume, c.ConsumeSignal)
+	if c.ConsumeSignal != 0 {
+		in.ops = true
+	}
 	if !c.RetryAt.IsZero() {
 		in.delayed = append(in.delayed, c.RetryAt)
 	}
@@ -258,6 +284,11 @@ func (s *Store) completeOn(ctx context.Context, tx pgx.Tx, in *compInput, maxRes
 		if cerr := br.Close(); err == nil {
 			err = cerr
 		}
+		if err == nil && in.hasChild() {
+			var w bool
+			w, err = s.wakeParents(ctx, tx, finishedRuns(in.runs, out))
+			wake = wake || w
+		}
 		if err == nil && wake {
 			// The work appears when the caller commits: notify
 			// transactionally (our own listener relays it locally).
@@ -284,11 +315,33 @@ func (s *Store) completeOn(ctx context.Context, tx pgx.Tx, in *compInput, maxRes
 func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int, now time.Time, set string) ([]compResult, error) {
 	var out []compResult
 	var wake, locked bool
-	err := s.sendHotSet(ctx, set, func(b *pgx.Batch) { locked = s.queueCompletion(b, in, maxRescues, now) }, func(br pgx.BatchResults) error {
-		var err error
-		out, wake, err = s.readCompletion(br, len(in.runs), locked)
-		return err
-	})
+	var err error
+	if in.hasChild() {
+		// The parents of the runs it finishes are counted down in the
+		// same transaction, after the completion statement.
+		err = s.inTx(ctx, set, func(tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			locked = s.queueCompletion(b, in, maxRescues, now)
+			br := tx.SendBatch(ctx, b)
+			var err error
+			out, wake, err = s.readCompletion(br, len(in.runs), locked)
+			if cerr := br.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			w, err := s.wakeParents(ctx, tx, finishedRuns(in.runs, out))
+			wake = wake || w
+			return err
+		})
+	} else {
+		err = s.sendHotSet(ctx, set, func(b *pgx.Batch) { locked = s.queueCompletion(b, in, maxRescues, now) }, func(br pgx.BatchResults) error {
+			var err error
+			out, wake, err = s.readCompletion(br, len(in.runs), locked)
+			return err
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +378,11 @@ func finishedRuns(runs [][16]byte, res []compResult) []string {
 // soloBit (the run has no other
 // task) + the task's index: a completion finds its task by primary key and
 // knows, before asking the database, whether its run must be locked.
+//
+// tokenChildBit marks a task of a child run (NewRun.Parent): a completion
+// that finishes its run counts its parent task's open children down.
 const (
+	tokenChildBit = 1 << 17
 	tokenFlowBit  = 1 << 16
 	tokenSoloBit  = 1 << 15
 	tokenIndexMax = tokenSoloBit - 1
@@ -350,16 +407,40 @@ func (s *Store) queueCompletion(b *pgx.Batch, in *compInput, maxRescues int, now
 		sort.Slice(runs, func(i, j int) bool { return string(runs[i][:]) < string(runs[j][:]) })
 		b.Queue(s.q.lockRuns, runs)
 	}
-	q := s.q.completePlain
+	if in.full() {
+		b.Queue(s.q.complete, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
+			in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes, in.waitFor, in.child, in.consume)
+	} else {
+		b.Queue(s.q.completePlain, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
+			in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes)
+	}
+	return len(runs) > 0
+}
+
+// full reports whether the items need the full completion statement:
+// concurrency groups (tokenFlowBit), child runs (tokenChildBit), waits and
+// signals.
+func (in *compInput) full() bool {
+	if in.ops {
+		return true
+	}
 	for _, tok := range in.tokens {
-		if tok&tokenFlowBit != 0 {
-			q = s.q.complete
-			break
+		if tok&(tokenFlowBit|tokenChildBit) != 0 {
+			return true
 		}
 	}
-	b.Queue(q, in.runs, in.tasks, in.tokens, in.outcomes, in.outputs, in.errs, in.recs,
-		in.retryAt, in.leaseBefore, in.at, maxRescues, now, in.rateRes)
-	return len(runs) > 0
+	return false
+}
+
+// hasChild reports whether an item is a task of a child run, whose run, if
+// the completion finishes it, has a parent task to count down.
+func (in *compInput) hasChild() bool {
+	for _, tok := range in.tokens {
+		if tok&tokenChildBit != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // readCompletion reads what queueCompletion queued.
@@ -593,6 +674,13 @@ func (s *Store) completeSkipLocked(ctx context.Context, in *compInput, maxRescue
 		if err != nil {
 			return err
 		}
+		if sub.hasChild() {
+			pw, err := s.wakeParents(ctx, tx, finishedRuns(sub.runs, res))
+			if err != nil {
+				return err
+			}
+			w = w || pw
+		}
 		if err := tx.Commit(ctx); err != nil {
 			return err
 		}
@@ -635,7 +723,11 @@ func (in *compInput) subset(idx []int) *compInput {
 		out.leaseBefore = append(out.leaseBefore, in.leaseBefore[i])
 		out.at = append(out.at, in.at[i])
 		out.rateRes = append(out.rateRes, in.rateRes[i])
+		out.waitFor = append(out.waitFor, in.waitFor[i])
+		out.child = append(out.child, in.child[i])
+		out.consume = append(out.consume, in.consume[i])
 	}
+	out.ops = in.ops
 	return out
 }
 

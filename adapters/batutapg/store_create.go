@@ -115,6 +115,19 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 	if err := checkFlow(nr); err != nil {
 		return createItem{}, err
 	}
+	if p := nr.Parent; p != nil {
+		if _, ok := parseUUID(p.RunID); !ok {
+			return createItem{}, fmt.Errorf("batutapg: %w: run %s: parent run ID %q is not a UUID", batuta.ErrInvalidPayload, nr.ID, p.RunID)
+		}
+		if err := checkText("parent task name", p.Task); err != nil {
+			return createItem{}, err
+		}
+	}
+	for _, ts := range nr.Tasks {
+		if err := checkText("signal name", ts.Signal); err != nil {
+			return createItem{}, err
+		}
+	}
 	ev, err := encodeEvent(&nr.Event)
 	if err != nil {
 		return createItem{}, err
@@ -355,6 +368,10 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 	tKey := make([]pgtype.Text, 0, ntasks)
 	tRej := make([]pgtype.Text, 0, ntasks)
 	tRGroup := make([]bool, 0, ntasks)
+	tSignal := make([]string, 0, ntasks)
+	tSub := make([]bool, 0, ntasks)
+	pids := make([]pgtype.UUID, n)
+	ptasks := make([]pgtype.Text, n)
 	var gKeys, gWfs []string
 	var gMax []int32
 	var tgKeys []string
@@ -384,6 +401,11 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 		if d := nr.Debounce; d != nil {
 			dkeys[k] = pgtype.Text{String: d.Key, Valid: true}
 		}
+		if p := nr.Parent; p != nil {
+			pid, _ := parseUUID(p.RunID) // checked by prepareRun
+			pids[k] = pgtype.UUID{Bytes: pid, Valid: true}
+			ptasks[k] = pgtype.Text{String: p.Task, Valid: true}
+		}
 		rej := pgtype.Text{String: it.rejected, Valid: it.rejected != ""}
 		rejs[k] = rej
 		dependents = dependents[:0]
@@ -404,7 +426,11 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 			tDeps = append(tDeps, intArrayLiteral(ts.Deps))
 			tDependents = append(tDependents, intArrayLiteral(dependents[t]))
 			tNDeps = append(tNDeps, int32(len(ts.Deps)))
-			tSolo = append(tSolo, len(nr.Tasks) == 1)
+			// A task waiting for a signal locks its run row when it
+			// completes, as SendSignal does (see queueCompletion).
+			tSolo = append(tSolo, len(nr.Tasks) == 1 && ts.Signal == "")
+			tSignal = append(tSignal, ts.Signal)
+			tSub = append(tSub, nr.Parent != nil)
 			tFire = append(tFire, string(ts.FireOn))
 			tPrio = append(tPrio, int32(nr.Priority))
 			tRej = append(tRej, rej)
@@ -440,7 +466,7 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 		tRun, tIdx, tName, tWf, tDeps, tDependents, tNDeps, tSolo, tDue, tFire,
 		sas, prios, ckeys, admits, dkeys, rejs,
 		tPrio, tHold, tKey, tRej,
-		gKeys, gWfs, gMax, tgKeys, tgMax, tRGroup}
+		gKeys, gWfs, gMax, tgKeys, tgMax, tRGroup, pids, ptasks, tSignal, tSub}
 }
 
 // intArrayLiteral renders ints as a PostgreSQL array literal ("{1,2}").

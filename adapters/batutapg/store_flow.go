@@ -290,22 +290,14 @@ func (s *Store) createOneTx(ctx context.Context, tx pgx.Tx, it *createItem) (bat
 		}
 		reason := fmt.Sprintf("canceled by a newer run of concurrency group %q (CancelInProgress)", c.Key)
 		for k := 0; k < len(olds)+1-c.Max; k++ {
-			var st string
-			var canceled bool
-			if err := tx.QueryRow(ctx, s.q.cancelLock, olds[k]).Scan(&st, &canceled); err != nil {
+			changed, fin, _, err := s.cancelTx(ctx, tx, olds[k], reason, nr.CreatedAt)
+			if err != nil {
 				return batuta.CreateResult{}, nil, err
 			}
-			var n int64
-			var state string
-			if err := tx.QueryRow(ctx, s.q.cancel, olds[k], reason, nr.CreatedAt).Scan(&n, &state); err != nil {
-				return batuta.CreateResult{}, nil, err
-			}
-			if n > 0 {
+			if changed {
 				res.Canceled = append(res.Canceled, formatUUID(olds[k]))
 			}
-			if state == string(batuta.RunCanceled) {
-				finished = append(finished, formatUUID(olds[k]))
-			}
+			finished = append(finished, fin...)
 		}
 	}
 	return res, finished, nil

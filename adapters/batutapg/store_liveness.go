@@ -93,7 +93,7 @@ WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS i(run_id, token, ord)
 ), r AS MATERIALIZED (
     SELECT id FROM {s}.runs
-    WHERE id IN (SELECT run_id FROM i WHERE token & 32768 = 0) AND tasks_total > 1
+    WHERE id IN (SELECT run_id FROM i WHERE token & 32768 = 0)
     ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
 ), t AS MATERIALIZED (
     SELECT t.run_id, t.idx FROM {s}.tasks t

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/batuta-dev/batuta"
@@ -14,7 +12,10 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// CancelRun implements batuta.Store.
+// CancelRun implements batuta.Store: the run and its unfinished child
+// runs (recursively) are canceled in one transaction, and the parent task
+// of a run it finishes is counted down (and woken if it was the last open
+// child).
 func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Time) (bool, error) {
 	id, ok := parseUUID(runID)
 	if !ok {
@@ -24,26 +25,13 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 		reason = "canceled"
 	}
 	reason = cleanText(reason)
-	var changed bool
-	var state string
+	var changed, wake bool
+	var finished []string
 	err := withRetry(ctx, func() error {
-		b := &pgx.Batch{}
-		b.Queue(s.q.cancelLock, id)
-		b.Queue(s.q.cancel, id, reason, now)
-		return s.conns.with(ctx, func(c *pgx.Conn) error {
-			br := c.SendBatch(ctx, b)
-			defer br.Close()
-			var st string
-			var canceled bool
-			if err := br.QueryRow().Scan(&st, &canceled); err != nil {
-				return err
-			}
-			var n int64
-			if err := br.QueryRow().Scan(&n, &state); err != nil {
-				return err
-			}
-			changed = n > 0
-			return br.Close()
+		return s.inTx(ctx, "", func(tx pgx.Tx) error {
+			var err error
+			changed, finished, wake, err = s.cancelTx(ctx, tx, id, reason, now)
+			return err
 		})
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -52,10 +40,13 @@ func (s *Store) CancelRun(ctx context.Context, runID, reason string, now time.Ti
 	if err != nil {
 		return false, fmt.Errorf("batutapg: cancel run %s: %w", runID, err)
 	}
-	if state == string(batuta.RunCanceled) {
-		s.active.add(-1)
-		s.runsFinished([]string{formatUUID(id)})
-		// Its concurrency slot (if any) may admit a queued run.
+	if len(finished) > 0 {
+		s.active.add(-len(finished))
+		s.runsFinished(finished)
+		// Their concurrency slots (if any) may admit queued runs.
+		wake = true
+	}
+	if wake {
 		s.workAppeared()
 	}
 	return changed, nil
@@ -89,34 +80,14 @@ func (s *Store) FindRun(ctx context.Context, workflow, eventID string) (*batuta.
 	return runs[0], nil
 }
 
-// ListRuns implements batuta.Store: newest first (by run ID, a UUIDv7).
+// ListRuns implements batuta.Store: newest first (by run ID, a UUIDv7),
+// or oldest first with f.Ascending, one page from the cursor f.After (see
+// listRunsQuery for the indexes a page walks).
 func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
+	sql, args, ok, err := listRunsQuery(s.q.runSelect, f)
+	if err != nil || !ok {
+		return nil, err
 	}
-	var where []string
-	var args []any
-	if f.Workflow != "" {
-		args = append(args, cleanText(f.Workflow))
-		where = append(where, "r.workflow = $"+strconv.Itoa(len(args)))
-	}
-	switch f.State {
-	case "":
-	case batuta.RunPending:
-		where = append(where, "r.state = 'active' AND x.started IS NULL")
-	case batuta.RunRunning:
-		where = append(where, "r.state = 'active' AND x.started IS NOT NULL")
-	default:
-		args = append(args, string(f.State))
-		where = append(where, "r.state = $"+strconv.Itoa(len(args)))
-	}
-	sql := s.q.runSelect
-	if len(where) > 0 {
-		sql += "\nWHERE " + strings.Join(where, " AND ")
-	}
-	args = append(args, limit)
-	sql += "\nORDER BY r.id DESC LIMIT $" + strconv.Itoa(len(args))
 	runs, err := s.selectRuns(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: list runs: %w", err)
@@ -137,9 +108,13 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 			startAt                     pgtype.Timestamptz
 			prio                        int32
 			ckey                        pgtype.Text
+			parentID                    pgtype.UUID
+			parentTask                  pgtype.Text
+			retries                     int32
+			live                        bool
 		)
 		err := rows.Scan(&id, &r.Workflow, &eventID, &event, &r.CreatedAt, &deadline, &state, &r.Error, &finished, &started, &tasks,
-			&startAt, &prio, &ckey)
+			&startAt, &prio, &ckey, &parentID, &parentTask, &retries, &live)
 		if err != nil {
 			return err
 		}
@@ -149,10 +124,14 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 		}
 		r.Deadline, r.FinishedAt, r.StartedAt = deadline.Time, finished.Time, started.Time
 		r.StartAt, r.Priority, r.ConcurrencyKey = startAt.Time, int(prio), ckey.String
+		r.Retries = int(retries)
+		if parentID.Valid {
+			r.Parent = &batuta.RunLink{RunID: formatUUID(parentID.Bytes), Task: parentTask.String}
+		}
 		switch {
 		case state != "active":
 			r.State = batuta.RunState(state)
-		case started.Valid:
+		case live:
 			r.State = batuta.RunRunning
 		default:
 			r.State = batuta.RunPending
@@ -167,9 +146,10 @@ func (s *Store) selectRuns(ctx context.Context, sql string, args ...any) ([]*bat
 }
 
 // decodeTasks reads the [[name, state, deps, output, error, attempts,
-// rescues, not_before], ...] array of runSelect.
+// rescues, not_before, waiting_since, waiting_for, child], ...] array of
+// runSelect.
 func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
-	var rows [][8]json.RawMessage
+	var rows [][11]json.RawMessage
 	if err := json.Unmarshal(b, &rows); err != nil {
 		return nil, fmt.Errorf("decode tasks: %w", err)
 	}
@@ -179,8 +159,11 @@ func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
 	for i, r := range rows {
 		t := &out[i]
 		var state string
-		var errMsg *string
+		var errMsg, waitingFor, child *string
 		if err := errors.Join(
+			unmarshalTime(r[8], &t.WaitingSince),
+			json.Unmarshal(r[9], &waitingFor),
+			json.Unmarshal(r[10], &child),
 			json.Unmarshal(r[0], &t.Name),
 			json.Unmarshal(r[1], &state),
 			json.Unmarshal(r[2], &deps[i]),
@@ -196,6 +179,12 @@ func decodeTasks(b []byte) ([]batuta.TaskRun, error) {
 		t.Output = rawOutput(r[3])
 		if errMsg != nil {
 			t.Error = *errMsg
+		}
+		if waitingFor != nil {
+			t.WaitingFor = *waitingFor
+		}
+		if child != nil {
+			t.Child = *child
 		}
 	}
 	for i := range out {

@@ -27,30 +27,37 @@ func buildQueries(schema string) queries {
 		createRuns: `
 WITH r AS (
     INSERT INTO {s}.runs (id, workflow, event_id, event, created_at, deadline, tasks_total, tasks_left,
-        start_at, priority, ckey, admit, dkey, state, canceled, error, finished_at)
+        start_at, priority, ckey, admit, dkey, state, canceled, error, finished_at, parent_id, parent_task)
     SELECT u.id, u.wf, u.eid, u.ev, u.ca, u.dl, u.n, CASE WHEN u.rej IS NULL THEN u.n ELSE 0 END,
         u.sa, u.prio, u.ckey, u.admit, u.dkey, CASE WHEN u.rej IS NULL THEN 'active' ELSE 'canceled' END,
-        u.rej IS NOT NULL, coalesce(u.rej, ''), CASE WHEN u.rej IS NOT NULL THEN u.ca END
+        u.rej IS NOT NULL, coalesce(u.rej, ''), CASE WHEN u.rej IS NOT NULL THEN u.ca END, u.pid, u.ptask
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::json[], $5::timestamptz[], $6::timestamptz[], $7::int[],
-                $18::timestamptz[], $19::int[], $20::text[], $21::smallint[], $22::text[], $23::text[])
-        AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej)
+                $18::timestamptz[], $19::int[], $20::text[], $21::smallint[], $22::text[], $23::text[], $34::uuid[], $35::text[])
+        AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej, pid, ptask)
     ORDER BY u.wf, u.eid
     ON CONFLICT DO NOTHING
-    RETURNING id, ckey, admit, priority, created_at, start_at
+    RETURNING id, ckey, admit, priority, created_at, start_at, parent_id, parent_task, state
+), pk AS (
+    -- child runs: their parent task counts them (kids), and those not
+    -- finished (kids_open); the last one to finish wakes it
+    UPDATE {s}.tasks t SET kids = t.kids + c.n, kids_open = t.kids_open + c.o
+    FROM (SELECT parent_id, parent_task, count(*) AS n, count(*) FILTER (WHERE state = 'active') AS o
+          FROM r WHERE parent_id IS NOT NULL GROUP BY parent_id, parent_task) c
+    WHERE t.run_id = c.parent_id AND t.name = c.parent_task
 ), q AS (
     INSERT INTO {s}.run_queue (ckey, priority, created_at, run_id, start_at)
     SELECT ckey, priority, created_at, id, start_at FROM r WHERE admit = 1
 ), t AS (
     INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
-        priority, hold, tkey, error, rgroup)
+        priority, hold, tkey, error, rgroup, signal, sub)
     SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo,
         CASE WHEN v.rej IS NULL THEN 'pending' ELSE 'canceled' END, v.due, v.fire_on, v.prio,
         CASE WHEN v.hold = 0 AND v.ndeps = 0 AND v.rej IS NULL
             AND v.wf = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) THEN 3 ELSE v.hold END,
-        v.tkey, v.rej, v.rgroup
+        v.tkey, v.rej, v.rgroup, v.sig, v.sub
     FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[], $16::timestamptz[], $17::text[],
-                $24::int[], $25::smallint[], $26::text[], $27::text[], $33::bool[])
-        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej, rgroup)
+                $24::int[], $25::smallint[], $26::text[], $27::text[], $33::bool[], $36::text[], $37::bool[])
+        AS v(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej, rgroup, sig, sub)
     WHERE v.run_id IN (SELECT id FROM r)
 ), g AS (
     -- the workflow-level groups of the runs created: queued (admit 1) and
@@ -92,6 +99,8 @@ SELECT count(DISTINCT run_id) FROM (
     SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND hold = 3
     UNION ALL
     SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND pending_deps = 0 AND hold = 5
+    UNION ALL
+    SELECT run_id FROM {s}.tasks WHERE state = 'pending' AND hold = 6
     UNION ALL
     SELECT run_id FROM {s}.run_queue
     UNION ALL
@@ -199,17 +208,24 @@ WITH g AS MATERIALIZED (
     WHERE x.key = tg.key AND (c.n IS NOT NULL OR k.n IS NOT NULL)
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
     FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx AND t.state = 'pending'
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
+        t.signal, t.waiting_since
 )
 SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
     CASE WHEN cardinality(c.deps) > 0 THEN (
         SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
         JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END,
+    c.waiting_since,
+    -- the oldest signal buffered for the task's signal name
+    CASE WHEN c.signal <> '' THEN (
+        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
+        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
     ) END
 FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
 ORDER BY c.priority DESC, c.due_at`,
@@ -229,18 +245,25 @@ WITH ok AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 131072 + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
     FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
       AND NOT (p.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[]))
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
+        t.signal, t.waiting_since
 )
 SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
     CASE WHEN cardinality(c.deps) > 0 THEN (
         SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
         JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END,
+    c.waiting_since,
+    -- the oldest signal buffered for the task's signal name
+    CASE WHEN c.signal <> '' THEN (
+        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
+        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
     ) END
 FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
 ORDER BY c.priority DESC, c.due_at`,
@@ -338,7 +361,7 @@ FROM i LEFT JOIN {s}.runs r ON r.id = i.run_id`,
 		// CancelRun of the same run commits may read the run as not yet
 		// canceled and go back to the ready set; it then runs once more and
 		// the run still ends canceled.)
-		lockRuns: `SELECT id FROM {s}.runs WHERE id = ANY($1::uuid[]) AND tasks_total > 1 ORDER BY id FOR NO KEY UPDATE`,
+		lockRuns: `SELECT id FROM {s}.runs WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE`,
 
 		// A note on "lease_until IS NOT NULL": it holds exactly while a
 		// task is running (claims set it, every other transition clears
@@ -357,11 +380,19 @@ FROM i LEFT JOIN {s}.runs r ON r.id = i.run_id`,
 		complete: `
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::json[], $6::text[],
-                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $13::bool[])
-        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, rr, ord)
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $13::bool[]/*ops*/,
+                         $14::text[], $15::text[], $16::bigint[]/*end*/)
+        WITH ORDINALITY AS i(run_id, task, token, outcome, output, err, rec, retry_at, lease_before, at, rr/*ops*/, wfor, child, consume/*end*/, ord)
 ), m AS MATERIALIZED (
-    SELECT i.*, t.idx,
-        CASE
+    SELECT i.*, t.idx,/*ops*/
+        -- a wait is due at once if a signal it waits for is buffered (the
+        -- run row is locked, as SendSignal locks it: this sees them all)
+        i.outcome = 'wait' AND t.signal <> '' AND EXISTS (SELECT 1 FROM {s}.signals g
+            WHERE g.run_id = t.run_id AND g.name = t.signal AND g.seq <> i.consume) AS sig_ready,
+        -- a signal completes a waiting task, which holds no lease
+        (i.outcome = 'signal') AS sig,/*end*/
+        CASE/*ops*/
+            WHEN i.outcome = 'signal' THEN 'succeeded'/*end*/
             WHEN i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN i.outcome
             WHEN i.outcome = 'rescue' AND t.rescues + 1 > $11 THEN 'failed'
             WHEN (SELECT r.canceled FROM {s}.runs r WHERE r.id = i.run_id) THEN 'canceled'
@@ -369,9 +400,11 @@ WITH i AS (
         END AS new_state
     FROM i
     JOIN {s}.tasks t ON t.run_id = i.run_id AND t.idx = (i.token & 32767)::smallint
-    WHERE t.token = i.token AND t.name = i.task AND t.lease_until IS NOT NULL
+    WHERE ((t.token = i.token AND t.lease_until IS NOT NULL)/*ops*/
+           OR (i.outcome = 'signal' AND t.state = 'pending' AND t.waiting_since IS NOT NULL)/*end*/)
+      AND t.name = i.task
       AND (i.lease_before IS NULL OR t.lease_until < i.lease_before)
-      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer', 'rescue')
+      AND i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer', 'rescue'/*ops*/, 'wait', 'signal'/*end*/)
 ), done AS (
     UPDATE {s}.tasks t SET
         state = m.new_state,
@@ -392,10 +425,21 @@ WITH i AS (
             WHEN t.attempts IS NULL THEN ('[' || m.rec || ']')::json
             ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
         END,
-        due_at = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
+        due_at = CASE/*ops*/
+            -- a wait: due at once (a signal buffered, or its child runs
+            -- all finished: t is the row's latest version, so a child that
+            -- finished meanwhile counts), at its time, or never by time
+            WHEN m.outcome = 'wait' AND m.new_state = 'pending' AND (m.sig_ready OR (t.kids > 0 AND t.kids_open = 0)) THEN m.at/*end*/
+            WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN m.retry_at ELSE t.due_at END,
         -- due at a given time: the delayed set, out of the claims' way
         -- until a claim whose clock reached it promotes it
-        hold = CASE WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN 1 ELSE 0 END,
+        hold = CASE/*ops*/
+            WHEN m.outcome = 'wait' AND m.new_state = 'pending' AND (m.sig_ready OR (t.kids > 0 AND t.kids_open = 0)) THEN 0
+            WHEN m.outcome = 'wait' AND m.new_state = 'pending' AND m.retry_at IS NULL THEN 6/*end*/
+            WHEN m.new_state = 'pending' AND m.retry_at IS NOT NULL THEN 1 ELSE 0 END,/*ops*/
+        waiting_since = CASE WHEN m.outcome = 'wait' THEN coalesce(t.waiting_since, m.at) ELSE t.waiting_since END,
+        waiting_for = CASE WHEN m.outcome = 'wait' THEN nullif(m.wfor, '') ELSE t.waiting_for END,
+        child = CASE WHEN m.outcome = 'wait' AND m.child <> '' THEN m.child ELSE t.child END,/*end*/
         rate_reserved = m.new_state = 'pending' AND m.outcome = 'defer' AND coalesce(m.rr, false),
         -- kept on terminal states, so a repeated completion is recognised
         token = CASE WHEN m.new_state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled') THEN t.token END,
@@ -404,13 +448,17 @@ WITH i AS (
         last_token = m.token,
         last_outcome = m.outcome
     FROM m
-    WHERE t.run_id = m.run_id AND t.idx = m.idx AND t.lease_until IS NOT NULL AND t.token = m.token
+    WHERE t.run_id = m.run_id AND t.idx = m.idx
+      AND ((t.lease_until IS NOT NULL AND t.token = m.token)/*ops*/
+           OR (m.sig AND t.state = 'pending' AND t.waiting_since IS NOT NULL)/*end*/)
       AND (m.lease_before IS NULL OR t.lease_until < m.lease_before)
-    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at, t.tkey
+    RETURNING m.ord, m.token, t.run_id, t.name, t.dependents, m.new_state, t.error AS err, m.at, m.retry_at, t.tkey, t.hold, m.outcome/*ops*/,
+        m.consume/*end*/
 ), tgu AS (
-    -- every completion of a claimed task frees its task-level slot
+    -- every completion of a claimed task frees its task-level slot (a
+    -- signal completes a task that is not claimed)
     UPDATE {s}.task_groups g SET active = g.active - c.n
-    FROM (SELECT tkey, count(*) AS n FROM done WHERE tkey IS NOT NULL GROUP BY tkey) c
+    FROM (SELECT tkey, count(*) AS n FROM done WHERE tkey IS NOT NULL AND outcome <> 'signal' GROUP BY tkey) c
     WHERE g.key = c.tkey
     RETURNING g.parked > 0 AS wake
 ), cnt AS (
@@ -464,7 +512,10 @@ WITH i AS (
     FROM (SELECT ckey, count(*) AS n FROM ru WHERE state <> 'active' AND admit = 3 GROUP BY ckey) c
     WHERE g.key = c.ckey
     RETURNING g.waiting > 0 AS wake
-)
+)/*ops*/, sd AS (
+    -- the signals consumed by accepted completions
+    DELETE FROM {s}.signals g USING done d WHERE d.consume <> 0 AND g.run_id = d.run_id AND g.seq = d.consume
+)/*end*/
 -- One row per fact, no joins between the parts (they would be quadratic
 -- in the batch size): d = applied (new state), r = tasks made ready,
 -- f = run finished (final state), i = idempotent success, n = a task
@@ -487,12 +538,12 @@ SELECT 'i', i.ord, CASE WHEN r0.state <> 'active' AND r0.finished_by = i.token T
 FROM i
 JOIN {s}.tasks t0 ON t0.run_id = i.run_id AND t0.idx = (i.token & 32767)::smallint
 JOIN {s}.runs r0 ON r0.id = i.run_id
-WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer') AND i.ord NOT IN (SELECT ord FROM done)
+WHERE i.outcome IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled', 'retry', 'snooze', 'release', 'defer', 'wait') AND i.ord NOT IN (SELECT ord FROM done)
   AND t0.name = i.task
   AND ((t0.token = i.token AND t0.state = i.outcome) OR (t0.last_token = i.token AND t0.last_outcome = i.outcome))
 UNION ALL
 SELECT 'n', 0, '', count(*) FROM (
-    SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12)
+    SELECT 1 FROM done WHERE new_state = 'pending' AND (retry_at IS NULL OR retry_at <= $12) AND hold <> 6
     LIMIT 1) x
 UNION ALL
 -- a slot freed in a group whose runs or tasks wait: work for any instance
@@ -556,12 +607,16 @@ SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
 		// attempts verbatim) in one statement, so the two agree.
 		runSelect: `
 SELECT r.id, r.workflow, r.event_id, r.event, r.created_at, r.deadline, r.state, r.error, r.finished_at,
-    x.started, x.tasks, r.start_at, r.priority, r.ckey
+    x.started, x.tasks, r.start_at, r.priority, r.ckey, r.parent_id, r.parent_task, r.retries, x.live
 FROM {s}.runs r
 CROSS JOIN LATERAL (
     SELECT min(t.first_claimed_at) AS started,
+        -- running: a task was claimed (since the run was last reopened)
+        CASE WHEN r.reopened_at IS NULL THEN min(t.first_claimed_at) IS NOT NULL
+            ELSE coalesce(max(t.claimed_at) >= r.reopened_at, false) END AS live,
         json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues,
-            CASE WHEN t.state = 'pending' AND t.due_at > r.created_at THEN t.due_at END) ORDER BY t.idx) AS tasks
+            CASE WHEN t.state = 'pending' AND t.hold <> 6 AND t.due_at > r.created_at THEN t.due_at END,
+            t.waiting_since, t.waiting_for, t.child) ORDER BY t.idx) AS tasks
     FROM {s}.tasks t WHERE t.run_id = r.id
 ) x`,
 
@@ -574,6 +629,8 @@ WITH v AS (
     ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
 ), dt AS (
     DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
+), ds AS (
+    DELETE FROM {s}.signals g USING v WHERE g.run_id = v.id
 ), dr AS (
     DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
 )
@@ -589,6 +646,8 @@ WITH v AS (
     ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
 ), dt AS (
     DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
+), ds AS (
+    DELETE FROM {s}.signals g USING v WHERE g.run_id = v.id
 ), dr AS (
     DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
 )
@@ -614,10 +673,33 @@ RETURNING s.name`,
 	} {
 		*p = r.Replace(*p)
 	}
-	q.completePlain = plainCompletion(q.complete)
+	q.completePlain = plainCompletion(stripOps(q.complete))
+	q.complete = keepOps(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
 	q.findRun = q.runSelect + "\nWHERE r.workflow = $1 AND r.event_id = $2"
 	return q
+}
+
+// stripOps removes the /*ops*/ ... /*end*/ spans of a statement: the
+// steps of waits, signals and child runs, which only the full completion
+// statement has.
+func stripOps(s string) string {
+	for {
+		i := strings.Index(s, "/*ops*/")
+		if i < 0 {
+			return s
+		}
+		j := strings.Index(s[i:], "/*end*/")
+		if j < 0 {
+			panic("batutapg: unterminated /*ops*/ span")
+		}
+		s = s[:i] + s[i+j+len("/*end*/"):]
+	}
+}
+
+// keepOps removes the /*ops*/ and /*end*/ markers, keeping the spans.
+func keepOps(s string) string {
+	return strings.NewReplacer("/*ops*/", "", "/*end*/", "").Replace(s)
 }
 
 // plainCompletion returns the completion statement without its

@@ -1,0 +1,114 @@
+package batutapg
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/google/uuid"
+)
+
+// Store-level benchmarks of the claim/complete fast path: b.N runs are
+// created first (not timed), then a few goroutines claim and complete
+// every task. ns/op is per run.
+//
+//	go test -run XXX -bench 'ClaimComplete' -count 3 ./adapters/batutapg
+
+func BenchmarkClaimCompleteSingle(b *testing.B)  { benchClaimComplete(b, 1) }
+func BenchmarkClaimCompleteDiamond(b *testing.B) { benchClaimComplete(b, 4) }
+
+// benchTasks returns the task specs of a run of n tasks: one task, or a
+// diamond (a -> b, c -> d) for 4.
+func benchTasks(n int) []batuta.TaskSpec {
+	if n == 1 {
+		return []batuta.TaskSpec{{Name: "a"}}
+	}
+	return []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0}}, {Name: "d", Deps: []int{1, 2}}}
+}
+
+func benchClaimComplete(b *testing.B, tasks int) {
+	pool := storeTestPool(b, 16)
+	s := newTestStore(b, pool, Config{Logger: quiet()})
+	now := time.Now()
+	createBenchRuns(b, s, "bench", b.N, benchTasks(tasks), now)
+	b.ResetTimer()
+	drainClaimComplete(b, s, b.N*tasks, 4, 16)
+}
+
+// createBenchRuns records n runs of workflow wf in batches.
+func createBenchRuns(tb testing.TB, s *Store, wf string, n int, tasks []batuta.TaskSpec, now time.Time) {
+	tb.Helper()
+	ctx := context.Background()
+	for i := 0; i < n; i += 1000 {
+		var batch []batuta.NewRun
+		for k := i; k < min(n, i+1000); k++ {
+			batch = append(batch, batuta.NewRun{
+				ID: uuid.Must(uuid.NewV7()).String(), Workflow: wf, CreatedAt: now,
+				Event: batuta.Event{ID: fmt.Sprintf("%s-%d", wf, k)}, Tasks: tasks,
+			})
+		}
+		if _, err := s.CreateRuns(ctx, batch); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// drainClaimComplete claims and completes (succeeded) total tasks with
+// workers goroutines claiming up to limit tasks at a time.
+func drainClaimComplete(tb testing.TB, s *Store, total, workers, limit int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	out := json.RawMessage(`{"ok":true}`)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			owner := fmt.Sprintf("bench-%d", w)
+			for done.Load() < int64(total) && ctx.Err() == nil {
+				now := time.Now()
+				cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: owner, Limit: limit, Now: now, LeaseUntil: now.Add(time.Minute)})
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				if len(cs) == 0 {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				comps := make([]batuta.Completion, len(cs))
+				for i, c := range cs {
+					comps[i] = batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
+						Output: out, StartedAt: now, FinishedAt: time.Now()}
+				}
+				res, err := s.CompleteTasks(ctx, comps)
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				for _, r := range res {
+					if r.Err != nil {
+						firstErr.CompareAndSwap(nil, r.Err)
+						return
+					}
+				}
+				done.Add(int64(len(cs)))
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		tb.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		tb.Fatalf("drained %d of %d tasks before the deadline", done.Load(), total)
+	}
+}
