@@ -127,7 +127,7 @@ func writeActionTable(w io.Writer, sum *actionSummary, all bool) {
 			if detail == "" && len(r.Reset) > 0 {
 				detail = "reset " + strings.Join(r.Reset, ", ")
 			}
-			printf(tw, "%s\t%s\t%s\n", r.ID, status, sanitize(detail, 80))
+			printf(tw, "%s\t%s\t%s\n", r.ID, status, sanitize(detail, 0))
 		}
 		_ = tw.Flush()
 	}
@@ -155,6 +155,8 @@ func resultOf(id string, err error, skippable bool) actionResult {
 		return actionResult{ID: id, Status: "not_found", Error: "run not found"}
 	case skippable && errors.Is(err, batuta.ErrNotRetryable):
 		return actionResult{ID: id, Status: "skipped", Error: err.Error()}
+	case errors.Is(err, batuta.ErrNotRetryable):
+		return actionResult{ID: id, Status: "error", Error: "cannot be retried (unfinished, or succeeded: retry it with --from TASK): " + err.Error()}
 	default:
 		return actionResult{ID: id, Status: "error", Error: err.Error()}
 	}
