@@ -2,11 +2,14 @@ package batutaprom_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -362,4 +365,46 @@ func (d *dtoMetric) has(values []string) bool {
 		left[l.GetValue()]--
 	}
 	return true
+}
+
+// TestGrafanaDashboardUsesOnlyExportedMetrics holds docs/grafana/batuta.json
+// to the collector: it parses, and every batuta_* series its queries read
+// is one Metrics describes (histograms with their _bucket, _sum, _count).
+func TestGrafanaDashboardUsesOnlyExportedMetrics(t *testing.T) {
+	b, err := os.ReadFile("../../docs/grafana/batuta.json")
+	require.NoError(t, err)
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, json.Unmarshal(b, &dash))
+
+	m, err := batutaprom.New(batutaprom.Config{})
+	require.NoError(t, err)
+	known := map[string]bool{}
+	descs := make(chan *prometheus.Desc, 64)
+	m.Describe(descs)
+	close(descs)
+	name := regexp.MustCompile(`fqName: "([a-z0-9_]+)"`)
+	for d := range descs {
+		n := name.FindStringSubmatch(d.String())[1]
+		for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+			known[n+suffix] = true
+		}
+	}
+	series := regexp.MustCompile(`\bbatuta_[a-z0-9_]+`)
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			queries++
+			for _, s := range series.FindAllString(tg.Expr, -1) {
+				require.Truef(t, known[s], "panel %q reads %s, which batutaprom does not export", p.Title, s)
+			}
+		}
+	}
+	require.Greater(t, queries, 10)
 }
