@@ -61,11 +61,11 @@ func (s *actionSummary) exitError() error {
 
 // bulk runs act on each run, with a progress bar on a terminal.
 type bulk struct {
-	a       *app
-	action  string // "retry", "cancel"
-	explict bool   // IDs named on the command line (not a filter)
-	dryRun  bool
-	act     func(ctx context.Context, id string) actionResult
+	a        *app
+	action   string // "retry", "cancel"
+	explicit bool   // IDs named on the command line (not a filter)
+	dryRun   bool
+	act      func(ctx context.Context, id string) actionResult
 }
 
 func (b *bulk) run(cmd *cobra.Command, s batuta.Store, ids []string) error {
@@ -101,7 +101,7 @@ func (b *bulk) run(cmd *cobra.Command, s batuta.Store, ids []string) error {
 			return err
 		}
 	} else {
-		writeActionTable(w, sum, b.explict || b.dryRun || sum.Failed > 0)
+		writeActionTable(w, sum, b.explicit || b.dryRun || sum.Failed > 0)
 	}
 	return sum.exitError()
 }
@@ -230,7 +230,7 @@ run reopened by someone else meanwhile is skipped.`,
 			if err != nil {
 				return err
 			}
-			b := &bulk{a: a, action: "retry", explict: len(ids) > 0, dryRun: dryRun,
+			b := &bulk{a: a, action: "retry", explicit: len(ids) > 0, dryRun: dryRun,
 				act: func(ctx context.Context, id string) actionResult {
 					res, err := s.RetryRun(ctx, id, batuta.RetryParams{From: from, Now: a.now()})
 					r := resultOf(id, err, len(ids) == 0)
@@ -280,7 +280,7 @@ running). With filter flags, a progress bar shows on a terminal.`,
 			if err != nil {
 				return err
 			}
-			b := &bulk{a: a, action: "cancel", explict: len(ids) > 0, dryRun: dryRun,
+			b := &bulk{a: a, action: "cancel", explicit: len(ids) > 0, dryRun: dryRun,
 				act: func(ctx context.Context, id string) actionResult {
 					unfinished, err := s.CancelRun(ctx, id, reason, a.now())
 					r := resultOf(id, err, false)

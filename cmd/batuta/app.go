@@ -36,6 +36,7 @@ func newApp(e env) *app {
 	return a
 }
 
+//nolint:gosec // G101: a DSN template in the help text, not a credential
 const rootLong = `batuta inspects and operates the runs of a batuta store (PostgreSQL or SQLite)
 without writing Go. It works on the store directly: no workflow needs to be
 registered, and the orchestrators that run the workflows pick up what it
@@ -89,11 +90,10 @@ func (a *app) rootCommand() *cobra.Command {
 			if a.schema == "" {
 				a.schema = "batuta"
 			}
-			var h slog.Handler = slog.DiscardHandler
+			a.log = slog.New(slog.DiscardHandler)
 			if a.verbose {
-				h = slog.NewTextHandler(a.stderr, nil)
+				a.log = slog.New(slog.NewTextHandler(a.stderr, nil))
 			}
-			a.log = slog.New(h)
 			return nil
 		},
 	}

@@ -95,7 +95,7 @@ func isTerminal(f *os.File) bool {
 // to e.stderr, with every DSN password masked.
 func run(ctx context.Context, args []string, e env) int {
 	app := newApp(e)
-	root := app.rootCommand()
+	root := app.rootCommand() //nolint:contextcheck // the commands take ctx from cobra (ExecuteContextC below)
 	root.SetArgs(args)
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)

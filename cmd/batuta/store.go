@@ -35,9 +35,7 @@ func dsnKind(dsn string) (kind, path string, err error) {
 		return "postgres", "", nil
 	case strings.HasPrefix(dsn, "sqlite:"):
 		p := strings.TrimPrefix(dsn, "sqlite:")
-		if strings.HasPrefix(p, "//") {
-			p = strings.TrimPrefix(p, "//") // sqlite:///abs/path and sqlite://rel/path
-		}
+		p = strings.TrimPrefix(p, "//") // sqlite:///abs/path and sqlite://rel/path
 		if p == "" {
 			return "", "", usageErrorf("--dsn sqlite: names no file (write sqlite:PATH)")
 		}
@@ -130,7 +128,7 @@ func (b *backend) status(ctx context.Context) (*schemaStatus, error) {
 	case "postgres":
 		st.Where, st.Needed = "schema "+b.schema, batutapg.SchemaVersion()
 		table := pgx.Identifier{b.schema, "store_migrations"}.Sanitize()
-		rows, err := b.pool.Query(ctx, "SELECT version, name, applied_at FROM "+table+" ORDER BY version") //nolint:gosec // G202: the table name is a quoted identifier
+		rows, err := b.pool.Query(ctx, "SELECT version, name, applied_at FROM "+table+" ORDER BY version")
 		if err == nil {
 			for rows.Next() {
 				var m appliedMigration
