@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,17 +22,21 @@ type actionResult struct {
 	Status string   `json:"status"`
 	Reset  []string `json:"reset,omitempty"`
 	Error  string   `json:"error,omitempty"`
+	// Final is, with --wait, the state the retried run finished in.
+	Final batuta.RunState `json:"final_state,omitempty"`
 }
 
 // actionSummary is what --json prints for retry and cancel.
 type actionSummary struct {
-	Action  string         `json:"action"`
-	DryRun  bool           `json:"dry_run,omitempty"`
-	Matched int            `json:"matched"`
-	Done    int            `json:"done"`
-	Skipped int            `json:"skipped"`
-	Failed  int            `json:"failed"`
-	Runs    []actionResult `json:"runs"`
+	Action  string `json:"action"`
+	DryRun  bool   `json:"dry_run,omitempty"`
+	Matched int    `json:"matched"`
+	Done    int    `json:"done"`
+	Skipped int    `json:"skipped"`
+	Failed  int    `json:"failed"`
+	// Finished counts, with --wait, the final states of the runs acted on.
+	Finished map[batuta.RunState]int `json:"finished,omitempty"`
+	Runs     []actionResult          `json:"runs"`
 }
 
 // exitCode turns results into the command's exit error: nil when every
@@ -65,7 +70,9 @@ type bulk struct {
 	action   string // "retry", "cancel"
 	explicit bool   // IDs named on the command line (not a filter)
 	dryRun   bool
-	act      func(ctx context.Context, id string) actionResult
+	// wait: after acting, wait for the runs acted on to finish.
+	wait bool
+	act  func(ctx context.Context, id string) actionResult
 }
 
 func (b *bulk) run(cmd *cobra.Command, s batuta.Store, ids []string) error {
@@ -95,6 +102,10 @@ func (b *bulk) run(cmd *cobra.Command, s batuta.Store, ids []string) error {
 		bar.set(i + 1)
 	}
 	bar.done()
+	var waitErr error
+	if b.wait && !b.dryRun && sum.Done > 0 {
+		waitErr = b.waitFinished(ctx, s, sum)
+	}
 	w := b.a.out(cmd)
 	if b.a.json {
 		if err := writeJSON(w, sum); err != nil {
@@ -103,7 +114,69 @@ func (b *bulk) run(cmd *cobra.Command, s batuta.Store, ids []string) error {
 	} else {
 		writeActionTable(w, sum, b.explicit || b.dryRun || sum.Failed > 0)
 	}
-	return sum.exitError()
+	if err := sum.exitError(); err != nil {
+		return err
+	}
+	if waitErr != nil {
+		return waitErr
+	}
+	if sum.Finished != nil {
+		ok := sum.Finished[batuta.RunSucceeded]
+		msg := fmt.Errorf("%s: %d of %d run(s) did not succeed", b.action, sum.Done-ok, sum.Done)
+		switch {
+		case ok == sum.Done:
+		case ok > 0:
+			return withCode(exitPartial, msg)
+		default:
+			return withCode(exitError, msg)
+		}
+	}
+	return nil
+}
+
+// waitPoll is how often --wait reads the runs it waits for.
+const waitPoll = 500 * time.Millisecond
+
+// waitFinished polls the runs acted on until each finished (or ctx ends,
+// bounded by --timeout), recording their final states in sum. A bar shows
+// how many finished.
+func (b *bulk) waitFinished(ctx context.Context, s batuta.Store, sum *actionSummary) error {
+	left := map[string]int{} // run ID -> index in sum.Runs
+	for i, r := range sum.Runs {
+		if r.Status == "done" {
+			left[r.ID] = i
+		}
+	}
+	sum.Finished = map[batuta.RunState]int{}
+	bar := newProgress(b.a.stderr, b.a.tty && !b.a.json, "finished", len(left))
+	defer bar.done()
+	for {
+		for id, i := range left {
+			r, err := s.GetRun(ctx, id)
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				return fmt.Errorf("wait for run %s: %w", id, err)
+			}
+			if r.Finished() {
+				sum.Runs[i].Final = r.State
+				sum.Finished[r.State]++
+				delete(left, id)
+			}
+		}
+		bar.set(sum.Done - len(left))
+		if len(left) == 0 {
+			return nil
+		}
+		t := time.NewTimer(waitPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s: waited for %d run(s), %d still unfinished: %w", b.action, sum.Done, len(left), ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // writeActionTable prints the per-run results (all of them, or only the
@@ -144,6 +217,20 @@ func writeActionTable(w io.Writer, sum *actionSummary, all bool) {
 		printf(w, ", %d failed", sum.Failed)
 	}
 	printf(w, "\n")
+	if sum.Finished != nil {
+		n := 0
+		var parts []string
+		for _, st := range []batuta.RunState{batuta.RunSucceeded, batuta.RunFailed, batuta.RunCanceled} {
+			if c := sum.Finished[st]; c > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", c, st))
+				n += c
+			}
+		}
+		if n < sum.Done {
+			parts = append(parts, fmt.Sprintf("%d unfinished", sum.Done-n))
+		}
+		printf(w, "finished: %s\n", strings.Join(parts, ", "))
+	}
 }
 
 // resultOf classifies an error of RetryRun or CancelRun.
@@ -193,6 +280,7 @@ func (a *app) runsRetryCommand() *cobra.Command {
 		ff     filterFlags
 		from   string
 		dryRun bool
+		wait   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "retry [ID...]",
@@ -208,11 +296,16 @@ their state (a succeeded run can be retried that way).
 
 With filter flags the runs are listed first (a fixed set: runs failing meanwhile
 are left alone), then retried one by one, with a progress bar on a terminal. A
-run reopened by someone else meanwhile is skipped.`,
+run reopened by someone else meanwhile is skipped.
+
+With --wait the command then waits until every retried run finished (polling the
+store; an orchestrator must be running the workflow), prints how they ended, and
+exits 0 only if all succeeded (4 if some did, 1 if none did).`,
 		Example: `  batuta runs retry 0193a7c4-5e1f-7b6a-9d2c-3f4e5a6b7c8d
   batuta runs retry --state failed --workflow orders
   batuta runs retry --workflow orders --error "connection refused" --since 2h --dry-run
-  batuta runs retry 0193a7c4-5e1f-7b6a-9d2c-3f4e5a6b7c8d --from charge`,
+  batuta runs retry 0193a7c4-5e1f-7b6a-9d2c-3f4e5a6b7c8d --from charge
+  batuta runs retry --state failed --workflow orders --wait --timeout 10m`,
 		Args: usageArgs(cobra.ArbitraryArgs),
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			if err := checkTargets(ids, &ff, "retry"); err != nil {
@@ -230,7 +323,7 @@ run reopened by someone else meanwhile is skipped.`,
 			if err != nil {
 				return err
 			}
-			b := &bulk{a: a, action: "retry", explicit: len(ids) > 0, dryRun: dryRun,
+			b := &bulk{a: a, action: "retry", explicit: len(ids) > 0, dryRun: dryRun, wait: wait,
 				act: func(ctx context.Context, id string) actionResult {
 					res, err := s.RetryRun(ctx, id, batuta.RetryParams{From: from, Now: a.now()})
 					r := resultOf(id, err, len(ids) == 0)
@@ -243,6 +336,7 @@ run reopened by someone else meanwhile is skipped.`,
 	ff.register(cmd.Flags())
 	cmd.Flags().StringVar(&from, "from", "", "rerun this task and every task downstream of it")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list the runs that would be retried; change nothing")
+	cmd.Flags().BoolVar(&wait, "wait", false, "then wait until the retried runs finish (bound it with --timeout); exit 0 only if all succeeded")
 	return cmd
 }
 

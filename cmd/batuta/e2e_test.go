@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"path/filepath"
@@ -21,9 +22,6 @@ import (
 func TestRetryFailedRunsThenTheySucceed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ops.db")
 	s := openSQLite(t, path)
-	if _, err := s.RetryRun(context.Background(), "01900000-0000-7000-8000-000000000000", batuta.RetryParams{}); errors.Is(err, errors.ErrUnsupported) {
-		t.Skip("batutasqlite does not implement RetryRun yet")
-	}
 	var down atomic.Bool
 	down.Store(true)
 	o, err := batuta.New(batuta.Config{Store: s, Logger: slog.New(slog.DiscardHandler), PollInterval: 20 * time.Millisecond})
@@ -60,12 +58,13 @@ func TestRetryFailedRunsThenTheySucceed(t *testing.T) {
 	require.Contains(t, r.stdout, "payments API: 503 Service Unavailable")
 
 	down.Store(false) // the API is back
-	r = cli(t, nil, append([]string{"runs", "retry", "--state", "failed", "--workflow", "orders"}, dsn...)...)
+	r = cli(t, nil, append([]string{"runs", "retry", "--state", "failed", "--workflow", "orders", "--wait", "--timeout", "50s"}, dsn...)...)
 	require.Equal(t, exitOK, r.code, r.stderr)
-	require.Contains(t, r.stdout, "retried 3 of 3 run(s)")
+	require.Contains(t, r.stdout, "retried 3 of 3 run(s)\nfinished: 3 succeeded\n")
 
+	// --wait returned once they had finished: each succeeded.
 	for _, id := range ids {
-		run, err := o.Wait(ctx, id)
+		run, err := s.GetRun(ctx, id)
 		require.NoError(t, err)
 		require.Equal(t, batuta.RunSucceeded, run.State, id)
 		require.Equal(t, 1, run.Retries)
@@ -75,4 +74,36 @@ func TestRetryFailedRunsThenTheySucceed(t *testing.T) {
 	r = cli(t, nil, append([]string{"runs", "list", "--state", "failed"}, dsn...)...)
 	require.Equal(t, exitOK, r.code)
 	require.Equal(t, "no runs\n", r.stdout)
+}
+
+func TestRetryWaitReportsFailures(t *testing.T) {
+	// --wait with runs that fail again: exit 1 (none succeeded), the final
+	// states in the JSON summary.
+	path := filepath.Join(t.TempDir(), "again.db")
+	s := openSQLite(t, path)
+	o, err := batuta.New(batuta.Config{Store: s, Logger: slog.New(slog.DiscardHandler), PollInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "flaky", Tasks: []batuta.Task{
+		{Name: "call", Run: func(context.Context, *batuta.Input) (any, error) {
+			return nil, batuta.Permanent(errors.New("still down"))
+		}},
+	}}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- o.Run(runCtx) }()
+	defer func() { stop(); require.NoError(t, <-done) }()
+	id, err := o.Submit(ctx, "flaky", batuta.Event{ID: "x"})
+	require.NoError(t, err)
+	_, err = o.Wait(ctx, id)
+	require.NoError(t, err)
+
+	r := cli(t, nil, "runs", "retry", id, "--wait", "--json", "--timeout", "50s", "--dsn", "sqlite:"+path)
+	require.Equal(t, exitError, r.code, r.stderr)
+	require.Contains(t, r.stderr, "1 of 1 run(s) did not succeed")
+	var sum actionSummary
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sum))
+	require.Equal(t, map[batuta.RunState]int{batuta.RunFailed: 1}, sum.Finished)
+	require.Equal(t, batuta.RunFailed, sum.Runs[0].Final)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,9 +192,6 @@ func TestRunsCancel(t *testing.T) {
 func TestRunsRetry(t *testing.T) {
 	stores(t, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
-		if _, err := f.store.RetryRun(ctx, "01900000-0000-7000-8000-000000000000", batuta.RetryParams{}); errors.Is(err, errors.ErrUnsupported) {
-			t.Skip("this store does not implement RetryRun yet")
-		}
 		// Bulk: every failed run of orders becomes pending, the failed and
 		// upstream_failed tasks reset; billing's failure is left alone.
 		r := cli(t, nil, f.with("runs", "retry", "--state", "failed", "--workflow", "orders")...)
