@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/batuta-dev/batuta"
 )
@@ -129,4 +130,52 @@ func ExampleWorkflow_onFailure() {
 	// Output:
 	// payout-3 failed: bank: account closed
 	// payout-3 failed payout
+}
+
+// DeadLetterBoxes lists the dead-letter boxes of the bound triggers: here
+// a queue trigger whose dead letters go to an in-memory queue. A message
+// the trigger could not read is listed with its reason, then redriven to
+// the source queue once the consumer can read it.
+func ExampleOrchestrator_DeadLetterBoxes() {
+	o, _ := batuta.New(batuta.Config{Logger: quiet})
+	done := make(chan string, 1)
+	_ = o.Register(&batuta.Workflow{Name: "orders", Tasks: []batuta.Task{{Name: "book", Run: func(_ context.Context, in *batuta.Input) (any, error) {
+		done <- in.Event().ID
+		return nil, nil
+	}}}})
+	src, _ := batuta.NewMemoryQueue(batuta.MemoryQueueConfig{})
+	dlq, _ := batuta.NewMemoryQueue(batuta.MemoryQueueConfig{})
+	var knowsV2 atomic.Bool
+	trig, _ := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{
+		Queue: src, DeadLetter: batuta.DeadLetterQueue(dlq), Logger: quiet,
+		Event: func(d batuta.Delivery) (batuta.Event, error) {
+			if d.Headers["schema"] == "v2" && !knowsV2.Load() {
+				return batuta.Event{}, errors.New("unknown schema v2")
+			}
+			return batuta.DefaultQueueEvent(d, "orders"), nil
+		},
+	})
+	_ = o.Bind("orders", trig)
+	stop := runInBackground(o)
+	defer stop()
+	ctx := context.Background()
+
+	_ = src.Publish(ctx, batuta.Message{ID: "order-1", Headers: map[string]string{"schema": "v2"}})
+	box := o.DeadLetterBoxes()[0]
+	var items []batuta.DeadLetterItem
+	for len(items) == 0 { // the trigger hands it over asynchronously
+		time.Sleep(time.Millisecond)
+		items, _ = box.DeadLetters(ctx, batuta.DeadLetterQuery{})
+	}
+	fmt.Println(box.Workflow, items[0].Event.ID, items[0].Reason, items[0].Error)
+
+	knowsV2.Store(true) // a consumer that reads v2 is deployed
+	n, _ := box.Redrive(ctx, items[0].ID)
+	fmt.Println("redriven:", n, "ran:", <-done)
+	n, _ = box.Redrive(ctx, items[0].ID)
+	fmt.Println("again:", n)
+	// Output:
+	// orders order-1 malformed unknown schema v2
+	// redriven: 1 ran: order-1
+	// again: 0
 }

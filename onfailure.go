@@ -209,7 +209,7 @@ func (o *Orchestrator) sweepFailures(ctx context.Context) error {
 				}
 			}
 			seen += len(page)
-			if len(page) < f.Limit {
+			if len(page) < f.Limit || page[len(page)-1].ID == f.After {
 				break
 			}
 			f.After = page[len(page)-1].ID

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -239,8 +240,8 @@ func TestCancelRuns(t *testing.T) {
 	res, err = o.CancelRuns(ctx, batuta.RunFilter{Workflow: "later", Subject: "tenant-a"})
 	require.NoError(t, err)
 	assert.Equal(t, batuta.BulkResult{}, res)
-	// A canceled run is retryable: it runs now (StartAfter is not kept
-	// past the retry? its tasks are due at once).
+	// A canceled run is retryable: its reset tasks are due at once (the
+	// run's start time is not kept).
 	require.NoError(t, o.Retry(ctx, ids[0]))
 	r, err := o.Wait(ctx, ids[0])
 	require.NoError(t, err)
@@ -396,4 +397,60 @@ func TestOnFailureValidation(t *testing.T) {
 	// The hidden workflow's name is taken.
 	err = o.Register(&batuta.Workflow{Name: batuta.FailureWorkflow("w"), Tasks: []batuta.Task{{Name: "t", Run: noop}}})
 	require.ErrorIs(t, err, batuta.ErrInvalidWorkflow)
+}
+
+// Retrying a parent retries its failed children first; a child whose
+// parent finished is not retried alone. The orchestrator does not run, so
+// the runs stay as Retry left them.
+func TestRetryChildRuns(t *testing.T) {
+	store := batuta.NewMemoryStore(batuta.MemoryStoreConfig{})
+	o, err := batuta.New(batuta.Config{Store: store, Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "parent", Tasks: []batuta.Task{{Name: "spawn", Run: noop}}}))
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "child", Tasks: []batuta.Task{{Name: "work", Run: noop}}}))
+	ctx := waitCtx(t)
+	parent, err := o.Submit(ctx, "parent", batuta.Event{})
+	require.NoError(t, err)
+	var kids []string
+	for i := range 3 {
+		id := uuid.Must(uuid.NewV7()).String()
+		_, _, err := store.CreateRun(ctx, batuta.NewRun{ID: id, Workflow: "child", Event: batuta.Event{ID: fmt.Sprintf("kid-%d", i)},
+			Tasks: []batuta.TaskSpec{{Name: "work"}}, CreatedAt: time.Now(), Parent: &batuta.RunLink{RunID: parent, Task: "spawn"}})
+		require.NoError(t, err)
+		kids = append(kids, id)
+	}
+	// An unrelated run is not touched.
+	other, err := o.Submit(ctx, "child", batuta.Event{})
+	require.NoError(t, err)
+	require.NoError(t, o.Cancel(ctx, other))
+	// Canceling the parent cancels its children.
+	require.NoError(t, o.Cancel(ctx, parent))
+	for _, k := range kids {
+		r, err := o.GetRun(ctx, k)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunCanceled, r.State)
+	}
+
+	err = o.Retry(ctx, kids[0])
+	require.ErrorIs(t, err, batuta.ErrNotRetryable, "its parent finished")
+	assert.Contains(t, err.Error(), parent, "the error names the parent to retry")
+
+	require.NoError(t, o.Retry(ctx, parent))
+	for _, id := range append([]string{parent}, kids...) {
+		r, err := o.GetRun(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, batuta.RunPending, r.State, id)
+		assert.Equal(t, 1, r.Retries, id)
+	}
+	r, err := o.GetRun(ctx, other)
+	require.NoError(t, err)
+	assert.Equal(t, batuta.RunCanceled, r.State, "not a child of the parent")
+
+	// The parent is unfinished now: a child may be retried alone once it
+	// finished again.
+	require.NoError(t, o.Cancel(ctx, kids[1]))
+	require.NoError(t, o.Retry(ctx, kids[1]))
+	r, err = o.GetRun(ctx, kids[1])
+	require.NoError(t, err)
+	assert.Equal(t, 2, r.Retries)
 }

@@ -15,29 +15,23 @@ var _ batuta.DeadLetterBox = (*Trigger)(nil)
 // wakes this process's consumers (Wake).
 func (t *Trigger) deadBox() *outboxsql.DeadBox {
 	db, ob := t.cfg.DB, t.cfg.Outbox
-	// The schema is resolved once per box (one per call of a method).
-	resolvedSchema := ob.Schema
-	resolved := func(ctx context.Context) (Outbox, error) {
-		if resolvedSchema == "" {
+	// The schema is resolved once per box (one per call of a method), by
+	// the table func, before any row is scanned.
+	resolved := ob
+	table := func(ctx context.Context) (string, error) {
+		if resolved.Schema == "" {
 			schema, err := resolveSchema(ctx, db, ob.Schema)
 			if err != nil {
-				return ob, err
+				return "", err
 			}
-			resolvedSchema = schema
+			resolved.Schema = schema
 		}
-		o := ob
-		o.Schema = resolvedSchema
-		return o, nil
+		return resolved.quoted(), nil
 	}
 	return &outboxsql.DeadBox{
 		Source: "mysql outbox " + ob.String(),
 		Wake:   t.Wake,
-		SQL: outboxsql.SQLDead(db,
-			func(ctx context.Context) (string, error) {
-				o, err := resolved(ctx)
-				return o.quoted(), err
-			},
-			outboxColumns, "CAST(dead_at AS CHAR)",
+		SQL: outboxsql.SQLDead(db, table, outboxColumns, "CAST(dead_at AS CHAR)",
 			func(rs *sql.Rows) (outboxsql.DeadRow, error) {
 				var r outboxRow
 				var deadAt string
@@ -49,8 +43,7 @@ func (t *Trigger) deadBox() *outboxsql.DeadBox {
 				if err != nil {
 					return outboxsql.DeadRow{}, fmt.Errorf("bad dead_at %q of row %d: %w", deadAt, r.id, err)
 				}
-				o, _ := resolved(context.Background()) // resolved by the table func: no query
-				ev, evErr := r.event(o.Schema, o.Table)
+				ev, evErr := r.event(resolved.Schema, resolved.Table)
 				return outboxsql.DeadRow{ID: int64(r.id), Event: ev, EventErr: evErr, DeadAt: at, LastError: lastErr.String, Deliveries: r.deliveries}, nil //nolint:gosec // G115: AUTO_INCREMENT ids fit
 			}),
 	}

@@ -80,21 +80,26 @@ func validHeader(k, v string) error {
 // Headers other than Nats-* and Batuta-Id/Batuta-Time become
 // Message.Headers (first value of each).
 func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message {
+	return decodeStored(m.Headers(), m.Data(), meta.Stream, meta.Sequence.Stream, meta.Timestamp)
+}
+
+// decodeStored is decodeMessage for the parts of a stored message (also
+// read with a stream's GetMsg, see Browse).
+func decodeStored(h nats.Header, data []byte, stream string, seq uint64, stored time.Time) batuta.Message {
 	var msg batuta.Message
-	h := m.Headers()
 	msg.ID = h.Get(HeaderID)
 	if msg.ID == "" {
 		msg.ID = h.Get(nats.MsgIdHdr)
 	}
 	if msg.ID == "" {
-		msg.ID = fallbackID(meta)
+		msg.ID = fallbackID(stream, seq, stored)
 	}
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderTime)); err == nil {
 		msg.Time = t
 	} else {
-		msg.Time = meta.Timestamp
+		msg.Time = stored
 	}
-	if data := m.Data(); len(data) > 0 {
+	if len(data) > 0 {
 		msg.Body = data
 	}
 	for k, vs := range h {
@@ -110,7 +115,6 @@ func decodeMessage(m jetstream.Msg, meta *jetstream.MsgMetadata) batuta.Message 
 }
 
 // fallbackID is the ID of a message without Nats-Msg-Id (see decodeMessage).
-func fallbackID(meta *jetstream.MsgMetadata) string {
-	return meta.Stream + "-" + strconv.FormatUint(meta.Sequence.Stream, 10) +
-		"-" + strconv.FormatInt(meta.Timestamp.UnixNano(), 10)
+func fallbackID(stream string, seq uint64, stored time.Time) string {
+	return stream + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.FormatInt(stored.UnixNano(), 10)
 }
