@@ -98,7 +98,6 @@ type memTask struct {
 	output      any
 	err         string
 	attempts    []Attempt
-	wait        *memWait // nil until the task first waits (OutcomeWait)
 }
 
 // memFin is an entry of the finished runs' FIFO: the run and its
@@ -481,7 +480,7 @@ func (s *MemoryStore) takeLocked(w *memWF, minPrio int, out *[]Claim, p *ClaimPa
 			Event: r.Event, RunDeadline: r.Deadline, Upstream: ups,
 			RateReserved: t.rateRsv,
 		})
-		if t.wait != nil || spec.Signal != "" {
+		if r.ops != nil || spec.Signal != "" {
 			s.claimWaitLocked(t, &(*out)[len(*out)-1])
 		}
 		t.rateRsv = false
@@ -913,7 +912,7 @@ func (s *MemoryStore) snapshotLocked(r *memRun) *Run {
 		if t.state == msPending && t.heapIdx >= 0 {
 			out.Tasks[i].NotBefore = t.dueAt
 		}
-		if w := t.wait; w != nil {
+		if w := t.waitState(); w != nil {
 			out.Tasks[i].WaitingSince, out.Tasks[i].WaitingFor, out.Tasks[i].Child = w.since, w.what, w.child
 		}
 	}

@@ -28,8 +28,10 @@ type memWait struct {
 	idle bool
 }
 
-// memRunOps is the signal and child-run state of a run that has some.
+// memRunOps is the wait, signal and child-run state of a run that has
+// some.
 type memRunOps struct {
+	waits     []*memWait          // by task position; nil until a task waits
 	sigs      []SignalRecord      // buffered, unconsumed signals, oldest first
 	kids      map[string]*memKids // child runs by parent task name
 	delivered bool                // a signal completed a task that may have had a ready entry
@@ -47,6 +49,16 @@ func opsOf(r *memRun) *memRunOps {
 		r.ops = &memRunOps{}
 	}
 	return r.ops
+}
+
+// waitState returns t's wait state, nil if it never waited. It lives with
+// the run's operations state, not in memTask, which every task of every
+// run allocates.
+func (t *memTask) waitState() *memWait {
+	if o := t.run.ops; o != nil && o.waits != nil {
+		return o.waits[t.idx]
+	}
+	return nil
 }
 
 // oldest returns the oldest buffered signal named name, or nil.
@@ -72,8 +84,8 @@ func (o *memRunOps) consume(seq int64) {
 
 // claimWaitLocked fills the wait fields of the claim c of t.
 func (s *MemoryStore) claimWaitLocked(t *memTask, c *Claim) {
-	if t.wait != nil {
-		c.WaitingSince = t.wait.since
+	if w := t.waitState(); w != nil {
+		c.WaitingSince = w.since
 	}
 	if name := t.spec().Signal; name != "" && t.run.ops != nil {
 		c.Signal = t.run.ops.oldest(name)
@@ -84,10 +96,14 @@ func (s *MemoryStore) claimWaitLocked(t *memTask, c *Claim) {
 // (its token already dropped).
 func (s *MemoryStore) waitLocked(t *memTask, c *Completion, res *CompleteResult) {
 	r := t.run
-	w := t.wait
+	w := t.waitState()
 	if w == nil {
+		o := opsOf(r)
+		if o.waits == nil {
+			o.waits = make([]*memWait, len(r.tasks))
+		}
 		w = &memWait{}
-		t.wait = w
+		o.waits[t.idx] = w
 	}
 	if w.since.IsZero() {
 		w.since = c.FinishedAt
@@ -136,9 +152,9 @@ func (s *MemoryStore) wakeLocked(t *memTask, at time.Time) {
 	if t.state != msPending || !t.readied || t.run.canceled {
 		return
 	}
-	switch {
-	case t.wait != nil && t.wait.idle:
-		t.wait.idle = false
+	switch w := t.waitState(); {
+	case w != nil && w.idle:
+		w.idle = false
 		t.dueAt = at
 		heap.Push(&t.run.wf.delayed, t)
 	case t.heapIdx >= 0 && t.dueAt.After(at):
@@ -238,7 +254,7 @@ func (s *MemoryStore) SendSignal(ctx context.Context, sig SignalSend) (SignalRes
 			continue
 		}
 		t := &r.tasks[i]
-		if t.state == msPending && t.wait != nil && !t.wait.since.IsZero() {
+		if w := t.waitState(); t.state == msPending && w != nil && !w.since.IsZero() {
 			return s.deliverLocked(t, &sig), nil
 		}
 		if later == nil && !t.state.finished() {
@@ -267,7 +283,7 @@ func (s *MemoryStore) deliverLocked(t *memTask, sig *SignalSend) SignalResult {
 	if t.heapIdx >= 0 {
 		heap.Remove(&r.wf.delayed, int(t.heapIdx))
 	}
-	t.wait.idle = false
+	t.waitState().idle = false
 	// t may still have an entry in a ready queue (it was woken): stale
 	// from now on. The run's arrays must then not go to another run, and
 	// RetryRun must purge the entry before t can be pending again.
@@ -379,6 +395,9 @@ func (s *MemoryStore) RetryRun(ctx context.Context, runID string, p RetryParams)
 		*t = memTask{
 			run: r, idx: t.idx, pendingDeps: pending, heapIdx: -1, state: msPending,
 			attempts: t.attempts,
+		}
+		if r.ops != nil && r.ops.waits != nil {
+			r.ops.waits[i] = nil
 		}
 	}
 	r.State = RunPending
@@ -588,13 +607,14 @@ func (s *MemoryStore) runWaitsLocked(r *memRun, now time.Time) bool {
 	waits := false
 	for i := range r.tasks {
 		t := &r.tasks[i]
+		w := t.waitState()
 		switch {
 		case t.state != msPending:
 			if t.state == msRunning {
 				return false
 			}
 		case !t.readied:
-		case t.wait != nil && (t.wait.idle || (t.heapIdx >= 0 && t.dueAt.After(now))):
+		case w != nil && (w.idle || (t.heapIdx >= 0 && t.dueAt.After(now))):
 			waits = true
 		default:
 			return false // ready (or due)

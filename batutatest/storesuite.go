@@ -85,6 +85,9 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		t.Run("FlowSurvivesReopen", func(t *testing.T) {
 			testFlowReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
 		})
+		t.Run("OpsSurvivesReopen", func(t *testing.T) {
+			testOpsReopen(t, &storeT{t: t, s: suite.New(t), suite: suite})
+		})
 	}
 }
 

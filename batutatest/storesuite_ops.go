@@ -40,6 +40,7 @@ var opsCases = []storeCase{
 	{"OpsRetryRunFrom", testOpsRetryRunFrom},
 	{"OpsRetryRunCanceled", testOpsRetryRunCanceled},
 	{"OpsRetryRunConcurrency", testOpsRetryRunConcurrency},
+	{"OpsWorkflowStats", testOpsWorkflowStats},
 }
 
 // raw is JSON data as the orchestrator hands it to a durable store.
@@ -904,4 +905,137 @@ func testOpsRetryRunConcurrency(t *testing.T, st *storeT) {
 	nc := newRun("wf", "c", base.Add(time.Hour), one)
 	nc.Concurrency = k
 	st.claimOne(base.Add(time.Hour), st.createNew(nc)) // the slot is free again
+}
+
+// finishAt claims the only task of run id and completes it with oc at at.
+func (st *storeT) finishAt(id, wf string, oc batuta.Outcome, at time.Time) {
+	st.t.Helper()
+	c := st.claimOne(at, id, wf)
+	st.completeWith(c, batuta.Completion{Outcome: oc, Error: string(oc), StartedAt: at, FinishedAt: at})
+}
+
+// testOpsWorkflowStats: WorkflowStats counts the runs finished in [since,
+// now) by state with duration percentiles, and the unfinished runs by
+// running, pending (due, with the oldest's creation) and waiting; it
+// leaves out workflows with nothing to report and sorts by workflow.
+func testOpsWorkflowStats(t *testing.T, st *storeT) {
+	since, now := base, base.Add(2*time.Hour)
+	if ws, err := st.s.WorkflowStats(ctxT(t), since, now); err != nil || len(ws) != 0 {
+		t.Fatalf("WorkflowStats of an empty store = %+v, %v; want none", ws, err)
+	}
+	mk := func(wf, ev string, created time.Time) string {
+		return st.createNew(newRun(wf, ev, created, one))
+	}
+	// alpha: 20 runs finished in the window, taking 1s..20s; 4 failed.
+	for i := 1; i <= 20; i++ {
+		created := base.Add(time.Duration(i) * time.Minute)
+		id := mk("alpha", fmt.Sprint("a", i), created)
+		oc := batuta.OutcomeSucceeded
+		if i%5 == 0 {
+			oc = batuta.OutcomeFailed
+		}
+		st.finishAt(id, "alpha", oc, created.Add(time.Duration(i)*time.Second))
+	}
+	// Finished before the window: left out, and "old" with it.
+	st.finishAt(mk("alpha", "a-old", base.Add(-2*time.Hour)), "alpha", batuta.OutcomeFailed, base.Add(-time.Hour))
+	st.finishAt(mk("old", "o", base.Add(-2*time.Hour)), "old", batuta.OutcomeSucceeded, base.Add(-time.Hour))
+	// gamma: one run finished at since (in), one at now (out).
+	st.finishAt(mk("gamma", "g0", base.Add(-10*time.Second)), "gamma", batuta.OutcomeSucceeded, since)
+	st.finishAt(mk("gamma", "g1", base.Add(time.Hour)), "gamma", batuta.OutcomeSucceeded, now)
+	// beta: one canceled in the window (5s), one running, one waiting
+	// after an OutcomeWait, two pending and due, one pending until later.
+	b0 := mk("beta", "b0", base.Add(time.Minute))
+	st.cancel(b0, "no", base.Add(time.Minute+5*time.Second))
+	b1 := mk("beta", "b1", base.Add(2*time.Minute))
+	b2 := mk("beta", "b2", base.Add(3*time.Minute))
+	mk("beta", "b3", base.Add(5*time.Minute))
+	mk("beta", "b4", base.Add(10*time.Minute))
+	nb := newRun("beta", "b5", base.Add(11*time.Minute), one)
+	nb.StartAt = now.Add(time.Hour)
+	st.createNew(nb)
+	cs := st.claim(base.Add(time.Hour), 2, "beta")
+	if len(cs) != 2 || cs[0].RunID == cs[1].RunID || (cs[0].RunID != b1 && cs[0].RunID != b2) || (cs[1].RunID != b1 && cs[1].RunID != b2) {
+		t.Fatalf("beta claims: %s, want b1 and b2 (the oldest due)", claimRuns(cs))
+	}
+	for _, c := range cs {
+		if c.RunID == b2 {
+			st.waitOn(c, base.Add(time.Hour), time.Time{}, "signal", "")
+		}
+	}
+
+	ws, err := st.s.WorkflowStats(ctxT(t), since, now)
+	st.must(err)
+	if len(ws) != 3 || ws[0].Workflow != "alpha" || ws[1].Workflow != "beta" || ws[2].Workflow != "gamma" {
+		t.Fatalf("WorkflowStats = %+v, want alpha, beta, gamma in order (old has nothing to report)", ws)
+	}
+	a, b, g := ws[0], ws[1], ws[2]
+	if a.Succeeded != 16 || a.Failed != 4 || a.Canceled != 0 || a.Running != 0 || a.Pending != 0 || a.Waiting != 0 || !a.OldestPending.IsZero() {
+		t.Fatalf("alpha: %+v, want 16 succeeded, 4 failed, nothing unfinished", a)
+	}
+	if a.DurationP50 < 10*time.Second || a.DurationP50 > 11*time.Second || a.DurationP95 < 19*time.Second || a.DurationP95 > 20*time.Second {
+		t.Fatalf("alpha durations: p50 %v p95 %v, want about 10s and 19s (1s..20s)", a.DurationP50, a.DurationP95)
+	}
+	nearD := func(d, want time.Duration) bool { return d > want-time.Millisecond && d < want+time.Millisecond }
+	if b.Canceled != 1 || b.Succeeded != 0 || b.Failed != 0 || !nearD(b.DurationP50, 5*time.Second) || !nearD(b.DurationP95, 5*time.Second) {
+		t.Fatalf("beta finished: %+v, want 1 canceled taking 5s", b)
+	}
+	// b2 only waits: a store may count it running or waiting.
+	if b.Pending != 2 || !near(b.OldestPending, base.Add(5*time.Minute)) || b.Running < 1 || b.Waiting < 1 || b.Running+b.Waiting != 3 {
+		t.Fatalf("beta unfinished: %+v, want 2 pending (oldest created at +5m), 1 running, 1 waiting to start and b2 running or waiting", b)
+	}
+	if g.Succeeded != 1 || !nearD(g.DurationP50, 10*time.Second) || g.Running+g.Pending+g.Waiting != 0 {
+		t.Fatalf("gamma: %+v, want the run finished at since (10s), not the one at now", g)
+	}
+	// A window that ends before anything finished: only unfinished runs.
+	ws, err = st.s.WorkflowStats(ctxT(t), base.Add(-30*time.Minute), base.Add(-20*time.Minute))
+	st.must(err)
+	if len(ws) != 1 || ws[0].Workflow != "beta" || ws[0].Canceled != 0 || ws[0].DurationP50 != 0 || ws[0].Running+ws[0].Pending+ws[0].Waiting != 5 {
+		t.Fatalf("WorkflowStats of an empty window = %+v, want beta's 5 unfinished runs only", ws)
+	}
+}
+
+// testOpsReopen (durable stores): waits, buffered signals, child links and
+// retries survive a restart, and work after it.
+func testOpsReopen(t *testing.T, st *storeT) {
+	p := st.create("parent", "p", []batuta.TaskSpec{{Name: "call"}, {Name: "w", Signal: "go"}})
+	pc := st.byTask(st.claim(base, 10, "parent"))
+	kid := st.child("child", "k", base, one, p, "call")
+	st.waitOn(pc["call"], base, time.Time{}, "run "+kid, kid)
+	st.waitOn(pc["w"], base, base.Add(time.Hour), "signal go", "")
+	q := st.create("sig", "q", []batuta.TaskSpec{{Name: "s", Signal: "s"}})
+	st.sendOK(q, "s", raw(`{"x":1}`), base)
+	f := st.create("fail", "f", one)
+	st.complete(st.claimOne(base, f, "fail"), batuta.OutcomeFailed, nil, "boom", base)
+	st.retry(f, batuta.RetryParams{Now: base})
+
+	st.s = st.suite.Reopen(t, st.s)
+
+	r := st.get(p)
+	if c := r.Task("call"); c.Child != kid || c.WaitingFor != "run "+kid || !near(c.WaitingSince, base) || c.State != batuta.TaskPending {
+		t.Fatalf("waiting parent task after reopen: %+v", *c)
+	}
+	if w := r.Task("w"); !near(w.NotBefore, base.Add(time.Hour)) || w.WaitingFor != "signal go" {
+		t.Fatalf("timed wait after reopen: %+v", *w)
+	}
+	if k := st.get(kid); k.Parent == nil || k.Parent.RunID != p || k.Parent.Task != "call" {
+		t.Fatalf("child's Parent after reopen: %+v", k.Parent)
+	}
+	if nd := st.nextDue(base, "parent"); !near(nd, base.Add(time.Hour)) {
+		t.Fatalf("NextDue after reopen = %v, want the timed wait's %v", nd, base.Add(time.Hour))
+	}
+	if fr := st.get(f); fr.Retries != 1 || fr.State != batuta.RunPending {
+		t.Fatalf("retried run after reopen: %s retries %d", fr.State, fr.Retries)
+	}
+	c := st.claimOne(base, q, "sig")
+	if c.Signal == nil || !sameJSON(c.Signal.Data, `{"x":1}`) {
+		t.Fatalf("buffered signal after reopen: %+v", c.Signal)
+	}
+	st.claimNone(base.Add(time.Minute), "the parent's tasks wait", "parent")
+	st.completeOK(st.claimOne(base.Add(time.Minute), kid, "child"), batuta.OutcomeSucceeded, nil, base.Add(time.Minute))
+	if c := st.claimOne(base.Add(time.Minute), p, "parent"); c.Task != "call" {
+		t.Fatalf("woken after reopen: %s, want call", c.Task)
+	}
+	if res := st.sendOK(p, "go", raw(`"now"`), base.Add(time.Minute)); !res.Delivered || res.Task != "w" {
+		t.Fatalf("signal after reopen: %+v, want delivered to w", res)
+	}
 }

@@ -254,7 +254,7 @@ func (s *Store) createOne(ctx context.Context, p *preparedRun) (batuta.CreateRes
 	res, err := s.st.insertRun.ExecContext(ctx, run.ID, run.Workflow, run.Event.ID, p.event, string(state),
 		run.CreatedAt.UnixNano(), nanos(run.Deadline), unfinished,
 		nanos(p.startAt), run.Priority, p.concKey, p.concMax, p.concStrat, adm, p.debounceKey,
-		canceled, errText, finished, p.parentRun, p.parentTask)
+		canceled, errText, finished, p.parentRun, p.parentTask, nullString(run.Event.Subject))
 	if err != nil {
 		return batuta.CreateResult{}, fmt.Errorf("batutasqlite: insert run: %w", err)
 	}
@@ -418,8 +418,8 @@ func (s *Store) debounceMerge(ctx context.Context, p *preparedRun) (string, erro
 		return "", fmt.Errorf("batutasqlite: debounce: %w", err)
 	}
 	newStart := min(run.CreatedAt.Add(d.Window).UnixNano(), created+d.MaxWait.Nanoseconds())
-	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_runs SET event_id = ?, event = ?, start_at = ? WHERE id = ?`,
-		run.Event.ID, p.event, newStart, id); err != nil {
+	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_runs SET event_id = ?, event = ?, subject = ?, start_at = ? WHERE id = ?`,
+		run.Event.ID, p.event, nullString(run.Event.Subject), newStart, id); err != nil {
 		return "", fmt.Errorf("batutasqlite: debounce into run %s: %w", id, err)
 	}
 	if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET due_at = ?, delayed = 1

@@ -443,9 +443,30 @@ func (s *Store) retryRun(ctx context.Context, runID string, p batuta.RetryParams
 	return out, nil
 }
 
+// WorkflowStats' statements (their plans are checked by TestWorkflowStats).
+const (
+	// The runs finished in [?1, ?2), in batuta_runs_finished.
+	statsFinishedSQL = `SELECT workflow, state, finished_at - created_at FROM batuta_runs
+    WHERE finished_at >= ? AND finished_at < ?`
+	// The unfinished runs by workflow and class, in batuta_runs_state.
+	statsOpenSQL = `SELECT r.workflow,
+    CASE
+        WHEN r.state = 'pending' AND r.start_at > ?1 THEN 'waiting'
+        WHEN r.state = 'pending' THEN 'pending'
+        WHEN NOT EXISTS (SELECT 1 FROM batuta_tasks t WHERE t.run_id = r.id AND t.state IN ('pending', 'running')
+                AND NOT (t.state = 'pending' AND (t.pending_deps > 0 OR (t.waiting_since IS NOT NULL AND t.due_at > ?1)))) THEN 'waiting'
+        ELSE 'running'
+    END AS class,
+    count(*),
+    min(CASE WHEN r.state = 'pending' AND (r.start_at IS NULL OR r.start_at <= ?1) THEN r.created_at END)
+    FROM batuta_runs r WHERE r.state IN ('pending', 'running')
+    GROUP BY r.workflow, class`
+)
+
 // WorkflowStats implements batuta.Store from two indexes: the runs finished
 // in [since, now) through batuta_runs_finished (their durations are sorted
-// here for the percentiles), the unfinished runs through batuta_runs_open.
+// here for the percentiles), the unfinished runs (pending and running)
+// through batuta_runs_state.
 // A running run whose every unfinished task waits after an OutcomeWait is
 // counted as Waiting.
 func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batuta.WorkflowStats, error) {
@@ -466,8 +487,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 	}
 	durations := make(map[string][]int64)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT workflow, state, finished_at - created_at FROM batuta_runs
-    WHERE finished_at >= ? AND finished_at < ?`, since.UnixNano(), now.UnixNano())
+		rows, err := tx.QueryContext(ctx, statsFinishedSQL, clampNanos(since), clampNanos(now))
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
@@ -495,20 +515,10 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 			return s.wrapErr("workflow stats", err)
 		}
 		// Unfinished runs: pending ones split by start time; running ones
-		// whose every unfinished task waits (pending after OutcomeWait,
-		// not due yet) count as waiting.
-		rows, err = tx.QueryContext(ctx, `SELECT r.workflow,
-    CASE
-        WHEN r.state = 'pending' AND r.start_at > ?1 THEN 'waiting'
-        WHEN r.state = 'pending' THEN 'pending'
-        WHEN NOT EXISTS (SELECT 1 FROM batuta_tasks t WHERE t.run_id = r.id AND t.state IN ('pending', 'running')
-                AND NOT (t.state = 'pending' AND t.waiting_since IS NOT NULL AND t.due_at > ?1)) THEN 'waiting'
-        ELSE 'running'
-    END AS class,
-    count(*),
-    min(CASE WHEN r.state = 'pending' AND (r.start_at IS NULL OR r.start_at <= ?1) THEN r.created_at END)
-    FROM batuta_runs r WHERE r.finished_at IS NULL
-    GROUP BY r.workflow, class`, now.UnixNano())
+		// count as waiting when every unfinished task of theirs waits
+		// (pending after OutcomeWait, not due yet) or waits for its
+		// dependencies.
+		rows, err = tx.QueryContext(ctx, statsOpenSQL, clampNanos(now))
 		if err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
@@ -556,6 +566,18 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Workflow < out[j].Workflow })
 	return out, nil
+}
+
+// clampNanos returns t as unix nanoseconds, clamped to the int64 range
+// (the zero time is the smallest).
+func clampNanos(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // percentile returns the p-th percentile of sorted (nearest rank).

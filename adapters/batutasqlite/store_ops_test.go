@@ -2,8 +2,10 @@ package batutasqlite
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -474,6 +476,13 @@ func TestWorkflowStats(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, st[0].Failed)
 	require.Zero(t, st[0].Succeeded)
+
+	// From indexes: the window's finished runs, the unfinished runs.
+	p := queryPlan(t, s, statsFinishedSQL, 1, 2)
+	require.Contains(t, p, "batuta_runs_finished", p)
+	p = queryPlan(t, s, statsOpenSQL, 1)
+	require.Contains(t, p, "batuta_runs_state", p)
+	require.NotContains(t, p, "SCAN r\n", p)
 }
 
 // TestListRunsFilters: each RunFilter field, keyset pages in both orders,
@@ -539,18 +548,7 @@ func TestListRunsFilters(t *testing.T) {
 	plan := func(f batuta.RunFilter) string {
 		q, args, ok := listRunsQuery(f)
 		require.True(t, ok)
-		rows, err := s.db.Query("EXPLAIN QUERY PLAN "+q, args...)
-		require.NoError(t, err)
-		defer func() { _ = rows.Close() }()
-		var b strings.Builder
-		for rows.Next() {
-			var id, parent, notused int
-			var detail string
-			require.NoError(t, rows.Scan(&id, &parent, &notused, &detail))
-			b.WriteString(detail + "\n")
-		}
-		require.NoError(t, rows.Err())
-		return b.String()
+		return queryPlan(t, s, q, args...)
 	}
 	for _, c := range []struct {
 		f     batuta.RunFilter
@@ -581,6 +579,23 @@ func TestListRunsFilters(t *testing.T) {
 	}
 }
 
+// queryPlan returns SQLite's plan of q, one line per step.
+func queryPlan(t *testing.T, s *Store, q string, args ...any) string {
+	t.Helper()
+	rows, err := s.db.Query("EXPLAIN QUERY PLAN "+q, args...)
+	require.NoError(t, err)
+	defer func() { _ = rows.Close() }()
+	var b strings.Builder
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &notused, &detail))
+		b.WriteString(detail + "\n")
+	}
+	require.NoError(t, rows.Err())
+	return b.String()
+}
+
 // TestPruneDeletesSignals: signals are deleted with their run.
 func TestPruneDeletesSignals(t *testing.T) {
 	t.Parallel()
@@ -599,4 +614,52 @@ func TestPruneDeletesSignals(t *testing.T) {
 	var left int
 	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM batuta_signals`).Scan(&left))
 	require.Zero(t, left)
+}
+
+// TestWaitsMigrateFromVersion3: migration 0004 upgrades a file an older
+// build left: its runs read back with no parent, retry or wait, are listed
+// by the new filters, and go on (a task of them can wait and be retried).
+func TestWaitsMigrateFromVersion3(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v3.db")
+	db, err := sql.Open("sqlite", path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)")
+	require.NoError(t, err)
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	require.NoError(t, migrateUpTo(ctx, conn, quietLogger(), 3))
+	require.NoError(t, conn.Close())
+	_, err = db.ExecContext(ctx, `INSERT INTO batuta_runs (id, workflow, event_id, event, state, created_at, unfinished_tasks)
+    VALUES ('r1', 'wf', 'e1', '{"id":"e1","subject":"order-7"}', 'pending', ?, 1)`, fbase.UnixNano())
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `INSERT INTO batuta_tasks (run_id, idx, name, workflow, state, pending_deps, due_at)
+    VALUES ('r1', 0, 'a', 'wf', 'pending', 0, ?)`, fbase.Add(-newTaskLead).UnixNano())
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `UPDATE batuta_counters SET value = 1 WHERE name = 'active_runs'`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s, err := Open(ctx, path, Config{Logger: quietLogger()})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, s.Close()) }()
+	r := getRun(t, s, "r1")
+	require.Nil(t, r.Parent)
+	require.Zero(t, r.Retries)
+	require.True(t, r.Task("a").WaitingSince.IsZero())
+	rs, err := s.ListRuns(ctx, batuta.RunFilter{Subject: "order-7", State: batuta.RunPending})
+	require.NoError(t, err)
+	require.Len(t, rs, 1)
+	cs := claimAt(t, s, fbase, 10)
+	require.Len(t, cs, 1)
+	require.Nil(t, cs[0].Signal)
+	waitClaim(t, s, cs[0], fbase, fbase.Add(time.Minute), "timer", "")
+	_, err = s.SendSignal(ctx, batuta.SignalSend{RunID: "r1", Name: "go"})
+	require.ErrorIs(t, err, batuta.ErrNoWaiter)
+	cs = claimAt(t, s, fbase.Add(time.Minute), 10)
+	require.Len(t, cs, 1)
+	completeAll(t, s, cs, batuta.OutcomeFailed, fbase.Add(time.Minute))
+	res, err := s.RetryRun(ctx, "r1", batuta.RetryParams{Now: fbase.Add(time.Hour)})
+	require.NoError(t, err)
+	require.Equal(t, []string{"a"}, res.Reset)
+	checkFlowCounters(t, s.db)
 }

@@ -267,8 +267,9 @@ func (s *Store) cancelChildren(ctx context.Context, runID, reason string, now ti
 	if err != nil {
 		return fmt.Errorf("batutasqlite: cancel run %s: child runs: %w", runID, err)
 	}
+	why := fmt.Sprintf("parent run %s canceled: %s", runID, reason)
 	for _, id := range ids {
-		if _, err := s.cancelInTx(ctx, id, reason, now); err != nil {
+		if _, err := s.cancelInTx(ctx, id, why, now); err != nil {
 			return err
 		}
 	}
@@ -355,13 +356,13 @@ func listRunsQuery(f batuta.RunFilter) (q string, args []any, ok bool) {
 		add("event_id = ?", f.EventID)
 	}
 	if f.Subject != "" {
-		add("json_extract(event, '$.subject') = ?", f.Subject)
+		add("subject = ?", f.Subject)
 	}
 	if !f.CreatedAfter.IsZero() {
-		add("created_at >= ?", f.CreatedAfter.UnixNano())
+		add("created_at >= ?", clampNanos(f.CreatedAfter))
 	}
 	if !f.CreatedBefore.IsZero() {
-		add("created_at < ?", f.CreatedBefore.UnixNano())
+		add("created_at < ?", clampNanos(f.CreatedBefore))
 	}
 	if f.ErrorContains != "" {
 		add("instr(lower(error), lower(?)) > 0", f.ErrorContains)

@@ -156,8 +156,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.insertRun, `INSERT INTO batuta_runs
     (id, workflow, event_id, event, state, created_at, deadline, unfinished_tasks,
      start_at, priority, concurrency_key, concurrency_max, concurrency_strategy, adm, debounce_key,
-     canceled, error, finished_at, parent_run, parent_task)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     canceled, error, finished_at, parent_run, parent_task, subject)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (workflow, event_id) DO NOTHING`},
 		{&st.insertTask, `INSERT INTO batuta_tasks
     (run_id, idx, name, workflow, deps, dependents, state, pending_deps, due_at, fire_on,
