@@ -47,8 +47,9 @@ type MemoryStore struct {
 	debounce map[memKey]*memRun    // (workflow, debounce key) -> the pending run events merge into
 	rates    memRates
 	active   int
-	finished []memFin // in finish order (FIFO)
+	finished []*memRun // in finish order (FIFO)
 	finHead  int
+	finBase  int   // entries compacted away before finished[0]: memRun.finAt - finBase indexes finished
 	sigSeq   int64 // the last SignalRecord.Seq handed out
 	ticks    map[string]time.Time
 	tokens   memTokens // running tasks by lease token
@@ -70,12 +71,15 @@ type memRun struct {
 	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
 	deps        []int32
 	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
-	recycle     bool        // no flow control: nothing points at its tasks once it finished
 	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
-	ops         *memRunOps  // nil unless the run has buffered signals or child runs
-	remaining   int32       // tasks not yet finished (int32: keeps memRun in its size class)
-	canceled    bool
-	dropped     bool
+	ops         *memRunOps  // nil unless the run waits, has buffered signals or child runs
+	finAt       int         // its position in the finished FIFO, counted from the store's start (finBase)
+	// The small fields last, together: memRun (and memRunAndFlow) stay in
+	// their size classes.
+	remaining int32 // tasks not yet finished
+	recycle   bool  // no flow control: nothing points at its tasks once it finished
+	canceled  bool
+	dropped   bool
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the
@@ -100,18 +104,9 @@ type memTask struct {
 	attempts    []Attempt
 }
 
-// memFin is an entry of the finished runs' FIFO: the run and its
-// Run.Retries when it finished. A run reopened by RetryRun leaves a stale
-// entry behind (its Retries moved on), skipped by those who read the FIFO.
-type memFin struct {
-	r   *memRun
-	gen int
-}
-
-// live reports whether e still names a finished run to keep or drop.
-func (e memFin) live() bool {
-	return !e.r.dropped && e.r.Retries == e.gen && e.r.State.Finished()
-}
+// memFinGone replaces, in the finished runs' FIFO, the entry of a run that
+// RetryRun reopened: those who read the FIFO skip it as a dropped run.
+var memFinGone = &memRun{dropped: true}
 
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
@@ -731,13 +726,12 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 		s.childFinishedLocked(r, now)
 	}
 	s.watch.Finished(r.ID)
-	s.finished = append(s.finished, memFin{r, r.Retries})
+	r.finAt = s.finBase + len(s.finished)
+	s.finished = append(s.finished, r)
 	if s.cfg.KeepFinished >= 0 {
 		for len(s.finished)-s.finHead > s.cfg.KeepFinished {
-			if e := s.finished[s.finHead]; e.live() {
-				s.dropLocked(e.r)
-			}
-			s.finished[s.finHead] = memFin{}
+			s.dropLocked(s.finished[s.finHead])
+			s.finished[s.finHead] = nil
 			s.finHead++
 		}
 	}
@@ -748,6 +742,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 func (s *MemoryStore) compactFinishedLocked() {
 	if s.finHead > 1024 && s.finHead*2 > len(s.finished) {
 		s.finished = append(s.finished[:0:0], s.finished[s.finHead:]...)
+		s.finBase += s.finHead
 		s.finHead = 0
 	}
 }
@@ -787,14 +782,12 @@ func (s *MemoryStore) expireLocked(now time.Time) {
 	}
 	cut := now.Add(-s.cfg.FinishedTTL)
 	for n := 0; s.finHead < len(s.finished) && n < maxExpire; n++ {
-		e := s.finished[s.finHead]
-		if e.live() {
-			if !e.r.FinishedAt.Before(cut) {
-				break
-			}
-			s.dropLocked(e.r)
+		r := s.finished[s.finHead]
+		if !r.dropped && !r.FinishedAt.Before(cut) {
+			break
 		}
-		s.finished[s.finHead] = memFin{}
+		s.dropLocked(r)
+		s.finished[s.finHead] = nil
 		s.finHead++
 	}
 	s.compactFinishedLocked()
@@ -989,8 +982,8 @@ func (s *MemoryStore) pruneBatch(p PrunePolicy, bs int) (int, bool) {
 		if n == bs || looked == 4*bs {
 			return n, true
 		}
-		e := s.finished[s.finHead]
-		if r := e.r; e.live() {
+		r := s.finished[s.finHead]
+		if !r.dropped {
 			newer := len(s.finished) - s.finHead - 1 // finished after r (upper bound)
 			byAge := !p.Before.IsZero() && r.FinishedAt.Before(p.Before)
 			byCount := p.KeepLast > 0 && newer >= p.KeepLast
@@ -1000,7 +993,7 @@ func (s *MemoryStore) pruneBatch(p PrunePolicy, bs int) (int, bool) {
 			s.dropLocked(r)
 			n++
 		}
-		s.finished[s.finHead] = memFin{}
+		s.finished[s.finHead] = nil
 		s.finHead++
 	}
 	return n, false

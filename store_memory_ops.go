@@ -121,6 +121,7 @@ func (s *MemoryStore) waitLocked(t *memTask, c *Completion, res *CompleteResult)
 	switch {
 	case s.wakesAtOnceLocked(t):
 		s.pushReadyLocked(t)
+		s.signal()
 	case !c.RetryAt.IsZero():
 		t.dueAt = c.RetryAt
 		heap.Push(&r.wf.delayed, t)
@@ -399,6 +400,10 @@ func (s *MemoryStore) RetryRun(ctx context.Context, runID string, p RetryParams)
 		if r.ops != nil && r.ops.waits != nil {
 			r.ops.waits[i] = nil
 		}
+	}
+	// Out of the finished FIFO: retention no longer applies to it.
+	if i := r.finAt - s.finBase; i >= s.finHead && i < len(s.finished) && s.finished[i] == r {
+		s.finished[i] = memFinGone
 	}
 	r.State = RunPending
 	r.Error = ""

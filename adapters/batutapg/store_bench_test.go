@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
-	"github.com/google/uuid"
 )
 
 // Store-level benchmarks of the claim/complete fast path: b.N runs are
@@ -48,7 +47,7 @@ func createBenchRuns(tb testing.TB, s *Store, wf string, n int, tasks []batuta.T
 		var batch []batuta.NewRun
 		for k := i; k < min(n, i+1000); k++ {
 			batch = append(batch, batuta.NewRun{
-				ID: uuid.Must(uuid.NewV7()).String(), Workflow: wf, CreatedAt: now,
+				ID: newRunID(), Workflow: wf, CreatedAt: now,
 				Event: batuta.Event{ID: fmt.Sprintf("%s-%d", wf, k)}, Tasks: tasks,
 			})
 		}

@@ -54,7 +54,7 @@ func TestFlowMigrationUpgradesInPlace(t *testing.T) {
 	s, err := New(ctx, pool, Config{Schema: schema, Logger: quiet()})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	require.Equal(t, 4, SchemaVersion())
+	require.GreaterOrEqual(t, SchemaVersion(), 4)
 
 	cs := flowClaim(t, s, "old", now, 10)
 	require.Len(t, cs, 1)

@@ -25,7 +25,7 @@ type opsQueries struct {
 	wakeParents, descendants                     string
 	sigTasks, sigCount, sigInsert, sigDue        string
 	retryTasks, retryTask, retryRun, retryParent string
-	retryQueue                                   string
+	retryQueue, retryClaims                      string
 	statsFinished, statsOpen                     string
 }
 
@@ -78,13 +78,19 @@ UPDATE {s}.tasks t SET due_at = $3,
 WHERE t.run_id = $1 AND t.signal = $2 AND t.state = 'pending' AND t.pending_deps = 0 AND t.waiting_since IS NOT NULL`,
 		retryTasks: `
 SELECT idx, name, state, deps, dependents, cardinality(deps) FROM {s}.tasks WHERE run_id = $1 ORDER BY idx FOR UPDATE`,
-		// One reset task: a fresh budget, no output, error, lease, wait
-		// or child count; due at once (to the ready set, the paused set,
-		// or the run's admission queue) once its dependencies are done.
+		// A reopened run is pending until a task of it is claimed again:
+		// claims set claimed_at (no task of a finished run is running).
+		retryClaims: `UPDATE {s}.tasks SET claimed_at = NULL WHERE run_id = $1 AND claimed_at IS NOT NULL`,
+		// One reset task: a fresh budget, no output, error, lease or wait;
+		// due at once (to the ready set, the paused set, or the run's
+		// admission queue) once its dependencies are done. Its child runs
+		// (kids, Child) stay: they still exist, and a retried child task
+		// that finds its child run (by its event ID) waits for it as
+		// before.
 		retryTask: `
 UPDATE {s}.tasks t SET state = 'pending', output = NULL, error = NULL, attempt = 0, rescues = 0,
     token = NULL, owner = NULL, lease_until = NULL, claim_req = NULL, last_token = NULL, last_outcome = NULL,
-    rate_reserved = false, waiting_since = NULL, waiting_for = NULL, kids = 0, kids_open = 0,
+    rate_reserved = false, waiting_since = NULL, waiting_for = NULL,
     pending_deps = $3, due_at = $4,
     hold = CASE WHEN $3 > 0 THEN 0 WHEN $5 THEN 2 WHEN {paused} THEN 3 ELSE 0 END
 WHERE t.run_id = $1 AND t.idx = $2`,
@@ -124,7 +130,7 @@ SELECT r.workflow,
 FROM {s}.runs r
 CROSS JOIN LATERAL (
     SELECT CASE WHEN r.reopened_at IS NULL THEN coalesce(bool_or(t.first_claimed_at IS NOT NULL), false)
-            ELSE coalesce(max(t.claimed_at) >= r.reopened_at, false) END AS started,
+            ELSE max(t.claimed_at) IS NOT NULL END AS started,
         coalesce(bool_or(t.state = 'pending' AND t.waiting_since IS NOT NULL AND t.hold IN (1, 6))
             AND NOT bool_or(t.state = 'running' OR (t.state = 'pending' AND t.pending_deps = 0
                 AND NOT (t.waiting_since IS NOT NULL AND t.hold IN (1, 6)))), false) AS waiting
@@ -134,7 +140,7 @@ WHERE r.state = 'active'
 GROUP BY r.workflow`,
 	}
 	for _, p := range []*string{&q.wakeParents, &q.descendants, &q.sigTasks, &q.sigCount, &q.sigInsert, &q.sigDue,
-		&q.retryTasks, &q.retryTask, &q.retryRun, &q.retryParent, &q.retryQueue, &q.statsFinished, &q.statsOpen} {
+		&q.retryTasks, &q.retryClaims, &q.retryTask, &q.retryRun, &q.retryParent, &q.retryQueue, &q.statsFinished, &q.statsOpen} {
 		*p = r(s(*p))
 	}
 	return q
@@ -466,11 +472,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 				if int(t.idx) != i {
 					return fmt.Errorf("run %s: task index %d at position %d", runID, t.idx, i)
 				}
-				seed := false
+				seed := batuta.TaskState(t.state).CountsAsFailure()
 				if p.From != "" {
 					seed = t.name == p.From
-				} else {
-					seed = batuta.TaskState(t.state).CountsAsFailure()
 				}
 				if seed {
 					reset[i] = true
@@ -479,6 +483,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 			}
 			if p.From != "" && len(stack) == 0 {
 				return fmt.Errorf("%w: it has no task %q", batuta.ErrNotRetryable, p.From)
+			}
+			if len(stack) == 0 {
+				return fmt.Errorf("%w: no task of it failed or was canceled", batuta.ErrNotRetryable)
 			}
 			for len(stack) > 0 {
 				i := stack[len(stack)-1]
@@ -508,6 +515,9 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 				return err
 			}
 			queued = ckey.Valid
+			if _, err := tx.Exec(ctx, s.oq.retryClaims, id); err != nil {
+				return err
+			}
 			for i, t := range tasks {
 				if !reset[i] {
 					continue
@@ -610,6 +620,12 @@ func intervalDuration(iv pgtype.Interval) time.Duration {
 	return time.Duration(iv.Microseconds)*time.Microsecond + time.Duration(iv.Days)*24*time.Hour
 }
 
+// liveExpr is true when the run r is running (a task was claimed since it
+// was last reopened), as runSelect's x.live; {s} is the schema.
+const liveExpr = `(CASE WHEN r.reopened_at IS NULL
+        THEN EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.first_claimed_at IS NOT NULL)
+        ELSE EXISTS (SELECT 1 FROM {s}.tasks t WHERE t.run_id = r.id AND t.claimed_at IS NOT NULL) END)`
+
 // maxListLimit caps RunFilter.Limit.
 const maxListLimit = 10000
 
@@ -619,12 +635,13 @@ const maxListLimit = 10000
 // chosen index, or the primary key, in ID order from the cursor, so no
 // page scans the runs before it. It reports ok=false when f matches
 // nothing (contradictory states, a malformed parent ID).
-func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error) {
+func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, maxListLimit)
+	live := strings.ReplaceAll(liveExpr, "{s}", schema)
 	var where []string
 	var args []any
 	arg := func(v any) string {
@@ -667,9 +684,9 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 		case pending && running:
 			or = append(or, "r.state = 'active'")
 		case pending:
-			or = append(or, "(r.state = 'active' AND NOT x.live)")
+			or = append(or, "(r.state = 'active' AND NOT "+live+")")
 		case running:
-			or = append(or, "(r.state = 'active' AND x.live)")
+			or = append(or, "(r.state = 'active' AND "+live+")")
 		}
 		where = append(where, "("+strings.Join(or, " OR ")+")")
 	}
@@ -711,11 +728,22 @@ func listRunsQuery(base string, f batuta.RunFilter) (string, []any, bool, error)
 		}
 		where = append(where, "r.id "+cmp+" "+arg(after))
 	}
-	sql := base
+	// The page is chosen first, from runs alone; the snapshots (each
+	// with its tasks) are read for its rows only.
+	page := "SELECT r.id FROM " + schema + ".runs r"
 	if len(where) > 0 {
-		sql += "\nWHERE " + strings.Join(where, " AND ")
+		page += "\n    WHERE " + strings.Join(where, " AND ")
 	}
-	sql += "\nORDER BY r.id " + order + " LIMIT " + arg(limit)
+	key := "r.id"
+	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() {
+		// A bounded creation range: read it from runs_created_at and
+		// sort it (the same order: a UUID's text compares as its bytes),
+		// rather than walk the primary key from one end to the range,
+		// which the planner's LIMIT estimate would prefer.
+		key = `(r.id::text COLLATE "C")`
+	}
+	page += "\n    ORDER BY " + key + " " + order + " LIMIT " + arg(limit)
+	sql := base + "\nWHERE r.id IN (\n    " + page + "\n)\nORDER BY r.id " + order
 	return sql, args, true, nil
 }
 

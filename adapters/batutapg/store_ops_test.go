@@ -314,11 +314,9 @@ func TestChildRunsFinishTogether(t *testing.T) {
 	ctx := testCtx(t)
 	now := time.Now().Truncate(time.Millisecond)
 	const parents, kidsPer = 10, 6
-	var pids []string
 	for p := 0; p < parents; p++ {
-		pid, _, err := s.CreateRun(ctx, newRunFor("parent", fmt.Sprint("p", p), now, batuta.TaskSpec{Name: "spawn"}))
+		_, _, err := s.CreateRun(ctx, newRunFor("parent", fmt.Sprint("p", p), now, batuta.TaskSpec{Name: "spawn"}))
 		require.NoError(t, err)
-		pids = append(pids, pid)
 	}
 	cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "w", Workflows: []string{"parent"}, Limit: parents, Now: now, LeaseUntil: now.Add(time.Minute)})
 	require.NoError(t, err)
@@ -535,4 +533,52 @@ var _ = context.Background
 func withoutOldest(w batuta.WorkflowStats) batuta.WorkflowStats {
 	w.OldestPending = time.Time{}
 	return w
+}
+
+// TestOpsMigrationUpgradesInPlace: a schema at version 4 holding a ready
+// task is upgraded to 5 by New: the task is claimable, completes, and the
+// snapshot and listing read the new columns' defaults.
+func TestOpsMigrationUpgradesInPlace(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	schema := "batuta_up5_" + storeSuffix()
+	dropSchemaAtCleanup(t, pool, schema)
+	ctx := testCtx(t)
+	ms, err := migrations()
+	require.NoError(t, err)
+	var v4 []migration
+	for _, m := range ms {
+		if m.version <= 4 {
+			v4 = append(v4, m)
+		}
+	}
+	require.Len(t, v4, 4)
+	require.NoError(t, migrate(ctx, pool, schema, v4))
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	id := newRunID()
+	_, err = pool.Exec(ctx, `INSERT INTO `+quoteIdent(schema)+`.runs (id, workflow, event_id, event, created_at, tasks_total, tasks_left)
+		VALUES ($1::uuid, 'old', 'e', '{"subject":"s"}', $2, 1, 1)`, id, now)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO `+quoteIdent(schema)+`.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at)
+		VALUES ($1::uuid, 0, 't', 'old', '{}', '{}', 0, true, 'pending', $2)`, id, now.Add(-time.Minute))
+	require.NoError(t, err)
+	s, err := New(ctx, pool, Config{Schema: schema, Logger: quiet(), DisableListen: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+	runs, err := s.ListRuns(ctx, batuta.RunFilter{Subject: "s", State: batuta.RunPending})
+	require.NoError(t, err)
+	require.Len(t, runs, 1)
+	r := runs[0]
+	require.Nil(t, r.Parent)
+	require.Zero(t, r.Retries)
+	require.True(t, r.Tasks[0].WaitingSince.IsZero())
+	require.Empty(t, r.Tasks[0].Child)
+	c := claimOne(t, s, now)
+	require.Nil(t, c.Signal)
+	require.True(t, c.WaitingSince.IsZero())
+	require.Equal(t, batuta.RunSucceeded, complete(t, s, succeed(c, now, "1")).RunFinished)
+	st, err := s.WorkflowStats(ctx, now.Add(-time.Hour), now.Add(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, []batuta.WorkflowStats{{Workflow: "old", Succeeded: 1}}, st)
 }

@@ -251,7 +251,7 @@ FROM {s}.runs`))
 		{"created between", batuta.RunFilter{CreatedAfter: base.Add(time.Hour), CreatedBefore: base.Add(2 * time.Hour)}},
 		{"state failed, error contains", batuta.RunFilter{After: mid, State: batuta.RunFailed, ErrorContains: "BOOM 4"}},
 	} {
-		sql, args, ok, err := listRunsQuery(s.q.runSelect, c.f)
+		sql, args, ok, err := listRunsQuery(s.schema, s.q.runSelect, c.f)
 		require.NoError(t, err)
 		require.True(t, ok)
 		explain("ListRuns "+c.name, sql, args)

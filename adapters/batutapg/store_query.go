@@ -84,7 +84,7 @@ func (s *Store) FindRun(ctx context.Context, workflow, eventID string) (*batuta.
 // or oldest first with f.Ascending, one page from the cursor f.After (see
 // listRunsQuery for the indexes a page walks).
 func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run, error) {
-	sql, args, ok, err := listRunsQuery(s.q.runSelect, f)
+	sql, args, ok, err := listRunsQuery(s.schema, s.q.runSelect, f)
 	if err != nil || !ok {
 		return nil, err
 	}

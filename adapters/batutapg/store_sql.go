@@ -613,7 +613,7 @@ CROSS JOIN LATERAL (
     SELECT min(t.first_claimed_at) AS started,
         -- running: a task was claimed (since the run was last reopened)
         CASE WHEN r.reopened_at IS NULL THEN min(t.first_claimed_at) IS NOT NULL
-            ELSE coalesce(max(t.claimed_at) >= r.reopened_at, false) END AS live,
+            ELSE max(t.claimed_at) IS NOT NULL END AS live,
         json_agg(json_build_array(t.name, t.state, t.deps, t.output, t.error, t.attempts, t.rescues,
             CASE WHEN t.state = 'pending' AND t.hold <> 6 AND t.due_at > r.created_at THEN t.due_at END,
             t.waiting_since, t.waiting_for, t.child) ORDER BY t.idx) AS tasks

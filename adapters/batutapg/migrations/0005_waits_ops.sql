@@ -13,7 +13,7 @@ ALTER TABLE runs ADD COLUMN parent_id uuid;
 ALTER TABLE runs ADD COLUMN parent_task text COLLATE "C";
 ALTER TABLE runs ADD COLUMN retries integer NOT NULL DEFAULT 0;
 -- When RetryRun last reopened the run: it is pending again (not running)
--- until a task is claimed after that.
+-- until a task of it is claimed again (RetryRun clears tasks.claimed_at).
 ALTER TABLE runs ADD COLUMN reopened_at timestamptz;
 
 -- signal: TaskSpec.Signal ('' none). waiting_since / waiting_for: the wait
