@@ -91,6 +91,9 @@ func TestHooksCountRunsAndAttempts(t *testing.T) {
 		_, err = o.Wait(ctx, id)
 		require.NoError(t, err)
 	}
+	// The hooks run after the store recorded the end (Wait may return
+	// first): wait for them.
+	hooksSettled(t, m, 3, 6)
 
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, m.Register(reg))
@@ -255,6 +258,7 @@ func TestHandlerServesMetrics(t *testing.T) {
 	require.NoError(t, err)
 	_, err = o.Wait(ctx, id)
 	require.NoError(t, err)
+	hooksSettled(t, m, 1, 2)
 
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -299,6 +303,38 @@ func TestConfigErrors(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	require.NoError(t, m.Register(reg))
 	require.Error(t, m.Register(reg), "registering twice in one registry is refused")
+}
+
+// hooksSettled waits (with a deadline) until the hooks counted runs
+// finished runs and attempts finished attempts, none in flight.
+func hooksSettled(t *testing.T, m *batutaprom.Metrics, runs, attempts int) {
+	t.Helper()
+	sum := func(name string) float64 {
+		reg := prometheus.NewRegistry()
+		require.NoError(t, reg.Register(m))
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		total := 0.0
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				for _, mt := range mf.GetMetric() {
+					total += mt.GetCounter().GetValue() + mt.GetGauge().GetValue()
+				}
+			}
+		}
+		return total
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, a, f := sum("batuta_runs_finished_total"), sum("batuta_task_attempts_total"), sum("batuta_task_attempts_in_flight")
+		if r == float64(runs) && a == float64(attempts) && f == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hooks did not settle: %v runs finished (want %d), %v attempts (want %d), %v in flight", r, runs, a, attempts, f)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
 }
 
 // gauge collects the one series of the named metric with these label
