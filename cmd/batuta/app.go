@@ -61,7 +61,8 @@ Exit codes:
 const rootExample = `  export BATUTA_DSN=postgres://app@db.internal:5432/app
   batuta runs list --state failed --workflow orders
   batuta runs show 0193a7c4-5e1f-7b6a-9d2c-3f4e5a6b7c8d
-  batuta runs retry --state failed --workflow orders
+  batuta runs retry --state failed --workflow orders --wait
+  batuta stats --window 24h
   batuta schedules next "CRON_TZ=Europe/Paris 30 2 * * *" -n 5
   batuta migrate status --dsn sqlite:/var/lib/app/batuta.db`
 
@@ -104,7 +105,7 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.BoolVar(&a.json, "json", false, "print JSON instead of a table")
 	pf.DurationVar(&a.timeout, "timeout", 0, "give up after this long (0: no limit)")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log the store adapters' messages to stderr")
-	root.AddCommand(a.runsCommand(), a.schedulesCommand(), a.migrateCommand())
+	root.AddCommand(a.runsCommand(), a.statsCommand(), a.schedulesCommand(), a.migrateCommand())
 	if c := a.dlqCommand(); c != nil {
 		root.AddCommand(c)
 	}

@@ -334,7 +334,7 @@ func TestSchemaBehindExitCode(t *testing.T) {
 func TestHelpShowsExamples(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"runs", "list", "--help"}, {"runs", "show", "--help"}, {"runs", "retry", "--help"},
-		{"runs", "cancel", "--help"}, {"schedules", "next", "--help"}, {"migrate", "up", "--help"}, {"migrate", "status", "--help"},
+		{"runs", "cancel", "--help"}, {"stats", "--help"}, {"dlq", "list", "--help"}, {"dlq", "redrive", "--help"}, {"schedules", "next", "--help"}, {"migrate", "up", "--help"}, {"migrate", "status", "--help"},
 	} {
 		r := cli(t, nil, args...)
 		require.Equal(t, exitOK, r.code, args)
@@ -344,4 +344,26 @@ func TestHelpShowsExamples(t *testing.T) {
 	r := cli(t, nil, "--help")
 	require.Contains(t, r.stdout, "Exit codes:")
 	require.Contains(t, r.stdout, "4  partial success")
+}
+
+func TestStats(t *testing.T) {
+	stores(t, func(t *testing.T, f *fixture) {
+		r := cli(t, nil, f.with("stats")...)
+		require.Equal(t, exitOK, r.code, r.stderr)
+		rows := tableRows(r.stdout)
+		require.Equal(t, []string{"WORKFLOW", "SUCCEEDED", "FAILED", "CANCELED", "P50", "P95", "RUNNING", "PENDING", "WAITING", "OLDEST PENDING"}, rows[0])
+		require.Equal(t, []string{"billing", "0", "1", "0"}, rows[1][:4])
+		require.Equal(t, []string{"1", "1", "0"}, rows[1][6:9], "busy is running, later is pending")
+		require.Equal(t, []string{"orders", "1", "1", "1"}, rows[2][:4])
+		require.Equal(t, []string{"0", "0", "0", "-"}, rows[2][6:])
+		require.Equal(t, "(finished: the last 1h0m0s)", strings.Join(rows[3], " "))
+
+		r = cli(t, nil, f.with("stats", "--json", "--window", "24h")...)
+		require.Equal(t, exitOK, r.code, r.stderr)
+		var stats []batuta.WorkflowStats
+		require.NoError(t, json.Unmarshal([]byte(r.stdout), &stats))
+		require.Len(t, stats, 2)
+		require.Equal(t, 1, stats[0].Pending)
+		require.False(t, stats[0].OldestPending.IsZero())
+	})
 }
