@@ -17,8 +17,8 @@ import (
 // (Orchestrator.DeadLetterBoxes). docs/operations.md lists which triggers
 // have one.
 
-// ErrBadDeadLetterID: an ID given to DeadLetterBox.Redrive or Delete is
-// not of the form that box uses (an ID that is well formed but unknown is
+// ErrBadDeadLetterID reports an ID given to a DeadLetterBox that is not of
+// the form that box uses (an ID that is well formed but unknown is
 // not an error: it was redriven or deleted already).
 var ErrBadDeadLetterID = errors.New("batuta: malformed dead letter ID")
 

@@ -44,7 +44,7 @@ func (t *Trigger) deadBox() *outboxsql.DeadBox {
 					return outboxsql.DeadRow{}, fmt.Errorf("bad dead_at %q of row %d: %w", deadAt, r.id, err)
 				}
 				ev, evErr := r.event(resolved.Schema, resolved.Table)
-				return outboxsql.DeadRow{ID: int64(r.id), Event: ev, EventErr: evErr, DeadAt: at, LastError: lastErr.String, Deliveries: r.deliveries}, nil //nolint:gosec // G115: AUTO_INCREMENT ids fit
+				return outboxsql.DeadRow{ID: int64(r.id), Event: ev, EventErr: evErr, DeadAt: at, LastError: lastErr.String, Deliveries: r.deliveries}, nil
 			}),
 	}
 }

@@ -148,7 +148,7 @@ func SQLDead(db *sql.DB, table func(ctx context.Context) (string, error), column
 			return 0, err
 		}
 		in, args := outboxloop.InList(ids)
-		res, err := db.ExecContext(ctx, fmt.Sprintf(stmt, t)+in+")", args...) //nolint:gosec // G201, G202: a quoted identifier and a list of placeholders; values are arguments
+		res, err := db.ExecContext(ctx, fmt.Sprintf(stmt, t)+in+")", args...)
 		if err != nil {
 			return 0, err
 		}
