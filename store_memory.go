@@ -575,10 +575,11 @@ func (s *MemoryStore) completeAndClaim(c *Completion, p *ClaimParams, up *[]Upst
 // created by now, or dependencies that all finished with an attempt that
 // ended by now. A claim made with an older clock than the events that made
 // its task ready (a task promoted by a later clock, made ready by another
-// worker, created by a later Submit) must read the clock for its start.
+// worker, created by a later Submit, woken by a signal or a child run)
+// must read the clock for its start.
 func (s *MemoryStore) startsByLocked(t *memTask, now time.Time) bool {
 	r := t.run
-	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || !r.StartAt.IsZero() {
+	if len(t.attempts) > 0 || t.rescues > 0 || !t.dueAt.IsZero() || t.unparked || r.flow != nil || r.ops != nil || !r.StartAt.IsZero() {
 		return false
 	}
 	deps := t.spec().Deps

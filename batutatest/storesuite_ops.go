@@ -40,6 +40,7 @@ var opsCases = []storeCase{
 	{"OpsRetryRunFrom", testOpsRetryRunFrom},
 	{"OpsRetryRunCanceled", testOpsRetryRunCanceled},
 	{"OpsRetryRunConcurrency", testOpsRetryRunConcurrency},
+	{"OpsRetryRunChild", testOpsRetryRunChild},
 	{"OpsWorkflowStats", testOpsWorkflowStats},
 }
 
@@ -1038,5 +1039,25 @@ func testOpsReopen(t *testing.T, st *storeT) {
 	}
 	if res := st.sendOK(p, "go", raw(`"now"`), base.Add(time.Minute)); !res.Delivered || res.Task != "w" {
 		t.Fatalf("signal after reopen: %+v, want delivered to w", res)
+	}
+}
+
+// testOpsRetryRunChild: a retried child run is unfinished again for its
+// parent's task: the task's wait is not due at once while it runs, and is
+// woken when it finishes again.
+func testOpsRetryRunChild(t *testing.T, st *storeT) {
+	p := st.create("parent", "e1", []batuta.TaskSpec{{Name: "call"}})
+	c := st.claimOne(base, p, "parent")
+	kid := st.child("child", "k1", base, one, p, "call")
+	st.waitOn(c, base, time.Time{}, "run "+kid, kid)
+	st.complete(st.claimOne(base, kid, "child"), batuta.OutcomeFailed, nil, "boom", base.Add(time.Second))
+	st.retry(kid, batuta.RetryParams{Now: base.Add(2 * time.Second)})
+	c = st.claimOne(base.Add(2*time.Second), p, "parent") // woken by the first finish
+	st.waitOn(c, base.Add(2*time.Second), time.Time{}, "run "+kid, kid)
+	st.claimNone(base.Add(time.Hour), "the retried child runs again", "parent")
+	done := base.Add(2 * time.Hour)
+	st.completeOK(st.claimOne(done, kid, "child"), batuta.OutcomeSucceeded, nil, done)
+	if c := st.claimOne(done, p, "parent"); c.Task != "call" {
+		t.Fatalf("woken after the retried child finished: %s", c.Task)
 	}
 }

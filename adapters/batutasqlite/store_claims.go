@@ -391,7 +391,14 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		if !canceled {
 			return s.completeWait(ctx, c, idx, taskKey, signal)
 		}
-		next = batuta.TaskPending // canceled below
+		// The run was canceled meanwhile: the wait is recorded, and the
+		// task is canceled below.
+		if _, err := s.wconn.ExecContext(ctx, `UPDATE batuta_tasks SET waiting_since = coalesce(waiting_since, ?),
+    waiting_for = ?, child = coalesce(?, child) WHERE run_id = ? AND idx = ?`,
+			nanos(c.FinishedAt), c.WaitFor, nullString(c.Child), c.RunID, idx); err != nil {
+			return batuta.CompleteResult{}, fmt.Errorf("batutasqlite: wait %s/%s: %w", c.RunID, c.Task, err)
+		}
+		next = batuta.TaskPending
 	case batuta.OutcomeSkipped:
 		next = batuta.TaskSkipped
 	case batuta.OutcomeUpstreamFailed:

@@ -76,7 +76,7 @@ func (s *Store) completeWait(ctx context.Context, c *batuta.Completion, idx int,
 	if woken {
 		due = min(due, now.UnixNano())
 	}
-	if _, err := s.st.waitTask.ExecContext(ctx, due, now.UnixNano(), c.WaitFor, nullString(c.Child), c.RunID, idx); err != nil {
+	if _, err := s.st.waitTask.ExecContext(ctx, due, now.UnixNano(), c.WaitFor, nullString(c.Child), c.RunID, idx, c.Error); err != nil {
 		return batuta.CompleteResult{}, fmt.Errorf("batutasqlite: wait %s/%s: %w", c.RunID, c.Task, err)
 	}
 	if taskKey.Valid {
@@ -90,8 +90,9 @@ func (s *Store) completeWait(ctx context.Context, c *batuta.Completion, idx int,
 		}
 	}
 	if woken {
+		// Workers learn of it through WorkAvailable (as from the memory
+		// store); CompleteResult.Ready counts dependents made ready.
 		s.wake.Store(true)
-		return batuta.CompleteResult{Ready: 1}, nil
 	}
 	return batuta.CompleteResult{}, nil
 }

@@ -62,7 +62,7 @@ func TestWaitTimersAndNever(t *testing.T) {
 		require.True(t, c.WaitingSince.IsZero())
 	}
 	t1 := fbase.Add(time.Second)
-	require.Zero(t, waitClaim(t, s, cs[0], t1, time.Time{}, "signal go", "").Ready)
+	waitClaim(t, s, cs[0], t1, time.Time{}, "signal go", "")
 	waitClaim(t, s, cs[1], t1, fbase.Add(time.Hour), "timer", "")
 
 	never := getRun(t, s, cs[0].RunID)
@@ -151,9 +151,9 @@ func TestSignals(t *testing.T) {
 		FinishedAt: fbase, WaitFor: "signal paid", ConsumeSignal: first}})
 	require.NoError(t, err)
 	require.NoError(t, res2[0].Err)
-	require.Equal(t, 1, res2[0].Ready)
+	require.Zero(t, res2[0].Ready, "Ready counts dependents")
 	cs = claimAt(t, s, fbase, 10)
-	require.Len(t, cs, 1)
+	require.Len(t, cs, 1, "due at once")
 	require.JSONEq(t, `{"n":2}`, string(cs[0].Signal.Data.(json.RawMessage)))
 	require.Greater(t, cs[0].Signal.Seq, first)
 	// A signal arriving while the task is claimed is buffered; the wait
@@ -170,15 +170,14 @@ func TestSignals(t *testing.T) {
 	res2, err = s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeWait, Attempt: 1,
 		FinishedAt: fbase, ConsumeSignal: cs[0].Signal.Seq}})
 	require.NoError(t, err)
-	require.Equal(t, 1, res2[0].Ready)
 	cs = claimAt(t, s, fbase, 10)
-	require.Len(t, cs, 1)
+	require.Len(t, cs, 1, "due at once")
 	require.JSONEq(t, `{"n":4}`, string(cs[0].Signal.Data.(json.RawMessage)))
 	res2, err = s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeWait, Attempt: 1,
 		FinishedAt: fbase, ConsumeSignal: cs[0].Signal.Seq}})
 	require.NoError(t, err)
-	require.Zero(t, res2[0].Ready, "nothing buffered: the wait holds")
-	require.Empty(t, claimAt(t, s, fbase.Add(time.Hour), 10))
+	require.NoError(t, res2[0].Err)
+	require.Empty(t, claimAt(t, s, fbase.Add(time.Hour), 10), "nothing buffered: the wait holds")
 
 	// Now it waits: a signal completes it at once with its data.
 	res, err = s.SendSignal(ctx, batuta.SignalSend{RunID: run.ID, Name: "paid", Data: json.RawMessage(`{"n":5}`), SentAt: fbase.Add(time.Minute)})
@@ -249,7 +248,7 @@ func TestChildRunsWakeParent(t *testing.T) {
 	c3 := childRun(parent.ID, "spawn", "c3", fbase, oneTask("x"))
 	_, err = s.CreateRuns(ctx, []batuta.NewRun{c1, c2, c3})
 	require.NoError(t, err)
-	require.Zero(t, waitClaim(t, s, cs[0], fbase, time.Time{}, "3 runs", c1.ID).Ready)
+	waitClaim(t, s, cs[0], fbase, time.Time{}, "3 runs", c1.ID)
 	p := getRun(t, s, parent.ID)
 	require.Equal(t, c1.ID, p.Task("spawn").Child)
 	ch := getRun(t, s, c1.ID)
@@ -289,7 +288,7 @@ func TestChildRunsWakeParent(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.CancelRun(ctx, c4.ID, "", fails)
 	require.NoError(t, err)
-	require.Equal(t, 1, waitClaim(t, s, cs[0], fails, time.Time{}, "runs", "").Ready)
+	waitClaim(t, s, cs[0], fails, time.Time{}, "runs", "")
 	cs = claimAt(t, s, fails, 10, "parent")
 	require.Len(t, cs, 1)
 	require.Equal(t, c1.ID, getRun(t, s, parent.ID).Task("spawn").Child, "Child is kept")
@@ -662,4 +661,58 @@ func TestWaitsMigrateFromVersion3(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"a"}, res.Reset)
 	checkFlowCounters(t, s.db)
+}
+
+// TestWakesSignalWork: what makes a task due without a claim (a signal's
+// delivery, the end of a parent task's last child, a retry) signals
+// WorkAvailable after its commit.
+func TestWakesSignalWork(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	drain := func() {
+		select {
+		case <-s.WorkAvailable():
+		default:
+		}
+	}
+	signalled := func(what string) {
+		t.Helper()
+		select {
+		case <-s.WorkAvailable():
+		default:
+			t.Fatalf("%s did not signal WorkAvailable", what)
+		}
+	}
+	run := newFlowRun("wf", "e", fbase, []batuta.TaskSpec{{Name: "w", Signal: "go"}, {Name: "z", Deps: []int{0}}})
+	_, _, err := s.CreateRun(ctx, run)
+	require.NoError(t, err)
+	cs := claimAt(t, s, fbase, 1)
+	waitClaim(t, s, cs[0], fbase, time.Time{}, "signal go", "")
+	drain()
+	res, err := s.SendSignal(ctx, batuta.SignalSend{RunID: run.ID, Name: "go", SentAt: fbase})
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Ready)
+	signalled("a delivery")
+
+	parent := newFlowRun("p", "p", fbase, oneTask("spawn"))
+	_, _, err = s.CreateRun(ctx, parent)
+	require.NoError(t, err)
+	cs = claimAt(t, s, fbase, 1, "p")
+	kid := childRun(parent.ID, "spawn", "k", fbase, oneTask("x"))
+	_, _, err = s.CreateRun(ctx, kid)
+	require.NoError(t, err)
+	waitClaim(t, s, cs[0], fbase, time.Time{}, "run", kid.ID)
+	drain()
+	_, err = s.CancelRun(ctx, kid.ID, "", fbase)
+	require.NoError(t, err)
+	signalled("the end of the last child")
+
+	cs = claimAt(t, s, fbase, 1, "p")
+	require.Len(t, cs, 1)
+	completeAll(t, s, cs, batuta.OutcomeFailed, fbase)
+	drain()
+	_, err = s.RetryRun(ctx, parent.ID, batuta.RetryParams{Now: fbase})
+	require.NoError(t, err)
+	signalled("a retry")
 }

@@ -127,12 +127,13 @@ const (
 const (
 	waitTaskSQL = `UPDATE batuta_tasks SET
     state = 'pending', due_at = ?1, delayed = 1, rate_reserved = 0,
-    waiting_since = coalesce(waiting_since, ?2), waiting_for = ?3, child = coalesce(?4, child),
+    waiting_since = coalesce(waiting_since, ?2), waiting_for = ?3, child = coalesce(?4, child), error = ?7,
     token = NULL, owner = NULL, lease_until = NULL
     WHERE run_id = ?5 AND idx = ?6`
 	// The parent's task of a child run that finished, if pending and no
-	// other child of it is unfinished, becomes due at ?3 (the finish time).
-	wakeParentSQL = `UPDATE batuta_tasks SET due_at = ?3, delayed = 1
+	// other child of it is unfinished, becomes due at ?3 (the finish time)
+	// unless it was due before.
+	wakeParentSQL = `UPDATE batuta_tasks SET due_at = min(due_at, ?3), delayed = 1
     WHERE run_id = ?1 AND name = ?2 AND state = 'pending'
       AND NOT EXISTS (SELECT 1 FROM batuta_runs
           WHERE parent_run = ?1 AND parent_task = ?2 AND finished_at IS NULL)`
@@ -258,7 +259,8 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 
 		// OutcomeWait: ?1 due_at (neverDue: no time limit), ?2 the
 		// completion's FinishedAt (WaitingSince the first time), ?3
-		// WaitFor, ?4 Child (NULL: unchanged).
+		// WaitFor, ?4 Child (NULL: unchanged), ?7 the completion's Error (as
+		// the other outcomes that leave the task pending).
 		{&st.waitTask, waitTaskSQL},
 		{&st.oldestSignal, `SELECT seq, data, sent_at FROM batuta_signals
     WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1`},
