@@ -19,10 +19,11 @@ import (
 // A waiting task (pending after OutcomeWait) holds the delayed hold of
 // migration 0003 with due_at at its timer or timeout, or neverDue when it
 // waits with no time limit: no claim promotes it and NextDue skips it. What
-// wakes it early sets its due_at to now (a signal sent while it is claimed,
-// the end of its last child run), and the next claim promotes it, so a wake
-// is one indexed UPDATE in the transaction of the change that causes it and
-// survives a crash with it.
+// wakes it early sets its due_at to now (a signal buffered before it began
+// to wait, the end of its last child run), and the next claim promotes it,
+// so a wake is one indexed UPDATE in the transaction of the change that
+// causes it and survives a crash with it. A signal sent while it waits
+// completes it at once (SendSignal).
 
 // neverDue is the due_at of a task that waits with no time limit.
 const neverDue = math.MaxInt64
@@ -64,14 +65,14 @@ func (s *Store) completeWait(ctx context.Context, c *batuta.Completion, idx int,
 		woken = buffered
 	}
 	if !woken {
-		var any, open bool
+		var exist, open bool
 		if err := s.wconn.QueryRowContext(ctx, `SELECT
     EXISTS (SELECT 1 FROM batuta_runs WHERE parent_run = ?1 AND parent_task = ?2),
     EXISTS (SELECT 1 FROM batuta_runs WHERE parent_run = ?1 AND parent_task = ?2 AND finished_at IS NULL)`,
-			c.RunID, c.Task).Scan(&any, &open); err != nil {
+			c.RunID, c.Task).Scan(&exist, &open); err != nil {
 			return batuta.CompleteResult{}, fmt.Errorf("batutasqlite: wait %s/%s: child runs: %w", c.RunID, c.Task, err)
 		}
-		woken = any && !open
+		woken = exist && !open
 	}
 	if woken {
 		due = min(due, now.UnixNano())

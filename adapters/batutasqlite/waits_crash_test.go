@@ -111,7 +111,7 @@ func TestWaitsCrash(t *testing.T) {
 			wantData[e.run] = e.arg
 		case "child":
 			require.Equal(t, e.arg, r.Task("p").Child)
-			require.NotNil(t, r.Task("p").WaitingSince)
+			require.False(t, r.Task("p").WaitingSince.IsZero(), "run %s: the wait is lost", e.run)
 			c, err := s.GetRun(ctx, e.arg)
 			require.NoError(t, err)
 			require.Equal(t, &batuta.RunLink{RunID: e.run, Task: "p"}, c.Parent)
