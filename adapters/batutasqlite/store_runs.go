@@ -306,9 +306,9 @@ func (s *Store) findOne(ctx context.Context, query string, args ...any) (*batuta
 
 // ListRuns returns the runs f selects, newest first (by ID, a UUIDv7) or
 // oldest first with f.Ascending, each with its tasks, read in one
-// transaction. Every filter is a seek in an index of migration 0004 and a
-// page is one range of it after f.After (keyset pagination): see
-// listRunsQuery.
+// transaction. Every filter is a seek in an index (of migrations 0001 and
+// 0004) and a page is one range of it after f.After (keyset pagination),
+// the other filters applied to the rows of that range: see listRunsQuery.
 func (s *Store) ListRuns(ctx context.Context, f batuta.RunFilter) ([]*batuta.Run, error) {
 	q, args, ok := listRunsQuery(f)
 	if !ok {
