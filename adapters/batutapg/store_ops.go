@@ -673,12 +673,14 @@ func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool
 				return "", nil, false, fmt.Errorf("batutapg: list runs: %w: unknown run state %q", batuta.ErrInvalidPayload, st)
 			}
 		}
+		// The states are literals (each one of the three names above), so
+		// the planner can prove the partial index runs_state applies.
 		var or []string
 		switch {
 		case len(finals) == 1:
-			or = append(or, "r.state = "+arg(finals[0]))
+			or = append(or, "r.state = '"+finals[0]+"'")
 		case len(finals) > 1:
-			or = append(or, "r.state = ANY("+arg(finals)+"::text[])")
+			or = append(or, "r.state IN ('"+strings.Join(finals, "', '")+"')")
 		}
 		switch {
 		case pending && running:
