@@ -318,8 +318,10 @@ func (d *demo) delayed(ctx context.Context) error {
 	n := d.n(300)
 	base := time.Now().Add(200 * time.Millisecond)
 	ids := make([]string, n)
+	ats := make([]time.Time, n)
 	for i := range n {
 		at := base.Add(time.Duration(i) * 2 * time.Second / time.Duration(n))
+		ats[i] = at
 		id, err := d.any(i).Submit(ctx, "reminder", batuta.Event{}, batuta.StartAt(at))
 		if err != nil {
 			return err
@@ -331,9 +333,15 @@ func (d *demo) delayed(ctx context.Context) error {
 		return err
 	}
 	var late []time.Duration
-	early := 0
-	for _, r := range runs {
+	early, overdue := 0, 0
+	for i, r := range runs {
 		if r.StartAt.IsZero() {
+			if !r.CreatedAt.Before(ats[i]) {
+				// Its time had passed when it was submitted (a slow
+				// machine): a StartAt in the past means now.
+				overdue++
+				continue
+			}
 			return fmt.Errorf("run %s shows no StartAt: this store does not implement delayed runs", r.ID)
 		}
 		l := r.Task("send").Attempts[0].StartedAt.Sub(r.StartAt)
@@ -344,6 +352,9 @@ func (d *demo) delayed(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.out, "%d runs scheduled over 2s: lateness p50 %v, p99 %v, max %v; started early: %d\n",
 		n, pct(late, 50), pct(late, 99), pct(late, 100), early)
+	if overdue > 0 {
+		fmt.Fprintf(d.out, "(%d runs were submitted after their start time had passed, so they started at once; not counted)\n", overdue)
+	}
 	return nil
 }
 
