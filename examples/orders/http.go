@@ -14,11 +14,6 @@ import (
 	"github.com/batuta-dev/batuta/dashboard"
 )
 
-// httpRoutes add handlers to the -http server besides the dashboard and
-// the front door. The metrics adapter registers /metrics here (issue 12):
-//
-//	func init() { httpRoutes = append(httpRoutes, func(mux *http.ServeMux, o *batuta.Orchestrator) { mux.Handle("GET /metrics", ...) }) }
-var httpRoutes []func(mux *http.ServeMux, o *batuta.Orchestrator)
 
 func (opt options) checkHTTP() error {
 	switch {
@@ -32,9 +27,10 @@ func (opt options) checkHTTP() error {
 	return nil
 }
 
-// serveHTTP serves the dashboard at / and batuta's HTTP front door under
-// /api/ on opt.http until stop is called.
-func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, logger *slog.Logger, out io.Writer) (stop func(), err error) {
+// serveHTTP serves the dashboard at /, batuta's HTTP front door under /api/
+// and the Prometheus metrics at /metrics on opt.http until stop is called,
+// all behind the same authorization.
+func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, metrics http.Handler, logger *slog.Logger, out io.Writer) (stop func(), err error) {
 	var authorize func(*http.Request) error
 	if !opt.httpInsecure {
 		authorize = dashboard.BasicAuth(opt.httpUser, opt.httpPassword)
@@ -52,9 +48,7 @@ func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, logger 
 	mux := http.NewServeMux()
 	mux.Handle("/", dash)
 	mux.Handle("/api/", http.StripPrefix("/api", api))
-	for _, add := range httpRoutes {
-		add(mux, o)
-	}
+	mux.Handle("GET /metrics", guard(authorize, metrics))
 	ln, err := net.Listen("tcp", opt.http)
 	if err != nil {
 		return nil, fmt.Errorf("-http: %w", err)
@@ -71,7 +65,7 @@ func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, logger 
 	if opt.httpInsecure {
 		auth = "NO authentication (-http-insecure)"
 	}
-	fmt.Fprintf(out, "dashboard: http://%s/ (%s); front door: http://%s/api/\n", ln.Addr(), auth, ln.Addr())
+	fmt.Fprintf(out, "dashboard: http://%s/ (%s); front door: http://%s/api/; metrics: http://%s/metrics\n", ln.Addr(), auth, ln.Addr(), ln.Addr())
 	return func() {
 		// Live pages hold event streams open: give them a moment, then close.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -81,4 +75,20 @@ func serveHTTP(ctx context.Context, opt options, o *batuta.Orchestrator, logger 
 		}
 		<-done
 	}, nil
+}
+
+// guard answers 401 to a request authorize refuses (nil authorize: no
+// authentication, -http-insecure), as the dashboard and the front door do.
+func guard(authorize func(*http.Request) error, h http.Handler) http.Handler {
+	if authorize == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := authorize(r); err != nil {
+			w.Header().Set("WWW-Authenticate", `Basic realm="batuta"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -94,6 +94,13 @@ func TestOrdersHTTPServesDashboardAndFrontDoor(t *testing.T) {
 	if code, body := get("api/runs/nope", true); code != http.StatusNotFound || !strings.Contains(body, "error") {
 		t.Errorf("front door: %d %s", code, body)
 	}
+	if code, _ := get("metrics", false); code != http.StatusUnauthorized {
+		t.Errorf("metrics without credentials: %d", code)
+	}
+	// The two failed runs are counted by the hooks, by workflow and state.
+	if code, body := get("metrics", true); code != http.StatusOK || !strings.Contains(body, `batuta_runs_finished_total{state="failed",workflow="order-placed"} 2`) {
+		t.Errorf("metrics: %d\n%s", code, body)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())

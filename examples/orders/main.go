@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/adapters/batutaprom"
 	"github.com/batuta-dev/batuta/adapters/batutapg"
 	"github.com/batuta-dev/batuta/adapters/batutasqlite"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -312,10 +313,17 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 	var retries atomic.Int64
 	done := &finished{ch: make(chan string, 1024), stop: make(chan struct{})}
 	defer close(done.stop)
-	o, err := batuta.New(batuta.Config{Store: store, Logger: logger, Hooks: []batuta.Hooks{done}})
+	// Prometheus metrics (served at /metrics with -http): the hooks count
+	// runs and attempts; the store's statistics are read on each scrape.
+	metrics, err := batutaprom.New(batutaprom.Config{Store: store, Logger: logger})
 	if err != nil {
 		return err
 	}
+	o, err := batuta.New(batuta.Config{Store: store, Logger: logger, Hooks: []batuta.Hooks{done, metrics}})
+	if err != nil {
+		return err
+	}
+	metrics.Observe(o)
 	if err := o.Register(orderWorkflow(db, &retries, time.Now().Add(opt.outage))); err != nil {
 		return err
 	}
@@ -336,7 +344,7 @@ func run(ctx context.Context, opt options, out io.Writer) error {
 	}()
 	defer func() { cancel(); wg.Wait() }()
 	if opt.http != "" {
-		stopHTTP, err := serveHTTP(ctx, opt, o, logger, out)
+		stopHTTP, err := serveHTTP(ctx, opt, o, metrics.Handler(), logger, out)
 		if err != nil {
 			return err
 		}
