@@ -14,7 +14,6 @@ import (
 	"github.com/batuta-dev/batuta/dashboard"
 )
 
-
 func (opt options) checkHTTP() error {
 	switch {
 	case opt.httpInsecure && (opt.httpUser != "" || opt.httpPassword != ""):

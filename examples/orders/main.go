@@ -50,8 +50,8 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
-	"github.com/batuta-dev/batuta/adapters/batutaprom"
 	"github.com/batuta-dev/batuta/adapters/batutapg"
+	"github.com/batuta-dev/batuta/adapters/batutaprom"
 	"github.com/batuta-dev/batuta/adapters/batutasqlite"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
