@@ -242,6 +242,17 @@ func (ex *executor) runningNames() []string {
 // claimInto claims up to max tasks of the registered workflows, honoring
 // each workflow's Concurrency cap, letting the store reuse buf's storage.
 func (ex *executor) claimInto(buf []Claim, max int, now time.Time) ([]Claim, error) {
+	if sh := ex.o.storeHooks; len(sh) > 0 {
+		start := time.Now()
+		cs, err := ex.claimFromStore(buf, max, now)
+		observeStore(sh, StoreOpClaim, start, len(cs), err)
+		return cs, err
+	}
+	return ex.claimFromStore(buf, max, now)
+}
+
+// claimFromStore is claimInto without the StoreHooks.
+func (ex *executor) claimFromStore(buf []Claim, max int, now time.Time) ([]Claim, error) {
 	o := ex.o
 	o.mu.RLock()
 	names, free, capped := o.wfNames, o.uncapped, o.capped

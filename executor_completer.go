@@ -23,7 +23,14 @@ func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) 
 	deadline := start.Add(o.cfg.LeaseDuration)
 	var renewed time.Time
 	for {
+		var t0 time.Time
+		if len(o.storeHooks) > 0 {
+			t0 = time.Now()
+		}
 		res, err := ex.store.CompleteTasks(ex.bgCtx, comps)
+		if len(o.storeHooks) > 0 {
+			observeStore(o.storeHooks, StoreOpComplete, t0, len(comps), err)
+		}
 		if err == nil && len(res) == len(comps) {
 			return res, nil
 		}

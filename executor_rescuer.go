@@ -10,7 +10,19 @@ import (
 func (ex *executor) rescuer(ctx context.Context) {
 	o := ex.o
 	everyTick(ctx, max(o.cfg.LeaseDuration/2, time.Millisecond), func() {
+		var t0 time.Time
+		if len(o.storeHooks) > 0 {
+			t0 = time.Now()
+		}
 		n, failed, err := ex.store.RescueExpired(ctx, o.clock.Now(), o.cfg.MaxRescues)
+		if len(o.storeHooks) > 0 {
+			observeStore(o.storeHooks, StoreOpRescue, t0, n+failed, err)
+			if err == nil && (n > 0 || failed > 0) {
+				for _, h := range o.storeHooks {
+					h.Rescued(n, failed)
+				}
+			}
+		}
 		if err != nil {
 			if ctx.Err() == nil { // not cut short by stop
 				o.log.Warn("batuta: rescuing expired leases failed", "error", err)

@@ -374,7 +374,14 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	} else if ex.fused != nil {
 		var cs []Claim
 		p := ex.inlineParams(sl, c)
+		var t0 time.Time
+		if len(o.storeHooks) > 0 {
+			t0 = time.Now()
+		}
 		r, cs, sl.hint = ex.fused.completeAndClaim(&sl.comp[0], p, &sl.up[sl.upIdx])
+		if len(o.storeHooks) > 0 {
+			observeStore(o.storeHooks, StoreOpComplete, t0, 1, nil)
+		}
 		if sl.claimed {
 			if len(cs) == 1 {
 				sl.next = &cs[0]

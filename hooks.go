@@ -26,6 +26,48 @@ type Hooks interface {
 	AttemptFinished(ctx context.Context, a AttemptInfo)
 }
 
+// StoreHooks is implemented by Hooks that also observe the executor's calls
+// to the Store and the rescues of lost tasks (metrics adapters do:
+// batutaprom). The orchestrator looks for it in Config.Hooks once, at New;
+// with no such hook the executor reads no extra clock.
+type StoreHooks interface {
+	// StoreCall reports one call of the executor to the Store: op says
+	// which, took how long it took, n how many tasks it claimed or
+	// recorded (0 on error), err its error. It is called on the executor's
+	// hot path: keep it cheap and non-blocking.
+	StoreCall(op StoreOp, took time.Duration, n int, err error)
+	// Rescued reports a pass of the rescuer that returned tasks whose lease
+	// expired to the ready set (rescued) or failed them after too many
+	// rescues (failed). Passes with nothing to do are not reported.
+	Rescued(rescued, failed int)
+}
+
+// StoreOp names an executor call to the Store, for StoreHooks.
+type StoreOp string
+
+// The store calls StoreHooks observe.
+const (
+	// StoreOpClaim: ClaimTasks (one claim round, which may make a call per
+	// workflow with a per-process cap).
+	StoreOpClaim StoreOp = "claim"
+	// StoreOpComplete: CompleteTasks (a batch of completions; with the
+	// in-memory store, a completion and the claim made with it).
+	StoreOpComplete StoreOp = "complete"
+	// StoreOpRescue: RescueExpired.
+	StoreOpRescue StoreOp = "rescue"
+)
+
+// observeStore reports a store call to every StoreHooks.
+func observeStore(hs []StoreHooks, op StoreOp, start time.Time, n int, err error) {
+	took := time.Since(start)
+	if err != nil {
+		n = 0
+	}
+	for _, h := range hs {
+		h.StoreCall(op, took, n, err)
+	}
+}
+
 // RunInfo describes a run to Hooks.
 type RunInfo struct {
 	RunID    string

@@ -173,7 +173,9 @@ type Orchestrator struct {
 	store Store
 	log   *slog.Logger
 	hooks []Hooks
-	clock Clock
+	// storeHooks are the Hooks that are also StoreHooks.
+	storeHooks []StoreHooks
+	clock      Clock
 
 	mu        sync.RWMutex
 	workflows map[string]*compiledWorkflow
@@ -245,6 +247,11 @@ func New(cfg Config) (*Orchestrator, error) {
 		o.hooks = append(o.hooks, LogHooks(cfg.Logger))
 	}
 	o.hooks = append(o.hooks, cfg.Hooks...)
+	for _, h := range cfg.Hooks {
+		if sh, ok := h.(StoreHooks); ok {
+			o.storeHooks = append(o.storeHooks, sh)
+		}
+	}
 	return o, nil
 }
 

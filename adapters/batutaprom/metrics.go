@@ -144,6 +144,9 @@ type Metrics struct {
 	duration     *prometheus.HistogramVec
 	inFlight     *prometheus.GaugeVec
 	statsErrors  prometheus.Counter
+	storeCalls   *prometheus.HistogramVec
+	storeErrors  *prometheus.CounterVec
+	rescues      *prometheus.CounterVec
 
 	runsNow       *prometheus.Desc
 	oldestPending *prometheus.Desc
@@ -153,9 +156,13 @@ type Metrics struct {
 	deadLetters   *prometheus.Desc
 	statsUp       *prometheus.Desc
 	statsAge      *prometheus.Desc
+	trigUp        *prometheus.Desc
+	trigRestarts  *prometheus.Desc
+	trigParked    *prometheus.Desc
 
 	mu        sync.Mutex // guards what follows; held across a refresh (one query at a time)
 	boxes     func() []batuta.BoundDeadLetterBox
+	bindings  func() []batuta.BindingInfo
 	stats     []batuta.WorkflowStats
 	statsAt   time.Time // when stats were fetched (zero: never)
 	statsOK   bool
@@ -170,6 +177,7 @@ type deadCount struct {
 
 var (
 	_ batuta.Hooks         = (*Metrics)(nil)
+	_ batuta.StoreHooks    = (*Metrics)(nil)
 	_ prometheus.Collector = (*Metrics)(nil)
 )
 
@@ -196,6 +204,13 @@ func New(cfg Config) (*Metrics, error) {
 		Help: "Task attempts running in this process now, by workflow."}, []string{"workflow"})
 	m.statsErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "stats_errors_total", ConstLabels: cl,
 		Help: "Failed WorkflowStats queries or dead-letter counts made for a scrape."})
+	m.storeCalls = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "store_call_duration_seconds", ConstLabels: cl,
+		Help:    "Duration of this process's executor calls to the Store, by op: claim (a claim round), complete (a batch of completions), rescue (a rescuer pass).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}, []string{"op"})
+	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_call_errors_total", ConstLabels: cl,
+		Help: "Executor calls to the Store that returned an error, by op."}, []string{"op"})
+	m.rescues = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rescues_total", ConstLabels: cl,
+		Help: "Tasks whose lease expired (their worker died or stalled) found by this process's rescuer, by outcome: rescued (ready again) or failed (over MaxRescues)."}, []string{"outcome"})
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, cl)
 	}
@@ -207,6 +222,11 @@ func New(cfg Config) (*Metrics, error) {
 	m.deadLetters = desc("dead_letters", "Dead letters kept by the triggers' dead-letter boxes (outbox dead rows, a queue trigger's dead-letter queue), by workflow and box; capped at Config.MaxDeadLetters.", "workflow", "source")
 	m.statsUp = desc("stats_up", "1 if the last WorkflowStats query (and dead-letter count) made for a scrape succeeded, else 0.")
 	m.statsAge = desc("stats_age_seconds", "Age of the store statistics reported (they are cached for Config.StatsCacheTTL).")
+	m.trigUp = desc("trigger_up", "1 if the bound trigger runs in this process and has not failed in the last minute, else 0 (Orchestrator.Bindings), by workflow and kind.", "workflow", "kind")
+	m.trigRestarts = desc("trigger_restarts", "How often the bound trigger returned early (an error or a panic) and was restarted, by workflow and kind.", "workflow", "kind")
+	m.trigParked = desc("trigger_parked_messages", "Messages a queue trigger holds back after its dead-letter destination failed (its local backlog), by workflow and kind; only for triggers that tell.", "workflow", "kind")
+	m.rescues.WithLabelValues("rescued")
+	m.rescues.WithLabelValues("failed")
 	return m, nil
 }
 
@@ -218,6 +238,7 @@ func (m *Metrics) Observe(o *batuta.Orchestrator) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.boxes = o.DeadLetterBoxes
+	m.bindings = o.Bindings
 }
 
 // ObserveDeadLetters makes the collector count the dead letters of boxes
@@ -287,6 +308,22 @@ func (m *Metrics) AttemptFinished(_ context.Context, a batuta.AttemptInfo) {
 	}
 }
 
+// StoreCall implements batuta.StoreHooks: it observes the call's duration
+// in batuta_store_call_duration_seconds and counts an error in
+// batuta_store_call_errors_total.
+func (m *Metrics) StoreCall(op batuta.StoreOp, took time.Duration, _ int, err error) {
+	m.storeCalls.WithLabelValues(string(op)).Observe(took.Seconds())
+	if err != nil {
+		m.storeErrors.WithLabelValues(string(op)).Inc()
+	}
+}
+
+// Rescued implements batuta.StoreHooks: batuta_rescues_total.
+func (m *Metrics) Rescued(rescued, failed int) {
+	m.rescues.WithLabelValues("rescued").Add(float64(rescued))
+	m.rescues.WithLabelValues("failed").Add(float64(failed))
+}
+
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.runsStarted.Describe(ch)
@@ -296,7 +333,11 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.duration.Describe(ch)
 	m.inFlight.Describe(ch)
 	m.statsErrors.Describe(ch)
-	for _, d := range []*prometheus.Desc{m.runsNow, m.oldestPending, m.windowRuns, m.windowP50, m.windowP95, m.deadLetters, m.statsUp, m.statsAge} {
+	m.storeCalls.Describe(ch)
+	m.storeErrors.Describe(ch)
+	m.rescues.Describe(ch)
+	for _, d := range []*prometheus.Desc{m.runsNow, m.oldestPending, m.windowRuns, m.windowP50, m.windowP95, m.deadLetters, m.statsUp, m.statsAge,
+		m.trigUp, m.trigRestarts, m.trigParked} {
 		ch <- d
 	}
 }
@@ -311,10 +352,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.timeouts.Collect(ch)
 	m.duration.Collect(ch)
 	m.inFlight.Collect(ch)
+	m.storeCalls.Collect(ch)
+	m.storeErrors.Collect(ch)
+	m.rescues.Collect(ch)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.cfg.Clock.Now()
+	if m.bindings != nil {
+		m.collectTriggers(ch, now)
+	}
 	if m.refreshed.IsZero() || m.cfg.StatsCacheTTL < 0 || now.Sub(m.refreshed) >= m.cfg.StatsCacheTTL {
 		m.refresh(now)
 	}
@@ -347,6 +394,47 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range m.dead {
 		ch <- prometheus.MustNewConstMetric(m.deadLetters, prometheus.GaugeValue, float64(d.n), d.workflow, d.source)
+	}
+}
+
+// collectTriggers reports the bound triggers (read at every scrape: it is
+// this process's memory, no query), one series per workflow and kind: up
+// only if every such trigger is healthy, restarts and parked messages
+// summed.
+func (m *Metrics) collectTriggers(ch chan<- prometheus.Metric, now time.Time) {
+	type key struct{ workflow, kind string }
+	type agg struct {
+		up, told         bool
+		restarts, parked int64
+	}
+	var keys []key
+	seen := map[key]*agg{}
+	for _, b := range m.bindings() {
+		k := key{b.Workflow, b.Kind}
+		a := seen[k]
+		if a == nil {
+			a = &agg{up: true}
+			seen[k] = a
+			keys = append(keys, k)
+		}
+		a.up = a.up && b.Healthy(now)
+		a.restarts += int64(b.Restarts)
+		if b.Parked >= 0 {
+			a.told = true
+			a.parked += b.Parked
+		}
+	}
+	for _, k := range keys {
+		a := seen[k]
+		up := 0.0
+		if a.up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.trigUp, prometheus.GaugeValue, up, k.workflow, k.kind)
+		ch <- prometheus.MustNewConstMetric(m.trigRestarts, prometheus.GaugeValue, float64(a.restarts), k.workflow, k.kind)
+		if a.told {
+			ch <- prometheus.MustNewConstMetric(m.trigParked, prometheus.GaugeValue, float64(a.parked), k.workflow, k.kind)
+		}
 	}
 }
 

@@ -214,7 +214,7 @@ func (s *Store) sendSignal(ctx context.Context, sig batuta.SignalSend, data any,
 		}
 		ws = append(ws, w)
 	}
-	if err := rows.Close(); err != nil {
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return batuta.SignalResult{}, fmt.Errorf("batutasqlite: signal %q to run %s: %w", sig.Name, sig.RunID, err)
 	}
 	if len(ws) == 0 {
@@ -335,7 +335,7 @@ func (s *Store) retryRun(ctx context.Context, runID string, p batuta.RetryParams
 		}
 		tasks = append(tasks, t)
 	}
-	if err := rows.Close(); err != nil {
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return batuta.RetryResult{}, fmt.Errorf("batutasqlite: retry run %s: %w", runID, err)
 	}
 
@@ -513,7 +513,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 			}
 			durations[wf] = append(durations[wf], d)
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
 		// Unfinished runs: pending ones split by start time; running ones
@@ -549,7 +549,7 @@ func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batu
 				}
 			}
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return s.wrapErr("workflow stats", err)
 		}
 		return rows.Err()

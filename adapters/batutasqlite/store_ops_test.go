@@ -171,6 +171,7 @@ func TestSignals(t *testing.T) {
 	res2, err = s.CompleteTasks(ctx, []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeWait, Attempt: 1,
 		FinishedAt: fbase, ConsumeSignal: cs[0].Signal.Seq}})
 	require.NoError(t, err)
+	require.NoError(t, res2[0].Err)
 	cs = claimAt(t, s, fbase, 10)
 	require.Len(t, cs, 1, "due at once")
 	require.JSONEq(t, `{"n":4}`, string(cs[0].Signal.Data.(json.RawMessage)))

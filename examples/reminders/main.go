@@ -343,7 +343,7 @@ func run(ctx context.Context, opt options, stdout, stderr io.Writer) error {
 		}
 	}()
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		<-srvDone
