@@ -40,30 +40,7 @@ func TestFlowCrash(t *testing.T) {
 	}
 	t.Parallel()
 	dir := t.TempDir()
-	logPath := filepath.Join(dir, "log")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFlowCrashChild$", "-test.count=1", "-test.timeout=5m")
-	cmd.Env = append(os.Environ(), flowCrashDirEnv+"="+dir)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		b, _ := os.ReadFile(logPath)
-		if bytes.Count(b, []byte("\n")) >= flowCrashLines {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("child exited before the kill (%v)", err)
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "child logged too little in 3 minutes")
-		time.Sleep(10 * time.Millisecond) // polling pace; the loop waits on the line count
-	}
-	require.NoError(t, cmd.Process.Kill()) // SIGKILL, mid-write
-	<-exited
+	logPath := runChildUntilKilled(t, "TestFlowCrashChild", flowCrashDirEnv, dir, flowCrashLines)
 
 	// What the child reported as committed.
 	f, err := os.Open(logPath)
@@ -225,4 +202,37 @@ func TestFlowCrashChild(t *testing.T) {
 			logf("run %s", id)
 		}
 	}
+}
+
+// runChildUntilKilled runs the test named child in a child process of this
+// test binary (with env=dir set, so it knows it is the child), waits until
+// it wrote lines lines to dir/log, kills it with SIGKILL (mid-write) and
+// returns the log's path.
+func runChildUntilKilled(t *testing.T, child, env, dir string, lines int) string {
+	t.Helper()
+	logPath := filepath.Join(dir, "log")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.count=1", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if bytes.Count(b, []byte("\n")) >= lines {
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("child exited before the kill (%v): %s", err, out.String())
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "child logged too little in 3 minutes")
+		time.Sleep(10 * time.Millisecond) // polling pace; the loop waits on the line count
+	}
+	require.NoError(t, cmd.Process.Kill()) // SIGKILL, mid-write
+	<-exited
+	return logPath
 }

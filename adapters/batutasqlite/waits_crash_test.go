@@ -2,12 +2,10 @@ package batutasqlite
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,30 +37,7 @@ func TestWaitsCrash(t *testing.T) {
 	}
 	t.Parallel()
 	dir := t.TempDir()
-	logPath := filepath.Join(dir, "log")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestWaitsCrashChild$", "-test.count=1", "-test.timeout=5m")
-	cmd.Env = append(os.Environ(), waitsCrashDirEnv+"="+dir)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		b, _ := os.ReadFile(logPath)
-		if bytes.Count(b, []byte("\n")) >= waitsCrashLines {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("child exited before the kill (%v): %s", err, out.String())
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "child logged too little in 3 minutes")
-		time.Sleep(10 * time.Millisecond) // polling pace; the loop waits on the line count
-	}
-	require.NoError(t, cmd.Process.Kill()) // SIGKILL, mid-write
-	<-exited
+	logPath := runChildUntilKilled(t, "TestWaitsCrashChild", waitsCrashDirEnv, dir, waitsCrashLines)
 
 	type logged struct{ kind, run, arg string }
 	var entries []logged
