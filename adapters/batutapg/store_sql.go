@@ -208,27 +208,9 @@ WITH g AS MATERIALIZED (
     WHERE x.key = tg.key AND (c.n IS NOT NULL OR k.n IS NOT NULL)
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
-    FROM ok p
+` + claimSet + `    FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx AND t.state = 'pending'
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
-        t.signal, t.waiting_since
-)
-SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
-    CASE WHEN cardinality(c.deps) > 0 THEN (
-        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
-        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
-        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
-    ) END,
-    c.waiting_since,
-    -- the oldest signal buffered for the task's signal name
-    CASE WHEN c.signal <> '' THEN (
-        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
-        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
-    ) END
-FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
-ORDER BY c.priority DESC, c.due_at`,
+` + claimReturning,
 
 		// The claim when no concurrency group can admit and no ready task
 		// has a task-level group (the store learns it from the promote
@@ -245,28 +227,10 @@ WITH ok AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {s}.tasks t
-    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
-        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
-    FROM ok p
+` + claimSet + `    FROM ok p
     WHERE t.run_id = p.run_id AND t.idx = p.idx
       AND NOT (p.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[]))
-    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
-        t.signal, t.waiting_since
-)
-SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
-    CASE WHEN cardinality(c.deps) > 0 THEN (
-        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
-        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
-        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
-    ) END,
-    c.waiting_since,
-    -- the oldest signal buffered for the task's signal name
-    CASE WHEN c.signal <> '' THEN (
-        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
-        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
-    ) END
-FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
-ORDER BY c.priority DESC, c.due_at`,
+` + claimReturning,
 
 		// Before each claim, in its transaction: delayed tasks that came due
 		// move to the ready set (or, for a run queued for admission, to
@@ -722,3 +686,30 @@ func plainCompletion(full string) string {
 	}
 	return s[:i]
 }
+
+// The two claim statements (claim, claimPlain) share how a claimed task is
+// marked running and what a claim returns: its lease token (with the flags
+// in its low bits that route its completion), its dependencies' results,
+// its wait start and the oldest signal buffered for it.
+const (
+	claimSet = `    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+        claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
+`
+	claimReturning = `    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
+        t.signal, t.waiting_since
+)
+SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, r.event, r.deadline, c.rate_reserved,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+    ) END,
+    c.waiting_since,
+    -- the oldest signal buffered for the task's signal name
+    CASE WHEN c.signal <> '' THEN (
+        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
+        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
+    ) END
+FROM claimed c JOIN {s}.runs r ON r.id = c.run_id
+ORDER BY c.priority DESC, c.due_at`
+)
