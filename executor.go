@@ -31,7 +31,11 @@ type executor struct {
 	// fused: the store records a completion and claims the next task
 	// under one lock (the memory store); nil for others.
 	fused completeClaimer
-	busy  atomic.Int64 // claims handed to workers and not yet done
+	// claimer: a durable store that claims the worker's next task in the
+	// transaction of its completion (ClaimingCompleter); workers then call
+	// it themselves, without the completers. Nil for others.
+	claimer ClaimingCompleter
+	busy    atomic.Int64 // claims handed to workers and not yet done
 	nwork int64
 	// backlog: the latest claim got all it asked for, so more tasks are
 	// likely ready. Workers of a durable store then claim their next task
@@ -131,7 +135,9 @@ func newExecutor(o *Orchestrator) *executor {
 	if fc, ok := o.store.(completeClaimer); ok && !ex.durable {
 		ex.fused = fc
 	}
-	if ex.durable {
+	if cc, ok := o.store.(ClaimingCompleter); ok && ex.durable {
+		ex.claimer = cc
+	} else if ex.durable {
 		// Durable stores pay a round trip or a commit per call: batch.
 		ex.batch = make(chan batchReq, o.cfg.Workers)
 	}

@@ -17,6 +17,14 @@ const completers = 2
 // tries is not rescued and run again meanwhile. It gives up after
 // maxCompleteLeases lease durations in all.
 func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) {
+	res, _, err := ex.storeCompleteWith(comps, ClaimParams{})
+	return res, err
+}
+
+// storeCompleteWith is storeComplete that also claims up to p.Limit tasks
+// in the completion's transaction (through ex.claimer; p.Limit 0, or no
+// claimer: none). A retry claims again: a failed call claimed nothing.
+func (ex *executor) storeCompleteWith(comps []Completion, p ClaimParams) ([]CompleteResult, []Claim, error) {
 	o := ex.o
 	backoff := 20 * time.Millisecond
 	start := time.Now()
@@ -27,12 +35,19 @@ func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) 
 		if len(o.storeHooks) > 0 {
 			t0 = time.Now()
 		}
-		res, err := ex.store.CompleteTasks(ex.bgCtx, comps)
+		var res []CompleteResult
+		var cs []Claim
+		var err error
+		if ex.claimer != nil {
+			res, cs, err = ex.claimer.CompleteTasksAndClaim(ex.bgCtx, comps, p)
+		} else {
+			res, err = ex.store.CompleteTasks(ex.bgCtx, comps)
+		}
 		if len(o.storeHooks) > 0 {
 			observeStore(o.storeHooks, StoreOpComplete, t0, len(comps), err)
 		}
 		if err == nil && len(res) == len(comps) {
-			return res, nil
+			return res, cs, nil
 		}
 		if err == nil {
 			err = fmt.Errorf("store returned %d results for %d completions", len(res), len(comps))
@@ -50,7 +65,7 @@ func (ex *executor) storeComplete(comps []Completion) ([]CompleteResult, error) 
 		}
 		wait := min(backoff, max(o.cfg.LeaseDuration/3, time.Millisecond)) // renew in time
 		if time.Now().Add(wait).After(deadline) {
-			return nil, err
+			return nil, nil, err
 		}
 		o.log.Warn("batuta: recording task results failed; retrying", "completions", len(comps), "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)

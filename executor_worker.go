@@ -360,7 +360,9 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 	o := ex.o
 	var r CompleteResult
 	var err error
-	if ex.batch != nil {
+	if ex.claimer != nil {
+		r, err = ex.completeClaiming(sl, c)
+	} else if ex.batch != nil {
 		if sl.reply == nil {
 			sl.reply = make(chan batchResp, 1)
 		}
@@ -419,6 +421,40 @@ func (ex *executor) complete(sl *slot, c *Claim) bool {
 		ex.poke()
 	}
 	return r.Ready > 0
+}
+
+// completeClaiming records the worker's completion through a
+// ClaimingCompleter, claiming the worker's next task in the same
+// transaction when inlineParams allows (sl.claimed then says so, and
+// sl.next holds the task). When that claim comes back empty although the
+// completion made tasks ready (another worker took them, or the store
+// recorded the completion apart), sl.claimed is cleared so the worker
+// claims as it would have without the store's help.
+func (ex *executor) completeClaiming(sl *slot, c *Claim) (CompleteResult, error) {
+	p := ex.inlineParams(sl, c)
+	var params ClaimParams
+	if p != nil {
+		params = *p
+	}
+	res, cs, err := ex.storeCompleteWith(sl.comp[:], params)
+	if err != nil {
+		sl.claimed = false
+		return CompleteResult{}, err
+	}
+	if sl.claimed {
+		sl.hint = claimHint{pos: -1}
+		switch {
+		case len(cs) > 0:
+			k := sl.upIdx // the buffer c does not use
+			sl.buf[k] = cs[0]
+			sl.next = &sl.buf[k] // (p.Limit is 1: a store returns no more)
+		case res[0].Ready > 0:
+			sl.claimed = false
+		default:
+			sl.freeTTL = 0 // idle: look for new workflows next time
+		}
+	}
+	return res[0], nil
 }
 
 // lookup returns the compiled workflow and task a claim names (nil if this

@@ -720,6 +720,24 @@ type WorkNotifier interface {
 	WorkAvailable() <-chan struct{}
 }
 
+// A ClaimingCompleter is a durable Store that can claim tasks in the
+// transaction that records completions (PostgreSQL does). The executor's
+// workers then pay one round trip and one commit per task boundary, not a
+// completion and then a claim, and call the store themselves rather than
+// through a batching goroutine (the store combines concurrent calls).
+type ClaimingCompleter interface {
+	Store
+	// CompleteTasksAndClaim records cs exactly as CompleteTasks does and,
+	// in the same transaction, claims up to p.Limit tasks as ClaimTasks(p)
+	// would (p.Limit <= 0: none), after the completions, so a task they
+	// made ready can be among them. A per-item error in the results does
+	// not prevent the claim; an error return means nothing was claimed.
+	// It may claim fewer than ClaimTasks would have found (when the store
+	// had to record some completions apart, say): a caller that needs more
+	// claims apart.
+	CompleteTasksAndClaim(ctx context.Context, cs []Completion, p ClaimParams) ([]CompleteResult, []Claim, error)
+}
+
 // A RunWatcher is a Store that publishes the end of runs: its own
 // completions and cancellations at once and, for a store shared by several
 // processes, those of the other processes (PostgreSQL does it with

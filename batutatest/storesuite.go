@@ -73,6 +73,7 @@ func TestStore(t *testing.T, suite StoreSuite) {
 	}
 	tests = append(tests, flowCases...)
 	tests = append(tests, opsCases...)
+	tests = append(tests, fusedCases...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, &storeT{t: t, s: suite.New(t), suite: suite})

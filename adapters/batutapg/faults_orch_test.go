@@ -189,6 +189,14 @@ func (f *flakyCompletions) CompleteTasks(ctx context.Context, cs []batuta.Comple
 	return f.Store.CompleteTasks(ctx, cs)
 }
 
+func (f *flakyCompletions) CompleteTasksAndClaim(ctx context.Context, cs []batuta.Completion, p batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
+	if f.failing.Load() {
+		f.fails.Add(1)
+		return nil, nil, errCompletionFault
+	}
+	return f.Store.CompleteTasksAndClaim(ctx, cs, p)
+}
+
 // TestCompletionRetriedPastTheLeaseIsKept: a completion that keeps failing
 // for three lease durations is retried with the lease renewed meanwhile:
 // the task is neither rescued nor run again, and its result is recorded

@@ -62,6 +62,13 @@ func (k *killableStore) CompleteTasks(ctx context.Context, cs []batuta.Completio
 	return k.Store.CompleteTasks(ctx, cs)
 }
 
+func (k *killableStore) CompleteTasksAndClaim(ctx context.Context, cs []batuta.Completion, p batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
+	if err := k.err(); err != nil {
+		return nil, nil, err
+	}
+	return k.Store.CompleteTasksAndClaim(ctx, cs, p)
+}
+
 func (k *killableStore) RescueExpired(ctx context.Context, now time.Time, max int) (int, int, error) {
 	if err := k.err(); err != nil {
 		return 0, 0, err

@@ -251,7 +251,7 @@ type Store struct {
 
 	creates   *combiner[createItem, createResult]
 	claims    *combiner[batuta.ClaimParams, []batuta.Claim]
-	completes *combiner[batuta.Completion, batuta.CompleteResult]
+	completes *combiner[compItem, compOut]
 	ticks     *combiner[tickItem, bool]
 
 	active activeEstimate

@@ -62,144 +62,31 @@ func (s *Store) flushClaims(ctx context.Context, ps []batuta.ClaimParams) ([][]b
 // flushClaimsDepth is flushClaims; depth counts the second tries with the
 // full claim statement after the plain one was chosen on a stale hint.
 func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, depth int) ([][]batuta.Claim, error) {
-	var groups []*claimGroup
-	for i := range ps {
-		p := &ps[i]
-		var g *claimGroup
-		for _, c := range groups {
-			q := &ps[c.calls[0]]
-			if q.Owner == p.Owner && sameStrings(q.Workflows, p.Workflows) &&
-				p.Now.Sub(c.p.Now).Abs() <= claimMergeWindow {
-				g = c
-				break
-			}
-		}
-		if g == nil {
-			g = &claimGroup{p: *p}
-			g.p.Limit = 0
-			groups = append(groups, g)
-		}
-		g.calls = append(g.calls, i)
-		g.p.Limit += p.Limit
-		if p.Now.Before(g.p.Now) {
-			g.p.Now = p.Now
-		}
-		if p.LeaseUntil.Before(g.p.LeaseUntil) {
-			g.p.LeaseUntil = p.LeaseUntil
-		}
-	}
-	for _, g := range groups {
-		if err := s.registerOwner(ctx, g.p.Owner); err != nil {
-			return nil, err
-		}
+	groups := groupClaims(ps)
+	if err := s.registerOwners(ctx, groups); err != nil {
+		return nil, err
 	}
 	out := make([][]batuta.Claim, len(ps))
-	reqs := make([]int64, len(groups))
-	// The plain claim serves while no concurrency step can apply (see
-	// queries.claimPlain), and the promote statement runs only when a
-	// delayed task may be due or a parked task may be unparked; the hints
-	// are refreshed by the probe of every claim.
-	plain := !s.flowWork.Load()
-	// (While any delayed task is known, every claim promotes: a promotion
-	// that finds nothing due is one index probe.)
-	promote := depth > 0 || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
-	// The probe runs at most every probeEvery per Store (and always for a
-	// second try): under a stream of claims the hints are that fresh.
-	started := time.Now()
-	probe := depth > 0 || started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
-	var flow, unpark bool
-	next := int64(math.MaxInt64)
+	pl := s.newClaimPlan(len(groups), depth > 0)
 	err := withRetry(ctx, func() error {
-		flow, unpark, next = false, false, math.MaxInt64
+		pl.reset()
 		clear(out)
-		for i := range reqs {
-			reqs[i] = claimRequest()
-		}
 		err := s.sendHot(ctx, true, func(b *pgx.Batch) {
-			for i, g := range groups {
-				var wfs []string
-				if len(g.p.Workflows) > 0 {
-					wfs = g.p.Workflows
-				}
-				// Delayed tasks that came due, and parked tasks of
-				// groups with room, join the ready set first (the claim
-				// itself admits queued runs).
-				if promote {
-					b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
-				}
-				if probe {
-					b.Queue(s.q.probe)
-				}
-				// The lease is kept on the database's clock.
-				q := s.q.claim
-				if plain {
-					q = s.q.claimPlain
-				}
-				b.Queue(q, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), reqs[i])
-			}
+			s.queueClaims(b, groups, pl)
 		}, func(br pgx.BatchResults) error {
-			for _, g := range groups {
-				var f, u bool
-				if promote {
-					if err := br.QueryRow().Scan(&f); err != nil {
-						return err
-					}
-				}
-				var due pgtype.Timestamptz
-				var fl bool
-				if probe {
-					if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
-						return err
-					}
-				}
-				flow = flow || f || fl
-				unpark = unpark || u
-				if due.Valid {
-					next = min(next, due.Time.UnixNano())
-				}
-				cs, err := readClaims(br, g.p.Limit)
-				if err != nil {
-					return err
-				}
-				for _, i := range g.calls {
-					n := min(ps[i].Limit, len(cs))
-					if n > 0 {
-						out[i], cs = cs[:n:n], cs[n:]
-					}
-				}
-			}
-			return nil
+			return pl.read(br, groups, ps, out)
 		})
 		if err != nil && !retryable(err) {
 			// The claim may have committed with its reply lost: release
 			// whatever these requests took (no attempt or rescue counted).
-			s.lostClaims(reqs)
+			s.lostClaims(pl.reqs)
 		}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: claim tasks: %w", err)
 	}
-	// A claim without a probe that came back empty looks again, with one
-	// (its caller would go idle on a stale hint); one that came back
-	// short makes the next claim probe.
-	again := false
-	if !probe {
-		for i := range ps {
-			if len(out[i]) == 0 {
-				again = true
-			} else if len(out[i]) < ps[i].Limit {
-				s.lastProbe.Store(0)
-			}
-		}
-	}
-	if probe {
-		s.lastProbe.Store(started.UnixNano())
-		s.flowWork.Store(flow || s.flowCreated.Swap(false))
-		s.unpark.Store(unpark)
-		s.nextDelayed.Store(min(next, s.delayedCreated.Swap(math.MaxInt64)))
-		again = (plain && flow) || (!promote && (unpark || needPromote(next, ps)))
-	}
+	again := s.claimHints(pl, ps, out)
 	if again && depth < 2 {
 		// The plain claim ran on a stale hint: the calls it left short
 		// try again with the full claim.
@@ -226,6 +113,168 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 		}
 	}
 	return out, nil
+}
+
+// groupClaims merges the calls of ps that can share a claim statement:
+// same Owner and Workflows, Now within claimMergeWindow.
+func groupClaims(ps []batuta.ClaimParams) []*claimGroup {
+	var groups []*claimGroup
+	for i := range ps {
+		p := &ps[i]
+		var g *claimGroup
+		for _, c := range groups {
+			q := &ps[c.calls[0]]
+			if q.Owner == p.Owner && sameStrings(q.Workflows, p.Workflows) &&
+				p.Now.Sub(c.p.Now).Abs() <= claimMergeWindow {
+				g = c
+				break
+			}
+		}
+		if g == nil {
+			g = &claimGroup{p: *p}
+			g.p.Limit = 0
+			groups = append(groups, g)
+		}
+		g.calls = append(g.calls, i)
+		g.p.Limit += p.Limit
+		if p.Now.Before(g.p.Now) {
+			g.p.Now = p.Now
+		}
+		if p.LeaseUntil.Before(g.p.LeaseUntil) {
+			g.p.LeaseUntil = p.LeaseUntil
+		}
+	}
+	return groups
+}
+
+func (s *Store) registerOwners(ctx context.Context, groups []*claimGroup) error {
+	for _, g := range groups {
+		if err := s.registerOwner(ctx, g.p.Owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// claimPlan is what one round trip of claim statements runs and what it
+// learnt: which statements (chosen from the Store's hints), the request
+// numbers of its groups, and the hints its probe read.
+type claimPlan struct {
+	// The plain claim serves while no concurrency step can apply (see
+	// queries.claimPlain), and the promote statement runs only when a
+	// delayed task may be due or a parked task may be unparked; the hints
+	// are refreshed by the probe of every claim.
+	plain, promote, probe bool
+	started               time.Time
+	reqs                  []int64
+	flow, unpark          bool
+	next                  int64 // earliest delayed task (Unix ns)
+}
+
+// newClaimPlan chooses the statements of a claim round trip for n groups;
+// second marks a second try (full statements, always probed).
+func (s *Store) newClaimPlan(n int, second bool) *claimPlan {
+	pl := &claimPlan{reqs: make([]int64, n), started: time.Now()}
+	pl.plain = !s.flowWork.Load()
+	// (While any delayed task is known, every claim promotes: a promotion
+	// that finds nothing due is one index probe.)
+	pl.promote = second || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
+	// The probe runs at most every probeEvery per Store (and always for a
+	// second try): under a stream of claims the hints are that fresh.
+	pl.probe = second || pl.started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
+	return pl
+}
+
+// reset prepares pl for a (new) try: fresh request numbers, no hints.
+func (pl *claimPlan) reset() {
+	pl.flow, pl.unpark, pl.next = false, false, math.MaxInt64
+	for i := range pl.reqs {
+		pl.reqs[i] = claimRequest()
+	}
+}
+
+// queueClaims queues the claim statements of groups as pl says.
+func (s *Store) queueClaims(b *pgx.Batch, groups []*claimGroup, pl *claimPlan) {
+	for i, g := range groups {
+		var wfs []string
+		if len(g.p.Workflows) > 0 {
+			wfs = g.p.Workflows
+		}
+		// Delayed tasks that came due, and parked tasks of groups with
+		// room, join the ready set first (the claim itself admits queued
+		// runs).
+		if pl.promote {
+			b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+		}
+		if pl.probe {
+			b.Queue(s.q.probe)
+		}
+		// The lease is kept on the database's clock.
+		q := s.q.claim
+		if pl.plain {
+			q = s.q.claimPlain
+		}
+		b.Queue(q, g.p.Now, wfs, g.p.Limit, g.p.Owner, s.toDB(g.p.LeaseUntil), pl.reqs[i])
+	}
+}
+
+// read reads what queueClaims queued, handing each call of ps (by index
+// into out) its share of its group's claims, earlier calls first.
+func (pl *claimPlan) read(br pgx.BatchResults, groups []*claimGroup, ps []batuta.ClaimParams, out [][]batuta.Claim) error {
+	for _, g := range groups {
+		var f, u bool
+		if pl.promote {
+			if err := br.QueryRow().Scan(&f); err != nil {
+				return err
+			}
+		}
+		var due pgtype.Timestamptz
+		var fl bool
+		if pl.probe {
+			if err := br.QueryRow().Scan(&due, &u, &fl); err != nil {
+				return err
+			}
+		}
+		pl.flow = pl.flow || f || fl
+		pl.unpark = pl.unpark || u
+		if due.Valid {
+			pl.next = min(pl.next, due.Time.UnixNano())
+		}
+		cs, err := readClaims(br, g.p.Limit)
+		if err != nil {
+			return err
+		}
+		for _, i := range g.calls {
+			n := min(ps[i].Limit, len(cs))
+			if n > 0 {
+				out[i], cs = cs[:n:n], cs[n:]
+			}
+		}
+	}
+	return nil
+}
+
+// claimHints stores the hints a claim round trip read and reports whether
+// its calls left short should try again with the full statements.
+func (s *Store) claimHints(pl *claimPlan, ps []batuta.ClaimParams, out [][]batuta.Claim) (again bool) {
+	// A claim without a probe that came back empty looks again, with one
+	// (its caller would go idle on a stale hint); one that came back
+	// short makes the next claim probe.
+	if !pl.probe {
+		for i := range ps {
+			if len(out[i]) == 0 {
+				again = true
+			} else if len(out[i]) < ps[i].Limit {
+				s.lastProbe.Store(0)
+			}
+		}
+		return again
+	}
+	s.lastProbe.Store(pl.started.UnixNano())
+	s.flowWork.Store(pl.flow || s.flowCreated.Swap(false))
+	s.unpark.Store(pl.unpark)
+	s.nextDelayed.Store(min(pl.next, s.delayedCreated.Swap(math.MaxInt64)))
+	return (pl.plain && pl.flow) || (!pl.promote && (pl.unpark || needPromote(pl.next, ps)))
 }
 
 // noteDelayed records that this Store wrote a delayed task due at t, so

@@ -44,35 +44,83 @@ type compResult struct {
 // committed at once (the others' callers are answered), and the completions
 // of the held runs are sent again on their own, waiting for their rows.
 func (s *Store) CompleteTasks(ctx context.Context, cs []batuta.Completion) ([]batuta.CompleteResult, error) {
+	out, _, err := s.completeAndClaim(ctx, cs, nil)
+	return out, err
+}
+
+// CompleteTasksAndClaim implements batuta.ClaimingCompleter: it records cs
+// as CompleteTasks does and, in the same transaction (one round trip, one
+// commit), claims up to p.Limit tasks as ClaimTasks(p) would. Concurrent
+// calls, with or without claims, are combined as CompleteTasks' are. The
+// claim is left out (and the caller claims apart) when the completions
+// are recorded apart: a batch that waited past CompletionLockWait, or a
+// completion of a child run's task.
+func (s *Store) CompleteTasksAndClaim(ctx context.Context, cs []batuta.Completion, p batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
+	if p.Limit <= 0 {
+		out, err := s.CompleteTasks(ctx, cs)
+		return out, nil, err
+	}
 	if len(cs) == 0 {
-		return nil, nil
+		claims, err := s.ClaimTasks(ctx, p)
+		return nil, claims, err
 	}
-	out, err := s.completes.do(ctx, cs)
+	return s.completeAndClaim(ctx, cs, &p)
+}
+
+// completeAndClaim is CompleteTasks, and CompleteTasksAndClaim when p is
+// not nil.
+func (s *Store) completeAndClaim(ctx context.Context, cs []batuta.Completion, p *batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
+	if len(cs) == 0 {
+		return nil, nil, nil
+	}
+	items := make([]compItem, len(cs))
+	for i := range cs {
+		items[i].c = cs[i]
+	}
+	items[0].claim = p
+	res, err := s.completes.do(ctx, items)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	out := make([]batuta.CompleteResult, len(res))
 	var busy []int
-	for i := range out {
+	for i := range res {
+		out[i] = res[i].res
 		if errors.Is(out[i].Err, errRunLocked) {
 			busy = append(busy, i)
 		}
 	}
 	if len(busy) == 0 {
-		return out, nil
+		return out, res[0].claims, nil
 	}
 	// Their runs are held by another transaction: wait for them, alone.
+	// (The batch was recorded apart, skipping locked rows, and claimed
+	// nothing: the caller claims apart.)
 	rest := make([]batuta.Completion, len(busy))
 	for k, i := range busy {
 		rest[k] = cs[i]
 	}
-	res, err := s.completeBatch(ctx, rest, setGeneric)
+	more, _, err := s.completeBatch(ctx, rest, setGeneric, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for k, i := range busy {
-		out[i] = res[k]
+		out[i] = more[k]
 	}
-	return out, nil
+	return out, nil, nil
+}
+
+// compItem is one completion for the completion combiner, with the claim
+// its caller wants made in the same transaction (nil: none).
+type compItem struct {
+	c     batuta.Completion
+	claim *batuta.ClaimParams
+}
+
+// compOut is the combiner's answer for a compItem.
+type compOut struct {
+	res    batuta.CompleteResult
+	claims []batuta.Claim
 }
 
 // errRunLocked marks a completion of a combined batch whose run row was held
@@ -80,15 +128,40 @@ func (s *Store) CompleteTasks(ctx context.Context, cs []batuta.Completion) ([]ba
 // again on its own.
 var errRunLocked = errors.New("batutapg: run row held by another transaction")
 
-func (s *Store) flushCompletions(ctx context.Context, cs []batuta.Completion) ([]batuta.CompleteResult, error) {
-	return s.completeBatch(ctx, cs, s.setBounded)
+func (s *Store) flushCompletions(ctx context.Context, items []compItem) ([]compOut, error) {
+	cs := make([]batuta.Completion, len(items))
+	var ps []batuta.ClaimParams
+	var who []int
+	for i := range items {
+		cs[i] = items[i].c
+		if p := items[i].claim; p != nil {
+			ps = append(ps, *p)
+			who = append(who, i)
+		}
+	}
+	res, claims, err := s.completeBatch(ctx, cs, s.setBounded, ps)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]compOut, len(items))
+	for i := range res {
+		out[i].res = res[i]
+	}
+	for k, i := range who {
+		if claims != nil {
+			out[i].claims = claims[k]
+		}
+	}
+	return out, nil
 }
 
-// completeBatch records cs in one transaction configured by set. If set
-// bounds lock waits and the bound is hit, the items whose rows are not
-// held are recorded (in a new transaction, skipping locked rows) and the
+// completeBatch records cs in one transaction configured by set and, with
+// ps, claims for each of ps in the same transaction (claims[k] for ps[k];
+// claims is nil when the claim was left out). If set bounds lock waits
+// and the bound is hit, the items whose rows are not held are recorded
+// (in a new transaction, skipping locked rows, claiming nothing) and the
 // others get errRunLocked.
-func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set string) ([]batuta.CompleteResult, error) {
+func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set string, ps []batuta.ClaimParams) ([]batuta.CompleteResult, [][]batuta.Claim, error) {
 	out := make([]batuta.CompleteResult, len(cs))
 	in := newCompInput(len(cs))
 	var idx []int // index in cs of each item sent
@@ -100,22 +173,42 @@ func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set s
 		idx = append(idx, i)
 	}
 	if len(idx) == 0 {
-		return out, nil
+		return out, nil, nil
+	}
+	var fc *fusedClaim
+	if len(ps) > 0 && !in.hasChild() {
+		var err error
+		if fc, err = s.newFusedClaim(ctx, ps); err != nil {
+			s.log.Debug("batutapg: completing without a claim", "schema", s.cfg.Schema, "error", err)
+			fc = nil
+		}
 	}
 	var res []compResult
 	var locked []bool
+	claimed := false
 	err := withRetry(ctx, func() error {
 		var err error
 		now := time.Now()
-		res, err = s.completeOnSet(ctx, in, 0, now, set)
+		claimed = false
+		if fc != nil {
+			fc.reset()
+		}
+		res, err = s.completeOnSet(ctx, in, 0, now, set, fc)
 		locked = nil
-		if lockNotAvailable(err) && set != setGeneric {
+		switch {
+		case err == nil:
+			claimed = fc != nil
+		case lockNotAvailable(err) && set != setGeneric:
 			res, locked, err = s.completeSkipLocked(ctx, in, 0, now)
+		case fc != nil && !retryable(err):
+			// The transaction may have committed with its reply lost:
+			// release whatever its claims took.
+			s.lostClaims(fc.pl.reqs)
 		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("batutapg: complete tasks: %w", err)
+		return nil, nil, fmt.Errorf("batutapg: complete tasks: %w", err)
 	}
 	for k, i := range idx {
 		r := res[k]
@@ -129,7 +222,11 @@ func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set s
 			out[i].Err = fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, batuta.ErrLeaseLost)
 		}
 	}
-	return out, nil
+	if !claimed {
+		return out, nil, nil
+	}
+	s.claimHints(fc.pl, ps, fc.out)
+	return out, fc.out, nil
 }
 
 // compInput is the column-wise input of the completion statement.
@@ -307,12 +404,14 @@ func (s *Store) completeOn(ctx context.Context, tx pgx.Tx, in *compInput, maxRes
 		}
 		return out, nil
 	}
-	return s.completeOnSet(ctx, in, maxRescues, now, setGeneric)
+	return s.completeOnSet(ctx, in, maxRescues, now, setGeneric, nil)
 }
 
 // completeOnSet is completeOn in a transaction of its own, configured by
 // set.
-func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int, now time.Time, set string) ([]compResult, error) {
+// With fc (and no child run among the items: fc is then ignored), the
+// claims fc holds run after the completion statement, in its transaction.
+func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int, now time.Time, set string, fc *fusedClaim) ([]compResult, error) {
 	var out []compResult
 	var wake, locked bool
 	var err error
@@ -336,14 +435,28 @@ func (s *Store) completeOnSet(ctx context.Context, in *compInput, maxRescues int
 			return err
 		})
 	} else {
-		err = s.sendHotSet(ctx, set, func(b *pgx.Batch) { locked = s.queueCompletion(b, in, maxRescues, now) }, func(br pgx.BatchResults) error {
+		err = s.sendHotSet(ctx, set, func(b *pgx.Batch) {
+			locked = s.queueCompletion(b, in, maxRescues, now)
+			if fc != nil {
+				s.queueClaims(b, fc.groups, fc.pl)
+			}
+		}, func(br pgx.BatchResults) error {
 			var err error
 			out, wake, err = s.readCompletion(br, len(in.runs), locked)
+			if err == nil && fc != nil {
+				err = fc.pl.read(br, fc.groups, fc.ps, fc.out)
+			}
 			return err
 		})
 	}
 	if err != nil {
 		return nil, err
+	}
+	if wake && fc != nil && !in.full() && fc.tookReady(in, out) {
+		// The tasks the completions made ready (of runs outside any
+		// concurrency group) were claimed in the same transaction:
+		// nobody needs waking for them.
+		wake = false
 	}
 	finished := 0
 	for _, r := range out {

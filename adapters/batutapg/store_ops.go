@@ -167,9 +167,67 @@ func (s *Store) inTx(ctx context.Context, set string, fn func(pgx.Tx) error) err
 	})
 }
 
+// pipelinedTx runs fn on a connection of its own, for a transaction fn
+// opens itself (a BEGIN queued in its first batch, so that opening it costs
+// no round trip of its own). fn reports whether it committed; if it did
+// not and returned no error, pipelinedTx commits. On error, whatever is
+// open is rolled back.
+func (s *Store) pipelinedTx(ctx context.Context, fn func(c *pgx.Conn) (committed bool, err error)) error {
+	return s.conns.with(ctx, func(c *pgx.Conn) error {
+		committed, err := fn(c)
+		if err == nil && !committed {
+			_, err = c.Exec(ctx, "COMMIT")
+		}
+		if err != nil && !c.IsClosed() && c.PgConn().TxStatus() != 'I' {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = c.Exec(rctx, "ROLLBACK")
+		}
+		return err
+	})
+}
+
+// signalTarget is a task of a run that waits, or will wait, for a signal.
+type signalTarget struct {
+	idx           int16
+	name          string
+	waiting, flow bool
+	sub           bool
+}
+
+// readSignalTargets reads SendSignal's first round trip: BEGIN, the run's
+// state (pgx.ErrNoRows: no such run) and the tasks that wait for the
+// signal.
+func readSignalTargets(br pgx.BatchResults) (string, []signalTarget, error) {
+	if _, err := br.Exec(); err != nil {
+		return "", nil, err
+	}
+	var st string
+	var canceled bool
+	if err := br.QueryRow().Scan(&st, &canceled); err != nil {
+		return "", nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return "", nil, err
+	}
+	defer rows.Close()
+	var out []signalTarget
+	for rows.Next() {
+		var t signalTarget
+		if err := rows.Scan(&t.idx, &t.name, &t.waiting, &t.flow, &t.sub); err != nil {
+			return "", nil, err
+		}
+		out = append(out, t)
+	}
+	return st, out, rows.Err()
+}
+
 // wakeParents counts the parent tasks of the runs ids, finished in tx, down
 // and reports whether it woke one (work for any instance).
-func (s *Store) wakeParents(ctx context.Context, tx pgx.Tx, ids []string) (bool, error) {
+// tx is a pgx.Tx, or a connection with a transaction open on it
+// (pipelinedTx).
+func (s *Store) wakeParents(ctx context.Context, tx querier, ids []string) (bool, error) {
 	if len(ids) == 0 {
 		return false, nil
 	}
@@ -295,105 +353,98 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 	var finished []string
 	err = withRetry(ctx, func() error {
 		res, wake, finished = batuta.SignalResult{}, false, nil
-		return s.inTx(ctx, "", func(tx pgx.Tx) error {
-			var st string
-			var canceled bool
-			if err := tx.QueryRow(ctx, s.q.cancelLock, id).Scan(&st, &canceled); err != nil {
-				return err
+		return s.pipelinedTx(ctx, func(c *pgx.Conn) (bool, error) {
+			// First round trip: open the transaction, lock the run, read
+			// the tasks that wait (or will wait) for the signal.
+			b := &pgx.Batch{}
+			b.Queue("BEGIN")
+			b.Queue(s.q.cancelLock, id)
+			b.Queue(s.oq.sigTasks, id, sig.Name)
+			br := c.SendBatch(ctx, b)
+			st, cands, err := readSignalTargets(br)
+			if cerr := br.Close(); err == nil {
+				err = cerr
 			}
-			if st != "active" || sig.Name == "" {
-				return batuta.ErrNoWaiter
-			}
-			type cand struct {
-				idx           int16
-				name          string
-				waiting, flow bool
-				sub           bool
-			}
-			var cands []cand
-			rows, err := tx.Query(ctx, s.oq.sigTasks, id, sig.Name)
 			if err != nil {
-				return err
+				return false, err
 			}
-			for rows.Next() {
-				var c cand
-				if err := rows.Scan(&c.idx, &c.name, &c.waiting, &c.flow, &c.sub); err != nil {
-					rows.Close()
-					return err
-				}
-				cands = append(cands, c)
+			if st != "active" || sig.Name == "" || len(cands) == 0 {
+				return false, batuta.ErrNoWaiter
 			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return err
-			}
-			if len(cands) == 0 {
-				return batuta.ErrNoWaiter
-			}
-			for _, c := range cands {
-				if !c.waiting {
+			for _, t := range cands {
+				if !t.waiting {
 					continue
 				}
 				// Deliver: complete the waiting task with the data.
-				tok := int64(c.idx)
-				if c.flow {
+				tok := int64(t.idx)
+				if t.flow {
 					tok |= tokenFlowBit
 				}
-				if c.sub {
+				if t.sub {
 					tok |= tokenChildBit
 				}
 				in := newCompInput(1)
-				comp := batuta.Completion{ClaimRef: batuta.ClaimRef{RunID: sig.RunID, Task: c.name, Token: tok},
+				comp := batuta.Completion{ClaimRef: batuta.ClaimRef{RunID: sig.RunID, Task: t.name, Token: tok},
 					Outcome: outcomeSignal, Output: json.RawMessage(data), FinishedAt: sentAt}
 				if data == nil {
 					comp.Output = nil
 				}
 				if err := in.add(&comp, time.Time{}); err != nil {
-					return err
+					return false, err
 				}
+				// Second round trip: the completion and, unless a
+				// parent run must be counted down first, the commit.
 				b := &pgx.Batch{}
 				locked := s.queueCompletion(b, in, 0, sentAt)
-				br := tx.SendBatch(ctx, b)
+				if !t.sub {
+					b.Queue("COMMIT")
+				}
+				br := c.SendBatch(ctx, b)
 				out, w, err := s.readCompletion(br, 1, locked)
+				if err == nil && !t.sub {
+					_, err = br.Exec()
+				}
 				if cerr := br.Close(); err == nil {
 					err = cerr
 				}
 				if err != nil {
-					return err
+					return false, err
 				}
 				if !out[0].applied {
-					return fmt.Errorf("waiting task %s not completed", c.name)
+					return false, fmt.Errorf("waiting task %s not completed", t.name)
 				}
 				finished = finishedRuns(in.runs, out)
-				if c.sub {
-					pw, err := s.wakeParents(ctx, tx, finished)
+				res = batuta.SignalResult{Delivered: true, Task: t.name, Ready: out[0].ready, RunFinished: out[0].finished}
+				if t.sub {
+					pw, err := s.wakeParents(ctx, c, finished)
 					if err != nil {
-						return err
+						return false, err
 					}
 					w = w || pw
+					wake = w
+					return false, nil
 				}
-				res = batuta.SignalResult{Delivered: true, Task: c.name, Ready: out[0].ready, RunFinished: out[0].finished}
 				wake = w
-				return nil
+				return true, nil
 			}
 			// Buffer it for the first task that will wait for it.
 			var n int64
-			if err := tx.QueryRow(ctx, s.oq.sigCount, id).Scan(&n); err != nil {
-				return err
+			if err := c.QueryRow(ctx, s.oq.sigCount, id).Scan(&n); err != nil {
+				return false, err
 			}
 			if n >= int64(maxBuf) {
-				return batuta.ErrSignalBufferFull
+				return false, batuta.ErrSignalBufferFull
 			}
-			if _, err := tx.Exec(ctx, s.oq.sigInsert, id, sig.Name, data, sentAt); err != nil {
-				return err
+			if _, err := c.Exec(ctx, s.oq.sigInsert, id, sig.Name, data, sentAt); err != nil {
+				return false, err
 			}
-			tag, err := tx.Exec(ctx, s.oq.sigDue, id, sig.Name, sentAt)
+			tag, err := c.Exec(ctx, s.oq.sigDue, id, sig.Name, sentAt)
 			if err != nil {
-				return err
+				return false, err
 			}
 			wake = tag.RowsAffected() > 0
 			res = batuta.SignalResult{Task: cands[0].name}
-			return nil
+			return false, nil
 		})
 	})
 	switch {

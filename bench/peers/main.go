@@ -47,6 +47,7 @@ type options struct {
 	dur       time.Duration
 	n         int
 	steps     int
+	calls     bool // print the executor's store-call latencies (batuta, steps)
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.DurationVar(&o.dur, "for", 10*time.Second, "steps: how long each round submits")
 	flag.IntVar(&o.n, "n", 2000, "sqlite: runs per burn-down round")
 	flag.IntVar(&o.steps, "sqlite-steps", 1, "sqlite: steps per workflow")
+	flag.BoolVar(&o.calls, "storecalls", false, "steps: print the p50/p99 of batuta's claim and complete store calls per round (a StoreHooks)")
 	flag.Parse()
 	o.scenarios = queuebench.Split(*scen)
 	o.sides = queuebench.Split(*sides)

@@ -78,7 +78,14 @@ func batutaSteps(ctx context.Context, o options) (*clock, error) {
 		return nil, err
 	}
 	defer func() { _ = st.Close() }()
-	orch, err := batuta.New(batuta.Config{Store: st, Logger: quiet()})
+	cfg := batuta.Config{Store: st, Logger: quiet()}
+	var calls *storeCalls
+	if o.calls {
+		calls = &storeCalls{}
+		cfg.Hooks = []batuta.Hooks{calls}
+		defer calls.print()
+	}
+	orch, err := batuta.New(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,63 @@
+package batutapg
+
+import (
+	"context"
+
+	"github.com/batuta-dev/batuta"
+)
+
+// fusedClaim is the claim a completion transaction makes for the callers
+// of CompleteTasksAndClaim it serves (see completeBatch).
+type fusedClaim struct {
+	ps     []batuta.ClaimParams
+	groups []*claimGroup
+	pl     *claimPlan
+	out    [][]batuta.Claim // out[k]: the claims for ps[k]
+}
+
+func (s *Store) newFusedClaim(ctx context.Context, ps []batuta.ClaimParams) (*fusedClaim, error) {
+	groups := groupClaims(ps)
+	if err := s.registerOwners(ctx, groups); err != nil {
+		return nil, err
+	}
+	return &fusedClaim{ps: ps, groups: groups, pl: s.newClaimPlan(len(groups), false), out: make([][]batuta.Claim, len(ps))}, nil
+}
+
+// reset prepares fc for a (new) try of its transaction.
+func (fc *fusedClaim) reset() {
+	fc.pl.reset()
+	clear(fc.out)
+}
+
+// tookReady reports whether fc's claims took, run by run, at least as
+// many tasks as the completions in made ready (res): then none of those
+// is left for anyone else to claim. (A claim of a run's task that was
+// ready before, instead of one just made ready, can fool it; the task
+// left over is claimed by the next claim of any worker, or at the next
+// poll.)
+func (fc *fusedClaim) tookReady(in *compInput, res []compResult) bool {
+	var ready map[[16]byte]int
+	for k := range res {
+		if n := res[k].ready; n > 0 {
+			if ready == nil {
+				ready = make(map[[16]byte]int, 1)
+			}
+			ready[in.runs[k]] += n
+		}
+	}
+	for _, cs := range fc.out {
+		for i := range cs {
+			if id, ok := parseUUID(cs[i].RunID); ok {
+				if _, made := ready[id]; made {
+					ready[id]--
+				}
+			}
+		}
+	}
+	for _, n := range ready {
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
