@@ -36,7 +36,7 @@ type executor struct {
 	// it themselves, without the completers. Nil for others.
 	claimer ClaimingCompleter
 	busy    atomic.Int64 // claims handed to workers and not yet done
-	nwork int64
+	nwork   int64
 	// backlog: the latest claim got all it asked for, so more tasks are
 	// likely ready. Workers of a durable store then claim their next task
 	// themselves, in parallel, instead of one by one through the dispatcher.
