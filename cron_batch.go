@@ -197,15 +197,26 @@ func (b *fireBatcher) flush(o *Orchestrator, items []*fireItem) {
 		}
 		close(it.done)
 	}
-	if len(items) == 1 {
-		one(items[0])
-		return
-	}
 	nrs := make([]NewRun, len(items))
 	for i, it := range items {
 		nrs[i] = it.nr
 	}
-	res, err := o.store.CreateRuns(ctx, nrs)
+	var res []CreateResult
+	var err error
+	done := false
+	if ex := o.ex.Load(); ex != nil && ex.creator != nil {
+		// This instance's free workers start the first tasks of the
+		// instant's runs, claimed in the transaction that records them.
+		res, _, done, err = ex.createAndClaim(ctx, nrs, o.clock.Now())
+	}
+	switch {
+	case done:
+	case len(items) == 1:
+		one(items[0])
+		return
+	default:
+		res, err = o.store.CreateRuns(ctx, nrs)
+	}
 	if err == nil && len(res) != len(items) {
 		o.log.Error("batuta: store returned a wrong number of results for CreateRuns; creating the runs one by one", "runs", len(items), "results", len(res))
 		err = errWrongResults

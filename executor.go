@@ -35,6 +35,13 @@ type executor struct {
 	// transaction of its completion (ClaimingCompleter); workers then call
 	// it themselves, without the completers. Nil for others.
 	claimer ClaimingCompleter
+	// creator: a durable store that claims in the transaction that
+	// creates a run (CreatingClaimer), for Submit; nil for others.
+	creator CreatingClaimer
+	// handMu guards handing claims to the workers from outside the
+	// dispatcher (handOff) against shutdown closing work.
+	handMu     sync.RWMutex
+	workClosed bool
 	busy    atomic.Int64 // claims handed to workers and not yet done
 	nwork   int64
 	// backlog: the latest claim got all it asked for, so more tasks are
@@ -135,6 +142,9 @@ func newExecutor(o *Orchestrator) *executor {
 	if fc, ok := o.store.(completeClaimer); ok && !ex.durable {
 		ex.fused = fc
 	}
+	if cc, ok := o.store.(CreatingClaimer); ok && ex.durable {
+		ex.creator = cc
+	}
 	if cc, ok := o.store.(ClaimingCompleter); ok && ex.durable {
 		ex.claimer = cc
 	} else if ex.durable {
@@ -177,7 +187,10 @@ func (ex *executor) shutdown() {
 	ex.draining.Store(true)
 	close(ex.stopDispatch)
 	<-ex.dispatchDone
+	ex.handMu.Lock()
+	ex.workClosed = true
 	close(ex.work)
+	ex.handMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		ex.workersWG.Wait()

@@ -526,7 +526,17 @@ func (o *Orchestrator) submitWith(ctx context.Context, workflow string, ev Event
 		return "", false, err
 	}
 	var res CreateResult
+	claimed, done := 0, false
+	if ex := o.ex.Load(); ex != nil && ex.creator != nil && cw.flow == nil && create == nil && nr.StartAt.IsZero() {
+		// A free worker of this process starts the run's first task,
+		// claimed in the transaction that records the run.
+		var rs []CreateResult
+		if rs, claimed, done, err = ex.createAndClaim(ctx, []NewRun{nr}, now); done && err == nil {
+			res = rs[0]
+		}
+	}
 	switch {
+	case done:
 	case cw.flow == nil && create != nil:
 		res.ID, res.Created, err = create(ctx, nr)
 	case cw.flow == nil:
@@ -545,7 +555,7 @@ func (o *Orchestrator) submitWith(ctx context.Context, workflow string, ev Event
 	if err != nil {
 		return "", false, fmt.Errorf("batuta: submit %s: %w", workflow, err)
 	}
-	o.created(ctx, &nr, res, now)
+	o.createdClaimed(ctx, &nr, res, now, claimed > 0 && roots(nr.Tasks) == 1)
 	return res.ID, res.Created, nil
 }
 
@@ -553,6 +563,24 @@ func (o *Orchestrator) submitWith(ctx context.Context, workflow string, ev Event
 // (at once, and at the run's start time), runs the hooks, and publishes
 // the end of runs that a concurrency strategy canceled.
 func (o *Orchestrator) created(ctx context.Context, nr *NewRun, res CreateResult, now time.Time) {
+	o.createdClaimed(ctx, nr, res, now, false)
+}
+
+// roots counts the tasks of a run that depend on no other.
+func roots(ts []TaskSpec) int {
+	n := 0
+	for i := range ts {
+		if len(ts[i].Deps) == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// createdClaimed is created; claimed says that the run's only root task was
+// probably claimed with its creation, so the dispatcher is not woken for
+// it (the store wakes it if the claim took another task).
+func (o *Orchestrator) createdClaimed(ctx context.Context, nr *NewRun, res CreateResult, now time.Time, claimed bool) {
 	ex := o.ex.Load()
 	if res.Created {
 		if ex != nil {
@@ -561,7 +589,9 @@ func (o *Orchestrator) created(ctx context.Context, nr *NewRun, res CreateResult
 			} else if nr.Debounce != nil {
 				ex.addDue(now.Add(nr.Debounce.Window))
 			}
-			ex.poke()
+			if !claimed {
+				ex.poke()
+			}
 		}
 		for _, h := range o.hooks {
 			h.RunStarted(ctx, RunInfo{RunID: res.ID, Workflow: nr.Workflow, EventID: nr.Event.ID, State: RunPending, Time: now})

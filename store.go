@@ -738,6 +738,22 @@ type ClaimingCompleter interface {
 	CompleteTasksAndClaim(ctx context.Context, cs []Completion, p ClaimParams) ([]CompleteResult, []Claim, error)
 }
 
+// A CreatingClaimer is a durable Store that can claim tasks in the
+// transaction that records new runs (PostgreSQL does). When workers of
+// the submitting process are free, Submit and the cron trigger then start
+// the new runs' first tasks without a claim round trip of their own and
+// without waking the dispatcher.
+type CreatingClaimer interface {
+	Store
+	// CreateRunsAndClaim records runs exactly as CreateRuns does and, in
+	// the same transaction, claims up to p.Limit tasks as ClaimTasks(p)
+	// would (p.Limit <= 0: none), after the insert, so the new runs' root
+	// tasks can be among them. An error means nothing was recorded or
+	// claimed. It may claim fewer than ClaimTasks would have found (none
+	// for runs the store records apart, say).
+	CreateRunsAndClaim(ctx context.Context, runs []NewRun, p ClaimParams) ([]CreateResult, []Claim, error)
+}
+
 // A RunWatcher is a Store that publishes the end of runs: its own
 // completions and cancellations at once and, for a store shared by several
 // processes, those of the other processes (PostgreSQL does it with

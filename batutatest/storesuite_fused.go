@@ -21,6 +21,9 @@ var fusedCases = []struct {
 	{"CompleteAndClaimLimits", testFusedLimits},
 	{"CompleteAndClaimLeaseLost", testFusedLeaseLost},
 	{"CompleteAndClaimConcurrent", testFusedConcurrent},
+	{"CreateAndClaimRoot", testCreateClaimRoot},
+	{"CreateAndClaimDuplicate", testCreateClaimDuplicate},
+	{"CreateAndClaimBatch", testCreateClaimBatch},
 }
 
 func (st *storeT) claimer() batuta.ClaimingCompleter {
@@ -201,5 +204,139 @@ func testFusedConcurrent(t *testing.T, st *storeT) {
 		if r := st.get(id); r.State != batuta.RunSucceeded {
 			t.Fatalf("run %s is %s, want succeeded", id, r.State)
 		}
+	}
+}
+
+// createClaim calls CreateRunsAndClaim with one run.
+func (st *storeT) createClaim(nr batuta.NewRun, p batuta.ClaimParams) (string, bool, []batuta.Claim, error) {
+	res, cs, err := st.creator().CreateRunsAndClaim(ctxT(st.t), []batuta.NewRun{nr}, p)
+	if err != nil {
+		return "", false, nil, err
+	}
+	if len(res) != 1 {
+		st.fatalf("CreateRunsAndClaim answered %d results for 1 run", len(res))
+	}
+	return res[0].ID, res[0].Created, cs, nil
+}
+
+func (st *storeT) creator() batuta.CreatingClaimer {
+	st.t.Helper()
+	cc, ok := st.s.(batuta.CreatingClaimer)
+	if !ok {
+		st.t.Skip("the store does not implement batuta.CreatingClaimer")
+	}
+	return cc
+}
+
+func (st *storeT) newRun(wf, eventID string, tasks []batuta.TaskSpec) batuta.NewRun {
+	st.seq++
+	at := base.Add(time.Duration(st.seq) * time.Millisecond)
+	return batuta.NewRun{
+		ID: newID(at), Workflow: wf, Tasks: tasks, CreatedAt: at,
+		Event: batuta.Event{ID: eventID, Source: "test", Type: "t", Time: base, Data: []byte(`{"n":1}`)},
+	}
+}
+
+// testCreateClaimRoot: the claim made with a run's creation takes its root
+// task (with the event), Limit 0 claims nothing, and the claimed task is
+// not claimed again.
+func testCreateClaimRoot(t *testing.T, st *storeT) {
+	st.creator()
+	chain := []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}}
+	nr := st.newRun("wf", "e1", chain)
+	p := batuta.ClaimParams{Owner: "w1", Limit: 1, Now: base, LeaseUntil: base.Add(time.Minute)}
+	id, created, cs, err := st.createClaim(nr, p)
+	st.must(err)
+	if !created || id != nr.ID {
+		t.Fatalf("CreateRunAndClaim = %q, created=%v; want %q, true", id, created, nr.ID)
+	}
+	if len(cs) != 1 || cs[0].RunID != id || cs[0].Task != "a" || cs[0].Attempt != 1 {
+		t.Fatalf("claimed with the creation: %+v, want a of %s", cs, id)
+	}
+	if string(cs[0].Event.Data) != `{"n":1}` || cs[0].Event.ID != "e1" {
+		t.Fatalf("the claim's event = %+v", cs[0].Event)
+	}
+	if r := st.get(id); taskState(r, "a") != batuta.TaskRunning {
+		t.Fatalf("a is %s after being claimed, want running", taskState(r, "a"))
+	}
+	if more := st.claim(base, 10); len(more) != 0 {
+		t.Fatalf("claimed again: %v", claimNames(more))
+	}
+	st.completeOK(cs[0], batuta.OutcomeSucceeded, nil, base)
+	// Limit 0: created, nothing claimed; its root stays ready.
+	nr2 := st.newRun("wf", "e2", chain)
+	p.Limit = 0
+	id2, created, cs, err := st.createClaim(nr2, p)
+	st.must(err)
+	if !created || id2 != nr2.ID || len(cs) != 0 {
+		t.Fatalf("Limit 0: %q created=%v claims %v", id2, created, claimNames(cs))
+	}
+	got := st.claim(base, 10)
+	names := map[string]string{}
+	for _, c := range got {
+		names[c.RunID] = c.Task
+	}
+	if names[id] != "b" || names[id2] != "a" || len(got) != 2 {
+		t.Fatalf("ready after both creations: %+v, want b of the first run and a of the second", names)
+	}
+}
+
+// testCreateClaimDuplicate: a second event with the same ID returns the
+// existing run, creates nothing, and never claims that run's task twice.
+func testCreateClaimDuplicate(t *testing.T, st *storeT) {
+	st.creator()
+	one := []batuta.TaskSpec{{Name: "a"}}
+	nr := st.newRun("wf", "dup", one)
+	p := batuta.ClaimParams{Owner: "w1", Limit: 1, Now: base, LeaseUntil: base.Add(time.Minute)}
+	id, _, cs, err := st.createClaim(nr, p)
+	st.must(err)
+	if len(cs) != 1 {
+		t.Fatalf("first creation claimed %d tasks, want 1", len(cs))
+	}
+	again := st.newRun("wf", "dup", one)
+	id2, created, cs2, err := st.createClaim(again, p)
+	st.must(err)
+	if created || id2 != id {
+		t.Fatalf("duplicate: %q created=%v, want %q, false", id2, created, id)
+	}
+	for _, c := range cs2 {
+		if c.RunID == id {
+			t.Fatalf("the duplicate's claim took the running task again: %+v", c)
+		}
+	}
+}
+
+// testCreateClaimBatch: a batch of runs created together, claiming up to
+// Limit of their root tasks in the same call; the rest stay ready.
+func testCreateClaimBatch(t *testing.T, st *storeT) {
+	cc := st.creator()
+	one := []batuta.TaskSpec{{Name: "a"}}
+	runs := []batuta.NewRun{st.newRun("wf", "b1", one), st.newRun("wf", "b2", one), st.newRun("wf", "b3", one)}
+	p := batuta.ClaimParams{Owner: "w1", Limit: 2, Now: base, LeaseUntil: base.Add(time.Minute)}
+	res, cs, err := cc.CreateRunsAndClaim(ctxT(t), runs, p)
+	st.must(err)
+	if len(res) != 3 {
+		t.Fatalf("%d results for 3 runs", len(res))
+	}
+	ids := map[string]bool{}
+	for i, r := range res {
+		if !r.Created || r.ID != runs[i].ID {
+			t.Fatalf("result %d = %+v, want run %s created", i, r, runs[i].ID)
+		}
+		ids[r.ID] = true
+	}
+	if len(cs) != 2 {
+		t.Fatalf("claimed %d tasks with Limit 2", len(cs))
+	}
+	rest := st.claim(base, 10)
+	seen := map[string]bool{}
+	for _, c := range append(cs, rest...) {
+		if !ids[c.RunID] || seen[c.RunID] {
+			t.Fatalf("claim %+v: not one of the new runs, or its task twice", c)
+		}
+		seen[c.RunID] = true
+	}
+	if len(seen) != 3 {
+		t.Fatalf("%d of the 3 runs' tasks were claimable in all", len(seen))
 	}
 }

@@ -41,6 +41,13 @@ func (k *killableStore) CreateRun(ctx context.Context, nr batuta.NewRun) (string
 	return k.Store.CreateRun(ctx, nr)
 }
 
+func (k *killableStore) CreateRunsAndClaim(ctx context.Context, runs []batuta.NewRun, p batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
+	if err := k.err(); err != nil {
+		return nil, nil, err
+	}
+	return k.Store.CreateRunsAndClaim(ctx, runs, p)
+}
+
 func (k *killableStore) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.Claim, error) {
 	if err := k.err(); err != nil {
 		return nil, err

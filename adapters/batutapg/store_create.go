@@ -28,6 +28,9 @@ type createItem struct {
 	// rejected, if not empty, records the run canceled at once
 	// (ConcurrencyCancelNewest) with this reason.
 	rejected string
+	// claim, if not nil, is the claim CreateRunAndClaim's caller wants
+	// made in the insert's transaction.
+	claim *batuta.ClaimParams
 }
 
 // slow reports whether the item needs a transaction of its own (a group
@@ -41,6 +44,7 @@ func (it *createItem) slow() bool {
 type createResult struct {
 	id      string
 	created bool
+	claims  []batuta.Claim // for an item with a claim
 }
 
 // maxTasks is the most tasks a run may have (a task index fits the low
@@ -53,37 +57,53 @@ const maxTasks = tokenIndexMax
 // Config.ActiveRecount): several instances together may overshoot it a
 // little.
 func (s *Store) CreateRun(ctx context.Context, nr batuta.NewRun) (string, bool, error) {
+	id, created, _, err := s.createRun(ctx, nr, nil)
+	return id, created, err
+}
+
+// createRun is CreateRun, claiming as p says if not nil.
+func (s *Store) createRun(ctx context.Context, nr batuta.NewRun, p *batuta.ClaimParams) (string, bool, []batuta.Claim, error) {
+	res, created, err := s.createRunClaim(ctx, nr, p)
+	if err != nil {
+		return "", false, nil, err
+	}
+	return res.id, created, res.claims, nil
+}
+
+func (s *Store) createRunClaim(ctx context.Context, nr batuta.NewRun, p *batuta.ClaimParams) (createResult, bool, error) {
 	it, err := s.prepareRun(&nr)
 	if err != nil {
-		return "", false, err
+		return createResult{}, false, err
 	}
 	if it.slow() {
 		res, err := s.createSlow(ctx, []createItem{it}, nr.MaxActive)
 		if err != nil {
-			return "", false, err
+			return createResult{}, false, err
 		}
-		return res[0].ID, res[0].Created, nil
+		return createResult{id: res[0].ID}, res[0].Created, nil
 	}
 	if nr.MaxActive > 0 {
 		busy, err := s.overCap(ctx, nr.MaxActive)
 		if err != nil {
-			return "", false, err
+			return createResult{}, false, err
 		}
 		if busy {
 			// A duplicate of an existing run is not refused as busy.
 			if id, ok, err := s.existing(ctx, nr.Workflow, nr.Event.ID); err != nil {
-				return "", false, err
+				return createResult{}, false, err
 			} else if ok {
-				return id, false, nil
+				return createResult{id: id}, false, nil
 			}
-			return "", false, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, nr.MaxActive)
+			return createResult{}, false, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, nr.MaxActive)
 		}
+		p = nil
 	}
+	it.claim = p
 	res, err := s.creates.do(ctx, []createItem{it})
 	if err != nil {
-		return "", false, err
+		return createResult{}, false, err
 	}
-	return res[0].id, res[0].created, nil
+	return res[0], res[0].created, nil
 }
 
 func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
@@ -242,11 +262,29 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 	for i := range pending {
 		pending[i] = i
 	}
+	// The claims of the items that want one are made with the first
+	// insert only.
+	var ps []batuta.ClaimParams
+	var who []int
+	for i := range items {
+		if p := items[i].claim; p != nil {
+			ps = append(ps, *p)
+			who = append(who, i)
+		}
+	}
+	var fc *fusedClaim
+	if len(ps) > 0 {
+		var err error
+		if fc, err = s.newFusedClaim(ctx, ps); err != nil {
+			s.log.Debug("batutapg: creating runs without a claim", "schema", s.cfg.Schema, "error", err)
+			fc = nil
+		}
+	}
 	for try := 0; len(pending) > 0; try++ {
 		if try == 5 {
 			return nil, fmt.Errorf("batutapg: create runs: duplicate keys kept vanishing (concurrent prune?)")
 		}
-		created, err := s.insertRuns(ctx, items, pending)
+		created, err := s.insertRuns(ctx, items, pending, fc)
 		if err != nil {
 			return nil, err
 		}
@@ -258,10 +296,19 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 				dups = append(dups, i)
 			}
 		}
+		if fc != nil {
+			for k, i := range who {
+				out[i].claims = fc.out[k]
+			}
+			s.claimHints(fc.pl, ps, fc.out)
+		}
 		if len(created) > 0 {
 			s.active.add(len(created))
-			s.workAppeared()
+			if fc == nil || !tookRoots(items, pending, created, fc) {
+				s.workAppeared()
+			}
 		}
+		fc = nil
 		if len(dups) == 0 {
 			break
 		}
@@ -297,21 +344,41 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 	return out, nil
 }
 
-// insertRuns inserts items[idx...] and returns the IDs of the runs created.
-func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int) (map[[16]byte]bool, error) {
+// insertRuns inserts items[idx...] and returns the IDs of the runs
+// created. With fc, fc's claims are made after the insert, in its
+// transaction.
+func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, fc *fusedClaim) (map[[16]byte]bool, error) {
 	args := s.createArgs(items, idx)
 	created := make(map[[16]byte]bool, len(idx))
 	err := withRetry(ctx, func() error {
 		clear(created)
-		return s.sendHot(ctx, false, func(b *pgx.Batch) {
+		if fc != nil {
+			fc.reset()
+		}
+		err := s.sendHot(ctx, false, func(b *pgx.Batch) {
 			b.Queue(s.q.createRuns, args...)
+			if fc != nil {
+				s.queueClaims(b, fc.groups, fc.pl)
+			}
 		}, func(br pgx.BatchResults) error {
 			rows, err := br.Query()
 			if err != nil {
 				return err
 			}
-			return readCreated(rows, created)
+			if err := readCreated(rows, created); err != nil {
+				return err
+			}
+			if fc != nil {
+				return fc.pl.read(br, fc.groups, fc.ps, fc.out)
+			}
+			return nil
 		})
+		if err != nil && fc != nil && !retryable(err) {
+			// The transaction may have committed with its reply lost:
+			// release whatever its claims took.
+			s.lostClaims(fc.pl.reqs)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("batutapg: create runs: %w", err)

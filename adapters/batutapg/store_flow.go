@@ -94,8 +94,36 @@ ORDER BY created_at, id`),
 // in order, in one transaction (each locks its group row or debounce key).
 // An error means nothing was recorded.
 func (s *Store) CreateRuns(ctx context.Context, runs []batuta.NewRun) ([]batuta.CreateResult, error) {
+	out, _, err := s.createRuns(ctx, runs, nil)
+	return out, err
+}
+
+// CreateRunsAndClaim implements batuta.CreatingClaimer: it records runs as
+// CreateRuns does and, in the same transaction (one round trip, one
+// commit), claims up to p.Limit tasks as ClaimTasks(p) would, after the
+// insert, so the new runs' root tasks can be among them. A single run is
+// combined with concurrent CreateRun calls, as CreateRun's are. The claim
+// is left out (none is made) for a batch recorded apart: one with a
+// debounce or a cancel strategy, or with NewRun.MaxActive set.
+func (s *Store) CreateRunsAndClaim(ctx context.Context, runs []batuta.NewRun, p batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
+	if p.Limit <= 0 {
+		out, err := s.CreateRuns(ctx, runs)
+		return out, nil, err
+	}
+	return s.createRuns(ctx, runs, &p)
+}
+
+// createRuns is CreateRuns, claiming as p says if not nil.
+func (s *Store) createRuns(ctx context.Context, runs []batuta.NewRun, p *batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
 	if len(runs) == 0 {
-		return nil, nil
+		return nil, nil, nil
+	}
+	if len(runs) == 1 && p != nil {
+		id, created, cs, err := s.createRun(ctx, runs[0], p)
+		if err != nil {
+			return nil, nil, err
+		}
+		return []batuta.CreateResult{{ID: id, Created: created}}, cs, nil
 	}
 	items := make([]createItem, len(runs))
 	slow := false
@@ -103,7 +131,7 @@ func (s *Store) CreateRuns(ctx context.Context, runs []batuta.NewRun) ([]batuta.
 	for i := range runs {
 		it, err := s.prepareRun(&runs[i])
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		items[i] = it
 		slow = slow || it.slow()
@@ -114,24 +142,28 @@ func (s *Store) CreateRuns(ctx context.Context, runs []batuta.NewRun) ([]batuta.
 	if maxActive > 0 {
 		busy, err := s.overCap(ctx, maxActive)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if busy {
-			return nil, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, maxActive)
+			return nil, nil, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, maxActive)
 		}
 	}
 	if slow {
-		return s.createSlow(ctx, items, 0)
+		out, err := s.createSlow(ctx, items, 0)
+		return out, nil, err
+	}
+	if maxActive == 0 {
+		items[0].claim = p
 	}
 	res, err := s.flushCreates(ctx, items)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]batuta.CreateResult, len(res))
 	for i, r := range res {
 		out[i] = batuta.CreateResult{ID: r.id, Created: r.created}
 	}
-	return out, nil
+	return out, res[0].claims, nil
 }
 
 // createSlow records items in order in one transaction (see CreateRuns).

@@ -61,3 +61,39 @@ func (fc *fusedClaim) tookReady(in *compInput, res []compResult) bool {
 	}
 	return true
 }
+
+// tookRoots reports whether the claims of fc took every root task (one
+// with no dependency) of the runs of items[idx...] that were created, none
+// of which starts later: then nobody needs waking for them.
+func tookRoots(items []createItem, idx []int, created map[[16]byte]bool, fc *fusedClaim) bool {
+	roots := make(map[[16]byte]int, len(idx))
+	for _, i := range idx {
+		it := &items[i]
+		if !created[it.id] {
+			continue
+		}
+		if !it.startAt.IsZero() || it.admit != 0 {
+			return false
+		}
+		for k := range it.run.Tasks {
+			if len(it.run.Tasks[k].Deps) == 0 {
+				roots[it.id]++
+			}
+		}
+	}
+	for _, cs := range fc.out {
+		for i := range cs {
+			if id, ok := parseUUID(cs[i].RunID); ok {
+				if _, mine := roots[id]; mine {
+					roots[id]--
+				}
+			}
+		}
+	}
+	for _, n := range roots {
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,95 @@
+package batuta
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// reserveWorkers takes up to n free workers for claims made outside the
+// dispatcher (create-and-claim), counting them busy, and returns how many
+// it took: none when the executor is draining.
+func (ex *executor) reserveWorkers(n int) int {
+	for {
+		b := ex.busy.Load()
+		k := min(int64(n), ex.nwork-b)
+		if k <= 0 || ex.draining.Load() {
+			return 0
+		}
+		if ex.busy.CompareAndSwap(b, b+k) {
+			return int(k)
+		}
+	}
+}
+
+// releaseWorkers gives back n workers reserveWorkers took and no claim
+// used.
+func (ex *executor) releaseWorkers(n int) {
+	if n <= 0 {
+		return
+	}
+	if b := ex.busy.Add(-int64(n)); b < ex.nwork && b+int64(n) >= ex.nwork {
+		ex.poke() // the dispatcher may be waiting for a free worker
+	}
+}
+
+// handOff gives c to a worker reserveWorkers took for it (the send never
+// blocks: work has room for every busy worker). Once shutdown closed the
+// workers' channel, c is released back to the store instead.
+func (ex *executor) handOff(c Claim) {
+	ex.handMu.RLock()
+	if !ex.workClosed {
+		ex.work <- c
+		ex.handMu.RUnlock()
+		return
+	}
+	ex.handMu.RUnlock()
+	ex.busy.Add(-1)
+	comp := []Completion{{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: OutcomeRelease, FinishedAt: ex.o.clock.Now()}}
+	if _, err := ex.storeComplete(comp); err != nil {
+		ex.o.log.Warn("batuta: releasing a task claimed while shutting down failed; it is rescued when its lease expires",
+			"run", c.RunID, "task", c.Task, "error", err)
+	}
+}
+
+// createAndClaim records runs through the store's CreatingClaimer and,
+// with workers free (up to one per run), claims tasks for them in the same
+// transaction (often the new runs' first tasks) and hands them over. It
+// returns how many it claimed; ok is false when it did not call the store
+// (no free worker, or no workflow to claim for): the caller creates the
+// runs as usual.
+func (ex *executor) createAndClaim(ctx context.Context, runs []NewRun, now time.Time) (res []CreateResult, claimed int, ok bool, err error) {
+	o := ex.o
+	o.mu.RLock()
+	free := o.uncapped
+	o.mu.RUnlock()
+	if len(free) == 0 {
+		return nil, 0, false, nil
+	}
+	n := ex.reserveWorkers(len(runs))
+	if n == 0 {
+		return nil, 0, false, nil
+	}
+	p := ClaimParams{Owner: o.cfg.NodeID, Workflows: free, Limit: n, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration)}
+	var t0 time.Time
+	if len(o.storeHooks) > 0 {
+		t0 = time.Now()
+	}
+	res, cs, err := ex.creator.CreateRunsAndClaim(ctx, runs, p)
+	if err == nil && len(res) != len(runs) {
+		err = fmt.Errorf("the store answered %d results for %d runs", len(res), len(runs))
+	}
+	if err != nil {
+		ex.releaseWorkers(n)
+		return nil, 0, true, err
+	}
+	if len(o.storeHooks) > 0 && len(cs) > 0 {
+		observeStore(o.storeHooks, StoreOpClaim, t0, len(cs), nil)
+	}
+	cs = cs[:min(len(cs), n)] // (a store returns no more than asked)
+	ex.releaseWorkers(n - len(cs))
+	for i := range cs {
+		ex.handOff(cs[i])
+	}
+	return res, len(cs), true, nil
+}

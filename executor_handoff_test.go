@@ -1,0 +1,190 @@
+package batuta_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/stretchr/testify/require"
+)
+
+// claimingStore makes the memory store a durable ClaimingCompleter and
+// CreatingClaimer (each a store call after the other: the executor's use
+// of them is what is tested here; the atomicity is batutatest's), and
+// counts what the executor asked of them.
+type claimingStore struct {
+	durableStore
+	fusedCompletes, fusedClaims, createCalls, createClaims atomic.Int32
+}
+
+func (c *claimingStore) CompleteTasksAndClaim(ctx context.Context, cs []batuta.Completion, p batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
+	res, err := c.CompleteTasks(ctx, cs)
+	if err != nil || p.Limit <= 0 {
+		return res, nil, err
+	}
+	c.fusedCompletes.Add(1)
+	claims, err := c.Store.ClaimTasks(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.fusedClaims.Add(int32(len(claims)))
+	return res, claims, nil
+}
+
+func (c *claimingStore) CreateRunsAndClaim(ctx context.Context, runs []batuta.NewRun, p batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
+	c.createCalls.Add(1)
+	res, err := c.CreateRuns(ctx, runs)
+	if err != nil || p.Limit <= 0 {
+		return res, nil, err
+	}
+	claims, err := c.Store.ClaimTasks(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.createClaims.Add(int32(len(claims)))
+	return res, claims, nil
+}
+
+var (
+	_ batuta.ClaimingCompleter = (*claimingStore)(nil)
+	_ batuta.CreatingClaimer   = (*claimingStore)(nil)
+)
+
+// TestClaimingStorePaths: with a store that claims with its completions and
+// creations, Submit hands the new run's first task to a free worker and
+// each completion hands the worker its next task; every task runs once
+// and in order, and outputs flow as on the other paths.
+func TestClaimingStorePaths(t *testing.T) {
+	t.Parallel()
+	cs := &claimingStore{durableStore: durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}}
+	o, err := batuta.New(batuta.Config{Store: cs, Workers: 4, NoLogHooks: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	var mu sync.Mutex
+	ran := map[string]int{}
+	step := func(name string) batuta.TaskFunc {
+		return func(_ context.Context, in *batuta.Input) (any, error) {
+			mu.Lock()
+			ran[in.RunID()+"/"+name]++
+			mu.Unlock()
+			if name == "a" {
+				return 1, nil
+			}
+			prev, err := batuta.Output[int](in, map[string]string{"b": "a", "c": "b"}[name])
+			return prev + 1, err
+		}
+	}
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "chain", Tasks: []batuta.Task{
+		{Name: "a", Run: step("a")},
+		{Name: "b", Deps: []string{"a"}, Run: step("b")},
+		{Name: "c", Deps: []string{"b"}, Run: step("c")},
+	}}))
+	runOrch(t, o)
+	ctx := waitCtx(t)
+	const runs = 50
+	check := func(id string) {
+		t.Helper()
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, r.State)
+		n, err := batuta.OutputAs[int](r.Task("c").Output)
+		require.NoError(t, err)
+		require.Equal(t, 3, n)
+	}
+	// One at a time: every worker is free at each Submit, which claims
+	// the new run's first task with its creation; each completion claims
+	// the next task.
+	for i := range 10 {
+		id, err := o.Submit(ctx, "chain", batuta.Event{ID: fmt.Sprintf("s%d", i)})
+		require.NoError(t, err)
+		check(id)
+	}
+	require.EqualValues(t, 10, cs.createCalls.Load(), "each Submit with a free worker went through CreateRunsAndClaim")
+	require.EqualValues(t, 10, cs.createClaims.Load(), "each claimed its run's first task")
+	require.EqualValues(t, 20, cs.fusedClaims.Load(), "b and c were claimed with the completions of a and b")
+	// A burst: some Submits find every worker busy and create plainly.
+	ids := make([]string, runs)
+	for i := range ids {
+		ids[i], err = o.Submit(ctx, "chain", batuta.Event{ID: fmt.Sprintf("e%d", i)})
+		require.NoError(t, err)
+	}
+	for _, id := range ids {
+		check(id)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, ran, (runs+10)*3)
+	for k, n := range ran {
+		require.Equal(t, 1, n, "task %s ran %d times", k, n)
+	}
+}
+
+// TestClaimingStoreSubmitWhileStopping: runs submitted while the
+// orchestrator shuts down are recorded, and a task claimed with a creation
+// after the workers stopped is handed back to the store, not lost (no
+// panic on the closed work channel either): it runs after a restart.
+func TestClaimingStoreSubmitWhileStopping(t *testing.T) {
+	t.Parallel()
+	cs := &claimingStore{durableStore: durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}}
+	var ranCount atomic.Int32
+	wf := &batuta.Workflow{Name: "one", Tasks: []batuta.Task{{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) {
+		ranCount.Add(1)
+		return nil, nil
+	}}}}
+	run := func(ctx context.Context) (*batuta.Orchestrator, chan error) {
+		o, err := batuta.New(batuta.Config{Store: cs, Workers: 2, NoLogHooks: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			ShutdownGrace: 100 * time.Millisecond, ShutdownKill: 100 * time.Millisecond})
+		require.NoError(t, err)
+		require.NoError(t, o.Register(wf))
+		done := make(chan error, 1)
+		go func() { done <- o.Run(ctx) }()
+		require.Eventually(t, func() bool {
+			_, err := o.Invoke(context.Background(), "batuta-test-no-such-function", nil)
+			return errors.Is(err, batuta.ErrUnknownWorkflow)
+		}, 10*time.Second, time.Millisecond)
+		return o, done
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	o, done := run(ctx)
+	var ids []string
+	var wg sync.WaitGroup
+	var idMu sync.Mutex
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				id, err := o.Submit(context.Background(), "one", batuta.Event{ID: fmt.Sprintf("g%d-%d", g, i)})
+				if err == nil {
+					idMu.Lock()
+					ids = append(ids, id)
+					idMu.Unlock()
+				}
+			}
+		}()
+	}
+	time.AfterFunc(2*time.Millisecond, cancel)
+	wg.Wait()
+	require.NoError(t, <-done)
+	// A second orchestrator finishes what the first left.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	o2, done2 := run(ctx2)
+	defer func() {
+		cancel2()
+		require.NoError(t, <-done2)
+	}()
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	for _, id := range ids {
+		r, err := o2.Wait(wctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, r.State, "run %s", id)
+	}
+	require.GreaterOrEqual(t, ranCount.Load(), int32(len(ids)))
+}
