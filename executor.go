@@ -42,8 +42,8 @@ type executor struct {
 	// dispatcher (handOff) against shutdown closing work.
 	handMu     sync.RWMutex
 	workClosed bool
-	busy    atomic.Int64 // claims handed to workers and not yet done
-	nwork   int64
+	busy       atomic.Int64 // claims handed to workers and not yet done
+	nwork      int64
 	// backlog: the latest claim got all it asked for, so more tasks are
 	// likely ready. Workers of a durable store then claim their next task
 	// themselves, in parallel, instead of one by one through the dispatcher.
