@@ -1106,6 +1106,9 @@ func (q *memQueue) pop() *memTask {
 	if q.head == len(q.items) {
 		if q.head > 0 {
 			q.items, q.head = q.items[:0], 0
+			if cap(q.items) > memQueueKeep {
+				q.items = nil // a burst is over: do not hold its storage
+			}
 		}
 		return nil
 	}
@@ -1113,11 +1116,17 @@ func (q *memQueue) pop() *memTask {
 	q.items[q.head] = nil
 	q.head++
 	if q.head > 4096 && q.head*2 > len(q.items) {
-		q.items = append(q.items[:0:0], q.items[q.head:]...)
-		q.head = 0
+		// Compact in place: the storage is kept for the next pushes
+		// (a new slice here would be grown again push by push).
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
 	}
 	return t
 }
+
+// memQueueKeep is the most entries' storage an empty queue keeps.
+const memQueueKeep = 1 << 16
 
 // memDelayHeap orders tasks by due time.
 type memDelayHeap []*memTask
