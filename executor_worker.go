@@ -153,7 +153,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	if runDeadline {
 		deadline = c.RunDeadline
 	}
-	tc := sl.newTaskCtx(ex.bgCtx)
+	tc := sl.newTaskCtx(&ex.bgCtx)
 	defer tc.cancel(errAttemptDone)
 	var taskCtx context.Context = tc
 	if !deadline.IsZero() {
@@ -502,7 +502,7 @@ const taskCtxChunk = 32
 // the worker allocates every taskCtxChunk attempts (one allocation instead
 // of one per attempt). A context is never reused: one kept by a task after
 // its attempt keeps its chunk alive, and stays canceled.
-func (sl *slot) newTaskCtx(parent context.Context) *taskCtx {
+func (sl *slot) newTaskCtx(parent *context.Context) *taskCtx {
 	if len(sl.ctxs) == 0 {
 		sl.ctxs = make([]taskCtx, taskCtxChunk)
 	}

@@ -80,6 +80,8 @@ type memRun struct {
 	recycle   bool  // no flow control: nothing points at its tasks once it finished
 	canceled  bool
 	dropped   bool
+	fireOn    bool // some task has a FireOn (else only a last dependency makes a task ready)
+	mayFail   bool // a task finished failed or upstream_failed (since reset by RetryRun, perhaps)
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the
@@ -206,6 +208,9 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 		ndeps += len(nr.Tasks[i].Deps)
 		if nr.Tasks[i].Concurrency != nil {
 			recycle = false // parked in a group's heap, a task may be pointed at after its run is gone
+		}
+		if nr.Tasks[i].FireOn != "" {
+			r.fireOn = true
 		}
 	}
 	sl := pool.get(n, ndeps)
@@ -670,6 +675,9 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	if st == TaskFailed && r.Error == "" {
 		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
+	if st == TaskFailed || st == TaskUpstreamFailed {
+		r.mayFail = true
+	}
 	var dependents []int32
 	if r.depOff != nil {
 		dependents = r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]]
@@ -677,7 +685,7 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	for _, d := range dependents {
 		dt := &r.tasks[d]
 		dt.pendingDeps--
-		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
+		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || r.fireOn && dt.spec().FiresOn(st)) {
 			dt.readied = true
 			if r.canceled {
 				// Cancel cascades: the dependents finish too.
@@ -707,7 +715,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 		r.State = RunCanceled
 	default:
 		r.State = RunSucceeded
-		for i := range r.tasks {
+		for i := 0; r.mayFail && i < len(r.tasks); i++ { // no pass when none failed
 			if st := r.tasks[i].state; st == msFailed || st == msUpstreamFailed {
 				r.State = RunFailed
 				break
@@ -758,14 +766,10 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 		delete(s.byKey, memKey{r.Workflow, r.Event.ID})
 	}
 	if r.recycle && !r.canceled && r.State.Finished() {
-		// Every task finished and none was canceled: no ready queue,
-		// heap or group holds a pointer to them, claims and snapshots
-		// hold copies. The arrays go to the next run of the same shape.
-		for i := range r.tasks {
-			if r.tasks[i].token != 0 {
-				return // running still (cannot happen for a finished run): keep
-			}
-		}
+		// Every task finished (none runs: each dropped its token) and
+		// none was canceled: no ready queue, heap or group holds a
+		// pointer to them, claims and snapshots hold copies. The arrays
+		// go to the next run of the same shape.
 		s.pool.put(memSlabs{tasks: r.tasks, attempts: r.attemptSlab, depOff: r.depOff, deps: r.deps})
 		r.tasks, r.attemptSlab, r.depOff, r.deps = nil, nil, nil, nil
 	}
