@@ -19,11 +19,14 @@ import (
 type taskCtx struct {
 	parent *context.Context
 	mu     sync.Mutex
-	// cause is set, under mu, to the cause's index in ctxCauses + 1
-	// (Err is then context.Canceled): Err and causeOf of a live context
-	// (every call made while the task runs) take no lock.
+	// cause is set once, by a swap, to the cause's index in ctxCauses
+	// + 1 (Err is then context.Canceled): Err and causeOf take no lock.
 	cause atomic.Uint32
-	done  chan struct{}
+	// hasDone is set (under mu, before cause is read) by the first
+	// Done call: cancel takes mu to close done only then, so an attempt
+	// that never asked for Done ends without taking a lock.
+	hasDone atomic.Bool
+	done    chan struct{}
 }
 
 // ctxCauses are the causes a taskCtx is canceled with.
@@ -41,6 +44,7 @@ func (c *taskCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {
+		c.hasDone.Store(true) // before cause is read: see cancel
 		if c.cause.Load() != 0 {
 			return closedChan
 		}
@@ -68,12 +72,16 @@ func (c *taskCtx) cancel(cause error) {
 	if i == len(ctxCauses) {
 		panic("batuta: taskCtx canceled with an unknown cause: " + cause.Error())
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cause.Load() != 0 {
+	if !c.cause.CompareAndSwap(0, uint32(i)+1) {
 		return
 	}
-	c.cause.Store(uint32(i) + 1)
+	// A Done call that set hasDone after this load read cause after the
+	// swap above, and returned closedChan without making done.
+	if !c.hasDone.Load() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.done != nil {
 		close(c.done)
 	}
