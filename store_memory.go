@@ -88,21 +88,21 @@ type memRun struct {
 // lease as UnixNano, no upstream storage): runs allocate one per task and
 // the GC scans them.
 type memTask struct {
-	run         *memRun
-	idx         int32
-	spent       int32 // attempts that spent the budget
-	rescues     int32
-	heapIdx     int32 // index in its workflow's delayed heap, -1 if absent
-	readied     bool  // made ready by its dependencies (at most once: FireOn)
-	rateRsv     bool  // deferred with a rate reservation: the next claim says so
-	unparked    bool  // moved back from a full task-level group; a slot is kept for it
-	state       memTaskState
-	token       int64
-	leaseUntil  int64 // UnixNano
-	dueAt       time.Time
-	output      any
-	err         string
-	attempts    []Attempt
+	run        *memRun
+	idx        int32
+	spent      int32 // attempts that spent the budget
+	rescues    int32
+	heapIdx    int32 // index in its workflow's delayed heap, -1 if absent
+	readied    bool  // made ready by its dependencies (at most once: FireOn)
+	rateRsv    bool  // deferred with a rate reservation: the next claim says so
+	unparked   bool  // moved back from a full task-level group; a slot is kept for it
+	state      memTaskState
+	token      int64
+	leaseUntil int64 // UnixNano
+	dueAt      time.Time
+	output     any
+	err        string
+	attempts   []Attempt
 }
 
 // memFinGone replaces, in the finished runs' FIFO, the entry of a run that
