@@ -483,12 +483,16 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	}
 	sl.upIdx = k
 	now := sl.comp[0].FinishedAt
-	sl.params = ClaimParams{
-		Owner: o.cfg.NodeID, Workflows: sl.free, Limit: 1, Now: now,
-		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k : k : k+1],
+	p := &sl.params
+	// The lease end is moved only once the clock moved a millisecond
+	// past the time it was computed from (a lease at most that much
+	// shorter; a time.Add saved per task).
+	if d := now.Sub(p.LeaseUntil) + o.cfg.LeaseDuration; p.LeaseUntil.IsZero() || d < 0 || d >= time.Millisecond {
+		p.LeaseUntil = now.Add(o.cfg.LeaseDuration)
 	}
+	p.Owner, p.Workflows, p.Limit, p.Now, p.Buf = o.cfg.NodeID, sl.free, 1, now, sl.buf[k:k:k+1]
 	sl.claimed = true
-	return &sl.params
+	return p
 }
 
 // freeEvery is how many inline claims a worker makes with the list of
