@@ -66,7 +66,7 @@ func (c *taskCtx) Value(key any) any { return (*c.parent).Value(key) }
 // wins).
 func (c *taskCtx) cancel(cause error) {
 	i := 0
-	for i < len(ctxCauses) && ctxCauses[i] != cause {
+	for i < len(ctxCauses) && ctxCauses[i] != cause { //nolint:errorlint // the sentinels themselves, never wrapped
 		i++
 	}
 	if i == len(ctxCauses) {
