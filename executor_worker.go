@@ -153,7 +153,7 @@ func (ex *executor) attempt(sl *slot, c *Claim, ct *compiledTask, comp *Completi
 	if runDeadline {
 		deadline = c.RunDeadline
 	}
-	tc := sl.newTaskCtx(ex.bgCtx)
+	tc := sl.newTaskCtx(&ex.bgCtx)
 	defer tc.cancel(errAttemptDone)
 	var taskCtx context.Context = tc
 	if !deadline.IsZero() {
@@ -519,12 +519,16 @@ func (ex *executor) inlineParams(sl *slot, c *Claim) *ClaimParams {
 	}
 	sl.upIdx = k
 	now := sl.comp[0].FinishedAt
-	sl.params = ClaimParams{
-		Owner: o.cfg.NodeID, Workflows: sl.free, Limit: 1, Now: now,
-		LeaseUntil: now.Add(o.cfg.LeaseDuration), Buf: sl.buf[k : k : k+1],
+	p := &sl.params
+	// The lease end is moved only once the clock moved a millisecond
+	// past the time it was computed from (a lease at most that much
+	// shorter; a time.Add saved per task).
+	if d := now.Sub(p.LeaseUntil) + o.cfg.LeaseDuration; p.LeaseUntil.IsZero() || d < 0 || d >= time.Millisecond {
+		p.LeaseUntil = now.Add(o.cfg.LeaseDuration)
 	}
+	p.Owner, p.Workflows, p.Limit, p.Now, p.Buf = o.cfg.NodeID, sl.free, 1, now, sl.buf[k:k:k+1]
 	sl.claimed = true
-	return &sl.params
+	return p
 }
 
 // freeEvery is how many inline claims a worker makes with the list of
@@ -538,7 +542,7 @@ const taskCtxChunk = 32
 // the worker allocates every taskCtxChunk attempts (one allocation instead
 // of one per attempt). A context is never reused: one kept by a task after
 // its attempt keeps its chunk alive, and stays canceled.
-func (sl *slot) newTaskCtx(parent context.Context) *taskCtx {
+func (sl *slot) newTaskCtx(parent *context.Context) *taskCtx {
 	if len(sl.ctxs) == 0 {
 		sl.ctxs = make([]taskCtx, taskCtxChunk)
 	}

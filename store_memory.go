@@ -68,9 +68,9 @@ type memRun struct {
 	wf          *memWF     // the run's workflow (s.wfs[Workflow]; never removed)
 	tasks       []memTask  // live task state
 	specs       []TaskSpec // shared with the caller, never written
-	depOff      []int32    // task i's dependents are deps[depOff[i]:depOff[i+1]]
+	idx         []memIdx   // per task (and one more): where its dependents start in deps, its pending dependencies; nil if no task has dependencies
 	deps        []int32
-	attemptSlab []Attempt   // first attempts; with tasks, depOff and deps handed to the pool when the run is dropped
+	attemptSlab []Attempt   // first attempts; with tasks, idx and deps handed to the pool when the run is dropped
 	flow        *memRunFlow // nil unless the run uses a concurrency group or debounce
 	ops         *memRunOps  // nil unless the run waits, has buffered signals or child runs
 	finAt       int         // its position in the finished FIFO, counted from the store's start (finBase)
@@ -80,28 +80,29 @@ type memRun struct {
 	recycle   bool  // no flow control: nothing points at its tasks once it finished
 	canceled  bool
 	dropped   bool
+	fireOn    bool // some task has a FireOn (else only a last dependency makes a task ready)
+	mayFail   bool // a task finished failed or upstream_failed (since reset by RetryRun, perhaps)
 }
 
 // memTask is one task's live state. Kept small (int32 counters, the
 // lease as UnixNano, no upstream storage): runs allocate one per task and
 // the GC scans them.
 type memTask struct {
-	run         *memRun
-	idx         int32
-	pendingDeps int32
-	spent       int32 // attempts that spent the budget
-	rescues     int32
-	heapIdx     int32 // index in its workflow's delayed heap, -1 if absent
-	readied     bool  // made ready by its dependencies (at most once: FireOn)
-	rateRsv     bool  // deferred with a rate reservation: the next claim says so
-	unparked    bool  // moved back from a full task-level group; a slot is kept for it
-	state       memTaskState
-	token       int64
-	leaseUntil  int64 // UnixNano
-	dueAt       time.Time
-	output      any
-	err         string
-	attempts    []Attempt
+	run        *memRun
+	idx        int32
+	spent      int32 // attempts that spent the budget
+	rescues    int32
+	heapIdx    int32 // index in its workflow's delayed heap, -1 if absent
+	readied    bool  // made ready by its dependencies (at most once: FireOn)
+	rateRsv    bool  // deferred with a rate reservation: the next claim says so
+	unparked   bool  // moved back from a full task-level group; a slot is kept for it
+	state      memTaskState
+	token      int64
+	leaseUntil int64 // UnixNano
+	dueAt      time.Time
+	output     any
+	err        string
+	attempts   []Attempt
 }
 
 // memFinGone replaces, in the finished runs' FIFO, the entry of a run that
@@ -207,6 +208,9 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 		if nr.Tasks[i].Concurrency != nil {
 			recycle = false // parked in a group's heap, a task may be pointed at after its run is gone
 		}
+		if nr.Tasks[i].FireOn != "" {
+			r.fireOn = true
+		}
 	}
 	sl := pool.get(n, ndeps)
 	r.recycle = recycle
@@ -222,7 +226,7 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 		// Every field written: a reused array is not cleared first.
 		r.tasks[i] = memTask{
 			run: r, idx: int32(i), state: msPending, heapIdx: -1,
-			pendingDeps: int32(len(ts.Deps)), attempts: attemptSlab[i : i : i+1],
+			attempts: attemptSlab[i : i : i+1],
 		}
 		for _, d := range ts.Deps {
 			if d < 0 || d >= n || d == i {
@@ -230,32 +234,35 @@ func buildMemRun(nr *NewRun, pool *memPool) (*memRun, error) {
 			}
 		}
 	}
-	// Dependents, compressed: task i's are deps[depOff[i]:depOff[i+1]].
-	// Count into depOff[i+1], sum, then fill with depOff[i] as cursor.
+	// Dependents, compressed: task i's are deps[idx[i].dep:idx[i+1].dep].
+	// Count into idx[i+1].dep, sum, then fill with idx[i].dep as cursor.
 	// No dependencies at all (a one-task run): no index.
-	off := sl.depOff
+	idx := sl.idx
 	if ndeps == 0 {
 		return r, nil
 	}
-	for _, ts := range nr.Tasks {
+	for i, ts := range nr.Tasks {
+		idx[i].pending = int32(len(ts.Deps))
 		for _, d := range ts.Deps {
-			off[d+1]++
+			idx[d+1].dep++
 		}
 	}
 	for i := 1; i <= n; i++ {
-		off[i] += off[i-1]
+		idx[i].dep += idx[i-1].dep
 	}
 	deps := sl.deps
 	for i, ts := range nr.Tasks {
 		for _, d := range ts.Deps {
-			deps[off[d]] = int32(i)
-			off[d]++
+			deps[idx[d].dep] = int32(i)
+			idx[d].dep++
 		}
 	}
 	// Each cursor ended at the next task's start: shift back.
-	copy(off[1:], off[:n])
-	off[0] = 0
-	r.depOff, r.deps = off, deps
+	for i := n; i > 0; i-- {
+		idx[i].dep = idx[i-1].dep
+	}
+	idx[0].dep = 0
+	r.idx, r.deps = idx, deps
 	return r, nil
 }
 
@@ -293,7 +300,7 @@ func (s *MemoryStore) createLocked(nr *NewRun, r *memRun) CreateResult {
 	r.StartAt = start
 	for i := range r.tasks {
 		t := &r.tasks[i]
-		if t.pendingDeps != 0 {
+		if r.pending(i) != 0 {
 			continue
 		}
 		t.readied = true
@@ -670,14 +677,24 @@ func (s *MemoryStore) finishTaskLocked(t *memTask, st TaskState, errMsg string, 
 	if st == TaskFailed && r.Error == "" {
 		r.Error = fmt.Sprintf("task %s failed: %s", t.spec().Name, errMsg)
 	}
+	if st == TaskFailed || st == TaskUpstreamFailed {
+		r.mayFail = true
+	}
 	var dependents []int32
-	if r.depOff != nil {
-		dependents = r.deps[r.depOff[t.idx]:r.depOff[t.idx+1]]
+	if r.idx != nil {
+		dependents = r.deps[r.idx[t.idx].dep:r.idx[t.idx+1].dep]
 	}
 	for _, d := range dependents {
+		// The counters sit together, apart from the tasks: a dependent
+		// whose count does not reach zero is not read (a layered run
+		// touches one memTask per task made ready, not per dependency).
+		p := &r.idx[d].pending
+		*p--
+		if *p != 0 && !r.fireOn {
+			continue
+		}
 		dt := &r.tasks[d]
-		dt.pendingDeps--
-		if dt.state == msPending && !dt.readied && (dt.pendingDeps == 0 || dt.spec().FiresOn(st)) {
+		if dt.state == msPending && !dt.readied && (*p == 0 || dt.spec().FiresOn(st)) {
 			dt.readied = true
 			if r.canceled {
 				// Cancel cascades: the dependents finish too.
@@ -707,7 +724,7 @@ func (s *MemoryStore) finishRunLocked(r *memRun, now time.Time) int {
 		r.State = RunCanceled
 	default:
 		r.State = RunSucceeded
-		for i := range r.tasks {
+		for i := 0; r.mayFail && i < len(r.tasks); i++ { // no pass when none failed
 			if st := r.tasks[i].state; st == msFailed || st == msUpstreamFailed {
 				r.State = RunFailed
 				break
@@ -758,16 +775,12 @@ func (s *MemoryStore) dropLocked(r *memRun) {
 		delete(s.byKey, memKey{r.Workflow, r.Event.ID})
 	}
 	if r.recycle && !r.canceled && r.State.Finished() {
-		// Every task finished and none was canceled: no ready queue,
-		// heap or group holds a pointer to them, claims and snapshots
-		// hold copies. The arrays go to the next run of the same shape.
-		for i := range r.tasks {
-			if r.tasks[i].token != 0 {
-				return // running still (cannot happen for a finished run): keep
-			}
-		}
-		s.pool.put(memSlabs{tasks: r.tasks, attempts: r.attemptSlab, depOff: r.depOff, deps: r.deps})
-		r.tasks, r.attemptSlab, r.depOff, r.deps = nil, nil, nil, nil
+		// Every task finished (none runs: each dropped its token) and
+		// none was canceled: no ready queue, heap or group holds a
+		// pointer to them, claims and snapshots hold copies. The arrays
+		// go to the next run of the same shape.
+		s.pool.put(memSlabs{tasks: r.tasks, attempts: r.attemptSlab, idx: r.idx, deps: r.deps})
+		r.tasks, r.attemptSlab, r.idx, r.deps = nil, nil, nil, nil
 	}
 }
 
@@ -1026,6 +1039,23 @@ func (s *MemoryStore) RecordTick(ctx context.Context, schedule string, tick time
 
 func (t *memTask) spec() *TaskSpec { return &t.run.specs[t.idx] }
 
+// memIdx is a run's per-task index entry: where the task's dependents
+// start in memRun.deps, and how many of its dependencies have not
+// finished (counted down as they finish; a task's FireOn may make it
+// ready earlier).
+type memIdx struct {
+	dep     int32
+	pending int32
+}
+
+// pending returns how many dependencies of task i have not finished.
+func (r *memRun) pending(i int) int32 {
+	if r.idx == nil {
+		return 0
+	}
+	return r.idx[i].pending
+}
+
 // memWF is one workflow's share of the store.
 type memWF struct {
 	name    string
@@ -1106,6 +1136,9 @@ func (q *memQueue) pop() *memTask {
 	if q.head == len(q.items) {
 		if q.head > 0 {
 			q.items, q.head = q.items[:0], 0
+			if cap(q.items) > memQueueKeep {
+				q.items = nil // a burst is over: do not hold its storage
+			}
 		}
 		return nil
 	}
@@ -1113,11 +1146,17 @@ func (q *memQueue) pop() *memTask {
 	q.items[q.head] = nil
 	q.head++
 	if q.head > 4096 && q.head*2 > len(q.items) {
-		q.items = append(q.items[:0:0], q.items[q.head:]...)
-		q.head = 0
+		// Compact in place: the storage is kept for the next pushes
+		// (a new slice here would be grown again push by push).
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
 	}
 	return t
 }
+
+// memQueueKeep is the most entries' storage an empty queue keeps.
+const memQueueKeep = 1 << 16
 
 // memDelayHeap orders tasks by due time.
 type memDelayHeap []*memTask
@@ -1245,7 +1284,7 @@ func memStateOf(st TaskState) memTaskState {
 type memSlabs struct {
 	tasks    []memTask
 	attempts []Attempt // first attempts
-	depOff   []int32
+	idx      []memIdx
 	deps     []int32
 }
 
@@ -1271,9 +1310,9 @@ func (p *memPool) get(n, ndeps int) memSlabs {
 			p.mu.Unlock()
 			// tasks are overwritten whole by buildMemRun; first attempts
 			// are written by append before they are read.
-			clear(sl.depOff)
+			clear(sl.idx)
 			if ndeps == 0 {
-				sl.depOff = nil // buildMemRun builds no index
+				sl.idx = nil // buildMemRun builds no index
 			}
 			return sl
 		}
@@ -1281,7 +1320,7 @@ func (p *memPool) get(n, ndeps int) memSlabs {
 	p.mu.Unlock()
 	sl := memSlabs{tasks: make([]memTask, n), attempts: make([]Attempt, n)}
 	if ndeps > 0 {
-		sl.depOff, sl.deps = make([]int32, n+1), make([]int32, ndeps)
+		sl.idx, sl.deps = make([]memIdx, n+1), make([]int32, ndeps)
 	}
 	return sl
 }

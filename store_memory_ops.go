@@ -394,8 +394,11 @@ func (s *MemoryStore) RetryRun(ctx context.Context, runID string, p RetryParams)
 			}
 		}
 		*t = memTask{
-			run: r, idx: t.idx, pendingDeps: pending, heapIdx: -1, state: msPending,
+			run: r, idx: t.idx, heapIdx: -1, state: msPending,
 			attempts: t.attempts,
+		}
+		if r.idx != nil {
+			r.idx[i].pending = pending
 		}
 		if r.ops != nil && r.ops.waits != nil {
 			r.ops.waits[i] = nil
@@ -436,7 +439,7 @@ func (s *MemoryStore) RetryRun(ctx context.Context, runID string, p RetryParams)
 		}
 	}
 	for i := range r.tasks {
-		if t := &r.tasks[i]; reset[i] && t.pendingDeps == 0 {
+		if t := &r.tasks[i]; reset[i] && r.pending(i) == 0 {
 			t.readied = true
 			s.pushReadyLocked(t)
 		}
@@ -467,10 +470,10 @@ func (r *memRun) resetSet(from string) ([]bool, []string, error) {
 	for len(todo) > 0 {
 		i := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]
-		if r.depOff == nil {
+		if r.idx == nil {
 			break
 		}
-		for _, d := range r.deps[r.depOff[i]:r.depOff[i+1]] {
+		for _, d := range r.deps[r.idx[i].dep:r.idx[i+1].dep] {
 			if !reset[d] {
 				reset[d] = true
 				todo = append(todo, int(d))

@@ -53,7 +53,7 @@ func TestMemoryStoreReusesDroppedRuns(t *testing.T) {
 	}
 	for i := range r3.tasks {
 		tk := &r3.tasks[i]
-		if tk.run != r3 || tk.state != msPending || len(tk.attempts) != 0 || tk.output != nil || int(tk.pendingDeps) != len(specs[i].Deps) {
+		if tk.run != r3 || tk.state != msPending || len(tk.attempts) != 0 || tk.output != nil || int(r3.pending(i)) != len(specs[i].Deps) {
 			t.Fatalf("task %d of the new run starts dirty: %+v", i, tk)
 		}
 	}

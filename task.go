@@ -400,16 +400,22 @@ type compiledWorkflow struct {
 }
 
 type compiledTask struct {
+	// What the executor reads for every attempt first, together: a
+	// worker running tasks of a large workflow in no particular order
+	// (a layered DAG) then misses the cache once or twice per task, not
+	// three times.
 	name    string
 	fn      TaskFunc
-	retry   RetryPolicy
 	timeout time.Duration
 	when    JoinRule
-	deps    []string // names, in declaration order
-	strict  bool     // Workflow.StrictInput
-	conc    *Concurrency
 	rate    *RateLimit
-	sub     *subTask // Task.Child or Task.ForEach (child.go)
+	sub     *subTask      // Task.Child or Task.ForEach (child.go)
+	wait    *compiledWait // Task.StartAt, Delay or Signal (wait.go); nil if none
+
+	retry  RetryPolicy
+	deps   []string // names, in declaration order
+	strict bool     // Workflow.StrictInput
+	conc   *Concurrency
 
 	wf  *compiledWorkflow
 	pos int // index in wf.tasks and wf.specs
@@ -419,8 +425,6 @@ type compiledTask struct {
 	// direct dependencies.
 	reachMu sync.Mutex
 	reach   map[int]bool
-
-	wait *compiledWait // Task.StartAt, Delay or Signal (wait.go); nil if none
 }
 
 // isAncestor reports whether the task at position j of the workflow is an

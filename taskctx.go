@@ -12,17 +12,25 @@ import (
 // its Done channel is made only if the task asks for it, which most short
 // tasks never do. It is canceled with a cause (shutdown, run canceled, lease
 // lost) by the executor, and always when the attempt returns, like a
-// context whose cancel func was deferred. Values come from parent.
+// context whose cancel func was deferred. Values come from *parent.
+//
+// It is 32 bytes (workers allocate one per attempt, in chunks): the
+// parent by pointer, the cause as an index into ctxCauses.
 type taskCtx struct {
-	parent context.Context
-	// canceled is set, under mu, with cause (Err is then
-	// context.Canceled): Err and causeOf of a live context (every call
-	// made while the task runs) take no lock.
-	canceled atomic.Bool
-	mu       sync.Mutex
-	done     chan struct{}
-	cause    error
+	parent *context.Context
+	mu     sync.Mutex
+	// cause is set once, by a swap, to the cause's index in ctxCauses
+	// + 1 (Err is then context.Canceled): Err and causeOf take no lock.
+	cause atomic.Uint32
+	// hasDone is set (under mu, before cause is read) by the first
+	// Done call: cancel takes mu to close done only then, so an attempt
+	// that never asked for Done ends without taking a lock.
+	hasDone atomic.Bool
+	done    chan struct{}
 }
+
+// ctxCauses are the causes a taskCtx is canceled with.
+var ctxCauses = [...]error{errAttemptDone, errShutdown, errRunCanceled, errLeaseLost}
 
 var closedChan = func() chan struct{} {
 	c := make(chan struct{})
@@ -36,7 +44,8 @@ func (c *taskCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {
-		if c.canceled.Load() {
+		c.hasDone.Store(true) // before cause is read: see cancel
+		if c.cause.Load() != 0 {
 			return closedChan
 		}
 		c.done = make(chan struct{})
@@ -45,23 +54,34 @@ func (c *taskCtx) Done() <-chan struct{} {
 }
 
 func (c *taskCtx) Err() error {
-	if !c.canceled.Load() {
+	if c.cause.Load() == 0 {
 		return nil
 	}
 	return context.Canceled
 }
 
-func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
+func (c *taskCtx) Value(key any) any { return (*c.parent).Value(key) }
 
-// cancel cancels the context with cause (first cause wins).
+// cancel cancels the context with cause, one of ctxCauses (first cause
+// wins).
 func (c *taskCtx) cancel(cause error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.canceled.Load() {
+	i := 0
+	for i < len(ctxCauses) && ctxCauses[i] != cause { //nolint:errorlint // the sentinels themselves, never wrapped
+		i++
+	}
+	if i == len(ctxCauses) {
+		panic("batuta: taskCtx canceled with an unknown cause: " + cause.Error())
+	}
+	if !c.cause.CompareAndSwap(0, uint32(i)+1) {
 		return
 	}
-	c.cause = cause
-	c.canceled.Store(true)
+	// A Done call that set hasDone after this load read cause after the
+	// swap above, and returned closedChan without making done.
+	if !c.hasDone.Load() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.done != nil {
 		close(c.done)
 	}
@@ -69,12 +89,10 @@ func (c *taskCtx) cancel(cause error) {
 
 // causeOf returns why the context was canceled (nil if it was not).
 func (c *taskCtx) causeOf() error {
-	if !c.canceled.Load() {
-		return nil
+	if i := c.cause.Load(); i != 0 {
+		return ctxCauses[i-1] // set once, never changed
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cause
+	return nil
 }
 
 func (c *taskCtx) String() string { return "batuta.taskCtx" }
