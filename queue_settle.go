@@ -58,18 +58,11 @@ func (p *ackPipe) add(d Delivery) {
 	p.work.Signal()
 }
 
-// mark returns how many acks were queued so far, for waitSent.
-func (p *ackPipe) mark() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.queued
-}
-
-// waitSent returns once the first n acks queued were sent. Each send is
+// waitUnsent returns once at most n queued acks are unsent. Each send is
 // bounded by SettleTimeout, so this wait is too.
-func (p *ackPipe) waitSent(n int) {
+func (p *ackPipe) waitUnsent(n int) {
 	p.mu.Lock()
-	for p.sent < n {
+	for p.queued-p.sent > n {
 		p.prog.Wait()
 	}
 	p.mu.Unlock()

@@ -88,10 +88,12 @@ type QueueTriggerConfig struct {
 	OnParked func(ctx context.Context, dl DeadLetter, err error)
 	// Receivers is the number of concurrent receive loops. Each receives
 	// up to ReceiveMax messages (or one batch) and handles them before it
-	// receives again. Their acks are sent in the background while the loop
-	// goes on, but a loop receives no more while acks of more than its
-	// last batch are in flight, so at most 2*Receivers*ReceiveMax
-	// deliveries are held at once. Default 1.
+	// receives again. Its acks are sent in the background while it goes
+	// on (several at once when the Queue is an AckBatcher), but it does
+	// not receive while more than max(ReceiveMax, 16) of them (Batch.Size
+	// in batch mode) are still unsent, so at most
+	// Receivers*(ReceiveMax+max(ReceiveMax, 16)) deliveries are held at
+	// once. Default 1.
 	Receivers int
 	// ReceiveMax is the most messages one Receive call asks for. Default 10.
 	// Ignored in batch mode (Batch.Size is used).
@@ -410,15 +412,20 @@ type queueConsumer struct {
 func (c *queueConsumer) receive(ctx context.Context) error {
 	r := &receiver{c: c, acks: c.newAckPipe(ctx)}
 	defer r.acks.close() // every ack queued is sent before Run returns
-	var recvFailures, lastMark, prevMark int
+	n := c.cfg.ReceiveMax
+	if c.cfg.Batch.Size > 1 {
+		n = c.cfg.Batch.Size
+	}
+	window := max(n, queueAcksAhead)
+	var recvFailures int
 	for ctx.Err() == nil {
 		var (
 			ds  []Delivery
 			err error
 		)
-		// The acks of the last batch may still be in flight while this
-		// one is received and handled, not those of the batch before.
-		r.acks.waitSent(prevMark)
+		// Acks in flight overlap with the next deliveries, a bounded
+		// number of them.
+		r.acks.waitUnsent(window)
 		if c.cfg.Batch.Size > 1 {
 			ds, err = c.receiveBatch(ctx)
 		} else {
@@ -449,10 +456,13 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 		} else {
 			r.handle(ctx, ds)
 		}
-		prevMark, lastMark = lastMark, r.acks.mark()
 	}
 	return nil
 }
+
+// queueAcksAhead is how many acks a receive loop may leave unsent (at
+// least) while it receives and handles more deliveries.
+const queueAcksAhead = 16
 
 // receiver holds one receive loop's backpressure state.
 type receiver struct {
