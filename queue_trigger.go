@@ -436,7 +436,7 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 				// Deliveries received with the batch window may still be
 				// held: receiveBatch returns them with a nil error, so
 				// nothing is held here.
-				return nil //nolint:nilerr // stopping is not a receive failure
+				return nil // stopping is not a receive failure
 			}
 			if errors.Is(err, ErrClosed) {
 				return fmt.Errorf("batuta: queue trigger: %w", err)
