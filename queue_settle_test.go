@@ -133,6 +133,7 @@ func TestQueueTriggerExtendsEveryWaitingDelivery(t *testing.T) {
 
 	runs.finish("a")
 	require.Eventually(t, func() bool { return q.InFlight() == 2 }, 10*time.Second, time.Millisecond, "a is acked")
+	require.True(t, clock.WaitForTimers(1, 10*time.Second), "the extender set no timer for its next pass")
 	clock.Advance(10 * time.Second)
 	require.Eventually(t, func() bool { c := q.counts("b", "c"); return c[0] == 2 && c[1] == 2 },
 		10*time.Second, time.Millisecond, "the deliveries still waiting are extended again")
@@ -153,28 +154,39 @@ type gatedAcker struct {
 	calls   []int
 }
 
-func (g *gatedAcker) gate(n int) {
+func (g *gatedAcker) gate() {
 	if g.first.CompareAndSwap(false, true) {
 		<-g.release
 	}
+}
+
+// record notes a call that settled n deliveries.
+func (g *gatedAcker) record(n int) {
 	g.mu.Lock()
 	g.calls = append(g.calls, n)
 	g.mu.Unlock()
 }
 
 func (g *gatedAcker) Ack(ctx context.Context, d batuta.Delivery) error {
-	g.gate(1)
-	return g.MemoryQueue.Ack(ctx, d)
+	g.gate()
+	err := g.MemoryQueue.Ack(ctx, d)
+	g.record(1)
+	return err
 }
 
 func (g *gatedAcker) AckBatch(ctx context.Context, ds []batuta.Delivery) []error {
-	g.gate(len(ds))
-	for _, d := range ds {
+	g.gate()
+	var errs []error
+	for i, d := range ds {
 		if err := g.MemoryQueue.Ack(ctx, d); err != nil {
-			return []error{err} // wrong length: the test fails on it below
+			if errs == nil {
+				errs = make([]error, len(ds))
+			}
+			errs[i] = err
 		}
 	}
-	return nil
+	g.record(len(ds))
+	return errs
 }
 
 func (g *gatedAcker) settled() (calls, acked int) {

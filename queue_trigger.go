@@ -88,12 +88,15 @@ type QueueTriggerConfig struct {
 	OnParked func(ctx context.Context, dl DeadLetter, err error)
 	// Receivers is the number of concurrent receive loops. Each receives
 	// up to ReceiveMax messages (or one batch) and handles them before it
-	// receives again. Its acks are sent in the background while it goes
-	// on (several at once when the Queue is an AckBatcher), but it does
-	// not receive while more than max(ReceiveMax, 16) of them (Batch.Size
-	// in batch mode) are still unsent, so at most
-	// Receivers*(ReceiveMax+max(ReceiveMax, 16)) deliveries are held at
-	// once. Default 1.
+	// receives again. Its acks are sent in the background while it
+	// handles the rest of the batch, and it receives again once they were
+	// sent, so at most Receivers*ReceiveMax deliveries are held at once.
+	// When the Queue is an AckBatcher, the acks ready at one moment are
+	// sent together, and a loop receives on while up to max(ReceiveMax,
+	// 16) of them (Batch.Size in batch mode) are still unsent, so that the
+	// acks of several batches share a round trip: at most
+	// Receivers*(ReceiveMax+max(ReceiveMax, 16)) deliveries are held then.
+	// Default 1.
 	Receivers int
 	// ReceiveMax is the most messages one Receive call asks for. Default 10.
 	// Ignored in batch mode (Batch.Size is used).
@@ -416,7 +419,10 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 	if c.cfg.Batch.Size > 1 {
 		n = c.cfg.Batch.Size
 	}
-	window := max(n, queueAcksAhead)
+	window := 0
+	if _, ok := c.cfg.Queue.(AckBatcher); ok {
+		window = max(n, queueAcksAhead)
+	}
 	var recvFailures int
 	for ctx.Err() == nil {
 		var (
@@ -424,7 +430,7 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 			err error
 		)
 		// Acks in flight overlap with the next deliveries, a bounded
-		// number of them.
+		// number of them, when they can share a round trip.
 		r.acks.waitUnsent(window)
 		if c.cfg.Batch.Size > 1 {
 			ds, err = c.receiveBatch(ctx)
@@ -461,7 +467,8 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 }
 
 // queueAcksAhead is how many acks a receive loop may leave unsent (at
-// least) while it receives and handles more deliveries.
+// least) while it receives and handles more deliveries, when the Queue is
+// an AckBatcher.
 const queueAcksAhead = 16
 
 // receiver holds one receive loop's backpressure state.
