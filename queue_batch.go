@@ -193,7 +193,17 @@ func (r *receiver) handleBatch(ctx context.Context, ds []Delivery) {
 		return
 	}
 	r.busy = 0
+	var keys []uint64
+	if c.ext != nil {
+		keys = make([]uint64, len(live))
+		for i, d := range live {
+			keys[i] = c.ext.add(d) // kept while the batch's run goes on
+		}
+	}
 	run, err := c.runs.Wait(ctx, runID)
+	for _, k := range keys {
+		c.ext.remove(k)
+	}
 	if err != nil {
 		c.nackAll(ctx, live, 0) // shutting down; the batch ID dedupes a redelivery of the same batch
 		return
@@ -207,7 +217,7 @@ func (r *receiver) handleBatch(ctx context.Context, ds []Delivery) {
 		case bad:
 			c.failedItem(ctx, d, items[i].Event, msg)
 		default:
-			c.ack(ctx, d)
+			r.acks.add(d)
 		}
 	}
 }

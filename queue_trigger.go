@@ -88,8 +88,15 @@ type QueueTriggerConfig struct {
 	OnParked func(ctx context.Context, dl DeadLetter, err error)
 	// Receivers is the number of concurrent receive loops. Each receives
 	// up to ReceiveMax messages (or one batch) and handles them before it
-	// receives again, so at most Receivers*ReceiveMax deliveries are held
-	// at once. Default 1.
+	// receives again. Its acks are sent in the background while it
+	// handles the rest of the batch, and it receives again once they were
+	// sent, so at most Receivers*ReceiveMax deliveries are held at once.
+	// When the Queue is an AckBatcher, the acks ready at one moment are
+	// sent together, and a loop receives on while up to max(ReceiveMax,
+	// 16) of them (Batch.Size in batch mode) are still unsent, so that the
+	// acks of several batches share a round trip: at most
+	// Receivers*(ReceiveMax+max(ReceiveMax, 16)) deliveries are held then.
+	// Default 1.
 	Receivers int
 	// ReceiveMax is the most messages one Receive call asks for. Default 10.
 	// Ignored in batch mode (Batch.Size is used).
@@ -126,8 +133,10 @@ type QueueTriggerConfig struct {
 	// SourceQueue ("queue").
 	Source string
 	// ExtendEvery is how often a delivery waiting for its run to finish
-	// has its visibility extended, when the Queue is an Extender. Default
-	// 10s (a third of the usual 30 s visibility timeout); negative never.
+	// (or for its dead-letter hand-off) has its visibility extended, when
+	// the Queue is an Extender; one goroutine per Run extends them all.
+	// Default 10s (a third of the usual 30 s visibility timeout); negative
+	// never.
 	ExtendEvery time.Duration
 	// SettleTimeout bounds each Ack, Nack and DeadLetter call, which run
 	// even while the trigger shuts down. Default 10 s.
@@ -356,6 +365,16 @@ func (t *QueueTrigger) run(ctx context.Context, c *queueConsumer) error {
 	)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	c.ext = c.newExtender()
+	extDone := make(chan struct{})
+	if c.ext != nil {
+		go func() {
+			defer close(extDone)
+			c.ext.run(rctx)
+		}()
+	} else {
+		close(extDone)
+	}
 	for range t.cfg.Receivers {
 		wg.Add(1)
 		go func() {
@@ -367,6 +386,8 @@ func (t *QueueTrigger) run(ctx context.Context, c *queueConsumer) error {
 		}()
 	}
 	wg.Wait()
+	cancel()
+	<-extDone
 	if runErr != nil {
 		return runErr
 	}
@@ -381,6 +402,9 @@ type queueConsumer struct {
 	runs       Runs // nil without an orchestrator
 	workflow   string
 	waitFinish bool
+	// ext extends the deliveries waiting for their runs (nil when the
+	// Queue is no Extender or ExtendEvery is negative).
+	ext *extender
 	// dlFailing: the last dead-letter hand-off ended in a park; the next
 	// ones get one try until one succeeds.
 	dlFailing atomic.Bool
@@ -389,13 +413,25 @@ type queueConsumer struct {
 // receive is one receiver loop. It returns nil when ctx ends and an error
 // when the queue is closed.
 func (c *queueConsumer) receive(ctx context.Context) error {
-	r := &receiver{c: c}
+	r := &receiver{c: c, acks: c.newAckPipe(ctx)}
+	defer r.acks.close() // every ack queued is sent before Run returns
+	n := c.cfg.ReceiveMax
+	if c.cfg.Batch.Size > 1 {
+		n = c.cfg.Batch.Size
+	}
+	window := 0
+	if _, ok := c.cfg.Queue.(AckBatcher); ok {
+		window = max(n, queueAcksAhead)
+	}
 	var recvFailures int
 	for ctx.Err() == nil {
 		var (
 			ds  []Delivery
 			err error
 		)
+		// Acks in flight overlap with the next deliveries, a bounded
+		// number of them, when they can share a round trip.
+		r.acks.waitUnsent(window)
 		if c.cfg.Batch.Size > 1 {
 			ds, err = c.receiveBatch(ctx)
 		} else {
@@ -406,7 +442,7 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 				// Deliveries received with the batch window may still be
 				// held: receiveBatch returns them with a nil error, so
 				// nothing is held here.
-				return nil //nolint:nilerr // stopping is not a receive failure
+				return nil // stopping is not a receive failure
 			}
 			if errors.Is(err, ErrClosed) {
 				return fmt.Errorf("batuta: queue trigger: %w", err)
@@ -430,16 +466,23 @@ func (c *queueConsumer) receive(ctx context.Context) error {
 	return nil
 }
 
+// queueAcksAhead is how many acks a receive loop may leave unsent (at
+// least) while it receives and handles more deliveries, when the Queue is
+// an AckBatcher.
+const queueAcksAhead = 16
+
 // receiver holds one receive loop's backpressure state.
 type receiver struct {
 	c    *queueConsumer
+	acks *ackPipe
 	busy int // consecutive ErrBusy answers
 }
 
 // accepted is a delivery whose run was accepted, waiting to be acked.
 type acceptedDelivery struct {
-	d     Delivery
-	runID string
+	d      Delivery
+	runID  string
+	extKey uint64 // its entry in the extender
 }
 
 // handle fires each delivery and settles it.
@@ -465,9 +508,9 @@ func (r *receiver) handle(ctx context.Context, ds []Delivery) {
 		if err == nil {
 			r.busy = 0
 			if c.waitFinish {
-				waiting = append(waiting, acceptedDelivery{d, runID})
+				waiting = append(waiting, acceptedDelivery{d, runID, c.ext.add(d)})
 			} else {
-				c.ack(ctx, d)
+				r.acks.add(d)
 			}
 			continue
 		}
@@ -481,7 +524,7 @@ func (r *receiver) handle(ctx context.Context, ds []Delivery) {
 		c.failed(ctx, d, ev, err)
 	}
 	for _, a := range waiting {
-		c.settleFinished(ctx, a)
+		r.settleFinished(ctx, a)
 	}
 	// Back off before receiving more (after settling what was accepted).
 	c.pause(ctx, busyPause)
@@ -536,50 +579,32 @@ func (c *queueConsumer) failed(ctx context.Context, d Delivery, ev Event, err er
 	}
 }
 
-// settleFinished waits for an accepted run to finish and acks its message;
-// if the trigger stops first, the message is nacked for redelivery (the
-// event ID dedupes it against the existing run).
-func (c *queueConsumer) settleFinished(ctx context.Context, a acceptedDelivery) {
-	if ext, ok := c.cfg.Queue.(Extender); ok && c.cfg.ExtendEvery > 0 {
-		stop := c.keepExtending(ctx, ext, a.d)
-		defer stop()
-	}
-	if _, err := c.runs.Wait(ctx, a.runID); err != nil && !errors.Is(err, ErrRunNotFound) {
+// settleFinished waits for an accepted run to finish and queues its
+// message's ack; if the trigger stops first, the message is nacked for
+// redelivery (the event ID dedupes it against the existing run). The
+// delivery is extended (it was added to the extender when its run was
+// accepted) until then.
+func (r *receiver) settleFinished(ctx context.Context, a acceptedDelivery) {
+	c := r.c
+	err := c.awaitRun(ctx, a.runID)
+	c.ext.remove(a.extKey)
+	if err != nil && !errors.Is(err, ErrRunNotFound) {
 		c.nack(ctx, a.d, 0)
 		return
 	}
 	// Finished (or finished and already pruned: it existed when fire
 	// returned its ID).
-	c.ack(ctx, a.d)
+	r.acks.add(a.d)
 }
 
-// keepExtending extends d's visibility every ExtendEvery until the returned
-// func is called, so a long run does not get its message redelivered.
-func (c *queueConsumer) keepExtending(ctx context.Context, ext Extender, d Delivery) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			t := c.cfg.Clock.NewTimer(c.cfg.ExtendEvery)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C():
-			}
-			if err := ext.Extend(ctx, d); err != nil {
-				if ctx.Err() == nil {
-					c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: extending a delivery failed; it may be redelivered",
-						"message", d.ID, "error", err)
-				}
-				if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) {
-					return
-				}
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
+// awaitRun returns once run id finished. Bound to an orchestrator, it
+// does not read the run when the store publishes run completions.
+func (c *queueConsumer) awaitRun(ctx context.Context, id string) error {
+	if a, ok := c.runs.(runAwaiter); ok {
+		return a.awaitFinished(ctx, id)
+	}
+	_, err := c.runs.Wait(ctx, id)
+	return err
 }
 
 // settleCtx is the context for settling: it outlives ctx's cancellation, so
@@ -592,10 +617,14 @@ func (c *queueConsumer) ack(ctx context.Context, d Delivery) {
 	sctx, cancel := c.settleCtx(ctx)
 	defer cancel()
 	if err := c.cfg.Queue.Ack(sctx, d); err != nil {
-		// The message will be redelivered; the event ID dedupes its run.
-		c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: ack failed; the message will be redelivered",
-			"message", d.ID, "attempt", d.Attempt, "error", err)
+		c.ackFailed(ctx, d, err)
 	}
+}
+
+func (c *queueConsumer) ackFailed(ctx context.Context, d Delivery, err error) {
+	// The message will be redelivered; the event ID dedupes its run.
+	c.cfg.Logger.WarnContext(ctx, "batuta: queue trigger: ack failed; the message will be redelivered",
+		"message", d.ID, "attempt", d.Attempt, "error", err)
 }
 
 func (c *queueConsumer) nack(ctx context.Context, d Delivery, delay time.Duration) {
@@ -628,10 +657,11 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 		Workflow: c.workflow,
 		Time:     c.cfg.Clock.Now(),
 	}
-	stopExtending := func() {}
-	if ext, ok := c.cfg.Queue.(Extender); ok && c.cfg.ExtendEvery > 0 && c.cfg.DeadLetterAttempts > 1 {
-		stopExtending = c.keepExtending(ctx, ext, d)
+	var ext *extender
+	if c.cfg.DeadLetterAttempts > 1 {
+		ext = c.ext
 	}
+	extKey := ext.add(d)
 	tries := c.cfg.DeadLetterAttempts
 	if c.dlFailing.Load() {
 		tries = 1
@@ -657,7 +687,7 @@ func (c *queueConsumer) deadLetter(ctx context.Context, d Delivery, ev Event, re
 			"error", err, "retry_in", delay)
 		c.pause(ctx, delay)
 	}
-	stopExtending()
+	ext.remove(extKey)
 	switch {
 	case err == nil:
 		c.dlFailing.Store(false)

@@ -196,6 +196,7 @@ func TestQueue(t *testing.T, cfg QueueSuiteConfig) {
 		{"OversizedDeadLetterFits", testQueueOversizedDeadLetter},
 		{"EventShape", testQueueEventShape},
 		{"ExtendKeepsDelivery", testQueueExtendKeepsDelivery},
+		{"AckBatch", testQueueAckBatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -720,12 +720,62 @@ func (q *Queue) Ack(ctx context.Context, d batuta.Delivery) error {
 	if err != nil {
 		return err
 	}
-	res, err := q.ackCombined(ctx, r)
-	if err != nil {
-		return fmt.Errorf("batutaredis: ack %q: %w", d.ID, q.wrapErr(err))
+	req := &ackReq{r: r, done: make(chan struct{})}
+	if err := q.ackCombined(ctx, []*ackReq{req}); err != nil {
+		return fmt.Errorf("batutaredis: ack %q: %w", d.ID, err)
 	}
-	q.forget(r)
-	if res == fencedHeld {
+	return q.acked(d, req)
+}
+
+// AckBatch acks every delivery of ds, as Ack does, in one script call
+// (one round trip) for up to 256 of them, combined with the Ack calls
+// running concurrently on this handle. It returns nil when every ack
+// succeeded, else one error per delivery (nil for those acked), each as
+// Ack would return it. This is the adapter's batuta.AckBatcher, which the
+// queue trigger uses to send the acks that are ready together.
+func (q *Queue) AckBatch(ctx context.Context, ds []batuta.Delivery) []error {
+	var errs []error
+	fail := func(i int, err error) {
+		if errs == nil {
+			errs = make([]error, len(ds))
+		}
+		errs[i] = err
+	}
+	reqs := make([]*ackReq, 0, len(ds))
+	idx := make([]int, 0, len(ds)) // reqs[j] acks ds[idx[j]]
+	for i, d := range ds {
+		r, err := q.settling(d, "ack")
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		reqs = append(reqs, &ackReq{r: r, done: make(chan struct{})})
+		idx = append(idx, i)
+	}
+	if len(reqs) == 0 {
+		return errs
+	}
+	if err := q.ackCombined(ctx, reqs); err != nil {
+		for _, i := range idx {
+			fail(i, fmt.Errorf("batutaredis: ack %q: %w", ds[i].ID, err))
+		}
+		return errs
+	}
+	for j, req := range reqs {
+		if err := q.acked(ds[idx[j]], req); err != nil {
+			fail(idx[j], err)
+		}
+	}
+	return errs
+}
+
+// acked reads the outcome of req, the ack of d, once it was sent.
+func (q *Queue) acked(d batuta.Delivery, req *ackReq) error {
+	if req.err != nil {
+		return fmt.Errorf("batutaredis: ack %q: %w", d.ID, q.wrapErr(req.err))
+	}
+	q.forget(req.r)
+	if req.res == fencedHeld {
 		return fmt.Errorf("batutaredis: ack %q (attempt %d): delivery no longer held: %w", d.ID, d.Attempt, batuta.ErrLeaseLost)
 	}
 	return nil // settled now, or already (fencedSettled)
@@ -767,39 +817,50 @@ const maxAckBatch = 256
 // next batch.
 const ackFlushers = 1
 
-// ackCombined acks r, combined with the Ack calls running concurrently on
-// this handle: a caller that finds fewer than ackFlushers batches in
-// flight sends every ack waiting at that moment in one script call (one
-// round trip) and hands the results out. A lone Ack is sent at once; under
-// load, acks that queued up while every slot was busy share the next
-// batch. It returns ackScript's result for r. If ctx ends first it returns
-// ctx's error, and the ack may still be sent.
-func (q *Queue) ackCombined(ctx context.Context, r receipt) (int64, error) {
+// ackCombined sends reqs, combined with the Ack calls running
+// concurrently on this handle: a caller that finds fewer than ackFlushers
+// batches in flight sends every ack waiting at that moment in one script
+// call (one round trip; up to maxAckBatch acks) and hands the results out.
+// A lone Ack is sent at once; under load, acks that queued up while every
+// slot was busy share the next batch. It returns once every request of
+// reqs is done (its res or err set), or with ctx's error if ctx ends first
+// (the acks may still be sent).
+func (q *Queue) ackCombined(ctx context.Context, reqs []*ackReq) error {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return err
 	}
-	req := &ackReq{r: r, done: make(chan struct{})}
 	q.ackMu.Lock()
-	q.acks = append(q.acks, req)
+	q.acks = append(q.acks, reqs...)
 	q.ackMu.Unlock()
+	for _, req := range reqs {
+		if err := q.ackWait(ctx, req); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ackWait returns once req is done, sending batches of waiting acks
+// whenever a flusher slot is free.
+func (q *Queue) ackWait(ctx context.Context, req *ackReq) error {
 	for {
 		select {
 		case <-req.done:
-			return req.res, req.err
+			return nil
 		case q.ackToken <- struct{}{}:
 			sent := q.flushAcks(ctx, req)
 			<-q.ackToken
 			if sent == 0 {
-				// r is in a batch another caller has in flight.
+				// req is in a batch another caller has in flight.
 				select {
 				case <-req.done:
-					return req.res, req.err
+					return nil
 				case <-ctx.Done():
-					return 0, ctx.Err()
+					return ctx.Err()
 				}
 			}
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }

@@ -3,6 +3,7 @@ package batutaredis_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/batuta-dev/batuta/batutatest"
 	"strings"
 	"testing"
@@ -393,4 +394,81 @@ func TestConcurrentAcksAreCombined(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	require.ErrorIs(t, q.Ack(ctx, d), context.Canceled)
+}
+
+// TestAckBatch acks more deliveries than one script call takes, while
+// other goroutines ack on the same handle, with a delivery another consumer
+// took over, a settled one and a foreign one among them: each gets Ack's
+// outcome, at its index.
+func TestAckBatch(t *testing.T) {
+	t.Parallel()
+	admin := requireRedis(t)
+	stream := uniqueStream(t, admin)
+	q := open(t, batutaredis.Config{Stream: stream})
+	var _ batuta.AckBatcher = q
+
+	// One delivery taken over by another consumer (XCLAIM), one settled.
+	require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: "lost"}))
+	lost := receiveOne(t, q)
+	pend, err := admin.XPendingExt(t.Context(), &redis.XPendingExtArgs{Stream: stream, Group: "batuta", Start: "-", End: "+", Count: 10}).Result()
+	require.NoError(t, err)
+	require.Len(t, pend, 1)
+	require.NoError(t, admin.XClaim(t.Context(), &redis.XClaimArgs{Stream: stream, Group: "batuta", Consumer: "intruder", Messages: []string{pend[0].ID}}).Err())
+	require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: "settled"}))
+	settled := receiveOne(t, q)
+	require.NoError(t, q.Ack(t.Context(), settled))
+
+	const n = 300
+	for i := range n {
+		require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: fmt.Sprintf("m-%d", i)}))
+	}
+	var ds []batuta.Delivery
+	for len(ds) < n {
+		got, err := q.Receive(t.Context(), n-len(ds))
+		require.NoError(t, err)
+		ds = append(ds, got...)
+	}
+	// A third of them acked one by one meanwhile, the rest in the batch.
+	var lone []batuta.Delivery
+	batch := []batuta.Delivery{lost}
+	for i, d := range ds {
+		if i%3 == 0 {
+			lone = append(lone, d)
+		} else {
+			batch = append(batch, d)
+		}
+	}
+	batch = append(batch, batuta.Delivery{Message: batuta.Message{ID: "foreign"}, Receipt: "nope"}, settled)
+	errc := make(chan error, len(lone))
+	for _, d := range lone {
+		go func() { errc <- q.Ack(t.Context(), d) }()
+	}
+	errs := q.AckBatch(t.Context(), batch)
+	for range lone {
+		require.NoError(t, <-errc)
+	}
+	require.Len(t, errs, len(batch))
+	require.ErrorIs(t, errs[0], batuta.ErrLeaseLost, "a delivery another consumer holds")
+	for i, err := range errs[1 : len(batch)-2] {
+		require.NoError(t, err, "delivery %d", i+1)
+	}
+	require.ErrorContains(t, errs[len(batch)-2], "not a delivery of a batutaredis queue")
+	require.NoError(t, errs[len(batch)-1], "a settled entry: a no-op, as for Ack")
+	require.EqualValues(t, 1, admin.XLen(t.Context(), stream).Val(), "only the entry the intruder holds is left")
+	p, err := admin.XPending(t.Context(), stream, "batuta").Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, p.Count)
+
+	// All acked: nil.
+	require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: "last"}))
+	require.Nil(t, q.AckBatch(t.Context(), []batuta.Delivery{receiveOne(t, q)}))
+	// An ended ctx fails every delivery with its error.
+	require.NoError(t, q.Publish(t.Context(), batuta.Message{ID: "late"}))
+	d := receiveOne(t, q)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	errs = q.AckBatch(ctx, []batuta.Delivery{d})
+	require.Len(t, errs, 1)
+	require.ErrorIs(t, errs[0], context.Canceled)
+	require.NoError(t, q.Ack(t.Context(), d))
 }
