@@ -153,7 +153,13 @@ type deadLetterQueue struct {
 // without the batuta-dead-letter-* headers, then removes it from the
 // dead-letter queue; a crash between the two leaves it in both, and the
 // orchestrator deduplicates the second consumption by the message ID.
+//
+// A trigger whose DeadLetter is a DeadLetterKeeper (the RabbitMQ adapter's
+// dead-letter queue) has the box the keeper returns for t's source queue.
 func (t *QueueTrigger) DeadLetterBox() (DeadLetterBox, bool) {
+	if k, ok := t.cfg.DeadLetter.(DeadLetterKeeper); ok {
+		return k.DeadLetterBox(t.cfg.Queue), true
+	}
 	dq, ok := t.cfg.DeadLetter.(*deadLetterQueue)
 	if !ok {
 		return nil, false
@@ -163,6 +169,19 @@ func (t *QueueTrigger) DeadLetterBox() (DeadLetterBox, bool) {
 		return nil, false
 	}
 	return &queueDeadLetters{t: t, dlq: bq}, true
+}
+
+// A DeadLetterKeeper is a DeadLetterHandler that keeps what it is handed
+// where it can be browsed, but not as a BrowsableQueue: a broker queue
+// that can only be read by taking its messages (RabbitMQ), whose box
+// works on it in one pass per call. A QueueTrigger whose DeadLetter is a
+// DeadLetterKeeper has a DeadLetterBox: the one DeadLetterBox(source)
+// returns, source being the trigger's queue (QueueTriggerConfig.Queue),
+// where a redrive publishes dead letters again (as RedriveMessage makes
+// them).
+type DeadLetterKeeper interface {
+	DeadLetterHandler
+	DeadLetterBox(source Queue) DeadLetterBox
 }
 
 type queueDeadLetters struct {
@@ -199,7 +218,7 @@ func (b *queueDeadLetters) Redrive(ctx context.Context, ids ...string) (int, err
 	}
 	n := 0
 	for _, m := range ms {
-		if err := b.t.cfg.Queue.Publish(ctx, redriveMessage(m.Message)); err != nil {
+		if err := b.t.cfg.Queue.Publish(ctx, RedriveMessage(m.Message, m.Key)); err != nil {
 			return n, fmt.Errorf("batuta: redrive %s: publishing to the source queue: %w", m.Key, err)
 		}
 		k, err := b.dlq.Remove(ctx, m.Key)
@@ -259,8 +278,24 @@ func plainHeaders(h map[string]string) map[string]string {
 	return out
 }
 
-// redriveMessage is the message a redrive publishes for a dead letter:
-// the original, without the dead-letter headers.
-func redriveMessage(m Message) Message {
-	return Message{ID: m.ID, Body: m.Body, Time: m.Time, Headers: plainHeaders(m.Headers)}
+// HeaderRedriven is set on a message a redrive publishes: the ID the dead
+// letter had in its box. A queue that deduplicates publishes by message ID
+// (JetStream within its duplicate window) must deduplicate a message
+// carrying it by the ID and this header instead: otherwise it would take
+// the redrive for a copy of the original and drop it, while the dead
+// letter leaves its box. It stays in the redriven event's metadata, where
+// it tells a run that came from a redrive.
+const HeaderRedriven = "batuta-redriven"
+
+// RedriveMessage is the message a redrive publishes for a message of a
+// dead-letter queue (one DeadLetterMessage made) whose ID in its box is
+// id: the original, with its ID, body, time and headers, without the
+// batuta-dead-letter-* headers, with HeaderRedriven set to id.
+func RedriveMessage(m Message, id string) Message {
+	h := plainHeaders(m.Headers)
+	if h == nil {
+		h = map[string]string{}
+	}
+	h[HeaderRedriven] = id
+	return Message{ID: m.ID, Body: m.Body, Time: m.Time, Headers: h}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/batutatest"
 )
 
 func TestMemoryQueueBrowseLookupRemove(t *testing.T) {
@@ -142,4 +143,15 @@ func waitRuns(t *testing.T, o *batuta.Orchestrator, wf string, n int) []*batuta.
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// TestMemoryQueueDeadLetterBoxConformance: the box of a queue trigger
+// whose dead letters go to a MemoryQueue keeps the shared contract.
+func TestMemoryQueueDeadLetterBoxConformance(t *testing.T) {
+	batutatest.TestQueueDeadLetterBox(t, batutatest.DeadLetterBoxSuite{
+		New: func(t *testing.T) (batuta.Queue, batuta.DeadLetterHandler) {
+			return newQueue(t, batuta.MemoryQueueConfig{}), batuta.DeadLetterQueue(newQueue(t, batuta.MemoryQueueConfig{}))
+		},
+		BadID: "not-a-sequence",
+	})
 }
