@@ -158,3 +158,32 @@ func TestDeadLetterBoxScanMaxAndMissingQueue(t *testing.T) {
 	_, err = p.DeadLetterBox().DeadLetters(ctx, batuta.DeadLetterQuery{})
 	require.ErrorIs(t, err, ErrQueueNotFound)
 }
+
+// TestDeadLetterBoxThroughOrchestrator: a queue trigger with
+// q.DeadLetters() bound to an orchestrator lists its box in
+// Orchestrator.DeadLetterBoxes, which the dashboard and batutaprom read.
+func TestDeadLetterBoxThroughOrchestrator(t *testing.T) {
+	admin := adminConn(t)
+	q := openQueue(t, brokerURL(), testConfig(t, admin))
+	o, err := batuta.New(batuta.Config{Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "orders", Tasks: []batuta.Task{{Name: "t", Run: func(context.Context, *batuta.Input) (any, error) { return nil, nil }}}}))
+	trig, err := batuta.NewQueueTrigger(batuta.QueueTriggerConfig{Queue: q, DeadLetter: q.DeadLetters()})
+	require.NoError(t, err)
+	require.NoError(t, o.Bind("orders", trig))
+	boxes := o.DeadLetterBoxes()
+	require.Len(t, boxes, 1)
+	require.Equal(t, "orders", boxes[0].Workflow)
+	require.Contains(t, boxes[0].DeadLetterSource(), q.cfg.DeadLetterQueue)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, q.DeadLetters().HandleDeadLetter(ctx, batuta.DeadLetter{Event: batuta.Event{ID: "e1"}, Reason: batuta.DeadLetterPermanent, Error: "bad", Attempts: 2, Workflow: "orders"}))
+	items, err := boxes[0].DeadLetters(ctx, batuta.DeadLetterQuery{})
+	require.NoError(t, err)
+	require.Len(t, items, 1)
+	require.Equal(t, "e1", items[0].Event.ID)
+	require.Equal(t, batuta.DeadLetterPermanent, items[0].Reason)
+	require.Equal(t, 2, items[0].Attempts)
+	require.Equal(t, "orders", items[0].Workflow)
+	require.WithinDuration(t, time.Now(), items[0].Time, time.Minute, "the time it was dead-lettered")
+}
