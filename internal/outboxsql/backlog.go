@@ -23,7 +23,7 @@ const BacklogCountMax = 100000
 // running now"; createdAt selects created_at as something parse reads.
 func SQLBacklog(ctx context.Context, db *sql.DB, table, leased, createdAt string, parse func(string) (time.Time, error)) (batuta.Backlog, error) {
 	var pending, inFlight sql.NullInt64
-	err := db.QueryRowContext(ctx, "SELECT SUM(CASE WHEN leased = 1 THEN 0 ELSE 1 END), SUM(CASE WHEN leased = 1 THEN 1 ELSE 0 END) FROM (SELECT CASE WHEN "+ //nolint:gosec // G202: quoted identifier and dialect constants
+	err := db.QueryRowContext(ctx, "SELECT SUM(CASE WHEN leased = 1 THEN 0 ELSE 1 END), SUM(CASE WHEN leased = 1 THEN 1 ELSE 0 END) FROM (SELECT CASE WHEN "+
 		leased+" THEN 1 ELSE 0 END AS leased FROM "+table+" WHERE dead_at IS NULL LIMIT ?) s", BacklogCountMax).Scan(&pending, &inFlight)
 	if err != nil {
 		return batuta.Backlog{}, fmt.Errorf("counting pending rows: %w", err)
@@ -33,7 +33,7 @@ func SQLBacklog(ctx context.Context, db *sql.DB, table, leased, createdAt string
 		return bl, nil
 	}
 	var at string
-	err = db.QueryRowContext(ctx, "SELECT "+createdAt+" FROM "+table+" WHERE dead_at IS NULL ORDER BY id LIMIT 1").Scan(&at) //nolint:gosec // G202: as above
+	err = db.QueryRowContext(ctx, "SELECT "+createdAt+" FROM "+table+" WHERE dead_at IS NULL ORDER BY id LIMIT 1").Scan(&at)
 	switch {
 	case errors.Is(err, sql.ErrNoRows): // delivered meanwhile
 	case err != nil:
