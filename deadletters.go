@@ -91,8 +91,16 @@ type BoundDeadLetterBox struct {
 
 // DeadLetterBoxes returns the dead-letter boxes of the triggers bound to o
 // (those implementing DeadLetterBox, or DeadLetterBoxer with a box), in
-// the order they were bound. A trigger bound to several workflows is
-// listed once, with the first.
+// the order they were bound, then those of the registered workflows whose
+// Workflow.DeadLetter is a DeadLetterQueue over a BrowsableQueue, by
+// workflow name. A trigger bound to several workflows is listed once,
+// with the first.
+//
+// A workflow's box holds failed runs: its Redrive retries each dead
+// letter's run (Orchestrator.Retry: from its failed tasks, keeping the
+// outputs of the others) and then removes the dead letter; a dead letter
+// whose run is no longer failed or canceled (retried already) is removed
+// and not counted.
 func (o *Orchestrator) DeadLetterBoxes() []BoundDeadLetterBox {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
@@ -113,7 +121,66 @@ func (o *Orchestrator) DeadLetterBoxes() []BoundDeadLetterBox {
 			out = append(out, BoundDeadLetterBox{Workflow: b.workflow, DeadLetterBox: box})
 		}
 	}
+	for _, name := range o.wfNames {
+		cw := o.workflows[name]
+		if dq, ok := cw.deadLetter.(*deadLetterQueue); ok {
+			if bq, ok := dq.q.(BrowsableQueue); ok {
+				out = append(out, BoundDeadLetterBox{Workflow: name, DeadLetterBox: &runDeadLetters{o: o, workflow: name, dlq: bq}})
+			}
+		}
+	}
 	return out
+}
+
+// runDeadLetters is the box of a Workflow.DeadLetter queue: failed runs.
+type runDeadLetters struct {
+	o        *Orchestrator
+	workflow string
+	dlq      BrowsableQueue
+}
+
+func (b *runDeadLetters) DeadLetterSource() string {
+	return "failed runs of workflow " + b.workflow + " (Workflow.DeadLetter queue)"
+}
+
+func (b *runDeadLetters) DeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterItem, error) {
+	return (&queueDeadLetters{dlq: b.dlq}).DeadLetters(ctx, q)
+}
+
+// Redrive retries the dead letters' runs and removes them.
+func (b *runDeadLetters) Redrive(ctx context.Context, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	ms, err := b.dlq.Lookup(ctx, ids...)
+	if err != nil {
+		return 0, fmt.Errorf("batuta: redrive: %w", err)
+	}
+	n := 0
+	for _, m := range ms {
+		dl := ParseDeadLetterMessage(m.Message)
+		if dl.RunID == "" {
+			return n, fmt.Errorf("batuta: redrive %s: the dead letter names no run (not handed over by Workflow.DeadLetter?): delete it instead", m.Key)
+		}
+		retried := true
+		if err := b.o.Retry(ctx, dl.RunID); err != nil {
+			if !errors.Is(err, ErrNotRetryable) {
+				return n, fmt.Errorf("batuta: redrive %s: %w", m.Key, err)
+			}
+			retried = false // retried already: the dead letter is stale
+		}
+		if _, err := b.dlq.Remove(ctx, m.Key); err != nil {
+			return n, fmt.Errorf("batuta: redrive %s: removing it from the dead-letter queue (its run was retried): %w", m.Key, err)
+		}
+		if retried {
+			n++ // counted by who retried the run, whoever removed the letter
+		}
+	}
+	return n, nil
+}
+
+func (b *runDeadLetters) Delete(ctx context.Context, ids ...string) (int, error) {
+	return (&queueDeadLetters{dlq: b.dlq}).Delete(ctx, ids...)
 }
 
 // A QueuedMessage is a message as a BrowsableQueue lists it.

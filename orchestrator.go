@@ -283,7 +283,7 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 		if err != nil {
 			return err
 		}
-		cw.failures = fw.name
+		cw.failures, cw.deadLetter = fw.name, wf.DeadLetter
 		all = append(all, fw)
 	}
 	o.mu.Lock()
