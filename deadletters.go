@@ -74,6 +74,13 @@ type DeadLetterBox interface {
 	Delete(ctx context.Context, ids ...string) (int, error)
 }
 
+// A DeadLetterCounter is a DeadLetterBox that can count its dead letters
+// without listing them (a broker's message count): metrics use it instead
+// of paging through the box.
+type DeadLetterCounter interface {
+	CountDeadLetters(ctx context.Context) (int, error)
+}
+
 // A DeadLetterBoxer is a trigger that may have a DeadLetterBox, depending
 // on its configuration (a QueueTrigger has one when its dead letters go to
 // a BrowsableQueue).

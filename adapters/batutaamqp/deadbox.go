@@ -154,6 +154,31 @@ func (b *deadBox) Redrive(ctx context.Context, ids ...string) (int, error) {
 	})
 }
 
+var _ batuta.DeadLetterCounter = (*deadBox)(nil)
+
+// CountDeadLetters implements batuta.DeadLetterCounter with a passive
+// declaration of the dead-letter queue: its ready messages (not those a
+// box call or a consumer holds at that moment), without taking them.
+// batutaprom's batuta_dead_letters uses it instead of paging through the
+// box.
+func (b *deadBox) CountDeadLetters(ctx context.Context) (int, error) {
+	q := b.q
+	s, err := q.session(ctx, true)
+	if err != nil {
+		return 0, fmt.Errorf("batutaamqp: count dead letters of %q: %w", q.cfg.Queue, err)
+	}
+	ch, err := s.conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("batutaamqp: count dead letters of %q: open channel: %w", q.cfg.Queue, err)
+	}
+	defer func() { _ = ch.Close() }()
+	qi, err := ch.QueueDeclarePassive(q.cfg.DeadLetterQueue, true, false, false, false, nil)
+	if err != nil {
+		return 0, q.cfg.declareError("count dead letters: check queue", q.cfg.DeadLetterQueue, err)
+	}
+	return qi.Messages, nil
+}
+
 // Delete implements batuta.DeadLetterBox.
 func (b *deadBox) Delete(ctx context.Context, ids ...string) (int, error) {
 	return b.settle(ctx, "delete", ids, nil)

@@ -138,6 +138,9 @@ func TestDeadLetterBoxScanMaxAndMissingQueue(t *testing.T) {
 	for _, id := range []string{"d1", "d2", "d3"} {
 		require.NoError(t, q.DeadLetters().HandleDeadLetter(ctx, batuta.DeadLetter{Event: batuta.Event{ID: id}, Reason: batuta.DeadLetterFailed, Error: "x"}))
 	}
+	n0, err := q.DeadLetterBox().(batuta.DeadLetterCounter).CountDeadLetters(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 3, n0, "counted past DeadLetterScanMax, without taking them")
 	items, err := q.DeadLetterBox().DeadLetters(ctx, batuta.DeadLetterQuery{})
 	require.NoError(t, err)
 	require.Len(t, items, 2)

@@ -500,10 +500,18 @@ func (m *Metrics) refresh(now time.Time) {
 	m.statsOK = ok
 }
 
-// countDead counts the dead letters of box, up to MaxDeadLetters.
+// countDead counts the dead letters of box, up to MaxDeadLetters: with
+// batuta.DeadLetterCounter if the box is one, else by paging through it.
 func (m *Metrics) countDead(box batuta.DeadLetterBox) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StatsTimeout)
 	defer cancel()
+	if c, ok := box.(batuta.DeadLetterCounter); ok {
+		n, err := c.CountDeadLetters(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return min(n, m.cfg.MaxDeadLetters), nil
+	}
 	n, after := 0, ""
 	for n < m.cfg.MaxDeadLetters {
 		limit := min(batuta.MaxDeadLetterLimit, m.cfg.MaxDeadLetters-n)
