@@ -74,6 +74,13 @@ type DeadLetterBox interface {
 	Delete(ctx context.Context, ids ...string) (int, error)
 }
 
+// A DeadLetterCounter is a DeadLetterBox that can count its dead letters
+// without listing them (a broker's message count): metrics use it instead
+// of paging through the box.
+type DeadLetterCounter interface {
+	CountDeadLetters(ctx context.Context) (int, error)
+}
+
 // A DeadLetterBoxer is a trigger that may have a DeadLetterBox, depending
 // on its configuration (a QueueTrigger has one when its dead letters go to
 // a BrowsableQueue).
@@ -91,8 +98,16 @@ type BoundDeadLetterBox struct {
 
 // DeadLetterBoxes returns the dead-letter boxes of the triggers bound to o
 // (those implementing DeadLetterBox, or DeadLetterBoxer with a box), in
-// the order they were bound. A trigger bound to several workflows is
-// listed once, with the first.
+// the order they were bound, then those of the registered workflows whose
+// Workflow.DeadLetter is a DeadLetterQueue over a BrowsableQueue, by
+// workflow name. A trigger bound to several workflows is listed once,
+// with the first.
+//
+// A workflow's box holds failed runs: its Redrive retries each dead
+// letter's run (Orchestrator.Retry: from its failed tasks, keeping the
+// outputs of the others) and then removes the dead letter; a dead letter
+// whose run is no longer failed or canceled (retried already) is removed
+// and not counted.
 func (o *Orchestrator) DeadLetterBoxes() []BoundDeadLetterBox {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
@@ -113,7 +128,66 @@ func (o *Orchestrator) DeadLetterBoxes() []BoundDeadLetterBox {
 			out = append(out, BoundDeadLetterBox{Workflow: b.workflow, DeadLetterBox: box})
 		}
 	}
+	for _, name := range o.wfNames {
+		cw := o.workflows[name]
+		if dq, ok := cw.deadLetter.(*deadLetterQueue); ok {
+			if bq, ok := dq.q.(BrowsableQueue); ok {
+				out = append(out, BoundDeadLetterBox{Workflow: name, DeadLetterBox: &runDeadLetters{o: o, workflow: name, dlq: bq}})
+			}
+		}
+	}
 	return out
+}
+
+// runDeadLetters is the box of a Workflow.DeadLetter queue: failed runs.
+type runDeadLetters struct {
+	o        *Orchestrator
+	workflow string
+	dlq      BrowsableQueue
+}
+
+func (b *runDeadLetters) DeadLetterSource() string {
+	return "failed runs of workflow " + b.workflow + " (Workflow.DeadLetter queue)"
+}
+
+func (b *runDeadLetters) DeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterItem, error) {
+	return (&queueDeadLetters{dlq: b.dlq}).DeadLetters(ctx, q)
+}
+
+// Redrive retries the dead letters' runs and removes them.
+func (b *runDeadLetters) Redrive(ctx context.Context, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	ms, err := b.dlq.Lookup(ctx, ids...)
+	if err != nil {
+		return 0, fmt.Errorf("batuta: redrive: %w", err)
+	}
+	n := 0
+	for _, m := range ms {
+		dl := ParseDeadLetterMessage(m.Message)
+		if dl.RunID == "" {
+			return n, fmt.Errorf("batuta: redrive %s: the dead letter names no run (not handed over by Workflow.DeadLetter?): delete it instead", m.Key)
+		}
+		retried := true
+		if err := b.o.Retry(ctx, dl.RunID); err != nil {
+			if !errors.Is(err, ErrNotRetryable) {
+				return n, fmt.Errorf("batuta: redrive %s: %w", m.Key, err)
+			}
+			retried = false // retried already: the dead letter is stale
+		}
+		if _, err := b.dlq.Remove(ctx, m.Key); err != nil {
+			return n, fmt.Errorf("batuta: redrive %s: removing it from the dead-letter queue (its run was retried): %w", m.Key, err)
+		}
+		if retried {
+			n++ // counted by who retried the run, whoever removed the letter
+		}
+	}
+	return n, nil
+}
+
+func (b *runDeadLetters) Delete(ctx context.Context, ids ...string) (int, error) {
+	return (&queueDeadLetters{dlq: b.dlq}).Delete(ctx, ids...)
 }
 
 // A QueuedMessage is a message as a BrowsableQueue lists it.
@@ -153,7 +227,13 @@ type deadLetterQueue struct {
 // without the batuta-dead-letter-* headers, then removes it from the
 // dead-letter queue; a crash between the two leaves it in both, and the
 // orchestrator deduplicates the second consumption by the message ID.
+//
+// A trigger whose DeadLetter is a DeadLetterKeeper (the RabbitMQ adapter's
+// dead-letter queue) has the box the keeper returns for t's source queue.
 func (t *QueueTrigger) DeadLetterBox() (DeadLetterBox, bool) {
+	if k, ok := t.cfg.DeadLetter.(DeadLetterKeeper); ok {
+		return k.DeadLetterBox(t.cfg.Queue), true
+	}
 	dq, ok := t.cfg.DeadLetter.(*deadLetterQueue)
 	if !ok {
 		return nil, false
@@ -163,6 +243,19 @@ func (t *QueueTrigger) DeadLetterBox() (DeadLetterBox, bool) {
 		return nil, false
 	}
 	return &queueDeadLetters{t: t, dlq: bq}, true
+}
+
+// A DeadLetterKeeper is a DeadLetterHandler that keeps what it is handed
+// where it can be browsed, but not as a BrowsableQueue: a broker queue
+// that can only be read by taking its messages (RabbitMQ), whose box
+// works on it in one pass per call. A QueueTrigger whose DeadLetter is a
+// DeadLetterKeeper has a DeadLetterBox: the one DeadLetterBox(source)
+// returns, source being the trigger's queue (QueueTriggerConfig.Queue),
+// where a redrive publishes dead letters again (as RedriveMessage makes
+// them).
+type DeadLetterKeeper interface {
+	DeadLetterHandler
+	DeadLetterBox(source Queue) DeadLetterBox
 }
 
 type queueDeadLetters struct {
@@ -199,7 +292,7 @@ func (b *queueDeadLetters) Redrive(ctx context.Context, ids ...string) (int, err
 	}
 	n := 0
 	for _, m := range ms {
-		if err := b.t.cfg.Queue.Publish(ctx, redriveMessage(m.Message)); err != nil {
+		if err := b.t.cfg.Queue.Publish(ctx, RedriveMessage(m.Message, m.Key)); err != nil {
 			return n, fmt.Errorf("batuta: redrive %s: publishing to the source queue: %w", m.Key, err)
 		}
 		k, err := b.dlq.Remove(ctx, m.Key)
@@ -259,8 +352,24 @@ func plainHeaders(h map[string]string) map[string]string {
 	return out
 }
 
-// redriveMessage is the message a redrive publishes for a dead letter:
-// the original, without the dead-letter headers.
-func redriveMessage(m Message) Message {
-	return Message{ID: m.ID, Body: m.Body, Time: m.Time, Headers: plainHeaders(m.Headers)}
+// HeaderRedriven is set on a message a redrive publishes: the ID the dead
+// letter had in its box. A queue that deduplicates publishes by message ID
+// (JetStream within its duplicate window) must deduplicate a message
+// carrying it by the ID and this header instead: otherwise it would take
+// the redrive for a copy of the original and drop it, while the dead
+// letter leaves its box. It stays in the redriven event's metadata, where
+// it tells a run that came from a redrive.
+const HeaderRedriven = "batuta-redriven"
+
+// RedriveMessage is the message a redrive publishes for a message of a
+// dead-letter queue (one DeadLetterMessage made) whose ID in its box is
+// id: the original, with its ID, body, time and headers, without the
+// batuta-dead-letter-* headers, with HeaderRedriven set to id.
+func RedriveMessage(m Message, id string) Message {
+	h := plainHeaders(m.Headers)
+	if h == nil {
+		h = map[string]string{}
+	}
+	h[HeaderRedriven] = id
+	return Message{ID: m.ID, Body: m.Body, Time: m.Time, Headers: h}
 }

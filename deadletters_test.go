@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/batutatest"
 )
 
 func TestMemoryQueueBrowseLookupRemove(t *testing.T) {
@@ -142,4 +143,84 @@ func waitRuns(t *testing.T, o *batuta.Orchestrator, wf string, n int) []*batuta.
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// TestMemoryQueueDeadLetterBoxConformance: the box of a queue trigger
+// whose dead letters go to a MemoryQueue keeps the shared contract.
+func TestMemoryQueueDeadLetterBoxConformance(t *testing.T) {
+	batutatest.TestQueueDeadLetterBox(t, batutatest.DeadLetterBoxSuite{
+		New: func(t *testing.T) (batuta.Queue, batuta.DeadLetterHandler) {
+			return newQueue(t, batuta.MemoryQueueConfig{}), batuta.DeadLetterQueue(newQueue(t, batuta.MemoryQueueConfig{}))
+		},
+		BadID: "not-a-sequence",
+	})
+}
+
+// TestWorkflowDeadLetterBoxRetriesRuns: a workflow whose DeadLetter is a
+// DeadLetterQueue over a browsable queue has a box in DeadLetterBoxes; its
+// redrive retries the failed run (which then succeeds) and removes the
+// dead letter, once; delete removes one for good.
+func TestWorkflowDeadLetterBoxRetriesRuns(t *testing.T) {
+	dlq := newQueue(t, batuta.MemoryQueueConfig{})
+	var broken atomic.Bool
+	broken.Store(true)
+	o := setup(t, batuta.Config{}, &batuta.Workflow{Name: "pay", DeadLetter: batuta.DeadLetterQueue(dlq),
+		Tasks: []batuta.Task{{Name: "charge", Run: func(context.Context, *batuta.Input) (any, error) {
+			if broken.Load() {
+				return nil, batuta.Permanent(errors.New("gateway down"))
+			}
+			return "ok", nil
+		}}}})
+	ctx := waitCtx(t)
+	var runIDs []string
+	for _, e := range []string{"p1", "p2"} {
+		id, err := o.Submit(ctx, "pay", batuta.Event{ID: e})
+		require.NoError(t, err)
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunFailed, r.State)
+		runIDs = append(runIDs, id)
+	}
+	waitBrowse(t, dlq, 2)
+	var box batuta.BoundDeadLetterBox
+	for _, b := range o.DeadLetterBoxes() {
+		if b.Workflow == "pay" {
+			box = b
+		}
+	}
+	require.NotNil(t, box.DeadLetterBox, "the workflow's dead-letter queue is a box")
+	assert.Contains(t, box.DeadLetterSource(), "pay")
+	items, err := box.DeadLetters(ctx, batuta.DeadLetterQuery{})
+	require.NoError(t, err)
+	require.Len(t, items, 2)
+	byRun := map[string]batuta.DeadLetterItem{}
+	for _, it := range items {
+		assert.Equal(t, batuta.DeadLetterFailed, it.Reason)
+		assert.Contains(t, it.Error, "gateway down")
+		byRun[it.RunID] = it
+	}
+	require.Contains(t, byRun, runIDs[0])
+	require.Contains(t, byRun, runIDs[1])
+
+	broken.Store(false)
+	id0 := byRun[runIDs[0]].ID
+	n, err := box.Redrive(ctx, id0, id0)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	r, err := o.Wait(ctx, runIDs[0])
+	require.NoError(t, err)
+	assert.Equal(t, batuta.RunSucceeded, r.State, "the run was retried from its failed task")
+	n, err = box.Redrive(ctx, id0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "idempotent")
+
+	// A dead letter whose run was retried some other way is stale: removed, not counted.
+	id1 := byRun[runIDs[1]].ID
+	require.NoError(t, o.Retry(ctx, runIDs[1]))
+	_, err = o.Wait(ctx, runIDs[1])
+	require.NoError(t, err)
+	n, err = box.Redrive(ctx, id1)
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	assert.Zero(t, dlq.Len())
 }

@@ -38,8 +38,20 @@ type StoreHooks interface {
 	StoreCall(op StoreOp, took time.Duration, n int, err error)
 	// Rescued reports a pass of the rescuer that returned tasks whose lease
 	// expired to the ready set (rescued) or failed them after too many
-	// rescues (failed). Passes with nothing to do are not reported.
+	// rescues (failed), and the rescues a RescueReporter store made on its
+	// own. Passes with nothing to do are not reported.
 	Rescued(rescued, failed int)
+}
+
+// A RescueReporter is a Store that rescues tasks on its own, outside
+// RescueExpired (batutapg's liveness loop rescues the tasks of an instance
+// whose liveness row went stale). New gives it a function reporting those
+// rescues to the orchestrator's StoreHooks (Rescued), as the executor's
+// rescuer reports the ones RescueExpired returns; the store must not count
+// a rescue in both. It is called only when some Config.Hooks is a
+// StoreHooks. The function is safe for concurrent use and cheap.
+type RescueReporter interface {
+	ReportRescues(report func(rescued, failed int))
 }
 
 // StoreOp names an executor call to the Store, for StoreHooks.

@@ -100,6 +100,11 @@ type BindingInfo struct {
 	// locally after a dead-letter destination failed (QueueTrigger.Parked);
 	// -1 when the trigger does not tell.
 	Parked int64 `json:"parked"`
+	// Backlog tells the work waiting at the trigger's source (the
+	// trigger, or a QueueTrigger's queue, implementing BacklogReporter);
+	// nil when the source does not tell. It asks the source each time:
+	// read it with ReadBacklog or ReadBacklogs, under a short deadline.
+	Backlog BacklogReporter `json:"-"`
 }
 
 // Healthy reports whether the trigger runs and has not failed in the last
@@ -175,7 +180,8 @@ func (o *Orchestrator) Bindings() []BindingInfo {
 	o.mu.RUnlock()
 	out := make([]BindingInfo, 0, len(bs))
 	for _, b := range bs {
-		bi := BindingInfo{Workflow: b.workflow, Trigger: b.trigger, Kind: fmt.Sprintf("%T", b.trigger), Parked: -1}
+		bi := BindingInfo{Workflow: b.workflow, Trigger: b.trigger, Kind: fmt.Sprintf("%T", b.trigger), Parked: -1,
+			Backlog: backlogReporter(b.trigger)}
 		switch t := b.trigger.(type) {
 		case *CronTrigger:
 			bi.Kind = TriggerKindCron

@@ -252,6 +252,14 @@ func New(cfg Config) (*Orchestrator, error) {
 			o.storeHooks = append(o.storeHooks, sh)
 		}
 	}
+	if rr, ok := cfg.Store.(RescueReporter); ok && len(o.storeHooks) > 0 {
+		hs := o.storeHooks
+		rr.ReportRescues(func(rescued, failed int) {
+			for _, h := range hs {
+				h.Rescued(rescued, failed)
+			}
+		})
+	}
 	return o, nil
 }
 
@@ -275,7 +283,7 @@ func (o *Orchestrator) Register(wf *Workflow) error {
 		if err != nil {
 			return err
 		}
-		cw.failures = fw.name
+		cw.failures, cw.deadLetter = fw.name, wf.DeadLetter
 		all = append(all, fw)
 	}
 	o.mu.Lock()

@@ -397,6 +397,8 @@ type compiledWorkflow struct {
 	// failures names the hidden workflow running OnFailure and
 	// DeadLetter (onfailure.go); empty without them.
 	failures string
+	// deadLetter is Workflow.DeadLetter (for DeadLetterBoxes).
+	deadLetter DeadLetterHandler
 }
 
 type compiledTask struct {

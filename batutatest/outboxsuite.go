@@ -186,6 +186,7 @@ func TestOutbox(t *testing.T, s OutboxSuite) {
 		{"TwoConsumersNeverFireOneRowTwice", testOutboxTwoConsumers},
 		{"FireErrors", testOutboxFireErrors},
 		{"DeadLetterBox", testOutboxDeadLetterBox},
+		{"BacklogReporter", testOutboxBacklogReporter},
 		{"RunWithoutTracking", testOutboxRunWithoutTracking},
 		{"StoreDownKeepsRows", testOutboxStoreDown},
 		{"TriggerConformance", testOutboxTriggerConformance},
@@ -986,4 +987,51 @@ func testOutboxDeadLetterBox(t *testing.T, s OutboxSuite, f OutboxFixture) {
 	if len(items) != 0 {
 		t.Errorf("dead letters left: %v", items)
 	}
+}
+
+// testOutboxBacklogReporter: the Trigger tells its backlog: rows not
+// delivered as Pending, rows leased by a consumer (runs not finished) as
+// InFlight, the created_at of the oldest as Oldest; nothing once they are
+// delivered.
+func testOutboxBacklogReporter(t *testing.T, s OutboxSuite, f OutboxFixture) {
+	ctx := context.Background()
+	must(t, f.InstallCapture(ctx), "install capture")
+	trig := f.Trigger(t, OutboxTriggerOptions{FastPoll: true})
+	r, ok := trig.(batuta.BacklogReporter)
+	if !ok {
+		t.Fatalf("%T is not a batuta.BacklogReporter", trig)
+	}
+	bl, err := r.Backlog(ctx)
+	must(t, err, "Backlog of an empty outbox")
+	if bl != (batuta.Backlog{OldestKnown: true}) {
+		t.Fatalf("Backlog of an empty outbox: %+v, want nothing", bl)
+	}
+	before := time.Now().Add(-2 * time.Second) // the database's clock may differ a little
+	insertRows(t, f, "backlog", 4)
+	after := time.Now().Add(2 * time.Second)
+	bl, err = r.Backlog(ctx)
+	must(t, err, "Backlog")
+	if bl.Pending != 4 || bl.InFlight != 0 || !bl.OldestKnown || bl.Oldest.Before(before) || bl.Oldest.After(after) {
+		t.Fatalf("Backlog of 4 new rows: %+v, want 4 pending, none in flight, oldest between %v and %v", bl, before, after)
+	}
+	oldest := bl.Oldest
+
+	runs := NewOutboxRuns(false)
+	runs.Hold = true // not durable: the rows stay leased until their runs finish
+	StartTracking(t, trig, runs)
+	Eventually(t, s.Timeout, "4 rows fired", func() bool { return runs.AcceptedCount() == 4 })
+	Eventually(t, s.Timeout, "4 rows in flight", func() bool {
+		bl, err = r.Backlog(ctx)
+		must(t, err, "Backlog")
+		return bl.InFlight == 4
+	})
+	if bl.Pending != 0 || !bl.Oldest.Equal(oldest) {
+		t.Errorf("Backlog with 4 rows in flight: %+v, want none pending and the oldest still %v", bl, oldest)
+	}
+	runs.FinishOlderThan(0)
+	Eventually(t, s.Timeout, "the backlog empty once the runs finished", func() bool {
+		bl, err = r.Backlog(ctx)
+		must(t, err, "Backlog")
+		return bl == batuta.Backlog{OldestKnown: true}
+	})
 }

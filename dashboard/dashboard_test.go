@@ -360,7 +360,8 @@ func TestPagesShowEveryState(t *testing.T) {
 	tr := c.get("triggers")
 	assert.Contains(t, tr, "cron")
 	assert.Contains(t, tr, "queue")
-	assert.Contains(t, tr, "0 parked")
+	assert.Regexp(t, `<span class="num">\d+</span> waiting, <span class="num">\d+</span> in flight`, tr, "the memory queue tells its backlog")
+	assert.Contains(t, tr, "not reported by this source", "the cron trigger has none")
 	dl := c.get("dead-letters")
 	assert.Contains(t, dl, "msg-poison")
 	assert.Contains(t, dl, "unparsable order message")
@@ -455,4 +456,26 @@ func TestRerunFromTaskAndBadRetry(t *testing.T) {
 	page = c.get("runs/" + f.runs["running"])
 	assert.Contains(t, page, "flash-error")
 	assert.Contains(t, page, "cannot be retried")
+}
+
+// stuckSource is a trigger whose backlog never comes before ctx ends.
+type stuckSource struct{ batuta.TriggerFunc }
+
+func (stuckSource) Backlog(ctx context.Context) (batuta.Backlog, error) {
+	<-ctx.Done()
+	return batuta.Backlog{}, ctx.Err()
+}
+
+// TestTriggersPageBacklogTimeout: a source that does not tell its backlog
+// in time shows as unavailable; the page does not wait for it longer
+// than its bound.
+func TestTriggersPageBacklogTimeout(t *testing.T) {
+	o, err := batuta.New(batuta.Config{Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "wf", Tasks: []batuta.Task{{Name: "t", Run: func(context.Context, *batuta.Input) (any, error) { return nil, nil }}}}))
+	require.NoError(t, o.Bind("wf", stuckSource{func(ctx context.Context, _ batuta.FireFunc) error { <-ctx.Done(); return nil }}))
+	srv := serve(t, dashboard.Config{Orchestrator: o})
+	tr := newClient(t, srv.URL).get("triggers")
+	assert.Contains(t, tr, "unavailable")
+	assert.Contains(t, tr, "deadline exceeded")
 }

@@ -407,7 +407,18 @@ type triggerRow struct {
 	batuta.BindingInfo
 	Healthy bool
 	Paused  bool
+	// Told: the source told its backlog (Backlog); BacklogErr: it could
+	// not (an error, or no answer within backlogTimeout).
+	Told       bool
+	Backlog    batuta.Backlog
+	Lag        time.Duration
+	BacklogErr string
 }
+
+// backlogTimeout bounds how long the triggers page waits for the sources'
+// backlogs (asked all at once): a slow broker or database shows as
+// unavailable rather than holding up the page.
+const backlogTimeout = 750 * time.Millisecond
 
 func (h *handler) triggers(r *http.Request, p *page) (int, error) {
 	paused, err := h.o.Paused(r.Context())
@@ -415,8 +426,19 @@ func (h *handler) triggers(r *http.Request, p *page) (int, error) {
 		return 0, err
 	}
 	var rows []triggerRow
-	for _, b := range h.o.Bindings() {
-		rows = append(rows, triggerRow{BindingInfo: b, Healthy: b.Healthy(p.Now), Paused: slices.Contains(paused, b.Workflow)})
+	bs := h.o.Bindings()
+	ctx, cancel := context.WithTimeout(r.Context(), backlogTimeout)
+	defer cancel()
+	backlogs := batuta.ReadBacklogs(ctx, bs)
+	for i, b := range bs {
+		row := triggerRow{BindingInfo: b, Healthy: b.Healthy(p.Now), Paused: slices.Contains(paused, b.Workflow)}
+		switch rd := backlogs[i]; {
+		case rd.Err == nil:
+			row.Told, row.Backlog, row.Lag = true, rd.Backlog, rd.Lag(time.Now())
+		case !errors.Is(rd.Err, batuta.ErrNoBacklog):
+			row.BacklogErr = rd.Err.Error()
+		}
+		rows = append(rows, row)
 	}
 	p.Title, p.Data = "Triggers", rows
 	return 0, nil

@@ -120,6 +120,13 @@ type Config struct {
 	// as routing key. Default "<Queue>.dead".
 	DeadLetterQueue string
 
+	// DeadLetterScanMax bounds how many messages of the dead-letter queue
+	// a call of the queue's batuta.DeadLetterBox takes to list, redrive or
+	// delete (see Queue.DeadLetterBox): the dead letters past it, in queue
+	// order, are neither listed nor found until those before them are
+	// redriven or deleted. Default DefaultDeadLetterScanMax (10000).
+	DeadLetterScanMax int
+
 	// DelayBuckets are the waits that Nack delays are rounded up to: a
 	// delay d waits for the smallest bucket >= d (delays longer than the
 	// largest bucket wait the largest). Each bucket is a wait queue whose
@@ -204,6 +211,9 @@ func (c Config) withDefaults() Config {
 	if c.DeadLetterQueue == "" {
 		c.DeadLetterQueue = c.Queue + ".dead"
 	}
+	if c.DeadLetterScanMax == 0 {
+		c.DeadLetterScanMax = DefaultDeadLetterScanMax
+	}
 	if len(c.DelayBuckets) == 0 {
 		c.DelayBuckets = DefaultDelayBuckets
 	}
@@ -248,6 +258,9 @@ func (c Config) validate() error {
 	}
 	if c.DeadLetterQueue == c.Queue {
 		return &batuta.ConfigError{Field: "DeadLetterQueue", Reason: "must differ from Queue"}
+	}
+	if c.DeadLetterScanMax < 0 {
+		return &batuta.ConfigError{Field: "DeadLetterScanMax", Reason: "must not be negative"}
 	}
 	for _, b := range c.DelayBuckets {
 		if b < time.Millisecond || b > 24*time.Hour*49 {

@@ -30,8 +30,13 @@ import (
 // (the adapter declared no exchange), through the default exchange
 // straight to Config.DeadLetterQueue. It works until Close; it keeps working
 // during Shutdown, so the trigger can still dead-letter while it drains.
+//
+// The handler is a batuta.DeadLetterKeeper: a queue trigger given it has
+// a batuta.DeadLetterBox on the dead-letter queue (see Queue.DeadLetterBox),
+// so the dashboard and batuta.Orchestrator.DeadLetterBoxes list, redrive
+// and delete its dead letters, those the broker dead-lettered included.
 func (q *Queue) DeadLetters() batuta.DeadLetterHandler {
-	return batuta.DeadLetterFunc(q.handleDeadLetter)
+	return deadLetters{q: q}
 }
 
 func (q *Queue) handleDeadLetter(ctx context.Context, dl batuta.DeadLetter) error {
@@ -55,6 +60,7 @@ func (q *Queue) handleDeadLetter(ctx context.Context, dl batuta.DeadLetter) erro
 	// 1 for whoever consumes it); the spent deliveries are in a header.
 	p := toPublishing(msg, 1)
 	p.Headers[headerDeadReason] = string(dl.Reason)
+	p.Headers[headerDeadID] = newDeadID(time.Now())
 	exchange, key := q.cfg.DeadLetterExchange, q.cfg.Queue
 	if q.cfg.Passive {
 		exchange, key = "", q.cfg.DeadLetterQueue

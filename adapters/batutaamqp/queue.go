@@ -38,6 +38,10 @@ type Queue struct {
 	isStop   atomic.Bool
 	closeMu  sync.Mutex // serializes Close
 
+	// deadScan holds a token while a DeadLetterBox call looks through
+	// the dead-letter queue: one at a time.
+	deadScan chan struct{}
+
 	reconnects atomic.Int64
 	// randomIDWarned is set once a message got a random ID (logged once).
 	randomIDWarned atomic.Bool
@@ -138,6 +142,8 @@ func start(conn *amqp.Connection, ownConn bool, dial func(context.Context) (*amq
 		stop:  make(chan struct{}),
 		ready: make(chan struct{}),
 		gen:   1,
+
+		deadScan: make(chan struct{}, 1),
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	s, err := q.openSession(conn, ownConn, q.gen)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/adapters/batutanats"
+	"github.com/batuta-dev/batuta/batutatest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -102,4 +103,19 @@ func TestTriggerDeadLetterBoxOnNATS(t *testing.T) {
 	require.Empty(t, left)
 	_, err = box.Delete(t.Context(), "x")
 	require.ErrorIs(t, err, batuta.ErrBadDeadLetterID)
+}
+
+// TestDeadLetterBoxConformance runs the shared dead-letter box suite over
+// a JetStream source queue and a JetStream dead-letter queue.
+func TestDeadLetterBoxConformance(t *testing.T) {
+	t.Parallel()
+	batutatest.TestQueueDeadLetterBox(t, batutatest.DeadLetterBoxSuite{
+		New: func(t *testing.T) (batuta.Queue, batuta.DeadLetterHandler) {
+			js := requireNATS(t)
+			src := open(t, batutanats.Config{Stream: uniqueStream(t, js)})
+			dead := open(t, batutanats.Config{Stream: uniqueStream(t, js)})
+			return src, batuta.DeadLetterQueue(dead)
+		},
+		BadID: "not-a-sequence",
+	})
 }

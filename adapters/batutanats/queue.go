@@ -245,7 +245,9 @@ func (q *Queue) ensureConsumer(ctx context.Context) error {
 // stored it. It assigns a UUIDv7 ID if msg.ID is empty and the current time
 // if msg.Time is zero. The ID is the Nats-Msg-Id, so a second publish of
 // the same ID within the stream's duplicate window is dropped by the
-// server (and reported as success). It fails with a
+// server (and reported as success); a redrive of a dead letter (header
+// batuta.HeaderRedriven) is deduplicated by its ID and that header
+// instead, its ID kept in Batuta-Id. It fails with a
 // *batuta.PayloadTooLargeError for a body over MaxBodyBytes, with
 // batuta.ErrInvalidPayload for a header NATS cannot carry (or a reserved
 // one: "Nats-*", Batuta-Id, Batuta-Time), with ErrStreamNotFound if no
@@ -258,9 +260,18 @@ func (q *Queue) Publish(ctx context.Context, msg batuta.Message) error {
 	if err != nil {
 		return err
 	}
-	nm, err := encodeMessage(q.cfg.Subject, msg, msg.ID)
+	msgID := msg.ID
+	if key := msg.Headers[batuta.HeaderRedriven]; key != "" {
+		// A redrive of a dead letter: the stream must not take it for the
+		// original it may still remember within its duplicate window.
+		msgID = "batuta-redrive-" + msg.ID + "-" + key
+	}
+	nm, err := encodeMessage(q.cfg.Subject, msg, msgID)
 	if err != nil {
 		return fmt.Errorf("batutanats: publish %q: %w", msg.ID, err)
+	}
+	if msgID != msg.ID {
+		nm.Header.Set(HeaderID, msg.ID)
 	}
 	// WithExpectStream adds the Nats-Expected-Stream header on the wire.
 	expect := len(jetstream.ExpectedStreamHeader) + 2 + len(q.cfg.Stream) + 2

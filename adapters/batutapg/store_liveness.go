@@ -45,6 +45,9 @@ type liveness struct {
 	offset     atomic.Int64 // Config.Clock minus the database's clock, ns
 	maxRescues atomic.Int64 // the last RescueExpired's maxRescues
 
+	reportMu sync.Mutex
+	reports  []func(rescued, failed int) // ReportRescues
+
 	mu      sync.Mutex
 	owners  map[string]bool // owners claimed for; true once the row exists
 	orphans []int64         // claim requests whose reply was lost
@@ -214,7 +217,9 @@ func (s *Store) beatOnce(ctx context.Context, full bool) error {
 		}
 	}
 	if liveOn {
-		if _, _, err := s.rescueDeadOwners(ctx, int(s.live.maxRescues.Load()), s.cfg.Clock.Now()); err != nil {
+		n, f, err := s.rescueDeadOwners(ctx, int(s.live.maxRescues.Load()), s.cfg.Clock.Now())
+		s.reportRescues(n, f) // RescueExpired returns its own to the executor instead
+		if err != nil {
 			return err
 		}
 	}

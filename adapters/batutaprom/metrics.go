@@ -54,6 +54,13 @@ type Config struct {
 	// Default 5s. On error or timeout the previous values are kept,
 	// batuta_stats_up is 0 and batuta_stats_errors_total grows.
 	StatsTimeout time.Duration
+	// BacklogTimeout bounds, at each scrape, the wait for the bound
+	// triggers' backlogs (batuta.ReadBacklogs: every source asked at
+	// once); a source that does not answer in time is left out of
+	// batuta_trigger_backlog and batuta_trigger_lag_seconds for that
+	// scrape and counted in batuta_trigger_backlog_errors_total. Default
+	// 1s.
+	BacklogTimeout time.Duration
 	// MaxDeadLetters caps the dead letters counted per box at one scrape
 	// (boxes list pages of at most batuta.MaxDeadLetterLimit): a larger
 	// box reports MaxDeadLetters. Default 10000.
@@ -91,6 +98,9 @@ func (c Config) withDefaults() Config {
 	if c.StatsTimeout == 0 {
 		c.StatsTimeout = 5 * time.Second
 	}
+	if c.BacklogTimeout == 0 {
+		c.BacklogTimeout = time.Second
+	}
 	if c.MaxDeadLetters == 0 {
 		c.MaxDeadLetters = 10000
 	}
@@ -115,6 +125,8 @@ func (c Config) validate() error {
 		return &batuta.ConfigError{Field: "StatsWindow", Reason: "must not be negative"}
 	case c.StatsTimeout < 0:
 		return &batuta.ConfigError{Field: "StatsTimeout", Reason: "must not be negative"}
+	case c.BacklogTimeout < 0:
+		return &batuta.ConfigError{Field: "BacklogTimeout", Reason: "must not be negative"}
 	case c.MaxDeadLetters < 0:
 		return &batuta.ConfigError{Field: "MaxDeadLetters", Reason: "must not be negative"}
 	}
@@ -159,6 +171,9 @@ type Metrics struct {
 	trigUp        *prometheus.Desc
 	trigRestarts  *prometheus.Desc
 	trigParked    *prometheus.Desc
+	trigBacklog   *prometheus.Desc
+	trigLag       *prometheus.Desc
+	backlogErrors *prometheus.CounterVec
 
 	mu        sync.Mutex // guards what follows; held across a refresh (one query at a time)
 	boxes     func() []batuta.BoundDeadLetterBox
@@ -225,6 +240,10 @@ func New(cfg Config) (*Metrics, error) {
 	m.trigUp = desc("trigger_up", "1 if the bound trigger runs in this process and has not failed in the last minute, else 0 (Orchestrator.Bindings), by workflow and kind.", "workflow", "kind")
 	m.trigRestarts = desc("trigger_restarts", "How often the bound trigger returned early (an error or a panic) and was restarted, by workflow and kind.", "workflow", "kind")
 	m.trigParked = desc("trigger_parked_messages", "Messages a queue trigger holds back after its dead-letter destination failed (its local backlog), by workflow and kind; only for triggers that tell.", "workflow", "kind")
+	m.trigBacklog = desc("trigger_backlog", "Events waiting at the bound trigger's source, by workflow, kind and state: pending (not taken by a consumer) and in_flight (taken, not settled; left out when the source does not tell). Read at each scrape from the sources that tell (batuta.BacklogReporter), within Config.BacklogTimeout.", "workflow", "kind", "state")
+	m.trigLag = desc("trigger_lag_seconds", "How long the oldest event waiting at the bound trigger's source has waited (0 if none), by workflow and kind; only for sources that tell when their events came.", "workflow", "kind")
+	m.backlogErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "trigger_backlog_errors_total", ConstLabels: cl,
+		Help: "Backlog reads of a bound trigger's source that failed or did not answer within Config.BacklogTimeout, by workflow and kind."}, []string{"workflow", "kind"})
 	m.rescues.WithLabelValues("rescued")
 	m.rescues.WithLabelValues("failed")
 	return m, nil
@@ -336,8 +355,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.storeCalls.Describe(ch)
 	m.storeErrors.Describe(ch)
 	m.rescues.Describe(ch)
+	m.backlogErrors.Describe(ch)
 	for _, d := range []*prometheus.Desc{m.runsNow, m.oldestPending, m.windowRuns, m.windowP50, m.windowP95, m.deadLetters, m.statsUp, m.statsAge,
-		m.trigUp, m.trigRestarts, m.trigParked} {
+		m.trigUp, m.trigRestarts, m.trigParked, m.trigBacklog, m.trigLag} {
 		ch <- d
 	}
 }
@@ -360,8 +380,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	defer m.mu.Unlock()
 	now := m.cfg.Clock.Now()
 	if m.bindings != nil {
-		m.collectTriggers(ch, now)
+		bs := m.bindings()
+		m.collectTriggers(ch, bs, now)
+		m.collectBacklogs(ch, bs)
 	}
+	m.backlogErrors.Collect(ch)
 	if m.refreshed.IsZero() || m.cfg.StatsCacheTTL < 0 || now.Sub(m.refreshed) >= m.cfg.StatsCacheTTL {
 		m.refresh(now)
 	}
@@ -401,7 +424,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 // this process's memory, no query), one series per workflow and kind: up
 // only if every such trigger is healthy, restarts and parked messages
 // summed.
-func (m *Metrics) collectTriggers(ch chan<- prometheus.Metric, now time.Time) {
+func (m *Metrics) collectTriggers(ch chan<- prometheus.Metric, bs []batuta.BindingInfo, now time.Time) {
 	type key struct{ workflow, kind string }
 	type agg struct {
 		up, told         bool
@@ -409,7 +432,7 @@ func (m *Metrics) collectTriggers(ch chan<- prometheus.Metric, now time.Time) {
 	}
 	var keys []key
 	seen := map[key]*agg{}
-	for _, b := range m.bindings() {
+	for _, b := range bs {
 		k := key{b.Workflow, b.Kind}
 		a := seen[k]
 		if a == nil {
@@ -477,10 +500,18 @@ func (m *Metrics) refresh(now time.Time) {
 	m.statsOK = ok
 }
 
-// countDead counts the dead letters of box, up to MaxDeadLetters.
+// countDead counts the dead letters of box, up to MaxDeadLetters: with
+// batuta.DeadLetterCounter if the box is one, else by paging through it.
 func (m *Metrics) countDead(box batuta.DeadLetterBox) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StatsTimeout)
 	defer cancel()
+	if c, ok := box.(batuta.DeadLetterCounter); ok {
+		n, err := c.CountDeadLetters(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return min(n, m.cfg.MaxDeadLetters), nil
+	}
 	n, after := 0, ""
 	for n < m.cfg.MaxDeadLetters {
 		limit := min(batuta.MaxDeadLetterLimit, m.cfg.MaxDeadLetters-n)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/batuta-dev/batuta"
 	"github.com/batuta-dev/batuta/adapters/batutaredis"
+	"github.com/batuta-dev/batuta/batutatest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -100,4 +101,19 @@ func TestTriggerDeadLetterBoxOnRedis(t *testing.T) {
 	require.Empty(t, left)
 	_, err = box.Delete(t.Context(), "not-an-entry")
 	require.ErrorIs(t, err, batuta.ErrBadDeadLetterID)
+}
+
+// TestDeadLetterBoxConformance runs the shared dead-letter box suite over
+// a Redis source stream and a Redis dead-letter stream.
+func TestDeadLetterBoxConformance(t *testing.T) {
+	t.Parallel()
+	batutatest.TestQueueDeadLetterBox(t, batutatest.DeadLetterBoxSuite{
+		New: func(t *testing.T) (batuta.Queue, batuta.DeadLetterHandler) {
+			admin := requireRedis(t)
+			src := open(t, batutaredis.Config{Stream: uniqueStream(t, admin)})
+			dead := open(t, batutaredis.Config{Stream: uniqueStream(t, admin)})
+			return src, batuta.DeadLetterQueue(dead)
+		},
+		BadID: "not-an-entry",
+	})
 }
