@@ -16,7 +16,7 @@ import (
 // as it goes idle after pg_stat_force_next_flush() (PostgreSQL 15), and
 // holding all MaxConns connections at once reaches every backend the
 // store used.
-func flushTableStats(ctx context.Context, t *testing.T, pool *pgxpool.Pool) {
+func flushTableStats(ctx context.Context, t testing.TB, pool *pgxpool.Pool) {
 	t.Helper()
 	var conns []*pgxpool.Conn
 	for i := int32(0); i < pool.Config().MaxConns; i++ {
@@ -35,7 +35,7 @@ func flushTableStats(ctx context.Context, t *testing.T, pool *pgxpool.Pool) {
 
 // runUpdates returns the updates of schema.runs (schema quoted) and how many of them were
 // HOT, as the statistics of every backend of pool count them.
-func runUpdates(ctx context.Context, t *testing.T, pool *pgxpool.Pool, schema string) (upd, hot int64) {
+func runUpdates(ctx context.Context, t testing.TB, pool *pgxpool.Pool, schema string) (upd, hot int64) {
 	t.Helper()
 	flushTableStats(ctx, t, pool)
 	require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
