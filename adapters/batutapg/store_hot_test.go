@@ -134,3 +134,57 @@ func TestRunUpdatesAreHOT(t *testing.T) {
 	require.NoError(t, s.queryRow(ctx, `SELECT count(*) FROM `+s.schema+`.run_states`, nil, &left))
 	require.Zero(t, left, "Prune deletes the runs' run_states rows")
 }
+
+// TestRunStatesMigrationBackfills: a schema at version 5 holding a failed
+// and an unfinished run is upgraded by New: run_states holds both (the
+// listing by state and the statistics find them), and the unfinished one,
+// completed, moves to succeeded there.
+func TestRunStatesMigrationBackfills(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	schema := "batuta_up6_" + storeSuffix()
+	dropSchemaAtCleanup(t, pool, schema)
+	ctx := testCtx(t)
+	ms, err := migrations()
+	require.NoError(t, err)
+	var v5 []migration
+	for _, m := range ms {
+		if m.version <= 5 {
+			v5 = append(v5, m)
+		}
+	}
+	require.Len(t, v5, 5)
+	require.NoError(t, migrate(ctx, pool, schema, v5))
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	failed, open := newRunID(), newRunID()
+	_, err = pool.Exec(ctx, `INSERT INTO `+quoteIdent(schema)+`.runs (id, workflow, event_id, event, created_at, tasks_total, tasks_left, state, error, finished_at)
+		VALUES ($1::uuid, 'old', 'e1', '{}', $3, 1, 0, 'failed', 'boom', $4), ($2::uuid, 'old', 'e2', '{}', $3, 1, 1, 'active', '', NULL)`,
+		failed, open, now.Add(-2*time.Second), now.Add(-time.Second))
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO `+quoteIdent(schema)+`.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, error)
+		VALUES ($1::uuid, 0, 't', 'old', '{}', '{}', 0, true, 'failed', $3, 'boom'), ($2::uuid, 0, 't', 'old', '{}', '{}', 0, true, 'pending', $3, NULL)`,
+		failed, open, now.Add(-time.Minute))
+	require.NoError(t, err)
+	s, err := New(ctx, pool, Config{Schema: schema, Logger: quiet(), DisableListen: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+	for st, id := range map[batuta.RunState]string{batuta.RunFailed: failed, batuta.RunPending: open} {
+		runs, err := s.ListRuns(ctx, batuta.RunFilter{State: st})
+		require.NoError(t, err)
+		require.Len(t, runs, 1, st)
+		require.Equal(t, id, runs[0].ID, st)
+	}
+	stats, err := s.WorkflowStats(ctx, now.Add(-time.Hour), now.Add(time.Hour))
+	require.NoError(t, err)
+	require.Len(t, stats, 1)
+	require.Equal(t, batuta.WorkflowStats{Workflow: "old", Failed: 1, Pending: 1, DurationP50: time.Second, DurationP95: time.Second},
+		withoutOldest(stats[0]))
+
+	c := claimOne(t, s, now)
+	require.Equal(t, open, c.RunID)
+	require.Equal(t, batuta.RunSucceeded, complete(t, s, succeed(c, now, "1")).RunFinished)
+	stats, err = s.WorkflowStats(ctx, now.Add(-time.Hour), now.Add(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, []batuta.WorkflowStats{{Workflow: "old", Succeeded: 1, Failed: 1, DurationP50: time.Second, DurationP95: 2 * time.Second}}, stats)
+}
