@@ -95,6 +95,9 @@ UPDATE {s}.tasks t SET state = 'pending', output = NULL, error = NULL, attempt =
     hold = CASE WHEN $3 > 0 THEN 0 WHEN $5 THEN 2 WHEN {paused} THEN 3 ELSE 0 END
 WHERE t.run_id = $1 AND t.idx = $2`,
 		retryRun: `
+WITH e AS (
+    UPDATE {s}.run_states SET state = 'active', finished_at = NULL WHERE run_id = $1
+)
 UPDATE {s}.runs SET state = 'active', canceled = false, error = '', finished_at = NULL, finished_by = NULL,
     retries = retries + 1, deadline = $2, tasks_left = $3, failed_tasks = $4, reopened_at = $5,
     admit = CASE WHEN ckey IS NULL THEN 0 ELSE 1 END
