@@ -34,9 +34,29 @@ func benchClaimComplete(b *testing.B, tasks int) {
 	pool := storeTestPool(b, 16)
 	s := newTestStore(b, pool, Config{Logger: quiet()})
 	now := time.Now()
+	walc := benchWAL(b, s)
 	createBenchRuns(b, s, "bench", b.N, benchTasks(tasks), now)
+	wal0 := benchWAL(b, s)
 	b.ResetTimer()
 	drainClaimComplete(b, s, b.N*tasks, 4, 16)
+	b.StopTimer()
+	// Load-independent figures: the WAL written per run, creating it and
+	// draining it (the server's, so other sessions' writes count too:
+	// compare medians), and the updates of runs that were not HOT, per
+	// run.
+	b.ReportMetric(float64(wal0-walc)/float64(b.N), "create-wal-B/run")
+	b.ReportMetric(float64(benchWAL(b, s)-wal0)/float64(b.N), "wal-B/run")
+	upd, hot := runUpdates(context.Background(), b, pool, s.schema)
+	b.ReportMetric(float64(upd-hot)/float64(b.N), "nonhot-upd/run")
+}
+
+// benchWAL returns the server's WAL insert position in bytes.
+func benchWAL(b *testing.B, s *Store) int64 {
+	var n int64
+	if err := s.queryRow(context.Background(), "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint", nil, &n); err != nil {
+		b.Fatal(err)
+	}
+	return n
 }
 
 // createBenchRuns records n runs of workflow wf in batches.

@@ -95,6 +95,9 @@ UPDATE {s}.tasks t SET state = 'pending', output = NULL, error = NULL, attempt =
     hold = CASE WHEN $3 > 0 THEN 0 WHEN $5 THEN 2 WHEN {paused} THEN 3 ELSE 0 END
 WHERE t.run_id = $1 AND t.idx = $2`,
 		retryRun: `
+WITH e AS (
+    UPDATE {s}.run_states SET state = 'active', finished_at = NULL WHERE run_id = $1
+)
 UPDATE {s}.runs SET state = 'active', canceled = false, error = '', finished_at = NULL, finished_by = NULL,
     retries = retries + 1, deadline = $2, tasks_left = $3, failed_tasks = $4, reopened_at = $5,
     admit = CASE WHEN ckey IS NULL THEN 0 ELSE 1 END
@@ -109,7 +112,7 @@ WITH q AS (
     ON CONFLICT DO NOTHING RETURNING 1
 )
 UPDATE {s}.run_groups SET waiting = waiting + (SELECT count(*) FROM q) WHERE key = $1`,
-		// The runs finished in [$1, $2) (runs_finished, index only).
+		// The runs finished in [$1, $2) (run_states_finished, index only).
 		statsFinished: `
 SELECT workflow,
     count(*) FILTER (WHERE state = 'succeeded'),
@@ -117,17 +120,18 @@ SELECT workflow,
     count(*) FILTER (WHERE state = 'canceled'),
     percentile_disc(0.5) WITHIN GROUP (ORDER BY finished_at - created_at),
     percentile_disc(0.95) WITHIN GROUP (ORDER BY finished_at - created_at)
-FROM {s}.runs
+FROM {s}.run_states
 WHERE finished_at >= $1 AND finished_at < $2
 GROUP BY workflow`,
-		// The unfinished runs (runs_state), each read with its tasks.
+		// The unfinished runs (run_states_state), each read with its tasks.
 		statsOpen: `
-SELECT r.workflow,
+SELECT e.workflow,
     count(*) FILTER (WHERE x.started AND NOT x.waiting),
     count(*) FILTER (WHERE NOT x.started AND (r.start_at IS NULL OR r.start_at <= $1)),
     count(*) FILTER (WHERE (NOT x.started AND r.start_at > $1) OR (x.started AND x.waiting)),
     min(r.created_at) FILTER (WHERE NOT x.started AND (r.start_at IS NULL OR r.start_at <= $1))
-FROM {s}.runs r
+FROM {s}.run_states e
+JOIN {s}.runs r ON r.id = e.run_id
 CROSS JOIN LATERAL (
     SELECT CASE WHEN r.reopened_at IS NULL THEN coalesce(bool_or(t.first_claimed_at IS NOT NULL), false)
             ELSE max(t.claimed_at) IS NOT NULL END AS started,
@@ -136,8 +140,8 @@ CROSS JOIN LATERAL (
                 AND NOT (t.waiting_since IS NOT NULL AND t.hold IN (1, 6)))), false) AS waiting
     FROM {s}.tasks t WHERE t.run_id = r.id
 ) x
-WHERE r.state = 'active'
-GROUP BY r.workflow`,
+WHERE e.state = 'active'
+GROUP BY e.workflow`,
 	}
 	for _, p := range []*string{&q.wakeParents, &q.descendants, &q.sigTasks, &q.sigCount, &q.sigInsert, &q.sigDue,
 		&q.retryTasks, &q.retryClaims, &q.retryTask, &q.retryRun, &q.retryParent, &q.retryQueue, &q.statsFinished, &q.statsOpen} {
@@ -613,8 +617,8 @@ func (s *Store) RetryRun(ctx context.Context, runID string, p batuta.RetryParams
 }
 
 // WorkflowStats implements batuta.Store: the finished runs from the
-// runs_finished index (index only), the unfinished ones from runs_state,
-// each with its tasks.
+// run_states_finished index (index only), the unfinished ones from
+// run_states_state, each with its tasks.
 func (s *Store) WorkflowStats(ctx context.Context, since, now time.Time) ([]batuta.WorkflowStats, error) {
 	by := map[string]*batuta.WorkflowStats{}
 	get := func(wf string) *batuta.WorkflowStats {
@@ -681,7 +685,7 @@ const liveExpr = `(CASE WHEN r.reopened_at IS NULL
 const maxListLimit = 10000
 
 // listRunsQuery builds the ListRuns statement for f: the filters on run
-// columns are index conditions (runs_workflow, runs_state, runs_parent,
+// columns are index conditions (runs_workflow, run_states_state, runs_parent,
 // runs_subject, runs_event, runs_created_at) and the page walks the
 // chosen index, or the primary key, in ID order from the cursor, so no
 // page scans the runs before it. It reports ok=false when f matches
@@ -693,6 +697,9 @@ func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool
 	}
 	limit = min(limit, maxListLimit)
 	live := strings.ReplaceAll(liveExpr, "{s}", schema)
+	// idCol is the run ID of the relation the page walks: runs, or
+	// run_states when the states are read there.
+	from, idCol := schema+".runs r", "r.id"
 	var where []string
 	var args []any
 	arg := func(v any) string {
@@ -725,21 +732,30 @@ func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool
 			}
 		}
 		// The states are literals (each one of the three names above), so
-		// the planner can prove the partial index runs_state applies.
+		// the planner can prove the partial index run_states_state
+		// applies. Without succeeded (the dense state, which that index
+		// leaves out), the page walks run_states_state in ID order and
+		// reads runs for the other filters; with it, runs.state (the
+		// same value) is a filter on the walk of runs.
+		st := "r.state"
+		if !containsState(states, batuta.RunSucceeded) {
+			st, idCol = "e.state", "e.run_id"
+			from += " JOIN " + schema + ".run_states e ON e.run_id = r.id"
+		}
 		var or []string
 		switch {
 		case len(finals) == 1:
-			or = append(or, "r.state = '"+finals[0]+"'")
+			or = append(or, st+" = '"+finals[0]+"'")
 		case len(finals) > 1:
-			or = append(or, "r.state IN ('"+strings.Join(finals, "', '")+"')")
+			or = append(or, st+" IN ('"+strings.Join(finals, "', '")+"')")
 		}
 		switch {
 		case pending && running:
-			or = append(or, "r.state = 'active'")
+			or = append(or, st+" = 'active'")
 		case pending:
-			or = append(or, "(r.state = 'active' AND NOT "+live+")")
+			or = append(or, "("+st+" = 'active' AND NOT "+live+")")
 		case running:
-			or = append(or, "(r.state = 'active' AND "+live+")")
+			or = append(or, "("+st+" = 'active' AND "+live+")")
 		}
 		where = append(where, "("+strings.Join(or, " OR ")+")")
 	}
@@ -779,15 +795,15 @@ func listRunsQuery(schema, base string, f batuta.RunFilter) (string, []any, bool
 		if !ok {
 			return "", nil, false, fmt.Errorf("batutapg: list runs: %w: cursor %q is not a run ID", batuta.ErrInvalidPayload, f.After)
 		}
-		where = append(where, "r.id "+cmp+" "+arg(after))
+		where = append(where, idCol+" "+cmp+" "+arg(after))
 	}
-	// The page is chosen first, from runs alone; the snapshots (each
-	// with its tasks) are read for its rows only.
-	page := "SELECT r.id FROM " + schema + ".runs r"
+	// The page is chosen first, from runs (and run_states) alone; the
+	// snapshots (each with its tasks) are read for its rows only.
+	page := "SELECT r.id FROM " + from
 	if len(where) > 0 {
 		page += "\n    WHERE " + strings.Join(where, " AND ")
 	}
-	key := "r.id"
+	key := idCol
 	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() {
 		// A bounded creation range: read it from runs_created_at and
 		// sort it (the same order: a UUID's text compares as its bytes),

@@ -36,7 +36,11 @@ WITH r AS (
         AS u(id, wf, eid, ev, ca, dl, n, sa, prio, ckey, admit, dkey, rej, pid, ptask)
     ORDER BY u.wf, u.eid
     ON CONFLICT DO NOTHING
-    RETURNING id, ckey, admit, priority, created_at, start_at, parent_id, parent_task, state
+    RETURNING id, ckey, admit, priority, created_at, start_at, parent_id, parent_task, state, workflow, finished_at
+), rs AS (
+    -- the runs' state rows (run_states: listing by state, statistics)
+    INSERT INTO {s}.run_states (run_id, workflow, state, created_at, finished_at)
+    SELECT id, workflow, state, created_at, finished_at FROM r
 ), pk AS (
     -- child runs: their parent task counts them (kids), and those not
     -- finished (kids_open); the last one to finish wakes it
@@ -469,7 +473,12 @@ WITH i AS (
         admit = CASE WHEN r.tasks_left <= rc.n AND r.admit = 2 THEN 3 ELSE r.admit END
     FROM rc
     WHERE r.id = rc.run_id
-    RETURNING rc.ord, r.state, r.ckey, r.admit
+    RETURNING rc.ord, r.state, r.ckey, r.admit, r.id, r.finished_at
+), rsu AS (
+    -- the finished runs' state rows (run_states; runs indexes neither
+    -- column, so the update of runs above stays HOT)
+    UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
+    FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
 ), rgu AS (
     -- a run that held a workflow-level slot frees it as it finishes
     UPDATE {s}.run_groups g SET active = g.active - c.n
@@ -554,7 +563,10 @@ WITH r AS (
         finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END,
         admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN x.admit = 2 THEN 3 WHEN x.admit = 1 THEN 0 ELSE x.admit END
     FROM r, n WHERE x.id = r.id
-    RETURNING x.state, x.ckey, r.admit AS was
+    RETURNING x.state, x.ckey, r.admit AS was, x.id, x.finished_at
+), rsu AS (
+    UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
+    FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
 ), dq AS (
     DELETE FROM {s}.run_queue q USING ru WHERE q.run_id = $1 AND ru.was = 1 AND ru.state <> 'active'
 ), gu AS (
@@ -595,6 +607,8 @@ WITH v AS (
     DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
 ), ds AS (
     DELETE FROM {s}.signals g USING v WHERE g.run_id = v.id
+), de AS (
+    DELETE FROM {s}.run_states e USING v WHERE e.run_id = v.id
 ), dr AS (
     DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
 )
@@ -612,6 +626,8 @@ WITH v AS (
     DELETE FROM {s}.tasks t USING v WHERE t.run_id = v.id
 ), ds AS (
     DELETE FROM {s}.signals g USING v WHERE g.run_id = v.id
+), de AS (
+    DELETE FROM {s}.run_states e USING v WHERE e.run_id = v.id
 ), dr AS (
     DELETE FROM {s}.runs r USING v WHERE r.id = v.id RETURNING 1
 )
