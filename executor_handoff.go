@@ -52,6 +52,34 @@ func (ex *executor) handOff(c Claim) {
 	}
 }
 
+// reservedClaim reserves up to n free workers and returns the claim
+// parameters for them (nil and 0 when none is free, or no workflow can be
+// claimed for): release what the claims do not use with releaseWorkers.
+func (ex *executor) reservedClaim(n int, now time.Time) (*ClaimParams, int) {
+	o := ex.o
+	o.mu.RLock()
+	free := o.uncapped
+	o.mu.RUnlock()
+	if len(free) == 0 {
+		return nil, 0
+	}
+	k := ex.reserveWorkers(n)
+	if k == 0 {
+		return nil, 0
+	}
+	return &ClaimParams{Owner: o.cfg.NodeID, Workflows: free, Limit: k, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration)}, k
+}
+
+// handOffAll hands up to reserved of cs to the workers reserved for them
+// and returns how many it handed (a store returns no more than asked).
+func (ex *executor) handOffAll(cs []Claim, reserved int) int {
+	cs = cs[:min(len(cs), reserved)]
+	for i := range cs {
+		ex.handOff(cs[i])
+	}
+	return len(cs)
+}
+
 // createAndClaim records runs through the store's CreatingClaimer and,
 // with workers free (up to one per run), claims tasks for them in the same
 // transaction (often the new runs' first tasks) and hands them over. It
@@ -60,22 +88,15 @@ func (ex *executor) handOff(c Claim) {
 // runs as usual.
 func (ex *executor) createAndClaim(ctx context.Context, runs []NewRun, now time.Time) (res []CreateResult, claimed int, ok bool, err error) {
 	o := ex.o
-	o.mu.RLock()
-	free := o.uncapped
-	o.mu.RUnlock()
-	if len(free) == 0 {
+	p, n := ex.reservedClaim(len(runs), now)
+	if p == nil {
 		return nil, 0, false, nil
 	}
-	n := ex.reserveWorkers(len(runs))
-	if n == 0 {
-		return nil, 0, false, nil
-	}
-	p := ClaimParams{Owner: o.cfg.NodeID, Workflows: free, Limit: n, Now: now, LeaseUntil: now.Add(o.cfg.LeaseDuration)}
 	var t0 time.Time
 	if len(o.storeHooks) > 0 {
 		t0 = time.Now()
 	}
-	res, cs, err := ex.creator.CreateRunsAndClaim(ctx, runs, p)
+	res, cs, err := ex.creator.CreateRunsAndClaim(ctx, runs, *p)
 	if err == nil && len(res) != len(runs) {
 		err = fmt.Errorf("the store answered %d results for %d runs", len(res), len(runs))
 	}
@@ -86,10 +107,7 @@ func (ex *executor) createAndClaim(ctx context.Context, runs []NewRun, now time.
 	if len(o.storeHooks) > 0 && len(cs) > 0 {
 		observeStore(o.storeHooks, StoreOpClaim, t0, len(cs), nil)
 	}
-	cs = cs[:min(len(cs), n)] // (a store returns no more than asked)
-	ex.releaseWorkers(n - len(cs))
-	for i := range cs {
-		ex.handOff(cs[i])
-	}
-	return res, len(cs), true, nil
+	k := ex.handOffAll(cs, n)
+	ex.releaseWorkers(n - k)
+	return res, k, true, nil
 }

@@ -21,7 +21,7 @@ import (
 // counts what the executor asked of them.
 type claimingStore struct {
 	durableStore
-	fusedCompletes, fusedClaims, createCalls, createClaims atomic.Int32
+	fusedCompletes, fusedClaims, createCalls, createClaims, signalClaims atomic.Int32
 }
 
 func (c *claimingStore) CompleteTasksAndClaim(ctx context.Context, cs []batuta.Completion, p batuta.ClaimParams) ([]batuta.CompleteResult, []batuta.Claim, error) {
@@ -97,9 +97,16 @@ func TestClaimingStorePaths(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 3, n)
 	}
-	// One at a time: every worker is free at each Submit, which claims
-	// the new run's first task with its creation; each completion claims
-	// the next task.
+	// A first run, to be sure Run is executing (its Submit may come
+	// before), then one at a time: every worker is free at each Submit,
+	// which claims the new run's first task with its creation; each
+	// completion claims the next task.
+	first, err := o.Submit(ctx, "chain", batuta.Event{ID: "first"})
+	require.NoError(t, err)
+	check(first)
+	cs.createCalls.Store(0)
+	cs.createClaims.Store(0)
+	cs.fusedClaims.Store(0)
 	for i := range 10 {
 		id, err := o.Submit(ctx, "chain", batuta.Event{ID: fmt.Sprintf("s%d", i)})
 		require.NoError(t, err)
@@ -119,7 +126,7 @@ func TestClaimingStorePaths(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	require.Len(t, ran, (runs+10)*3)
+	require.Len(t, ran, (runs+11)*3)
 	for k, n := range ran {
 		require.Equal(t, 1, n, "task %s ran %d times", k, n)
 	}
@@ -187,4 +194,54 @@ func TestClaimingStoreSubmitWhileStopping(t *testing.T) {
 		require.Equal(t, batuta.RunSucceeded, r.State, "run %s", id)
 	}
 	require.GreaterOrEqual(t, ranCount.Load(), int32(len(ids)))
+}
+
+// SendSignal honours SignalSend.Claim as a PostgreSQL store does: the
+// delivery, then a claim.
+func (c *claimingStore) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.SignalResult, error) {
+	p := sig.Claim
+	sig.Claim = nil
+	res, err := c.Store.SendSignal(ctx, sig)
+	if err != nil || p == nil || !res.Delivered {
+		return res, err
+	}
+	if res.Claims, err = c.Store.ClaimTasks(ctx, *p); err != nil {
+		return batuta.SignalResult{}, err
+	}
+	c.signalClaims.Add(int32(len(res.Claims)))
+	return res, nil
+}
+
+// TestClaimingStoreSignal: a signal sent through the orchestrator has the
+// task after the wait claimed with the delivery and run by a free worker.
+func TestClaimingStoreSignal(t *testing.T) {
+	t.Parallel()
+	cs := &claimingStore{durableStore: durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}}
+	o, err := batuta.New(batuta.Config{Store: cs, Workers: 2, NoLogHooks: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "approve", Tasks: []batuta.Task{
+		{Name: "wait", Signal: &batuta.SignalWait{Name: "ok"}},
+		{Name: "after", Deps: []string{"wait"}, Run: func(_ context.Context, in *batuta.Input) (any, error) {
+			v, err := batuta.Output[string](in, "wait")
+			return "got " + v, err
+		}},
+	}}))
+	runOrch(t, o)
+	ctx := waitCtx(t)
+	for i := range 5 {
+		id, err := o.Submit(ctx, "approve", batuta.Event{ID: fmt.Sprintf("a%d", i)})
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			r, err := o.GetRun(ctx, id)
+			return err == nil && r.Task("wait").WaitingFor != ""
+		}, 10*time.Second, time.Millisecond)
+		require.NoError(t, o.Signal(ctx, id, "ok", "yes"))
+		r, err := o.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, r.State)
+		out, err := batuta.OutputAs[string](r.Task("after").Output)
+		require.NoError(t, err)
+		require.Equal(t, "got yes", out)
+	}
+	require.EqualValues(t, 5, cs.signalClaims.Load(), "each task after the wait was claimed with the delivery")
 }

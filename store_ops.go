@@ -50,6 +50,13 @@ type SignalSend struct {
 	SentAt time.Time
 	// MaxBuffered bounds the unconsumed signals a run holds (<= 0: 100).
 	MaxBuffered int
+	// Claim, if not nil, asks the store to claim up to Claim.Limit tasks
+	// as ClaimTasks would, in the transaction that delivers the signal
+	// (after it, so a task the delivery made ready can be among them),
+	// and return them in SignalResult.Claims. A store may claim nothing
+	// (the in-memory and SQLite stores do not); the orchestrator sets it
+	// only for a free worker of its own, which takes what comes back.
+	Claim *ClaimParams
 }
 
 // SignalResult is the Store's answer to SendSignal.
@@ -63,6 +70,9 @@ type SignalResult struct {
 	Ready int
 	// RunFinished is set when the delivery finished the run: its state.
 	RunFinished RunState
+	// Claims are the tasks claimed for SignalSend.Claim (none without it,
+	// and none when nothing was delivered).
+	Claims []Claim
 }
 
 // RetryParams says how Store.RetryRun reopens a run.

@@ -285,15 +285,33 @@ func (o *Orchestrator) signalData(name string, data any) (any, error) {
 
 // sendSignal hands a checked signal to the store and acts on the answer.
 func (o *Orchestrator) sendSignal(ctx context.Context, runID, name string, data any) (SignalResult, error) {
-	res, err := o.store.SendSignal(ctx, SignalSend{RunID: runID, Name: name, Data: data, SentAt: o.clock.Now()})
+	now := o.clock.Now()
+	sig := SignalSend{RunID: runID, Name: name, Data: data, SentAt: now}
+	ex := o.ex.Load()
+	reserved := 0
+	if ex != nil && ex.creator != nil {
+		// A durable store that claims with its writes: a free worker of
+		// this process takes the task the delivery makes ready, claimed in
+		// the delivery's transaction.
+		sig.Claim, reserved = ex.reservedClaim(1, now)
+	}
+	res, err := o.store.SendSignal(ctx, sig)
+	if reserved > 0 {
+		n := 0
+		if err == nil {
+			n = ex.handOffAll(res.Claims, reserved)
+		}
+		ex.releaseWorkers(reserved - n)
+	}
 	if err != nil {
 		return res, fmt.Errorf("batuta: signal %s to run %s: %w", quote(name), runID, err)
 	}
-	if ex := o.ex.Load(); ex != nil {
+	if ex != nil && (len(res.Claims) == 0 || res.Ready > len(res.Claims)) {
 		// Delivered: its dependents may be ready. Buffered: the waiting
 		// task may have been made due at once, to pick the signal up.
 		ex.poke()
 	}
+	res.Claims = nil
 	if res.RunFinished != "" {
 		if r, err := o.store.GetRun(ctx, runID); err == nil {
 			o.runFinished(ctx, runID, r.Workflow, res.RunFinished)

@@ -24,6 +24,7 @@ var fusedCases = []struct {
 	{"CreateAndClaimRoot", testCreateClaimRoot},
 	{"CreateAndClaimDuplicate", testCreateClaimDuplicate},
 	{"CreateAndClaimBatch", testCreateClaimBatch},
+	{"SignalAndClaim", testSignalClaim},
 }
 
 func (st *storeT) claimer() batuta.ClaimingCompleter {
@@ -338,5 +339,50 @@ func testCreateClaimBatch(t *testing.T, st *storeT) {
 	}
 	if len(seen) != 3 {
 		t.Fatalf("%d of the 3 runs' tasks were claimable in all", len(seen))
+	}
+}
+
+// testSignalClaim: SignalSend.Claim claims, in the delivery's transaction,
+// the task the delivery made ready (a store that claims with its writes,
+// a CreatingClaimer, must; others may return none). A buffered signal
+// claims nothing.
+func testSignalClaim(t *testing.T, st *storeT) {
+	_, must := st.s.(batuta.CreatingClaimer)
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "w", Signal: "go"}, {Name: "next", Deps: []int{0}}})
+	st.waitOn(st.claimOne(base, id), base, base.Add(time.Hour), "signal go", "")
+	sent := base.Add(time.Second)
+	p := &batuta.ClaimParams{Owner: "w1", Limit: 1, Now: sent, LeaseUntil: sent.Add(time.Minute)}
+	res, err := st.s.SendSignal(ctxT(t), batuta.SignalSend{RunID: id, Name: "go", Data: json.RawMessage(`{"v":7}`), SentAt: sent, Claim: p})
+	st.must(err)
+	if !res.Delivered || res.Ready != 1 {
+		t.Fatalf("SendSignal: %+v, want delivered, 1 ready", res)
+	}
+	switch {
+	case len(res.Claims) == 0 && must:
+		t.Fatalf("a CreatingClaimer store claimed nothing with the delivery")
+	case len(res.Claims) > 1:
+		t.Fatalf("claimed %d tasks with Limit 1", len(res.Claims))
+	case len(res.Claims) == 1:
+		c := res.Claims[0]
+		if c.RunID != id || c.Task != "next" || len(c.Upstream) != 1 || !sameJSON(c.Upstream[0].Output, `{"v":7}`) {
+			t.Fatalf("claimed with the delivery: %+v, want next with the signal's data upstream", c)
+		}
+		if more := st.claim(sent, 10); len(more) != 0 {
+			t.Fatalf("next claimed twice: %v", claimNames(more))
+		}
+		st.completeOK(c, batuta.OutcomeSucceeded, nil, sent)
+	default:
+		c := st.claimOne(sent, id)
+		st.completeOK(c, batuta.OutcomeSucceeded, nil, sent)
+	}
+	if r := st.get(id); r.State != batuta.RunSucceeded {
+		t.Fatalf("run %s after next completed, want succeeded", r.State)
+	}
+	// Buffered (nothing waits yet): no claim.
+	id2 := st.create("wf", "e2", []batuta.TaskSpec{{Name: "w", Signal: "go"}})
+	res, err = st.s.SendSignal(ctxT(t), batuta.SignalSend{RunID: id2, Name: "go", SentAt: sent, Claim: p})
+	st.must(err)
+	if res.Delivered || len(res.Claims) != 0 {
+		t.Fatalf("buffered signal: %+v, want buffered and nothing claimed", res)
 	}
 }

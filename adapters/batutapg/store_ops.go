@@ -355,9 +355,20 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 	var res batuta.SignalResult
 	var wake bool
 	var finished []string
+	var fc *fusedClaim
+	if sig.Claim != nil && sig.Claim.Limit > 0 {
+		if fc, err = s.newFusedClaim(ctx, []batuta.ClaimParams{*sig.Claim}); err != nil {
+			s.log.Debug("batutapg: signaling without a claim", "schema", s.cfg.Schema, "error", err)
+			fc = nil
+		}
+	}
+	claimed, sent := false, false
 	err = withRetry(ctx, func() error {
-		res, wake, finished = batuta.SignalResult{}, false, nil
-		return s.pipelinedTx(ctx, func(c *pgx.Conn) (bool, error) {
+		res, wake, finished, claimed, sent = batuta.SignalResult{}, false, nil, false, false
+		if fc != nil {
+			fc.reset()
+		}
+		err := s.pipelinedTx(ctx, func(c *pgx.Conn) (bool, error) {
 			// First round trip: open the transaction, lock the run, read
 			// the tasks that wait (or will wait) for the signal.
 			b := &pgx.Batch{}
@@ -397,14 +408,23 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 					return false, err
 				}
 				// Second round trip: the completion and, unless a
-				// parent run must be counted down first, the commit.
+				// parent run must be counted down first, the claims
+				// asked for and the commit.
 				b := &pgx.Batch{}
 				locked := s.queueCompletion(b, in, 0, sentAt)
+				withClaim := fc != nil && !t.sub
+				if withClaim {
+					s.queueClaims(b, fc.groups, fc.pl)
+				}
 				if !t.sub {
 					b.Queue("COMMIT")
 				}
+				sent = withClaim
 				br := c.SendBatch(ctx, b)
 				out, w, err := s.readCompletion(br, 1, locked)
+				if err == nil && withClaim {
+					err = fc.pl.read(br, fc.groups, fc.ps, fc.out)
+				}
 				if err == nil && !t.sub {
 					_, err = br.Exec()
 				}
@@ -429,6 +449,10 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 					return false, nil
 				}
 				wake = w
+				claimed = withClaim
+				if withClaim && !in.full() && fc.tookReady(in, out) {
+					wake = false // the claim took what the delivery made ready
+				}
 				return true, nil
 			}
 			// Buffer it for the first task that will wait for it.
@@ -450,7 +474,17 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 			res = batuta.SignalResult{Task: cands[0].name}
 			return false, nil
 		})
+		if err != nil && sent && !retryable(err) {
+			// The transaction may have committed with its reply lost:
+			// release whatever its claims took.
+			s.lostClaims(fc.pl.reqs)
+		}
+		return err
 	})
+	if err == nil && claimed {
+		s.claimHints(fc.pl, fc.ps, fc.out)
+		res.Claims = fc.out[0]
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return batuta.SignalResult{}, fmt.Errorf("batutapg: signal %q to run %s: %w", sig.Name, sig.RunID, batuta.ErrRunNotFound)
