@@ -125,7 +125,11 @@ func newExecutor(o *Orchestrator) *executor {
 	ex := &executor{
 		o:            o,
 		store:        o.store,
-		work:         make(chan Claim, o.cfg.Workers),
+		// Room for twice the workers: the dispatcher claims for the
+		// workers free when it looks (at most Workers) while Submit's and
+		// Signal's hand-offs reserve free workers (busy stays <= Workers
+		// for them), so at most 2*Workers claims wait and no send blocks.
+		work:         make(chan Claim, 2*o.cfg.Workers),
 		wake:         make(chan struct{}, 1),
 		nwork:        int64(o.cfg.Workers),
 		hardCtx:      hardCtx,

@@ -34,7 +34,7 @@ func (ex *executor) releaseWorkers(n int) {
 }
 
 // handOff gives c to a worker reserveWorkers took for it (the send never
-// blocks: work has room for every busy worker). Once shutdown closed the
+// blocks: work has room for twice the workers, see newExecutor). Once shutdown closed the
 // workers' channel, c is released back to the store instead.
 func (ex *executor) handOff(c Claim) {
 	ex.handMu.RLock()

@@ -478,6 +478,18 @@ func (c *countingStore) CreateRun(ctx context.Context, nr batuta.NewRun) (string
 }
 
 func (c *countingStore) CreateRuns(ctx context.Context, nrs []batuta.NewRun) ([]batuta.CreateResult, error) {
+	c.countFires(nrs)
+	return c.Store.CreateRuns(ctx, nrs)
+}
+
+// CreateRunsAndClaim is CreateRuns claiming in the same transaction (the
+// cron trigger's batches when workers are free): counted as CreateRuns.
+func (c *countingStore) CreateRunsAndClaim(ctx context.Context, nrs []batuta.NewRun, p batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
+	c.countFires(nrs)
+	return c.Store.CreateRunsAndClaim(ctx, nrs, p)
+}
+
+func (c *countingStore) countFires(nrs []batuta.NewRun) {
 	c.creates.Add(int64(len(nrs)))
 	c.batches.Add(1)
 	if c.fires != nil {
@@ -486,7 +498,6 @@ func (c *countingStore) CreateRuns(ctx context.Context, nrs []batuta.NewRun) ([]
 			c.fires <- fmt.Sprintf("F %s %d %d", nr.Event.Metadata[batuta.CronMetaSchedule], nr.Event.Time.UnixNano(), now)
 		}
 	}
-	return c.Store.CreateRuns(ctx, nrs)
 }
 
 func (c *countingStore) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.Claim, error) {

@@ -70,6 +70,7 @@ const schema = "waitbench"
 type options struct {
 	store, dsn              string
 	n, timers, signals, rds int
+	viaStore                bool // signals: call Store.SendSignal, not Orchestrator.Signal
 	idle                    time.Duration
 	lead                    time.Duration
 	cpuprofile              string
@@ -83,6 +84,7 @@ func main() {
 	flag.IntVar(&o.n, "n", 100000, "waiting: runs waiting at once")
 	flag.IntVar(&o.timers, "timers", 10000, "timers: timers due within one second")
 	flag.IntVar(&o.signals, "signals", 1000, "signals: signals sent, one at a time")
+	flag.BoolVar(&o.viaStore, "signal-store", false, "signals: send with Store.SendSignal (as the previous version of this bench did) instead of Orchestrator.Signal, which lets the store claim the next task for a free worker")
 	flag.IntVar(&o.rds, "rounds", 3, "rounds of each scenario")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "waiting: how long the CPU is measured")
 	flag.DurationVar(&o.lead, "lead", 3*time.Second, "timers: T is this long after the timers are in place")
@@ -246,9 +248,15 @@ func startWaits(ctx context.Context, st batuta.Store, due []time.Time, alone boo
 // registered, until ctx ends or stop is called: onWait runs as the body of
 // a woken "wait" task (a timer fired), onNext as the body of "next".
 func orchestrator(ctx context.Context, st batuta.Store, workers int, onWait, onNext func(*batuta.Input, time.Time)) (stop func() error, err error) {
+	_, stop, err = runOrchestrator(ctx, st, workers, onWait, onNext)
+	return stop, err
+}
+
+// runOrchestrator is orchestrator, returning the orchestrator too.
+func runOrchestrator(ctx context.Context, st batuta.Store, workers int, onWait, onNext func(*batuta.Input, time.Time)) (*batuta.Orchestrator, func() error, error) {
 	o, err := batuta.New(batuta.Config{Store: st, Logger: quiet(), MaxInFlightRuns: -1, Workers: workers})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	body := func(f func(*batuta.Input, time.Time)) batuta.TaskFunc {
 		return func(_ context.Context, in *batuta.Input) (any, error) {
@@ -263,12 +271,12 @@ func orchestrator(ctx context.Context, st batuta.Store, workers int, onWait, onN
 		{Name: "next", Deps: []string{"wait"}, Run: body(onNext)},
 	}})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- o.Run(ctx) }()
-	return func() error { cancel(); return <-done }, nil
+	return o, func() error { cancel(); return <-done }, nil
 }
 
 // waiting: n runs waiting at once; what they hold, and the CPU spent
@@ -490,7 +498,7 @@ func (b *bench) signalRound(ctx context.Context, round int, record func(string, 
 		return err
 	}
 	started := make(chan time.Time, 1)
-	stop, err := orchestrator(ctx, st, b.o.workers, nil, func(_ *batuta.Input, at time.Time) { started <- at })
+	o, stop, err := runOrchestrator(ctx, st, b.o.workers, nil, func(_ *batuta.Input, at time.Time) { started <- at })
 	if err != nil {
 		return err
 	}
@@ -500,14 +508,18 @@ func (b *bench) signalRound(ctx context.Context, round int, record func(string, 
 	send := make([]time.Duration, 0, n)
 	for _, id := range ids {
 		t0 := time.Now()
-		res, err := st.SendSignal(ctx, batuta.SignalSend{RunID: id, Name: "go", Data: sigData(st), SentAt: t0})
-		if err != nil {
+		if b.o.viaStore {
+			res, err := st.SendSignal(ctx, batuta.SignalSend{RunID: id, Name: "go", Data: sigData(st), SentAt: t0})
+			if err != nil {
+				return err
+			}
+			if !res.Delivered {
+				return fmt.Errorf("signal to run %s was buffered, not delivered: its task was not waiting", id)
+			}
+		} else if err := o.Signal(ctx, id, "go", map[string]any{"ok": true}); err != nil {
 			return err
 		}
 		send = append(send, time.Since(t0))
-		if !res.Delivered {
-			return fmt.Errorf("signal to run %s was buffered, not delivered: its task was not waiting", id)
-		}
 		select {
 		case at := <-started:
 			lat = append(lat, at.Sub(t0))
