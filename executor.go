@@ -123,8 +123,8 @@ type claimHint struct {
 func newExecutor(o *Orchestrator) *executor {
 	hardCtx, hardCancel := context.WithCancelCause(context.Background())
 	ex := &executor{
-		o:            o,
-		store:        o.store,
+		o:     o,
+		store: o.store,
 		// Room for twice the workers: the dispatcher claims for the
 		// workers free when it looks (at most Workers) while Submit's and
 		// Signal's hand-offs reserve free workers (busy stays <= Workers
