@@ -305,13 +305,27 @@ func (s *session) ensureConsumers(want int, grow bool) error {
 	}
 	c := &consumer{tag: tag, prefetch: add, deliveries: d}
 	s.mu.Lock()
+	select {
+	case <-s.dead:
+		// teardown may be waiting for the forwarders already: adding one
+		// now would race its Wait. The consumer's deliveries end with its
+		// channel; unacked, the broker requeues them.
+		s.mu.Unlock()
+		return errSessionDead
+	default:
+	}
 	s.consumers = append(s.consumers, c)
 	s.prefetch += add
-	s.mu.Unlock()
+	// Under s.mu, before kill (which closes s.dead under it): every Add
+	// happens before teardown's Wait.
 	s.forwards.Add(1)
+	s.mu.Unlock()
 	go s.forward(c)
 	return nil
 }
+
+// errSessionDead: the session died while a consumer was being started.
+var errSessionDead = errors.New("batutaamqp: session closed while starting a consumer")
 
 // forward hands a consumer's deliveries to Receive callers through
 // s.merged. Once the session is dead, deliveries are dropped (unacked, the
