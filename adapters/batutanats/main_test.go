@@ -14,7 +14,34 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	keepStreamsDir()
+	goleak.VerifyTestMain(m)
+}
+
+// keepStreamsDir makes sure the test server's account always holds a
+// stream. nats-server removes an account's streams directory when its
+// last stream is deleted, and a stream created at that moment by a test
+// running in parallel fails with "could not create storage directory"
+// (err_code 10049; seen in CI with nats-server from Debian 12). A stream
+// that stays keeps the directory. Nothing is done if the server is
+// unreachable: the tests skip or fail on their own then.
+func keepStreamsDir() {
+	nc, err := nats.Connect(natsURL(), nats.Timeout(3*time.Second))
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: "batutatest_keepalive", Subjects: []string{"batutatest.keepalive"}, Storage: jetstream.FileStorage, MaxMsgs: 1,
+	})
+}
 
 // natsURL is the server the tests use: $BATUTA_NATS_URL or the local one.
 func natsURL() string {
