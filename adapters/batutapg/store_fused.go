@@ -45,16 +45,22 @@ func (fc *fusedClaim) tookReady(in *compInput, res []compResult) bool {
 			ready[in.runs[k]] += n
 		}
 	}
+	return fc.covers(ready)
+}
+
+// covers reports whether fc's claims include, for each run of need, at
+// least need[run] tasks of that run.
+func (fc *fusedClaim) covers(need map[[16]byte]int) bool {
 	for _, cs := range fc.out {
 		for i := range cs {
 			if id, ok := parseUUID(cs[i].RunID); ok {
-				if _, made := ready[id]; made {
-					ready[id]--
+				if _, counted := need[id]; counted {
+					need[id]--
 				}
 			}
 		}
 	}
-	for _, n := range ready {
+	for _, n := range need {
 		if n > 0 {
 			return false
 		}
@@ -81,19 +87,5 @@ func tookRoots(items []createItem, idx []int, created map[[16]byte]bool, fc *fus
 			}
 		}
 	}
-	for _, cs := range fc.out {
-		for i := range cs {
-			if id, ok := parseUUID(cs[i].RunID); ok {
-				if _, mine := roots[id]; mine {
-					roots[id]--
-				}
-			}
-		}
-	}
-	for _, n := range roots {
-		if n > 0 {
-			return false
-		}
-	}
-	return true
+	return fc.covers(roots)
 }
