@@ -93,7 +93,17 @@ func TestStoreCallsRescuesAndTriggers(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "batuta_rescues_total{outcome=rescued} never 1")
 		time.Sleep(5 * time.Millisecond)
 	}
-	n, ok := gathered(t, m, "batuta_store_call_duration_seconds", map[string]string{"op": "complete"})
+	// A call is observed after it returns, and Wait can return (the
+	// store publishes the run's end) before the last one is: wait for it.
+	var n float64
+	var ok bool
+	for {
+		n, ok = gathered(t, m, "batuta_store_call_duration_seconds", map[string]string{"op": "complete"})
+		if ok && n >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	require.True(t, ok, "no complete series")
 	require.GreaterOrEqual(t, n, 4.0, "every task recorded through an observed call")
 	n, ok = gathered(t, m, "batuta_store_call_duration_seconds", map[string]string{"op": "rescue"})
