@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -298,13 +300,16 @@ func TestConnectionCutsLoseNothing(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// Cut every 250 ms, but only once some work got through since the
-		// last cut (or 2 s passed), so a slow machine still progresses.
+		// Cut at most every 250 ms, and only once some task ran since the
+		// last cut, so a loaded machine (where reconnecting and claiming
+		// after a cut can take seconds) still progresses between cuts; a
+		// store stranded by a lost reply then makes no progress, and the
+		// test fails. After maxCuts the rest runs uncut.
+		const maxCuts = 100
 		tk := time.NewTicker(250 * time.Millisecond)
 		defer tk.Stop()
-		var last time.Time
 		done := -1
-		for {
+		for cuts := 0; cuts < maxCuts; {
 			select {
 			case <-stop:
 				return
@@ -314,15 +319,19 @@ func TestConnectionCutsLoseNothing(t *testing.T) {
 			if e.pool.QueryRow(ctx, "SELECT count(*) FROM "+e.execs).Scan(&n) != nil {
 				continue
 			}
-			if n > done || time.Since(last) > 2*time.Second {
+			if n > done {
 				proxy.CutAll()
-				done, last = n, time.Now()
+				done = n
+				cuts++
 			}
 		}
 	}()
-	require.Eventually(t, func() bool {
+	if !waitUntil(50*time.Second, func() bool {
 		return e.count("SELECT count(*) FROM "+e.runs()+" WHERE state <> 'active'") == runs
-	}, 50*time.Second, 20*time.Millisecond, "runs left unfinished (stranded by lost replies?): %s; %d executions", e.states(), e.count("SELECT count(*) FROM "+e.execs))
+	}) {
+		t.Logf("goroutines:\n%s", goroutines())
+		t.Fatalf("runs left unfinished (stranded by lost replies?): %s; %d executions", e.states(), e.count("SELECT count(*) FROM "+e.execs))
+	}
 	close(stop)
 	wg.Wait()
 	e.checkExactlyOnce(runs)
@@ -517,6 +526,27 @@ func TestLivenessChild(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, o.Run(ctx))
+}
+
+// waitUntil polls cond every 20 ms until it holds (true) or d passed
+// (false).
+func waitUntil(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
+}
+
+// goroutines returns every goroutine's stack, for the report of a test
+// that found the orchestrator stuck.
+func goroutines() string {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+	return b.String()
 }
 
 func debugLog() *slog.Logger {

@@ -304,6 +304,41 @@ func TestLostClaimReplyReleasesTheTasks(t *testing.T) {
 	}
 }
 
+// TestLostClaimCommittedLateIsReleased: a claim whose reply was lost may
+// commit only after the store looked for its tasks (the server still runs
+// the statements and COMMIT it had received when the connection failed).
+// The store keeps looking on its liveness beats, and releases the tasks
+// when they show up (before: the request was forgotten after the first
+// look found nothing, and the tasks stayed leased until the lease expired
+// and were rescued; seen in TestConnectionCutsLoseNothing under load).
+func TestLostClaimCommittedLateIsReleased(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	s := newTestStore(t, pool, Config{DisableListen: true, LivenessInterval: 50 * time.Millisecond, LivenessTimeout: time.Second})
+	ctx := testCtx(t)
+	now := time.Now()
+	id, _, err := s.CreateRun(ctx, newRunFor("wf", "late", now))
+	require.NoError(t, err)
+	const req = 4242
+	s.lostClaims([]int64{req}) // looked for at once: nothing taken yet
+	cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "w", Limit: 1, Now: now, LeaseUntil: now.Add(time.Hour)})
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	// The lost request's claim commits now.
+	_, err = pool.Exec(ctx, `UPDATE `+quoteIdent(s.Schema())+`.tasks SET claim_req = $1 WHERE run_id = $2`, req, id)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		var st string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT state FROM `+quoteIdent(s.Schema())+`.tasks WHERE run_id = $1`, id).Scan(&st))
+		return st != "running"
+	}, 10*time.Second, 10*time.Millisecond, "the late claim of a lost request was not released")
+	again, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: "w", Limit: 1, Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.Len(t, again, 1, "the released task is claimable")
+	require.Zero(t, again[0].Rescues, "a release counts no rescue")
+	require.Equal(t, 1, again[0].Attempt, "a release spends no attempt")
+}
+
 // TestRepeatedRetryCompletionIsItsOwn: a retry (or snooze, or release)
 // completion re-sent after its reply was lost is recognised as its own and
 // reports success (before: ErrLeaseLost, logged as "lease lost to another

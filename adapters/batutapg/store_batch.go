@@ -18,9 +18,14 @@ import (
 //
 // A batch's statement runs under a context that ends only when every
 // caller in it has given up, and carries the values of the first caller's.
+// The results of a caller that gave up while its items were in flight go
+// to abandoned (if set), which undoes what must not be left behind: a
+// claim made for a caller that is gone would hold its task until the
+// lease expires.
 type combiner[I, O any] struct {
 	maxBatch, maxFlush int
 	flush              func(ctx context.Context, items []I) ([]O, error)
+	abandoned          func(out []O)
 
 	mu       sync.Mutex
 	queue    []*call[I, O]
@@ -36,7 +41,7 @@ type call[I, O any] struct {
 	lead  chan struct{} // receives once when the flush slot is handed to this call
 
 	// guarded by combiner.mu
-	taken, finished, signaled bool
+	taken, finished, signaled, left bool
 }
 
 func newCombiner[I, O any](maxBatch, maxFlush int, flush func(context.Context, []I) ([]O, error)) *combiner[I, O] {
@@ -82,8 +87,15 @@ func (b *combiner[I, O]) do(ctx context.Context, items []I) ([]O, error) {
 	case <-c.done:
 		return c.out, c.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
+	b.mu.Lock()
+	if c.finished { // answered meanwhile: the results are the caller's
+		b.mu.Unlock()
+		return c.out, c.err
+	}
+	c.left = true // exec hands the results to abandoned
+	b.mu.Unlock()
+	return nil, ctx.Err()
 }
 
 func (b *combiner[I, O]) removeLocked(c *call[I, O]) {
@@ -171,15 +183,22 @@ func (b *combiner[I, O]) exec(batch []*call[I, O]) {
 	}
 	b.mu.Lock()
 	off := 0
+	var lost [][]O
 	for _, c := range batch {
 		if err != nil {
 			c.err = err
 		} else {
 			c.out = out[off : off+len(c.items) : off+len(c.items)]
+			if c.left && b.abandoned != nil {
+				lost = append(lost, c.out)
+			}
 		}
 		off += len(c.items)
 		c.finished = true
 		close(c.done)
 	}
 	b.mu.Unlock()
+	for _, o := range lost {
+		b.abandoned(o)
+	}
 }

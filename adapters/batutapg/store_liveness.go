@@ -50,7 +50,7 @@ type liveness struct {
 
 	mu      sync.Mutex
 	owners  map[string]bool // owners claimed for; true once the row exists
-	orphans []int64         // claim requests whose reply was lost
+	orphans []orphan        // claim requests whose reply was lost
 	beats   int             // full beats so far (the loop's own)
 	conn    *pgx.Conn       // the loop's own connection (the loop's own)
 }
@@ -78,12 +78,17 @@ WHERE i.seen_at < clock_timestamp() - interval '1 hour'
 		orphans: `
 SELECT run_id, name, token FROM {s}.tasks
 WHERE state = 'running' AND lease_until IS NOT NULL AND claim_req = ANY($1::bigint[])`,
-		// Running tasks whose owner's liveness row is stale.
+		// Running tasks whose owner's liveness row is stale, except the
+		// owners of this Store ($3): a process is not dead to itself, even
+		// when its beats cannot reach the database for a while (its
+		// running tasks hold leases it renews, and the tasks of its lost
+		// claim replies are released, not rescued).
 		deadOwners: `
 SELECT t.run_id, t.name, t.token
 FROM {s}.instances i
 JOIN {s}.tasks t ON t.owner = i.owner AND t.state = 'running'
 WHERE i.seen_at < clock_timestamp() - make_interval(secs => $1)
+  AND i.owner <> ALL($3::text[])
 ORDER BY t.lease_until
 LIMIT $2`,
 		// Lock what a rescue (or a completion batch that timed out on a
@@ -313,8 +318,11 @@ func (s *Store) dropOwners() {
 // release them at once; what cannot be released now is released by the
 // next beat.
 func (s *Store) lostClaims(reqs []int64) {
+	now := time.Now()
 	s.live.mu.Lock()
-	s.live.orphans = append(s.live.orphans, reqs...)
+	for _, r := range reqs {
+		s.live.orphans = append(s.live.orphans, orphan{req: r, at: now})
+	}
 	s.live.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -323,10 +331,60 @@ func (s *Store) lostClaims(reqs []int64) {
 	}
 }
 
+// release hands the tasks of refs back to the ready set (outcome release:
+// no attempt spent, no rescue counted).
+func (s *Store) release(ctx context.Context, refs []batuta.ClaimRef) error {
+	now := s.cfg.Clock.Now()
+	in := newCompInput(len(refs))
+	for i := range refs {
+		c := batuta.Completion{ClaimRef: refs[i], Outcome: batuta.OutcomeRelease, FinishedAt: now}
+		if err := in.add(&c, time.Time{}); err != nil {
+			return err
+		}
+	}
+	return withRetry(ctx, func() error {
+		_, err := s.completeOn(ctx, nil, in, 0, now)
+		return err
+	})
+}
+
+// releaseAbandoned releases claims made for a caller that gave up while
+// the statement making them was in flight (see combiner.abandoned); if that
+// fails, their tasks are rescued when their leases expire.
+func (s *Store) releaseAbandoned(claims ...[]batuta.Claim) {
+	var refs []batuta.ClaimRef
+	for _, cs := range claims {
+		for i := range cs {
+			refs = append(refs, cs[i].Ref())
+		}
+	}
+	if len(refs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.release(ctx, refs); err != nil {
+		s.log.Warn("batutapg: releasing tasks claimed for a caller that gave up failed; they are rescued when their leases expire",
+			"schema", s.cfg.Schema, "tasks", len(refs), "error", err)
+		return
+	}
+	s.log.Debug("batutapg: released tasks claimed for a caller that gave up", "schema", s.cfg.Schema, "tasks", len(refs))
+}
+
 // releaseOrphans hands back the tasks still held by lost claim requests.
+//
+// A request is looked for again on every beat until orphanSettle after its
+// reply was lost: the connection failing does not end the server's work on
+// it at once (the backend may still run, and commit, the statements and
+// COMMIT it had received), so a claim found not taken yet may be taken a
+// moment later.
 func (s *Store) releaseOrphans(ctx context.Context) error {
+	start := time.Now()
 	s.live.mu.Lock()
-	reqs := append([]int64(nil), s.live.orphans...)
+	reqs := make([]int64, len(s.live.orphans))
+	for i, o := range s.live.orphans {
+		reqs[i] = o.req
+	}
 	s.live.mu.Unlock()
 	if len(reqs) == 0 {
 		return nil
@@ -343,18 +401,7 @@ func (s *Store) releaseOrphans(ctx context.Context) error {
 		return nil
 	})
 	if err == nil && len(refs) > 0 {
-		now := s.cfg.Clock.Now()
-		in := newCompInput(len(refs))
-		for i := range refs {
-			c := batuta.Completion{ClaimRef: refs[i], Outcome: batuta.OutcomeRelease, FinishedAt: now}
-			if err := in.add(&c, time.Time{}); err != nil {
-				return err
-			}
-		}
-		err = withRetry(ctx, func() error {
-			_, err := s.completeOn(ctx, nil, in, 0, now)
-			return err
-		})
+		err = s.release(ctx, refs)
 	}
 	if err != nil {
 		return fmt.Errorf("batutapg: release lost claims: %w", err)
@@ -363,20 +410,28 @@ func (s *Store) releaseOrphans(ctx context.Context) error {
 		s.log.Info("batutapg: released tasks of a claim whose reply was lost", "schema", s.cfg.Schema, "tasks", len(refs))
 	}
 	s.live.mu.Lock()
-	s.live.orphans = removeAll(s.live.orphans, reqs)
+	s.live.orphans = settled(s.live.orphans, start.Add(-orphanSettle))
 	s.live.mu.Unlock()
 	return nil
 }
 
-func removeAll(from, gone []int64) []int64 {
-	g := make(map[int64]bool, len(gone))
-	for _, x := range gone {
-		g[x] = true
-	}
-	out := from[:0]
-	for _, x := range from {
-		if !g[x] {
-			out = append(out, x)
+// orphan is a claim request whose reply was lost, and when.
+type orphan struct {
+	req int64
+	at  time.Time
+}
+
+// orphanSettle is how long after its reply was lost a claim request is
+// still looked for (see releaseOrphans).
+const orphanSettle = 10 * time.Second
+
+// settled drops from os the requests lost before cutoff: a release pass
+// that started after cutoff found what they took, if anything.
+func settled(os []orphan, cutoff time.Time) []orphan {
+	out := os[:0]
+	for _, o := range os {
+		if !o.at.Before(cutoff) {
+			out = append(out, o)
 		}
 	}
 	return out
@@ -386,9 +441,15 @@ func removeAll(from, gone []int64) []int64 {
 // is stale (their leases are void).
 func (s *Store) rescueDeadOwners(ctx context.Context, maxRescues int, now time.Time) (int, int, error) {
 	var rescued, failed int
+	s.live.mu.Lock()
+	own := make([]string, 0, len(s.live.owners))
+	for o := range s.live.owners {
+		own = append(own, o)
+	}
+	s.live.mu.Unlock()
 	for {
 		var cands []batuta.ClaimRef
-		err := s.query(ctx, s.lq.deadOwners, []any{s.cfg.LivenessTimeout.Seconds(), deadOwnerRescueBatch}, func(rows pgx.Rows) error {
+		err := s.query(ctx, s.lq.deadOwners, []any{s.cfg.LivenessTimeout.Seconds(), deadOwnerRescueBatch, own}, func(rows pgx.Rows) error {
 			var id [16]byte
 			var ref batuta.ClaimRef
 			if err := rows.Scan(&id, &ref.Task, &ref.Token); err != nil {

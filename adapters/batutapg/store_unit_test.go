@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -259,4 +260,69 @@ func TestCombinerCancelAndErrors(t *testing.T) {
 	out, err := b.do(context.Background(), []string{"y"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"y"}, out)
+}
+
+// TestCombinerAbandonedResults: a caller that gives up while its items are
+// in flight gets ctx.Err(), and its results go to abandoned (so a claim
+// made for it can be released); the other callers of the batch get theirs.
+func TestCombinerAbandonedResults(t *testing.T) {
+	t.Parallel()
+	hold, inFlight, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	abandoned := make(chan []string, 2)
+	b := newCombiner(100, 1, func(ctx context.Context, items []string) ([]string, error) {
+		switch {
+		case items[0] == "hold":
+			<-hold
+		case slices.Contains(items, "b"):
+			close(inFlight)
+			<-release
+		}
+		return items, nil
+	})
+	b.abandoned = func(out []string) { abandoned <- out }
+	first := make(chan error, 1)
+	go func() {
+		_, err := b.do(context.Background(), []string{"hold"})
+		first <- err
+	}()
+	require.Eventually(t, func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.flushing == 1 && len(b.queue) == 0
+	}, 5*time.Second, time.Millisecond)
+	type answer struct {
+		out []string
+		err error
+	}
+	ansA, ansB := make(chan answer, 1), make(chan answer, 1)
+	go func() {
+		out, err := b.do(context.Background(), []string{"a"})
+		ansA <- answer{out, err}
+	}()
+	require.Eventually(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.queue) == 1 }, 5*time.Second, time.Millisecond)
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelB()
+	go func() {
+		out, err := b.do(ctxB, []string{"b"})
+		ansB <- answer{out, err}
+	}()
+	require.Eventually(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.queue) == 2 }, 5*time.Second, time.Millisecond)
+	close(hold)
+	require.NoError(t, <-first)
+	<-inFlight // a and b are flushed together
+	cancelB()
+	got := <-ansB
+	require.ErrorIs(t, got.err, context.Canceled)
+	require.Nil(t, got.out)
+	close(release)
+	a := <-ansA
+	require.NoError(t, a.err)
+	require.Equal(t, []string{"a"}, a.out)
+	select {
+	case out := <-abandoned:
+		require.Equal(t, []string{"b"}, out)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the abandoned call's results were not handed to abandoned")
+	}
+	require.Empty(t, abandoned, "a served call's results were abandoned")
 }
