@@ -215,15 +215,16 @@ func (q *MemoryQueue) Receive(ctx context.Context, max int) ([]Delivery, error) 
 			return out, nil
 		}
 		wake := b.changed
-		next, ok := b.nextDue()
-		b.mu.Unlock()
-
+		// The timer is armed under the lock, on the clock read under it: a
+		// (fake) clock advanced right after the unlock would otherwise arm
+		// it that much late, and a receive could sleep past a due message.
 		var timerC <-chan time.Time
 		var timer Timer
-		if ok {
+		if next, ok := b.nextDue(); ok {
 			timer = b.cfg.Clock.NewTimer(next.Sub(now))
 			timerC = timer.C()
 		}
+		b.mu.Unlock()
 		select {
 		case <-ctx.Done():
 		case <-q.done:
