@@ -67,7 +67,7 @@ func (s *Store) flushClaimsDepth(ctx context.Context, ps []batuta.ClaimParams, d
 		return nil, err
 	}
 	out := make([][]batuta.Claim, len(ps))
-	pl := s.newClaimPlan(len(groups), depth > 0)
+	pl := s.newClaimPlan(len(groups), depth)
 	err := withRetry(ctx, func() error {
 		pl.reset()
 		clear(out)
@@ -172,16 +172,23 @@ type claimPlan struct {
 }
 
 // newClaimPlan chooses the statements of a claim round trip for n groups;
-// second marks a second try (full statements, always probed).
-func (s *Store) newClaimPlan(n int, second bool) *claimPlan {
+// depth counts the tries after a claim chosen on stale hints (see
+// flushClaimsDepth): a second try always probes, a third always promotes.
+//
+// A second try does not promote unless the hints say so: it follows a
+// claim without a probe that came back empty, which on an idle store is
+// every claim, and the promote statement (0.37 ms of server time, against
+// 0.015 for the probe) then found nothing to promote; when its probe sees a
+// delayed task due or a parked task with room, the third try promotes.
+func (s *Store) newClaimPlan(n, depth int) *claimPlan {
 	pl := &claimPlan{reqs: make([]int64, n), started: time.Now()}
 	pl.plain = !s.flowWork.Load()
 	// (While any delayed task is known, every claim promotes: a promotion
 	// that finds nothing due is one index probe.)
-	pl.promote = second || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
+	pl.promote = depth > 1 || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
 	// The probe runs at most every probeEvery per Store (and always for a
-	// second try): under a stream of claims the hints are that fresh.
-	pl.probe = second || pl.started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
+	// later try): under a stream of claims the hints are that fresh.
+	pl.probe = depth > 0 || pl.started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
 	return pl
 }
 

@@ -20,7 +20,7 @@ func (s *Store) newFusedClaim(ctx context.Context, ps []batuta.ClaimParams) (*fu
 	if err := s.registerOwners(ctx, groups); err != nil {
 		return nil, err
 	}
-	return &fusedClaim{ps: ps, groups: groups, pl: s.newClaimPlan(len(groups), false), out: make([][]batuta.Claim, len(ps))}, nil
+	return &fusedClaim{ps: ps, groups: groups, pl: s.newClaimPlan(len(groups), 0), out: make([][]batuta.Claim, len(ps))}, nil
 }
 
 // reset prepares fc for a (new) try of its transaction.
