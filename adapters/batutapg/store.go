@@ -351,17 +351,9 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCompletions)
 	s.claims = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushClaims)
 	// Claims made for a caller that gave up mid-statement are released.
-	s.creates.abandoned = func(out []createResult) {
-		for i := range out {
-			s.releaseAbandoned(out[i].claims)
-		}
-	}
-	s.completes.abandoned = func(out []compOut) {
-		for i := range out {
-			s.releaseAbandoned(out[i].claims)
-		}
-	}
-	s.claims.abandoned = func(out [][]batuta.Claim) { s.releaseAbandoned(out...) }
+	s.creates.abandoned = s.abandonedCreates
+	s.completes.abandoned = s.abandonedCompletes
+	s.claims.abandoned = s.abandonedClaims
 	s.ticks = newCombiner(cfg.MaxBatch, 1, s.flushTicks)
 	s.active.every = cfg.ActiveRecount
 

@@ -371,6 +371,22 @@ func (s *Store) releaseAbandoned(claims ...[]batuta.Claim) {
 	s.log.Debug("batutapg: released tasks claimed for a caller that gave up", "schema", s.cfg.Schema, "tasks", len(refs))
 }
 
+// abandonedCreates, abandonedCompletes and abandonedClaims are the
+// combiners' abandoned hooks: they release the claims in the results.
+func (s *Store) abandonedCreates(out []createResult) {
+	for i := range out {
+		s.releaseAbandoned(out[i].claims)
+	}
+}
+
+func (s *Store) abandonedCompletes(out []compOut) {
+	for i := range out {
+		s.releaseAbandoned(out[i].claims)
+	}
+}
+
+func (s *Store) abandonedClaims(out [][]batuta.Claim) { s.releaseAbandoned(out...) }
+
 // releaseOrphans hands back the tasks still held by lost claim requests.
 //
 // A request is looked for again on every beat until orphanSettle after its
