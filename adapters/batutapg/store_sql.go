@@ -141,12 +141,17 @@ WITH g AS MATERIALIZED (
     LIMIT $3
     FOR NO KEY UPDATE SKIP LOCKED
 ), a AS MATERIALIZED (
+    -- (The queue is read in its index's order and the run row checked
+    -- and locked per queue row, so each group reads its first entries
+    -- only: joined to runs, the planner read and sorted a group's whole
+    -- queue, 85 buffers per admitted run.)
     SELECT x.id, g.key FROM g CROSS JOIN LATERAL (
-        SELECT r.id FROM {s}.run_queue q JOIN {s}.runs r ON r.id = q.run_id
-        WHERE q.ckey = g.key AND (q.start_at IS NULL OR q.start_at <= $1) AND r.admit = 1
+        SELECT q.run_id AS id FROM {s}.run_queue q
+        WHERE q.ckey = g.key AND (q.start_at IS NULL OR q.start_at <= $1)
+          AND EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = q.run_id AND r.admit = 1 FOR NO KEY UPDATE SKIP LOCKED)
         ORDER BY q.priority DESC, q.created_at, q.run_id
         LIMIT g.room
-        FOR UPDATE OF q SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED
+        FOR UPDATE OF q SKIP LOCKED
     ) x
     LIMIT $3
 ), dq AS (
