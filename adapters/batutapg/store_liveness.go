@@ -169,14 +169,10 @@ func (s *Store) startLiveness(ctx, lctx context.Context) {
 // full, releases lost claims and rescues the tasks of dead owners.
 func (s *Store) beatOnce(ctx context.Context, full bool) error {
 	liveOn := s.cfg.LivenessInterval > 0
-	s.live.mu.Lock()
-	owners := make([]string, 0, len(s.live.owners))
+	var owners []string
 	if liveOn {
-		for o := range s.live.owners {
-			owners = append(owners, o)
-		}
+		owners = s.ownerList()
 	}
-	s.live.mu.Unlock()
 	err := s.withBeatConn(ctx, func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue("SELECT clock_timestamp()")
@@ -267,6 +263,17 @@ func (s *Store) closeBeatConn() {
 	s.live.conn = nil
 }
 
+// ownerList returns the owners this Store claimed for.
+func (s *Store) ownerList() []string {
+	s.live.mu.Lock()
+	defer s.live.mu.Unlock()
+	owners := make([]string, 0, len(s.live.owners))
+	for o := range s.live.owners {
+		owners = append(owners, o)
+	}
+	return owners
+}
+
 // registerOwner makes sure owner has a liveness row before its first claim.
 func (s *Store) registerOwner(ctx context.Context, owner string) error {
 	if s.cfg.LivenessInterval <= 0 {
@@ -294,12 +301,7 @@ func (s *Store) registerOwner(ctx context.Context, owner string) error {
 // dropOwners deletes this Store's owner rows at Close: their running tasks
 // (if any) fall back to their leases.
 func (s *Store) dropOwners() {
-	s.live.mu.Lock()
-	owners := make([]string, 0, len(s.live.owners))
-	for o := range s.live.owners {
-		owners = append(owners, o)
-	}
-	s.live.mu.Unlock()
+	owners := s.ownerList()
 	if len(owners) == 0 {
 		return
 	}
@@ -373,16 +375,21 @@ func (s *Store) releaseAbandoned(claims ...[]batuta.Claim) {
 
 // abandonedCreates, abandonedCompletes and abandonedClaims are the
 // combiners' abandoned hooks: they release the claims in the results.
+// (One release statement for a whole batch's results.)
 func (s *Store) abandonedCreates(out []createResult) {
+	claims := make([][]batuta.Claim, len(out))
 	for i := range out {
-		s.releaseAbandoned(out[i].claims)
+		claims[i] = out[i].claims
 	}
+	s.releaseAbandoned(claims...)
 }
 
 func (s *Store) abandonedCompletes(out []compOut) {
+	claims := make([][]batuta.Claim, len(out))
 	for i := range out {
-		s.releaseAbandoned(out[i].claims)
+		claims[i] = out[i].claims
 	}
+	s.releaseAbandoned(claims...)
 }
 
 func (s *Store) abandonedClaims(out [][]batuta.Claim) { s.releaseAbandoned(out...) }
@@ -457,12 +464,7 @@ func settled(os []orphan, cutoff time.Time) []orphan {
 // is stale (their leases are void).
 func (s *Store) rescueDeadOwners(ctx context.Context, maxRescues int, now time.Time) (int, int, error) {
 	var rescued, failed int
-	s.live.mu.Lock()
-	own := make([]string, 0, len(s.live.owners))
-	for o := range s.live.owners {
-		own = append(own, o)
-	}
-	s.live.mu.Unlock()
+	own := s.ownerList()
 	for {
 		var cands []batuta.ClaimRef
 		err := s.query(ctx, s.lq.deadOwners, []any{s.cfg.LivenessTimeout.Seconds(), deadOwnerRescueBatch, own}, func(rows pgx.Rows) error {
