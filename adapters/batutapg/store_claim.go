@@ -173,7 +173,8 @@ type claimPlan struct {
 
 // newClaimPlan chooses the statements of a claim round trip for n groups;
 // depth counts the tries after a claim chosen on stale hints (see
-// flushClaimsDepth): a second try always probes, a third always promotes.
+// flushClaimsDepth): a second try always probes, a third always promotes
+// and runs the full claim statement.
 //
 // A second try does not promote unless the hints say so: it follows a
 // claim without a probe that came back empty, which on an idle store is
@@ -182,10 +183,14 @@ type claimPlan struct {
 // delayed task due or a parked task with room, the third try promotes.
 func (s *Store) newClaimPlan(n, depth int) *claimPlan {
 	pl := &claimPlan{reqs: make([]int64, n), started: time.Now()}
-	pl.plain = !s.flowWork.Load()
+	unpark := s.unpark.Load()
+	// Unparked tasks belong to task-level groups, which only the full
+	// statement claims; and the last try runs every statement, or a task
+	// it unparked would wait for the next poll.
+	pl.plain = !s.flowWork.Load() && !unpark && depth < 2
 	// (While any delayed task is known, every claim promotes: a promotion
 	// that finds nothing due is one index probe.)
-	pl.promote = depth > 1 || s.unpark.Load() || s.nextDelayed.Load() != math.MaxInt64
+	pl.promote = depth > 1 || unpark || s.nextDelayed.Load() != math.MaxInt64
 	// The probe runs at most every probeEvery per Store (and always for a
 	// later try): under a stream of claims the hints are that fresh.
 	pl.probe = depth > 0 || pl.started.UnixNano()-s.lastProbe.Load() >= int64(probeEvery)
