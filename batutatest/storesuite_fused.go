@@ -23,7 +23,8 @@ var fusedCases = []struct {
 	{"CompleteAndClaimConcurrent", testFusedConcurrent},
 	{"CreateAndClaimRoot", testCreateClaimRoot},
 	{"CreateAndClaimDuplicate", testCreateClaimDuplicate},
-	{"CreateAndClaimBatch", testCreateClaimBatch},
+	{"CreateAndClaimBatch", func(t *testing.T, st *storeT) { testCreateClaimBatch(t, st, 0) }},
+	{"CreateAndClaimBatchUnderCap", func(t *testing.T, st *storeT) { testCreateClaimBatch(t, st, 10000) }},
 	{"SignalAndClaim", testSignalClaim},
 }
 
@@ -245,6 +246,7 @@ func testCreateClaimRoot(t *testing.T, st *storeT) {
 	st.creator()
 	chain := []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}}
 	nr := st.newRun("wf", "e1", chain)
+	nr.MaxActive = 10000 // the orchestrator's default: under it, the claim is made
 	p := batuta.ClaimParams{Owner: "w1", Limit: 1, Now: base, LeaseUntil: base.Add(time.Minute)}
 	id, created, cs, err := st.createClaim(nr, p)
 	st.must(err)
@@ -309,10 +311,13 @@ func testCreateClaimDuplicate(t *testing.T, st *storeT) {
 
 // testCreateClaimBatch: a batch of runs created together, claiming up to
 // Limit of their root tasks in the same call; the rest stay ready.
-func testCreateClaimBatch(t *testing.T, st *storeT) {
+func testCreateClaimBatch(t *testing.T, st *storeT, maxActive int) {
 	cc := st.creator()
 	one := []batuta.TaskSpec{{Name: "a"}}
 	runs := []batuta.NewRun{st.newRun("wf", "b1", one), st.newRun("wf", "b2", one), st.newRun("wf", "b3", one)}
+	for i := range runs {
+		runs[i].MaxActive = maxActive // the orchestrator's default is 10,000
+	}
 	p := batuta.ClaimParams{Owner: "w1", Limit: 2, Now: base, LeaseUntil: base.Add(time.Minute)}
 	res, cs, err := cc.CreateRunsAndClaim(ctxT(t), runs, p)
 	st.must(err)

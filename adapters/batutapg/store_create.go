@@ -96,7 +96,6 @@ func (s *Store) createRunClaim(ctx context.Context, nr batuta.NewRun, p *batuta.
 			}
 			return createResult{}, false, fmt.Errorf("batutapg: %w: %d or more unfinished runs", batuta.ErrBusy, nr.MaxActive)
 		}
-		p = nil
 	}
 	it.claim = p
 	res, err := s.creates.do(ctx, []createItem{it})

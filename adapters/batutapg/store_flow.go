@@ -152,9 +152,10 @@ func (s *Store) createRuns(ctx context.Context, runs []batuta.NewRun, p *batuta.
 		out, err := s.createSlow(ctx, items, 0)
 		return out, nil, err
 	}
-	if maxActive == 0 {
-		items[0].claim = p
-	}
+	// Under the cap (checked above) the claim rides with the insert as
+	// without one: MaxInFlightRuns is on by default, so skipping it here
+	// would lose the fused claim for every default configuration.
+	items[0].claim = p
 	res, err := s.flushCreates(ctx, items)
 	if err != nil {
 		return nil, nil, err
