@@ -17,7 +17,9 @@ import (
 // Whenever a committed statement made work ready (runs created, dependents
 // made ready, tasks released or rescued), the Store signals its own
 // WorkAvailable at once and asks its notifier goroutine to send pg_notify
-// on the channel "<schema>_work" with an empty payload. The notifier sends
+// on the channel "<schema>_work", the payload naming the sending Store (its
+// own listener skips those; an empty payload, as CompleteInTx and earlier
+// versions send, wakes every listener). The notifier sends
 // from its own short transaction, after the work committed, and coalesces
 // requests that arrive while a send is in flight: NOTIFY inside the writing
 // transaction would take PostgreSQL's global notify lock through that
@@ -101,7 +103,7 @@ func (s *Store) notifier(ctx context.Context) {
 		s.doneMu.Unlock()
 		b := &pgx.Batch{}
 		if work {
-			b.Queue(s.q.notify, s.channel, "")
+			b.Queue(s.q.notify, s.channel, s.self)
 		}
 		for _, p := range donePayloads(done) {
 			b.Queue(s.q.notify, s.doneChannel, p)
@@ -132,12 +134,18 @@ func (s *Store) WatchRun(runID string) (<-chan struct{}, func(), bool) {
 	return ch, stop, true
 }
 
-// relay turns a notification into a work signal or the end of runs.
+// relay turns a notification into a work signal or the end of runs. A
+// work notification this Store's notifier sent (its payload is s.self) is
+// skipped: workAppeared signaled the local workers when it asked for it,
+// and a second wake-up would only cost an empty claim.
 func (s *Store) relay(n *pgconn.Notification) {
 	if n != nil && n.Channel == s.doneChannel {
 		if n.Payload != "" {
 			s.watch.Finished(strings.Split(n.Payload, ",")...)
 		}
+		return
+	}
+	if n != nil && n.Payload == s.self {
 		return
 	}
 	s.signal()
@@ -234,9 +242,7 @@ func (s *Store) listenOnce(ctx context.Context, checked, up *bool) error {
 
 // selfCheck sends a probe through the pool and waits for it on conn.
 func (s *Store) selfCheck(ctx context.Context, conn *pgx.Conn) error {
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	probe := "probe:" + hex.EncodeToString(nonce[:])
+	probe := "probe:" + storeToken()
 	err := s.conns.with(ctx, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, s.q.notify, s.channel, probe)
 		return err
@@ -259,4 +265,11 @@ func (s *Store) selfCheck(ctx context.Context, conn *pgx.Conn) error {
 		}
 		s.relay(n) // someone else's notification
 	}
+}
+
+// storeToken returns 16 random hex digits naming one Store's notifications.
+func storeToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

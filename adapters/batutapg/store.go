@@ -233,10 +233,13 @@ type Store struct {
 	channel string // unquoted channel name, for pg_notify($1)
 	// doneChannel carries the IDs of finished runs (see runsFinished).
 	doneChannel string
-	q           queries
-	lq          liveQueries
-	fq          flowQueries
-	oq          opsQueries
+	// self is the payload of this Store's work notifications, random per
+	// Store, so that its listener can skip them (see relay).
+	self string
+	q    queries
+	lq   liveQueries
+	fq   flowQueries
+	oq   opsQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.
@@ -325,6 +328,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		schema:      quoteIdent(cfg.Schema),
 		channel:     cfg.Schema + channelSuffix,
 		doneChannel: cfg.Schema + doneSuffix,
+		self:        "w:" + storeToken(),
 		watch:       runwatch.New(0),
 		work:        make(chan struct{}, 1),
 		notifyReq:   make(chan struct{}, 1),

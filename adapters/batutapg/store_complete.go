@@ -558,47 +558,56 @@ func (in *compInput) hasChild() bool {
 
 // readCompletion reads what queueCompletion queued.
 func (s *Store) readCompletion(br pgx.BatchResults, n int, locked bool) ([]compResult, bool, error) {
+	out, ready, slots, err := s.readCompletionWake(br, n, locked)
+	return out, ready || slots, err
+}
+
+// readCompletionWake is readCompletion telling apart the two reasons to
+// wake workers: ready, tasks the items made ready (out[i].ready counts
+// them), and slots, a task back in the ready set or a group slot freed
+// with runs or tasks waiting for it (work no claim of the caller's can be
+// sure to have taken).
+func (s *Store) readCompletionWake(br pgx.BatchResults, n int, locked bool) (out []compResult, ready, slots bool, err error) {
 	if locked {
 		if _, err := br.Exec(); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	defer rows.Close()
-	out := make([]compResult, n)
-	wake := false
+	out = make([]compResult, n)
 	for rows.Next() {
 		var (
 			kind, text string
 			ord, cnt   int64
 		)
 		if err := rows.Scan(&kind, &ord, &text, &cnt); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		if kind != "n" && (ord < 1 || int(ord) > n) {
-			return nil, false, fmt.Errorf("completion result for item %d of %d", ord, n)
+			return nil, false, false, fmt.Errorf("completion result for item %d of %d", ord, n)
 		}
 		switch kind {
 		case "d":
 			out[ord-1].applied, out[ord-1].newState = true, text
 		case "r":
 			out[ord-1].ready = int(cnt)
-			wake = true
+			ready = true
 		case "f":
 			out[ord-1].finished = batuta.RunState(text)
 		case "i":
 			out[ord-1].idem = true
 			out[ord-1].finished = batuta.RunState(text)
 			out[ord-1].ready = int(cnt)
-			wake = wake || cnt > 0
+			ready = ready || cnt > 0
 		case "n":
-			wake = wake || cnt > 0
+			slots = slots || cnt > 0
 		}
 	}
-	return out, wake, rows.Err()
+	return out, ready, slots, rows.Err()
 }
 
 // CompleteInTx records the success of the claimed task ref inside tx, the

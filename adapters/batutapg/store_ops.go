@@ -421,7 +421,7 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 				}
 				sent = withClaim
 				br := c.SendBatch(ctx, b)
-				out, w, err := s.readCompletion(br, 1, locked)
+				out, w, slots, err := s.readCompletionWake(br, 1, locked)
 				if err == nil && withClaim {
 					err = fc.pl.read(br, fc.groups, fc.ps, fc.out)
 				}
@@ -444,14 +444,17 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 					if err != nil {
 						return false, err
 					}
-					w = w || pw
-					wake = w
+					wake = w || slots || pw
 					return false, nil
 				}
-				wake = w
+				wake = w || slots
 				claimed = withClaim
-				if withClaim && !in.full() && fc.tookReady(in, out) {
-					wake = false // the claim took what the delivery made ready
+				if withClaim && !t.flow && !slots && fc.tookReady(in, out) {
+					// The claim took what the delivery made ready. (A
+					// signal's completion always runs the full statement,
+					// so in.full() cannot tell flow work apart here: the
+					// waiting task's own flag does.)
+					wake = false
 				}
 				return true, nil
 			}
