@@ -19,6 +19,9 @@
 //
 //	cd bench && go run ./cronfleet -scenarios 200x5s -duration 60s
 //	cd bench && go run ./cronfleet -scenarios 1000x1m -duration 3m
+//
+// CRONFLEET_DEBUG=1 prints each instance's store calls at exit;
+// CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there.
 package main
 
 import (
@@ -33,6 +36,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -365,6 +370,19 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 	sc, ok := scenarios[scen]
 	if !ok {
 		return fmt.Errorf("unknown scenario %q", scen)
+	}
+	// CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile to
+	// <dir>/<node>.pprof (go tool pprof reads it).
+	if dir := os.Getenv("CRONFLEET_CPUPROFILE"); dir != "" {
+		f, err := os.Create(filepath.Join(dir, node+".pprof"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var action batuta.OverlapAction
 	switch overlap {
