@@ -2,6 +2,7 @@ package batuta
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -134,4 +135,35 @@ func TestCronFireDelay(t *testing.T) {
 	require.Zero(t, o.cronFireDelay("s", tick, next), "stale peer list: at once")
 	o.fleet.fetched, o.fleet.self = time.Now(), false
 	require.Zero(t, o.cronFireDelay("s", tick, next), "not in the list yet: at once")
+}
+
+// TestCronGroupFollowsBindings: the group name is computed once per set of
+// bindings: the same while none is added, a new one after a cron binding
+// is added, the same again for another orchestrator with the same set.
+func TestCronGroupFollowsBindings(t *testing.T) {
+	mk := func(specs ...string) *Orchestrator {
+		o, err := New(Config{Store: NewMemoryStore(MemoryStoreConfig{}), Logger: slog.New(slog.DiscardHandler)})
+		require.NoError(t, err)
+		require.NoError(t, o.Register(&Workflow{Name: "wf", Tasks: []Task{{Name: "a", Run: func(context.Context, *Input) (any, error) { return nil, nil }}}}))
+		for i, spec := range specs {
+			tr, err := NewCron(CronConfig{Name: fmt.Sprintf("s%d", i), Spec: spec})
+			require.NoError(t, err)
+			require.NoError(t, o.Bind("wf", tr))
+		}
+		return o
+	}
+	o := mk("*/5 * * * * *")
+	g1 := o.cronGroup()
+	require.NotEmpty(t, g1)
+	require.Equal(t, g1, o.cronGroup(), "asked again, same bindings")
+	o.fleet.mu.Lock()
+	require.Equal(t, 1, o.fleet.groupOf, "kept for the next ask")
+	o.fleet.mu.Unlock()
+	tr, err := NewCron(CronConfig{Name: "s1", Spec: "0 * * * * *"})
+	require.NoError(t, err)
+	require.NoError(t, o.Bind("wf", tr))
+	g2 := o.cronGroup()
+	require.NotEqual(t, g1, g2, "a binding added")
+	require.Equal(t, g2, mk("*/5 * * * * *", "0 * * * * *").cronGroup(), "the same set elsewhere")
+	require.Empty(t, mk().cronGroup(), "no cron binding, no group")
 }
