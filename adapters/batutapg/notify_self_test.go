@@ -10,16 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// woken empties s's work channel and reports whether it held a signal.
-func woken(s *Store) bool {
-	select {
-	case <-s.work:
-		return true
-	default:
-		return false
-	}
-}
-
 // TestSignalClaimTakesWithoutWaking: a signal whose transaction claims the
 // task it made ready wakes nobody (before, every delivery signaled the
 // local workers and notified every instance, each then running an empty
@@ -40,22 +30,22 @@ func TestSignalClaimTakesWithoutWaking(t *testing.T) {
 	p := &batuta.ClaimParams{Owner: "w", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)}
 
 	id := wait("e1")
-	woken(s)
+	drainWork(s.work)
 	res, err := s.SendSignal(ctx, batuta.SignalSend{RunID: id, Name: "go", Data: json.RawMessage(`1`), SentAt: now, Claim: p})
 	require.NoError(t, err)
 	require.True(t, res.Delivered)
 	require.Len(t, res.Claims, 1)
 	require.Equal(t, "next", res.Claims[0].Task)
-	require.False(t, woken(s), "the claim took the task the signal made ready: nobody to wake")
+	require.False(t, drainWork(s.work), "the claim took the task the signal made ready: nobody to wake")
 	require.False(t, s.workPending.Load(), "and no notification for other instances")
 
 	id = wait("e2")
-	woken(s)
+	drainWork(s.work)
 	res, err = s.SendSignal(ctx, batuta.SignalSend{RunID: id, Name: "go", SentAt: now})
 	require.NoError(t, err)
 	require.True(t, res.Delivered)
 	require.Empty(t, res.Claims)
-	require.True(t, woken(s), "without a claim, the ready task wakes the workers")
+	require.True(t, drainWork(s.work), "without a claim, the ready task wakes the workers")
 	claimOne(t, s, now)
 }
 
@@ -71,8 +61,8 @@ func TestRelaySkipsOwnWorkNotifications(t *testing.T) {
 		payload string
 		wake    bool
 	}{{s.self, false}, {other, true}, {"", true}} {
-		woken(s)
+		drainWork(s.work)
 		s.relay(&pgconn.Notification{Channel: s.channel, Payload: tc.payload})
-		require.Equal(t, tc.wake, woken(s), "payload %q", tc.payload)
+		require.Equal(t, tc.wake, drainWork(s.work), "payload %q", tc.payload)
 	}
 }

@@ -450,12 +450,15 @@ func TestFlowDeferKeepsReservation(t *testing.T) {
 
 var _ = pgxpool.Pool{}
 
-func drainWork(c <-chan struct{}) {
+// drainWork empties c and reports whether it held a signal.
+func drainWork(c <-chan struct{}) bool {
+	got := false
 	for {
 		select {
 		case <-c:
+			got = true
 		default:
-			return
+			return got
 		}
 	}
 }
