@@ -51,6 +51,8 @@ func (ex *executor) storeCompleteWith(comps []Completion, p ClaimParams) ([]Comp
 		}
 		if err == nil {
 			err = fmt.Errorf("store returned %d results for %d completions", len(res), len(comps))
+			// The retry claims again: what this call claimed goes back.
+			ex.releaseClaims(cs, "claimed by a completion answered wrongly")
 		}
 		if time.Since(renewed) >= o.cfg.LeaseDuration/3 && time.Since(start) < maxCompleteLeases*o.cfg.LeaseDuration {
 			renewed = time.Now()

@@ -45,10 +45,24 @@ func (ex *executor) handOff(c Claim) {
 	}
 	ex.handMu.RUnlock()
 	ex.busy.Add(-1)
-	comp := []Completion{{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: OutcomeRelease, FinishedAt: ex.o.clock.Now()}}
-	if _, err := ex.storeComplete(comp); err != nil {
-		ex.o.log.Warn("batuta: releasing a task claimed while shutting down failed; it is rescued when its lease expires",
-			"run", c.RunID, "task", c.Task, "error", err)
+	ex.releaseClaims([]Claim{c}, "claimed while shutting down")
+}
+
+// releaseClaims hands claims no worker will run back to the store (outcome
+// release: no attempt counted), so that they are claimed again at once
+// rather than when their leases expire; why says what left them over.
+func (ex *executor) releaseClaims(cs []Claim, why string) {
+	if len(cs) == 0 {
+		return
+	}
+	now := ex.o.clock.Now()
+	comps := make([]Completion, len(cs))
+	for i := range cs {
+		comps[i] = Completion{ClaimRef: cs[i].Ref(), Attempt: cs[i].Attempt, Outcome: OutcomeRelease, FinishedAt: now}
+	}
+	if _, err := ex.storeComplete(comps); err != nil {
+		ex.o.log.Warn("batuta: releasing tasks "+why+" failed; they are rescued when their leases expire",
+			"tasks", len(cs), "run", cs[0].RunID, "task", cs[0].Task, "error", err)
 	}
 }
 
@@ -71,13 +85,18 @@ func (ex *executor) reservedClaim(n int, now time.Time) (*ClaimParams, int) {
 }
 
 // handOffAll hands up to reserved of cs to the workers reserved for them
-// and returns how many it handed (a store returns no more than asked).
+// and returns how many it handed. A store returns no more than asked; if
+// one did, the extra claims are released, not dropped.
 func (ex *executor) handOffAll(cs []Claim, reserved int) int {
-	cs = cs[:min(len(cs), reserved)]
-	for i := range cs {
+	n := min(len(cs), reserved)
+	for i := range cs[:n] {
 		ex.handOff(cs[i])
 	}
-	return len(cs)
+	if n < len(cs) {
+		ex.o.log.Error("batuta: the store claimed more tasks than asked; releasing the extra ones", "asked", reserved, "claimed", len(cs))
+		ex.releaseClaims(cs[n:], "claimed over the limit")
+	}
+	return n
 }
 
 // createAndClaim records runs through the store's CreatingClaimer and,

@@ -245,3 +245,75 @@ func TestClaimingStoreSignal(t *testing.T) {
 	}
 	require.EqualValues(t, 5, cs.signalClaims.Load(), "each task after the wait was claimed with the delivery")
 }
+
+// overClaimingStore breaks the CreatingClaimer contract the way a faulty
+// store could: its first CreateRunsAndClaim also records extra runs and
+// claims their tasks too, over the limit it was given.
+type overClaimingStore struct {
+	claimingStore
+	extra int
+	once  sync.Once
+	ids   []string
+	did   atomic.Bool // ids is written
+}
+
+func (c *overClaimingStore) CreateRunsAndClaim(ctx context.Context, runs []batuta.NewRun, p batuta.ClaimParams) ([]batuta.CreateResult, []batuta.Claim, error) {
+	res, err := c.CreateRuns(ctx, runs)
+	if err != nil || p.Limit <= 0 {
+		return res, nil, err
+	}
+	c.once.Do(func() {
+		for i := range c.extra {
+			nr := runs[0]
+			nr.ID = fmt.Sprintf("0199f0e0-0000-7000-8000-%012d", i+1)
+			nr.Event.ID = fmt.Sprintf("extra-%d", i)
+			if _, _, err = c.CreateRun(ctx, nr); err == nil {
+				c.ids = append(c.ids, nr.ID)
+			}
+		}
+		p.Limit += c.extra
+		c.did.Store(true)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	claims, err := c.Store.ClaimTasks(ctx, p)
+	return res, claims, err
+}
+
+// TestOverClaimReleased: claims a store returns beyond the workers reserved
+// for them are handed back at once, not dropped (a dropped claim strands
+// its task until the lease expires, an hour here).
+func TestOverClaimReleased(t *testing.T) {
+	t.Parallel()
+	st := &overClaimingStore{claimingStore: claimingStore{durableStore: durableStore{Store: batuta.NewMemoryStore(batuta.MemoryStoreConfig{})}}, extra: 3}
+	o, err := batuta.New(batuta.Config{Store: st, Workers: 1, LeaseDuration: time.Hour, NoLogHooks: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "one", Tasks: []batuta.Task{{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) {
+		return nil, nil
+	}}}}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	// Submit until one Submit took the fused path (a worker was free).
+	var ids []string
+	require.Eventually(t, func() bool {
+		id, err := o.Submit(context.Background(), "one", batuta.Event{ID: fmt.Sprintf("s%d", len(ids))})
+		if err == nil {
+			ids = append(ids, id)
+		}
+		return st.did.Load()
+	}, 10*time.Second, time.Millisecond)
+	require.Len(t, st.ids, 3, "the fake's extra runs")
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	for _, rid := range append(st.ids, ids...) {
+		r, err := o.Wait(wctx, rid)
+		require.NoError(t, err, "run %s (stranded by a dropped claim?)", rid)
+		require.Equal(t, batuta.RunSucceeded, r.State)
+	}
+}

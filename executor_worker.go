@@ -447,7 +447,11 @@ func (ex *executor) completeClaiming(sl *slot, c *Claim) (CompleteResult, error)
 		case len(cs) > 0:
 			k := sl.upIdx // the buffer c does not use
 			sl.buf[k] = cs[0]
-			sl.next = &sl.buf[k] // (p.Limit is 1: a store returns no more)
+			sl.next = &sl.buf[k]
+			if len(cs) > 1 { // p.Limit is 1: a store returns no more
+				ex.o.log.Error("batuta: the store claimed more tasks than asked; releasing the extra ones", "asked", 1, "claimed", len(cs))
+				ex.releaseClaims(cs[1:], "claimed over the limit")
+			}
 		case res[0].Ready > 0:
 			sl.claimed = false
 		default:

@@ -307,6 +307,51 @@ func testCreateClaimDuplicate(t *testing.T, st *storeT) {
 			t.Fatalf("the duplicate's claim took the running task again: %+v", c)
 		}
 	}
+	// The claim of a duplicate's call takes other runs' ready tasks, and
+	// hands back what it took: alone, then first in a batch with a new run.
+	// (A task taken and not handed back is stranded until its lease ends.)
+	other := st.create("wf", "other", one)
+	id3, created, cs3, err := st.createClaim(st.newRun("wf", "dup", one), p)
+	st.must(err)
+	if created || id3 != id {
+		t.Fatalf("duplicate: %q created=%v, want %q, false", id3, created, id)
+	}
+	st.accountFor("a duplicate alone", cs3, 1, other)
+	other2 := st.create("wf", "other2", one)
+	fresh := st.newRun("wf", "fresh", one)
+	p.Limit = 2
+	res, cs4, err := st.creator().CreateRunsAndClaim(ctxT(t), []batuta.NewRun{st.newRun("wf", "dup", one), fresh}, p)
+	st.must(err)
+	if len(res) != 2 || res[0].Created || res[0].ID != id || !res[1].Created || res[1].ID != fresh.ID {
+		t.Fatalf("batch led by a duplicate: %+v, want %s existing, then %s created", res, id, fresh.ID)
+	}
+	st.accountFor("a batch led by a duplicate", cs4, 2, other2, fresh.ID)
+}
+
+// accountFor checks that the root tasks of runs, all ready before a call
+// that claimed cs (at most limit), are each either in cs or still
+// claimable, and that nothing else was claimable or claimed.
+func (st *storeT) accountFor(what string, cs []batuta.Claim, limit int, runs ...string) {
+	st.t.Helper()
+	if len(cs) > limit {
+		st.fatalf("%s: claimed %d tasks with Limit %d", what, len(cs), limit)
+	}
+	want := map[string]bool{}
+	for _, id := range runs {
+		want[id] = true
+	}
+	seen := map[string]bool{}
+	for _, c := range append(cs, st.claim(base, 10)...) {
+		if !want[c.RunID] || seen[c.RunID] {
+			st.fatalf("%s: claim %+v is not the root of one of %v, or twice", what, c, runs)
+		}
+		seen[c.RunID] = true
+	}
+	for _, id := range runs {
+		if !seen[id] {
+			st.fatalf("%s: the ready task of run %s was neither in the call's claims %v nor claimable after it (claimed and not handed back)", what, id, claimNames(cs))
+		}
+	}
 }
 
 // testCreateClaimBatch: a batch of runs created together, claiming up to

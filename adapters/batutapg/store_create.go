@@ -290,7 +290,7 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 		var dups []int
 		for _, i := range pending {
 			if created[items[i].id] {
-				out[i] = createResult{id: items[i].run.ID, created: true}
+				out[i].id, out[i].created = items[i].run.ID, true
 			} else {
 				dups = append(dups, i)
 			}
@@ -334,7 +334,10 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 		pending = pending[:0]
 		for k, i := range dups {
 			if id, ok := found[k]; ok {
-				out[i] = createResult{id: id, created: false}
+				// Keep the item's claims: the claim of a call whose run
+				// already existed still took tasks (other runs'), and a
+				// task taken and not handed back waits out its lease.
+				out[i].id, out[i].created = id, false
 			} else {
 				pending = append(pending, i) // the key vanished: insert again
 			}

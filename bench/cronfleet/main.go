@@ -21,6 +21,7 @@
 //	cd bench && go run ./cronfleet -scenarios 1000x1m -duration 3m
 //
 // CRONFLEET_DEBUG=1 prints each instance's store calls at exit;
+// CRONFLEET_LOG=debug|info|warn sets the instances' log level (default error);
 // CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there.
 package main
 
@@ -411,7 +412,13 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 		return err
 	}
 	defer pool.Close()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	level := slog.LevelError
+	if v := os.Getenv("CRONFLEET_LOG"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("CRONFLEET_LOG: %w", err)
+		}
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", node)
 	st, err := batutapg.New(ctx, pool, batutapg.Config{Logger: logger, ManualMigrate: true})
 	if err != nil {
 		return err
