@@ -98,6 +98,12 @@ const (
 	DefaultCatchUpWindow  = time.Hour
 	DefaultMissedMax      = 10
 	DefaultOverlapBuffer  = 10
+	// DefaultCronAhead is CronConfig.Ahead's default with a durable
+	// store: a tick's run is created up to a second before the tick.
+	DefaultCronAhead = time.Second
+	// cronMinAhead: a lead shorter than this is not worth a wake-up of
+	// its own (the tick fires at its time).
+	cronMinAhead      = 10 * time.Millisecond
 	cronRetryInitialDelay = 100 * time.Millisecond
 	cronRetryMaxDelay     = 10 * time.Second
 	// cronBurst: ticks less than this before the latest due tick are due
@@ -231,6 +237,23 @@ type CronConfig struct {
 	// schedule's period: a delay past the next tick makes the earlier tick
 	// missed. Default: 0.
 	Jitter time.Duration
+	// Ahead is how long before a tick its run is created: as a delayed
+	// run (StartAt the tick), so that the insert and its commit are off
+	// the tick's path and the first task starts at the tick, however many
+	// schedules share it. The run exists from then on (it is listed,
+	// deduplicated by the tick's event ID, and can be canceled). A tick
+	// is created ahead only when nothing stands in its way at that
+	// moment: the workflow is not paused and, for every overlap action
+	// but OverlapAllow, the previous tick's run has finished. Otherwise
+	// the tick fires at its time, as with Ahead off. The lead is at most
+	// half the time since the previous tick. A run created ahead belongs
+	// to its tick: pausing the workflow or stopping the trigger before
+	// the tick does not withdraw it (it starts after the resume, or on
+	// any instance). Default (0): DefaultCronAhead with a durable store
+	// under an orchestrator; off with the in-memory store (its insert
+	// costs microseconds) and under Run. Negative: off. Not together
+	// with Jitter.
+	Ahead time.Duration
 	// Data is the payload of every tick's event. Default: none.
 	Data []byte
 	// Clock is the time source. Default: the orchestrator's clock
@@ -293,6 +316,9 @@ func NewCron(cfg CronConfig) (*CronTrigger, error) {
 	}
 	if cfg.Jitter < 0 {
 		return nil, &ConfigError{Field: "CronConfig.Jitter", Reason: "must not be negative"}
+	}
+	if cfg.Jitter > 0 && cfg.Ahead > 0 {
+		return nil, &ConfigError{Field: "CronConfig.Ahead", Reason: "set Ahead or Jitter, not both (Jitter delays a tick's fire; Ahead creates its run before the tick)"}
 	}
 	if cfg.Missed.Window == 0 {
 		cfg.Missed.Window = DefaultCatchUpWindow
@@ -393,6 +419,14 @@ func (c *CronTrigger) RunTracking(ctx context.Context, runs Runs) error {
 	if c.cfg.Jitter > 0 {
 		l.rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
+	if _, ok := runs.(startAtFirer); ok && c.cfg.Jitter == 0 {
+		switch {
+		case c.cfg.Ahead > 0:
+			l.ahead = c.cfg.Ahead
+		case c.cfg.Ahead == 0 && runs.Durable():
+			l.ahead = DefaultCronAhead
+		}
+	}
 	if p, ok := runs.(tickPreferrer); ok {
 		l.pref = p
 		p.joinFleet()
@@ -425,6 +459,9 @@ type cronLoop struct {
 	// in the instant it sleeps toward (see fireBatcher).
 	batch  batchFirer
 	ticket *fireTicket
+	// ahead is the longest lead with which a tick's run is created
+	// before the tick (0: at the tick; see CronConfig.Ahead).
+	ahead time.Duration
 
 	// cursor: the latest tick known due (handled, queued or dropped), or
 	// the start time.
@@ -447,6 +484,15 @@ type dueTick struct {
 	at       time.Time
 	catchUp  bool
 	buffered bool // held by a buffer overlap policy: never dropped as missed
+	// lead, if > 0: the run is created this long before its time, as
+	// a run that starts at it (see CronConfig.Ahead).
+	lead time.Duration
+}
+
+// startAtFirer is implemented by the orchestrator's Runs: Fire honours the
+// submit options of WithSubmitOptions (a StartAt for a run created ahead).
+type startAtFirer interface {
+	firesWithOptions()
 }
 
 func (l *cronLoop) run(ctx context.Context) error {
@@ -514,13 +560,25 @@ func (l *cronLoop) run(ctx context.Context) error {
 			}
 			continue
 		}
+		if lead := l.leadFor(next); lead > 0 {
+			fired, err := l.tryAhead(ctx, next, lead)
+			if err != nil {
+				return err
+			}
+			if fired {
+				continue
+			}
+			if len(l.queue) > 0 {
+				continue // a buffered tick is due now
+			}
+		}
 		delay := next.Sub(l.clock.Now())
 		if l.rng != nil {
 			delay += time.Duration(l.rng.Int64N(int64(l.cfg.Jitter)))
 		}
 		if l.batch != nil && l.rng == nil {
 			l.ticket.release()
-			l.ticket = l.batch.expectFire(next, false)
+			l.ticket = l.batch.expectFire(next, false, 0)
 		}
 		timer := l.clock.NewTimer(delay)
 		if err := l.idle(ctx, timer); err != nil {
@@ -528,6 +586,69 @@ func (l *cronLoop) run(ctx context.Context) error {
 		}
 		l.collectDue()
 	}
+}
+
+// leadFor returns how long before tick next its run is created (0: at the
+// tick): the configured lead, at most half the time since the cursor (the
+// previous tick, or the start), and none below cronMinAhead.
+func (l *cronLoop) leadFor(next time.Time) time.Duration {
+	if l.ahead <= 0 {
+		return 0
+	}
+	lead := min(l.ahead, next.Sub(l.cursor)/2)
+	if lead < cronMinAhead {
+		return 0
+	}
+	return lead
+}
+
+// tryAhead sleeps until lead before tick and creates the tick's run then,
+// starting at the tick, if nothing stands in its way (see
+// CronConfig.Ahead). It reports whether it did (the tick is handled and
+// recorded); if not, the caller goes on as without a lead: sleeps until
+// the tick, or handles a buffered tick the end of the inflight run queued.
+// It returns an error only when ctx ended.
+func (l *cronLoop) tryAhead(ctx context.Context, tick time.Time, lead time.Duration) (bool, error) {
+	giveUp := func() (bool, error) {
+		if l.ticket != nil && l.ticket.key.lead != 0 {
+			l.ticket.release()
+			l.ticket = nil
+		}
+		return false, nil
+	}
+	if l.batch != nil {
+		l.ticket.release()
+		l.ticket = l.batch.expectFire(tick, false, lead)
+	}
+	if d := tick.Add(-lead).Sub(l.clock.Now()); d > 0 {
+		timer := l.clock.NewTimer(d)
+		if err := l.idle(ctx, timer); err != nil {
+			return false, err
+		}
+	}
+	if len(l.queue) > 0 || !l.clock.Now().Before(tick) {
+		return giveUp() // a buffered tick first; or the tick is due already
+	}
+	if l.cfg.Overlap.Action != OverlapAllow {
+		l.settle(ctx)
+		if l.inflight != "" || len(l.buffered) > 0 {
+			return giveUp() // the overlap policy decides at the tick
+		}
+	}
+	if pa, ok := l.runs.(pauseAware); ok {
+		if paused, _, err := pa.pauseState(ctx); err != nil || paused {
+			return giveUp() // the tick waits for the resume, as ever
+		}
+	}
+	if err := l.fire(ctx, dueTick{at: tick, lead: lead}); err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		l.log.Warn("batuta: cron could not create the tick's run ahead; firing it at the tick", "tick", tick, "error", err)
+		return giveUp()
+	}
+	l.cursor = tick
+	return true, nil
 }
 
 // idle waits for timer (nil: forever), ctx or the end of the inflight run
@@ -778,6 +899,9 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 		Data:     bytes.Clone(l.cfg.Data),
 		Metadata: meta,
 	}
+	if t.lead > 0 {
+		ctx = WithSubmitOptions(ctx, StartAt(t.at))
+	}
 	var ticket *fireTicket
 	if l.ticket != nil && l.ticket.key.at == t.at.UnixNano() {
 		ticket, l.ticket = l.ticket, nil
@@ -788,7 +912,7 @@ func (l *cronLoop) fire(ctx context.Context, t dueTick) error {
 			ticket.release()
 			ticket = nil
 			if l.batch != nil {
-				ticket = l.batch.expectFire(t.at, true)
+				ticket = l.batch.expectFire(t.at, true, t.lead)
 			}
 			// Another live instance fires this tick at once; fire it
 			// too (the store dedupes it) only in case that one is gone.

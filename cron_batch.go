@@ -31,12 +31,14 @@ type fireBatcher struct {
 	groups map[fireKey]*fireGroup
 }
 
-// fireKey names a group: the tick's instant, and whether the fires are the
+// fireKey names a group: the tick's instant, whether the fires are the
 // fallback ones of instances not preferred for the tick (see PeerLister),
-// which come later.
+// which come later, and how long before the tick its runs are created
+// (CronConfig.Ahead: schedules with different leads fire apart).
 type fireKey struct {
 	at       int64 // UnixNano
 	fallback bool
+	lead     time.Duration
 }
 
 type fireGroup struct {
@@ -65,9 +67,9 @@ type fireTicket struct {
 }
 
 // expect takes a ticket for a fire of the tick at instant at (fallback:
-// a fallback fire of it).
-func (b *fireBatcher) expect(at time.Time, fallback bool) *fireTicket {
-	k := fireKey{at.UnixNano(), fallback}
+// a fallback fire of it), made lead before it.
+func (b *fireBatcher) expect(at time.Time, fallback bool, lead time.Duration) *fireTicket {
+	k := fireKey{at.UnixNano(), fallback, lead}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.groups == nil {
@@ -204,10 +206,15 @@ func (b *fireBatcher) flush(o *Orchestrator, items []*fireItem) {
 	var res []CreateResult
 	var err error
 	done := false
-	if ex := o.ex.Load(); ex != nil && ex.creator != nil {
+	later := false // a run starting later has no task to claim yet
+	now := o.clock.Now()
+	for _, nr := range nrs {
+		later = later || nr.StartAt.After(now)
+	}
+	if ex := o.ex.Load(); ex != nil && ex.creator != nil && !later {
 		// This instance's free workers start the first tasks of the
 		// instant's runs, claimed in the transaction that records them.
-		res, _, done, err = ex.createAndClaim(ctx, nrs, o.clock.Now())
+		res, _, done, err = ex.createAndClaim(ctx, nrs, now)
 	}
 	switch {
 	case done:
@@ -244,16 +251,20 @@ var errWrongResults = errors.New("batuta: CreateRuns returned a wrong number of 
 // batchFirer is implemented by the orchestrator's Runs: Fire with the
 // loop's ticket for the tick's instant (see fireBatcher).
 type batchFirer interface {
-	expectFire(at time.Time, fallback bool) *fireTicket
+	expectFire(at time.Time, fallback bool, lead time.Duration) *fireTicket
 	fireBatched(ctx context.Context, t *fireTicket, ev Event) (string, error)
 }
 
-func (r *runsView) expectFire(at time.Time, fallback bool) *fireTicket {
+func (r *runsView) expectFire(at time.Time, fallback bool, lead time.Duration) *fireTicket {
 	if !r.o.store.Durable() {
 		return nil // an in-memory CreateRun costs no round trip
 	}
-	return r.o.fireBatch.expect(at, fallback)
+	return r.o.fireBatch.expect(at, fallback, lead)
 }
+
+// firesWithOptions marks runsView as a startAtFirer: Fire honours the
+// options of WithSubmitOptions.
+func (r *runsView) firesWithOptions() {}
 
 func (r *runsView) fireBatched(ctx context.Context, t *fireTicket, ev Event) (string, error) {
 	if t == nil {

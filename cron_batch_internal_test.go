@@ -59,7 +59,7 @@ func fireAll(t *testing.T, o *Orchestrator, at time.Time, names []string, ctxs [
 	t.Helper()
 	tickets := make([]*fireTicket, len(names))
 	for i := range names {
-		tickets[i] = o.fireBatch.expect(at, false)
+		tickets[i] = o.fireBatch.expect(at, false, 0)
 	}
 	ids := make([]string, len(names))
 	errs := make([]error, len(names))
@@ -148,18 +148,18 @@ func TestFireBatcherCancel(t *testing.T) {
 	// Already canceled: nothing is recorded, the ticket is given back.
 	dead, cancel := context.WithCancel(context.Background())
 	cancel()
-	tk := o.fireBatch.expect(at, false)
+	tk := o.fireBatch.expect(at, false, 0)
 	_, err := v.fireBatched(dead, tk, Event{ID: "dead", Time: at})
 	require.ErrorIs(t, err, context.Canceled)
 	_, err = o.store.FindRun(context.Background(), "wf", "dead")
 	require.ErrorIs(t, err, ErrRunNotFound)
 
 	// A leader waiting for an outstanding ticket, canceled.
-	other := o.fireBatch.expect(at, false)
+	other := o.fireBatch.expect(at, false, 0)
 	lctx, lcancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() {
-		_, err := v.fireBatched(lctx, o.fireBatch.expect(at, false), Event{ID: "leader", Time: at})
+		_, err := v.fireBatched(lctx, o.fireBatch.expect(at, false, 0), Event{ID: "leader", Time: at})
 		res <- err
 	}()
 	require.Eventually(t, func() bool {
@@ -177,7 +177,7 @@ func TestFireBatcherCancel(t *testing.T) {
 	require.NoError(t, err)
 
 	// A released ticket counts as arrived: the group goes without it.
-	t1, t2 := o.fireBatch.expect(at.Add(time.Second), false), o.fireBatch.expect(at.Add(time.Second), false)
+	t1, t2 := o.fireBatch.expect(at.Add(time.Second), false, 0), o.fireBatch.expect(at.Add(time.Second), false, 0)
 	done := make(chan error, 1)
 	go func() {
 		_, err := v.fireBatched(context.Background(), t1, Event{ID: "kept", Time: at.Add(time.Second)})

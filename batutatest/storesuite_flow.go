@@ -30,6 +30,7 @@ type storeCase = struct {
 // others. Names are stable: stores' test filters may refer to them.
 var flowCases = []storeCase{
 	{"FlowStartAt", testFlowStartAt},
+	{"FlowStartSoon", testFlowStartSoon},
 	{"FlowCancelDelayedChain", testFlowCancelDelayedChain},
 	{"FlowNextDue", testFlowNextDue},
 	{"FlowPriorityOrder", testFlowPriority},
@@ -174,6 +175,42 @@ func (st *storeT) reserve(spec batuta.RateSpec, now time.Time) time.Time {
 func near(a, b time.Time) bool {
 	d := a.Sub(b)
 	return d > -time.Millisecond && d < time.Millisecond
+}
+
+// testFlowStartSoon: a run that starts a second after its creation (a cron
+// tick created ahead, a short StartAfter) keeps every promise of a delayed
+// run, though a store may write it differently: nothing of it is claimed
+// before its start, NextDue tells the start, a pause holds it past its
+// start, and it is claimed at its start once resumed.
+func testFlowStartSoon(t *testing.T, st *storeT) {
+	start := base.Add(time.Second)
+	nr := newRun("wf", "soon", base, []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}})
+	nr.StartAt = start
+	id := st.createNew(nr)
+	if r := st.get(id); r.State != batuta.RunPending || !r.Task("a").NotBefore.Equal(start) {
+		t.Fatalf("run starting soon: state %s, a.NotBefore %v; want pending, %v", r.State, r.Task("a").NotBefore, start)
+	}
+	st.claimNone(start.Add(-time.Millisecond), "the run starts at its StartAt")
+	if due := st.nextDue(base, "wf"); !due.Equal(start) {
+		t.Fatalf("NextDue = %v, want the start %v", due, start)
+	}
+	if due := st.nextDue(base, "other"); !due.IsZero() {
+		t.Fatalf("NextDue(other workflow) = %v, want none", due)
+	}
+	_, err := st.s.SetPaused(ctxT(t), "wf", true)
+	st.must(err)
+	st.claimNone(start, "paused at its start")
+	_, err = st.s.SetPaused(ctxT(t), "wf", false)
+	st.must(err)
+	c := st.claimOne(start, id)
+	if c.Task != "a" {
+		t.Fatalf("claimed %s at the start, want a", c.Task)
+	}
+	st.completeOK(c, batuta.OutcomeSucceeded, nil, start)
+	c = st.claimOne(start, id)
+	if res := st.completeOK(c, batuta.OutcomeSucceeded, nil, start); c.Task != "b" || res.RunFinished != batuta.RunSucceeded {
+		t.Fatalf("b: claimed %s, run finished %q", c.Task, res.RunFinished)
+	}
 }
 
 // testFlowStartAt: a delayed run exists at once (found, listed, deduplicated,

@@ -45,6 +45,19 @@ const probeEvery = 2 * time.Millisecond
 // promoteBatch bounds the delayed tasks one claim moves to the ready set.
 const promoteBatch = 1000
 
+// promoteMin is the fewest delayed tasks a claim promotes (when that many
+// are due), whatever its limit.
+const promoteMin = 32
+
+// promoteLimit is how many delayed tasks a claim of limit tasks promotes:
+// about what it takes, so that the instances claiming a burst of tasks
+// that came due at one instant promote it side by side (SKIP LOCKED)
+// rather than one of them promoting it all, in a transaction the others
+// cannot see into until it commits.
+func promoteLimit(limit int) int {
+	return min(promoteBatch, max(limit, promoteMin))
+}
+
 // claimMergeWindow is how far apart the Now of two claims may be for them
 // to share a statement.
 const claimMergeWindow = 5 * time.Millisecond
@@ -169,6 +182,7 @@ type claimPlan struct {
 	reqs                  []int64
 	flow, unpark          bool
 	next                  int64 // earliest delayed task (Unix ns)
+	promoted              int64 // delayed tasks the promote statements made ready
 }
 
 // newClaimPlan chooses the statements of a claim round trip for n groups;
@@ -199,7 +213,7 @@ func (s *Store) newClaimPlan(n, depth int) *claimPlan {
 
 // reset prepares pl for a (new) try: fresh request numbers, no hints.
 func (pl *claimPlan) reset() {
-	pl.flow, pl.unpark, pl.next = false, false, math.MaxInt64
+	pl.flow, pl.unpark, pl.next, pl.promoted = false, false, math.MaxInt64, 0
 	for i := range pl.reqs {
 		pl.reqs[i] = claimRequest()
 	}
@@ -216,7 +230,7 @@ func (s *Store) queueClaims(b *pgx.Batch, groups []*claimGroup, pl *claimPlan) {
 		// room, join the ready set first (the claim itself admits queued
 		// runs).
 		if pl.promote {
-			b.Queue(s.q.promote, g.p.Now, wfs, promoteBatch)
+			b.Queue(s.q.promote, g.p.Now, wfs, promoteLimit(g.p.Limit))
 		}
 		if pl.probe {
 			b.Queue(s.q.probe)
@@ -236,9 +250,11 @@ func (pl *claimPlan) read(br pgx.BatchResults, groups []*claimGroup, ps []batuta
 	for _, g := range groups {
 		var f, u bool
 		if pl.promote {
-			if err := br.QueryRow().Scan(&f); err != nil {
+			var n int64
+			if err := br.QueryRow().Scan(&f, &n); err != nil {
 				return err
 			}
+			pl.promoted += n
 		}
 		var due pgtype.Timestamptz
 		var fl bool
@@ -269,6 +285,18 @@ func (pl *claimPlan) read(br pgx.BatchResults, groups []*claimGroup, ps []batuta
 // claimHints stores the hints a claim round trip read and reports whether
 // its calls left short should try again with the full statements.
 func (s *Store) claimHints(pl *claimPlan, ps []batuta.ClaimParams, out [][]batuta.Claim) (again bool) {
+	if pl.promoted > 0 {
+		// Delayed tasks this round trip made ready and its claims did not
+		// take are ready for anyone: say so, as a new run's tasks are
+		// (the other instances cannot have seen them before the commit).
+		claimed := 0
+		for i := range out {
+			claimed += len(out[i])
+		}
+		if pl.promoted > int64(claimed) {
+			s.workAppeared()
+		}
+	}
 	// A claim without a probe that came back empty looks again, with one
 	// (its caller would go idle on a stale hint); one that came back
 	// short makes the next claim probe.

@@ -33,6 +33,23 @@ type createItem struct {
 	claim *batuta.ClaimParams
 }
 
+// readySoon: a run starting at most this long after its creation has its
+// root tasks written ready, due at the start, rather than delayed: the
+// claims' due_at <= now test holds them back until then, and no promote
+// statement has to move them (a second write of each task, at the instant
+// a burst of them comes due: a cron tick created ahead). The claims read
+// past the entries not due yet in the ready index, which this bounds to
+// the runs created in the last readySoon.
+const readySoon = 2 * time.Second
+
+// soon reports whether the item's root tasks are written ready, due at its
+// start (see readySoon): a run that starts shortly, with no admission
+// queue or debounce to pass first.
+func (it *createItem) soon() bool {
+	return !it.startAt.IsZero() && it.admit == 0 && it.run.Debounce == nil &&
+		it.startAt.Sub(it.run.CreatedAt) <= readySoon
+}
+
 // slow reports whether the item needs a transaction of its own (a group
 // row or debounce key locked, runs looked up) rather than the combined
 // insert.
@@ -160,7 +177,7 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 			it.startAt = st
 		}
 	}
-	if !it.startAt.IsZero() {
+	if !it.startAt.IsZero() && !it.soon() {
 		s.noteDelayed(it.startAt)
 	}
 	if c := nr.Concurrency; c != nil && c.Strategy == batuta.ConcurrencyQueue {
@@ -510,6 +527,9 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 			if len(ts.Deps) == 0 {
 				if !it.startAt.IsZero() {
 					d, hold = it.startAt, 1
+					if it.soon() {
+						hold = 0 // ready, due at its start (see readySoon)
+					}
 				}
 				if it.admit == 1 {
 					hold += 2 // 2: queued, 4: delayed, then queued

@@ -10,6 +10,7 @@ import (
 
 	"github.com/batuta-dev/batuta"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Flow control: delayed runs, priorities, concurrency groups, debounce,
@@ -27,13 +28,22 @@ type flowQueries struct {
 func buildFlowQueries(schema string) flowQueries {
 	s := strings.NewReplacer("{s}", schema).Replace
 	return flowQueries{
-		// One probe of tasks_delayed, in due order.
+		// One probe of tasks_delayed, in due order; and the runs created
+		// since $3 that start later (their root tasks are written ready,
+		// due at the start: see readySoon), through runs_created_at.
 		nextDue: s(`
-SELECT due_at FROM {s}.tasks
-WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1
-  AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
-  AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
-ORDER BY due_at LIMIT 1`),
+SELECT min(d) FROM (
+    (SELECT due_at AS d FROM {s}.tasks
+     WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1
+       AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+       AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
+     ORDER BY due_at LIMIT 1)
+    UNION ALL
+    (SELECT min(r.start_at) FROM {s}.runs r
+     WHERE r.created_at > $3 AND r.start_at > $1 AND r.state = 'active'
+       AND ($2::text[] IS NULL OR r.workflow = ANY($2::text[]))
+       AND NOT (r.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[])))
+) x`),
 		pause: s(`INSERT INTO {s}.paused (workflow) VALUES ($1) ON CONFLICT DO NOTHING`),
 		// The paused workflow's ready tasks leave the ready set, so claims
 		// do not scan them; on resume they go to the delayed set, whence
@@ -356,16 +366,19 @@ func (s *Store) NextDue(ctx context.Context, workflows []string, now time.Time) 
 	if len(workflows) > 0 {
 		wfs = workflows
 	}
-	var t time.Time
-	err := s.queryRow(ctx, s.fq.nextDue, []any{now, wfs}, &t)
-	if errors.Is(err, pgx.ErrNoRows) {
+	var t pgtype.Timestamptz
+	// A run that starts soon was created at most readySoon before its
+	// start, by a clock up to ClockSkew behind ours.
+	since := now.Add(-readySoon - s.cfg.ClockSkew)
+	err := s.queryRow(ctx, s.fq.nextDue, []any{now, wfs, since}, &t)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && !t.Valid {
 		return time.Time{}, nil
 	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("batutapg: next due: %w", err)
 	}
-	s.noteDelayed(t) // perhaps another process's: the claim at t promotes it
-	return t, nil
+	s.noteDelayed(t.Time) // perhaps another process's: the claim at t promotes it
+	return t.Time, nil
 }
 
 // SetPaused implements batuta.Store. The pause is a row every instance's

@@ -287,7 +287,8 @@ WITH tk AS MATERIALIZED (
     FROM d WHERE t.run_id = d.run_id AND t.idx = d.idx AND t.hold IN (1, 4)
     RETURNING t.hold
 )
-SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2)`,
+SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM pr WHERE hold = 2),
+    (SELECT count(*) FROM pr WHERE hold = 0)`,
 
 		// Read before each claim (and after the promote statement, if
 		// any), in its transaction: when the next delayed task is due,

@@ -441,13 +441,14 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 		}
 		w.Flush()
 	}()
-	cst := &countingStore{Store: st, fires: lines}
+	cst := &countingStore{Store: st, fires: lines, node: node}
 	defer func() {
 		if os.Getenv("CRONFLEET_DEBUG") != "" {
 			fmt.Fprintf(os.Stderr, "%s: GetRun %d CreateRun %d (CreateRuns calls %d) ClaimTasks %d RecordTick %d\n", node, cst.gets.Load(), cst.creates.Load(), cst.batches.Load(), cst.claims.Load(), cst.ticks.Load())
 		}
 	}()
-	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node, Workers: workers,
+	claimBatch, _ := strconv.Atoi(os.Getenv("CRONFLEET_CLAIMBATCH"))
+	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node, Workers: workers, ClaimBatch: claimBatch,
 		Hooks: []batuta.Hooks{createdHooks{out: lines}}})
 	if err != nil {
 		return err
@@ -486,6 +487,7 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 type countingStore struct {
 	*batutapg.Store
 	gets, creates, batches, claims, ticks atomic.Int64
+	node                                  string
 	fires                                 chan<- string // "F" records: CreateRun called
 }
 
@@ -527,7 +529,12 @@ func (c *countingStore) countFires(nrs []batuta.NewRun) {
 
 func (c *countingStore) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([]batuta.Claim, error) {
 	c.claims.Add(1)
-	return c.Store.ClaimTasks(ctx, p)
+	t0 := time.Now()
+	cs, err := c.Store.ClaimTasks(ctx, p)
+	if os.Getenv("CRONFLEET_TRACE") != "" {
+		fmt.Fprintf(os.Stderr, "TRACE claim %s start=%s dur=%s limit=%d got=%d err=%v\n", c.node, t0.Format("05.000000"), time.Since(t0), p.Limit, len(cs), err)
+	}
+	return cs, err
 }
 
 func (c *countingStore) RecordTick(ctx context.Context, s string, t time.Time) (bool, error) {
