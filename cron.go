@@ -93,17 +93,17 @@ func (a MissedAction) String() string {
 	return "MissedAction(" + strconv.Itoa(int(a)) + ")"
 }
 
-// Defaults of MissedPolicy and OverlapPolicy.
+// Defaults of MissedPolicy, OverlapPolicy and CronConfig.Ahead.
 const (
-	DefaultCatchUpWindow  = time.Hour
-	DefaultMissedMax      = 10
-	DefaultOverlapBuffer  = 10
+	DefaultCatchUpWindow = time.Hour
+	DefaultMissedMax     = 10
+	DefaultOverlapBuffer = 10
 	// DefaultCronAhead is CronConfig.Ahead's default with a durable
 	// store: a tick's run is created up to a second before the tick.
 	DefaultCronAhead = time.Second
 	// cronMinAhead: a lead shorter than this is not worth a wake-up of
 	// its own (the tick fires at its time).
-	cronMinAhead      = 10 * time.Millisecond
+	cronMinAhead          = 10 * time.Millisecond
 	cronRetryInitialDelay = 100 * time.Millisecond
 	cronRetryMaxDelay     = 10 * time.Second
 	// cronBurst: ticks less than this before the latest due tick are due
