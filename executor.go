@@ -331,17 +331,28 @@ func (ex *executor) dispatch() {
 	var buf []Claim
 	poll := time.NewTimer(o.cfg.PollInterval)
 	defer poll.Stop()
+	// ahead, while in the future: the due time the dispatcher woke for
+	// early (see claimAhead); its claims see the tasks due by then, which
+	// the workers start then.
+	var ahead, dueAt time.Time
 	for {
 		if ex.draining.Load() {
 			return
 		}
 		free := ex.nwork - ex.busy.Load()
 		want := min(free, int64(o.cfg.ClaimBatch))
+		now := o.clock.Now()
+		claimNow := now
+		if ahead.After(now) {
+			claimNow = ahead
+		} else {
+			ahead = time.Time{}
+		}
 		if want > 0 {
 			if cap(buf) < int(want) {
 				buf = make([]Claim, 0, want)
 			}
-			cs, err := ex.claimInto(buf[:0], int(want), o.clock.Now())
+			cs, err := ex.claimInto(buf[:0], int(want), claimNow)
 			if err != nil {
 				errBackoff = min(max(errBackoff*2, 50*time.Millisecond), 5*time.Second)
 				o.log.Error("batuta: claiming tasks failed", "error", err, "retry_in", errBackoff)
@@ -351,6 +362,9 @@ func (ex *executor) dispatch() {
 			got := len(cs)
 			ex.backlog.Store(err == nil && int64(got) == want)
 			for i := range cs {
+				if claimNow.After(now) {
+					cs[i].notBefore = claimNow
+				}
 				ex.busy.Add(1)
 				ex.work <- cs[i]
 				cs[i] = Claim{} // drop references for the GC
@@ -368,7 +382,11 @@ func (ex *executor) dispatch() {
 		}
 		var dueC <-chan time.Time
 		var dueT Timer
-		d, ok, passed := ex.nextDue()
+		through := o.clock.Now()
+		if ahead.After(through) {
+			through = ahead // its due times are served
+		}
+		d, ok, passed := ex.nextDue(through)
 		if passed && errBackoff == 0 {
 			// A due time passed since the claim above (one the store
 			// just told, microseconds away): claim again rather than
@@ -376,7 +394,11 @@ func (ex *executor) dispatch() {
 			continue
 		}
 		if ok && errBackoff == 0 {
-			dueT = o.clock.NewTimer(d.Sub(o.clock.Now()))
+			lead := time.Duration(0)
+			if ex.durable {
+				lead = claimAhead
+			}
+			dueT, dueAt = o.clock.NewTimer(d.Sub(o.clock.Now())-lead), d
 			dueC = dueT.C()
 		}
 		poll.Reset(wait)
@@ -386,6 +408,7 @@ func (ex *executor) dispatch() {
 		case <-notify:
 		case <-poll.C:
 		case <-dueC:
+			ahead = dueAt
 		}
 		if !poll.Stop() {
 			select {
@@ -399,10 +422,18 @@ func (ex *executor) dispatch() {
 	}
 }
 
-// nextDue pops due times that passed and returns the earliest future one;
+// claimAhead is how long before a known due time (a delayed run's start,
+// a retry, a timer) the dispatcher of a durable store claims the tasks due
+// then: the claim's round trip, which takes milliseconds when a burst of
+// tasks comes due at one instant (cron ticks shared by many schedules),
+// is then done by the time, and the workers start the tasks at it. A task
+// already due that such a claim takes waits for the time too (at most
+// claimAhead); a worker holds the task meanwhile.
+const claimAhead = 20 * time.Millisecond
+
+// nextDue pops due times not after now and returns the earliest later one;
 // passed reports whether it popped one.
-func (ex *executor) nextDue() (next time.Time, ok, passed bool) {
-	now := ex.o.clock.Now()
+func (ex *executor) nextDue(now time.Time) (next time.Time, ok, passed bool) {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	for len(ex.due) > 0 && !ex.due[0].After(now) {

@@ -36,6 +36,12 @@ func (ex *executor) worker() {
 	ex.slots = append(ex.slots, sl)
 	ex.mu.Unlock()
 	for sl.cur = range ex.work {
+		if nb := sl.cur.notBefore; !nb.IsZero() && !ex.waitNotBefore(nb) {
+			// Shutting down before the task's time: back to the store.
+			ex.releaseClaims([]Claim{sl.cur}, "claimed ahead of their time while shutting down")
+			ex.busy.Add(-1)
+			continue
+		}
 		c := &sl.cur
 		sl.hint = claimHint{pos: -1} // set by the fused path for the claims it makes
 		var claimedAt time.Time      // zero: read the clock when the task starts
@@ -72,6 +78,23 @@ func (ex *executor) worker() {
 		if ex.busy.Add(-1) == ex.nwork-1 {
 			ex.poke() // the dispatcher may be waiting for a free worker
 		}
+	}
+}
+
+// waitNotBefore waits until t, the time a task claimed ahead starts at
+// (see claimAhead); false if the executor began shutting down first.
+func (ex *executor) waitNotBefore(t time.Time) bool {
+	d := t.Sub(ex.o.clock.Now())
+	if d <= 0 {
+		return true
+	}
+	timer := ex.o.clock.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C():
+		return true
+	case <-ex.stopDispatch:
+		return false
 	}
 }
 

@@ -441,6 +441,10 @@ type Claim struct {
 	// Signal is, for a task whose TaskSpec.Signal is set, the oldest
 	// signal of that name buffered for the run; nil if none.
 	Signal *SignalRecord
+
+	// notBefore, if set, is when the worker starts the task: the executor
+	// claimed it ahead of that time (see claimAhead).
+	notBefore time.Time
 }
 
 // Ref returns the claim's identity for CompleteTasks and ExtendLeases.

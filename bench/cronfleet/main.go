@@ -22,6 +22,8 @@
 //
 // CRONFLEET_DEBUG=1 prints each instance's store calls at exit;
 // CRONFLEET_LOG=debug|info|warn sets the instances' log level (default error);
+// CRONFLEET_TRACE=1 prints each ClaimTasks call of each instance (start,
+// duration, limit, tasks claimed) to stderr;
 // CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there.
 package main
 
@@ -441,14 +443,13 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 		}
 		w.Flush()
 	}()
-	cst := &countingStore{Store: st, fires: lines, node: node}
+	cst := &countingStore{Store: st, fires: lines, node: node, trace: os.Getenv("CRONFLEET_TRACE") != ""}
 	defer func() {
 		if os.Getenv("CRONFLEET_DEBUG") != "" {
 			fmt.Fprintf(os.Stderr, "%s: GetRun %d CreateRun %d (CreateRuns calls %d) ClaimTasks %d RecordTick %d\n", node, cst.gets.Load(), cst.creates.Load(), cst.batches.Load(), cst.claims.Load(), cst.ticks.Load())
 		}
 	}()
-	claimBatch, _ := strconv.Atoi(os.Getenv("CRONFLEET_CLAIMBATCH"))
-	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node, Workers: workers, ClaimBatch: claimBatch,
+	o, err := batuta.New(batuta.Config{Store: cst, Logger: logger, NoLogHooks: true, NodeID: node, Workers: workers,
 		Hooks: []batuta.Hooks{createdHooks{out: lines}}})
 	if err != nil {
 		return err
@@ -488,6 +489,7 @@ type countingStore struct {
 	*batutapg.Store
 	gets, creates, batches, claims, ticks atomic.Int64
 	node                                  string
+	trace                                 bool          // CRONFLEET_TRACE
 	fires                                 chan<- string // "F" records: CreateRun called
 }
 
@@ -531,7 +533,7 @@ func (c *countingStore) ClaimTasks(ctx context.Context, p batuta.ClaimParams) ([
 	c.claims.Add(1)
 	t0 := time.Now()
 	cs, err := c.Store.ClaimTasks(ctx, p)
-	if os.Getenv("CRONFLEET_TRACE") != "" {
+	if c.trace {
 		fmt.Fprintf(os.Stderr, "TRACE claim %s start=%s dur=%s limit=%d got=%d err=%v\n", c.node, t0.Format("05.000000"), time.Since(t0), p.Limit, len(cs), err)
 	}
 	return cs, err
