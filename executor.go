@@ -386,7 +386,7 @@ func (ex *executor) dispatch() {
 		if ahead.After(through) {
 			through = ahead // its due times are served
 		}
-		d, ok, passed := ex.nextDue(through)
+		d, ok, passed, alone := ex.nextDue(through)
 		if passed && errBackoff == 0 {
 			// A due time passed since the claim above (one the store
 			// just told, microseconds away): claim again rather than
@@ -395,7 +395,7 @@ func (ex *executor) dispatch() {
 		}
 		if ok && errBackoff == 0 {
 			lead := time.Duration(0)
-			if ex.durable {
+			if ex.durable && alone {
 				lead = claimAhead
 			}
 			dueT, dueAt = o.clock.NewTimer(d.Sub(o.clock.Now())-lead), d
@@ -408,7 +408,9 @@ func (ex *executor) dispatch() {
 		case <-notify:
 		case <-poll.C:
 		case <-dueC:
-			ahead = dueAt
+			if dueAt.After(o.clock.Now()) {
+				ahead = dueAt // woken claimAhead early
+			}
 		}
 		if !poll.Stop() {
 			select {
@@ -424,16 +426,21 @@ func (ex *executor) dispatch() {
 
 // claimAhead is how long before a known due time (a delayed run's start,
 // a retry, a timer) the dispatcher of a durable store claims the tasks due
-// then: the claim's round trip, which takes milliseconds when a burst of
-// tasks comes due at one instant (cron ticks shared by many schedules),
-// is then done by the time, and the workers start the tasks at it. A task
-// already due that such a claim takes waits for the time too (at most
-// claimAhead); a worker holds the task meanwhile.
+// then, when no other due time it knows follows within claimAhead: the
+// claim's round trip, which takes milliseconds when a burst of tasks comes
+// due at one instant (cron ticks shared by many schedules), is then done by
+// the time, and the workers start the tasks at it. A task already due that
+// such a claim takes waits for the time too (at most claimAhead); a worker
+// holds the task meanwhile.
 const claimAhead = 20 * time.Millisecond
 
 // nextDue pops due times not after now and returns the earliest later one;
-// passed reports whether it popped one.
-func (ex *executor) nextDue(now time.Time) (next time.Time, ok, passed bool) {
+// passed reports whether it popped one; alone, whether no other due time
+// follows it within claimAhead (only then is it claimed ahead: a worker
+// holding a task claimed ahead does nothing until its time, so a dense
+// stream of due times, a timer every few microseconds, is claimed at each
+// time as it comes rather than by workers held idle).
+func (ex *executor) nextDue(now time.Time) (next time.Time, ok, passed, alone bool) {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	for len(ex.due) > 0 && !ex.due[0].After(now) {
@@ -441,9 +448,17 @@ func (ex *executor) nextDue(now time.Time) (next time.Time, ok, passed bool) {
 		passed = true
 	}
 	if len(ex.due) == 0 {
-		return time.Time{}, false, passed
+		return time.Time{}, false, passed, false
 	}
-	return ex.due[0], true, passed
+	next, alone = ex.due[0], true
+	end := next.Add(claimAhead)
+	for _, t := range ex.due[1:] {
+		if t.After(next) && !t.After(end) {
+			alone = false
+			break
+		}
+	}
+	return next, true, passed, alone
 }
 
 // maxDue bounds the due heap: past it, due times are left to the store

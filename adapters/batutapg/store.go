@@ -271,6 +271,8 @@ type Store struct {
 	nextDelayed, delayedCreated atomic.Int64
 	unpark                      atomic.Bool
 	lastProbe                   atomic.Int64 // when the last probe was sent (Unix ns)
+	soonAsked                   atomic.Int64 // when NextDue last looked for runs starting soon (wall clock, Unix ns)
+	soonCreated                 atomic.Bool  // a run starting soon was created since
 
 	live liveness
 

@@ -177,7 +177,9 @@ func (s *Store) prepareRun(nr *batuta.NewRun) (createItem, error) {
 			it.startAt = st
 		}
 	}
-	if !it.startAt.IsZero() && !it.soon() {
+	if it.soon() {
+		s.soonCreated.Store(true) // NextDue looks for it
+	} else if !it.startAt.IsZero() {
 		s.noteDelayed(it.startAt)
 	}
 	if c := nr.Concurrency; c != nil && c.Strategy == batuta.ConcurrencyQueue {

@@ -19,19 +19,26 @@ import (
 
 // flowQueries are the statements of this file.
 type flowQueries struct {
-	nextDue, pause, pauseTasks, resume, resumeTasks, paused string
-	reserve, pruneRates                                     string
-	debounceFind, debounceMove, debounceTasks               string
-	groupLock, inProgress                                   string
+	nextDue, nextDueSoon, pause, pauseTasks, resume, resumeTasks, paused string
+	reserve, pruneRates                                                  string
+	debounceFind, debounceMove, debounceTasks                            string
+	groupLock, inProgress                                                string
 }
 
 func buildFlowQueries(schema string) flowQueries {
 	s := strings.NewReplacer("{s}", schema).Replace
 	return flowQueries{
-		// One probe of tasks_delayed, in due order; and the runs created
-		// since $3 that start later (their root tasks are written ready,
-		// due at the start: see readySoon), through runs_created_at.
+		// One probe of tasks_delayed, in due order.
 		nextDue: s(`
+SELECT due_at FROM {s}.tasks
+WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1
+  AND ($2::text[] IS NULL OR workflow = ANY($2::text[]))
+  AND NOT (workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]))
+ORDER BY due_at LIMIT 1`),
+		// The same, and the runs created since $3 that start later
+		// (their root tasks are written ready, due at the start: see
+		// readySoon), through runs_created_at.
+		nextDueSoon: s(`
 SELECT min(d) FROM (
     (SELECT due_at AS d FROM {s}.tasks
      WHERE state = 'pending' AND pending_deps = 0 AND hold IN (1, 4) AND due_at > $1
@@ -367,10 +374,22 @@ func (s *Store) NextDue(ctx context.Context, workflows []string, now time.Time) 
 		wfs = workflows
 	}
 	var t pgtype.Timestamptz
-	// A run that starts soon was created at most readySoon before its
-	// start, by a clock up to ClockSkew behind ours.
-	since := now.Add(-readySoon - s.cfg.ClockSkew)
-	err := s.queryRow(ctx, s.fq.nextDue, []any{now, wfs, since}, &t)
+	var err error
+	wall := time.Now().UnixNano()
+	if s.soonCreated.Swap(false) || wall-s.soonAsked.Load() >= int64(soonAskEvery) {
+		// A run that starts soon was created at most readySoon before
+		// its start, by a clock up to ClockSkew behind ours. Reading the
+		// runs created since costs a range of runs_created_at: only once
+		// this Store created such a run, or soonAskEvery passed (a
+		// stream of timers asks on every idle moment; runs another
+		// process created are found within soonAskEvery, and that
+		// process wakes for them on its own).
+		s.soonAsked.Store(wall)
+		since := now.Add(-readySoon - s.cfg.ClockSkew)
+		err = s.queryRow(ctx, s.fq.nextDueSoon, []any{now, wfs, since}, &t)
+	} else {
+		err = s.queryRow(ctx, s.fq.nextDue, []any{now, wfs}, &t)
+	}
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && !t.Valid {
 		return time.Time{}, nil
 	}
@@ -380,6 +399,10 @@ func (s *Store) NextDue(ctx context.Context, workflows []string, now time.Time) 
 	s.noteDelayed(t.Time) // perhaps another process's: the claim at t promotes it
 	return t.Time, nil
 }
+
+// soonAskEvery is how often (at most) NextDue looks for runs that start
+// soon (see readySoon) besides the delayed tasks.
+const soonAskEvery = 500 * time.Millisecond
 
 // SetPaused implements batuta.Store. The pause is a row every instance's
 // claims read; the paused workflow's ready tasks move out of the ready set
