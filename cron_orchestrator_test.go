@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/batuta-dev/batuta/batutatest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -74,31 +75,28 @@ func TestCronThroughOrchestrator(t *testing.T) {
 	require.False(t, last.Before(gotTimes[2]))
 }
 
-// TestCronAheadThroughOrchestrator: with CronConfig.Ahead, each tick's run
-// exists before its tick and its task starts no earlier than the tick
-// (in-memory store, system clock, 300ms ticks created 100ms ahead).
+// TestCronAheadThroughOrchestrator: with CronConfig.Ahead, a tick's run
+// exists before its tick, through the orchestrator and its store, and its
+// task starts at the tick, not before (in-memory store, fake clock).
 func TestCronAheadThroughOrchestrator(t *testing.T) {
 	t.Parallel()
+	begin := time.Date(2026, 3, 2, 10, 0, 0, 500_000_000, time.UTC)
+	clock := batutatest.NewFakeClock(begin)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	o, err := batuta.New(batuta.Config{Logger: logger})
+	o, err := batuta.New(batuta.Config{Logger: logger, Clock: clock})
 	require.NoError(t, err)
-	type start struct {
-		runID      string
-		tick, when time.Time
-	}
 	var mu sync.Mutex
-	var starts []start
+	started := map[string]time.Time{}
 	require.NoError(t, o.Register(&batuta.Workflow{Name: "beat", Tasks: []batuta.Task{{
 		Name: "beat",
 		Run: func(_ context.Context, in *batuta.Input) (any, error) {
-			now := time.Now()
 			mu.Lock()
 			defer mu.Unlock()
-			starts = append(starts, start{in.RunID(), in.Event().Time, now})
+			started[in.RunID()] = clock.Now()
 			return nil, nil
 		},
 	}}}))
-	trig, err := batuta.NewCron(batuta.CronConfig{Name: "beat", Spec: "@every 300ms", Ahead: 100 * time.Millisecond, Logger: logger})
+	trig, err := batuta.NewCron(batuta.CronConfig{Name: "beat", Spec: "0 * * * * *", Ahead: 200 * time.Millisecond, Logger: logger})
 	require.NoError(t, err)
 	require.NoError(t, o.Bind("beat", trig))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -108,24 +106,42 @@ func TestCronAheadThroughOrchestrator(t *testing.T) {
 		cancel()
 		require.NoError(t, <-done)
 	}()
+	tick := begin.Truncate(time.Minute).Add(time.Minute)
+	// Step the clock toward the tick, short of it, until the run exists
+	// (the lead is at most half the time from the trigger's start to the
+	// tick, and the test does not know when it started: in large steps
+	// first, so that it starts long before the tick).
+	var run *batuta.Run
 	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(starts) >= 3
-	}, 10*time.Second, 5*time.Millisecond)
-	mu.Lock()
-	got := append([]start(nil), starts[:3]...)
-	mu.Unlock()
-	ahead := 0
-	for _, s := range got {
-		require.False(t, s.when.Before(s.tick), "run %s started at %s, before its tick %s", s.runID, s.when, s.tick)
-		r, err := o.GetRun(context.Background(), s.runID)
-		require.NoError(t, err)
-		if r.CreatedAt.Before(s.tick) {
-			ahead++
+		rs, err := o.ListRuns(context.Background(), batuta.RunFilter{Workflow: "beat"})
+		if err == nil && len(rs) > 0 {
+			run = rs[0]
+			return true
 		}
-	}
-	// The first tick may come less than two leads after the start (the
-	// lead is then at most half of that); the later ones are created ahead.
-	require.GreaterOrEqual(t, ahead, 2, "runs created before their ticks")
+		step := 5 * time.Millisecond
+		if clock.Now().Before(tick.Add(-time.Second)) {
+			step = 100 * time.Millisecond
+		}
+		if next := clock.Now().Add(step); next.Before(tick) {
+			clock.Set(next)
+		}
+		return false
+	}, 10*time.Second, 2*time.Millisecond, "no run created ahead of the tick")
+	require.True(t, clock.Now().Before(tick))
+	require.Equal(t, batuta.CronEventID("beat", tick), run.Event.ID)
+	require.True(t, run.StartAt.Equal(tick), "StartAt %s, want the tick %s", run.StartAt, tick)
+	require.True(t, run.CreatedAt.Before(tick))
+	require.Equal(t, batuta.RunPending, run.State)
+	mu.Lock()
+	require.Empty(t, started, "the task started before its tick")
+	mu.Unlock()
+	clock.Set(tick)
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	r, err := o.Wait(wctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State)
+	mu.Lock()
+	require.Equal(t, tick, started[run.ID])
+	mu.Unlock()
 }
