@@ -99,13 +99,7 @@ func TestCronAheadThroughOrchestrator(t *testing.T) {
 	trig, err := batuta.NewCron(batuta.CronConfig{Name: "beat", Spec: "0 * * * * *", Ahead: 200 * time.Millisecond, Logger: logger})
 	require.NoError(t, err)
 	require.NoError(t, o.Bind("beat", trig))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
+	start(t, o)
 	tick := begin.Truncate(time.Minute).Add(time.Minute)
 	// Step the clock toward the tick, short of it, until the run exists
 	// (the lead is at most half the time from the trigger's start to the

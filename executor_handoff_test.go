@@ -292,13 +292,7 @@ func TestOverClaimReleased(t *testing.T) {
 	require.NoError(t, o.Register(&batuta.Workflow{Name: "one", Tasks: []batuta.Task{{Name: "a", Run: func(context.Context, *batuta.Input) (any, error) {
 		return nil, nil
 	}}}}))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
+	start(t, o)
 	// Submit until one Submit took the fused path (a worker was free).
 	var ids []string
 	require.Eventually(t, func() bool {
