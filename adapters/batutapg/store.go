@@ -342,7 +342,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.lq = buildLiveQueries(s.schema)
 	s.fq = buildFlowQueries(s.schema)
 	s.oq = buildOpsQueries(s.schema)
-	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '%dms', true)",
+	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('lock_timeout', '%dms', true)",
 		max(cfg.CompletionLockWait.Milliseconds(), 1))
 	err := cs.with(ctx, func(c *pgx.Conn) error {
 		if cfg.ManualMigrate {
@@ -573,8 +573,8 @@ func (s *Store) queryRow(ctx context.Context, sql string, args []any, dest ...an
 
 // The per-transaction settings of sendHot.
 const (
-	setGeneric      = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
-	setGenericAsync = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('synchronous_commit', 'off', true)"
+	setGeneric      = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true)"
+	setGenericAsync = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true)"
 )
 
 // querier is what the store's statements run on: the pool, or a caller's
