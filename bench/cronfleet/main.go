@@ -25,7 +25,8 @@
 // CRONFLEET_LOG=debug|info|warn sets the instances' log level (default error);
 // CRONFLEET_TRACE=1 prints each ClaimTasks call of each instance (start,
 // duration, limit, tasks claimed) to stderr;
-// CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there.
+// CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there;
+// CRONFLEET_TICKS=1 prints each tick's skew percentiles to stderr.
 package main
 
 import (
@@ -285,6 +286,7 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 	}
 	var once, missing, dup int
 	var skew, toCreated, toStart []time.Duration
+	perTick := map[int64][]time.Duration{}
 	for i := 0; i < sc.schedules; i++ {
 		name := schedName(i)
 		for _, t := range ticks {
@@ -300,6 +302,7 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 			}
 			tick := time.Unix(0, t)
 			skew = append(skew, first[k].Sub(tick))
+			perTick[t] = append(perTick[t], first[k].Sub(tick))
 			if f, ok := fired[k]; ok {
 				toFire = append(toFire, f.Sub(tick))
 			}
@@ -307,6 +310,13 @@ func runScenario(ctx context.Context, adminDSN, db string, sc scenario, overlap 
 				toCreated = append(toCreated, c.Sub(tick))
 				toStart = append(toStart, first[k].Sub(c))
 			}
+		}
+	}
+	if os.Getenv("CRONFLEET_TICKS") != "" {
+		for _, t := range ticks {
+			d := perTick[t]
+			fmt.Fprintf(os.Stderr, "TICK %s %s: %d started, skew p50 %.1f p99 %.1f max %.1f ms\n", sc.name, time.Unix(0, t).Format("15:04:05"), len(d),
+				stats.Millis(stats.Percentile(d, 50)), stats.Millis(stats.Percentile(d, 99)), stats.Millis(stats.Percentile(d, 100)))
 		}
 	}
 	total := sc.schedules * len(ticks)

@@ -10,7 +10,9 @@
 //	sustained  producers submit (River: Insert) while the workers work,
 //	           for -sustain; finished runs/s
 //	latency    open-loop submits at -rate/s for -latency-for, default
-//	           settings on both sides; submit-to-task-start p50/p99
+//	           settings on both sides; submit-to-task-start p50/p99, and
+//	           the server's floor at the same rate (a single-row INSERT
+//	           that notifies a listener: insert -> listener told)
 //	diamond    batuta only: N/10 runs of a 5-task diamond (a -> b,c,d -> e)
 //	           drained by 1 and by 2 orchestrators; runs/s
 //
@@ -144,9 +146,12 @@ func run(ctx context.Context, dsn, sides string, n, rounds, workers, riverWorker
 			fmt.Printf("  median:  batuta %8.0f runs/s | river %8.0f jobs/s | ratio %.2f\n", median(bs), median(rs), median(bs)/median(rs))
 		case "latency":
 			fmt.Printf("\n(c) latency: open loop %d/s for %s, default settings, submit -> task start\n", rate, latFor)
-			var b50, b99, r50, r99 []float64
+			var b50, b99, r50, r99, f50, f99 []float64
 			for i := 1; i <= rounds; i++ {
-				var bl, rl []time.Duration
+				var bl, rl, fl []time.Duration
+				if fl, err = floorLatency(ctx, bp, rate, latFor); err != nil {
+					return fmt.Errorf("floor latency: %w", err)
+				}
 				if doB {
 					if bl, err = b.latency(ctx, rate, latFor); err != nil {
 						return fmt.Errorf("batuta latency: %w", err)
@@ -160,10 +165,12 @@ func run(ctx context.Context, dsn, sides string, n, rounds, workers, riverWorker
 				msf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 				b50, b99 = append(b50, msf(percentile(bl, 50))), append(b99, msf(percentile(bl, 99)))
 				r50, r99 = append(r50, msf(percentile(rl, 50))), append(r99, msf(percentile(rl, 99)))
-				fmt.Printf("  round %d: batuta p50 %s p99 %s | river p50 %s p99 %s\n", i,
-					ms(b50[i-1]), ms(b99[i-1]), ms(r50[i-1]), ms(r99[i-1]))
+				f50, f99 = append(f50, msf(percentile(fl, 50))), append(f99, msf(percentile(fl, 99)))
+				fmt.Printf("  round %d: batuta p50 %s p99 %s | river p50 %s p99 %s | floor p50 %s p99 %s\n", i,
+					ms(b50[i-1]), ms(b99[i-1]), ms(r50[i-1]), ms(r99[i-1]), ms(f50[i-1]), ms(f99[i-1]))
 			}
-			fmt.Printf("  median:  batuta p50 %s p99 %s | river p50 %s p99 %s\n", ms(median(b50)), ms(median(b99)), ms(median(r50)), ms(median(r99)))
+			fmt.Printf("  median:  batuta p50 %s p99 %s | river p50 %s p99 %s | floor p50 %s p99 %s (batuta/floor p50 %.2fx)\n",
+				ms(median(b50)), ms(median(b99)), ms(median(r50)), ms(median(r99)), ms(median(f50)), ms(median(f99)), median(b50)/median(f50))
 		case "diamond":
 			dn := max(n/10, 1000)
 			fmt.Printf("\n(d) 5-task diamond (a -> b,c,d -> e), batuta only: %d runs created first, then drained\n", dn)
