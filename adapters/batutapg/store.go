@@ -454,8 +454,12 @@ func withRetry(ctx context.Context, fn func() error) error {
 // force_generic_plan, local to the transaction): the store's hot statements
 // are prepared once per connection, and planning their CTEs afresh for
 // each execution, as PostgreSQL's plan cache otherwise often chooses to,
-// costs more than executing them. read consumes the results of the queued
-// statements in order. On error the transaction is rolled back and the
+// costs more than executing them. The transaction also turns sequential
+// scans off: a connection keeps its generic plan for as long as nothing
+// invalidates it, and a plan made while a table was empty (a fresh
+// deployment) would read the table through on every call once it is full;
+// every hot statement finds its rows through an index. read consumes the
+// results of the queued statements in order. On error the transaction is rolled back and the
 // connection stays in the pool.
 //
 // With asyncCommit the transaction also commits without waiting for its
