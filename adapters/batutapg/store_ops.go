@@ -203,8 +203,10 @@ type signalTarget struct {
 // state (pgx.ErrNoRows: no such run) and the tasks that wait for the
 // signal.
 func readSignalTargets(br pgx.BatchResults) (string, []signalTarget, error) {
-	if _, err := br.Exec(); err != nil {
-		return "", nil, err
+	for range 2 { // BEGIN, the settings
+		if _, err := br.Exec(); err != nil {
+			return "", nil, err
+		}
 	}
 	var st string
 	var canceled bool
@@ -373,6 +375,7 @@ func (s *Store) SendSignal(ctx context.Context, sig batuta.SignalSend) (batuta.S
 			// the tasks that wait (or will wait) for the signal.
 			b := &pgx.Batch{}
 			b.Queue("BEGIN")
+			b.Queue(setGeneric) // the hot transactions' plans (see sendHot)
 			b.Queue(s.q.cancelLock, id)
 			b.Queue(s.oq.sigTasks, id, sig.Name)
 			br := c.SendBatch(ctx, b)
