@@ -89,10 +89,16 @@ type Config struct {
 	// MaxBatch caps how many runs, completions or claim calls concurrent
 	// callers may have combined into one round trip. Default 1000.
 	MaxBatch int
-	// MaxFlushes caps how many combined round trips of one kind (runs
-	// created, claims, completions) run at once, each on its own
-	// connection. Default 2.
+	// MaxFlushes caps how many combined round trips of runs created, and
+	// of claims, run at once, each on its own connection. Default 2.
 	MaxFlushes int
+	// MaxCompletionFlushes caps how many combined round trips of
+	// completions run at once. Default 1: when a burst of tasks ends at
+	// once (a cron tick's runs), a second slot only lets the first one or
+	// two completions go alone while the rest wait for a slot, and
+	// concurrent completion transactions contend on the server; with one,
+	// the rest go as one batch as soon as the first returns.
+	MaxCompletionFlushes int
 	// ClockSkew is how far behind the clock of the process that created a
 	// run another claimer's clock may be and still see the run's first
 	// tasks as due at once: a new task is due from its run's CreatedAt
@@ -151,6 +157,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxFlushes == 0 {
 		c.MaxFlushes = 2
 	}
+	if c.MaxCompletionFlushes == 0 {
+		c.MaxCompletionFlushes = 1
+	}
 	if c.ActiveRecount == 0 {
 		c.ActiveRecount = time.Second
 	}
@@ -190,6 +199,8 @@ func (c Config) validate() error {
 		return &batuta.ConfigError{Field: "MaxBatch", Reason: "must not be negative"}
 	case c.MaxFlushes < 0:
 		return &batuta.ConfigError{Field: "MaxFlushes", Reason: "must not be negative"}
+	case c.MaxCompletionFlushes < 0:
+		return &batuta.ConfigError{Field: "MaxCompletionFlushes", Reason: "must not be negative"}
 	case c.ActiveRecount < 0:
 		return &batuta.ConfigError{Field: "ActiveRecount", Reason: "must not be negative"}
 	case c.ClockSkew < 0:
@@ -354,7 +365,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.creates = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCreates)
-	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCompletions)
+	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxCompletionFlushes, s.flushCompletions)
 	s.claims = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushClaims)
 	// Claims made for a caller that gave up mid-statement are released.
 	s.creates.abandoned = s.abandonedCreates

@@ -33,6 +33,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative ListenCheckTimeout", Config{ListenCheckTimeout: -1}, "ListenCheckTimeout", batuta.ErrInvalidConfig},
 		{"negative MaxBatch", Config{MaxBatch: -1}, "MaxBatch", batuta.ErrInvalidConfig},
 		{"negative MaxFlushes", Config{MaxFlushes: -1}, "MaxFlushes", batuta.ErrInvalidConfig},
+		{"negative MaxCompletionFlushes", Config{MaxCompletionFlushes: -1}, "MaxCompletionFlushes", batuta.ErrInvalidConfig},
 		{"negative ActiveRecount", Config{ActiveRecount: -1}, "ActiveRecount", batuta.ErrInvalidConfig},
 		{"negative ClockSkew", Config{ClockSkew: -time.Second}, "ClockSkew", batuta.ErrInvalidConfig},
 		{"liveness off", Config{LivenessInterval: -1}, "", nil},
@@ -65,6 +66,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.NotNil(t, c.Logger)
 	require.Equal(t, 1000, c.MaxBatch)
 	require.Equal(t, 2, c.MaxFlushes)
+	require.Equal(t, 1, c.MaxCompletionFlushes)
 	require.Equal(t, time.Minute, c.ClockSkew)
 	require.Equal(t, time.Second, c.ActiveRecount)
 	require.Equal(t, 3*time.Second, c.ListenCheckTimeout)

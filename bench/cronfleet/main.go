@@ -26,7 +26,9 @@
 // CRONFLEET_TRACE=1 prints each ClaimTasks call of each instance (start,
 // duration, limit, tasks claimed) to stderr;
 // CRONFLEET_CPUPROFILE=<dir> writes each instance's CPU profile there;
-// CRONFLEET_TICKS=1 prints each tick's skew percentiles to stderr.
+// CRONFLEET_TICKS=1 prints each tick's skew percentiles to stderr;
+// CRONFLEET_MAXFLUSHES and CRONFLEET_COMPLETIONFLUSHES set the instances'
+// batutapg.Config.MaxFlushes and MaxCompletionFlushes.
 package main
 
 import (
@@ -435,7 +437,10 @@ func runChild(dsn, scen, overlap, node string, conns, workers int) error {
 		}
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", node)
-	st, err := batutapg.New(ctx, pool, batutapg.Config{Logger: logger, ManualMigrate: true})
+	// Experiments: the store's flush slots (0 keeps its defaults).
+	mf, _ := strconv.Atoi(os.Getenv("CRONFLEET_MAXFLUSHES"))
+	mcf, _ := strconv.Atoi(os.Getenv("CRONFLEET_COMPLETIONFLUSHES"))
+	st, err := batutapg.New(ctx, pool, batutapg.Config{Logger: logger, ManualMigrate: true, MaxFlushes: mf, MaxCompletionFlushes: mcf})
 	if err != nil {
 		return err
 	}
