@@ -353,8 +353,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.lq = buildLiveQueries(s.schema)
 	s.fq = buildFlowQueries(s.schema)
 	s.oq = buildOpsQueries(s.schema)
-	s.setBounded = fmt.Sprintf("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('lock_timeout', '%dms', true)",
-		max(cfg.CompletionLockWait.Milliseconds(), 1))
+	s.setBounded = fmt.Sprintf(setGeneric+", set_config('lock_timeout', '%dms', true)", max(cfg.CompletionLockWait.Milliseconds(), 1))
 	err := cs.with(ctx, func(c *pgx.Conn) error {
 		if cfg.ManualMigrate {
 			return checkVersion(ctx, c, cfg.Schema)
@@ -470,8 +469,8 @@ func withRetry(ctx context.Context, fn func() error) error {
 // invalidates it, and a plan made while a table was empty (a fresh
 // deployment) would read the table through on every call once it is full;
 // every hot statement finds its rows through an index. read consumes the
-// results of the queued statements in order. On error the transaction is rolled back and the
-// connection stays in the pool.
+// results of the queued statements in order. On error the transaction is
+// rolled back and the connection stays in the pool.
 //
 // With asyncCommit the transaction also commits without waiting for its
 // WAL to reach disk (synchronous_commit = off): for claims and lease
@@ -589,7 +588,7 @@ func (s *Store) queryRow(ctx context.Context, sql string, args []any, dest ...an
 // The per-transaction settings of sendHot.
 const (
 	setGeneric      = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true)"
-	setGenericAsync = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true)"
+	setGenericAsync = setGeneric + ", set_config('synchronous_commit', 'off', true)"
 )
 
 // querier is what the store's statements run on: the pool, or a caller's

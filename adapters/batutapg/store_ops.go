@@ -199,9 +199,9 @@ type signalTarget struct {
 	sub           bool
 }
 
-// readSignalTargets reads SendSignal's first round trip: BEGIN, the run's
-// state (pgx.ErrNoRows: no such run) and the tasks that wait for the
-// signal.
+// readSignalTargets reads SendSignal's first round trip: BEGIN, the
+// transaction's settings, the run's state (pgx.ErrNoRows: no such run) and
+// the tasks that wait for the signal.
 func readSignalTargets(br pgx.BatchResults) (string, []signalTarget, error) {
 	for range 2 { // BEGIN, the settings
 		if _, err := br.Exec(); err != nil {
