@@ -93,11 +93,15 @@ type Config struct {
 	// of claims, run at once, each on its own connection. Default 2.
 	MaxFlushes int
 	// MaxCompletionFlushes caps how many combined round trips of
-	// completions run at once. Default 1: when a burst of tasks ends at
-	// once (a cron tick's runs), a second slot only lets the first one or
-	// two completions go alone while the rest wait for a slot, and
-	// concurrent completion transactions contend on the server; with one,
-	// the rest go as one batch as soon as the first returns.
+	// completions run at once. Default 2, and a round trip beyond the
+	// first starts only when 256 or more completions wait for one: when a
+	// burst of tasks ends at once (a cron tick's runs), the first one or
+	// two completions would otherwise take the slots alone while the rest
+	// waited, and concurrent completion transactions contend on the
+	// server; a backlog that large is a throughput load, which a second
+	// round trip serves (a fifth more limited runs per second in
+	// bench/flowbench than with one).
+	// 1 keeps one completion round trip at a time.
 	MaxCompletionFlushes int
 	// ClockSkew is how far behind the clock of the process that created a
 	// run another claimer's clock may be and still see the run's first
@@ -158,7 +162,7 @@ func (c Config) withDefaults() Config {
 		c.MaxFlushes = 2
 	}
 	if c.MaxCompletionFlushes == 0 {
-		c.MaxCompletionFlushes = 1
+		c.MaxCompletionFlushes = 2
 	}
 	if c.ActiveRecount == 0 {
 		c.ActiveRecount = time.Second
@@ -365,6 +369,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	}
 	s.creates = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCreates)
 	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxCompletionFlushes, s.flushCompletions)
+	s.completes.spill = completionSpill
 	s.claims = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushClaims)
 	// Claims made for a caller that gave up mid-statement are released.
 	s.creates.abandoned = s.abandonedCreates

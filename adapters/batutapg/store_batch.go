@@ -14,7 +14,10 @@ import (
 // oldest first, until its own call is done; then it hands the slot to the
 // oldest waiting caller (or frees it). At most maxFlush batches of one
 // combiner run at once; a batch holds whole calls, up to maxBatch items (a
-// single larger call is flushed alone).
+// single larger call is flushed alone). With spill set, a slot beyond the
+// first is taken only by a call that finds at least spill items queued:
+// a few calls wait for the busy slot and go together, a crowd gets a
+// round trip of its own.
 //
 // A batch's statement runs under a context that ends only when every
 // caller in it has given up, and carries the values of the first caller's.
@@ -24,11 +27,13 @@ import (
 // lease expires.
 type combiner[I, O any] struct {
 	maxBatch, maxFlush int
+	spill              int
 	flush              func(ctx context.Context, items []I) ([]O, error)
 	abandoned          func(out []O)
 
 	mu       sync.Mutex
 	queue    []*call[I, O]
+	queued   int // items in queue
 	flushing int
 }
 
@@ -58,7 +63,8 @@ func (b *combiner[I, O]) do(ctx context.Context, items []I) ([]O, error) {
 	c := &call[I, O]{ctx: ctx, items: items, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
-	if b.flushing < b.maxFlush {
+	b.queued += len(items)
+	if b.flushing < b.maxFlush && (b.flushing == 0 || b.spill == 0 || b.queued >= b.spill) {
 		b.flushing++
 		b.mu.Unlock()
 		b.leadLoop(c)
@@ -102,6 +108,7 @@ func (b *combiner[I, O]) removeLocked(c *call[I, O]) {
 	for i, q := range b.queue {
 		if q == c {
 			b.queue = append(b.queue[:i], b.queue[i+1:]...)
+			b.queued -= len(c.items)
 			return
 		}
 	}
@@ -123,6 +130,7 @@ func (b *combiner[I, O]) leadLoop(c *call[I, O]) {
 			b.queue[n].taken = true
 			n++
 		}
+		b.queued -= size
 		batch := append([]*call[I, O](nil), b.queue[:n]...)
 		b.queue = append(b.queue[:0], b.queue[n:]...)
 		b.mu.Unlock()
@@ -202,3 +210,7 @@ func (b *combiner[I, O]) exec(batch []*call[I, O]) {
 		b.abandoned(o)
 	}
 }
+
+// completionSpill is how many completions must wait for the busy flush
+// slot before a second one starts (see Config.MaxCompletionFlushes).
+const completionSpill = 256

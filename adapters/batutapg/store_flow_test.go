@@ -553,3 +553,103 @@ func TestProbeReadsOneDelayedEntry(t *testing.T) {
 	require.Positive(t, most, "the probe did not read tasks_delayed")
 	require.LessOrEqual(t, most, float64(1), "the probe scanned %v delayed tasks to find the next one", most)
 }
+
+// TestFlowHandOff: a run that frees its group's slot admits the group's
+// next due run in the completing transaction (its task is in the ready set
+// before any claim), in queue order, skipping a run that starts later, a
+// run another transaction holds, and every run of a paused workflow; what
+// the completion leaves, a claim admits.
+func TestFlowHandOff(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	s := newTestStore(t, pool, Config{DisableListen: true})
+	ctx := testCtx(t)
+	schema := quoteIdent(s.Schema())
+	now := time.Now()
+	spec := &batuta.ConcurrencySpec{Key: "ho:k", Max: 1}
+	ids := map[string]string{}
+	for i, name := range []string{"r0", "r1", "later", "r3", "held", "r5", "r6"} {
+		nr := newRunFor("ho", name, now.Add(time.Duration(i)*time.Millisecond))
+		nr.Concurrency = spec
+		if name == "later" {
+			nr.StartAt = now.Add(time.Hour)
+		}
+		_, _, err := s.CreateRun(ctx, nr)
+		require.NoError(t, err)
+		ids[name] = nr.ID
+	}
+	// admitted reports, straight from the tables, whether the run holds
+	// the slot and its task is in the ready set, and the group's counts.
+	admitted := func(name string) (bool, int, int) {
+		t.Helper()
+		var ok bool
+		var active, waiting int
+		require.NoError(t, pool.QueryRow(ctx, `
+SELECT r.admit = 2 AND t.hold = 0 AND NOT EXISTS (SELECT 1 FROM `+schema+`.run_queue q WHERE q.run_id = r.id),
+    g.active, g.waiting
+FROM `+schema+`.runs r JOIN `+schema+`.tasks t ON t.run_id = r.id JOIN `+schema+`.run_groups g ON g.key = r.ckey
+WHERE r.id = $1`, ids[name]).Scan(&ok, &active, &waiting))
+		return ok, active, waiting
+	}
+	at := now.Add(time.Second)
+	step := func(want string) {
+		t.Helper()
+		cs := flowClaim(t, s, "ho", at, 10)
+		require.Len(t, cs, 1)
+		require.Equal(t, want, cs[0].Event.ID)
+		require.NoError(t, flowComplete(t, s, cs, at)[0].Err)
+	}
+
+	step("r0") // a claim admits the first run: nothing was running
+	ok, active, waiting := admitted("r1")
+	require.True(t, ok, "r0's completion did not hand its slot to r1")
+	require.Equal(t, []int{1, 5}, []int{active, waiting})
+
+	step("r1") // hands off to r3: "later" starts in an hour
+	ok, _, _ = admitted("later")
+	require.False(t, ok, "a run that starts later was admitted early")
+	ok, active, waiting = admitted("r3")
+	require.True(t, ok)
+	require.Equal(t, []int{1, 4}, []int{active, waiting})
+
+	// Another transaction holds "held" (as a cancel or a debounce would):
+	// the hand-off leaves it and admits the next one.
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "SELECT 1 FROM "+schema+".runs WHERE id = $1 FOR NO KEY UPDATE", ids["held"])
+	require.NoError(t, err)
+	step("r3")
+	require.NoError(t, tx.Rollback(ctx))
+	ok, _, _ = admitted("held")
+	require.False(t, ok)
+	ok, active, waiting = admitted("r5")
+	require.True(t, ok)
+	require.Equal(t, []int{1, 3}, []int{active, waiting})
+
+	// Paused: the slot is freed, nothing is admitted until the resume.
+	_, err = s.SetPaused(ctx, "ho", true)
+	require.NoError(t, err)
+	_, err = s.SetPaused(ctx, "ho", false)
+	require.NoError(t, err)
+	cs := flowClaim(t, s, "ho", at, 10)
+	require.Len(t, cs, 1)
+	require.Equal(t, "r5", cs[0].Event.ID)
+	_, err = s.SetPaused(ctx, "ho", true)
+	require.NoError(t, err)
+	require.NoError(t, flowComplete(t, s, cs, at)[0].Err)
+	ok, active, waiting = admitted("held")
+	require.False(t, ok, "a paused workflow's run was admitted")
+	require.Equal(t, []int{0, 3}, []int{active, waiting})
+	_, err = s.SetPaused(ctx, "ho", false)
+	require.NoError(t, err)
+	step("held") // the claim admits the oldest due run
+	ok, _, _ = admitted("r6")
+	require.True(t, ok)
+	step("r6")
+	ok, active, waiting = admitted("later")
+	require.False(t, ok)
+	require.Equal(t, []int{0, 1}, []int{active, waiting})
+	step2 := flowClaim(t, s, "ho", now.Add(2*time.Hour), 10)
+	require.Len(t, step2, 1, "the delayed run, at its time")
+	require.Equal(t, "later", step2[0].Event.ID)
+}

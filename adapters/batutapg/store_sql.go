@@ -491,12 +491,62 @@ WITH i AS (
     -- column, so the update of runs above stays HOT)
     UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
     FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
+), fr AS (
+    -- a run that held a workflow-level slot frees it as it finishes; at
+    -- is the completing worker's clock (the claims' clock, not the
+    -- database's)
+    SELECT ckey, count(*) AS n, max(finished_at) AS at FROM ru
+    WHERE state <> 'active' AND admit = 3 GROUP BY ckey
+), gl AS MATERIALIZED (
+    -- their groups, locked in key order (so two completions cannot
+    -- deadlock on them); a group another transaction updated is read as
+    -- that transaction left it
+    SELECT g.key, g.max - g.active + fr.n AS room, g.waiting, fr.n, fr.at,
+        g.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) AS paused
+    FROM {s}.run_groups g JOIN fr ON fr.ckey = g.key
+    ORDER BY g.key
+    FOR NO KEY UPDATE OF g
+), ho AS MATERIALIZED (
+    -- hand-off: the freed slots admit the group's next due runs at once
+    -- (priority, then creation), as a claim's admission would, so the
+    -- claims that follow need no admission step; a queued run another
+    -- transaction holds (being canceled, debounced or admitted) is left
+    -- to the claims. One row per group, the runs as an array: joins of
+    -- these CTEs to one another are nested loops (their sizes are not
+    -- known when the statement is planned), quadratic in the batch.
+    SELECT gl.key, gl.n, gl.at, x.ids FROM gl CROSS JOIN LATERAL (
+        SELECT coalesce(array_agg(y.id), '{}') AS ids FROM (
+            SELECT q.run_id AS id FROM {s}.run_queue q
+            WHERE gl.waiting > 0 AND gl.room > 0 AND NOT gl.paused
+              AND q.ckey = gl.key AND (q.start_at IS NULL OR q.start_at <= gl.at)
+              AND EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = q.run_id AND r.admit = 1 FOR NO KEY UPDATE SKIP LOCKED)
+            ORDER BY q.priority DESC, q.created_at, q.run_id
+            LIMIT greatest(gl.room, 0)
+            FOR UPDATE OF q SKIP LOCKED
+        ) y
+    ) x
+), hq AS (
+    DELETE FROM {s}.run_queue q USING ho CROSS JOIN LATERAL unnest(ho.ids) AS u(id) WHERE q.run_id = u.id
+), hr AS (
+    UPDATE {s}.runs r SET admit = 2
+    FROM ho CROSS JOIN LATERAL unnest(ho.ids) AS u(id)
+    WHERE r.id = u.id AND r.admit = 1
+    RETURNING r.id, ho.at
+), ht AS (
+    -- the admitted runs' first tasks join the ready set behind the tasks
+    -- already in it (due at the admission: FIFO across groups, so a
+    -- group's old queued runs do not go ahead of other groups' ready
+    -- tasks)
+    UPDATE {s}.tasks t SET hold = CASE WHEN t.due_at > hr.at THEN 1 ELSE 0 END, due_at = greatest(t.due_at, hr.at)
+    FROM hr
+    WHERE t.run_id = hr.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+    RETURNING t.hold
 ), rgu AS (
-    -- a run that held a workflow-level slot frees it as it finishes
-    UPDATE {s}.run_groups g SET active = g.active - c.n
-    FROM (SELECT ckey, count(*) AS n FROM ru WHERE state <> 'active' AND admit = 3 GROUP BY ckey) c
-    WHERE g.key = c.ckey
-    RETURNING g.waiting > 0 AS wake
+    -- the group row, written once: the slots freed, less those handed off
+    UPDATE {s}.run_groups g SET active = g.active - ho.n + cardinality(ho.ids), waiting = g.waiting - cardinality(ho.ids)
+    FROM ho
+    WHERE g.key = ho.key
+    RETURNING g.waiting > 0 AND g.active < g.max AS wake
 )/*ops*/, sd AS (
     -- the signals consumed by accepted completions
     DELETE FROM {s}.signals g USING done d WHERE d.consume <> 0 AND g.run_id = d.run_id AND g.seq = d.consume
@@ -533,7 +583,7 @@ SELECT 'n', 0, '', count(*) FROM (
 UNION ALL
 -- a slot freed in a group whose runs or tasks wait: work for any instance
 SELECT 'n', 0, '', count(*) FROM (
-    SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake
+    SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake UNION ALL SELECT 1 FROM ht WHERE hold = 0
     LIMIT 1) y`,
 
 		// Running tasks whose lease expired before $1.
@@ -707,7 +757,7 @@ func plainCompletion(full string) string {
 		return s[:i] + s[i+len(from)+j:]
 	}
 	s := cut(full, "\n), tgu AS (", "\n), cnt AS (")
-	s = cut(s, "\n), rgu AS (", "\n)\n-- One row per fact")
+	s = cut(s, "\n), fr AS (", "\n)\n-- One row per fact")
 	i := strings.Index(s, "\nUNION ALL\n-- a slot freed")
 	if i < 0 {
 		panic("batutapg: completion statement layout changed: slot freed")

@@ -66,7 +66,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.NotNil(t, c.Logger)
 	require.Equal(t, 1000, c.MaxBatch)
 	require.Equal(t, 2, c.MaxFlushes)
-	require.Equal(t, 1, c.MaxCompletionFlushes)
+	require.Equal(t, 2, c.MaxCompletionFlushes)
 	require.Equal(t, time.Minute, c.ClockSkew)
 	require.Equal(t, time.Second, c.ActiveRecount)
 	require.Equal(t, 3*time.Second, c.ListenCheckTimeout)
@@ -327,4 +327,63 @@ func TestCombinerAbandonedResults(t *testing.T) {
 		t.Fatal("the abandoned call's results were not handed to abandoned")
 	}
 	require.Empty(t, abandoned, "a served call's results were abandoned")
+}
+
+// TestCombinerSpill: with spill set, calls that find the only busy slot
+// with fewer than spill items queued wait for it; the call that brings the
+// queue to spill items starts a second flush, which takes the queue.
+func TestCombinerSpill(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var running, peak atomic.Int64
+	var batches sync.Map // first item -> batch size
+	b := newCombiner(100, 2, func(ctx context.Context, items []int) ([]int, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		if n > peak.Load() {
+			peak.Store(n)
+		}
+		batches.Store(items[0], len(items))
+		if items[0] == 0 {
+			<-gate // the first flush holds the first slot
+		}
+		return items, nil
+	})
+	b.spill = 4
+	var wg sync.WaitGroup
+	call := func(x int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := b.do(context.Background(), []int{x})
+			if err != nil || len(out) != 1 || out[0] != x {
+				t.Errorf("call %d: %v, %v", x, out, err)
+			}
+		}()
+	}
+	call(0)
+	require.Eventually(t, func() bool { return running.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for x := 1; x <= 3; x++ {
+		call(x)
+		require.Eventually(t, func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.queued == x
+		}, 5*time.Second, time.Millisecond)
+	}
+	b.mu.Lock()
+	require.Equal(t, 1, b.flushing, "a second flush started with %d items queued, under spill 4", b.queued)
+	b.mu.Unlock()
+	call(4) // the fourth queued item: a second flush takes all four
+	require.Eventually(t, func() bool { _, ok := batches.Load(1); return ok }, 5*time.Second, time.Millisecond)
+	n, _ := batches.Load(1)
+	require.Equal(t, 4, n, "the second flush's batch")
+	close(gate)
+	wg.Wait()
+	require.Equal(t, int64(2), peak.Load())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Zero(t, b.flushing, "a flush slot leaked")
+	require.Zero(t, b.queued)
+	require.Empty(t, b.queue)
 }

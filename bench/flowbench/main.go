@@ -23,6 +23,10 @@
 //	            minute (times -scale): lateness (claim minus StartAt),
 //	            p50/p99.
 //
+// Environment: FLOWBENCH_TIMES=1 prints, after each drain, its wall time
+// and the claimers' summed time in ClaimTasks, CompleteTasks and idle
+// waits; FLOWBENCH_COMPLETIONFLUSHES sets batutapg.Config.MaxCompletionFlushes.
+//
 // Example:
 //
 //	go run ./flowbench -rounds 3
@@ -39,6 +43,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,7 +129,11 @@ func freshStore(ctx context.Context, pool *pgxpool.Pool) (*batutapg.Store, error
 		return nil, err
 	}
 	pool.Reset()
-	return batutapg.New(ctx, pool, batutapg.Config{Schema: batutaSchema, Logger: quiet()})
+	cfg := batutapg.Config{Schema: batutaSchema, Logger: quiet()}
+	if v, err := strconv.Atoi(os.Getenv("FLOWBENCH_COMPLETIONFLUSHES")); err == nil {
+		cfg.MaxCompletionFlushes = v
+	}
+	return batutapg.New(ctx, pool, cfg)
 }
 
 func oneTask() []batuta.TaskSpec { return []batuta.TaskSpec{{Name: "t"}} }
@@ -149,7 +158,8 @@ func createAll(ctx context.Context, st batuta.Store, runs []batuta.NewRun) (floa
 // drain runs o.claimers claim/complete loops until want runs finished;
 // onClaim sees every claim as it is returned.
 func drain(ctx context.Context, st *batutapg.Store, wf string, want int, o options, onClaim func(batuta.Claim, time.Time)) error {
-	var done atomic.Int64
+	var done, claimNs, compNs, idleNs, idles atomic.Int64
+	t0 := time.Now()
 	var wg sync.WaitGroup
 	errc := make(chan error, o.claimers)
 	ctx, cancel := context.WithCancel(ctx)
@@ -162,6 +172,7 @@ func drain(ctx context.Context, st *batutapg.Store, wf string, want int, o optio
 			var comps []batuta.Completion
 			for done.Load() < int64(want) && ctx.Err() == nil {
 				now := time.Now()
+				tClaim := now
 				cs, err := st.ClaimTasks(ctx, batuta.ClaimParams{Owner: owner, Workflows: []string{wf}, Limit: o.limit, Now: now, LeaseUntil: now.Add(time.Minute)})
 				if err != nil {
 					errc <- err
@@ -169,7 +180,10 @@ func drain(ctx context.Context, st *batutapg.Store, wf string, want int, o optio
 					return
 				}
 				if len(cs) == 0 {
+					ti := time.Now()
 					idle(ctx, st, wf)
+					idleNs.Add(int64(time.Since(ti)))
+					idles.Add(1)
 					continue
 				}
 				at := time.Now()
@@ -180,7 +194,10 @@ func drain(ctx context.Context, st *batutapg.Store, wf string, want int, o optio
 					}
 					comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt, StartedAt: at, FinishedAt: at})
 				}
+				claimNs.Add(int64(time.Since(tClaim)))
+				tc := time.Now()
 				res, err := st.CompleteTasks(ctx, comps)
+				compNs.Add(int64(time.Since(tc)))
 				if err != nil {
 					errc <- err
 					cancel()
@@ -200,6 +217,9 @@ func drain(ctx context.Context, st *batutapg.Store, wf string, want int, o optio
 		}()
 	}
 	wg.Wait()
+	if os.Getenv("FLOWBENCH_TIMES") != "" {
+		fmt.Printf("    wall %v; claimers' time: claim %v, complete %v, idle %v (%d times)\n", time.Since(t0), time.Duration(claimNs.Load()), time.Duration(compNs.Load()), time.Duration(idleNs.Load()), idles.Load())
+	}
 	select {
 	case err := <-errc:
 		return err
