@@ -653,3 +653,52 @@ WHERE r.id = $1`, ids[name]).Scan(&ok, &active, &waiting))
 	require.Len(t, step2, 1, "the delayed run, at its time")
 	require.Equal(t, "later", step2[0].Event.ID)
 }
+
+// TestFlowCancelHandedOff: canceling a run a completion handed a slot to
+// frees the slot; canceling a queued run takes it out of the queue; the
+// group's counts stay exact either way.
+func TestFlowCancelHandedOff(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	s := newTestStore(t, pool, Config{DisableListen: true})
+	ctx := testCtx(t)
+	schema := quoteIdent(s.Schema())
+	now := time.Now()
+	ids := map[string]string{}
+	for i, name := range []string{"a", "b", "c", "d"} {
+		nr := newRunFor("hc", name, now.Add(time.Duration(i)*time.Millisecond))
+		nr.Concurrency = &batuta.ConcurrencySpec{Key: "hc:k", Max: 1}
+		_, _, err := s.CreateRun(ctx, nr)
+		require.NoError(t, err)
+		ids[name] = nr.ID
+	}
+	counts := func() []int {
+		t.Helper()
+		var active, waiting int
+		require.NoError(t, pool.QueryRow(ctx, "SELECT active, waiting FROM "+schema+".run_groups WHERE key = 'hc:k'").Scan(&active, &waiting))
+		return []int{active, waiting}
+	}
+	at := now.Add(time.Second)
+	cs := flowClaim(t, s, "hc", at, 10)
+	require.Len(t, cs, 1)
+	require.NoError(t, flowComplete(t, s, cs, at)[0].Err) // hands the slot to b
+	require.Equal(t, []int{1, 2}, counts())
+	_, err := s.CancelRun(ctx, ids["b"], "stop b", at)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 2}, counts(), "b's slot was not freed")
+	_, err = s.CancelRun(ctx, ids["d"], "stop d", at)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1}, counts(), "d did not leave the queue")
+	cs = flowClaim(t, s, "hc", at, 10)
+	require.Len(t, cs, 1)
+	require.Equal(t, "c", cs[0].Event.ID)
+	require.Equal(t, []int{1, 0}, counts())
+	res := flowComplete(t, s, cs, at)
+	require.Equal(t, batuta.RunSucceeded, res[0].RunFinished)
+	require.Equal(t, []int{0, 0}, counts())
+	for name, want := range map[string]batuta.RunState{"a": batuta.RunSucceeded, "b": batuta.RunCanceled, "c": batuta.RunSucceeded, "d": batuta.RunCanceled} {
+		r, err := s.GetRun(ctx, ids[name])
+		require.NoError(t, err)
+		require.Equal(t, want, r.State, name)
+	}
+}
