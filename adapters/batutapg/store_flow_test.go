@@ -2,6 +2,7 @@ package batutapg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -585,7 +586,7 @@ func TestFlowHandOff(t *testing.T) {
 		var ok bool
 		var active, waiting int
 		require.NoError(t, pool.QueryRow(ctx, `
-SELECT r.admit = 2 AND t.hold = 0 AND NOT EXISTS (SELECT 1 FROM `+schema+`.run_queue q WHERE q.run_id = r.id),
+SELECT r.admit IN (1, 2) AND t.hold = 0 AND NOT EXISTS (SELECT 1 FROM `+schema+`.run_queue q WHERE q.run_id = r.id),
     g.active, g.waiting
 FROM `+schema+`.runs r JOIN `+schema+`.tasks t ON t.run_id = r.id JOIN `+schema+`.run_groups g ON g.key = r.ckey
 WHERE r.id = $1`, ids[name]).Scan(&ok, &active, &waiting))
@@ -701,4 +702,105 @@ func TestFlowCancelHandedOff(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, r.State, name)
 	}
+}
+
+// TestFlowHandOffRacesCancel: claimers on two instances drain groups
+// (Max 1 and 2) while a third cancels queued and running runs at random:
+// the hand-offs of completions, the claims' admissions and the cancels
+// never deadlock or fail, every run ends, no key ever holds more than its
+// Max, and the groups' counts end at zero.
+func TestFlowHandOffRacesCancel(t *testing.T) {
+	t.Parallel()
+	stores := flowStores(t, 3)
+	ctx := testCtx(t)
+	now := time.Now()
+	var runs []batuta.NewRun
+	keyOf, maxOf := map[string]string{}, map[string]int{}
+	for k := 0; k < 6; k++ {
+		for i := 0; i < 15; i++ {
+			nr := newRunFor("race", fmt.Sprintf("k%d-%d", k, i), now.Add(time.Duration(i)*time.Millisecond))
+			key := fmt.Sprintf("race:k%d", k)
+			nr.Concurrency = &batuta.ConcurrencySpec{Key: key, Max: 1 + k%2}
+			keyOf[nr.ID], maxOf[key] = key, 1+k%2
+			runs = append(runs, nr)
+		}
+	}
+	_, err := stores[0].CreateRuns(ctx, runs)
+	require.NoError(t, err)
+	hw := newHighWater()
+	var ended atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	deadline := time.Now().Add(45 * time.Second)
+	for w := 0; w < 6; w++ {
+		s := stores[w%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ended.Load() < int64(len(runs)) && time.Now().Before(deadline) {
+				n := time.Now()
+				cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: fmt.Sprintf("w%d", w), Workflows: []string{"race"},
+					Limit: 2, Now: n, LeaseUntil: n.Add(time.Minute)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(cs) == 0 {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				var comps []batuta.Completion
+				for _, c := range cs {
+					hw.enter(keyOf[c.RunID])
+					comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
+						StartedAt: n, FinishedAt: time.Now()})
+				}
+				for _, c := range cs {
+					hw.leave(keyOf[c.RunID])
+				}
+				res, err := s.CompleteTasks(ctx, comps)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, r := range res {
+					if r.Err != nil && !errors.Is(r.Err, batuta.ErrLeaseLost) {
+						t.Error(r.Err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // cancels every third run, whatever its state
+		defer wg.Done()
+		for i := 0; i < len(runs); i += 3 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := stores[2].CancelRun(ctx, runs[i].ID, "race", time.Now()); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	// Runs end by completion or cancel: count them from the database.
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, stores[0].queryRow(ctx, "SELECT count(*) FROM "+stores[0].schema+".runs WHERE state = 'active'", nil, &left))
+		ended.Store(int64(len(runs) - left))
+		return left == 0
+	}, 45*time.Second, 20*time.Millisecond)
+	close(stop)
+	wg.Wait()
+	for k, n := range hw.high {
+		require.LessOrEqual(t, n, maxOf[k], "key %s held %d runs at once", k, n)
+	}
+	var active, waiting, queued int
+	require.NoError(t, stores[0].queryRow(ctx, "SELECT coalesce(sum(active), 0), coalesce(sum(waiting), 0) FROM "+stores[0].schema+".run_groups", nil, &active, &waiting))
+	require.NoError(t, stores[0].queryRow(ctx, "SELECT count(*) FROM "+stores[0].schema+".run_queue", nil, &queued))
+	require.Equal(t, []int{0, 0, 0}, []int{active, waiting, queued}, "slots, waiting counts and queue entries left")
 }

@@ -482,10 +482,13 @@ WITH i AS (
         END,
         finished_at = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE coalesce(rc.at, $12) END,
         finished_by = CASE WHEN r.tasks_left > rc.n THEN NULL ELSE rc.token END,
-        admit = CASE WHEN r.tasks_left <= rc.n AND r.admit = 2 THEN 3 ELSE r.admit END
+        -- a run whose task completed holds its slot: admit 2 (admitted by
+        -- a claim or at creation) or 1 (handed a slot by a completion,
+        -- which leaves admit alone and deletes the queue entry)
+        admit = CASE WHEN r.tasks_left <= rc.n AND r.admit IN (1, 2) THEN 3 ELSE r.admit END
     FROM rc
     WHERE r.id = rc.run_id
-    RETURNING rc.ord, r.state, r.ckey, r.admit, r.id, r.finished_at
+    RETURNING rc.ord, r.state, r.ckey, r.admit, r.id, r.finished_at, r.workflow
 ), rsu AS (
     -- the finished runs' state rows (run_states; runs indexes neither
     -- column, so the update of runs above stays HOT)
@@ -495,54 +498,48 @@ WITH i AS (
     -- a run that held a workflow-level slot frees it as it finishes; at
     -- is the completing worker's clock (the claims' clock, not the
     -- database's)
-    SELECT ckey, count(*) AS n, max(finished_at) AS at FROM ru
-    WHERE state <> 'active' AND admit = 3 GROUP BY ckey
-), gl AS MATERIALIZED (
-    -- their groups, locked in key order (so two completions cannot
-    -- deadlock on them); a group another transaction updated is read as
-    -- that transaction left it
-    SELECT g.key, g.max - g.active + fr.n AS room, g.waiting, fr.n, fr.at,
-        g.workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) AS paused
-    FROM {s}.run_groups g JOIN fr ON fr.ckey = g.key
-    ORDER BY g.key
-    FOR NO KEY UPDATE OF g
+    SELECT ckey, count(*) AS n, max(finished_at) AS at,
+        bool_or(workflow = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[])) AS paused
+    FROM ru WHERE state <> 'active' AND admit = 3
+    GROUP BY ckey ORDER BY ckey
 ), ho AS MATERIALIZED (
-    -- hand-off: the freed slots admit the group's next due runs at once
+    -- hand-off: each freed slot admits the group's next due run at once
     -- (priority, then creation), as a claim's admission would, so the
-    -- claims that follow need no admission step; a queued run another
-    -- transaction holds (being canceled, debounced or admitted) is left
-    -- to the claims. One row per group, the runs as an array: joins of
-    -- these CTEs to one another are nested loops (their sizes are not
-    -- known when the statement is planned), quadratic in the batch.
-    SELECT gl.key, gl.n, gl.at, x.ids FROM gl CROSS JOIN LATERAL (
+    -- claims that follow need no admission step. One run per slot freed
+    -- here: the group's count of admitted runs does not change, so it
+    -- needs no reading under a lock (a claim that admits meanwhile does
+    -- not count these slots as free); room beyond them, a claim fills. A
+    -- queued run another transaction holds (being canceled, debounced or
+    -- admitted) is left to the claims. One row per group, the runs as an
+    -- array: joins of these CTEs to one another are nested loops (their
+    -- sizes are not known when the statement is planned), quadratic in
+    -- the batch.
+    SELECT fr.ckey AS key, fr.n, fr.at, x.ids FROM fr CROSS JOIN LATERAL (
         SELECT coalesce(array_agg(y.id), '{}') AS ids FROM (
             SELECT q.run_id AS id FROM {s}.run_queue q
-            WHERE gl.waiting > 0 AND gl.room > 0 AND NOT gl.paused
-              AND q.ckey = gl.key AND (q.start_at IS NULL OR q.start_at <= gl.at)
+            WHERE NOT fr.paused AND q.ckey = fr.ckey AND (q.start_at IS NULL OR q.start_at <= fr.at)
               AND EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = q.run_id AND r.admit = 1 FOR NO KEY UPDATE SKIP LOCKED)
             ORDER BY q.priority DESC, q.created_at, q.run_id
-            LIMIT greatest(gl.room, 0)
+            LIMIT fr.n
             FOR UPDATE OF q SKIP LOCKED
         ) y
     ) x
 ), hq AS (
+    -- admitted: out of the queue (the run row is left as it is, admit 1:
+    -- a run with admit 1 and no queue entry holds a slot)
     DELETE FROM {s}.run_queue q USING ho CROSS JOIN LATERAL unnest(ho.ids) AS u(id) WHERE q.run_id = u.id
-), hr AS (
-    UPDATE {s}.runs r SET admit = 2
-    FROM ho CROSS JOIN LATERAL unnest(ho.ids) AS u(id)
-    WHERE r.id = u.id AND r.admit = 1
-    RETURNING r.id, ho.at
 ), ht AS (
     -- the admitted runs' first tasks join the ready set behind the tasks
     -- already in it (due at the admission: FIFO across groups, so a
     -- group's old queued runs do not go ahead of other groups' ready
     -- tasks)
-    UPDATE {s}.tasks t SET hold = CASE WHEN t.due_at > hr.at THEN 1 ELSE 0 END, due_at = greatest(t.due_at, hr.at)
-    FROM hr
-    WHERE t.run_id = hr.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
+    UPDATE {s}.tasks t SET hold = CASE WHEN t.due_at > ho.at THEN 1 ELSE 0 END, due_at = greatest(t.due_at, ho.at)
+    FROM ho CROSS JOIN LATERAL unnest(ho.ids) AS u(id)
+    WHERE t.run_id = u.id AND t.state = 'pending' AND t.pending_deps = 0 AND t.hold IN (2, 4)
     RETURNING t.hold
 ), rgu AS (
-    -- the group row, written once: the slots freed, less those handed off
+    -- the group row, written once (in key order): the slots freed, less
+    -- those handed off
     UPDATE {s}.run_groups g SET active = g.active - ho.n + cardinality(ho.ids), waiting = g.waiting - cardinality(ho.ids)
     FROM ho
     WHERE g.key = ho.key
@@ -606,6 +603,12 @@ WHERE run_id = $1 AND idx = ($3::bigint & 32767)::smallint AND name = $2 AND tok
 		cancel: `
 WITH r AS (
     SELECT id, admit FROM {s}.runs WHERE id = $1 AND state = 'active' AND NOT canceled
+), dq AS (
+    -- a queued run leaves its group's queue (nothing of it runs, so the
+    -- cancel finishes it); a run with admit 1 and no queue entry was
+    -- handed a slot by a completion and holds it
+    DELETE FROM {s}.run_queue q USING r WHERE q.run_id = r.id AND r.admit = 1
+    RETURNING q.run_id
 ), c AS (
     UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
     FROM r WHERE t.run_id = r.id AND t.state = 'pending'
@@ -623,20 +626,19 @@ WITH r AS (
         tasks_left = x.tasks_left - n.n,
         state = CASE WHEN x.tasks_left = n.n THEN 'canceled' ELSE x.state END,
         finished_at = CASE WHEN x.tasks_left = n.n THEN $3::timestamptz END,
-        admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN x.admit = 2 THEN 3 WHEN x.admit = 1 THEN 0 ELSE x.admit END
+        admit = CASE WHEN x.tasks_left > n.n THEN x.admit WHEN EXISTS (SELECT 1 FROM dq) THEN 0
+            WHEN x.admit IN (1, 2) THEN 3 ELSE x.admit END
     FROM r, n WHERE x.id = r.id
-    RETURNING x.state, x.ckey, r.admit AS was, x.id, x.finished_at
+    RETURNING x.state, x.ckey, r.admit AS was, EXISTS (SELECT 1 FROM dq) AS queued, x.id, x.finished_at
 ), rsu AS (
     UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
     FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
-), dq AS (
-    DELETE FROM {s}.run_queue q USING ru WHERE q.run_id = $1 AND ru.was = 1 AND ru.state <> 'active'
 ), gu AS (
     -- a finished run leaves its group: its slot (admitted) or its place
     -- in the queue
     UPDATE {s}.run_groups g SET
-        active = g.active - CASE WHEN ru.was = 2 THEN 1 ELSE 0 END,
-        waiting = g.waiting - CASE WHEN ru.was = 1 THEN 1 ELSE 0 END
+        active = g.active - CASE WHEN NOT ru.queued THEN 1 ELSE 0 END,
+        waiting = g.waiting - CASE WHEN ru.queued THEN 1 ELSE 0 END
     FROM ru WHERE g.key = ru.ckey AND ru.state <> 'active' AND ru.was IN (1, 2)
 )
 SELECT (SELECT count(*) FROM r), coalesce((SELECT state FROM ru), '')`,
