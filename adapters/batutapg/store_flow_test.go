@@ -558,7 +558,7 @@ func TestProbeReadsOneDelayedEntry(t *testing.T) {
 // TestFlowHandOff: a run that frees its group's slot admits the group's
 // next due run in the completing transaction (its task is in the ready set
 // before any claim), in queue order, skipping a run that starts later, a
-// run another transaction holds, and every run of a paused workflow; what
+// queue entry another transaction holds, and every run of a paused workflow; what
 // the completion leaves, a claim admits.
 func TestFlowHandOff(t *testing.T) {
 	t.Parallel()
@@ -613,11 +613,12 @@ WHERE r.id = $1`, ids[name]).Scan(&ok, &active, &waiting))
 	require.True(t, ok)
 	require.Equal(t, []int{1, 4}, []int{active, waiting})
 
-	// Another transaction holds "held" (as a cancel or a debounce would):
-	// the hand-off leaves it and admits the next one.
+	// Another transaction holds "held"'s queue entry (as a cancel, a
+	// debounce or a claim's admission would): the hand-off leaves it and
+	// admits the next one.
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, "SELECT 1 FROM "+schema+".runs WHERE id = $1 FOR NO KEY UPDATE", ids["held"])
+	_, err = tx.Exec(ctx, "SELECT 1 FROM "+schema+".run_queue WHERE run_id = $1 FOR UPDATE", ids["held"])
 	require.NoError(t, err)
 	step("r3")
 	require.NoError(t, tx.Rollback(ctx))

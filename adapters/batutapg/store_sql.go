@@ -509,16 +509,17 @@ WITH i AS (
     -- here: the group's count of admitted runs does not change, so it
     -- needs no reading under a lock (a claim that admits meanwhile does
     -- not count these slots as free); room beyond them, a claim fills. A
-    -- queued run another transaction holds (being canceled, debounced or
-    -- admitted) is left to the claims. One row per group, the runs as an
-    -- array: joins of these CTEs to one another are nested loops (their
-    -- sizes are not known when the statement is planned), quadratic in
-    -- the batch.
+    -- queue entry another transaction holds (a cancel, a debounce, a
+    -- claim's admission) is left to it; the run row is neither locked nor
+    -- written (a cancel waits for the queue entry before it touches the
+    -- run's tasks, so the two cannot deadlock). One row per group, the
+    -- runs as an array: joins of these CTEs to one another are nested
+    -- loops (their sizes are not known when the statement is planned),
+    -- quadratic in the batch.
     SELECT fr.ckey AS key, fr.n, fr.at, x.ids FROM fr CROSS JOIN LATERAL (
         SELECT coalesce(array_agg(y.id), '{}') AS ids FROM (
             SELECT q.run_id AS id FROM {s}.run_queue q
             WHERE NOT fr.paused AND q.ckey = fr.ckey AND (q.start_at IS NULL OR q.start_at <= fr.at)
-              AND EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = q.run_id AND r.admit = 1 FOR NO KEY UPDATE SKIP LOCKED)
             ORDER BY q.priority DESC, q.created_at, q.run_id
             LIMIT fr.n
             FOR UPDATE OF q SKIP LOCKED
@@ -610,8 +611,12 @@ WITH r AS (
     DELETE FROM {s}.run_queue q USING r WHERE q.run_id = r.id AND r.admit = 1
     RETURNING q.run_id
 ), c AS (
+    -- after dq (the subquery makes it run first): a completion handing
+    -- the run a slot holds its queue entry, then its first task; waiting
+    -- for the entry before touching the task, the cancel cannot
+    -- deadlock with it
     UPDATE {s}.tasks t SET state = 'canceled', error = $2, token = NULL
-    FROM r WHERE t.run_id = r.id AND t.state = 'pending'
+    FROM r WHERE t.run_id = r.id AND t.state = 'pending' AND (SELECT count(*) FROM dq) >= 0
     RETURNING t.idx, t.hold, t.tkey
 ), cp AS (
     UPDATE {s}.task_groups g SET parked = g.parked - x.n
