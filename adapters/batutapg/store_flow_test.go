@@ -112,58 +112,40 @@ func TestFlowLimitsAcrossInstances(t *testing.T) {
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(45 * time.Second)
 	for w := 0; w < 12; w++ {
-		s := stores[w%3]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for finished.Load() < int64(len(runs)) && time.Now().Before(deadline) {
-				n := time.Now()
-				cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: fmt.Sprintf("w%d", w), Workflows: []string{"limited"},
-					Limit: 3, Now: n, LeaseUntil: n.Add(time.Minute)})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if len(cs) == 0 {
-					time.Sleep(time.Millisecond)
-					continue
-				}
-				for _, c := range cs {
-					if c.Task == "a" { // the run's first claim: it holds a slot until b is done
-						runHW.enter(keyOf[c.RunID])
-						taskHW.enter("limited/a")
+			claimLoop(ctx, t, stores[w%3], fmt.Sprintf("w%d", w), "limited", 3,
+				func() bool { return finished.Load() < int64(len(runs)) && time.Now().Before(deadline) },
+				func(cs []batuta.Claim) {
+					for _, c := range cs {
+						if c.Task == "a" { // the run's first claim: it holds a slot until b is done
+							runHW.enter(keyOf[c.RunID])
+							taskHW.enter("limited/a")
+						}
 					}
-				}
-				time.Sleep(time.Millisecond) // the work
-				var comps []batuta.Completion
-				for _, c := range cs {
-					if c.Task == "a" {
-						taskHW.leave("limited/a")
+					time.Sleep(time.Millisecond) // the work
+					for _, c := range cs {
+						if c.Task == "a" {
+							taskHW.leave("limited/a")
+						}
 					}
-					comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
-						StartedAt: n, FinishedAt: time.Now()})
-				}
-				// Leave before completing: the measured count is a lower
-				// bound of what the store holds, so a breach is real.
-				for _, c := range cs {
-					if c.Task == "b" {
-						runHW.leave(keyOf[c.RunID])
+					// Leave before completing: the measured count is a lower
+					// bound of what the store holds, so a breach is real.
+					for _, c := range cs {
+						if c.Task == "b" {
+							runHW.leave(keyOf[c.RunID])
+						}
 					}
-				}
-				res, err := s.CompleteTasks(ctx, comps)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				for _, r := range res {
+				},
+				func(r batuta.CompleteResult) {
 					if r.Err != nil {
 						t.Error(r.Err)
 					}
 					if r.RunFinished != "" {
 						finished.Add(1)
 					}
-				}
-			}
+				})
 		}()
 	}
 	wg.Wait()
@@ -179,6 +161,40 @@ func TestFlowLimitsAcrossInstances(t *testing.T) {
 	require.Zero(t, active+waiting, "every slot was given back")
 	require.NoError(t, stores[0].queryRow(ctx, "SELECT coalesce(sum(active), 0) FROM "+stores[0].schema+".task_groups", nil, &active))
 	require.Zero(t, active)
+}
+
+// claimLoop claims up to limit tasks of wf as owner and completes them as
+// succeeded while more() holds: held sees each claim's tasks between the
+// claim and the completion (the work), result each completion's result.
+func claimLoop(ctx context.Context, t *testing.T, s *Store, owner, wf string, limit int,
+	more func() bool, held func([]batuta.Claim), result func(batuta.CompleteResult)) {
+	for more() {
+		n := time.Now()
+		cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: owner, Workflows: []string{wf},
+			Limit: limit, Now: n, LeaseUntil: n.Add(time.Minute)})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if len(cs) == 0 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		held(cs)
+		comps := make([]batuta.Completion, 0, len(cs))
+		for _, c := range cs {
+			comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
+				StartedAt: n, FinishedAt: time.Now()})
+		}
+		res, err := s.CompleteTasks(ctx, comps)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, r := range res {
+			result(r)
+		}
+	}
 }
 
 // TestFlowRateAcrossInstances: concurrent reservations through three
@@ -734,42 +750,24 @@ func TestFlowHandOffRacesCancel(t *testing.T) {
 	stop := make(chan struct{})
 	deadline := time.Now().Add(45 * time.Second)
 	for w := 0; w < 6; w++ {
-		s := stores[w%2]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ended.Load() < int64(len(runs)) && time.Now().Before(deadline) {
-				n := time.Now()
-				cs, err := s.ClaimTasks(ctx, batuta.ClaimParams{Owner: fmt.Sprintf("w%d", w), Workflows: []string{"race"},
-					Limit: 2, Now: n, LeaseUntil: n.Add(time.Minute)})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if len(cs) == 0 {
-					time.Sleep(time.Millisecond)
-					continue
-				}
-				var comps []batuta.Completion
-				for _, c := range cs {
-					hw.enter(keyOf[c.RunID])
-					comps = append(comps, batuta.Completion{ClaimRef: c.Ref(), Outcome: batuta.OutcomeSucceeded, Attempt: c.Attempt,
-						StartedAt: n, FinishedAt: time.Now()})
-				}
-				for _, c := range cs {
-					hw.leave(keyOf[c.RunID])
-				}
-				res, err := s.CompleteTasks(ctx, comps)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				for _, r := range res {
+			claimLoop(ctx, t, stores[w%2], fmt.Sprintf("w%d", w), "race", 2,
+				func() bool { return ended.Load() < int64(len(runs)) && time.Now().Before(deadline) },
+				func(cs []batuta.Claim) {
+					for _, c := range cs {
+						hw.enter(keyOf[c.RunID])
+					}
+					for _, c := range cs {
+						hw.leave(keyOf[c.RunID])
+					}
+				},
+				func(r batuta.CompleteResult) {
 					if r.Err != nil && !errors.Is(r.Err, batuta.ErrLeaseLost) {
 						t.Error(r.Err)
 					}
-				}
-			}
+				})
 		}()
 	}
 	wg.Add(1)
