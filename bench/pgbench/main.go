@@ -13,6 +13,9 @@
 //	           settings on both sides; submit-to-task-start p50/p99, and
 //	           the server's floor at the same rate (a single-row INSERT
 //	           that notifies a listener: insert -> listener told)
+//	submitmany one SubmitMany of -batch single-task runs (River: one
+//	           InsertMany of -batch jobs), -batches times on a fresh schema,
+//	           nothing working them; runs/s of the calls
 //	diamond    batuta only: N/10 runs of a 5-task diamond (a -> b,c,d -> e)
 //	           drained by 1 and by 2 orchestrators; runs/s
 //
@@ -27,6 +30,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,13 +53,27 @@ func main() {
 	rate := flag.Int("rate", 200, "submits per second in the latency scenario")
 	latFor := flag.Duration("latency-for", 10*time.Second, "duration of the latency scenario")
 	conns := flag.Int("conns", 20, "pool size on each side")
-	scenarios := flag.String("scenarios", "burndown,sustained,latency,diamond", "scenarios to run")
+	batch := flag.Int("batch", 10000, "runs / jobs per SubmitMany / InsertMany call in the submitmany scenario")
+	batches := flag.Int("batches", 5, "calls per round in the submitmany scenario")
+	scenarios := flag.String("scenarios", "burndown,sustained,latency,submitmany,diamond", "scenarios to run")
 	flag.BoolVar(&showCost, "cost", false, "burndown: also print WAL bytes and CPU time (this process, and the server backends of its pool, read from /proc) per run/job")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pgbench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *dsn, *sides, *n, *rounds, *workers, *riverWorkers, *producers, *sustain, *rate, *latFor, int32(*conns), *scenarios); err != nil {
+	if err := run(ctx, *dsn, *sides, *n, *rounds, *workers, *riverWorkers, *producers, *sustain, *rate, *latFor, int32(*conns), *batch, *batches, *scenarios); err != nil {
 		fmt.Fprintln(os.Stderr, "pgbench:", err)
 		os.Exit(1)
 	}
@@ -77,7 +96,7 @@ func newPool(ctx context.Context, dsn string, conns int32) (*pgxpool.Pool, error
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
-func run(ctx context.Context, dsn, sides string, n, rounds, workers, riverWorkers, producers int, sustain time.Duration, rate int, latFor time.Duration, conns int32, scenarios string) error {
+func run(ctx context.Context, dsn, sides string, n, rounds, workers, riverWorkers, producers int, sustain time.Duration, rate int, latFor time.Duration, conns int32, batch, batches int, scenarios string) error {
 	bp, err := newPool(ctx, dsn, conns)
 	if err != nil {
 		return err
@@ -171,6 +190,34 @@ func run(ctx context.Context, dsn, sides string, n, rounds, workers, riverWorker
 			}
 			fmt.Printf("  median:  batuta p50 %s p99 %s | river p50 %s p99 %s | floor p50 %s p99 %s (batuta/floor p50 %.2fx)\n",
 				ms(median(b50)), ms(median(b99)), ms(median(r50)), ms(median(r99)), ms(median(f50)), ms(median(f99)), median(b50)/median(f50))
+		case "submitmany":
+			fmt.Printf("\n(e) submit many: %d calls of %d single-task runs (SubmitMany) / no-op jobs (InsertMany), nothing working them\n", batches, batch)
+			var bs, rs []float64
+			for i := 1; i <= rounds; i++ {
+				var bv, rv float64
+				runB := func() (err error) { bv, err = b.submitMany(ctx, batch, batches); return err }
+				runR := func() (err error) { rv, err = r.submitMany(ctx, batch, batches); return err }
+				// Alternate which side goes first: the second of a pair
+				// finds the server's caches and WAL in another state.
+				order := []func() error{}
+				if doB {
+					order = append(order, runB)
+				}
+				if doR {
+					order = append(order, runR)
+				}
+				if i%2 == 0 {
+					slices.Reverse(order)
+				}
+				for _, f := range order {
+					if err := f(); err != nil {
+						return fmt.Errorf("submitmany: %w", err)
+					}
+				}
+				bs, rs = append(bs, bv), append(rs, rv)
+				fmt.Printf("  round %d: batuta SubmitMany %8.0f runs/s | river InsertMany %8.0f jobs/s\n", i, bv, rv)
+			}
+			fmt.Printf("  median:  batuta %8.0f runs/s | river %8.0f jobs/s | ratio %.2f\n", median(bs), median(rs), median(bs)/median(rs))
 		case "diamond":
 			dn := max(n/10, 1000)
 			fmt.Printf("\n(d) 5-task diamond (a -> b,c,d -> e), batuta only: %d runs created first, then drained\n", dn)
