@@ -288,6 +288,9 @@ type Store struct {
 	lastProbe                   atomic.Int64 // when the last probe was sent (Unix ns)
 	soonAsked                   atomic.Int64 // when NextDue last looked for runs starting soon (wall clock, Unix ns)
 	soonCreated                 atomic.Bool  // a run starting soon was created since
+	// copySkip: copyable batches left to insert without trying COPY,
+	// after a COPY met a duplicate key (see copyCreates).
+	copySkip atomic.Int32
 
 	live liveness
 

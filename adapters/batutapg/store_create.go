@@ -505,7 +505,6 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 				dependents[d] = append(dependents[d], t)
 			}
 		}
-		due := nr.CreatedAt.Add(-s.cfg.ClockSkew)
 		for t, ts := range nr.Tasks {
 			tRun = append(tRun, it.id)
 			tIdx = append(tIdx, int16(t))
@@ -523,23 +522,7 @@ func (s *Store) createArgs(items []createItem, idx []int) []any {
 			tPrio = append(tPrio, int32(nr.Priority))
 			tRej = append(tRej, rej)
 			tRGroup = append(tRGroup, nr.Concurrency != nil)
-			// A root task waits for the run's start time, then (queued)
-			// for its admission.
-			d, hold := due, int16(0)
-			if len(ts.Deps) == 0 {
-				if !it.startAt.IsZero() {
-					d, hold = it.startAt, 1
-					if it.soon() {
-						hold = 0 // ready, due at its start (see readySoon)
-					}
-				}
-				if it.admit == 1 {
-					hold += 2 // 2: queued, 4: delayed, then queued
-					if hold == 3 {
-						hold = 4
-					}
-				}
-			}
+			d, hold := it.taskDue(s.cfg.ClockSkew, len(ts.Deps) == 0)
 			tDue = append(tDue, d)
 			tHold = append(tHold, hold)
 			if c := ts.Concurrency; c != nil {

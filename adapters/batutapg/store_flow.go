@@ -173,6 +173,27 @@ func (s *Store) createRuns(ctx context.Context, runs []batuta.NewRun, p *batuta.
 	// without one: MaxInFlightRuns is on by default, so skipping it here
 	// would lose the fused claim for every default configuration.
 	items[0].claim = p
+	if copyable(items) && s.copySkip.Add(-1) < 0 {
+		s.copySkip.Store(0)
+		err := s.copyCreates(ctx, items)
+		if err == nil {
+			out := make([]batuta.CreateResult, len(items))
+			for i := range items {
+				out[i] = batuta.CreateResult{ID: items[i].run.ID, Created: true}
+			}
+			return out, nil, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("batutapg: create runs: %w", err)
+		}
+		if duplicateKey(err) {
+			// Callers replaying events they sent before would pay for a
+			// failed COPY on every batch: insert the next few at once.
+			s.copySkip.Store(copySkipAfterDup)
+		} else {
+			s.log.Warn("batutapg: copying runs failed; inserting them instead", "schema", s.cfg.Schema, "runs", len(items), "error", err)
+		}
+	}
 	res, err := s.flushCreates(ctx, items)
 	if err != nil {
 		return nil, nil, err
