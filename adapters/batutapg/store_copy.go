@@ -30,14 +30,8 @@ func copyable(items []createItem) bool {
 	}
 	for i := range items {
 		it := &items[i]
-		nr := it.run
-		if it.claim != nil || it.admit != 0 || it.rejected != "" || nr.Concurrency != nil || nr.Debounce != nil || nr.Parent != nil {
+		if it.claim != nil || it.rejected != "" || it.run.Debounce != nil || !it.plain() {
 			return false
-		}
-		for _, ts := range nr.Tasks {
-			if ts.Concurrency != nil {
-				return false
-			}
 		}
 	}
 	return true

@@ -66,15 +66,19 @@ func tableRows(t *testing.T, pool *pgxpool.Pool, schema, table string) []string 
 	return out
 }
 
-// TestCopyCreatesMatchesInsert: the COPY path writes the very rows the
-// insert statement writes, column for column, on a schema whose name
-// needs quoting.
+// TestCopyCreatesMatchesInsert: the COPY path and the plain insert
+// statement write the very rows the full insert statement writes, column
+// for column (the COPY on a schema whose name needs quoting).
 func TestCopyCreatesMatchesInsert(t *testing.T) {
 	pool := storeTestPool(t, 8)
 	ctx := context.Background()
 	sc := newTestStore(t, pool, Config{Schema: `batuta cp"y_` + storeSuffix()})
 	si := newTestStore(t, pool, Config{Schema: "batuta_ins_" + storeSuffix()})
-	for _, s := range []*Store{sc, si} {
+	// And the full insert statement, with the steps the plain one leaves
+	// out (they find nothing to do here).
+	sf := newTestStore(t, pool, Config{Schema: "batuta_full_" + storeSuffix()})
+	sf.q.createPlain = sf.q.createRuns
+	for _, s := range []*Store{sc, si, sf} {
 		_, err := s.SetPaused(ctx, "paused", true)
 		require.NoError(t, err)
 	}
@@ -92,15 +96,18 @@ func TestCopyCreatesMatchesInsert(t *testing.T) {
 	citems := prep(sc)
 	require.True(t, copyable(citems))
 	require.NoError(t, sc.copyCreates(ctx, citems))
-	res, err := si.flushCreates(ctx, prep(si))
-	require.NoError(t, err)
-	for _, r := range res {
-		require.True(t, r.created)
+	for _, s := range []*Store{si, sf} {
+		res, err := s.flushCreates(ctx, prep(s))
+		require.NoError(t, err)
+		for _, r := range res {
+			require.True(t, r.created)
+		}
 	}
 	for _, table := range []string{"runs", "run_states", "tasks"} {
-		c, i := tableRows(t, pool, sc.cfg.Schema, table), tableRows(t, pool, si.cfg.Schema, table)
-		require.Len(t, c, len(i), table)
-		require.Equal(t, i, c, "rows of %s", table)
+		c, i, f := tableRows(t, pool, sc.cfg.Schema, table), tableRows(t, pool, si.cfg.Schema, table), tableRows(t, pool, sf.cfg.Schema, table)
+		require.Len(t, c, len(f), table)
+		require.Equal(t, f, i, "rows of %s: plain and full insert statements", table)
+		require.Equal(t, f, c, "rows of %s: COPY and the full insert statement", table)
 	}
 	// And the store reads them back alike: a root task held for the
 	// paused workflow, ready ones claimable.

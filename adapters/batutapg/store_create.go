@@ -50,6 +50,33 @@ func (it *createItem) soon() bool {
 		it.startAt.Sub(it.run.CreatedAt) <= readySoon
 }
 
+// plain reports whether the item's run needs none of the create
+// statement's steps for child runs, admission queues and concurrency
+// groups (see queries.createPlain).
+func (it *createItem) plain() bool {
+	nr := it.run
+	if it.admit != 0 || nr.Concurrency != nil || nr.Parent != nil {
+		return false
+	}
+	for _, ts := range nr.Tasks {
+		if ts.Concurrency != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// createStatement returns the create statement for items[idx...]: the
+// plain one when every run is plain.
+func (s *Store) createStatement(items []createItem, idx []int) string {
+	for _, i := range idx {
+		if !items[i].plain() {
+			return s.q.createRuns
+		}
+	}
+	return s.q.createPlain
+}
+
 // slow reports whether the item needs a transaction of its own (a group
 // row or debounce key locked, runs looked up) rather than the combined
 // insert.
@@ -370,6 +397,7 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 // transaction.
 func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, fc *fusedClaim) (map[[16]byte]bool, error) {
 	args := s.createArgs(items, idx)
+	stmt := s.createStatement(items, idx)
 	created := make(map[[16]byte]bool, len(idx))
 	err := withRetry(ctx, func() error {
 		clear(created)
@@ -377,7 +405,7 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, f
 			fc.reset()
 		}
 		err := s.sendHot(ctx, false, func(b *pgx.Batch) {
-			b.Queue(s.q.createRuns, args...)
+			b.Queue(stmt, args...)
 			if fc != nil {
 				s.queueClaims(b, fc.groups, fc.pl)
 			}

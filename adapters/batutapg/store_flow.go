@@ -320,7 +320,7 @@ func (s *Store) createOneTx(ctx context.Context, tx pgx.Tx, it *createItem) (bat
 		}
 	}
 	created := map[[16]byte]bool{}
-	rows, err := tx.Query(ctx, s.q.createRuns, s.createArgs([]createItem{*it}, []int{0})...)
+	rows, err := tx.Query(ctx, s.createStatement([]createItem{*it}, []int{0}), s.createArgs([]createItem{*it}, []int{0})...)
 	if err != nil {
 		return batuta.CreateResult{}, nil, err
 	}

@@ -28,6 +28,7 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 
 	stmts := map[string]string{
 		"createRuns":    s.q.createRuns,
+		"createPlain":   s.q.createPlain,
 		"claim":         s.q.claim,
 		"claimPlain":    s.q.claimPlain,
 		"probe":         s.q.probe,

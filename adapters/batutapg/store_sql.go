@@ -6,6 +6,7 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
+	createPlain                            string
 	claim, claimPlain, extend, promote     string
 	probe                                  string
 	lockRuns, complete, expired, taskForTx string
@@ -722,6 +723,7 @@ RETURNING s.name`,
 	} {
 		*p = r.Replace(*p)
 	}
+	q.createPlain = plainCreate(q.createRuns)
 	q.completePlain = plainCompletion(stripOps(q.complete))
 	q.complete = keepOps(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
@@ -770,6 +772,26 @@ func plainCompletion(full string) string {
 		panic("batutapg: completion statement layout changed: slot freed")
 	}
 	return s[:i]
+}
+
+// plainCreate returns the create statement without the steps of child
+// runs, admission queues and concurrency groups (pk, q, g, tg), for
+// batches with none of them (see createItem.plain): a third less
+// execution time for one run. The arguments stay those of the full
+// statement; the ones of the steps cut are only typed (a CTE that nothing
+// references is not run).
+func plainCreate(full string) string {
+	cut := func(s, from, to, with string) string {
+		i := strings.Index(s, from)
+		j := strings.Index(s[i+len(from):], to)
+		if i < 0 || j < 0 {
+			panic("batutapg: create statement layout changed: " + from)
+		}
+		return s[:i] + with + s[i+len(from)+j:]
+	}
+	s := cut(full, "\n), pk AS (", "\n), t AS (", "")
+	return cut(s, "\n), g AS (", "\n)\nSELECT r.id FROM r",
+		"\n), unused AS (\n    SELECT $28::text[], $29::text[], $30::int[], $31::text[], $32::int[]")
 }
 
 // The two claim statements (claim, claimPlain) share how a claimed task is
