@@ -21,6 +21,45 @@ import (
 func BenchmarkClaimCompleteSingle(b *testing.B)  { benchClaimComplete(b, 1) }
 func BenchmarkClaimCompleteDiamond(b *testing.B) { benchClaimComplete(b, 4) }
 
+// BenchmarkCreateRun: one single-task run per op through CreateRun
+// (Submit's store call, without a claim), one goroutine: the round trip.
+func BenchmarkCreateRun(b *testing.B) {
+	pool := storeTestPool(b, 4)
+	s := newTestStore(b, pool, Config{Logger: quiet()})
+	ctx := context.Background()
+	tasks := benchTasks(1)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := s.CreateRun(ctx, batuta.NewRun{ID: newRunID(), Workflow: "bench", CreatedAt: time.Now(),
+			Event: batuta.Event{ID: fmt.Sprint(i), Data: json.RawMessage(`{"n":1}`)}, Tasks: tasks}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCreateRuns1000: CreateRuns of 1,000 single-task runs per op
+// (SubmitMany's store call); runs/s reported.
+func BenchmarkCreateRuns1000(b *testing.B) {
+	pool := storeTestPool(b, 4)
+	s := newTestStore(b, pool, Config{Logger: quiet()})
+	ctx := context.Background()
+	tasks := benchTasks(1)
+	batch := make([]batuta.NewRun, 1000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		for k := range batch {
+			batch[k] = batuta.NewRun{ID: newRunID(), Workflow: "bench", CreatedAt: time.Now(),
+				Event: batuta.Event{ID: fmt.Sprintf("%d-%d", i, k), Data: json.RawMessage(`{"n":1}`)}, Tasks: tasks}
+		}
+		b.StartTimer()
+		if _, err := s.CreateRuns(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "runs/s")
+}
+
 // benchTasks returns the task specs of a run of n tasks: one task, or a
 // diamond (a -> b, c -> d) for 4.
 func benchTasks(n int) []batuta.TaskSpec {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
@@ -21,7 +20,7 @@ import (
 func copyTestRuns(n int, now time.Time) []batuta.NewRun {
 	runs := make([]batuta.NewRun, n)
 	for i := range runs {
-		id := uuid.Must(uuid.NewV7()).String()
+		id := newRunID()
 		nr := batuta.NewRun{ID: id, Workflow: "wf", CreatedAt: now,
 			Event: batuta.Event{ID: fmt.Sprintf("ev-%04d", i), Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Time: now, Subject: "s"}}
 		switch i % 6 {
@@ -147,7 +146,7 @@ func testCopyDuplicates(t *testing.T, pool *pgxpool.Pool, s *Store) {
 	require.NoError(t, err)
 	require.True(t, first[0].Created)
 	again := append([]batuta.NewRun(nil), runs...)
-	again[10].ID = uuid.Must(uuid.NewV7()).String() // a new run for an event already recorded
+	again[10].ID = newRunID() // a new run for an event already recorded
 	res, err := s.CreateRuns(ctx, again)
 	require.NoError(t, err)
 	require.Len(t, res, len(again))
@@ -196,7 +195,7 @@ func TestCopyCreatesOverlapping(t *testing.T) {
 			defer wg.Done()
 			runs := make([]batuta.NewRun, per)
 			for i := range runs {
-				runs[i] = batuta.NewRun{ID: uuid.Must(uuid.NewV7()).String(), Workflow: "wf", CreatedAt: now,
+				runs[i] = batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now,
 					Event: batuta.Event{ID: fmt.Sprintf("e%05d", g*step+i), Time: now}, Tasks: []batuta.TaskSpec{{Name: "t"}}}
 			}
 			res, err := s.CreateRuns(ctx, runs)
