@@ -232,3 +232,56 @@ func TestCopyCreatesOverlapping(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyCreatesConnectionKilled: the backend running a batch's COPY is
+// terminated mid-way; the batch is written by the insert statement on
+// another connection, whole, and the call succeeds.
+func TestCopyCreatesConnectionKilled(t *testing.T) {
+	pool := storeTestPool(t, 8)
+	ctx := context.Background()
+	s := newTestStore(t, pool, Config{Logger: quiet()})
+	runs := make([]batuta.NewRun, 20000)
+	now := time.Now()
+	for i := range runs {
+		runs[i] = batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now,
+			Event: batuta.Event{ID: fmt.Sprintf("k%05d", i), Data: []byte(`{"n":1}`), Time: now}, Tasks: []batuta.TaskSpec{{Name: "t"}}}
+	}
+	stop := make(chan struct{})
+	killed := make(chan int32, 1)
+	go func() {
+		// Terminate the first backend seen copying into this schema.
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var pid int32
+			err := pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE query ILIKE 'copy %' AND position($1 in query) > 0 LIMIT 1`, s.cfg.Schema).Scan(&pid)
+			if err == nil {
+				var ok bool
+				if pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", pid).Scan(&ok) == nil && ok {
+					killed <- pid
+					return
+				}
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	res, err := s.CreateRuns(ctx, runs)
+	close(stop)
+	require.NoError(t, err)
+	select {
+	case <-killed:
+	default:
+		t.Fatal("the COPY ended before its backend could be terminated: nothing was tested")
+	}
+	require.Len(t, res, len(runs))
+	for i, r := range res {
+		require.True(t, r.Created, i)
+		require.Equal(t, runs[i].ID, r.ID)
+	}
+	var nRuns, nTasks, nStates int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+s.schema+`.runs), (SELECT count(*) FROM `+s.schema+`.tasks), (SELECT count(*) FROM `+s.schema+`.run_states)`).Scan(&nRuns, &nTasks, &nStates))
+	require.Equal(t, []int{len(runs), len(runs), len(runs)}, []int{nRuns, nTasks, nStates})
+}
