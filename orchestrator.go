@@ -455,7 +455,7 @@ func (o *Orchestrator) SubmitBlocking(ctx context.Context, workflow string, ev E
 }
 
 // SubmitMany submits one run of workflow per event, with the same options
-// for all, in one Store round trip (one transaction for a durable store),
+// for all, in one Store call (one transaction for a durable store),
 // and returns the run IDs in the order of evs (an existing run's ID for a
 // duplicate Event.ID). Every event is checked first; any error means no
 // run was recorded. MaxInFlightRuns is checked once for the whole batch,
