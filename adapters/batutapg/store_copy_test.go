@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
@@ -53,14 +54,8 @@ func tableRows(t *testing.T, pool *pgxpool.Pool, schema, table string) []string 
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `SELECT to_jsonb(x)::text FROM `+quoteIdent(schema)+`.`+table+` x`)
 	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		require.NoError(t, rows.Scan(&s))
-		out = append(out, s)
-	}
-	require.NoError(t, rows.Err())
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
 	sort.Strings(out)
 	return out
 }

@@ -19,7 +19,7 @@
 //	diamond    batuta only: N/10 runs of a 5-task diamond (a -> b,c,d -> e)
 //	           drained by 1 and by 2 orchestrators; runs/s
 //
-// Example (see docs/store-bench.md):
+// Example (figures and how to read them: BENCHMARKS.md):
 //
 //	go run ./bench/pgbench -n 200000 -rounds 5
 package main
