@@ -289,7 +289,7 @@ type Store struct {
 	soonAsked                   atomic.Int64 // when NextDue last looked for runs starting soon (wall clock, Unix ns)
 	soonCreated                 atomic.Bool  // a run starting soon was created since
 	// copySkip: copyable batches left to insert without trying COPY,
-	// after a COPY met a duplicate key (see copyCreates).
+	// after a COPY failed (see copyCreates).
 	copySkip atomic.Int32
 
 	live liveness

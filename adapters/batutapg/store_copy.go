@@ -16,9 +16,9 @@ import (
 // transaction's extra round trips.
 const copyMin = 128
 
-// copySkipAfterDup is how many copyable batches go straight to the insert
-// statement after a COPY failed on a duplicate key.
-const copySkipAfterDup = 8
+// copySkipAfterFail is how many copyable batches go straight to the
+// insert statement after a COPY failed (most often on a duplicate key).
+const copySkipAfterFail = 8
 
 // copyable reports whether items can be written by copyCreates: runs that
 // start as plain rows, with no claim, concurrency group, debounce, parent
@@ -45,9 +45,9 @@ func copyable(items []createItem) bool {
 // concurrent batch) fails as a whole, and the caller writes it again with
 // the insert statement, which does. Rows go in (workflow, event ID) order,
 // as the insert statement's do, so two overlapping batches wait on each
-// other rather than deadlock. After a duplicate key the next
-// copySkipAfterDup batches skip COPY, so a caller that replays events it
-// sent before does not pay for a failed COPY each time.
+// other rather than deadlock. After a failure (a duplicate key, most
+// often) the next copySkipAfterFail batches skip COPY, so a caller that
+// replays events it sent before does not pay for a failed COPY each time.
 // Its error is a *copyError, after which the insert statement is to be
 // tried, unless ctx ended.
 func (s *Store) copyCreates(ctx context.Context, items []createItem) error {

@@ -186,11 +186,11 @@ func (s *Store) createRuns(ctx context.Context, runs []batuta.NewRun, p *batuta.
 		if ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("batutapg: create runs: %w", err)
 		}
-		if duplicateKey(err) {
-			// Callers replaying events they sent before would pay for a
-			// failed COPY on every batch: insert the next few at once.
-			s.copySkip.Store(copySkipAfterDup)
-		} else {
+		// A caller replaying events it sent before, or a connection that
+		// cannot COPY, would pay for a failed COPY on every batch: the
+		// next few go straight to the insert statement.
+		s.copySkip.Store(copySkipAfterFail)
+		if !duplicateKey(err) {
 			s.log.Warn("batutapg: copying runs failed; inserting them instead", "schema", s.cfg.Schema, "runs", len(items), "error", err)
 		}
 	}
