@@ -279,4 +279,5 @@ func TestCopyCreatesConnectionKilled(t *testing.T) {
 	var nRuns, nTasks, nStates int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+s.schema+`.runs), (SELECT count(*) FROM `+s.schema+`.tasks), (SELECT count(*) FROM `+s.schema+`.run_states)`).Scan(&nRuns, &nTasks, &nStates))
 	require.Equal(t, []int{len(runs), len(runs), len(runs)}, []int{nRuns, nTasks, nStates})
+	require.Positive(t, s.copySkip.Load(), "the failed COPY made the next batches skip it")
 }
