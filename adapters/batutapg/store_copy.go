@@ -38,9 +38,9 @@ func copyable(items []createItem) bool {
 }
 
 // copyCreates records items (copyable) with COPY into runs, run_states and
-// tasks in one transaction: for a large batch about twice as fast as the
-// insert statement, which pays for ON CONFLICT's speculative insertion,
-// a sort and a join per row. COPY cannot skip a duplicate key: a batch
+// tasks in one transaction: 1.6 times as fast as the insert statement at
+// 10,000 runs (which pays for ON CONFLICT's speculative insertion, a sort
+// and a join per row), and faster from about 100. COPY cannot skip a duplicate key: a batch
 // holding an event ID that is already recorded (or being recorded by a
 // concurrent batch) fails as a whole, and the caller writes it again with
 // the insert statement, which does. Rows go in (workflow, event ID) order,

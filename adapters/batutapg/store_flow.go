@@ -104,8 +104,10 @@ ORDER BY created_at, id`),
 }
 
 // CreateRuns implements batuta.Store: the runs are recorded in one
-// transaction. Runs without debounce or a cancel strategy (the usual case,
-// with or without StartAt, Priority, a Queue limit or task limits) are one
+// transaction. A batch of copyMin runs or more with no concurrency limit,
+// debounce, parent run or task-level limit is written with COPY (see
+// copyCreates). Other runs without debounce or a cancel strategy (with or
+// without StartAt, Priority, a Queue limit or task limits) are one
 // statement, one round trip, for the whole batch; a batch holding any
 // debounced or CancelInProgress / CancelNewest run is recorded item by item,
 // in order, in one transaction (each locks its group row or debounce key).
