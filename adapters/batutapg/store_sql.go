@@ -776,7 +776,7 @@ func plainCompletion(full string) string {
 
 // plainCreate returns the create statement without the steps of child
 // runs, admission queues and concurrency groups (pk, q, g, tg), for
-// batches with none of them (see createItem.plain): a third less
+// batches with none of them (see createItem.plain): 20-30% less
 // execution time for one run. The arguments stay those of the full
 // statement; the ones of the steps cut are only typed (a CTE that nothing
 // references is not run).
