@@ -253,8 +253,12 @@ type Store struct {
 	self string
 	q    queries
 	lq   liveQueries
-	fq   flowQueries
-	oq   opsQueries
+	// noStep turns completeStep off (tests compare it with the general
+	// statements); steps counts the completions it recorded.
+	noStep bool
+	steps  atomic.Int64
+	fq     flowQueries
+	oq     opsQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.

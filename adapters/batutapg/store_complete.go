@@ -183,6 +183,12 @@ func (s *Store) completeBatch(ctx context.Context, cs []batuta.Completion, set s
 			fc = nil
 		}
 	}
+	if !s.noStep && fc != nil && len(ps) == 1 && ps[0].Limit == 1 && in.stepable() && fc.pl.plain && !fc.pl.promote {
+		if r, cs, ok := s.completeStep(ctx, in, set, fc); ok {
+			out[idx[0]].Ready, out[idx[0]].RunFinished = r.ready, r.finished
+			return out, [][]batuta.Claim{cs}, nil
+		}
+	}
 	var res []compResult
 	var locked []bool
 	claimed := false
@@ -486,15 +492,23 @@ func finishedRuns(runs [][16]byte, res []compResult) []string {
 	return ids
 }
 
-// Lease tokens are nextval(tokens) * 131072 + flowBit (the task or its run
-// is in a concurrency group: its completion has group slots to free) +
-// soloBit (the run has no other
-// task) + the task's index: a completion finds its task by primary key and
-// knows, before asking the database, whether its run must be locked.
+// Lease tokens are nextval(tokens) * 524288 + depsBit (the task has
+// dependents) + childBit + flowBit (the task or its run is in a
+// concurrency group: its completion has group slots to free) + soloBit
+// (the run has no other task) + the task's index: a completion finds its
+// task by primary key and knows, before asking the database, whether its
+// run must be locked and which statement records it. The bits are hints
+// for choosing statements: a token from before a bit existed (the
+// multiplier was 262144 before tokenDepsBit) may carry it wrongly, which
+// costs a statement that finds less to do, never a wrong result.
 //
 // tokenChildBit marks a task of a child run (NewRun.Parent): a completion
 // that finishes its run counts its parent task's open children down.
+//
+// tokenDepsBit marks a task with dependents: its success goes through
+// completeStep when its caller claims with it.
 const (
+	tokenDepsBit  = 1 << 18
 	tokenChildBit = 1 << 17
 	tokenFlowBit  = 1 << 16
 	tokenSoloBit  = 1 << 15

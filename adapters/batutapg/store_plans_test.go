@@ -37,8 +37,13 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 		"lockRuns":      s.q.lockRuns,
 		"complete":      s.q.complete,
 		"completePlain": s.q.completePlain,
+		"completeStep":  s.q.completeStep,
 	}
 	grows := regexp.MustCompile(`Seq Scan on (tasks|runs|run_states|run_queue|run_groups|task_groups|signals)\b`)
+	// A task looked up by its run alone reads every task of the run (10,000
+	// in a large DAG) to keep one: a claim's dependencies, a completion's
+	// dependents are each looked up by the whole key.
+	wholeRun := regexp.MustCompile(`Index Scan using tasks_pkey on tasks \w+ [^\n]*\n *Index Cond: \(run_id = [^()\n]*\)\n`)
 	param := regexp.MustCompile(`\$(\d+)`)
 	for _, set := range []string{setGeneric, setGenericAsync, s.setBounded} {
 		for name, sql := range stmts {
@@ -76,6 +81,12 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 			text := strings.Join(plan, "\n")
 			if m := grows.FindString(text); m != "" {
 				t.Errorf("%s, planned under %q on empty tables: %s\n%s", name, set, m, text)
+			}
+			if m := wholeRun.FindString(text + "\n"); m != "" && (name == "claimPlain" || name == "completeStep") {
+				// (Other statements read a run's tasks whole where they
+				// mean to: an admitted run's first tasks, a parent run's
+				// task found by name, a repeated completion's dependents.)
+				t.Errorf("%s, planned under %q: a task looked up by its run alone:\n%s\n%s", name, set, m, text)
 			}
 		}
 	}

@@ -10,7 +10,7 @@ type queries struct {
 	claim, claimPlain, extend, promote     string
 	probe                                  string
 	lockRuns, complete, expired, taskForTx string
-	completePlain                          string
+	completePlain, completeStep            string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
@@ -585,6 +585,101 @@ SELECT 'n', 0, '', count(*) FROM (
     SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake UNION ALL SELECT 1 FROM ht WHERE hold = 0
     LIMIT 1) y`,
 
+		// One task's success and, in the same statement, the claim of the
+		// dependent it made ready that a claim would take first: the step
+		// of a chain (see Store.completeStep). It applies only to a task
+		// still leased under $3 and answers no row otherwise (the caller
+		// then records the completion with the full statements, which
+		// tell a repeated completion from a lost lease). A dependent is
+		// taken only if no ready task of $7 goes ahead of it in claim
+		// order (priority, then due time), so the claim order of the plain
+		// claim holds; one of a task-level or workflow-level group, one
+		// waiting for a signal, one not yet due or of a paused workflow is
+		// left ready for the claims. The dependents are counted down as
+		// the completion statement does.
+		//
+		// Its plan is about half the size of completePlain's and the
+		// claim's together: PostgreSQL initialises every node of a cached
+		// plan on each execution, which cost more than the execution.
+		completeStep: `
+WITH done AS (
+    UPDATE {s}.tasks t SET state = 'succeeded', output = $4, error = NULL, attempt = t.attempt + 1,
+        attempts = CASE
+            WHEN $5::text IS NULL THEN t.attempts
+            WHEN t.attempts IS NULL THEN ('[' || $5::text || ']')::json
+            ELSE (left(t.attempts::text, -1) || ',' || $5::text || ']')::json
+        END,
+        hold = 0, rate_reserved = false, owner = NULL, lease_until = NULL, last_token = $3, last_outcome = 'succeeded'
+    WHERE t.run_id = $1 AND t.idx = ($3::bigint & 32767)::smallint AND t.token = $3 AND t.lease_until IS NOT NULL AND t.name = $2
+    RETURNING t.run_id, t.idx, t.name, t.dependents
+), nx AS MATERIALIZED (
+    SELECT x.run_id, x.idx, x.priority, x.due_at,
+        x.state = 'pending' AND (x.fire_on = 'succeeded' OR x.pending_deps = 1) AS ready,
+        x.hold = 0 AND x.due_at <= $6 AND x.tkey IS NULL AND NOT x.rgroup AND x.signal = ''
+            AND ($7::text[] IS NULL OR x.workflow = ANY($7::text[]))
+            AND NOT (x.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[])) AS free
+    FROM done d CROSS JOIN LATERAL unnest(d.dependents) AS dep(i)
+    -- a subquery the planner keeps: each dependent looked up by its key
+    CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = d.run_id AND y.idx = dep.i OFFSET 0) x
+    WHERE x.pending_deps > 0
+), top AS (
+    -- the ready task the plain claim would take first
+    SELECT priority, due_at FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $6 AND tkey IS NULL
+      AND ($7::text[] IS NULL OR workflow = ANY($7::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT 1
+), pick AS (
+    SELECT n.idx FROM nx n
+    WHERE n.ready AND n.free
+      AND NOT EXISTS (SELECT 1 FROM top WHERE top.priority > n.priority OR (top.priority = n.priority AND top.due_at < n.due_at))
+    ORDER BY n.priority DESC, n.due_at, n.idx
+    LIMIT 1
+), dec AS (
+    UPDATE {s}.tasks t SET pending_deps = CASE WHEN t.fire_on = 'succeeded' THEN 0 ELSE t.pending_deps - 1 END,
+        state = CASE WHEN p.idx IS NULL THEN t.state ELSE 'running' END,
+        owner = CASE WHEN p.idx IS NULL THEN t.owner ELSE $8 END,
+        token = CASE WHEN p.idx IS NULL THEN t.token ELSE ` + claimToken + ` END,
+        lease_until = CASE WHEN p.idx IS NULL THEN t.lease_until ELSE $9 END,
+        claimed_at = CASE WHEN p.idx IS NULL THEN t.claimed_at ELSE $6 END,
+        first_claimed_at = CASE WHEN p.idx IS NULL THEN t.first_claimed_at ELSE coalesce(t.first_claimed_at, $6) END,
+        claim_req = CASE WHEN p.idx IS NULL THEN t.claim_req ELSE $10 END,
+        rate_reserved = CASE WHEN p.idx IS NULL THEN t.rate_reserved ELSE false END
+    FROM nx LEFT JOIN pick p ON p.idx = nx.idx
+    WHERE t.run_id = nx.run_id AND t.idx = nx.idx AND t.pending_deps > 0
+    RETURNING nx.ready, p.idx IS NOT NULL AS took, t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps,
+        nx.free AND false AS rate_reserved, t.waiting_since
+), ru AS (
+    UPDATE {s}.runs r SET
+        tasks_left = r.tasks_left - 1,
+        state = CASE
+            WHEN r.tasks_left > 1 THEN r.state
+            WHEN r.canceled THEN 'canceled'
+            WHEN r.failed_tasks > 0 THEN 'failed'
+            ELSE 'succeeded'
+        END,
+        finished_at = CASE WHEN r.tasks_left > 1 THEN NULL ELSE coalesce($11, $6) END,
+        finished_by = CASE WHEN r.tasks_left > 1 THEN NULL ELSE $3 END,
+        admit = CASE WHEN r.tasks_left <= 1 AND r.admit IN (1, 2) THEN 3 ELSE r.admit END
+    FROM done
+    WHERE r.id = done.run_id
+    RETURNING r.id, r.state, r.finished_at, r.event_id, r.event, r.deadline
+), rsu AS (
+    UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
+    FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
+)
+SELECT (SELECT count(*) FROM dec WHERE ready), CASE WHEN ru.state <> 'active' THEN ru.state ELSE '' END,
+    c.name, c.workflow, c.attempt, c.rescues, c.token, ru.event_id, ru.event, ru.deadline, c.rate_reserved,
+    CASE WHEN c.name IS NOT NULL AND cardinality(c.deps) > 0 THEN (
+        SELECT json_agg(CASE WHEN u.i = ($3::bigint & 32767)::smallint
+                THEN json_build_array(d.name, 'succeeded', $4::json, NULL)
+                ELSE json_build_array(d.name, d.state, d.output, d.error) END ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = c.run_id AND y.idx = u.i OFFSET 0) d
+    ) END,
+    c.waiting_since
+FROM ru LEFT JOIN dec c ON c.took`,
+
 		// Running tasks whose lease expired before $1.
 		expired: `
 SELECT run_id, name, token FROM {s}.tasks
@@ -718,7 +813,7 @@ RETURNING s.name`,
 	}
 	for _, p := range []*string{
 		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.probe, &q.extend, &q.promote, &q.lockRuns,
-		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
+		&q.complete, &q.completeStep, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
 		*p = r.Replace(*p)
@@ -799,7 +894,9 @@ func plainCreate(full string) string {
 // in its low bits that route its completion), its dependencies' results,
 // its wait start and the oldest signal buffered for it.
 const (
-	claimSet = `    SET state = 'running', owner = $4, token = nextval('{s}.tokens') * 262144 + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx, lease_until = $5,
+	// claimToken is a claimed task's new lease token (see tokenChildBit).
+	claimToken = `nextval('{s}.tokens') * 524288 + CASE WHEN cardinality(t.dependents) > 0 THEN 262144 ELSE 0 END + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx`
+	claimSet   = `    SET state = 'running', owner = $4, token = ` + claimToken + `, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
 `
 	claimReturning = `    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
@@ -809,7 +906,9 @@ SELECT c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, r.event_id, 
     CASE WHEN cardinality(c.deps) > 0 THEN (
         SELECT json_agg(json_build_array(d.name, d.state, d.output, d.error) ORDER BY u.ord)
         FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
-        JOIN {s}.tasks d ON d.run_id = c.run_id AND d.idx = u.i
+        -- a subquery the planner keeps: each dependency looked up by its
+        -- key, not the run's every task read to join them
+        CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = c.run_id AND y.idx = u.i OFFSET 0) d
     ) END,
     c.waiting_since,
     -- the oldest signal buffered for the task's signal name

@@ -1,0 +1,120 @@
+package batutapg
+
+import (
+	"context"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// stepable reports whether a completion batch can go through completeStep:
+// one success of a task with dependents (tokenDepsBit; its run then has
+// other tasks), outside any concurrency group and child run, not a rescue, with
+// no wait or signal step.
+func (in *compInput) stepable() bool {
+	return len(in.tokens) == 1 && in.outcomes[0] == string(batuta.OutcomeSucceeded) &&
+		in.tokens[0]&(tokenSoloBit|tokenDepsBit) == tokenDepsBit && !in.leaseBefore[0].Valid && !in.full()
+}
+
+// completeStep records the one completion of in (see stepable) and claims
+// for fc's one call (Limit 1) with the completeStep statement: the task's
+// success, its dependents counted down and, if one of them became ready
+// and no ready task goes ahead of it in claim order, that dependent leased
+// to the caller, all in one statement after the run lock. That is the
+// step boundary of a chain: one statement of about half the plan of the
+// completion and claim statements together (PostgreSQL initialises every
+// node of a cached plan on each execution, which cost more than executing
+// them), and no scan of the ready set beyond its first entry.
+//
+// ok is false when the statement did not apply (the task's lease was lost,
+// or this is a repeated completion; nothing was written) or failed: the
+// caller then records the completion the general way, which tells those
+// cases apart and retries. A failure that may have committed with its
+// reply lost hands the claim's request to lostClaims; the general way then
+// finds the completion already recorded and answers as for a repeat.
+func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc *fusedClaim) (res compResult, claims []batuta.Claim, ok bool) {
+	p := &fc.ps[0]
+	var wfs []string
+	if len(p.Workflows) > 0 {
+		wfs = p.Workflows
+	}
+	fc.reset()
+	var (
+		ready                  int64
+		fin                    string
+		name, workflow         pgtype.Text
+		attempt, rescues       pgtype.Int4
+		token                  pgtype.Int8
+		eventID                pgtype.Text
+		event, upstream        []byte
+		deadline, waitingSince pgtype.Timestamptz
+		rateReserved           pgtype.Bool
+		applied                bool
+	)
+	err := s.sendHotSet(ctx, set, func(b *pgx.Batch) {
+		b.Queue(s.q.lockRuns, in.runs)
+		b.Queue(s.q.completeStep, in.runs[0], in.tasks[0], in.tokens[0], in.outputs[0], in.recs[0],
+			p.Now, wfs, p.Owner, s.toDB(p.LeaseUntil), fc.pl.reqs[0], in.at[0])
+	}, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			applied = true
+			if err := rows.Scan(&ready, &fin, &name, &workflow, &attempt, &rescues, &token, &eventID, &event, &deadline,
+				&rateReserved, &upstream, &waitingSince); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		if retryable(err) || lockNotAvailable(err) {
+			s.log.Debug("batutapg: step completion failed; completing the general way", "schema", s.cfg.Schema, "error", err)
+		} else {
+			s.lostClaims(fc.pl.reqs)
+			s.log.Warn("batutapg: step completion failed; completing the general way", "schema", s.cfg.Schema, "error", err)
+		}
+		return compResult{}, nil, false
+	}
+	if !applied {
+		return compResult{}, nil, false
+	}
+	s.steps.Add(1)
+	res = compResult{applied: true, newState: string(batuta.OutcomeSucceeded), ready: int(ready), finished: batuta.RunState(fin)}
+	if name.Valid {
+		c := batuta.Claim{RunID: formatUUID(in.runs[0]), Task: name.String, Workflow: workflow.String,
+			Attempt: int(attempt.Int32) + 1, Rescues: int(rescues.Int32), Token: token.Int64, RateReserved: rateReserved.Bool,
+			WaitingSince: waitingSince.Time}
+		if deadline.Valid {
+			c.RunDeadline = deadline.Time
+		}
+		var derr error
+		if c.Event, derr = decodeEvent(eventID.String, event); derr == nil && len(upstream) > 0 {
+			c.Upstream, derr = decodeUpstream(upstream)
+		}
+		if derr != nil {
+			// Recorded and leased, but unreadable: the lease is handed
+			// back as a lost claim's is.
+			s.log.Error("batutapg: reading the claim of a step completion failed; releasing it", "schema", s.cfg.Schema,
+				"run", c.RunID, "task", c.Task, "error", derr)
+			s.lostClaims(fc.pl.reqs)
+		} else {
+			claims = []batuta.Claim{c}
+		}
+	}
+	if res.finished != "" {
+		s.active.add(-1)
+		s.runsFinished([]string{formatUUID(in.runs[0])})
+	}
+	if int(ready) > len(claims) {
+		s.workAppeared()
+	}
+	return res, claims, true
+}

@@ -1,0 +1,294 @@
+package batutapg
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/batuta-dev/batuta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+)
+
+// stepTestRuns returns runs whose successes go through completeStep: a
+// chain, a diamond whose join fires on a failure, a join firing on the
+// first success, a deadline and a priority.
+func stepTestRuns(now time.Time) []batuta.NewRun {
+	shapes := [][]batuta.TaskSpec{
+		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{1}}, {Name: "d", Deps: []int{2}}},
+		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0}}, {Name: "d", Deps: []int{1, 2}, FireOn: batuta.TaskFailed}},
+		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "slow"}, {Name: "c", Deps: []int{1, 2}, FireOn: batuta.TaskSucceeded}},
+		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0, 1}}},
+	}
+	var runs []batuta.NewRun
+	for i := 0; i < 12; i++ {
+		nr := batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now.Add(time.Duration(i) * time.Millisecond),
+			Event: batuta.Event{ID: fmt.Sprintf("ev-%02d", i), Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Time: now},
+			Tasks: shapes[i%len(shapes)]}
+		if i%3 == 1 {
+			nr.Deadline = now.Add(time.Hour)
+		}
+		if i%5 == 2 {
+			nr.Priority = 3
+		}
+		runs = append(runs, nr)
+	}
+	return runs
+}
+
+// claimTrace is what a claim handed a worker, for comparing two stores.
+type claimTrace struct {
+	Task, Event string
+	Attempt     int
+	Upstream    string
+	Deadline    bool
+}
+
+// driveRuns creates each run and works it to its end alone, one task at a
+// time, completing each task (succeeded; the one named "slow" last) with
+// CompleteTasksAndClaim and claiming apart when that claimed nothing (as a
+// worker does). The
+// attempt times depend on the task alone, so two stores that claim a
+// run's ready tasks in another order still write the same rows. It
+// returns the claims, per run sorted by task.
+func driveRuns(t *testing.T, s *Store, runs []batuta.NewRun, now time.Time) (trace []claimTrace, withDeps int) {
+	t.Helper()
+	ctx := context.Background()
+	p := batuta.ClaimParams{Owner: "w", Limit: 1, Now: now.Add(time.Second), LeaseUntil: now.Add(time.Hour)}
+	for _, nr := range runs {
+		_, err := s.CreateRuns(ctx, []batuta.NewRun{nr})
+		require.NoError(t, err)
+		var held []batuta.Claim // "slow", completed once nothing else is left
+		var got []claimTrace
+		made := 0 // tasks the completions made ready
+		claim := func() []batuta.Claim {
+			cs, err := s.ClaimTasks(ctx, p)
+			require.NoError(t, err)
+			return cs
+		}
+		cs := claim()
+		for {
+			switch {
+			case len(cs) == 0 && held == nil:
+			case len(cs) == 0:
+				cs, held = held, nil
+			default:
+				c := cs[0]
+				// A dependency still pending or running (fire-on rules) is
+				// one of the two, as the claim order of tied tasks decides.
+				ups := slices.Clone(c.Upstream)
+				for i := range ups {
+					if ups[i].State == batuta.TaskPending || ups[i].State == batuta.TaskRunning {
+						ups[i].State = "unfinished"
+					}
+				}
+				up, err := json.Marshal(ups)
+				require.NoError(t, err)
+				got = append(got, claimTrace{Task: c.Task, Event: c.Event.ID, Attempt: c.Attempt, Upstream: string(up), Deadline: !c.RunDeadline.IsZero()})
+				if c.Task == "slow" {
+					held, cs = cs, claim()
+					continue
+				}
+			}
+			if len(cs) == 0 {
+				break
+			}
+			c := cs[0]
+			h := fnv.New32a()
+			_, _ = h.Write([]byte(c.Task))
+			start := now.Add(time.Duration(h.Sum32()%1000) * time.Millisecond)
+			comp := batuta.Completion{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: batuta.OutcomeSucceeded,
+				Output: json.RawMessage(fmt.Sprintf(`{"from":%q}`, c.Task)), StartedAt: start, FinishedAt: start.Add(time.Millisecond)}
+			if c.Token&tokenDepsBit != 0 {
+				withDeps++
+			}
+			res, next, err := s.CompleteTasksAndClaim(ctx, []batuta.Completion{comp}, p)
+			require.NoError(t, err)
+			require.NoError(t, res[0].Err)
+			made += res[0].Ready
+			cs = next
+			if len(cs) == 0 {
+				// As a worker does when its completion claimed nothing
+				// and work may be left.
+				cs = claim()
+			}
+		}
+		sort.Slice(got, func(i, j int) bool { return got[i].Task < got[j].Task })
+		trace = append(trace, got...)
+		trace = append(trace, claimTrace{Task: fmt.Sprintf("(%d made ready)", made), Event: nr.Event.ID})
+	}
+	return trace, withDeps
+}
+
+// stableRows returns schema.table's rows as JSON without the columns that
+// differ from one claim to the next (tokens, claim times and requests).
+func stableRows(t *testing.T, pool *pgxpool.Pool, schema, table string) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT (to_jsonb(x) - 'token' - 'last_token' - 'claimed_at' - 'first_claimed_at'
+		- 'claim_req' - 'owner' - 'lease_until' - 'finished_by')::text FROM `+quoteIdent(schema)+`.`+table+` x`)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	sort.Strings(out)
+	return out
+}
+
+// TestCompleteStepMatchesGeneral: runs worked through completeStep write
+// the rows the general completion and claim statements write, column for
+// column, and their tasks are handed out with the same attempts, events,
+// deadlines and dependencies' results.
+func TestCompleteStepMatchesGeneral(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 8)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	runs := stepTestRuns(now)
+	step := newTestStore(t, pool, Config{Logger: quiet()})
+	general := newTestStore(t, pool, Config{Logger: quiet()})
+	general.noStep = true
+	st, withDeps := driveRuns(t, step, runs, now)
+	gt, _ := driveRuns(t, general, runs, now)
+	require.Positive(t, withDeps)
+	require.Equal(t, int64(withDeps), step.steps.Load(), "successes of tasks with dependents recorded by completeStep")
+	require.Zero(t, general.steps.Load())
+	require.Equal(t, gt, st, "claims")
+	for _, table := range []string{"runs", "run_states", "tasks"} {
+		require.Equal(t, stableRows(t, pool, general.cfg.Schema, table), stableRows(t, pool, step.cfg.Schema, table), "rows of %s", table)
+	}
+	var left int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM `+step.schema+`.runs WHERE state <> 'succeeded'`).Scan(&left))
+	require.Zero(t, left, "runs left unfinished")
+}
+
+// stepChain creates one run of a -> b (-> c) and claims a.
+func stepChain(t *testing.T, s *Store, event string, prio int, created time.Time, p batuta.ClaimParams) (string, batuta.Claim) {
+	t.Helper()
+	id := newRunID()
+	_, err := s.CreateRuns(context.Background(), []batuta.NewRun{{ID: id, Workflow: "wf", CreatedAt: created, Priority: prio,
+		Event: batuta.Event{ID: event}, Tasks: []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{1}}}}})
+	require.NoError(t, err)
+	cs, err := s.ClaimTasks(context.Background(), p)
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	require.Equal(t, id, cs[0].RunID)
+	require.NotZero(t, cs[0].Token&tokenDepsBit, "a's token says it has dependents")
+	return id, cs[0]
+}
+
+func succeeded(c batuta.Claim, now time.Time) []batuta.Completion {
+	return []batuta.Completion{{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: batuta.OutcomeSucceeded,
+		Output: json.RawMessage(`{"ok":true}`), StartedAt: now, FinishedAt: now}}
+}
+
+// TestCompleteStepClaimOrder: the successor is taken only when no ready
+// task goes ahead of it in claim order, and never for a paused workflow;
+// otherwise it stays ready for the claims, which take it in order.
+func TestCompleteStepClaimOrder(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 8)
+	ctx := context.Background()
+	now := time.Now()
+	p := batuta.ClaimParams{Owner: "w", Workflows: []string{"wf", "other"}, Limit: 1, Now: now.Add(time.Second), LeaseUntil: now.Add(time.Hour)}
+	other := func(s *Store, event string, prio int, created time.Time) {
+		_, err := s.CreateRuns(ctx, []batuta.NewRun{{ID: newRunID(), Workflow: "other", CreatedAt: created, Priority: prio,
+			Event: batuta.Event{ID: event}, Tasks: []batuta.TaskSpec{{Name: "x"}}}})
+		require.NoError(t, err)
+	}
+
+	t.Run("taken", func(t *testing.T) {
+		s := newTestStore(t, pool, Config{Logger: quiet()})
+		id, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+		other(s, "later", 0, now) // same priority, due later: behind b
+		res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+		require.NoError(t, err)
+		require.Equal(t, 1, res[0].Ready)
+		require.Len(t, cs, 1)
+		require.Equal(t, "b", cs[0].Task)
+		require.Equal(t, id, cs[0].RunID)
+		require.Equal(t, 1, len(cs[0].Upstream))
+		up := cs[0].Upstream[0]
+		require.Equal(t, "a", up.Name)
+		require.Equal(t, batuta.TaskSucceeded, up.State)
+		require.JSONEq(t, `{"ok":true}`, string(up.Output.(json.RawMessage)))
+	})
+	for _, tc := range []struct {
+		name string
+		prio int
+		age  time.Duration
+	}{{"higher priority ahead", 5, 0}, {"older ahead", 0, 2 * time.Minute}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newTestStore(t, pool, Config{Logger: quiet()})
+			_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+			other(s, "ahead", tc.prio, now.Add(-tc.age))
+			res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+			require.NoError(t, err)
+			require.Equal(t, 1, res[0].Ready)
+			require.Empty(t, cs, "b was claimed ahead of a ready task before it")
+			p2 := p
+			p2.Limit = 2
+			cs, err = s.ClaimTasks(ctx, p2)
+			require.NoError(t, err)
+			require.Len(t, cs, 2)
+			require.Equal(t, []string{"x", "b"}, []string{cs[0].Task, cs[1].Task})
+		})
+	}
+	t.Run("paused", func(t *testing.T) {
+		s := newTestStore(t, pool, Config{Logger: quiet()})
+		_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+		_, err := s.SetPaused(ctx, "wf", true)
+		require.NoError(t, err)
+		res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+		require.NoError(t, err)
+		require.Equal(t, 1, res[0].Ready)
+		require.Empty(t, cs, "a task of a paused workflow was claimed")
+		_, err = s.SetPaused(ctx, "wf", false)
+		require.NoError(t, err)
+		cs, err = s.ClaimTasks(ctx, p)
+		require.NoError(t, err)
+		require.Len(t, cs, 1)
+		require.Equal(t, "b", cs[0].Task)
+	})
+}
+
+// TestCompleteStepRepeatAndLostLease: a completion sent again (its first
+// reply lost) is answered as the first was, and one under a stale token
+// is refused; neither claims what the first completion claimed.
+func TestCompleteStepRepeatAndLostLease(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	ctx := context.Background()
+	now := time.Now()
+	p := batuta.ClaimParams{Owner: "w", Limit: 1, Now: now.Add(time.Second), LeaseUntil: now.Add(time.Hour)}
+	s := newTestStore(t, pool, Config{Logger: quiet()})
+	_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+	res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	b := cs[0]
+
+	res2, cs2, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+	require.NoError(t, err)
+	require.NoError(t, res2[0].Err, "a repeated completion")
+	require.Equal(t, res[0].RunFinished, res2[0].RunFinished)
+	require.Empty(t, cs2, "b is running: nothing else to claim")
+
+	stale := b
+	stale.Token += 1 << 19 // another claim's token for the same task
+	res3, _, err := s.CompleteTasksAndClaim(ctx, succeeded(stale, now), p)
+	require.NoError(t, err)
+	require.ErrorIs(t, res3[0].Err, batuta.ErrLeaseLost)
+
+	res4, cs4, err := s.CompleteTasksAndClaim(ctx, succeeded(b, now), p)
+	require.NoError(t, err)
+	require.NoError(t, res4[0].Err)
+	require.Len(t, cs4, 1)
+	require.Equal(t, "c", cs4[0].Task)
+	res5, _, err := s.CompleteTasksAndClaim(ctx, succeeded(cs4[0], now), p)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, res5[0].RunFinished)
+}
