@@ -102,6 +102,12 @@ type Config struct {
 	// round trip serves (a fifth more limited runs per second in
 	// bench/flowbench than with one).
 	// 1 keeps one completion round trip at a time.
+	//
+	// As many chain steps again (a worker's success of a task with
+	// dependents, claiming its successor: see "Throughput" in
+	// docs/store-postgres.md) run beside those round trips, each in a
+	// transaction of its own, rather than wait for a busy one: a step
+	// then costs its own round trip, not the rest of another's.
 	MaxCompletionFlushes int
 	// ClockSkew is how far behind the clock of the process that created a
 	// run another claimer's clock may be and still see the run's first
@@ -257,8 +263,11 @@ type Store struct {
 	// statements); steps counts the completions it recorded.
 	noStep bool
 	steps  atomic.Int64
-	fq     flowQueries
-	oq     opsQueries
+	// stepSlots bounds the chain steps recorded beside the completion
+	// combiner (see completeAndClaim).
+	stepSlots chan struct{}
+	fq        flowQueries
+	oq        opsQueries
 
 	// setBounded configures a combined completion's transaction: generic
 	// plans, lock waits bounded by CompletionLockWait.
@@ -377,6 +386,7 @@ func newStore(ctx context.Context, cs conns, cfg Config) (*Store, error) {
 	s.creates = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushCreates)
 	s.completes = newCombiner(cfg.MaxBatch, cfg.MaxCompletionFlushes, s.flushCompletions)
 	s.completes.spill = completionSpill
+	s.stepSlots = make(chan struct{}, cfg.MaxCompletionFlushes)
 	s.claims = newCombiner(cfg.MaxBatch, cfg.MaxFlushes, s.flushClaims)
 	// Claims made for a caller that gave up mid-statement are released.
 	s.creates.abandoned = s.abandonedCreates

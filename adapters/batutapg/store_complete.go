@@ -73,12 +73,21 @@ func (s *Store) completeAndClaim(ctx context.Context, cs []batuta.Completion, p 
 	if len(cs) == 0 {
 		return nil, nil, nil
 	}
-	items := make([]compItem, len(cs))
-	for i := range cs {
-		items[i].c = cs[i]
+	var res []compOut
+	var err error
+	if p != nil && len(cs) == 1 && p.Limit == 1 && stepCandidate(&cs[0]) && s.takeStepSlot() {
+		// A chain step: in a transaction of its own rather than after
+		// whatever batch the combiner has in flight.
+		res, err = s.flushCompletions(ctx, []compItem{{c: cs[0], claim: p}})
+		<-s.stepSlots
+	} else {
+		items := make([]compItem, len(cs))
+		for i := range cs {
+			items[i].c = cs[i]
+		}
+		items[0].claim = p
+		res, err = s.completes.do(ctx, items)
 	}
-	items[0].claim = p
-	res, err := s.completes.do(ctx, items)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -17,6 +17,28 @@ func (in *compInput) stepable() bool {
 		in.tokens[0]&(tokenSoloBit|tokenDepsBit) == tokenDepsBit && !in.leaseBefore[0].Valid && !in.full()
 }
 
+// stepCandidate reports whether c, by its outcome and the bits of its
+// token, can be recorded by completeStep (see stepable, which also needs
+// the store's hints).
+func stepCandidate(c *batuta.Completion) bool {
+	return c.Outcome == batuta.OutcomeSucceeded && c.ConsumeSignal == 0 &&
+		c.Token&(tokenSoloBit|tokenDepsBit|tokenFlowBit|tokenChildBit) == tokenDepsBit
+}
+
+// takeStepSlot takes one of the slots for chain steps recorded beside the
+// completion combiner, if one is free.
+func (s *Store) takeStepSlot() bool {
+	if s.noStep {
+		return false
+	}
+	select {
+	case s.stepSlots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // completeStep records the one completion of in (see stepable) and claims
 // for fc's one call (Limit 1) with the completeStep statement: the task's
 // success, its dependents counted down and, if one of them became ready

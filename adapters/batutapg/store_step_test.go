@@ -292,3 +292,60 @@ func TestCompleteStepRepeatAndLostLease(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, batuta.RunSucceeded, res5[0].RunFinished)
 }
+
+// TestCompleteStepConcurrentChains: workers working chains side by side,
+// their steps recorded beside one another (the step slots) and through the
+// combiner when the slots are taken, finish every run with every task
+// run once, and leave no slot taken.
+func TestCompleteStepConcurrentChains(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 16)
+	ctx := context.Background()
+	s := newTestStore(t, pool, Config{Logger: quiet()})
+	const runs, length, workers = 24, 15, 8
+	chain := make([]batuta.TaskSpec, length)
+	for i := range chain {
+		chain[i].Name = fmt.Sprintf("t%02d", i)
+		if i > 0 {
+			chain[i].Deps = []int{i - 1}
+		}
+	}
+	now := time.Now()
+	var batch []batuta.NewRun
+	for i := 0; i < runs; i++ {
+		batch = append(batch, batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now, Event: batuta.Event{ID: fmt.Sprint(i)}, Tasks: chain})
+	}
+	_, err := s.CreateRuns(ctx, batch)
+	require.NoError(t, err)
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			p := batuta.ClaimParams{Owner: fmt.Sprint("w", w), Limit: 1, Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour)}
+			errs <- func() error {
+				cs, err := s.ClaimTasks(ctx, p)
+				for err == nil && len(cs) > 0 {
+					c := cs[0]
+					var res []batuta.CompleteResult
+					res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(c, time.Now()), p)
+					if err == nil && res[0].Err != nil {
+						err = fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, res[0].Err)
+					}
+					if err == nil && len(cs) == 0 {
+						cs, err = s.ClaimTasks(ctx, p)
+					}
+				}
+				return err
+			}()
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		require.NoError(t, <-errs)
+	}
+	var unfinished, reruns int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state <> 'succeeded') FROM `+s.schema+`.runs`).Scan(&unfinished))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state <> 'succeeded' OR json_array_length(attempts) <> 1) FROM `+s.schema+`.tasks`).Scan(&reruns))
+	require.Zero(t, unfinished, "runs not succeeded")
+	require.Zero(t, reruns, "tasks not succeeded at their first attempt")
+	require.Positive(t, s.steps.Load())
+	require.Zero(t, len(s.stepSlots), "step slots left taken")
+}
