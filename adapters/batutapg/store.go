@@ -263,6 +263,10 @@ type Store struct {
 	// statements); steps counts the completions it recorded.
 	noStep bool
 	steps  atomic.Int64
+	// stepBacklog says the last step saw a ready task waiting: the next
+	// uses the full step statement (always with stepFull, for tests).
+	stepBacklog atomic.Bool
+	stepFull    bool
 	// stepSlots bounds the chain steps recorded beside the completion
 	// combiner (see completeAndClaim).
 	stepSlots chan struct{}

@@ -170,3 +170,45 @@ func drainClaimComplete(tb testing.TB, s *Store, total, workers, limit int) {
 		tb.Fatalf("drained %d of %d tasks before the deadline", done.Load(), total)
 	}
 }
+
+// BenchmarkChainStep: one op is one boundary of a 10-task chain, the
+// worker's CompleteTasksAndClaim of a task that claims its successor
+// (one goroutine; the completion of each run's last task, which claims
+// the next run's first, counts as an op too).
+func BenchmarkChainStep(b *testing.B) {
+	pool := storeTestPool(b, 4)
+	s := newTestStore(b, pool, Config{Logger: quiet()})
+	ctx := context.Background()
+	chain := make([]batuta.TaskSpec, 10)
+	for i := range chain {
+		chain[i].Name = fmt.Sprintf("t%d", i)
+		if i > 0 {
+			chain[i].Deps = []int{i - 1}
+		}
+	}
+	createBenchRuns(b, s, "bench", b.N/len(chain)+1, chain, time.Now())
+	p := func() batuta.ClaimParams {
+		now := time.Now()
+		return batuta.ClaimParams{Owner: "bench", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)}
+	}
+	cs, err := s.ClaimTasks(ctx, p())
+	if err != nil || len(cs) != 1 {
+		b.Fatal(err, len(cs))
+	}
+	out := json.RawMessage(`{"ok":true}`)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c := cs[0]
+		now := time.Now()
+		comp := []batuta.Completion{{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: batuta.OutcomeSucceeded, Output: out, StartedAt: now, FinishedAt: now}}
+		var res []batuta.CompleteResult
+		if res, cs, err = s.CompleteTasksAndClaim(ctx, comp, p()); err != nil || res[0].Err != nil {
+			b.Fatal(err, res)
+		}
+		if len(cs) == 0 {
+			if cs, err = s.ClaimTasks(ctx, p()); err != nil || len(cs) != 1 {
+				b.Fatal(err, len(cs))
+			}
+		}
+	}
+}

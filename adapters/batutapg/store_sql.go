@@ -10,7 +10,8 @@ type queries struct {
 	claim, claimPlain, extend, promote     string
 	probe                                  string
 	lockRuns, complete, expired, taskForTx string
-	completePlain, completeStep            string
+	completePlain                          string
+	completeStep, completeStepFull         string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
@@ -585,101 +586,6 @@ SELECT 'n', 0, '', count(*) FROM (
     SELECT 1 FROM tgu WHERE wake UNION ALL SELECT 1 FROM rgu WHERE wake UNION ALL SELECT 1 FROM ht WHERE hold = 0
     LIMIT 1) y`,
 
-		// One task's success and, in the same statement, the claim of the
-		// dependent it made ready that a claim would take first: the step
-		// of a chain (see Store.completeStep). It applies only to a task
-		// still leased under $3 and answers no row otherwise (the caller
-		// then records the completion with the full statements, which
-		// tell a repeated completion from a lost lease). A dependent is
-		// taken only if no ready task of $7 goes ahead of it in claim
-		// order (priority, then due time), so the claim order of the plain
-		// claim holds; one of a task-level or workflow-level group, one
-		// waiting for a signal, one not yet due or of a paused workflow is
-		// left ready for the claims. The dependents are counted down as
-		// the completion statement does.
-		//
-		// Its plan is about half the size of completePlain's and the
-		// claim's together: PostgreSQL initialises every node of a cached
-		// plan on each execution, which cost more than the execution.
-		completeStep: `
-WITH done AS (
-    UPDATE {s}.tasks t SET state = 'succeeded', output = $4, error = NULL, attempt = t.attempt + 1,
-        attempts = CASE
-            WHEN $5::text IS NULL THEN t.attempts
-            WHEN t.attempts IS NULL THEN ('[' || $5::text || ']')::json
-            ELSE (left(t.attempts::text, -1) || ',' || $5::text || ']')::json
-        END,
-        hold = 0, rate_reserved = false, owner = NULL, lease_until = NULL, last_token = $3, last_outcome = 'succeeded'
-    WHERE t.run_id = $1 AND t.idx = ($3::bigint & 32767)::smallint AND t.token = $3 AND t.lease_until IS NOT NULL AND t.name = $2
-    RETURNING t.run_id, t.idx, t.name, t.dependents
-), nx AS MATERIALIZED (
-    SELECT x.run_id, x.idx, x.priority, x.due_at,
-        x.state = 'pending' AND (x.fire_on = 'succeeded' OR x.pending_deps = 1) AS ready,
-        x.hold = 0 AND x.due_at <= $6 AND x.tkey IS NULL AND NOT x.rgroup AND x.signal = ''
-            AND ($7::text[] IS NULL OR x.workflow = ANY($7::text[]))
-            AND NOT (x.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[])) AS free
-    FROM done d CROSS JOIN LATERAL unnest(d.dependents) AS dep(i)
-    -- a subquery the planner keeps: each dependent looked up by its key
-    CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = d.run_id AND y.idx = dep.i OFFSET 0) x
-    WHERE x.pending_deps > 0
-), top AS (
-    -- the ready task the plain claim would take first
-    SELECT priority, due_at FROM {s}.tasks
-    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $6 AND tkey IS NULL
-      AND ($7::text[] IS NULL OR workflow = ANY($7::text[]))
-    ORDER BY priority DESC, due_at
-    LIMIT 1
-), pick AS (
-    SELECT n.idx FROM nx n
-    WHERE n.ready AND n.free
-      AND NOT EXISTS (SELECT 1 FROM top WHERE top.priority > n.priority OR (top.priority = n.priority AND top.due_at < n.due_at))
-    ORDER BY n.priority DESC, n.due_at, n.idx
-    LIMIT 1
-), dec AS (
-    UPDATE {s}.tasks t SET pending_deps = CASE WHEN t.fire_on = 'succeeded' THEN 0 ELSE t.pending_deps - 1 END,
-        state = CASE WHEN p.idx IS NULL THEN t.state ELSE 'running' END,
-        owner = CASE WHEN p.idx IS NULL THEN t.owner ELSE $8 END,
-        token = CASE WHEN p.idx IS NULL THEN t.token ELSE ` + claimToken + ` END,
-        lease_until = CASE WHEN p.idx IS NULL THEN t.lease_until ELSE $9 END,
-        claimed_at = CASE WHEN p.idx IS NULL THEN t.claimed_at ELSE $6 END,
-        first_claimed_at = CASE WHEN p.idx IS NULL THEN t.first_claimed_at ELSE coalesce(t.first_claimed_at, $6) END,
-        claim_req = CASE WHEN p.idx IS NULL THEN t.claim_req ELSE $10 END,
-        rate_reserved = CASE WHEN p.idx IS NULL THEN t.rate_reserved ELSE false END
-    FROM nx LEFT JOIN pick p ON p.idx = nx.idx
-    WHERE t.run_id = nx.run_id AND t.idx = nx.idx AND t.pending_deps > 0
-    RETURNING nx.ready, p.idx IS NOT NULL AS took, t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps,
-        nx.free AND false AS rate_reserved, t.waiting_since
-), ru AS (
-    UPDATE {s}.runs r SET
-        tasks_left = r.tasks_left - 1,
-        state = CASE
-            WHEN r.tasks_left > 1 THEN r.state
-            WHEN r.canceled THEN 'canceled'
-            WHEN r.failed_tasks > 0 THEN 'failed'
-            ELSE 'succeeded'
-        END,
-        finished_at = CASE WHEN r.tasks_left > 1 THEN NULL ELSE coalesce($11, $6) END,
-        finished_by = CASE WHEN r.tasks_left > 1 THEN NULL ELSE $3 END,
-        admit = CASE WHEN r.tasks_left <= 1 AND r.admit IN (1, 2) THEN 3 ELSE r.admit END
-    FROM done
-    WHERE r.id = done.run_id
-    RETURNING r.id, r.state, r.finished_at, r.event_id, r.event, r.deadline
-), rsu AS (
-    UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
-    FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
-)
-SELECT (SELECT count(*) FROM dec WHERE ready), CASE WHEN ru.state <> 'active' THEN ru.state ELSE '' END,
-    c.name, c.workflow, c.attempt, c.rescues, c.token, ru.event_id, ru.event, ru.deadline, c.rate_reserved,
-    CASE WHEN c.name IS NOT NULL AND cardinality(c.deps) > 0 THEN (
-        SELECT json_agg(CASE WHEN u.i = ($3::bigint & 32767)::smallint
-                THEN json_build_array(d.name, 'succeeded', $4::json, NULL)
-                ELSE json_build_array(d.name, d.state, d.output, d.error) END ORDER BY u.ord)
-        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
-        CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = c.run_id AND y.idx = u.i OFFSET 0) d
-    ) END,
-    c.waiting_since
-FROM ru LEFT JOIN dec c ON c.took`,
-
 		// Running tasks whose lease expired before $1.
 		expired: `
 SELECT run_id, name, token FROM {s}.tasks
@@ -813,12 +719,14 @@ RETURNING s.name`,
 	}
 	for _, p := range []*string{
 		&q.createRuns, &q.findExisting, &q.countActive, &q.claim, &q.claimPlain, &q.probe, &q.extend, &q.promote, &q.lockRuns,
-		&q.complete, &q.completeStep, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
+		&q.complete, &q.expired, &q.taskForTx, &q.cancelLock, &q.cancel, &q.runSelect, &q.pruneBefore,
 		&q.pruneCutoff, &q.pruneUpTo, &q.lastTick, &q.recordTicks, &q.notify,
 	} {
 		*p = r.Replace(*p)
 	}
 	q.createPlain = plainCreate(q.createRuns)
+	q.completeStep = r.Replace(stepStatement(false))
+	q.completeStepFull = r.Replace(stepStatement(true))
 	q.completePlain = plainCompletion(stripOps(q.complete))
 	q.complete = keepOps(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
@@ -887,6 +795,149 @@ func plainCreate(full string) string {
 	s := cut(full, "\n), pk AS (", "\n), t AS (", "")
 	return cut(s, "\n), g AS (", "\n)\nSELECT r.id FROM r",
 		"\n), unused AS (\n    SELECT $28::text[], $29::text[], $30::int[], $31::text[], $32::int[]")
+}
+
+// stepStatement returns the step statement (see Store.completeStep): one
+// task's success and, in the same statement, the claim of the dependent it
+// made ready that a claim would take first. It applies only to a task
+// still leased under $3 and answers no row otherwise (the caller then
+// records the completion with the general statements, which tell a
+// repeated completion from a lost lease). The dependents are counted down
+// as the completion statement does.
+//
+// A dependent is taken only if no ready task of $7 goes ahead of it in
+// claim order (priority, then due time), so the plain claim's order
+// holds; one of a task-level or workflow-level group, one waiting for a
+// signal, one not yet due or of a paused workflow is left ready for the
+// claims. When a ready task goes ahead, the full statement (full) takes
+// that task instead, as the plain claim would; the lean one takes nothing
+// and says so (its second column), leaving the claim to its caller. The
+// lean statement's plan is about half the size of the completion's and
+// the plain claim's together (PostgreSQL initialises every node of a
+// cached plan on each execution, which cost more than executing them);
+// the full one's, about the size of both.
+//
+// Its row: the dependents made ready, how many of them it took, whether a
+// ready task went ahead of them, the run's final state if it finished
+// (else ”), and the claim's columns (NULL if none).
+func stepStatement(full bool) string {
+	top := `
+    SELECT run_id, idx, workflow, priority, due_at, rate_reserved FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $6 AND tkey IS NULL
+      AND ($7::text[] IS NULL OR workflow = ANY($7::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT 1`
+	alt, claims, signal := "", "\n    FROM dec d, ru WHERE d.took", "NULL::json"
+	if full {
+		// The task ahead is locked as a claim locks what it takes.
+		top += "\n    FOR UPDATE SKIP LOCKED"
+		alt = `
+), alt AS (
+    -- no dependent taken: the ready task first in claim order, as the
+    -- plain claim takes it
+    UPDATE {s}.tasks t
+` + claimSetAt("$6", "$8", "$9", "$10") + `    FROM top p
+    WHERE t.run_id = p.run_id AND t.idx = p.idx AND NOT EXISTS (SELECT 1 FROM pick)
+      AND EXISTS (SELECT 1 FROM done) -- a step not applied claims nothing
+      AND NOT (p.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[]))
+    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, t.waiting_since, t.signal`
+		claims = `
+    FROM dec d, ru WHERE d.took
+    UNION ALL
+    SELECT a.run_id, a.name, a.workflow, a.attempt, a.rescues, a.token, a.deps, a.rate_reserved, a.waiting_since, a.signal,
+        r.event_id, r.event, r.deadline
+    FROM alt a JOIN {s}.runs r ON r.id = a.run_id`
+		signal = `CASE WHEN c.signal <> '' THEN (
+        SELECT json_build_array(g.seq, g.sent_at, g.data, g.name) FROM {s}.signals g
+        WHERE g.run_id = c.run_id AND g.name = c.signal ORDER BY g.seq LIMIT 1
+    ) END`
+	}
+	return `
+WITH done AS (
+    UPDATE {s}.tasks t SET state = 'succeeded', output = $4, error = NULL, attempt = t.attempt + 1,
+        attempts = CASE
+            WHEN $5::text IS NULL THEN t.attempts
+            WHEN t.attempts IS NULL THEN ('[' || $5::text || ']')::json
+            ELSE (left(t.attempts::text, -1) || ',' || $5::text || ']')::json
+        END,
+        hold = 0, rate_reserved = false, owner = NULL, lease_until = NULL, last_token = $3, last_outcome = 'succeeded'
+    WHERE t.run_id = $1 AND t.idx = ($3::bigint & 32767)::smallint AND t.token = $3 AND t.lease_until IS NOT NULL AND t.name = $2
+    RETURNING t.run_id, t.idx, t.name, t.dependents
+), nx AS MATERIALIZED (
+    SELECT x.run_id, x.idx, x.priority, x.due_at,
+        x.state = 'pending' AND (x.fire_on = 'succeeded' OR x.pending_deps = 1) AS ready,
+        x.hold = 0 AND x.due_at <= $6 AND x.tkey IS NULL AND NOT x.rgroup AND x.signal = ''
+            AND ($7::text[] IS NULL OR x.workflow = ANY($7::text[]))
+            AND NOT (x.workflow = ANY((SELECT coalesce(array_agg(z.workflow), '{}') FROM {s}.paused z)::text[])) AS free
+    FROM done d CROSS JOIN LATERAL unnest(d.dependents) AS dep(i)
+    -- a subquery the planner keeps: each dependent looked up by its key
+    CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = d.run_id AND y.idx = dep.i OFFSET 0) x
+    WHERE x.pending_deps > 0
+), top AS MATERIALIZED (
+    -- the ready task the plain claim would take first` + top + `
+), pick AS (
+    SELECT n.idx FROM nx n
+    WHERE n.ready AND n.free
+      AND NOT EXISTS (SELECT 1 FROM top WHERE top.priority > n.priority OR (top.priority = n.priority AND top.due_at < n.due_at))
+    ORDER BY n.priority DESC, n.due_at, n.idx
+    LIMIT 1
+), dec AS (
+    UPDATE {s}.tasks t SET pending_deps = CASE WHEN t.fire_on = 'succeeded' THEN 0 ELSE t.pending_deps - 1 END,
+        state = CASE WHEN p.idx IS NULL THEN t.state ELSE 'running' END,
+        owner = CASE WHEN p.idx IS NULL THEN t.owner ELSE $8 END,
+        token = CASE WHEN p.idx IS NULL THEN t.token ELSE ` + claimToken + ` END,
+        lease_until = CASE WHEN p.idx IS NULL THEN t.lease_until ELSE $9 END,
+        claimed_at = CASE WHEN p.idx IS NULL THEN t.claimed_at ELSE $6 END,
+        first_claimed_at = CASE WHEN p.idx IS NULL THEN t.first_claimed_at ELSE coalesce(t.first_claimed_at, $6) END,
+        claim_req = CASE WHEN p.idx IS NULL THEN t.claim_req ELSE $10 END,
+        rate_reserved = CASE WHEN p.idx IS NULL THEN t.rate_reserved ELSE false END
+    FROM nx LEFT JOIN pick p ON p.idx = nx.idx
+    WHERE t.run_id = nx.run_id AND t.idx = nx.idx AND t.pending_deps > 0
+    RETURNING nx.ready, p.idx IS NOT NULL AS took, t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps,
+        false AS rate_reserved, t.waiting_since` + alt + `
+), ru AS (
+    UPDATE {s}.runs r SET
+        tasks_left = r.tasks_left - 1,
+        state = CASE
+            WHEN r.tasks_left > 1 THEN r.state
+            WHEN r.canceled THEN 'canceled'
+            WHEN r.failed_tasks > 0 THEN 'failed'
+            ELSE 'succeeded'
+        END,
+        finished_at = CASE WHEN r.tasks_left > 1 THEN NULL ELSE coalesce($11, $6) END,
+        finished_by = CASE WHEN r.tasks_left > 1 THEN NULL ELSE $3 END,
+        admit = CASE WHEN r.tasks_left <= 1 AND r.admit IN (1, 2) THEN 3 ELSE r.admit END
+    FROM done
+    WHERE r.id = done.run_id
+    RETURNING r.id, r.state, r.finished_at, r.event_id, r.event, r.deadline
+), rsu AS (
+    UPDATE {s}.run_states e SET state = ru.state, finished_at = ru.finished_at
+    FROM ru WHERE e.run_id = ru.id AND ru.state <> 'active'
+)
+SELECT (SELECT count(*) FROM dec WHERE ready), (SELECT count(*) FROM dec WHERE took), EXISTS (SELECT 1 FROM top),
+    CASE WHEN ru.state <> 'active' THEN ru.state ELSE '' END,
+    c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, c.event_id, c.event, c.deadline, c.rate_reserved,
+    CASE WHEN cardinality(c.deps) > 0 THEN (
+        -- the task just completed as it is now, not as the statement's
+        -- snapshot has it (running)
+        SELECT json_agg(CASE WHEN c.run_id = $1 AND u.i = ($3::bigint & 32767)::smallint
+                THEN json_build_array(d.name, 'succeeded', $4::json, NULL)
+                ELSE json_build_array(d.name, d.state, d.output, d.error) END ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = c.run_id AND y.idx = u.i OFFSET 0) d
+    ) END,
+    c.waiting_since,
+    ` + signal + `
+FROM ru LEFT JOIN (
+    SELECT d.run_id, d.name, d.workflow, d.attempt, d.rescues, d.token, d.deps, d.rate_reserved, d.waiting_since, '' AS signal,
+        ru.event_id, ru.event, ru.deadline` + claims + `
+) c ON true`
+}
+
+// claimSetAt is claimSet with the claim's clock, owner, lease end and
+// request number in the parameters named.
+func claimSetAt(now, owner, lease, req string) string {
+	return strings.NewReplacer("$1", now, "$4", owner, "$5", lease, "$6", req).Replace(claimSet)
 }
 
 // The two claim statements (claim, claimPlain) share how a claimed task is

@@ -40,14 +40,15 @@ func (s *Store) takeStepSlot() bool {
 }
 
 // completeStep records the one completion of in (see stepable) and claims
-// for fc's one call (Limit 1) with the completeStep statement: the task's
-// success, its dependents counted down and, if one of them became ready
-// and no ready task goes ahead of it in claim order, that dependent leased
-// to the caller, all in one statement after the run lock. That is the
-// step boundary of a chain: one statement of about half the plan of the
-// completion and claim statements together (PostgreSQL initialises every
-// node of a cached plan on each execution, which cost more than executing
-// them), and no scan of the ready set beyond its first entry.
+// for fc's one call (Limit 1) with a step statement (see stepStatement):
+// the task's success, its dependents counted down and, if one of them
+// became ready and no ready task goes ahead of it in claim order, that
+// dependent leased to the caller, all in one statement after the run lock.
+// That is the boundary of a chain: one statement whose plan is about half
+// the completion and claim statements' together, no scan of the ready set
+// beyond its first entry. While ready tasks wait (the last step saw one),
+// the full statement, which takes the task ahead instead, serves: the
+// lean one leaves that claim to the caller.
 //
 // ok is false when the statement did not apply (the task's lease was lost,
 // or this is a repeated completion; nothing was written) or failed: the
@@ -62,21 +63,31 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		wfs = p.Workflows
 	}
 	fc.reset()
+	// The full statement while ready tasks wait (a backlog): it takes the
+	// one ahead of the dependents, which the lean one leaves to a claim of
+	// the caller's own, a second round trip.
+	stmt := s.q.completeStep
+	if s.stepBacklog.Load() || s.stepFull {
+		stmt = s.q.completeStepFull
+	}
 	var (
-		ready                  int64
+		ready, took            int64
+		ahead                  bool
 		fin                    string
+		runID                  pgtype.UUID
 		name, workflow         pgtype.Text
 		attempt, rescues       pgtype.Int4
 		token                  pgtype.Int8
 		eventID                pgtype.Text
 		event, upstream        []byte
+		signal                 []byte
 		deadline, waitingSince pgtype.Timestamptz
 		rateReserved           pgtype.Bool
 		applied                bool
 	)
 	err := s.sendHotSet(ctx, set, func(b *pgx.Batch) {
 		b.Queue(s.q.lockRuns, in.runs)
-		b.Queue(s.q.completeStep, in.runs[0], in.tasks[0], in.tokens[0], in.outputs[0], in.recs[0],
+		b.Queue(stmt, in.runs[0], in.tasks[0], in.tokens[0], in.outputs[0], in.recs[0],
 			p.Now, wfs, p.Owner, s.toDB(p.LeaseUntil), fc.pl.reqs[0], in.at[0])
 	}, func(br pgx.BatchResults) error {
 		if _, err := br.Exec(); err != nil {
@@ -89,8 +100,8 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		defer rows.Close()
 		for rows.Next() {
 			applied = true
-			if err := rows.Scan(&ready, &fin, &name, &workflow, &attempt, &rescues, &token, &eventID, &event, &deadline,
-				&rateReserved, &upstream, &waitingSince); err != nil {
+			if err := rows.Scan(&ready, &took, &ahead, &fin, &runID, &name, &workflow, &attempt, &rescues, &token, &eventID, &event, &deadline,
+				&rateReserved, &upstream, &waitingSince, &signal); err != nil {
 				return err
 			}
 		}
@@ -109,9 +120,10 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		return compResult{}, nil, false
 	}
 	s.steps.Add(1)
+	s.stepBacklog.Store(ahead)
 	res = compResult{applied: true, newState: string(batuta.OutcomeSucceeded), ready: int(ready), finished: batuta.RunState(fin)}
 	if name.Valid {
-		c := batuta.Claim{RunID: formatUUID(in.runs[0]), Task: name.String, Workflow: workflow.String,
+		c := batuta.Claim{RunID: formatUUID(runID.Bytes), Task: name.String, Workflow: workflow.String,
 			Attempt: int(attempt.Int32) + 1, Rescues: int(rescues.Int32), Token: token.Int64, RateReserved: rateReserved.Bool,
 			WaitingSince: waitingSince.Time}
 		if deadline.Valid {
@@ -120,6 +132,9 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		var derr error
 		if c.Event, derr = decodeEvent(eventID.String, event); derr == nil && len(upstream) > 0 {
 			c.Upstream, derr = decodeUpstream(upstream)
+		}
+		if derr == nil && len(signal) > 0 {
+			c.Signal, derr = decodeSignal(signal)
 		}
 		if derr != nil {
 			// Recorded and leased, but unreadable: the lease is handed
@@ -135,7 +150,9 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		s.active.add(-1)
 		s.runsFinished([]string{formatUUID(in.runs[0])})
 	}
-	if int(ready) > len(claims) {
+	if ready > took {
+		// Dependents made ready and not taken (another one, or the task
+		// ahead of them in claim order, was): work for anyone.
 		s.workAppeared()
 	}
 	return res, claims, true

@@ -148,21 +148,24 @@ func TestCompleteStepMatchesGeneral(t *testing.T) {
 	pool := storeTestPool(t, 8)
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	runs := stepTestRuns(now)
-	step := newTestStore(t, pool, Config{Logger: quiet()})
 	general := newTestStore(t, pool, Config{Logger: quiet()})
 	general.noStep = true
-	st, withDeps := driveRuns(t, step, runs, now)
 	gt, _ := driveRuns(t, general, runs, now)
-	require.Positive(t, withDeps)
-	require.Equal(t, int64(withDeps), step.steps.Load(), "successes of tasks with dependents recorded by completeStep")
 	require.Zero(t, general.steps.Load())
-	require.Equal(t, gt, st, "claims")
-	for _, table := range []string{"runs", "run_states", "tasks"} {
-		require.Equal(t, stableRows(t, pool, general.cfg.Schema, table), stableRows(t, pool, step.cfg.Schema, table), "rows of %s", table)
+	for _, full := range []bool{false, true} {
+		step := newTestStore(t, pool, Config{Logger: quiet()})
+		step.stepFull = full
+		st, withDeps := driveRuns(t, step, runs, now)
+		require.Positive(t, withDeps)
+		require.Equal(t, int64(withDeps), step.steps.Load(), "successes of tasks with dependents recorded by completeStep (full %v)", full)
+		require.Equal(t, gt, st, "claims (full %v)", full)
+		for _, table := range []string{"runs", "run_states", "tasks"} {
+			require.Equal(t, stableRows(t, pool, general.cfg.Schema, table), stableRows(t, pool, step.cfg.Schema, table), "rows of %s (full %v)", table, full)
+		}
+		var left int
+		require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM `+step.schema+`.runs WHERE state <> 'succeeded'`).Scan(&left))
+		require.Zero(t, left, "runs left unfinished")
 	}
-	var left int
-	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM `+step.schema+`.runs WHERE state <> 'succeeded'`).Scan(&left))
-	require.Zero(t, left, "runs left unfinished")
 }
 
 // stepChain creates one run of a -> b (-> c) and claims a.
@@ -225,16 +228,32 @@ func TestCompleteStepClaimOrder(t *testing.T) {
 			s := newTestStore(t, pool, Config{Logger: quiet()})
 			_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
 			other(s, "ahead", tc.prio, now.Add(-tc.age))
+			// The lean statement leaves the claim to the caller...
 			res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
 			require.NoError(t, err)
 			require.Equal(t, 1, res[0].Ready)
 			require.Empty(t, cs, "b was claimed ahead of a ready task before it")
+			require.True(t, s.stepBacklog.Load(), "a step that saw a ready task waiting does not say so")
 			p2 := p
 			p2.Limit = 2
 			cs, err = s.ClaimTasks(ctx, p2)
 			require.NoError(t, err)
 			require.Len(t, cs, 2)
 			require.Equal(t, []string{"x", "b"}, []string{cs[0].Task, cs[1].Task})
+			// ...and the next step, with the full statement, takes the
+			// task ahead (another run's, here) instead of c.
+			other(s, "ahead2", tc.prio, now.Add(-tc.age))
+			res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(cs[1], now), p)
+			require.NoError(t, err)
+			require.Equal(t, 1, res[0].Ready)
+			require.Len(t, cs, 1)
+			require.Equal(t, "x", cs[0].Task)
+			require.Equal(t, "ahead2", cs[0].Event.ID)
+			require.Equal(t, int64(2), s.steps.Load())
+			cs, err = s.ClaimTasks(ctx, p)
+			require.NoError(t, err)
+			require.Len(t, cs, 1)
+			require.Equal(t, "c", cs[0].Task)
 		})
 	}
 	t.Run("paused", func(t *testing.T) {
@@ -257,40 +276,72 @@ func TestCompleteStepClaimOrder(t *testing.T) {
 
 // TestCompleteStepRepeatAndLostLease: a completion sent again (its first
 // reply lost) is answered as the first was, and one under a stale token
-// is refused; neither claims what the first completion claimed.
+// is refused; neither leaves a task claimed that its caller was not handed
+// (with a task of another run ready beside them, for the full statement's
+// claim of the task ahead).
 func TestCompleteStepRepeatAndLostLease(t *testing.T) {
 	t.Parallel()
 	pool := storeTestPool(t, 4)
 	ctx := context.Background()
 	now := time.Now()
 	p := batuta.ClaimParams{Owner: "w", Limit: 1, Now: now.Add(time.Second), LeaseUntil: now.Add(time.Hour)}
-	s := newTestStore(t, pool, Config{Logger: quiet()})
-	_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
-	res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
-	require.NoError(t, err)
-	require.Len(t, cs, 1)
-	b := cs[0]
+	for _, full := range []bool{false, true} {
+		s := newTestStore(t, pool, Config{Logger: quiet()})
+		s.stepFull = full
+		_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+		res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+		require.NoError(t, err)
+		require.Len(t, cs, 1)
+		b := cs[0]
+		_, err = s.CreateRuns(ctx, []batuta.NewRun{{ID: newRunID(), Workflow: "wf", CreatedAt: now, Event: batuta.Event{ID: "other"},
+			Tasks: []batuta.TaskSpec{{Name: "x"}}}})
+		require.NoError(t, err)
+		held := map[string]bool{b.RunID + "/" + b.Task: true}
+		running := func() map[string]bool {
+			rows, err := pool.Query(ctx, `SELECT run_id::text || '/' || name FROM `+s.schema+`.tasks WHERE state = 'running'`)
+			require.NoError(t, err)
+			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			require.NoError(t, err)
+			out := map[string]bool{}
+			for _, n := range names {
+				out[n] = true
+			}
+			return out
+		}
 
-	res2, cs2, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
-	require.NoError(t, err)
-	require.NoError(t, res2[0].Err, "a repeated completion")
-	require.Equal(t, res[0].RunFinished, res2[0].RunFinished)
-	require.Empty(t, cs2, "b is running: nothing else to claim")
+		res2, cs2, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+		require.NoError(t, err)
+		require.NoError(t, res2[0].Err, "a repeated completion (full %v)", full)
+		require.Equal(t, res[0].RunFinished, res2[0].RunFinished)
+		for _, c := range cs2 {
+			require.NotEqual(t, "b", c.Task, "b claimed twice")
+			held[c.RunID+"/"+c.Task] = true
+		}
+		require.Equal(t, held, running(), "tasks running that the caller was not handed (full %v)", full)
 
-	stale := b
-	stale.Token += 1 << 19 // another claim's token for the same task
-	res3, _, err := s.CompleteTasksAndClaim(ctx, succeeded(stale, now), p)
-	require.NoError(t, err)
-	require.ErrorIs(t, res3[0].Err, batuta.ErrLeaseLost)
+		stale := b
+		stale.Token += 1 << 19 // another claim's token for the same task
+		res3, cs3, err := s.CompleteTasksAndClaim(ctx, succeeded(stale, now), p)
+		require.NoError(t, err)
+		require.ErrorIs(t, res3[0].Err, batuta.ErrLeaseLost)
+		for _, c := range cs3 {
+			held[c.RunID+"/"+c.Task] = true
+		}
+		require.Equal(t, held, running(), "tasks running that the caller was not handed (full %v)", full)
 
-	res4, cs4, err := s.CompleteTasksAndClaim(ctx, succeeded(b, now), p)
-	require.NoError(t, err)
-	require.NoError(t, res4[0].Err)
-	require.Len(t, cs4, 1)
-	require.Equal(t, "c", cs4[0].Task)
-	res5, _, err := s.CompleteTasksAndClaim(ctx, succeeded(cs4[0], now), p)
-	require.NoError(t, err)
-	require.Equal(t, batuta.RunSucceeded, res5[0].RunFinished)
+		res4, cs4, err := s.CompleteTasksAndClaim(ctx, succeeded(b, now), p)
+		require.NoError(t, err)
+		require.NoError(t, res4[0].Err)
+		if len(cs4) == 0 || cs4[0].Task != "c" {
+			cs4, err = s.ClaimTasks(ctx, p)
+			require.NoError(t, err)
+		}
+		require.Len(t, cs4, 1)
+		require.Equal(t, "c", cs4[0].Task)
+		res5, _, err := s.CompleteTasksAndClaim(ctx, succeeded(cs4[0], now), p)
+		require.NoError(t, err)
+		require.Equal(t, batuta.RunSucceeded, res5[0].RunFinished)
+	}
 }
 
 // TestCompleteStepConcurrentChains: workers working chains side by side,
