@@ -104,6 +104,14 @@ func (b *combiner[I, O]) do(ctx context.Context, items []I) ([]O, error) {
 	return nil, ctx.Err()
 }
 
+// waiting reports whether calls wait for a flush slot: a batch will go
+// soon, which a call joining it rides along with.
+func (b *combiner[I, O]) waiting() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue) > 0
+}
+
 func (b *combiner[I, O]) removeLocked(c *call[I, O]) {
 	for i, q := range b.queue {
 		if q == c {

@@ -26,9 +26,13 @@ func stepCandidate(c *batuta.Completion) bool {
 }
 
 // takeStepSlot takes one of the slots for chain steps recorded beside the
-// completion combiner, if one is free.
+// completion combiner, if one is free and no call waits for the
+// combiner's next batch: under a load where completions queue up, a step
+// joins the batch, whose one transaction records them all for less than a
+// transaction each (a 10,000-run diamond drain went 10-20% slower with
+// every step on its own).
 func (s *Store) takeStepSlot() bool {
-	if s.noStep {
+	if s.noStep || s.completes.waiting() {
 		return false
 	}
 	select {
