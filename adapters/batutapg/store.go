@@ -107,7 +107,9 @@ type Config struct {
 	// dependents, claiming its successor: see "Throughput" in
 	// docs/store-postgres.md) run beside those round trips, each in a
 	// transaction of its own, rather than wait for a busy one: a step
-	// then costs its own round trip, not the rest of another's.
+	// then costs its own round trip, not the rest of another's. (Not
+	// while completions wait for the next round trip: a step then joins
+	// it.)
 	MaxCompletionFlushes int
 	// ClockSkew is how far behind the clock of the process that created a
 	// run another claimer's clock may be and still see the run's first
