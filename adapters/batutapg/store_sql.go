@@ -885,7 +885,7 @@ WITH done AS (
     UPDATE {s}.tasks t SET pending_deps = CASE WHEN t.fire_on = 'succeeded' THEN 0 ELSE t.pending_deps - 1 END,
         state = CASE WHEN p.idx IS NULL THEN t.state ELSE 'running' END,
         owner = CASE WHEN p.idx IS NULL THEN t.owner ELSE $8 END,
-        token = CASE WHEN p.idx IS NULL THEN t.token ELSE ` + claimToken + ` END,
+        token = CASE WHEN p.idx IS NULL THEN t.token ELSE ` + newLeaseSQL + ` END,
         lease_until = CASE WHEN p.idx IS NULL THEN t.lease_until ELSE $9 END,
         claimed_at = CASE WHEN p.idx IS NULL THEN t.claimed_at ELSE $6 END,
         first_claimed_at = CASE WHEN p.idx IS NULL THEN t.first_claimed_at ELSE coalesce(t.first_claimed_at, $6) END,
@@ -945,9 +945,9 @@ func claimSetAt(now, owner, lease, req string) string {
 // in its low bits that route its completion), its dependencies' results,
 // its wait start and the oldest signal buffered for it.
 const (
-	// claimToken is a claimed task's new lease token (see tokenChildBit).
-	claimToken = `nextval('{s}.tokens') * 524288 + CASE WHEN cardinality(t.dependents) > 0 THEN 262144 ELSE 0 END + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx`
-	claimSet   = `    SET state = 'running', owner = $4, token = ` + claimToken + `, lease_until = $5,
+	// newLeaseSQL computes a claimed task's new lease token (see tokenChildBit).
+	newLeaseSQL = `nextval('{s}.tokens') * 524288 + CASE WHEN cardinality(t.dependents) > 0 THEN 262144 ELSE 0 END + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx`
+	claimSet    = `    SET state = 'running', owner = $4, token = ` + newLeaseSQL + `, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
 `
 	claimReturning = `    RETURNING t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, p.rate_reserved, p.priority, p.due_at,
