@@ -809,17 +809,18 @@ func plainCreate(full string) string {
 // claim order (priority, then due time), so the plain claim's order
 // holds; one of a task-level or workflow-level group, one waiting for a
 // signal, one not yet due or of a paused workflow is left ready for the
-// claims. When a ready task goes ahead, the full statement (full) takes
-// that task instead, as the plain claim would; the lean one takes nothing
-// and says so (its second column), leaving the claim to its caller. The
-// lean statement's plan is about half the size of the completion's and
+// claims. When it takes no dependent, the full statement (full) takes
+// the ready task first in claim order instead, as the plain claim would;
+// the lean one takes nothing, leaving the claim to its caller. The lean
+// statement's plan is about two thirds the size of the completion's and
 // the plain claim's together (PostgreSQL initialises every node of a
 // cached plan on each execution, which cost more than executing them);
 // the full one's, about the size of both.
 //
 // Its row: the dependents made ready, how many of them it took, whether a
-// ready task went ahead of them, the run's final state if it finished
-// (else ”), and the claim's columns (NULL if none).
+// ready task of the caller's workflows waited (the caller's hint for the
+// full statement), the run's final state if it finished (else empty), and
+// the claim's columns (NULL if none).
 func stepStatement(full bool) string {
 	top := `
     SELECT run_id, idx, workflow, priority, due_at, rate_reserved FROM {s}.tasks

@@ -10,8 +10,8 @@ import (
 
 // stepable reports whether a completion batch can go through completeStep:
 // one success of a task with dependents (tokenDepsBit; its run then has
-// other tasks), outside any concurrency group and child run, not a rescue, with
-// no wait or signal step.
+// other tasks), outside any concurrency group and child run, not a rescue,
+// with no wait or signal step.
 func (in *compInput) stepable() bool {
 	return len(in.tokens) == 1 && in.outcomes[0] == string(batuta.OutcomeSucceeded) &&
 		in.tokens[0]&(tokenSoloBit|tokenDepsBit) == tokenDepsBit && !in.leaseBefore[0].Valid && !in.full()
@@ -48,9 +48,9 @@ func (s *Store) takeStepSlot() bool {
 // the task's success, its dependents counted down and, if one of them
 // became ready and no ready task goes ahead of it in claim order, that
 // dependent leased to the caller, all in one statement after the run lock.
-// That is the boundary of a chain: one statement whose plan is about half
-// the completion and claim statements' together, no scan of the ready set
-// beyond its first entry. While ready tasks wait (the last step saw one),
+// That is the boundary of a chain: one statement whose plan is about two
+// thirds of the completion and claim statements' together, no scan of the
+// ready set beyond its first entry. While ready tasks wait (the last step saw one),
 // the full statement, which takes the task ahead instead, serves: the
 // lean one leaves that claim to the caller.
 //
@@ -76,7 +76,7 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 	}
 	var (
 		ready, took            int64
-		ahead                  bool
+		waited                 bool
 		fin                    string
 		runID                  pgtype.UUID
 		name, workflow         pgtype.Text
@@ -104,7 +104,7 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		defer rows.Close()
 		for rows.Next() {
 			applied = true
-			if err := rows.Scan(&ready, &took, &ahead, &fin, &runID, &name, &workflow, &attempt, &rescues, &token, &eventID, &event, &deadline,
+			if err := rows.Scan(&ready, &took, &waited, &fin, &runID, &name, &workflow, &attempt, &rescues, &token, &eventID, &event, &deadline,
 				&rateReserved, &upstream, &waitingSince, &signal); err != nil {
 				return err
 			}
@@ -124,7 +124,7 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		return compResult{}, nil, false
 	}
 	s.steps.Add(1)
-	s.stepBacklog.Store(ahead)
+	s.stepBacklog.Store(waited)
 	res = compResult{applied: true, newState: string(batuta.OutcomeSucceeded), ready: int(ready), finished: batuta.RunState(fin)}
 	if name.Valid {
 		c := batuta.Claim{RunID: formatUUID(runID.Bytes), Task: name.String, Workflow: workflow.String,
