@@ -49,10 +49,11 @@ func copyTestRuns(n int, now time.Time) []batuta.NewRun {
 	return runs
 }
 
-// tableRows returns every row of schema.table as JSON text, sorted.
-func tableRows(t *testing.T, pool *pgxpool.Pool, schema, table string) []string {
+// tableRows returns every row of schema.table as JSON text, sorted,
+// without the columns named in drop.
+func tableRows(t *testing.T, pool *pgxpool.Pool, schema, table string, drop ...string) []string {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT to_jsonb(x)::text FROM `+quoteIdent(schema)+`.`+table+` x`)
+	rows, err := pool.Query(context.Background(), `SELECT (to_jsonb(x) - coalesce($1::text[], '{}'))::text FROM `+quoteIdent(schema)+`.`+table+` x`, drop)
 	require.NoError(t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)

@@ -130,13 +130,7 @@ func driveRuns(t *testing.T, s *Store, runs []batuta.NewRun, now time.Time) (tra
 // differ from one claim to the next (tokens, claim times and requests).
 func stableRows(t *testing.T, pool *pgxpool.Pool, schema, table string) []string {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT (to_jsonb(x) - 'token' - 'last_token' - 'claimed_at' - 'first_claimed_at'
-		- 'claim_req' - 'owner' - 'lease_until' - 'finished_by')::text FROM `+quoteIdent(schema)+`.`+table+` x`)
-	require.NoError(t, err)
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	require.NoError(t, err)
-	sort.Strings(out)
-	return out
+	return tableRows(t, pool, schema, table, "token", "last_token", "claimed_at", "first_claimed_at", "claim_req", "owner", "lease_until", "finished_by")
 }
 
 // TestCompleteStepMatchesGeneral: runs worked through completeStep write
