@@ -269,6 +269,13 @@ type Store struct {
 	// uses the full step statement (always with stepFull, for tests).
 	stepBacklog atomic.Bool
 	stepFull    bool
+	// noCreateClaim turns the claiming create statement off (tests
+	// compare it with the general statements); createClaims counts the
+	// root tasks it leased; createBacklog says the last one saw a ready task
+	// waiting: the next create claims the general way, which takes it.
+	noCreateClaim bool
+	createClaims  atomic.Int64
+	createBacklog atomic.Bool
 	// stepSlots bounds the chain steps recorded beside the completion
 	// combiner (see completeAndClaim).
 	stepSlots chan struct{}

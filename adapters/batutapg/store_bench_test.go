@@ -37,6 +37,51 @@ func BenchmarkCreateRun(b *testing.B) {
 	}
 }
 
+// BenchmarkCreateRunClaim: one single-task run per op through
+// CreateRunsAndClaim, its task claimed for the caller (a Submit with a
+// worker idle), with the claiming create statement and with the insert and
+// the plain claim apart.
+func BenchmarkCreateRunClaim(b *testing.B) {
+	for _, general := range []bool{false, true} {
+		name := "claiming"
+		if general {
+			name = "general"
+		}
+		b.Run(name, func(b *testing.B) {
+			pool := storeTestPool(b, 4)
+			s := newTestStore(b, pool, Config{Logger: quiet()})
+			s.noCreateClaim = general
+			ctx := context.Background()
+			tasks := benchTasks(1)
+			op := func(i int) {
+				now := time.Now()
+				_, cs, err := s.CreateRunsAndClaim(ctx, []batuta.NewRun{{ID: newRunID(), Workflow: "bench", CreatedAt: now,
+					Event: batuta.Event{ID: fmt.Sprint(i), Data: json.RawMessage(`{"n":1}`)}, Tasks: tasks}},
+					batuta.ClaimParams{Owner: "w", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(cs) != 1 {
+					b.Fatalf("op %d claimed %d tasks, want 1", i, len(cs))
+				}
+			}
+			op(-1) // a new store's first claim reads the hints
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				op(i)
+			}
+			b.StopTimer()
+			want := int64(b.N)
+			if general {
+				want = 0
+			}
+			if n := s.createClaims.Load(); n != want {
+				b.Fatalf("%d tasks claimed by the claiming create statement, want %d", n, want)
+			}
+		})
+	}
+}
+
 // BenchmarkCreateRuns1000: CreateRuns of 1,000 single-task runs per op
 // (SubmitMany's store call); runs/s reported.
 func BenchmarkCreateRuns1000(b *testing.B) {

@@ -345,7 +345,19 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 			for k, i := range who {
 				out[i].claims = fc.out[k]
 			}
-			s.claimHints(fc.pl, ps, fc.out)
+			if fc.lean {
+				// No claim statement ran: the hints stand as they were.
+				s.createClaims.Add(int64(len(fc.out[0])))
+			} else {
+				s.claimHints(fc.pl, ps, fc.out)
+				// A claim short of its limit found the ready set empty:
+				// the next run created can be claimed as it is inserted.
+				for k := range ps {
+					if len(fc.out[k]) < ps[k].Limit && s.createBacklog.Load() {
+						s.createBacklog.Store(false)
+					}
+				}
+			}
 		}
 		if len(created) > 0 {
 			s.active.add(len(created))
@@ -398,6 +410,11 @@ func (s *Store) flushCreates(ctx context.Context, items []createItem) ([]createR
 func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, fc *fusedClaim) (map[[16]byte]bool, error) {
 	args := s.createArgs(items, idx)
 	stmt := s.createStatement(items, idx)
+	lean := s.createClaimable(items, idx, fc)
+	if lean {
+		stmt = s.q.createClaim
+		fc.lean = true
+	}
 	created := make(map[[16]byte]bool, len(idx))
 	err := withRetry(ctx, func() error {
 		clear(created)
@@ -405,6 +422,15 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, f
 			fc.reset()
 		}
 		err := s.sendHot(ctx, false, func(b *pgx.Batch) {
+			if lean {
+				p := &fc.ps[0]
+				var wfs []string
+				if len(p.Workflows) > 0 {
+					wfs = p.Workflows
+				}
+				b.Queue(stmt, append(args[:len(args):len(args)], p.Now, wfs, p.Owner, s.toDB(p.LeaseUntil), fc.pl.reqs[0])...)
+				return
+			}
 			b.Queue(stmt, args...)
 			if fc != nil {
 				s.queueClaims(b, fc.groups, fc.pl)
@@ -412,6 +438,13 @@ func (s *Store) insertRuns(ctx context.Context, items []createItem, idx []int, f
 		}, func(br pgx.BatchResults) error {
 			rows, err := br.Query()
 			if err != nil {
+				return err
+			}
+			if lean {
+				waited, err := readCreateClaim(rows, created, fc)
+				if err == nil && len(created) > 0 {
+					s.createBacklog.Store(waited)
+				}
 				return err
 			}
 			if err := readCreated(rows, created); err != nil {

@@ -13,6 +13,9 @@ type fusedClaim struct {
 	groups []*claimGroup
 	pl     *claimPlan
 	out    [][]batuta.Claim // out[k]: the claims for ps[k]
+	// lean: the claim was made by the claiming create statement (see
+	// Store.createClaimable), not by the claim statements.
+	lean bool
 }
 
 func (s *Store) newFusedClaim(ctx context.Context, ps []batuta.ClaimParams) (*fusedClaim, error) {

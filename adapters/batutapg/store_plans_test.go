@@ -1,6 +1,7 @@
 package batutapg
 
 import (
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 	stmts := map[string]string{
 		"createRuns":       s.q.createRuns,
 		"createPlain":      s.q.createPlain,
+		"createClaim":      s.q.createClaim,
 		"claim":            s.q.claim,
 		"claimPlain":       s.q.claimPlain,
 		"probe":            s.q.probe,
@@ -82,6 +84,9 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 			text := strings.Join(plan, "\n")
 			if m := grows.FindString(text); m != "" {
 				t.Errorf("%s, planned under %q on empty tables: %s\n%s", name, set, m, text)
+			}
+			if os.Getenv("BATUTA_SHOW_PLANS") != "" && set == setGeneric {
+				t.Logf("%s: %d plan nodes\n%s", name, strings.Count(text, "->")+1, text)
 			}
 			if m := wholeRun.FindString(text + "\n"); m != "" && (name == "claimPlain" || strings.HasPrefix(name, "completeStep")) {
 				// (Other statements read a run's tasks whole where they

@@ -6,7 +6,7 @@ import "strings"
 // They are built once per Store and run as cached prepared statements.
 type queries struct {
 	createRuns, findExisting, countActive  string
-	createPlain                            string
+	createPlain, createClaim               string
 	claim, claimPlain, extend, promote     string
 	probe                                  string
 	lockRuns, complete, expired, taskForTx string
@@ -725,6 +725,7 @@ RETURNING s.name`,
 		*p = r.Replace(*p)
 	}
 	q.createPlain = plainCreate(q.createRuns)
+	q.createClaim = r.Replace(claimingCreate(q.createPlain))
 	q.completeStep = r.Replace(stepStatement(false))
 	q.completeStepFull = r.Replace(stepStatement(true))
 	q.completePlain = plainCompletion(stripOps(q.complete))
@@ -795,6 +796,73 @@ func plainCreate(full string) string {
 	s := cut(full, "\n), pk AS (", "\n), t AS (", "")
 	return cut(s, "\n), g AS (", "\n)\nSELECT r.id FROM r",
 		"\n), unused AS (\n    SELECT $28::text[], $29::text[], $30::int[], $31::text[], $32::int[]")
+}
+
+// claimingCreate returns the plain create statement (see plainCreate)
+// that also leases the new run's root tasks to the caller as it inserts
+// them, when no ready task of the caller's workflows ($39) goes ahead of
+// them in claim order (priority, then due time) and their workflow is not
+// paused: the submit of a run an idle worker can start, without the plain
+// claim's statement after the insert (PostgreSQL initialises every node of
+// a cached plan on each execution, which for the claim cost as much as
+// running it). The caller makes sure the batch is one plain run whose
+// root tasks a claim could take and that its claim's limit covers them
+// all (see createClaimable); the statement takes all of them or none.
+//
+// Its rows: one per run created, with whether a ready task of the
+// caller's workflows waited (the caller's hint to claim the general way
+// next time, which takes it), and the
+// columns of a claim of each root task leased (NULL if none). The
+// arguments are the plain statement's, then the claim's clock ($38),
+// workflows ($39), owner ($40), lease end ($41) and request number ($42).
+func claimingCreate(plain string) string {
+	i := strings.Index(plain, "\n), t AS (")
+	j := strings.Index(plain, "\n), unused AS (")
+	k := strings.Index(plain, "\nSELECT r.id FROM r")
+	ret := "RETURNING id, ckey, admit, priority, created_at, start_at, parent_id, parent_task, state, workflow, finished_at"
+	if i < 0 || j < i || k < j || strings.Count(plain, ret) != 1 {
+		panic("batutapg: create statement layout changed")
+	}
+	lease := strings.NewReplacer("t.dependents", "v.dependents::smallint[]", "t.sub", "v.sub", "t.tkey", "v.tkey",
+		"t.rgroup", "v.rgroup", "t.solo", "v.solo", "t.idx", "v.idx").Replace(newLeaseSQL)
+	leased := func(v string) string { return "CASE WHEN v.take THEN " + v + " END" }
+	steps := `
+), top AS MATERIALIZED (
+    -- the ready task a claim would take first
+    SELECT priority, due_at FROM {s}.tasks
+    WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $38 AND tkey IS NULL
+      AND ($39::text[] IS NULL OR workflow = ANY($39::text[]))
+    ORDER BY priority DESC, due_at
+    LIMIT 1
+), t AS (
+    INSERT INTO {s}.tasks (run_id, idx, name, workflow, deps, dependents, pending_deps, solo, state, due_at, fire_on,
+        priority, hold, tkey, error, rgroup, signal, sub, owner, token, lease_until, claimed_at, first_claimed_at, claim_req)
+    SELECT v.run_id, v.idx, v.name, v.wf, v.deps::smallint[], v.dependents::smallint[], v.ndeps, v.solo,
+        CASE WHEN v.take THEN 'running' WHEN v.rej IS NULL THEN 'pending' ELSE 'canceled' END, v.due, v.fire_on, v.prio,
+        CASE WHEN v.hold = 0 AND v.ndeps = 0 AND v.rej IS NULL AND v.paused THEN 3 ELSE v.hold END,
+        v.tkey, v.rej, v.rgroup, v.sig, v.sub,
+        ` + leased("$40::text") + `, ` + leased(lease) + `,
+        ` + leased("$41::timestamptz") + `, ` + leased("$38::timestamptz") + `, ` + leased("$38::timestamptz") + `, ` + leased("$42::bigint") + `
+    FROM (
+        SELECT v.*, v.ndeps = 0 AND NOT v.paused
+            AND NOT EXISTS (SELECT 1 FROM top WHERE top.priority > v.prio OR (top.priority = v.prio AND top.due_at < v.due)) AS take
+        FROM (
+            SELECT u.*, u.wf = ANY((SELECT coalesce(array_agg(p.workflow), '{}') FROM {s}.paused p)::text[]) AS paused
+            FROM unnest($8::uuid[], $9::smallint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::bool[],
+                        $16::timestamptz[], $17::text[], $24::int[], $25::smallint[], $26::text[], $27::text[], $33::bool[],
+                        $36::text[], $37::bool[])
+                AS u(run_id, idx, name, wf, deps, dependents, ndeps, solo, due, fire_on, prio, hold, tkey, rej, rgroup, sig, sub)
+            WHERE u.run_id IN (SELECT id FROM r)
+            OFFSET 0 -- computed once a row, not at each use
+        ) v
+        OFFSET 0
+    ) v
+    RETURNING run_id, name, workflow, token, state`
+	tail := `
+SELECT r.id, EXISTS (SELECT 1 FROM top), c.name, c.workflow, c.token, r.event_id, r.event, r.deadline
+FROM r LEFT JOIN t c ON c.run_id = r.id AND c.state = 'running'`
+	s := plain[:i] + steps + plain[j:k] + tail
+	return strings.Replace(s, ret, ret+", event_id, event, deadline", 1)
 }
 
 // stepStatement returns the step statement (see Store.completeStep): one
