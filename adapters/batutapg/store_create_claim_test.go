@@ -170,6 +170,22 @@ func TestCreateClaimOrder(t *testing.T) {
 		require.NotZero(t, cs[0].Token&tokenDepsBit, "a's token says it has dependents")
 		require.Equal(t, int64(1), s.createClaims.Load())
 		require.True(t, s.createBacklog.Load(), "a create that saw a ready task waiting does not say so")
+		// The row is a claimed task's.
+		var (
+			state, owner                   string
+			hold                           int
+			lease, claimedAt, firstClaimed time.Time
+			req                            *int64
+		)
+		require.NoError(t, pool.QueryRow(ctx, `SELECT state, owner, hold, lease_until, claimed_at, first_claimed_at, claim_req FROM `+s.schema+
+			`.tasks WHERE run_id = $1 AND name = 'a'`, id).Scan(&state, &owner, &hold, &lease, &claimedAt, &firstClaimed, &req))
+		require.Equal(t, "running", state)
+		require.Equal(t, "w", owner)
+		require.Zero(t, hold)
+		require.WithinDuration(t, s.toDB(p.LeaseUntil), lease, time.Microsecond, "lease end, on the database's clock")
+		require.WithinDuration(t, p.Now, claimedAt, time.Microsecond, "claimed at")
+		require.WithinDuration(t, p.Now, firstClaimed, time.Microsecond, "first claimed at")
+		require.NotNil(t, req, "no claim request recorded (a lost reply could not release the task)")
 		// The lease is a claim's: it is extended and completed as one.
 		ext, err := s.ExtendLeases(ctx, []batuta.ClaimRef{cs[0].Ref()}, now.Add(2*time.Hour))
 		require.NoError(t, err)
