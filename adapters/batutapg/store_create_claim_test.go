@@ -24,20 +24,7 @@ func createClaimTestRuns(now time.Time) []batuta.NewRun {
 		{{Name: "a"}, {Name: "b"}, {Name: "c", Deps: []int{0, 1}}},
 		{{Name: "a"}, {Name: "b"}, {Name: "c"}},
 	}
-	var runs []batuta.NewRun
-	for i := 0; i < 10; i++ {
-		nr := batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now.Add(time.Duration(i) * time.Millisecond),
-			Event: batuta.Event{ID: fmt.Sprintf("ev-%02d", i), Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Time: now},
-			Tasks: shapes[i%len(shapes)]}
-		if i%3 == 1 {
-			nr.Deadline = now.Add(time.Hour)
-		}
-		if i%4 == 2 {
-			nr.Priority = 3
-		}
-		runs = append(runs, nr)
-	}
-	return runs
+	return shapedRuns(now, shapes, 10, 4)
 }
 
 // createAndDrive creates each run with CreateRunsAndClaim (limit two) and

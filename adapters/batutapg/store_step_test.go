@@ -26,15 +26,22 @@ func stepTestRuns(now time.Time) []batuta.NewRun {
 		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "slow"}, {Name: "c", Deps: []int{1, 2}, FireOn: batuta.TaskSucceeded}},
 		{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0, 1}}},
 	}
+	return shapedRuns(now, shapes, 12, 5)
+}
+
+// shapedRuns returns n runs of workflow "wf" cycling through shapes,
+// created a millisecond apart, every third with a deadline and those at
+// i%prioEvery == 2 with priority 3.
+func shapedRuns(now time.Time, shapes [][]batuta.TaskSpec, n, prioEvery int) []batuta.NewRun {
 	var runs []batuta.NewRun
-	for i := 0; i < 12; i++ {
+	for i := 0; i < n; i++ {
 		nr := batuta.NewRun{ID: newRunID(), Workflow: "wf", CreatedAt: now.Add(time.Duration(i) * time.Millisecond),
 			Event: batuta.Event{ID: fmt.Sprintf("ev-%02d", i), Data: []byte(fmt.Sprintf(`{"i":%d}`, i)), Time: now},
 			Tasks: shapes[i%len(shapes)]}
 		if i%3 == 1 {
 			nr.Deadline = now.Add(time.Hour)
 		}
-		if i%5 == 2 {
+		if i%prioEvery == 2 {
 			nr.Priority = 3
 		}
 		runs = append(runs, nr)
