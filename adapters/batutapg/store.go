@@ -269,6 +269,11 @@ type Store struct {
 	// uses the full step statement (always with stepFull, for tests).
 	stepBacklog atomic.Bool
 	stepFull    bool
+	// noLink turns the link statement off (the lean step statement then
+	// records links too; tests compare the two); links counts the
+	// completions it recorded.
+	noLink bool
+	links  atomic.Int64
 	// noCreateClaim turns the claiming create statement off (tests
 	// compare it with the general statements); createClaims counts the
 	// root tasks it leased; createBacklog says the last one saw a ready task

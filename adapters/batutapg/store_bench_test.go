@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,5 +256,75 @@ func BenchmarkChainStep(b *testing.B) {
 				b.Fatal(err, len(cs))
 			}
 		}
+	}
+}
+
+// BenchmarkChainLink: the step of a chain with no other work waiting (a
+// worker's completion claiming the run's next task), one goroutine; each
+// run is created and its first task claimed outside the timing, its last
+// task completed outside it. Its sub-benchmarks are the link statement and
+// the lean step statement it replaces for tasks with one dependent.
+func BenchmarkChainLink(b *testing.B) {
+	for _, v := range []struct {
+		name   string
+		noLink bool
+	}{{"link", false}, {"lean", true}} {
+		b.Run(v.name, func(b *testing.B) {
+			pool := storeTestPool(b, 4)
+			s := newTestStore(b, pool, Config{Logger: quiet()})
+			s.noLink = v.noLink
+			ctx := context.Background()
+			chain := make([]batuta.TaskSpec, 10)
+			for i := range chain {
+				chain[i].Name = fmt.Sprintf("t%d", i)
+				if i > 0 {
+					chain[i].Deps = []int{i - 1}
+				}
+			}
+			p := func() batuta.ClaimParams {
+				now := time.Now()
+				return batuta.ClaimParams{Owner: "bench", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)}
+			}
+			out := json.RawMessage(`{"ok":true}`)
+			complete := func(c batuta.Claim) []batuta.Claim {
+				now := time.Now()
+				comp := []batuta.Completion{{ClaimRef: c.Ref(), Attempt: c.Attempt, Outcome: batuta.OutcomeSucceeded, Output: out, StartedAt: now, FinishedAt: now}}
+				res, cs, err := s.CompleteTasksAndClaim(ctx, comp, p())
+				if err != nil || res[0].Err != nil {
+					b.Fatal(err, res)
+				}
+				return cs
+			}
+			var cs []batuta.Claim
+			k := 0
+			took := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if len(cs) == 0 || cs[0].Task == chain[len(chain)-1].Name {
+					b.StopTimer()
+					if len(cs) > 0 {
+						complete(cs[0])
+					}
+					createBenchRuns(b, s, fmt.Sprintf("link%d", k), 1, chain, time.Now())
+					k++
+					var err error
+					if cs, err = s.ClaimTasks(ctx, p()); err != nil || len(cs) != 1 {
+						b.Fatal(err, len(cs))
+					}
+					b.StartTimer()
+				}
+				t0 := time.Now()
+				if cs = complete(cs[0]); len(cs) != 1 {
+					b.Fatal("the step claimed nothing")
+				}
+				took = append(took, time.Since(t0))
+			}
+			b.StopTimer()
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-µs")
+			if !v.noLink && s.links.Load() == 0 {
+				b.Fatal("no link statement")
+			}
+		})
 	}
 }

@@ -501,22 +501,25 @@ func finishedRuns(runs [][16]byte, res []compResult) []string {
 	return ids
 }
 
-// Lease tokens are nextval(tokens) * 524288 + depsBit (the task has
-// dependents) + childBit + flowBit (the task or its run is in a
+// Lease tokens are nextval(tokens) * 1048576 + linkBit (the task has
+// exactly one dependent) + depsBit (the task has dependents) + childBit + flowBit (the task or its run is in a
 // concurrency group: its completion has group slots to free) + soloBit
 // (the run has no other task) + the task's index: a completion finds its
 // task by primary key and knows, before asking the database, whether its
 // run must be locked and which statement records it. The bits are hints
 // for choosing statements: a token from before a bit existed (the
-// multiplier was 262144 before tokenDepsBit) may carry it wrongly, which
-// costs a statement that finds less to do, never a wrong result.
+// multiplier was 262144 before tokenDepsBit, 524288 before tokenLinkBit)
+// may carry it wrongly, which costs a statement that finds less to do,
+// never a wrong result.
 //
 // tokenChildBit marks a task of a child run (NewRun.Parent): a completion
 // that finishes its run counts its parent task's open children down.
 //
 // tokenDepsBit marks a task with dependents: its success goes through
-// completeStep when its caller claims with it.
+// completeStep when its caller claims with it; tokenLinkBit one with
+// exactly one dependent, a chain's link (the link statement).
 const (
+	tokenLinkBit  = 1 << 19
 	tokenDepsBit  = 1 << 18
 	tokenChildBit = 1 << 17
 	tokenFlowBit  = 1 << 16

@@ -41,6 +41,7 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 		"completePlain":    s.q.completePlain,
 		"completeStep":     s.q.completeStep,
 		"completeStepFull": s.q.completeStepFull,
+		"completeLink":     s.q.completeLink,
 	}
 	grows := regexp.MustCompile(`Seq Scan on (tasks|runs|run_states|run_queue|run_groups|task_groups|signals)\b`)
 	// A task looked up by its run alone reads every task of the run (10,000
@@ -88,7 +89,7 @@ func TestHotPlansUseIndexesOnEmptyTables(t *testing.T) {
 			if os.Getenv("BATUTA_SHOW_PLANS") != "" && set == setGeneric {
 				t.Logf("%s: %d plan nodes\n%s", name, strings.Count(text, "->")+1, text)
 			}
-			if m := wholeRun.FindString(text + "\n"); m != "" && (name == "claimPlain" || strings.HasPrefix(name, "completeStep")) {
+			if m := wholeRun.FindString(text + "\n"); m != "" && (name == "claimPlain" || name == "completeLink" || strings.HasPrefix(name, "completeStep")) {
 				// (Other statements read a run's tasks whole where they
 				// mean to: an admitted run's first tasks, a parent run's
 				// task found by name, a repeated completion's dependents.)

@@ -12,6 +12,7 @@ type queries struct {
 	lockRuns, complete, expired, taskForTx string
 	completePlain                          string
 	completeStep, completeStepFull         string
+	completeLink                           string
 	cancelLock, cancel                     string
 	runSelect, getRun, findRun             string
 	pruneBefore, pruneCutoff, pruneUpTo    string
@@ -728,6 +729,7 @@ RETURNING s.name`,
 	q.createClaim = r.Replace(claimingCreate(q.createPlain))
 	q.completeStep = r.Replace(stepStatement(false))
 	q.completeStepFull = r.Replace(stepStatement(true))
+	q.completeLink = r.Replace(linkStatement())
 	q.completePlain = plainCompletion(stripOps(q.complete))
 	q.complete = keepOps(q.complete)
 	q.getRun = q.runSelect + "\nWHERE r.id = $1"
@@ -922,15 +924,7 @@ func stepStatement(full bool) string {
     ) END`
 	}
 	return `
-WITH done AS (
-    UPDATE {s}.tasks t SET state = 'succeeded', output = $4, error = NULL, attempt = t.attempt + 1,
-        attempts = CASE
-            WHEN $5::text IS NULL THEN t.attempts
-            WHEN t.attempts IS NULL THEN ('[' || $5::text || ']')::json
-            ELSE (left(t.attempts::text, -1) || ',' || $5::text || ']')::json
-        END,
-        hold = 0, rate_reserved = false, owner = NULL, lease_until = NULL, last_token = $3, last_outcome = 'succeeded'
-    WHERE t.run_id = $1 AND t.idx = ($3::bigint & 32767)::smallint AND t.token = $3 AND t.lease_until IS NOT NULL AND t.name = $2
+WITH done AS (` + stepDone + `
     RETURNING t.run_id, t.idx, t.name, t.dependents
 ), nx AS MATERIALIZED (
     SELECT x.run_id, x.idx, x.priority, x.due_at,
@@ -1003,6 +997,97 @@ FROM ru LEFT JOIN (
 ) c ON true`
 }
 
+// linkStatement returns the link statement: the step statement (lean
+// form) for a task with exactly one dependent (tokenLinkBit), the link of
+// a chain, in a plan of about half the lean one's nodes. With one
+// dependent there is nothing to choose among: whether it is taken is one
+// expression over its row, evaluated in the update that counts it down,
+// beside one row read first with the paused workflows and the ready task
+// the plain claim would take first (g). The dependent's dependencies'
+// results are built from the statement's own values when it has only
+// this one; a join's are read as the step statement reads them.
+//
+// It applies only while the dependent is still to be counted down, so
+// the run cannot finish (the dependent is left): the run's update is one
+// task fewer. It answers no row when the task is not leased under $3, has
+// other than one dependent (a token from before tokenLinkBit, see
+// tokenDepsBit) or its dependent was already counted down to zero (a join
+// that fired on an earlier success); the caller then records the
+// completion the general way. Its row is the step statement's, except
+// that the claim's columns are also set for a dependent made ready and
+// not taken (took tells them apart).
+func linkStatement() string {
+	take := `(t.state = 'pending' AND (t.fire_on = 'succeeded' OR t.pending_deps = 1)
+            AND t.hold = 0 AND t.due_at <= $6 AND t.tkey IS NULL AND NOT t.rgroup AND t.signal = ''
+            AND ($7::text[] IS NULL OR t.workflow = ANY($7::text[])) AND NOT (t.workflow = ANY(g.paused))
+            AND (g.priority IS NULL OR g.priority < t.priority OR (g.priority = t.priority AND g.due_at >= t.due_at)))`
+	set := func(col, v string) string {
+		return "\n        " + col + " = CASE WHEN " + take + "\n            THEN " + v + " ELSE t." + col + " END"
+	}
+	return `
+WITH done AS (` + stepDone + `
+      AND cardinality(t.dependents) = 1
+      -- (a scalar subquery: the dependent looked up by its whole key)
+      AND (SELECT x.pending_deps FROM {s}.tasks x WHERE x.run_id = $1 AND x.idx = t.dependents[1]) > 0
+    RETURNING t.run_id, t.dependents[1] AS dep
+), g AS MATERIALIZED (
+    -- one row: the paused workflows, and the ready task the plain claim
+    -- would take first (NULL if none)
+    SELECT z.paused, p.priority, p.due_at
+    FROM (SELECT coalesce(array_agg(workflow), '{}')::text[] AS paused FROM {s}.paused) z
+    LEFT JOIN (
+        SELECT priority, due_at FROM {s}.tasks
+        WHERE state = 'pending' AND pending_deps = 0 AND hold = 0 AND due_at <= $6 AND tkey IS NULL
+          AND ($7::text[] IS NULL OR workflow = ANY($7::text[]))
+        ORDER BY priority DESC, due_at
+        LIMIT 1
+    ) p ON true
+), dec AS (
+    UPDATE {s}.tasks t SET pending_deps = CASE WHEN t.fire_on = 'succeeded' THEN 0 ELSE t.pending_deps - 1 END,` +
+		set("state", "'running'") + "," + set("owner", "$8") + "," + set("token", newLeaseSQL) + "," +
+		set("lease_until", "$9") + "," + set("claimed_at", "$6") + "," + set("first_claimed_at", "coalesce(t.first_claimed_at, $6)") + "," +
+		set("claim_req", "$10") + "," + set("rate_reserved", "false") + `
+    FROM done d, g
+    WHERE t.run_id = d.run_id AND t.idx = d.dep AND t.pending_deps > 0
+    -- made ready: counted down to zero and still pending (or taken);
+    -- taken: running (it was pending)
+    RETURNING t.pending_deps = 0 AND t.state IN ('pending', 'running') AS ready, t.state = 'running' AS took, g.priority IS NOT NULL AS waited,
+        t.run_id, t.name, t.workflow, t.attempt, t.rescues, t.token, t.deps, t.waiting_since
+), ru AS (
+    UPDATE {s}.runs r SET tasks_left = r.tasks_left - 1
+    FROM done
+    WHERE r.id = done.run_id
+    RETURNING r.event_id, r.event, r.deadline, $11::timestamptz AS unused
+)
+SELECT CASE WHEN c.ready THEN 1 ELSE 0 END::bigint, CASE WHEN c.took THEN 1 ELSE 0 END::bigint, c.waited, '',
+    c.run_id, c.name, c.workflow, c.attempt, c.rescues, c.token, ru.event_id, ru.event, ru.deadline, false,
+    CASE WHEN NOT c.took THEN NULL
+    WHEN cardinality(c.deps) = 1 THEN json_build_array(json_build_array($2::text, 'succeeded', $4::json, NULL))
+    ELSE (
+        -- a join: the task just completed as it is now, not as the
+        -- statement's snapshot has it (running)
+        SELECT json_agg(CASE WHEN y.idx = ($3::bigint & 32767)::smallint
+                THEN json_build_array(y.name, 'succeeded', $4::json, NULL)
+                ELSE json_build_array(y.name, y.state, y.output, y.error) END ORDER BY u.ord)
+        FROM unnest(c.deps) WITH ORDINALITY AS u(i, ord)
+        CROSS JOIN LATERAL (SELECT * FROM {s}.tasks y WHERE y.run_id = c.run_id AND y.idx = u.i OFFSET 0) y
+    ) END,
+    c.waiting_since, NULL::json
+FROM ru, dec c`
+}
+
+// stepDone is the step and link statements' update of the completed
+// task, applied only while it is leased under $3.
+const stepDone = `
+    UPDATE {s}.tasks t SET state = 'succeeded', output = $4, error = NULL, attempt = t.attempt + 1,
+        attempts = CASE
+            WHEN $5::text IS NULL THEN t.attempts
+            WHEN t.attempts IS NULL THEN ('[' || $5::text || ']')::json
+            ELSE (left(t.attempts::text, -1) || ',' || $5::text || ']')::json
+        END,
+        hold = 0, rate_reserved = false, owner = NULL, lease_until = NULL, last_token = $3, last_outcome = 'succeeded'
+    WHERE t.run_id = $1 AND t.idx = ($3::bigint & 32767)::smallint AND t.token = $3 AND t.lease_until IS NOT NULL AND t.name = $2`
+
 // claimSetAt is claimSet with the claim's clock, owner, lease end and
 // request number in the parameters named.
 func claimSetAt(now, owner, lease, req string) string {
@@ -1015,7 +1100,7 @@ func claimSetAt(now, owner, lease, req string) string {
 // its wait start and the oldest signal buffered for it.
 const (
 	// newLeaseSQL computes a claimed task's new lease token (see tokenChildBit).
-	newLeaseSQL = `nextval('{s}.tokens') * 524288 + CASE WHEN cardinality(t.dependents) > 0 THEN 262144 ELSE 0 END + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx`
+	newLeaseSQL = `nextval('{s}.tokens') * 1048576 + CASE WHEN cardinality(t.dependents) = 1 THEN 524288 ELSE 0 END + CASE WHEN cardinality(t.dependents) > 0 THEN 262144 ELSE 0 END + CASE WHEN t.sub THEN 131072 ELSE 0 END + CASE WHEN t.tkey IS NOT NULL OR t.rgroup THEN 65536 ELSE 0 END + CASE WHEN t.solo THEN 32768 ELSE 0 END + t.idx`
 	claimSet    = `    SET state = 'running', owner = $4, token = ` + newLeaseSQL + `, lease_until = $5,
         claimed_at = $1, first_claimed_at = coalesce(t.first_claimed_at, $1), claim_req = $6, rate_reserved = false, hold = 0
 `

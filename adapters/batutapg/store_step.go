@@ -52,7 +52,9 @@ func (s *Store) takeStepSlot() bool {
 // thirds of the completion and claim statements' together, no scan of the
 // ready set beyond its first entry. While ready tasks wait (the last step saw one),
 // the full statement, which takes the task ahead instead, serves: the
-// lean one leaves that claim to the caller.
+// lean one leaves that claim to the caller. Otherwise a task with exactly
+// one dependent (tokenLinkBit: a chain's link) goes through the link
+// statement (see linkStatement), whose plan is about half the lean one's.
 //
 // ok is false when the statement did not apply (the task's lease was lost,
 // or this is a repeated completion; nothing was written) or failed: the
@@ -70,9 +72,13 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 	// The full statement while ready tasks wait (a backlog): it takes the
 	// one ahead of the dependents, which the lean one leaves to a claim of
 	// the caller's own, a second round trip.
-	stmt := s.q.completeStep
-	if s.stepBacklog.Load() || s.stepFull {
+	stmt, link := s.q.completeStep, false
+	switch {
+	case s.stepBacklog.Load() || s.stepFull:
 		stmt = s.q.completeStepFull
+	case in.tokens[0]&tokenLinkBit != 0 && !s.noLink:
+		// One dependent: the link statement, a smaller plan.
+		stmt, link = s.q.completeLink, true
 	}
 	var (
 		ready, took            int64
@@ -124,9 +130,14 @@ func (s *Store) completeStep(ctx context.Context, in *compInput, set string, fc 
 		return compResult{}, nil, false
 	}
 	s.steps.Add(1)
+	if link {
+		s.links.Add(1)
+	}
 	s.stepBacklog.Store(waited)
 	res = compResult{applied: true, newState: string(batuta.OutcomeSucceeded), ready: int(ready), finished: batuta.RunState(fin)}
-	if name.Valid {
+	// The link statement answers the dependent's columns whether or not
+	// it took it.
+	if name.Valid && (!link || took > 0) {
 		c := batuta.Claim{RunID: formatUUID(runID.Bytes), Task: name.String, Workflow: workflow.String,
 			Attempt: int(attempt.Int32) + 1, Rescues: int(rescues.Int32), Token: token.Int64, RateReserved: rateReserved.Bool,
 			WaitingSince: waitingSince.Time}

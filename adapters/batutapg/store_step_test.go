@@ -153,15 +153,24 @@ func TestCompleteStepMatchesGeneral(t *testing.T) {
 	general.noStep = true
 	gt, _ := driveRuns(t, general, runs, now)
 	require.Zero(t, general.steps.Load())
-	for _, full := range []bool{false, true} {
+	for _, v := range []struct{ full, noLink bool }{{false, false}, {false, true}, {true, false}} {
 		step := newTestStore(t, pool, Config{Logger: quiet()})
-		step.stepFull = full
+		step.stepFull, step.noLink = v.full, v.noLink
 		st, withDeps := driveRuns(t, step, runs, now)
 		require.Positive(t, withDeps)
-		require.Equal(t, int64(withDeps), step.steps.Load(), "successes of tasks with dependents recorded by completeStep (full %v)", full)
-		require.Equal(t, gt, st, "claims (full %v)", full)
+		require.Equal(t, int64(withDeps), step.steps.Load(), "successes of tasks with dependents recorded by completeStep (%+v)", v)
+		if v.full || v.noLink {
+			require.Zero(t, step.links.Load(), "%+v", v)
+		} else {
+			// The chain's links, the diamond's branches (a join), the
+			// first-success join's (taken, and left when it fired),
+			// and the last shape's second task.
+			require.Positive(t, step.links.Load())
+			require.Less(t, step.links.Load(), step.steps.Load(), "the tasks with two dependents take the lean statement")
+		}
+		require.Equal(t, gt, st, "claims (%+v)", v)
 		for _, table := range []string{"runs", "run_states", "tasks"} {
-			require.Equal(t, stableRows(t, pool, general.cfg.Schema, table), stableRows(t, pool, step.cfg.Schema, table), "rows of %s (full %v)", table, full)
+			require.Equal(t, stableRows(t, pool, general.cfg.Schema, table), stableRows(t, pool, step.cfg.Schema, table), "rows of %s (%+v)", table, v)
 		}
 		var left int
 		require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM `+step.schema+`.runs WHERE state <> 'succeeded'`).Scan(&left))
@@ -204,75 +213,97 @@ func TestCompleteStepClaimOrder(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	t.Run("taken", func(t *testing.T) {
-		s := newTestStore(t, pool, Config{Logger: quiet()})
-		id, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
-		other(s, "later", 0, now) // same priority, due later: behind b
-		res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
-		require.NoError(t, err)
-		require.Equal(t, 1, res[0].Ready)
-		require.Len(t, cs, 1)
-		require.Equal(t, "b", cs[0].Task)
-		require.Equal(t, id, cs[0].RunID)
-		require.Equal(t, 1, len(cs[0].Upstream))
-		up := cs[0].Upstream[0]
-		require.Equal(t, "a", up.Name)
-		require.Equal(t, batuta.TaskSucceeded, up.State)
-		require.JSONEq(t, `{"ok":true}`, string(up.Output.(json.RawMessage)))
-	})
-	for _, tc := range []struct {
-		name string
-		prio int
-		age  time.Duration
-	}{{"higher priority ahead", 5, 0}, {"older ahead", 0, 2 * time.Minute}} {
-		t.Run(tc.name, func(t *testing.T) {
+	// Both statements that take a successor: the link statement (a has
+	// one dependent) and the lean step statement.
+	for _, noLink := range []bool{false, true} {
+		newStore := func(t *testing.T) *Store {
 			s := newTestStore(t, pool, Config{Logger: quiet()})
-			_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
-			other(s, "ahead", tc.prio, now.Add(-tc.age))
-			// The lean statement leaves the claim to the caller...
-			res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
-			require.NoError(t, err)
-			require.Equal(t, 1, res[0].Ready)
-			require.Empty(t, cs, "b was claimed ahead of a ready task before it")
-			require.True(t, s.stepBacklog.Load(), "a step that saw a ready task waiting does not say so")
-			p2 := p
-			p2.Limit = 2
-			cs, err = s.ClaimTasks(ctx, p2)
-			require.NoError(t, err)
-			require.Len(t, cs, 2)
-			require.Equal(t, []string{"x", "b"}, []string{cs[0].Task, cs[1].Task})
-			// ...and the next step, with the full statement, takes the
-			// task ahead (another run's, here) instead of c.
-			other(s, "ahead2", tc.prio, now.Add(-tc.age))
-			res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(cs[1], now), p)
-			require.NoError(t, err)
-			require.Equal(t, 1, res[0].Ready)
-			require.Len(t, cs, 1)
-			require.Equal(t, "x", cs[0].Task)
-			require.Equal(t, "ahead2", cs[0].Event.ID)
-			require.Equal(t, int64(2), s.steps.Load())
-			cs, err = s.ClaimTasks(ctx, p)
-			require.NoError(t, err)
-			require.Len(t, cs, 1)
-			require.Equal(t, "c", cs[0].Task)
+			s.noLink = noLink
+			return s
+		}
+		t.Run(fmt.Sprintf("noLink=%v", noLink), func(t *testing.T) {
+			t.Run("taken", func(t *testing.T) {
+				s := newStore(t)
+				id, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+				other(s, "later", 0, now) // same priority, due later: behind b
+				res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+				require.NoError(t, err)
+				require.Equal(t, 1, res[0].Ready)
+				require.Len(t, cs, 1)
+				require.Equal(t, "b", cs[0].Task)
+				require.Equal(t, id, cs[0].RunID)
+				require.Equal(t, int64(1), s.steps.Load())
+				require.Equal(t, boolInt(!noLink), int(s.links.Load()), "a link recorded by the link statement")
+				require.Equal(t, 1, len(cs[0].Upstream))
+				up := cs[0].Upstream[0]
+				require.Equal(t, "a", up.Name)
+				require.Equal(t, batuta.TaskSucceeded, up.State)
+				require.JSONEq(t, `{"ok":true}`, string(up.Output.(json.RawMessage)))
+			})
+			for _, tc := range []struct {
+				name string
+				prio int
+				age  time.Duration
+			}{{"higher priority ahead", 5, 0}, {"older ahead", 0, 2 * time.Minute}} {
+				t.Run(tc.name, func(t *testing.T) {
+					s := newStore(t)
+					_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+					other(s, "ahead", tc.prio, now.Add(-tc.age))
+					// The lean statement leaves the claim to the caller...
+					res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+					require.NoError(t, err)
+					require.Equal(t, 1, res[0].Ready)
+					require.Empty(t, cs, "b was claimed ahead of a ready task before it")
+					require.True(t, s.stepBacklog.Load(), "a step that saw a ready task waiting does not say so")
+					p2 := p
+					p2.Limit = 2
+					cs, err = s.ClaimTasks(ctx, p2)
+					require.NoError(t, err)
+					require.Len(t, cs, 2)
+					require.Equal(t, []string{"x", "b"}, []string{cs[0].Task, cs[1].Task})
+					// ...and the next step, with the full statement, takes the
+					// task ahead (another run's, here) instead of c.
+					other(s, "ahead2", tc.prio, now.Add(-tc.age))
+					res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(cs[1], now), p)
+					require.NoError(t, err)
+					require.Equal(t, 1, res[0].Ready)
+					require.Len(t, cs, 1)
+					require.Equal(t, "x", cs[0].Task)
+					require.Equal(t, "ahead2", cs[0].Event.ID)
+					require.Equal(t, int64(2), s.steps.Load())
+					cs, err = s.ClaimTasks(ctx, p)
+					require.NoError(t, err)
+					require.Len(t, cs, 1)
+					require.Equal(t, "c", cs[0].Task)
+				})
+			}
+			t.Run("paused", func(t *testing.T) {
+				s := newStore(t)
+				_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
+				_, err := s.SetPaused(ctx, "wf", true)
+				require.NoError(t, err)
+				res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+				require.NoError(t, err)
+				require.Equal(t, 1, res[0].Ready)
+				require.Empty(t, cs, "a task of a paused workflow was claimed")
+				_, err = s.SetPaused(ctx, "wf", false)
+				require.NoError(t, err)
+				cs, err = s.ClaimTasks(ctx, p)
+				require.NoError(t, err)
+				require.Len(t, cs, 1)
+				require.Equal(t, "b", cs[0].Task)
+			})
+
 		})
 	}
-	t.Run("paused", func(t *testing.T) {
-		s := newTestStore(t, pool, Config{Logger: quiet()})
-		_, a := stepChain(t, s, "e1", 0, now.Add(-time.Minute), p)
-		_, err := s.SetPaused(ctx, "wf", true)
-		require.NoError(t, err)
-		res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
-		require.NoError(t, err)
-		require.Equal(t, 1, res[0].Ready)
-		require.Empty(t, cs, "a task of a paused workflow was claimed")
-		_, err = s.SetPaused(ctx, "wf", false)
-		require.NoError(t, err)
-		cs, err = s.ClaimTasks(ctx, p)
-		require.NoError(t, err)
-		require.Len(t, cs, 1)
-		require.Equal(t, "b", cs[0].Task)
-	})
+}
+
+// boolInt is 1 for true.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // TestCompleteStepRepeatAndLostLease: a completion sent again (its first
@@ -321,7 +352,7 @@ func TestCompleteStepRepeatAndLostLease(t *testing.T) {
 		require.Equal(t, held, running(), "tasks running that the caller was not handed (full %v)", full)
 
 		stale := b
-		stale.Token += 1 << 19 // another claim's token for the same task
+		stale.Token += 1 << 20 // another claim's token for the same task
 		res3, cs3, err := s.CompleteTasksAndClaim(ctx, succeeded(stale, now), p)
 		require.NoError(t, err)
 		require.ErrorIs(t, res3[0].Err, batuta.ErrLeaseLost)
@@ -400,4 +431,76 @@ func TestCompleteStepConcurrentChains(t *testing.T) {
 	require.Zero(t, reruns, "tasks not succeeded at their first attempt")
 	require.Positive(t, s.steps.Load())
 	require.Zero(t, len(s.stepSlots), "step slots left taken")
+}
+
+// TestLinkStatementDeclines: the link statement writes nothing, and the
+// general statements record the success, when its dependent was already
+// counted down (a join that fired on an earlier success: this success
+// finishes the run) or when the token's link bit is wrong (a token from
+// before the bit, of a task with two dependents).
+func TestLinkStatementDeclines(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 4)
+	ctx := context.Background()
+	now := time.Now()
+	p := batuta.ClaimParams{Owner: "w", Limit: 1, Now: now.Add(time.Second), LeaseUntil: now.Add(time.Hour)}
+
+	t.Run("fired join", func(t *testing.T) {
+		s := newTestStore(t, pool, Config{Logger: quiet()})
+		id := newRunID()
+		_, err := s.CreateRuns(ctx, []batuta.NewRun{{ID: id, Workflow: "wf", CreatedAt: now, Event: batuta.Event{ID: "e"},
+			Tasks: []batuta.TaskSpec{{Name: "x"}, {Name: "y"}, {Name: "j", Deps: []int{0, 1}, FireOn: batuta.TaskSucceeded}}}})
+		require.NoError(t, err)
+		p2 := p
+		p2.Limit = 2
+		cs, err := s.ClaimTasks(ctx, p2)
+		require.NoError(t, err)
+		require.Len(t, cs, 2)
+		for _, c := range cs {
+			require.NotZero(t, c.Token&tokenLinkBit, "%s has one dependent", c.Task)
+		}
+		res, js, err := s.CompleteTasksAndClaim(ctx, succeeded(cs[0], now), p)
+		require.NoError(t, err)
+		require.Equal(t, 1, res[0].Ready)
+		require.Len(t, js, 1, "the join fires on the first success and is taken")
+		require.Equal(t, "j", js[0].Task)
+		require.Equal(t, int64(1), s.links.Load())
+		require.Len(t, js[0].Upstream, 2)
+		res, err = s.CompleteTasks(ctx, succeeded(js[0], now))
+		require.NoError(t, err)
+		require.Empty(t, res[0].RunFinished, "y is still running")
+		res, more, err := s.CompleteTasksAndClaim(ctx, succeeded(cs[1], now), p)
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err)
+		require.Empty(t, more)
+		require.Equal(t, batuta.RunSucceeded, res[0].RunFinished, "y's success finishes the run")
+		require.Equal(t, int64(1), s.links.Load(), "declined")
+		require.Equal(t, int64(1), s.steps.Load())
+		var state, listed string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT r.state, e.state FROM `+s.schema+`.runs r JOIN `+s.schema+`.run_states e ON e.run_id = r.id WHERE r.id = $1`, id).Scan(&state, &listed))
+		require.Equal(t, "succeeded", state)
+		require.Equal(t, "succeeded", listed)
+	})
+
+	t.Run("wrong link bit", func(t *testing.T) {
+		s := newTestStore(t, pool, Config{Logger: quiet()})
+		id := newRunID()
+		_, err := s.CreateRuns(ctx, []batuta.NewRun{{ID: id, Workflow: "wf", CreatedAt: now, Event: batuta.Event{ID: "e"},
+			Tasks: []batuta.TaskSpec{{Name: "a"}, {Name: "b", Deps: []int{0}}, {Name: "c", Deps: []int{0}}}}})
+		require.NoError(t, err)
+		cs, err := s.ClaimTasks(ctx, p)
+		require.NoError(t, err)
+		require.Len(t, cs, 1)
+		require.Zero(t, cs[0].Token&tokenLinkBit, "a has two dependents")
+		cs[0].Token |= tokenLinkBit
+		_, err = pool.Exec(ctx, `UPDATE `+s.schema+`.tasks SET token = $1 WHERE run_id = $2 AND name = 'a'`, cs[0].Token, id)
+		require.NoError(t, err)
+		res, next, err := s.CompleteTasksAndClaim(ctx, succeeded(cs[0], now), p)
+		require.NoError(t, err)
+		require.NoError(t, res[0].Err)
+		require.Equal(t, 2, res[0].Ready)
+		require.Len(t, next, 1, "the general way claims one of them")
+		require.Zero(t, s.links.Load())
+		require.Zero(t, s.steps.Load())
+	})
 }
