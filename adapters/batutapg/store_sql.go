@@ -1007,13 +1007,13 @@ FROM ru LEFT JOIN (
 // results are built from the statement's own values when it has only
 // this one; a join's are read as the step statement reads them.
 //
-// It applies only while the dependent is still to be counted down, so
-// the run cannot finish (the dependent is left): the run's update is one
-// task fewer. It answers no row when the task is not leased under $3, has
-// other than one dependent (a token from before tokenLinkBit, see
-// tokenDepsBit) or its dependent was already counted down to zero (a join
-// that fired on an earlier success); the caller then records the
-// completion the general way. Its row is the step statement's, except
+// It applies only while the dependent is pending and still to be counted
+// down, so the run cannot finish (the dependent is left): the run's update
+// is one task fewer. It answers no row when the task is not leased under
+// $3, has other than one dependent (a token from before tokenLinkBit, see
+// tokenDepsBit), or its dependent was already counted down to zero (a join
+// that fired on an earlier success) or finished (a canceled run's); the
+// caller then records the completion the general way. Its row is the step statement's, except
 // that the claim's columns are also set for a dependent made ready and
 // not taken (took tells them apart).
 func linkStatement() string {
@@ -1027,8 +1027,10 @@ func linkStatement() string {
 	return `
 WITH done AS (` + stepDone + `
       AND cardinality(t.dependents) = 1
-      -- (a scalar subquery: the dependent looked up by its whole key)
-      AND (SELECT x.pending_deps FROM {s}.tasks x WHERE x.run_id = $1 AND x.idx = t.dependents[1]) > 0
+      -- the dependent still to run and to be counted down (a scalar
+      -- subquery: looked up by its whole key); a cancel finishes it
+      -- without counting it down
+      AND (SELECT x.state = 'pending' AND x.pending_deps > 0 FROM {s}.tasks x WHERE x.run_id = $1 AND x.idx = t.dependents[1])
     RETURNING t.run_id, t.dependents[1] AS dep
 ), g AS MATERIALIZED (
     -- one row: the paused workflows, and the ready task the plain claim

@@ -482,6 +482,30 @@ func TestLinkStatementDeclines(t *testing.T) {
 		require.Equal(t, "succeeded", listed)
 	})
 
+	t.Run("canceled run", func(t *testing.T) {
+		// The cancel finished b (canceled) without counting it down: a's
+		// success is the run's last and finishes it, which the link
+		// statement does not do.
+		for _, noLink := range []bool{false, true} {
+			s := newTestStore(t, pool, Config{Logger: quiet()})
+			s.noLink = noLink
+			id, a := stepChain(t, s, "e", 0, now, p)
+			ok, err := s.CancelRun(ctx, id, "stop", now)
+			require.NoError(t, err)
+			require.True(t, ok)
+			res, cs, err := s.CompleteTasksAndClaim(ctx, succeeded(a, now), p)
+			require.NoError(t, err)
+			require.NoError(t, res[0].Err)
+			require.Empty(t, cs)
+			require.Equal(t, batuta.RunCanceled, res[0].RunFinished, "noLink %v", noLink)
+			require.Zero(t, s.links.Load())
+			var state, listed string
+			var left int
+			require.NoError(t, pool.QueryRow(ctx, `SELECT r.state, e.state, r.tasks_left FROM `+s.schema+`.runs r JOIN `+s.schema+`.run_states e ON e.run_id = r.id WHERE r.id = $1`, id).Scan(&state, &listed, &left))
+			require.Equal(t, []any{"canceled", "canceled", 0}, []any{state, listed, left})
+		}
+	})
+
 	t.Run("wrong link bit", func(t *testing.T) {
 		s := newTestStore(t, pool, Config{Logger: quiet()})
 		id := newRunID()
