@@ -528,3 +528,113 @@ func TestLinkStatementDeclines(t *testing.T) {
 		require.Zero(t, s.steps.Load())
 	})
 }
+
+// TestLinkCancelRace: runs canceled while workers step through them (the
+// link statement, whose guard declines a success that would finish a
+// canceled run) all end finished, their counters and run_states rows
+// agreeing, with no task left behind and no completion refused.
+func TestLinkCancelRace(t *testing.T) {
+	t.Parallel()
+	pool := storeTestPool(t, 16)
+	// The lean step statement too, which finishes such a run itself.
+	for _, noLink := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noLink=%v", noLink), func(t *testing.T) { linkCancelRace(t, pool, noLink) })
+	}
+}
+
+func linkCancelRace(t *testing.T, pool *pgxpool.Pool, noLink bool) {
+	ctx := context.Background()
+	s := newTestStore(t, pool, Config{Logger: quiet()})
+	s.noLink = noLink
+	const runs, length, workers = 40, 20, 4
+	chain := make([]batuta.TaskSpec, length)
+	for i := range chain {
+		chain[i].Name = fmt.Sprintf("t%02d", i)
+		if i > 0 {
+			chain[i].Deps = []int{i - 1}
+		}
+	}
+	ids := make([]string, runs)
+	for i := range ids {
+		ids[i] = newRunID()
+	}
+	errs := make(chan error, workers+runs/2)
+	for i := 0; i < runs; i += 2 {
+		// Every other run canceled once one to three of its tasks ran.
+		go func() {
+			errs <- func() error {
+				for {
+					var ran int
+					if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+s.schema+`.tasks WHERE run_id = $1 AND state = 'succeeded'`, ids[i]).Scan(&ran); err != nil {
+						return err
+					}
+					if ran >= 1+i%3 {
+						break
+					}
+					time.Sleep(100 * time.Microsecond) // polling the run's progress, not waiting for an outcome
+				}
+				_, err := s.CancelRun(ctx, ids[i], "stop", time.Now())
+				return err
+			}()
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		// Each worker creates its runs one at a time and works each to
+		// its end (or its cancel) alone: no ready task waits, so the
+		// steps go through the link statement.
+		go func() {
+			p := batuta.ClaimParams{Owner: fmt.Sprint("w", w), Workflows: []string{fmt.Sprint("wf", w)}, Limit: 1,
+				Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour)}
+			errs <- func() error {
+				for i := w; i < runs; i += workers {
+					if _, err := s.CreateRuns(ctx, []batuta.NewRun{{ID: ids[i], Workflow: p.Workflows[0], CreatedAt: time.Now().Add(-time.Second),
+						Event: batuta.Event{ID: fmt.Sprint(i)}, Tasks: chain}}); err != nil {
+						return err
+					}
+					cs, err := s.ClaimTasks(ctx, p)
+					for err == nil && len(cs) > 0 {
+						c := cs[0]
+						var res []batuta.CompleteResult
+						res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(c, time.Now()), p)
+						if err == nil && res[0].Err != nil {
+							err = fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, res[0].Err)
+						}
+						if err == nil && len(cs) == 0 {
+							cs, err = s.ClaimTasks(ctx, p)
+						}
+					}
+					if err != nil {
+						return err
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for w := 0; w < workers+runs/2; w++ {
+		require.NoError(t, <-errs)
+	}
+	var bad []string
+	rows, err := pool.Query(ctx, `SELECT r.id::text, r.state, e.state, r.tasks_left,
+        (SELECT count(*) FROM `+s.schema+`.tasks t WHERE t.run_id = r.id AND t.state IN ('pending', 'running'))
+    FROM `+s.schema+`.runs r JOIN `+s.schema+`.run_states e ON e.run_id = r.id`)
+	require.NoError(t, err)
+	canceled := 0
+	for rows.Next() {
+		var id, state, listed string
+		var left, open int
+		require.NoError(t, rows.Scan(&id, &state, &listed, &left, &open))
+		if state == "canceled" {
+			canceled++
+		}
+		if (state != "succeeded" && state != "canceled") || listed != state || left != 0 || open != 0 {
+			bad = append(bad, fmt.Sprintf("%s: %s (listed %s), %d left, %d open", id, state, listed, left, open))
+		}
+	}
+	require.NoError(t, rows.Err())
+	require.Empty(t, bad)
+	require.Positive(t, canceled, "no cancel landed while its run ran")
+	require.Positive(t, s.steps.Load())
+	require.Equal(t, noLink, s.links.Load() == 0)
+	t.Logf("%d runs canceled; %d steps, %d through the link statement", canceled, s.steps.Load(), s.links.Load())
+}
