@@ -225,13 +225,7 @@ func BenchmarkChainStep(b *testing.B) {
 	pool := storeTestPool(b, 4)
 	s := newTestStore(b, pool, Config{Logger: quiet()})
 	ctx := context.Background()
-	chain := make([]batuta.TaskSpec, 10)
-	for i := range chain {
-		chain[i].Name = fmt.Sprintf("t%d", i)
-		if i > 0 {
-			chain[i].Deps = []int{i - 1}
-		}
-	}
+	chain := chainSpecs(10, "t%d")
 	createBenchRuns(b, s, "bench", b.N/len(chain)+1, chain, time.Now())
 	p := func() batuta.ClaimParams {
 		now := time.Now()
@@ -271,13 +265,7 @@ func BenchmarkChainLink(b *testing.B) {
 	pool := storeTestPool(b, 4)
 	s := newTestStore(b, pool, Config{Logger: quiet()})
 	ctx := context.Background()
-	chain := make([]batuta.TaskSpec, 6)
-	for i := range chain {
-		chain[i].Name = fmt.Sprintf("t%d", i)
-		if i > 0 {
-			chain[i].Deps = []int{i - 1}
-		}
-	}
+	chain := chainSpecs(6, "t%d")
 	p := func() batuta.ClaimParams {
 		now := time.Now()
 		return batuta.ClaimParams{Owner: "bench", Limit: 1, Now: now, LeaseUntil: now.Add(time.Minute)}

@@ -386,13 +386,7 @@ func TestCompleteStepConcurrentChains(t *testing.T) {
 	ctx := context.Background()
 	s := newTestStore(t, pool, Config{Logger: quiet()})
 	const runs, length, workers = 24, 15, 8
-	chain := make([]batuta.TaskSpec, length)
-	for i := range chain {
-		chain[i].Name = fmt.Sprintf("t%02d", i)
-		if i > 0 {
-			chain[i].Deps = []int{i - 1}
-		}
-	}
+	chain := chainSpecs(length, "t%02d")
 	now := time.Now()
 	var batch []batuta.NewRun
 	for i := 0; i < runs; i++ {
@@ -404,21 +398,7 @@ func TestCompleteStepConcurrentChains(t *testing.T) {
 	for w := 0; w < workers; w++ {
 		go func() {
 			p := batuta.ClaimParams{Owner: fmt.Sprint("w", w), Limit: 1, Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour)}
-			errs <- func() error {
-				cs, err := s.ClaimTasks(ctx, p)
-				for err == nil && len(cs) > 0 {
-					c := cs[0]
-					var res []batuta.CompleteResult
-					res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(c, time.Now()), p)
-					if err == nil && res[0].Err != nil {
-						err = fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, res[0].Err)
-					}
-					if err == nil && len(cs) == 0 {
-						cs, err = s.ClaimTasks(ctx, p)
-					}
-				}
-				return err
-			}()
+			errs <- workUntilIdle(ctx, s, p)
 		}()
 	}
 	for w := 0; w < workers; w++ {
@@ -547,13 +527,7 @@ func linkCancelRace(t *testing.T, pool *pgxpool.Pool, noLink bool) {
 	s := newTestStore(t, pool, Config{Logger: quiet()})
 	s.noLink = noLink
 	const runs, length, workers = 40, 20, 4
-	chain := make([]batuta.TaskSpec, length)
-	for i := range chain {
-		chain[i].Name = fmt.Sprintf("t%02d", i)
-		if i > 0 {
-			chain[i].Deps = []int{i - 1}
-		}
-	}
+	chain := chainSpecs(length, "t%02d")
 	ids := make([]string, runs)
 	for i := range ids {
 		ids[i] = newRunID()
@@ -591,19 +565,7 @@ func linkCancelRace(t *testing.T, pool *pgxpool.Pool, noLink bool) {
 						Event: batuta.Event{ID: fmt.Sprint(i)}, Tasks: chain}}); err != nil {
 						return err
 					}
-					cs, err := s.ClaimTasks(ctx, p)
-					for err == nil && len(cs) > 0 {
-						c := cs[0]
-						var res []batuta.CompleteResult
-						res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(c, time.Now()), p)
-						if err == nil && res[0].Err != nil {
-							err = fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, res[0].Err)
-						}
-						if err == nil && len(cs) == 0 {
-							cs, err = s.ClaimTasks(ctx, p)
-						}
-					}
-					if err != nil {
+					if err := workUntilIdle(ctx, s, p); err != nil {
 						return err
 					}
 				}
@@ -637,4 +599,35 @@ func linkCancelRace(t *testing.T, pool *pgxpool.Pool, noLink bool) {
 	require.Positive(t, s.steps.Load())
 	require.Equal(t, noLink, s.links.Load() == 0)
 	t.Logf("%d runs canceled; %d steps, %d through the link statement", canceled, s.steps.Load(), s.links.Load())
+}
+
+// chainSpecs returns a chain of n tasks, named by format from their
+// positions, each depending on the one before.
+func chainSpecs(n int, format string) []batuta.TaskSpec {
+	chain := make([]batuta.TaskSpec, n)
+	for i := range chain {
+		chain[i].Name = fmt.Sprintf(format, i)
+		if i > 0 {
+			chain[i].Deps = []int{i - 1}
+		}
+	}
+	return chain
+}
+
+// workUntilIdle claims and completes (succeeded) tasks as a worker does,
+// the completion claiming the next, until a claim finds nothing.
+func workUntilIdle(ctx context.Context, s *Store, p batuta.ClaimParams) error {
+	cs, err := s.ClaimTasks(ctx, p)
+	for err == nil && len(cs) > 0 {
+		c := cs[0]
+		var res []batuta.CompleteResult
+		res, cs, err = s.CompleteTasksAndClaim(ctx, succeeded(c, time.Now()), p)
+		if err == nil && res[0].Err != nil {
+			err = fmt.Errorf("run %s task %s: %w", c.RunID, c.Task, res[0].Err)
+		}
+		if err == nil && len(cs) == 0 {
+			cs, err = s.ClaimTasks(ctx, p)
+		}
+	}
+	return err
 }
