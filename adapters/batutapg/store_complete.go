@@ -525,6 +525,10 @@ const (
 	tokenFlowBit  = 1 << 16
 	tokenSoloBit  = 1 << 15
 	tokenIndexMax = tokenSoloBit - 1
+	// tokenSeqMax is the tokens sequence's last value (migration 7): the
+	// largest whose token, times the multiplier, stays within bigint. The
+	// sequence then starts again at 1.
+	tokenSeqMax = 1<<43 - 1
 )
 
 // queueCompletion queues the run locks (of runs with several tasks; the
