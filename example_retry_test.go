@@ -52,14 +52,14 @@ func ExampleSnooze() {
 	ctx := context.Background()
 	id, _ := o.Submit(ctx, "settle", batuta.Event{ID: "payment-9"})
 	run, _ := o.Wait(ctx, id)
+	// Snoozes in a row are one record, which counts them.
 	for _, a := range run.Task("await-settlement").Attempts {
-		fmt.Println("attempt", a.Number, a.Outcome)
+		fmt.Println("attempt", a.Number, a.Outcome, a.Snoozes)
 	}
 	fmt.Println(run.State, run.Task("await-settlement").Output)
 	// Output:
-	// attempt 1 snooze
-	// attempt 1 snooze
-	// attempt 1 succeeded
+	// attempt 1 snooze 2
+	// attempt 1 succeeded 0
 	// succeeded settled
 }
 

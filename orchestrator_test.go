@@ -249,17 +249,35 @@ func TestPermanentErrorSkipsDependentsAndRunsFailureHandlers(t *testing.T) {
 	require.Len(t, r.Task("charge").Attempts, 1, "a permanent error is not retried")
 }
 
+// snoozeHook counts the attempts that ended in a snooze.
+type snoozeHook struct {
+	batuta.NopHooks
+	n atomic.Int32
+}
+
+func (h *snoozeHook) AttemptFinished(_ context.Context, a batuta.AttemptInfo) {
+	if a.Outcome == batuta.OutcomeSnooze {
+		h.n.Add(1)
+	}
+}
+
+// TestSnoozeSpendsNoAttempt: snoozes run the task again without spending
+// its single attempt. A task polling by snoozing keeps one record for its
+// snoozes in a row (counted in Attempt.Snoozes), while each snooze still
+// reaches the hooks.
 func TestSnoozeSpendsNoAttempt(t *testing.T) {
 	t.Parallel()
+	const snoozes = 50
 	var calls atomic.Int32
 	wf := &batuta.Workflow{Name: "w", Tasks: []batuta.Task{{Name: "wait-for-stock", Retry: batuta.RetryPolicy{MaxAttempts: 1},
 		Run: func(ctx context.Context, in *batuta.Input) (any, error) {
-			if calls.Add(1) <= 2 {
+			if calls.Add(1) <= snoozes {
 				return nil, batuta.Snooze(time.Millisecond)
 			}
 			return "ok", nil
 		}}}}
-	o := setup(t, batuta.Config{}, wf)
+	h := &snoozeHook{}
+	o := setup(t, batuta.Config{Hooks: []batuta.Hooks{h}}, wf)
 	ctx := waitCtx(t)
 	id, err := o.Submit(ctx, "w", batuta.Event{})
 	require.NoError(t, err)
@@ -267,11 +285,14 @@ func TestSnoozeSpendsNoAttempt(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, batuta.RunSucceeded, r.State, r.Error)
 	at := r.Task("wait-for-stock").Attempts
-	require.Len(t, at, 3)
+	require.Len(t, at, 2, "the snoozes are one record: %+v", at)
 	for _, a := range at {
 		require.Equal(t, 1, a.Number, "snoozes do not spend the single attempt")
 	}
 	require.Equal(t, batuta.OutcomeSnooze, at[0].Outcome)
+	require.Equal(t, snoozes, at[0].Snoozes)
+	require.Equal(t, batuta.OutcomeSucceeded, at[1].Outcome)
+	require.EqualValues(t, snoozes, h.n.Load(), "every snooze reaches the hooks")
 }
 
 func TestPanicIsAFailedAttemptWithStack(t *testing.T) {

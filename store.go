@@ -143,7 +143,8 @@ type TaskRun struct {
 	Child string `json:"child,omitempty"`
 }
 
-// Duration returns the time spent in attempts.
+// Duration returns the time spent in attempts (snoozes in a row, kept as
+// one record, count by the last one's time: see Attempt.Snoozes).
 func (t *TaskRun) Duration() time.Duration {
 	var d time.Duration
 	for _, a := range t.Attempts {
@@ -163,6 +164,28 @@ type Attempt struct {
 	Outcome Outcome `json:"outcome"`
 	// Error is the error the attempt returned ("" on success).
 	Error string `json:"error,omitempty"`
+	// Snoozes is, on a snooze record, how many snoozes in a row of this
+	// attempt number it stands for. Stores keep consecutive snoozes of
+	// one number as one record, with the last one's times and error, so
+	// that a task polling by snoozing keeps a bounded history (each
+	// snooze still reaches Hooks.AttemptFinished). 0 on other outcomes.
+	Snoozes int `json:"snoozes,omitempty"`
+}
+
+// recordAttempt appends a to a task's attempt records, or, for a snooze
+// following a snooze of the same number, replaces that record with a,
+// counting both (see Attempt.Snoozes).
+func recordAttempt(list []Attempt, a Attempt) []Attempt {
+	if a.Outcome != OutcomeSnooze {
+		return append(list, a)
+	}
+	a.Snoozes = 1
+	if n := len(list); n > 0 && list[n-1].Outcome == OutcomeSnooze && list[n-1].Number == a.Number {
+		a.Snoozes += max(list[n-1].Snoozes, 1)
+		list[n-1] = a
+		return list
+	}
+	return append(list, a)
 }
 
 // Outcome is how an attempt or a claim ended, as reported to the Store.

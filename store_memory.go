@@ -621,7 +621,7 @@ func (s *MemoryStore) completeLocked(c *Completion, res *CompleteResult) {
 		if c.TimedOut {
 			oc = OutcomeTimedOut
 		}
-		t.attempts = append(t.attempts, Attempt{
+		t.attempts = recordAttempt(t.attempts, Attempt{
 			Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
 			Outcome: oc, Error: c.Error,
 		})

@@ -52,6 +52,7 @@ func TestStore(t *testing.T, suite StoreSuite) {
 		{"ClaimFiltersWorkflows", testClaimWorkflows},
 		{"FencedCompletion", testFencing},
 		{"RetryAndSnooze", testRetrySnooze},
+		{"SnoozesCoalesce", testSnoozesCoalesce},
 		{"Release", testRelease},
 		{"RunStates", testRunStates},
 		{"FailedUpstreamStillReady", testFailedUpstream},
@@ -550,6 +551,72 @@ func testRetrySnooze(t *testing.T, st *storeT) {
 	}
 	if !x.Attempts[0].StartedAt.Equal(base) || !x.Attempts[0].FinishedAt.Equal(base.Add(time.Second)) {
 		t.Fatalf("attempt times: %+v", x.Attempts[0])
+	}
+}
+
+// testSnoozesCoalesce: snoozes in a row of one attempt number are one
+// record, which keeps the last snooze's times and error and counts them
+// (Attempt.Snoozes); a task that polls by snoozing keeps a bounded history.
+// A retry between snoozes starts a new record, and so does the next
+// number's first snooze.
+func testSnoozesCoalesce(t *testing.T, st *storeT) {
+	id := st.create("wf", "e1", []batuta.TaskSpec{{Name: "x"}})
+	at := base
+	snooze := func(attempt, k int) {
+		t.Helper()
+		cs := st.claim(at, 1)
+		if len(cs) != 1 || cs[0].Attempt != attempt {
+			t.Fatalf("snooze %d: claim = %+v, want attempt %d", k, cs, attempt)
+		}
+		next := at.Add(time.Second)
+		res, err := st.s.CompleteTasks(ctxT(t), []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeSnooze,
+			Attempt: attempt, Error: fmt.Sprintf("not yet %d", k), StartedAt: at, FinishedAt: at.Add(time.Millisecond), RetryAt: next}})
+		st.must(err)
+		st.must(res[0].Err)
+		at = next
+	}
+	for k := 1; k <= 5; k++ {
+		snooze(1, k)
+	}
+	x := st.get(id).Task("x")
+	if len(x.Attempts) != 1 {
+		t.Fatalf("after 5 snoozes: %d records %+v, want 1", len(x.Attempts), x.Attempts)
+	}
+	last := base.Add(4 * time.Second)
+	if a := x.Attempts[0]; a.Number != 1 || a.Outcome != batuta.OutcomeSnooze || a.Snoozes != 5 || a.Error != "not yet 5" ||
+		!a.StartedAt.Equal(last) || !a.FinishedAt.Equal(last.Add(time.Millisecond)) {
+		t.Fatalf("snooze record = %+v, want number 1, 5 snoozes, the last one's times and error", a)
+	}
+	cs := st.claim(at, 1)
+	if len(cs) != 1 || cs[0].Attempt != 1 {
+		t.Fatalf("after snoozes: %+v, want attempt 1 again (snoozes spend no attempt)", cs)
+	}
+	res, err := st.s.CompleteTasks(ctxT(t), []batuta.Completion{{ClaimRef: cs[0].Ref(), Outcome: batuta.OutcomeRetry,
+		Attempt: 1, Error: "boom", StartedAt: at, FinishedAt: at, RetryAt: at.Add(time.Second)}})
+	st.must(err)
+	st.must(res[0].Err)
+	at = at.Add(time.Second)
+	for k := 1; k <= 3; k++ {
+		snooze(2, k)
+	}
+	cs = st.claim(at, 1)
+	if len(cs) != 1 {
+		t.Fatalf("after the second snoozes: %+v", cs)
+	}
+	st.completeOK(cs[0], batuta.OutcomeSucceeded, nil, at)
+	x = st.get(id).Task("x")
+	want := []struct {
+		n, snoozes int
+		oc         batuta.Outcome
+		e          string
+	}{{1, 5, batuta.OutcomeSnooze, "not yet 5"}, {1, 0, batuta.OutcomeRetry, "boom"}, {2, 3, batuta.OutcomeSnooze, "not yet 3"}, {2, 0, batuta.OutcomeSucceeded, ""}}
+	if len(x.Attempts) != len(want) {
+		t.Fatalf("records %+v, want %d", x.Attempts, len(want))
+	}
+	for i, w := range want {
+		if a := x.Attempts[i]; a.Number != w.n || a.Snoozes != w.snoozes || a.Outcome != w.oc || a.Error != w.e {
+			t.Fatalf("record %d = %+v, want number %d, %d snoozes, outcome %s, error %q", i, a, w.n, w.snoozes, w.oc, w.e)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -373,6 +374,39 @@ func TestPagesShowEveryState(t *testing.T) {
 	assert.Contains(t, c.get("runs?id="+"order-later"), f.runs["pending"], "the jump box finds a run by event ID")
 	resp, _ := c.do(http.MethodGet, "runs?id="+f.runs["pending"], nil, nil)
 	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "the jump box goes to a run by ID")
+}
+
+// TestRunPageCountsSnoozes: a task that polled by snoozing shows one row
+// for its snoozes in a row, with their count.
+func TestRunPageCountsSnoozes(t *testing.T) {
+	o, err := batuta.New(batuta.Config{Logger: quiet})
+	require.NoError(t, err)
+	var calls atomic.Int32
+	require.NoError(t, o.Register(&batuta.Workflow{Name: "poll", Tasks: []batuta.Task{{Name: "await",
+		Run: func(context.Context, *batuta.Input) (any, error) {
+			if calls.Add(1) <= 3 {
+				return nil, batuta.Snooze(time.Millisecond)
+			}
+			return "ready", nil
+		}}}}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	id, err := o.Submit(wctx, "poll", batuta.Event{})
+	require.NoError(t, err)
+	r, err := o.Wait(wctx, id)
+	require.NoError(t, err)
+	require.Equal(t, batuta.RunSucceeded, r.State, r.Error)
+	srv := serve(t, dashboard.Config{Orchestrator: o})
+	page := newClient(t, srv.URL).get("runs/" + id)
+	assert.Contains(t, page, "&times;3", "the snoozes' row counts them")
+	assert.Equal(t, 2, strings.Count(page, `<tr><td>1</td>`), "one row for the snoozes, one for the success")
 }
 
 func TestDeadLettersRedriveAndPause(t *testing.T) {

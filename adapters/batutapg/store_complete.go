@@ -319,10 +319,12 @@ func (in *compInput) add(c *batuta.Completion, leaseBefore time.Time) error {
 		if c.TimedOut {
 			oc = batuta.OutcomeTimedOut
 		}
+		a := batuta.Attempt{Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt, Outcome: oc, Error: cleanText(c.Error)}
+		if oc == batuta.OutcomeSnooze {
+			a.Snoozes = 1 // counted up by the statement when it follows another
+		}
 		var err error
-		rec, err = json.Marshal(batuta.Attempt{
-			Number: c.Attempt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt, Outcome: oc, Error: cleanText(c.Error),
-		})
+		rec, err = json.Marshal(a)
 		if err != nil {
 			return fmt.Errorf("batutapg: complete run %s task %s: %w", c.RunID, c.Task, err)
 		}

@@ -402,10 +402,16 @@ WITH i AS (
         END,
         attempt = t.attempt + CASE WHEN m.outcome IN ('succeeded', 'failed', 'retry') THEN 1 ELSE 0 END,
         rescues = t.rescues + CASE WHEN m.outcome = 'rescue' THEN 1 ELSE 0 END,
-        -- appended as text: the record is JSON encoded by the store
+        -- appended as text: the record is JSON encoded by the store; a
+        -- snooze after a snooze of the same number replaces it, counting
+        -- both (Attempt.Snoozes: a polling task's history stays bounded)
         attempts = CASE
             WHEN m.rec IS NULL THEN t.attempts
             WHEN t.attempts IS NULL THEN ('[' || m.rec || ']')::json
+            WHEN m.outcome = 'snooze' AND t.attempts -> -1 ->> 'outcome' = 'snooze'
+                AND t.attempts -> -1 ->> 'number' = m.rec::json ->> 'number'
+                THEN jsonb_set(t.attempts::jsonb, '{-1}', m.rec::jsonb
+                    || jsonb_build_object('snoozes', coalesce((t.attempts -> -1 ->> 'snoozes')::int, 1) + 1))::json
             ELSE (left(t.attempts::text, -1) || ',' || m.rec || ']')::json
         END,
         due_at = CASE/*ops*/

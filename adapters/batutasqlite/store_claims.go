@@ -422,13 +422,17 @@ func (s *Store) complete(ctx context.Context, c *batuta.Completion) (batuta.Comp
 		if c.TimedOut {
 			outcome = batuta.OutcomeTimedOut
 		}
-		b, err := json.Marshal(batuta.Attempt{
+		a := batuta.Attempt{
 			Number:     c.Attempt,
 			StartedAt:  c.StartedAt.UTC(),
 			FinishedAt: c.FinishedAt.UTC(),
 			Outcome:    outcome,
 			Error:      c.Error,
-		})
+		}
+		if outcome == batuta.OutcomeSnooze {
+			a.Snoozes = 1 // counted up by finishTask when it follows another
+		}
+		b, err := json.Marshal(a)
 		if err != nil {
 			return batuta.CompleteResult{}, fmt.Errorf("batutasqlite: encode attempt: %w", err)
 		}

@@ -193,7 +193,15 @@ func prepareStatements(ctx context.Context, c *sql.Conn) (*statements, error) {
 		{&st.finishTask, `UPDATE batuta_tasks SET
     state = ?1, output = ?2, error = ?3, attempts_spent = ?4,
     due_at = coalesce(?5, due_at), delayed = ?5 IS NOT NULL, rate_reserved = ?9,
-    attempts = CASE WHEN ?6 IS NULL THEN attempts ELSE json_insert(attempts, '$[#]', json(?6)) END,
+    attempts = CASE
+        WHEN ?6 IS NULL THEN attempts
+        -- a snooze after a snooze of the same number replaces it, counting
+        -- both (Attempt.Snoozes: a polling task's history stays bounded)
+        WHEN json_extract(?6, '$.outcome') = 'snooze' AND json_extract(attempts, '$[#-1].outcome') = 'snooze'
+            AND json_extract(attempts, '$[#-1].number') = json_extract(?6, '$.number')
+            THEN json_set(attempts, '$[#-1]', json_set(json(?6), '$.snoozes', coalesce(json_extract(attempts, '$[#-1].snoozes'), 1) + 1))
+        ELSE json_insert(attempts, '$[#]', json(?6))
+    END,
     token = NULL, owner = NULL, lease_until = NULL
     WHERE run_id = ?7 AND idx = ?8`},
 		// ?3 is the finished dependency's class (fireClass). A task at 0
