@@ -179,7 +179,7 @@ func deadLetterTask(o *Orchestrator, dl DeadLetterHandler) TaskFunc {
 		attempts := 0
 		if r, err := o.GetRun(ctx, in.RunID()); err == nil {
 			if t := r.Task(FunctionTask); t != nil {
-				attempts = len(t.Attempts)
+				attempts = t.AttemptCount()
 			}
 		}
 		return nil, handDeadLetter(ctx, dl, DeadLetter{
@@ -325,7 +325,7 @@ func runError(name string, run *Run) error {
 		return nil
 	}
 	t := &run.Tasks[0]
-	fe := &FunctionError{Function: name, RunID: run.ID, State: run.State, Err: t.Error, Attempts: len(t.Attempts)}
+	fe := &FunctionError{Function: name, RunID: run.ID, State: run.State, Err: t.Error, Attempts: t.AttemptCount()}
 	if fe.Err == "" {
 		fe.Err = run.Error
 	}

@@ -104,6 +104,30 @@ func TestFunctionConfigValidation(t *testing.T) {
 	require.ErrorIs(t, batuta.RegisterFunc(o, batuta.FunctionConfig{Name: "g"}, nilHandler), batuta.ErrInvalidConfig)
 }
 
+// TestFunctionErrorCountsSnoozes: FunctionError.Attempts counts every
+// attempt that ran, snoozes included, though snoozes in a row are one
+// attempt record.
+func TestFunctionErrorCountsSnoozes(t *testing.T) {
+	t.Parallel()
+	o := lambdaOrch(t, batuta.Config{})
+	var calls atomic.Int32
+	require.NoError(t, batuta.RegisterFunc(o, batuta.FunctionConfig{Name: "poll"},
+		func(context.Context, batuta.Event) (int, error) {
+			if calls.Add(1) <= 2 {
+				return 0, batuta.Snooze(time.Millisecond)
+			}
+			return 0, batuta.Permanent(errors.New("gone"))
+		}))
+	runOrch(t, o)
+	_, err := o.Invoke(testCtx(t), "poll", nil)
+	var fe *batuta.FunctionError
+	require.ErrorAs(t, err, &fe)
+	require.Equal(t, 3, fe.Attempts, "two snoozes and the failure")
+	r, err := o.GetRun(testCtx(t), fe.RunID)
+	require.NoError(t, err)
+	require.Len(t, r.Tasks[0].Attempts, 2, "the snoozes are one record")
+}
+
 func TestInvokeTyped(t *testing.T) {
 	t.Parallel()
 	o := lambdaOrch(t, batuta.Config{})

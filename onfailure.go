@@ -96,7 +96,7 @@ func (o *Orchestrator) failureWorkflow(wf *Workflow) *Workflow {
 			attempts := 0
 			for _, t := range r.Tasks {
 				if t.State == TaskFailed {
-					attempts = max(attempts, len(t.Attempts))
+					attempts = max(attempts, t.AttemptCount())
 				}
 			}
 			return nil, handDeadLetter(ctx, dl, DeadLetter{

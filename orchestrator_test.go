@@ -293,6 +293,7 @@ func TestSnoozeSpendsNoAttempt(t *testing.T) {
 	require.Equal(t, snoozes, at[0].Snoozes)
 	require.Equal(t, batuta.OutcomeSucceeded, at[1].Outcome)
 	require.EqualValues(t, snoozes, h.n.Load(), "every snooze reaches the hooks")
+	require.Equal(t, snoozes+1, r.Task("wait-for-stock").AttemptCount(), "each snooze ran the body")
 }
 
 func TestPanicIsAFailedAttemptWithStack(t *testing.T) {

@@ -143,6 +143,16 @@ type TaskRun struct {
 	Child string `json:"child,omitempty"`
 }
 
+// AttemptCount returns how many attempts ran: one per attempt record,
+// and one per snooze for a record of snoozes in a row (Attempt.Snoozes).
+func (t *TaskRun) AttemptCount() int {
+	n := 0
+	for _, a := range t.Attempts {
+		n += max(a.Snoozes, 1)
+	}
+	return n
+}
+
 // Duration returns the time spent in attempts (snoozes in a row, kept as
 // one record, count by the last one's time: see Attempt.Snoozes).
 func (t *TaskRun) Duration() time.Duration {

@@ -407,7 +407,7 @@ func writeRun(w io.Writer, r *batuta.Run, now time.Time, data bool) {
 		if deps == "" {
 			deps = "-"
 		}
-		printf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", sanitize(t.Name, 40), t.State, len(t.Attempts), took, sanitize(deps, 40), sanitize(note, 70))
+		printf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", sanitize(t.Name, 40), t.State, t.AttemptCount(), took, sanitize(deps, 40), sanitize(note, 70))
 	}
 	_ = tw.Flush()
 
